@@ -1,0 +1,65 @@
+"""roost's command line: the one composition root of the ``roost`` command.
+
+Each area registers its subcommands from its own module (``tracker``,
+``release``, ``core``, ``fleet``, ``status``, ``lab``). A subcommand's handler takes the parsed arguments and
+returns an exit status. A ``RoostError`` becomes one line on stderr and a
+non-zero exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from roost import __version__
+from roost.errors import RoostError
+
+# Modules under roost.cli that expose ``register(subparsers)``. A module that
+# does not exist yet is skipped, so areas can land independently.
+_AREAS = ("tracker", "release", "core", "fleet", "status", "lab")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roost",
+        description=(
+            "Deploy a build to many servers over BitTorrent: every server that has "
+            "a piece also uploads it, so the time hardly grows with the fleet."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"roost {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (repeatable)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for area in _AREAS:
+        try:
+            module = importlib.import_module(f"roost.cli.{area}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"roost.cli.{area}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="roost: %(levelname)s %(name)s: %(message)s")
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except RoostError as exc:
+        print(f"roost: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("roost: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,105 @@
+"""roost's one exception tree.
+
+    RoostError                     anything roost reports to a user as one line
+    ├── UsageError                 bad arguments, bad tag, missing source
+    ├── ConfigError                bad inventory / roost.toml (file, line)
+    ├── ReleaseError               cannot pack or read a release
+    │   └── UnsafeArchiveError     a member would land outside the destination
+    ├── DestinationError           destination not empty, not writable, full
+    ├── VerifyError                extracted tree differs from the manifest
+    ├── EngineError                libtorrent refused or failed (info-hash)
+    ├── TrackerError               tracker could not start / answered a failure
+    ├── HookError                  the post-download hook failed (exit status)
+    ├── RemoteError                a step on a remote host failed (host, step,
+    │                              exit status, stderr tail)
+    └── LabError                   emulated fleet could not be built
+
+The CLI prints ``str(error)`` of a RoostError on one line and exits non-zero.
+Anything else escaping is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+
+class RoostError(Exception):
+    """Base of every error roost reports to a user."""
+
+    exit_code: int = 1
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        # One line, always: the CLI relies on it.
+        return " ".join(text.split()) if "\n" in text else text
+
+
+class UsageError(RoostError):
+    exit_code = 2
+
+
+class ConfigError(RoostError):
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{message}")
+        self.path = path
+        self.line = line
+
+
+class ReleaseError(RoostError):
+    pass
+
+
+class UnsafeArchiveError(ReleaseError):
+    def __init__(self, member: str, reason: str):
+        super().__init__(f"refusing archive: member {member!r} {reason}")
+        self.member = member
+        self.reason = reason
+
+
+class DestinationError(RoostError):
+    pass
+
+
+class VerifyError(RoostError):
+    pass
+
+
+class EngineError(RoostError):
+    def __init__(self, message: str, *, info_hash: str | None = None):
+        super().__init__(f"{message} (info-hash {info_hash})" if info_hash else message)
+        self.info_hash = info_hash
+
+
+class TrackerError(RoostError):
+    pass
+
+
+class HookError(RoostError):
+    def __init__(self, command: str, exit_status: int, stderr_tail: str = ""):
+        tail = f": {stderr_tail.strip().splitlines()[-1]}" if stderr_tail.strip() else ""
+        super().__init__(f"hook {command!r} exited with status {exit_status}{tail}")
+        self.command = command
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+
+
+class RemoteError(RoostError):
+    def __init__(
+        self,
+        host: str,
+        step: str,
+        message: str,
+        *,
+        exit_status: int | None = None,
+        stderr_tail: str = "",
+    ):
+        super().__init__(f"{host}: {step}: {message}")
+        self.host = host
+        self.step = step
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+
+
+class LabError(RoostError):
+    pass
