@@ -45,7 +45,12 @@ def _encode(value: Any, out: list[bytes]) -> None:
     elif isinstance(value, dict):
         items = []
         for key, item in value.items():
-            raw_key = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+            if isinstance(key, str):
+                raw_key = key.encode("utf-8")
+            elif isinstance(key, bytes):
+                raw_key = key
+            else:
+                raise TypeError(f"cannot bencode a {type(key).__name__} dictionary key")
             items.append((raw_key, item))
         items.sort(key=lambda kv: kv[0])
         out.append(b"d")
