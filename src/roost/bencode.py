@@ -101,7 +101,7 @@ def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
             raise BencodeError(f"string at offset {pos} runs past the end")
         return bytes(buf[start : start + length]), start + length
     if lead == 0x6C:  # l
-        items = []
+        items: list[Any] = []
         pos += 1
         while True:
             if pos >= len(buf):
@@ -140,6 +140,4 @@ def _valid_int(digits: bytes) -> bool:
     body = digits[1:] if digits.startswith(b"-") else digits
     if not body.isdigit():
         return False
-    if body.startswith(b"0") and (len(body) > 1 or digits.startswith(b"-")):
-        return False
-    return True
+    return not (body.startswith(b"0") and (len(body) > 1 or digits.startswith(b"-")))

@@ -1,9 +1,10 @@
 """roost's command line: the one composition root of the ``roost`` command.
 
 Each area registers its subcommands from its own module (``tracker``,
-``release``, ``core``, ``fleet``, ``status``, ``lab``). A subcommand's handler takes the parsed arguments and
-returns an exit status. A ``RoostError`` becomes one line on stderr and a
-non-zero exit; anything else is a bug and keeps its traceback.
+``release``, ``core``, ``fleet``, ``status``, ``lab``). A subcommand's handler
+takes the parsed arguments and returns an exit status. A ``RoostError``
+becomes one line on stderr and a non-zero exit; anything else is a bug and
+keeps its traceback.
 """
 
 from __future__ import annotations
