@@ -1,0 +1,1 @@
+"""Fleet deploys over SSH: inventories, bootstrap, Murder's verbs, one-shot deploy."""

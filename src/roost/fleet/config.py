@@ -1,0 +1,165 @@
+"""``roost.toml``: the fleet's defaults (Murder's config variables).
+
+Example::
+
+    default_tag = "v42"                    # Murder default_tag
+    default_seeder_files_path = "~/builds" # Murder default_seeder_files_path
+    default_destination_path = "/opt/app"  # Murder default_destination_path
+    remote_path = "/opt/roost"             # Murder remote_murder_path (venv inside)
+    temp_path = "/tmp/roost"               # Murder default_temp_path
+    tracker_port = 8998
+    forks = 100
+
+    [ssh]
+    config = "~/.ssh/config"
+    identity = "~/.ssh/deploy_ed25519"
+    known_hosts = "~/.ssh/known_hosts"
+    insecure_no_host_key_check = false
+    jump = "bastion.example.com"
+    connect_timeout = 10
+    step_timeout = 600
+
+Unknown keys raise ``ConfigError`` with the file and line.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from roost.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class SSHSettings:
+    config: str | None = None
+    identity: str | None = None
+    known_hosts: str | None = None
+    insecure_no_host_key_check: bool = False
+    jump: str | None = None
+    user: str | None = None
+    connect_timeout: float = 10.0
+    step_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    default_tag: str | None = None
+    default_seeder_files_path: str | None = None
+    default_destination_path: str | None = None
+    remote_path: str = "/opt/roost"
+    temp_path: str = "/tmp/roost"
+    tracker_port: int = 8998
+    forks: int = 100
+    max_fail_percent: float = 100.0
+    wheel_cache: str | None = None
+    ssh: SSHSettings = field(default_factory=SSHSettings)
+
+    @property
+    def venv(self) -> str:
+        return f"{self.remote_path.rstrip('/')}/venv"
+
+    @property
+    def remote_roost(self) -> str:
+        return f"{self.venv}/bin/roost"
+
+
+def _line_of(text: str, key: str, table: str | None) -> int | None:
+    in_table = table is None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        m = re.match(r"^\[\s*([^\]]+?)\s*\]", line)
+        if m:
+            in_table = m.group(1) == table if table else False
+            if table is None and m.group(1) == key:
+                return n
+            continue
+        if in_table and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
+            return n
+    return None
+
+
+def _typed(
+    cls: type, data: dict[str, Any], text: str, path: str, table: str | None
+) -> dict[str, Any]:
+    known = {f.name: f for f in fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        where = _line_of(text, key, table)
+        name = f"{table}.{key}" if table else key
+        if key not in known or (key == "ssh" and table is None and not isinstance(value, dict)):
+            raise ConfigError(f"unknown setting {name!r}", path=path, line=where)
+        if key == "ssh":
+            continue
+        default = known[key].default
+        expected: tuple[type, ...]
+        if isinstance(default, bool):
+            expected = (bool,)
+        elif isinstance(default, int):
+            expected = (int,)
+        elif isinstance(default, float):
+            expected = (int, float)
+        else:
+            expected = (str,)
+        if not isinstance(value, expected) or (expected != (bool,) and isinstance(value, bool)):
+            raise ConfigError(
+                f"{name} must be {expected[0].__name__}, got {value!r}", path=path, line=where
+            )
+        out[key] = float(value) if expected == (int, float) else value
+    return out
+
+
+def parse_config(text: str, path: str = "roost.toml") -> FleetConfig:
+    """Parse ``roost.toml`` text. Raises ``ConfigError`` (file, line)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(
+            f"bad TOML: {exc}", path=path, line=int(m.group(1)) if m else None
+        ) from None
+    top = _typed(FleetConfig, data, text, path, None)
+    ssh = SSHSettings(**_typed(SSHSettings, data.get("ssh", {}), text, path, "ssh"))
+    cfg = FleetConfig(**top, ssh=ssh)
+    if cfg.forks < 1:
+        raise ConfigError("forks must be at least 1", path=path, line=_line_of(text, "forks", None))
+    if not 0 < cfg.tracker_port < 65536:
+        raise ConfigError(
+            "tracker_port out of range", path=path, line=_line_of(text, "tracker_port", None)
+        )
+    for key in ("remote_path", "temp_path"):
+        if not str(getattr(cfg, key)).startswith("/"):
+            raise ConfigError(
+                f"{key} must be an absolute path", path=path, line=_line_of(text, key, None)
+            )
+    return cfg
+
+
+def load_config(path: Path | str | None = None) -> FleetConfig:
+    """Read ``path``, or ``./roost.toml`` if present, else the defaults."""
+    if path is None:
+        candidate = Path("roost.toml")
+        if not candidate.is_file():
+            return FleetConfig()
+        path = candidate
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=str(p)) from None
+    return parse_config(text, str(p))
+
+
+def with_overrides(cfg: FleetConfig, **changes: Any) -> FleetConfig:
+    """``cfg`` with the non-None ``changes`` applied (``ssh_*`` keys go to ``ssh``)."""
+    top = {k: v for k, v in changes.items() if v is not None and not k.startswith("ssh_")}
+    ssh = {k[4:]: v for k, v in changes.items() if v is not None and k.startswith("ssh_")}
+    return replace(cfg, **top, ssh=replace(cfg.ssh, **ssh))
