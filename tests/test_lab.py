@@ -1,0 +1,196 @@
+"""The emulated fleet: real namespaces, real tc, real traffic between hosts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from roost.errors import LabError
+from roost.lab.netns import Lab, parse_rate, teardown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _netns_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "not root: network namespaces need root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "iproute2 (ip, tc) not installed"
+    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"'ip netns' unavailable: {probe.stderr.strip()}"
+    return None
+
+
+_skip = _netns_usable()
+netns = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+
+
+def _leftovers(prefix: str) -> list[str]:
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found = [line.split()[0] for line in ns.splitlines() if line.startswith(f"{prefix}-")]
+    found += [line.split()[1] for line in links.splitlines() if f" {prefix}-" in line]
+    return found
+
+
+def _serve_and_fetch(lab: Lab, size: int) -> str:
+    """h3 serves `size` bytes over TCP; h1 receives them; returns what h1 counted."""
+    server = lab.hosts[2].popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket\n"
+            "s = socket.create_server(('0.0.0.0', 9000))\n"
+            "print('ready', flush=True)\n"
+            f"c, _ = s.accept(); c.sendall(b'x' * {size}); c.close()\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None
+    assert server.stdout.readline().strip() == "ready"
+    client = lab.hosts[0].run(
+        [
+            sys.executable,
+            "-c",
+            "import socket\n"
+            f"c = socket.create_connection(('{lab.hosts[2].address}', 9000), timeout=10)\n"
+            "n = 0\n"
+            "while (d := c.recv(65536)):\n    n += len(d)\n"
+            "print(n)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    server.wait(timeout=10)
+    server.stdout.close()
+    return client.stdout.strip()
+
+
+def test_parse_rate() -> None:
+    assert parse_rate("100mbit") == 100
+    assert parse_rate("1gbit") == 1000
+    assert parse_rate("500kbit") == 0.5
+    assert parse_rate(None) is None
+    with pytest.raises(LabError, match="bad rate"):
+        parse_rate("fast")
+
+
+@pytest.mark.parametrize(
+    "subnet",
+    ["10.0.0.0/24", "198.20.0.0/24", "192.168.1.0/24", "198.17.255.0/24", "198.16.0.0/14"],
+)
+def test_refuses_addresses_outside_the_benchmark_range(subnet: str) -> None:
+    with pytest.raises(LabError, match=r"outside 198\.18\.0\.0/15"):
+        Lab(2, subnet=subnet)
+
+
+def test_refuses_bad_names_and_sizes() -> None:
+    with pytest.raises(LabError, match="bad lab name"):
+        Lab(2, prefix="Bad-Name")
+    with pytest.raises(LabError, match="no room"):
+        Lab(10, subnet="198.18.0.0/29")
+    with pytest.raises(LabError, match="at least one host"):
+        Lab(0)
+
+
+@netns
+def test_lab_hosts_talk_through_shaped_links_and_leave_nothing(tmp_path: Path) -> None:
+    prefix = "rltest1"
+    with Lab(3, rate_mbit=40, prefix=prefix, subnet="198.19.7.0/24", state_dir=tmp_path) as lab:
+        assert [h.address for h in lab.hosts] == ["198.19.7.2", "198.19.7.3", "198.19.7.4"]
+        assert _serve_and_fetch(lab, 2_000_000) == "2000000"
+        # shaping is installed on both ends of every host link
+        for h in lab.hosts:
+            q = lab.qdiscs(h)
+            assert q.count("qdisc tbf") == 2 and "rate 40Mbit" in q, q
+        rx, tx = lab.counters()["h1"]
+        assert rx >= 2_000_000 and tx > 0
+        # the controller (root namespace) reaches hosts directly
+        probe = subprocess.run(
+            ["ip", "route", "get", lab.hosts[1].address], capture_output=True, text=True
+        )
+        assert f"dev {prefix}-c" in probe.stdout
+        # private /tmp: shared by every command of one host, invisible to others
+        lab.hosts[0].run("echo one > /tmp/marker", check=True)
+        assert lab.hosts[0].path("/tmp/marker").read_text() == "one\n"
+        assert not lab.hosts[1].path("/tmp/marker").exists()
+        assert not Path("/tmp/marker").exists()
+        out = lab.hosts[0].run(["cat", "/tmp/marker"], capture_output=True, text=True)
+        assert out.stdout == "one\n"
+        sleeper = lab.hosts[1].popen(["sleep", "300"])
+        assert len(_leftovers(prefix)) == 5  # sw, h1-h3, the controller's veth
+    assert _leftovers(prefix) == []
+    assert sleeper.poll() is not None
+    assert list(tmp_path.iterdir()) == []
+
+
+@netns
+def test_teardown_after_a_crash_kills_only_recorded_processes(tmp_path: Path) -> None:
+    prefix = "rltest2"
+    lab = Lab(2, prefix=prefix, subnet="198.19.8.0/24", state_dir=tmp_path).up()
+    orphan = lab.hosts[0].popen(["sleep", "300"])
+    # a process in the namespace the lab did not start must survive teardown
+    outsider = subprocess.Popen(["ip", "netns", "exec", lab.hosts[1].netns, "sleep", "300"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{outsider.pid}/comm").read_text().strip() != "sleep":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        # simulate a crash: the Lab object is gone, only its state files remain
+        assert Lab.attach(prefix, state_dir=tmp_path).hosts[1].address == "198.19.8.3"
+        with pytest.raises(LabError, match="already exists"):
+            Lab(2, prefix=prefix, subnet="198.19.9.0/24", state_dir=tmp_path).up()
+        removed = teardown(prefix, state_dir=tmp_path)
+        assert f"{prefix}-sw" in removed and f"{prefix}-c" in removed
+        assert _leftovers(prefix) == []
+        assert orphan.wait(timeout=5) is not None
+        time.sleep(0.2)
+        assert outsider.poll() is None
+        assert teardown(prefix, state_dir=tmp_path) == []
+    finally:
+        outsider.kill()
+        outsider.wait()
+        lab.down()
+
+
+@netns
+def test_refuses_subnet_already_routed(tmp_path: Path) -> None:
+    with (
+        Lab(1, prefix="rltest3", subnet="198.19.10.0/24", state_dir=tmp_path),
+        pytest.raises(LabError, match="overlaps the route"),
+    ):
+        Lab(1, prefix="rltest4", subnet="198.19.10.0/25", state_dir=tmp_path).up()
+    assert _leftovers("rltest3") == [] and _leftovers("rltest4") == []
+
+
+@netns
+def test_cli_up_run_down(tmp_path: Path) -> None:
+    env = {**os.environ, "ROOST_LAB_STATE_DIR": str(tmp_path)}
+    roost = [sys.executable, "-m", "roost", "lab"]
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*roost, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    try:
+        up = cli("up", "2", "--rate", "100mbit", "--name", "rltest5", "--subnet", "198.19.11.0/24")
+        assert up.returncode == 0, up.stderr
+        assert "h2          198.19.11.3" in up.stdout
+        run = cli("run", "--name", "rltest5", "all", "--", "ip", "-br", "addr", "show", "eth0")
+        assert run.returncode == 0, run.stderr
+        assert "198.19.11.2/24" in run.stdout and "198.19.11.3/24" in run.stdout
+        assert cli("run", "--name", "rltest5", "h1", "--", "false").returncode == 1
+        bad = cli("up", "2", "--name", "rltest6", "--subnet", "10.1.0.0/24")
+        assert bad.returncode == 1 and "outside 198.18.0.0/15" in bad.stderr
+    finally:
+        down = cli("down", "--name", "rltest5")
+    assert down.returncode == 0 and "rltest5-sw" in down.stdout
+    assert _leftovers("rltest5") == []
