@@ -1,0 +1,454 @@
+"""The BitTorrent engine: roost's one boundary to libtorrent.
+
+Theory of operation
+-------------------
+An :class:`Engine` owns one ``lt.session`` and is used from one thread only
+(the session's alerts are a single queue; one reader keeps them coherent).
+The session is always built from a settings pack: a bare ``lt.session()``
+starts DHT, LSD, UPnP and NAT-PMP and listens everywhere, which a deploy tool
+must never do. The pack is tuned for a LAN (TCP only, several connections per
+IP, no unchoke slot limit, large send buffers, fast re-announces).
+
+Torrents are identified by their v1 info-hash in hex (:data:`TorrentId`).
+Discrete happenings come out of :meth:`Engine.events` as small frozen
+dataclasses; numbers come from :meth:`Engine.status`. Every libtorrent
+exception is turned into :class:`~roost.errors.EngineError` here, so nothing
+above this module ever sees a libtorrent type.
+
+Resume data: :meth:`Engine.save_resume` asks libtorrent for it, waits for the
+answer (buffering other alerts for :meth:`events`) and writes it atomically
+to ``resume_dir/INFOHASH.resume``; :meth:`Engine.add` loads it back, so a
+restarted download skips the re-hash of what it already had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import libtorrent as lt
+
+from roost import __version__
+from roost.errors import EngineError
+
+TorrentId = str  # v1 info-hash, 40 hex digits
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one engine's session behaves. Rates are bytes/s, 0 = unlimited."""
+
+    listen_interface: str = "0.0.0.0"
+    listen_port: int = 0
+    announce_ip: str | None = None
+    upload_limit: int = 0
+    download_limit: int = 0
+    dht: bool = False
+    lsd: bool = False
+    upnp: bool = False
+    natpmp: bool = False
+    utp: bool = False
+    connections_limit: int = 1000
+    send_buffer: int = 8 * 1024 * 1024
+    min_announce_interval: int = 1
+    #: libtorrent refuses a loopback tracker whose path is not /announce while
+    #: this is on; roost's tracker serves /announce so it can stay on.
+    ssrf_mitigation: bool = True
+
+
+@dataclass(frozen=True)
+class Status:
+    info_hash: TorrentId
+    name: str
+    state: str
+    progress: float
+    total_done: int
+    total_wanted: int
+    downloaded: int  # payload bytes received this session
+    uploaded: int  # payload bytes sent this session
+    rate_down: int
+    rate_up: int
+    num_peers: int
+    num_seeds: int
+    is_seeding: bool
+    is_finished: bool
+    error: str | None
+
+
+# Events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finished:
+    info_hash: TorrentId
+
+
+@dataclass(frozen=True)
+class HashFailed:
+    info_hash: TorrentId
+    piece: int
+
+
+@dataclass(frozen=True)
+class TorrentError:
+    info_hash: TorrentId
+    message: str
+
+
+@dataclass(frozen=True)
+class PeerBanned:
+    info_hash: TorrentId
+    address: str
+
+
+@dataclass(frozen=True)
+class TrackerProblem:
+    info_hash: TorrentId
+    url: str
+    message: str
+    fatal: bool  # an error (True) or a warning (False)
+
+
+Event = Finished | HashFailed | TorrentError | PeerBanned | TrackerProblem
+
+_ALERT_MASK = (
+    lt.alert.category_t.status_notification
+    | lt.alert.category_t.error_notification
+    | lt.alert.category_t.peer_notification
+    | lt.alert.category_t.storage_notification
+    | lt.alert.category_t.tracker_notification
+)
+
+
+def settings_pack(config: EngineConfig) -> dict[str, object]:
+    """The libtorrent settings for ``config`` (pure; tested on its own)."""
+    iface = config.listen_interface
+    if ":" in iface and not iface.startswith("["):
+        iface = f"[{iface}]"
+    pack: dict[str, object] = {
+        "listen_interfaces": f"{iface}:{config.listen_port}",
+        "enable_dht": config.dht,
+        "enable_lsd": config.lsd,
+        "enable_upnp": config.upnp,
+        "enable_natpmp": config.natpmp,
+        "enable_outgoing_utp": config.utp,
+        "enable_incoming_utp": config.utp,
+        "enable_outgoing_tcp": True,
+        "enable_incoming_tcp": True,
+        "allow_multiple_connections_per_ip": True,
+        "unchoke_slots_limit": -1,
+        "connections_limit": config.connections_limit,
+        "send_buffer_watermark": config.send_buffer,
+        "send_buffer_low_watermark": config.send_buffer // 4,
+        "send_buffer_watermark_factor": 150,
+        "max_queued_disk_bytes": 64 * 1024 * 1024,
+        "max_out_request_queue": 1500,
+        "announce_to_all_tiers": True,
+        "announce_to_all_trackers": True,
+        "min_announce_interval": config.min_announce_interval,
+        "min_reconnect_time": 1,
+        "peer_connect_timeout": 5,
+        "stop_tracker_timeout": 2,
+        "tracker_backoff": 50,
+        "torrent_connect_boost": 100,
+        "connection_speed": 200,
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_limit": -1,
+        "share_ratio_limit": 0,
+        "seed_time_limit": 0,
+        "upload_rate_limit": config.upload_limit,
+        "download_rate_limit": config.download_limit,
+        # Production caps must apply between hosts on the same LAN too.
+        "ignore_limits_on_local_network": False,
+        "rate_limit_ip_overhead": False,
+        "alert_mask": int(_ALERT_MASK),
+        "alert_queue_size": 10000,
+        "ssrf_mitigation": config.ssrf_mitigation,
+        "user_agent": f"roost/{__version__}",
+        "handshake_client_version": f"roost/{__version__}",
+        "peer_fingerprint": "-RO0100-",
+        # A port asked for is that port, not the next free one.
+        "max_retry_port_bind": 0,
+    }
+    if config.announce_ip:
+        pack["announce_ip"] = config.announce_ip
+    return pack
+
+
+def _hex(info_hashes: object) -> TorrentId:
+    v1 = getattr(info_hashes, "v1", info_hashes)
+    return str(v1)
+
+
+def _state_name(state: object) -> str:
+    return str(state).rsplit(".", 1)[-1]
+
+
+class Engine:
+    """One libtorrent session. Not thread-safe: one owner thread."""
+
+    def __init__(self, config: EngineConfig | None = None):
+        self.config = config or EngineConfig()
+        try:
+            self._session = lt.session(cast(Any, settings_pack(self.config)))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise EngineError(f"cannot start the BitTorrent session: {exc}") from exc
+        self._handles: dict[TorrentId, lt.torrent_handle] = {}
+        self._resume_dirs: dict[TorrentId, Path] = {}
+        self._pending: list[Event] = []
+        self._listen_error: str | None = None
+        self._closed = False
+        self.port = self._wait_listen()
+
+    def _wait_listen(self) -> int:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            port = int(self._session.listen_port())
+            if port:
+                return port
+            for alert in self._session.pop_alerts():
+                if isinstance(alert, lt.listen_failed_alert):
+                    self._listen_error = alert.message()
+            if self._listen_error:
+                break
+            self._session.wait_for_alert(50)
+        iface = f"{self.config.listen_interface}:{self.config.listen_port}"
+        raise EngineError(f"cannot listen on {iface}: {self._listen_error or 'no port bound'}")
+
+    def settings(self) -> dict[str, object]:
+        """The session's effective settings (for checks and diagnostics)."""
+        return dict(self._session.get_settings())
+
+    # Torrents ------------------------------------------------------------
+
+    def add(
+        self,
+        torrent_bytes: bytes,
+        save_path: Path,
+        *,
+        seed_mode: bool = False,
+        super_seeding: bool = False,
+        resume_dir: Path | None = None,
+        web_seeds: Sequence[str] = (),
+        trackers: Sequence[str] | None = None,
+        upload_limit: int = 0,
+        download_limit: int = 0,
+    ) -> TorrentId:
+        """Add a torrent, started (never paused, never auto-managed).
+
+        ``trackers`` replaces the torrent's own announce list. Raises
+        ``EngineError`` for a torrent libtorrent cannot read or add.
+        """
+        try:
+            info = lt.torrent_info(cast(Any, lt.bdecode(torrent_bytes)))
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise EngineError(f"not a valid .torrent: {exc}") from exc
+        tid = _hex(info.info_hashes())
+        if tid in self._handles:
+            raise EngineError("torrent added twice", info_hash=tid)
+        atp = lt.add_torrent_params()
+        resume_file = _resume_path(resume_dir, tid) if resume_dir else None
+        if resume_file is not None and resume_file.is_file() and not seed_mode:
+            try:
+                atp = lt.read_resume_data(resume_file.read_bytes())
+            except (RuntimeError, ValueError) as exc:
+                # Stale or damaged resume data only costs a re-hash.
+                atp = lt.add_torrent_params()
+                self._pending.append(TorrentError(tid, f"ignoring resume data: {exc}"))
+        atp.ti = info
+        atp.save_path = str(save_path)
+        flags = atp.flags
+        flags &= ~lt.torrent_flags.paused
+        flags &= ~lt.torrent_flags.auto_managed
+        flags &= ~lt.torrent_flags.duplicate_is_error
+        if seed_mode:
+            flags |= lt.torrent_flags.seed_mode
+        if super_seeding:
+            flags |= lt.torrent_flags.super_seeding
+        atp.flags = flags
+        if web_seeds:
+            atp.url_seeds = list(web_seeds)
+        if upload_limit:
+            atp.upload_limit = upload_limit
+        if download_limit:
+            atp.download_limit = download_limit
+        try:
+            Path(save_path).mkdir(parents=True, exist_ok=True)
+            handle = self._session.add_torrent(atp)
+            if trackers is not None:
+                handle.replace_trackers([lt.announce_entry(url) for url in trackers])
+        except (RuntimeError, OSError, TypeError, ValueError) as exc:
+            raise EngineError(f"cannot add torrent: {exc}", info_hash=tid) from exc
+        self._handles[tid] = handle
+        if resume_dir is not None:
+            self._resume_dirs[tid] = Path(resume_dir)
+        return tid
+
+    def _handle(self, tid: TorrentId) -> lt.torrent_handle:
+        try:
+            return self._handles[tid]
+        except KeyError:
+            raise EngineError("no such torrent in this engine", info_hash=tid) from None
+
+    def status(self, tid: TorrentId) -> Status:
+        handle = self._handle(tid)
+        try:
+            st = handle.status()
+        except RuntimeError as exc:
+            raise EngineError(f"cannot read torrent status: {exc}", info_hash=tid) from exc
+        error = st.errc.message() if st.errc.value() else None
+        return Status(
+            info_hash=tid,
+            name=st.name,
+            state=_state_name(st.state),
+            progress=float(st.progress),
+            total_done=int(st.total_wanted_done),
+            total_wanted=int(st.total_wanted),
+            downloaded=int(st.total_payload_download),
+            uploaded=int(st.total_payload_upload),
+            rate_down=int(st.download_payload_rate),
+            rate_up=int(st.upload_payload_rate),
+            num_peers=int(st.num_peers),
+            num_seeds=int(st.num_seeds),
+            is_seeding=bool(st.is_seeding),
+            is_finished=bool(st.is_finished),
+            error=error,
+        )
+
+    def connect_peer(self, tid: TorrentId, address: str, port: int) -> None:
+        """Connect to a peer directly (no tracker); for tests and web-less setups."""
+        try:
+            self._handle(tid).connect_peer((address, port))
+        except RuntimeError as exc:
+            raise EngineError(f"cannot connect to {address}:{port}: {exc}", info_hash=tid) from exc
+
+    def reannounce(self, tid: TorrentId) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._handle(tid).force_reannounce()
+
+    def set_upload_limit(self, tid: TorrentId, rate: int) -> None:
+        self._handle(tid).set_upload_limit(rate)
+
+    def remove(self, tid: TorrentId) -> None:
+        handle = self._handles.pop(tid, None)
+        self._resume_dirs.pop(tid, None)
+        if handle is not None:
+            with contextlib.suppress(RuntimeError):
+                self._session.remove_torrent(handle)
+
+    # Alerts --------------------------------------------------------------
+
+    def events(self, timeout: float = 0.0) -> list[Event]:
+        """Events since the last call, waiting up to ``timeout`` s for one."""
+        if not self._pending and timeout > 0:
+            self._session.wait_for_alert(int(timeout * 1000))
+        out = self._pending
+        self._pending = []
+        for alert in self._session.pop_alerts():
+            event = self._translate(alert)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _translate(self, alert: object) -> Event | None:
+        tid = ""
+        handle = getattr(alert, "handle", None)
+        if handle is not None:
+            with contextlib.suppress(RuntimeError, AttributeError):
+                tid = _hex(handle.info_hashes())
+        if tid and tid not in self._handles:
+            return None
+        if isinstance(alert, lt.torrent_finished_alert):
+            return Finished(tid)
+        if isinstance(alert, lt.hash_failed_alert):
+            return HashFailed(tid, int(alert.piece_index))
+        if isinstance(alert, lt.peer_ban_alert):
+            return PeerBanned(tid, _endpoint(alert))
+        if isinstance(alert, lt.tracker_error_alert):
+            return TrackerProblem(tid, str(alert.tracker_url()), alert.message(), True)
+        if isinstance(alert, lt.tracker_warning_alert):
+            return TrackerProblem(tid, str(alert.tracker_url()), alert.message(), False)
+        if isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
+            return TorrentError(tid, alert.message())
+        if isinstance(alert, lt.fastresume_rejected_alert):
+            return TorrentError(tid, f"resume data rejected, re-checking: {alert.message()}")
+        return None
+
+    # Resume data ---------------------------------------------------------
+
+    def save_resume(self, tid: TorrentId, timeout: float = 10.0) -> Path | None:
+        """Write the torrent's resume data atomically; None if it has no resume dir.
+
+        Raises ``EngineError`` if libtorrent fails to produce it in time.
+        """
+        resume_dir = self._resume_dirs.get(tid)
+        if resume_dir is None:
+            return None
+        handle = self._handle(tid)
+        handle.save_resume_data(lt.torrent_handle.save_info_dict)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._session.wait_for_alert(100)
+            for alert in self._session.pop_alerts():
+                if isinstance(alert, lt.save_resume_data_alert) and _alert_tid(alert) == tid:
+                    data = lt.write_resume_data_buf(alert.params)
+                    return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+                if isinstance(alert, lt.save_resume_data_failed_alert) and _alert_tid(alert) == tid:
+                    raise EngineError(f"cannot save resume data: {alert.message()}", info_hash=tid)
+                event = self._translate(alert)
+                if event is not None:
+                    self._pending.append(event)
+        raise EngineError("timed out saving resume data", info_hash=tid)
+
+    def close(self) -> None:
+        """Stop every torrent (announcing ``stopped``) and end the session."""
+        if self._closed:
+            return
+        self._closed = True
+        self._handles.clear()
+        with contextlib.suppress(RuntimeError):
+            self._session.pause()
+        # Dropping the last reference waits (bounded by stop_tracker_timeout)
+        # for the `stopped` announces.
+        del self._session
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _alert_tid(alert: object) -> str:
+    try:
+        return _hex(alert.handle.info_hashes())  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError):
+        return ""
+
+
+def _endpoint(alert: object) -> str:
+    ip = getattr(alert, "ip", None) or getattr(alert, "endpoint", None)
+    if isinstance(ip, tuple):
+        return f"{ip[0]}:{ip[1]}"
+    return str(ip)
+
+
+def _resume_path(resume_dir: Path, tid: TorrentId) -> Path:
+    return Path(resume_dir) / f"{tid}.resume"
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,130 @@
+"""Pid files for the processes roost starts, and stopping them by pid file.
+
+roost never stops a process by matching its name (Murder's ``pkill -f
+murder_client`` would kill a neighbour's deploy too). Every long-lived roost
+process (a seeder, a lingering peer worker) records itself in a pid file; a
+stop reads that file, checks the process still runs roost, and signals that
+one pid only.
+
+A pid file holds one line: ``PID START_TIME`` where START_TIME is the
+process's start time in clock ticks since boot (from ``/proc/PID/stat``), so
+a recycled pid is never mistaken for ours. Where /proc is missing the start
+time is ``0`` and only the pid is checked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from roost.errors import RoostError
+
+
+def _start_time(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    # The command name (field 2) may hold spaces and parentheses: split after it.
+    fields = stat.rsplit(")", 1)[-1].split()
+    return int(fields[19]) if len(fields) > 19 else 0
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        return state != "Z"
+    return True
+
+
+def write_pid_file(path: Path, pid: int | None = None) -> Path:
+    """Record ``pid`` (default: this process) in ``path``, atomically."""
+    pid = os.getpid() if pid is None else pid
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(f"{pid} {_start_time(pid)}\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid recorded in ``path`` if that process still runs, else None."""
+    try:
+        fields = Path(path).read_text().split()
+        pid, started = int(fields[0]), int(fields[1]) if len(fields) > 1 else 0
+    except (OSError, ValueError, IndexError):
+        return None
+    if pid <= 0 or not alive(pid):
+        return None
+    if started and _start_time(pid) not in (0, started):
+        return None  # the pid was recycled by another process
+    return pid
+
+
+def remove_pid_file(path: Path, pid: int | None = None) -> None:
+    """Remove ``path`` if it still names ``pid`` (default: this process)."""
+    pid = os.getpid() if pid is None else pid
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        if int(Path(path).read_text().split()[0]) == pid:
+            Path(path).unlink()
+
+
+def stop_by_pid_file(path: Path, *, timeout: float = 10.0) -> bool:
+    """SIGTERM the process in ``path``, SIGKILL it after ``timeout`` s.
+
+    Returns True if a live process was stopped, False if none was running.
+    The pid file is removed either way.
+    """
+    pid = read_pid_file(path)
+    if pid is None:
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+        return False
+    _signal(pid, signal.SIGTERM)
+    if not wait_gone(pid, timeout):
+        _signal(pid, signal.SIGKILL)
+        if not wait_gone(pid, 5.0):
+            raise RoostError(f"process {pid} from {path} did not stop")
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
+    return True
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+        if not alive(pid):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise RoostError(f"cannot signal process {pid}: {exc}") from exc
+
+
+def pid_files(root: Path, pattern: str = "**/*.pid") -> Iterator[Path]:
+    """Pid files under ``root`` (for ``roost stop-peering`` and clean-up)."""
+    root = Path(root)
+    if root.is_dir():
+        yield from sorted(root.glob(pattern))

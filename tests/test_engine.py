@@ -1,0 +1,138 @@
+"""The engine against real libtorrent sessions on 127.0.0.1."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from tests.conftest import make_torrent
+
+from roost.engine import (
+    Engine,
+    EngineConfig,
+    Finished,
+    HashFailed,
+    PeerBanned,
+    settings_pack,
+)
+from roost.errors import EngineError
+
+LOOPBACK = EngineConfig(listen_interface="127.0.0.1")
+
+
+def wait_seeding(engine: Engine, tid: str, timeout: float = 20.0) -> list[object]:
+    events: list[object] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        events += engine.events(0.1)
+        if engine.status(tid).is_seeding:
+            return events
+    raise AssertionError(f"not complete: {engine.status(tid)}")
+
+
+def test_settings_pack_is_lan_tuned() -> None:
+    pack = settings_pack(EngineConfig(announce_ip="198.18.0.5", upload_limit=1000))
+    assert pack["enable_dht"] is False
+    assert pack["enable_lsd"] is False
+    assert pack["enable_upnp"] is False
+    assert pack["enable_natpmp"] is False
+    assert pack["enable_outgoing_utp"] is False
+    assert pack["enable_incoming_utp"] is False
+    assert pack["allow_multiple_connections_per_ip"] is True
+    assert pack["announce_ip"] == "198.18.0.5"
+    assert pack["upload_rate_limit"] == 1000
+    assert pack["ignore_limits_on_local_network"] is False
+
+
+def test_session_uses_the_pack_and_binds_an_ephemeral_port() -> None:
+    with Engine(LOOPBACK) as engine:
+        assert engine.port > 0
+        settings = engine.settings()
+        assert settings["enable_dht"] is False
+        assert settings["enable_outgoing_utp"] is False
+        assert settings["listen_interfaces"] == "127.0.0.1:0"
+
+
+def test_invalid_torrent_is_an_engine_error(tmp_path: Path) -> None:
+    with Engine(LOOPBACK) as engine, pytest.raises(EngineError, match=r"not a valid \.torrent"):
+        engine.add(b"d4:infoi3ee", tmp_path)
+
+
+def test_seed_then_download_between_two_sessions(payload: Path, tmp_path: Path) -> None:
+    torrent = make_torrent(payload)
+    with Engine(LOOPBACK) as seeder, Engine(LOOPBACK) as leecher:
+        sid = seeder.add(torrent, payload.parent, seed_mode=True)
+        assert seeder.status(sid).is_seeding  # seed_mode: no hashing first
+        lid = leecher.add(torrent, tmp_path / "dl", resume_dir=tmp_path / "resume")
+        assert not leecher.status(lid).is_seeding
+        leecher.connect_peer(lid, "127.0.0.1", seeder.port)
+        events = wait_seeding(leecher, lid)
+        assert Finished(lid) in events
+        assert leecher.status(lid).downloaded >= payload.stat().st_size
+        resume = leecher.save_resume(lid)
+        assert resume is not None and resume.stat().st_size > 0
+    assert (tmp_path / "dl" / payload.name).read_bytes() == payload.read_bytes()
+    # Added again with its resume data, it is complete without a download.
+    with Engine(LOOPBACK) as again:
+        tid = again.add(torrent, tmp_path / "dl", resume_dir=tmp_path / "resume")
+        wait_seeding(again, tid, timeout=5)
+        assert again.status(tid).downloaded == 0
+
+
+def corrupt_piece(path: Path, piece: int, piece_size: int = 256 * 1024) -> None:
+    with open(path, "r+b") as f:
+        f.seek(piece * piece_size + 10)
+        f.write(b"\0" * 64)
+
+
+def collect(engine: Engine, kind: type, timeout: float = 20.0) -> list:
+    found: list = []
+    deadline = time.monotonic() + timeout
+    while not found and time.monotonic() < deadline:
+        found += [e for e in engine.events(0.1) if isinstance(e, kind)]
+    return found
+
+
+def test_seed_mode_catches_a_corrupt_file_on_first_request(payload: Path, tmp_path: Path) -> None:
+    torrent = make_torrent(payload)
+    corrupt_piece(payload, 3)
+    with Engine(LOOPBACK) as seeder, Engine(LOOPBACK) as leecher:
+        sid = seeder.add(torrent, payload.parent, seed_mode=True)
+        lid = leecher.add(torrent, tmp_path / "dl")
+        leecher.connect_peer(lid, "127.0.0.1", seeder.port)
+        failed = collect(seeder, HashFailed)
+        assert [e.piece for e in failed] == [3]
+        assert not seeder.status(sid).is_seeding  # it knows it lacks piece 3 now
+        assert not leecher.status(lid).is_seeding
+
+
+def test_corrupt_piece_from_a_peer_is_surfaced_and_peer_banned(
+    payload: Path, tmp_path: Path
+) -> None:
+    torrent = make_torrent(payload)
+    resume = tmp_path / "seed-resume"
+    with Engine(LOOPBACK) as seeder:  # a full check, then resume data saying "all pieces"
+        sid = seeder.add(torrent, payload.parent, resume_dir=resume)
+        wait_seeding(seeder, sid)
+        seeder.save_resume(sid)
+    corrupt_piece(payload, 5)  # the seeder trusts its resume data: it serves bad data
+    with Engine(LOOPBACK) as seeder, Engine(LOOPBACK) as leecher:
+        seeder.add(torrent, payload.parent, resume_dir=resume)
+        lid = leecher.add(torrent, tmp_path / "dl")
+        leecher.connect_peer(lid, "127.0.0.1", seeder.port)
+        deadline = time.monotonic() + 20
+        events: list[object] = []
+        while time.monotonic() < deadline and not (
+            any(isinstance(e, HashFailed) for e in events)
+            and any(isinstance(e, PeerBanned) for e in events)
+        ):
+            events += leecher.events(0.1)
+        assert HashFailed(lid, 5) in events
+        assert any(isinstance(e, PeerBanned) and e.address.startswith("127.0.0.1:") for e in events)
+        assert not leecher.status(lid).is_seeding
+
+
+def test_unknown_torrent_id_is_an_engine_error() -> None:
+    with Engine(LOOPBACK) as engine, pytest.raises(EngineError, match="no such torrent"):
+        engine.status("00" * 20)
