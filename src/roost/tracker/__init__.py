@@ -1,0 +1,29 @@
+"""roost's BitTorrent tracker: announce, scrape, locality, tokens, status.
+
+Public API::
+
+    from roost.tracker import TrackerConfig, TrackerServer, run_tracker_in_thread
+
+See ``server.py`` for how it works and ``docs/ARCHITECTURE.md`` for the
+contract. Protocol code (``protocol``, ``handout``) is sans-IO.
+"""
+
+from roost.tracker.handout import LocalityPolicy
+from roost.tracker.server import (
+    TrackerConfig,
+    TrackerHandle,
+    TrackerServer,
+    parse_info_hash,
+    run_tracker_in_thread,
+)
+from roost.tracker.store import StateFileError
+
+__all__ = [
+    "LocalityPolicy",
+    "StateFileError",
+    "TrackerConfig",
+    "TrackerHandle",
+    "TrackerServer",
+    "parse_info_hash",
+    "run_tracker_in_thread",
+]

@@ -1,0 +1,166 @@
+"""Which peers the tracker hands to an announcing peer: a pure policy.
+
+Theory of operation
+-------------------
+A deploy swarm starts with one or a few seeders and many empty leechers, and
+ends when every leecher holds every piece. Two things matter:
+
+1. **Seeders first.** A leecher is handed seeders before other leechers, so
+   the data gets out of the origin at once; a seeder is handed leechers only
+   (two seeders have nothing to trade).
+2. **Locality.** When peers carry labels (datacenter ``dc``, ``rack``),
+   candidates are ranked in tiers: same rack, same datacenter, unlabelled,
+   other datacenters. Seeders come first inside each tier. Pure locality
+   would split the swarm into islands, so a few slots are *reserved* for
+   links leaving the tier: at least ``cross_rack_min`` peers from other racks
+   of the same datacenter, and ``cross_dc_min`` peers from other
+   datacenters. Only ``dc_gateways_per_rack`` peers of each rack talk to
+   other datacenters at all: the *gateways*, the peers of the rack with the
+   lowest CRC-32 of their peer id (stable while they stay, re-chosen when
+   they leave). A gateway is handed other-datacenter gateways only; everyone
+   else never sees another datacenter, so slow inter-datacenter links carry
+   each piece a few times instead of once per host.
+
+The requester itself is never handed out. The result is deterministic for
+a given ``random.Random``; the function does no I/O and keeps no state.
+Cost is linear in the swarm's size when labels are in play, and a sample
+of ``numwant`` otherwise.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+__all__ = ["Candidate", "LocalityPolicy", "choose_peers", "dc_gateways"]
+
+
+class Candidate(Protocol):
+    peer_id: bytes
+    dc: str | None
+    rack: str | None
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityPolicy:
+    """How strongly the handout prefers nearby peers.
+
+    ``enabled=False`` ignores labels altogether (seeders first, then random).
+    """
+
+    enabled: bool = True
+    cross_rack_min: int = 2
+    cross_dc_min: int = 1
+    dc_gateways_per_rack: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("cross_rack_min", "cross_dc_min", "dc_gateways_per_rack"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+
+
+def _rank(peer_id: bytes) -> int:
+    return zlib.crc32(peer_id)
+
+
+def dc_gateways(peers: Sequence[Candidate], per_rack: int) -> set[bytes]:
+    """Peer ids allowed to talk to other datacenters: ``per_rack`` per (dc, rack).
+
+    Unlabelled peers (no ``dc``) are not restricted and not listed.
+    """
+    racks: dict[tuple[str, str | None], list[bytes]] = {}
+    for p in peers:
+        if p.dc is not None:
+            racks.setdefault((p.dc, p.rack), []).append(p.peer_id)
+    chosen: set[bytes] = set()
+    for ids in racks.values():
+        ids = sorted(set(ids), key=lambda i: (_rank(i), i))
+        chosen.update(ids[:per_rack])
+    return chosen
+
+
+def _sample(pool: Sequence[C], k: int, rng: random.Random, exclude: bytes) -> list[C]:
+    """Up to ``k`` random members of ``pool`` other than ``exclude``."""
+    if k <= 0 or not pool:
+        return []
+    if k + 1 >= len(pool):
+        picked = [p for p in pool if p.peer_id != exclude]
+        rng.shuffle(picked)
+        return picked[:k]
+    picked = [p for p in rng.sample(pool, k + 1) if p.peer_id != exclude]
+    return picked[:k]
+
+
+def choose_peers(
+    requester: Candidate,
+    requester_is_seeder: bool,
+    seeders: Sequence[C],
+    leechers: Sequence[C],
+    numwant: int,
+    rng: random.Random,
+    policy: LocalityPolicy = LocalityPolicy(),
+) -> list[C]:
+    """Up to ``numwant`` peers for ``requester``, best first.
+
+    ``seeders`` and ``leechers`` may contain the requester; it is skipped.
+    """
+    if numwant <= 0:
+        return []
+    me = requester.peer_id
+    pool_s: Sequence[C] = () if requester_is_seeder else seeders
+    if not policy.enabled or requester.dc is None:
+        picked = _sample(pool_s, numwant, rng, me)
+        if len(picked) < numwant:
+            picked += _sample(leechers, numwant - len(picked), rng, me)
+        return picked
+
+    # Tiers: 0 same rack, 1 same dc, 2 unlabelled, 3 other dc; seeders, leechers.
+    tiers: list[tuple[list[C], list[C]]] = [([], []) for _ in range(4)]
+    dc, rack = requester.dc, requester.rack
+    for idx, pool in ((0, pool_s), (1, leechers)):
+        for p in pool:
+            if p.peer_id == me:
+                continue
+            if p.dc is None:
+                tier = 2
+            elif p.dc != dc:
+                tier = 3
+            elif rack is not None and p.rack == rack:
+                tier = 0
+            else:
+                tier = 1
+            tiers[tier][idx].append(p)
+    for seeds, leeches in tiers:
+        rng.shuffle(seeds)
+        rng.shuffle(leeches)
+
+    other_s, other_l = tiers[3]
+    if other_s or other_l:
+        everyone: list[Candidate] = [*seeders, *leechers, requester]
+        gateways = dc_gateways(everyone, policy.dc_gateways_per_rack)
+        if me in gateways:
+            other_s[:] = [p for p in other_s if p.peer_id in gateways]
+            other_l[:] = [p for p in other_l if p.peer_id in gateways]
+        else:
+            other_s.clear()
+            other_l.clear()
+
+    out: list[C] = []
+
+    def take(tier: int, k: int) -> None:
+        seeds, leeches = tiers[tier]
+        while k > 0 and (seeds or leeches):
+            out.append(seeds.pop() if seeds else leeches.pop())
+            k -= 1
+
+    take(3, min(policy.cross_dc_min, numwant))
+    take(1, min(policy.cross_rack_min, numwant - len(out)))
+    for tier in range(4):
+        take(tier, numwant - len(out))
+    return out

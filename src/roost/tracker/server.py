@@ -1,0 +1,517 @@
+"""The tracker's HTTP server: asyncio, no framework, one event loop.
+
+Theory of operation
+-------------------
+Each TCP connection is an ``asyncio.Protocol`` holding a sans-IO
+``RequestParser``. Bytes arrive, complete request heads come out (pipelined
+and keep-alive requests included), each is routed synchronously and its
+response written at once: the announce path is parse query -> update the
+``Registry`` -> pick peers (``handout``) -> render bencode, with no awaits,
+no threads and no per-request allocations beyond the response. All swarm
+state belongs to the loop's thread; other threads go through
+``TrackerHandle`` which hops onto the loop.
+
+Routes: ``/announce`` and ``/scrape`` (BEP 3/23/7/48); ``/stats.json``,
+``/metrics`` (``roost.tracker.stats``), ``/`` and ``/static/NAME``
+(``roost.tracker.web``), imported lazily and 404 while absent, limited to
+``config.stats_allow`` networks when given (others get 403).
+
+Failures: a malformed request gets its 4xx status and a bencoded
+``failure reason`` (then the connection closes, since the stream can no longer
+be trusted); a refused announce (token, allow-list) gets 200 and a failure
+reason, as BitTorrent clients expect; an unexpected exception is logged with
+its traceback and answered 500, and the server keeps serving.
+
+A periodic sweep expires silent peers, closes idle connections and saves
+the state file (also saved on ``stop()``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from roost.errors import TrackerError
+from roost.tracker import protocol as proto
+from roost.tracker.handout import LocalityPolicy
+from roost.tracker.store import load_state, restore_state, save_state
+from roost.tracker.swarm import Refused, Registry
+
+__all__ = ["TrackerConfig", "TrackerHandle", "TrackerServer", "run_tracker_in_thread"]
+
+log = logging.getLogger(__name__)
+
+_BENCODE = "text/plain"
+_JSON = "application/json"
+_METRICS = "text/plain; version=0.0.4; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Every tracker setting, with its default. ``peer_timeout<=0`` means 3 x interval.
+
+    ``token`` is a global announce token (accepted for every info-hash, in
+    addition to each info-hash's own token given to ``allow``).
+    ``dc_prefixes`` / ``rack_prefixes`` map CIDRs to labels, e.g.
+    ``(("198.18.0.0/24", "dc1"),)``. ``stats_allow`` lists the networks that
+    may read /stats.json, /metrics and the page (empty: anyone who can
+    connect; the default bind is loopback).
+    """
+
+    bind: str = "127.0.0.1"
+    port: int = 8998
+    interval: int = 5
+    min_interval: int = 2
+    peer_timeout: float = 0.0
+    numwant_default: int = 50
+    numwant_max: int = 200
+    state_file: Path | None = None
+    save_every: float = 30.0
+    allow_list_only: bool = False
+    tokens_required: bool = False
+    token: str | None = None
+    trust_ip_param: bool = True
+    locality: LocalityPolicy = field(default_factory=LocalityPolicy)
+    dc_prefixes: tuple[tuple[str, str], ...] = ()
+    rack_prefixes: tuple[tuple[str, str], ...] = ()
+    stats_allow: tuple[str, ...] = ()
+    idle_timeout: float = 60.0
+    announce_host: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.peer_timeout <= 0:
+            object.__setattr__(self, "peer_timeout", 3.0 * self.interval)
+        if self.interval < 1 or self.min_interval < 0 or self.min_interval > self.interval:
+            raise TrackerError(
+                f"bad interval {self.interval}/min interval {self.min_interval}: "
+                "need interval >= 1 and 0 <= min interval <= interval"
+            )
+        if not 0 <= self.port < 65536:
+            raise TrackerError(f"port {self.port} out of range")
+        if not 0 < self.numwant_default <= self.numwant_max:
+            raise TrackerError("need 0 < numwant default <= numwant max")
+        for label, rules in (("dc", self.dc_prefixes), ("rack", self.rack_prefixes)):
+            for cidr, name in rules:
+                _network(cidr, f"{label} prefix")
+                if not name or not str(name).isprintable():
+                    raise TrackerError(f"{label} prefix {cidr}: empty or unprintable name")
+        for cidr in self.stats_allow:
+            _network(cidr, "stats-allow network")
+        if self.token is not None and not (self.token.isascii() and self.token.isprintable()):
+            raise TrackerError("token must be printable ASCII")
+
+
+def _network(cidr: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError as exc:
+        raise TrackerError(f"{what} {cidr!r} is not a network (CIDR): {exc}") from exc
+
+
+def parse_info_hash(info_hash_hex: str) -> bytes:
+    """40 hex digits -> 20 bytes; raise ``TrackerError`` otherwise."""
+    try:
+        raw = bytes.fromhex(info_hash_hex.strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != 20:
+        raise TrackerError(f"info-hash {info_hash_hex!r} is not 40 hex digits")
+    return raw
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("ip", "last_active", "parser", "server", "transport")
+
+    def __init__(self, server: TrackerServer):
+        self.server = server
+        self.parser = proto.RequestParser()
+        self.transport: asyncio.Transport | None = None
+        self.ip = ""
+        self.last_active = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0] if peer else ""
+        self.server._conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server._conns.discard(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        self.last_active = time.monotonic()
+        try:
+            requests = self.parser.feed(data)
+        except proto.ProtocolError as exc:
+            self.server.registry.counters.request("malformed", 0.0)
+            transport.write(
+                proto.http_response(exc.status, proto.render_failure(str(exc)), keep_alive=False)
+            )
+            transport.close()
+            return
+        for req in requests:
+            response, keep = self.server.handle(req, self.ip)
+            transport.write(response)
+            if not keep:
+                transport.close()
+                return
+
+
+class TrackerServer:
+    """The tracker: ``await start()``, serve, ``await stop()``."""
+
+    def __init__(self, config: TrackerConfig | None = None, *, clock: Any = time.time):
+        self.config = config or TrackerConfig()
+        self._clock = clock
+        self.registry = Registry(self.config, clock())
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[_Conn] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._dirty = False
+        self._last_save = 0.0
+        self._stats_nets = [_network(c, "stats-allow network") for c in self.config.stats_allow]
+        self._stats_ok: dict[str, bool] = {}
+        self._modules: dict[str, ModuleType | None] = {}
+        self.port = 0
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the state file, bind, start sweeping. Raises ``TrackerError``."""
+        cfg = self.config
+        if cfg.state_file is not None:
+            data = load_state(cfg.state_file)
+            if data is not None:
+                n = restore_state(self.registry, data, cfg.state_file)
+                log.info(
+                    "restored %d swarms, %d peers from %s",
+                    len(self.registry.swarms),
+                    n,
+                    cfg.state_file,
+                )
+        loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(
+                lambda: _Conn(self), cfg.bind, cfg.port, reuse_address=True, backlog=1024
+            )
+        except OSError as exc:
+            raise TrackerError(
+                f"cannot listen on {cfg.bind}:{cfg.port}: {exc.strerror or exc}"
+            ) from exc
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._last_save = self._clock()
+        self._sweeper = asyncio.create_task(self._sweep_forever())
+        log.info("tracker listening on %s", self.announce_url)
+
+    async def stop(self) -> None:
+        """Stop serving, close connections, save the state file."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+            for conn in list(self._conns):
+                if conn.transport is not None:
+                    conn.transport.close()
+            await self._server.wait_closed()
+            self._server = None
+        self.save()
+
+    async def __aenter__(self) -> TrackerServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def announce_url(self) -> str:
+        host = self.config.announce_host or self.config.bind
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/announce"
+
+    def announce_url_with_token(self, token: str | None) -> str:
+        return f"{self.announce_url}?token={token}" if token else self.announce_url
+
+    def allow(
+        self,
+        info_hash_hex: str,
+        tag: str | None = None,
+        token: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        """Register an info-hash (allow-list) with its tag, token and size."""
+        if token is not None and not (token.isascii() and token.isprintable() and token):
+            raise TrackerError("token must be non-empty printable ASCII")
+        raw = parse_info_hash(info_hash_hex)
+        self.registry.allow(raw, self._clock(), tag=tag, token=token, size=size)
+        self._dirty = True
+
+    def save(self) -> None:
+        """Write the state file now (if one is configured)."""
+        if self.config.state_file is not None:
+            now = self._clock()
+            save_state(self.registry, self.config.state_file, now)
+            self._last_save = now
+            self._dirty = False
+
+    async def _sweep_forever(self) -> None:
+        cfg = self.config
+        period = max(0.05, min(1.0, cfg.peer_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                now = self._clock()
+                if self.registry.expire(now):
+                    self._dirty = True
+                idle_before = time.monotonic() - cfg.idle_timeout
+                for conn in [c for c in self._conns if c.last_active < idle_before]:
+                    if conn.transport is not None:
+                        conn.transport.close()
+                if self._dirty and now - self._last_save >= cfg.save_every:
+                    self.save()
+            except TrackerError as exc:
+                log.error("%s", exc)
+                self._last_save = self._clock()
+            except Exception:
+                log.exception("tracker sweep failed")
+
+    # -- requests ------------------------------------------------------------
+
+    def handle(self, req: proto.Request, ip: str) -> tuple[bytes, bool]:
+        """Route one request; return the response bytes and whether to keep alive."""
+        t0 = time.perf_counter()
+        path = req.path
+        keep = req.keep_alive
+        counters = self.registry.counters
+        route = "other"
+        try:
+            if path == "/announce":
+                route = "announce"
+                status, body, ctype = self._announce(req.query, ip)
+            elif path == "/scrape":
+                route = "scrape"
+                status, body, ctype = self._scrape(req.query)
+            else:
+                status, body, ctype, route = self._page(path, ip)
+        except Exception:
+            log.exception("tracker failed on %s %s", req.method, req.path)
+            status, body, ctype = 500, proto.render_failure("internal tracker error"), _BENCODE
+            keep = False
+        if status >= 400 and route in ("announce", "scrape"):
+            keep = False
+        response = proto.http_response(
+            status, body, content_type=ctype, keep_alive=keep, head_only=req.method == "HEAD"
+        )
+        counters.request(route, time.perf_counter() - t0)
+        return response, keep
+
+    def _announce(self, query: bytes, ip: str) -> tuple[int, bytes, str]:
+        counters = self.registry.counters
+        try:
+            a = proto.parse_announce(query)
+        except proto.ProtocolError as exc:
+            counters.announce("invalid", "malformed")
+            return exc.status, proto.render_failure(str(exc)), _BENCODE
+        try:
+            peers, complete, incomplete = self.registry.announce(a, ip, self._clock())
+        except Refused as exc:
+            counters.announce(a.event, "refused")
+            return 200, proto.render_failure(str(exc)), _BENCODE
+        self._dirty = True
+        counters.announce(a.event, "ok")
+        cfg = self.config
+        body = proto.render_announce(
+            peers,
+            complete=complete,
+            incomplete=incomplete,
+            interval=cfg.interval,
+            min_interval=cfg.min_interval,
+            compact=a.compact,
+            no_peer_id=a.no_peer_id,
+        )
+        return 200, body, _BENCODE
+
+    def _scrape(self, query: bytes) -> tuple[int, bytes, str]:
+        counters = self.registry.counters
+        try:
+            hashes, token = proto.parse_scrape(query)
+            files = self.registry.scrape(hashes, token)
+        except Refused as exc:
+            counters.scrape("refused")
+            return 200, proto.render_failure(str(exc)), _BENCODE
+        except proto.ProtocolError as exc:
+            counters.scrape("malformed")
+            return exc.status, proto.render_failure(str(exc)), _BENCODE
+        counters.scrape("ok")
+        return 200, proto.render_scrape(files), _BENCODE
+
+    def _module(self, name: str) -> ModuleType | None:
+        if name not in self._modules:
+            full = f"roost.tracker.{name}"
+            try:
+                self._modules[name] = importlib.import_module(full)
+            except ModuleNotFoundError as exc:
+                if exc.name != full:
+                    raise
+                self._modules[name] = None
+        return self._modules[name]
+
+    def _stats_allowed(self, ip: str) -> bool:
+        if not self._stats_nets:
+            return True
+        ok = self._stats_ok.get(ip)
+        if ok is None:
+            try:
+                addr = ipaddress.ip_address(ip.removeprefix("::ffff:") if "." in ip else ip)
+            except ValueError:
+                ok = False
+            else:
+                ok = any(addr in net for net in self._stats_nets)
+            self._stats_ok[ip] = ok
+        return ok
+
+    def _page(self, path: str, ip: str) -> tuple[int, bytes, str, str]:
+        if path == "/stats.json":
+            target = ("stats", "render_stats_json", _JSON, "stats")
+        elif path == "/metrics":
+            target = ("stats", "render_metrics", _METRICS, "metrics")
+        elif path in ("/", "/index.html"):
+            target = ("web", "render_page", _HTML, "page")
+        elif path.startswith("/static/"):
+            target = ("web", "render_static", "", "static")
+        else:
+            return 404, proto.render_failure(f"no such path {path[:100]}"), _BENCODE, "other"
+        module_name, func_name, ctype, route = target
+        if not self._stats_allowed(ip):
+            body = b"forbidden: this network may not read tracker status\n"
+            return 403, body, "text/plain", route
+        module = self._module(module_name)
+        func = getattr(module, func_name, None) if module is not None else None
+        if func is None:
+            return 404, b"not available in this build\n", "text/plain", route
+        if route == "static":
+            found = func(path[len("/static/") :])
+            if found is None:
+                return 404, b"no such file\n", "text/plain", route
+            body, ctype = found
+            return 200, body, ctype, route
+        result = func(self.registry, self._clock())
+        if isinstance(result, tuple):
+            result, ctype = result
+        return 200, result, ctype, route
+
+
+class TrackerHandle:
+    """A tracker running on its own thread and loop, for non-asyncio callers."""
+
+    def __init__(
+        self, server: TrackerServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread
+    ):
+        self.server = server
+        self._loop = loop
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def announce_url(self) -> str:
+        return self.server.announce_url
+
+    def announce_url_with_token(self, token: str | None) -> str:
+        return self.server.announce_url_with_token(token)
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` on the tracker's loop; return its result."""
+
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
+
+    def allow(
+        self,
+        info_hash_hex: str,
+        tag: str | None = None,
+        token: str | None = None,
+        size: int | None = None,
+    ) -> None:
+        self.call(self.server.allow, info_hash_hex, tag, token, size)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> TrackerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_tracker_in_thread(config: TrackerConfig | None = None) -> TrackerHandle:
+    """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start."""
+    server = TrackerServer(config)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+    failure: list[BaseException] = []
+
+    def main() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(server.start())
+        except BaseException as exc:
+            failure.append(exc)
+            started.set()
+            loop.close()
+            return
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=main, name="roost-tracker", daemon=True)
+    thread.start()
+    started.wait()
+    if failure:
+        thread.join()
+        raise failure[0]
+    return TrackerHandle(server, loop, thread)

@@ -1,0 +1,158 @@
+"""The tracker's state file (Murder's ``--dfile``): swarms survive a restart.
+
+JSON, written atomically (temporary file in the same directory, fsync,
+``os.replace``) with mode 0600, since it holds announce tokens. It keeps,
+per swarm: tag, token, size, allow-list membership, completed count and the
+live peers with what they last reported. Peers keep their ``last_seen``, so
+those that went away while the tracker was down expire on the first sweep.
+
+``load_state`` raises ``StateFileError`` (one line naming the file and what
+is wrong) for a file that is not roost tracker state; a missing file is an
+empty state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from roost.errors import TrackerError
+from roost.tracker.swarm import Peer, Registry
+
+__all__ = ["StateFileError", "dump_state", "load_state", "restore_state", "save_state"]
+
+FORMAT = "roost-tracker-state"
+VERSION = 1
+
+
+class StateFileError(TrackerError):
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"tracker state file {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _peer_dict(p: Peer) -> dict[str, Any]:
+    return {
+        "peer_id": p.peer_id.hex(),
+        "ip": p.ip,
+        "port": p.port,
+        "left": p.left,
+        "uploaded": p.uploaded,
+        "downloaded": p.downloaded,
+        "first_seen": p.first_seen,
+        "last_seen": p.last_seen,
+        "last_progress": p.last_progress,
+        "host": p.host,
+        "dc": p.dc,
+        "rack": p.rack,
+        "key": p.key.hex() if p.key is not None else None,
+        "completed": p.completed,
+        "events": [[ts, ev] for ts, ev in p.events],
+    }
+
+
+def dump_state(registry: Registry, now: float) -> dict[str, Any]:
+    swarms = []
+    for swarm in registry.swarms.values():
+        swarms.append(
+            {
+                "info_hash": swarm.info_hash_hex,
+                "tag": swarm.tag,
+                "token": swarm.token,
+                "size": swarm.size,
+                "registered": swarm.registered,
+                "completed": swarm.completed,
+                "created": swarm.created,
+                "peers": [
+                    _peer_dict(p) for t in (swarm.seeders, swarm.leechers) for p in t.values()
+                ],
+            }
+        )
+    return {"format": FORMAT, "version": VERSION, "saved": now, "swarms": swarms}
+
+
+def save_state(registry: Registry, path: Path, now: float) -> None:
+    """Write the state file atomically; raise ``StateFileError`` if it cannot."""
+    data = json.dumps(dump_state(registry, now), separators=(",", ":")).encode()
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise StateFileError(path, f"cannot write: {exc.strerror or exc}") from exc
+
+
+def load_state(path: Path) -> dict[str, Any] | None:
+    """The parsed state file, or None if it does not exist."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateFileError(path, f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        reason = f"corrupt (not JSON: {exc}); move it away to start empty"
+        raise StateFileError(path, reason) from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise StateFileError(path, "not a roost tracker state file")
+    if data.get("version") != VERSION:
+        raise StateFileError(path, f"unsupported version {data.get('version')!r}")
+    return data
+
+
+def restore_state(registry: Registry, data: dict[str, Any], path: Path) -> int:
+    """Load swarms from ``data`` into ``registry``; return the number of peers."""
+    count = 0
+    try:
+        for s in data["swarms"]:
+            info_hash = bytes.fromhex(s["info_hash"])
+            if len(info_hash) != 20:
+                raise ValueError(f"info-hash {s['info_hash']!r} is not 20 bytes")
+            swarm = registry.allow(
+                info_hash,
+                float(s.get("created", registry.started)),
+                tag=s.get("tag"),
+                token=s.get("token"),
+                size=s.get("size"),
+            )
+            swarm.registered = bool(s.get("registered", False))
+            swarm.completed = int(s.get("completed", 0))
+            for p in s.get("peers", []):
+                peer = Peer(bytes.fromhex(p["peer_id"]), str(p["ip"]), int(p["port"]), 0.0)
+                peer.left = int(p["left"])
+                peer.uploaded = peer.prev_uploaded = int(p["uploaded"])
+                peer.downloaded = peer.prev_downloaded = int(p["downloaded"])
+                peer.first_seen = float(p["first_seen"])
+                peer.last_seen = peer.prev_seen = float(p["last_seen"])
+                peer.last_progress = float(p["last_progress"])
+                peer.host, peer.dc, peer.rack = p.get("host"), p.get("dc"), p.get("rack")
+                peer.key = bytes.fromhex(p["key"]) if p.get("key") else None
+                peer.completed = bool(p.get("completed", False))
+                for ts, ev in p.get("events", []):
+                    peer.events.append((float(ts), str(ev)))
+                if peer.left == 0:
+                    peer.state = "seeding"
+                    swarm.seeders[peer.peer_id] = peer
+                else:
+                    swarm.leechers[peer.peer_id] = peer
+                count += 1
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise StateFileError(path, f"corrupt ({type(exc).__name__}: {exc})") from exc
+    return count

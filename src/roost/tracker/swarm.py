@@ -1,0 +1,405 @@
+"""Swarm state: who is in which swarm, what they reported, who may join.
+
+One ``Registry`` per tracker, owned by the server's event loop (nothing here
+locks). It holds ``Swarm`` objects keyed by the raw 20-byte info-hash, each
+with its peers keyed by peer id, split into ``seeders`` and ``leechers``
+(``left == 0`` or not), plus ``stopped``: peers that sent ``stopped`` or
+expired, kept for one more ``peer_timeout`` so status pages can show them.
+
+Read API for stats / metrics / the web page (treat it as read-only):
+
+* ``registry.swarms: dict[bytes, Swarm]``, ``registry.started`` (epoch s),
+  ``registry.config`` (``TrackerConfig``), ``registry.counters``
+  (``Counters``: announces by (event, result), scrapes, request latency).
+* ``Swarm``: ``info_hash`` (bytes), ``info_hash_hex``, ``tag``, ``size``
+  (bytes or None), ``completed``, ``registered``, ``seeders``/``leechers``/
+  ``stopped`` (dict peer_id -> Peer), ``peers()`` (all three),
+  ``num_seeders``, ``num_leechers``.
+* ``Peer``: ``peer_id`` (bytes), ``ip``, ``port``, ``left``, ``uploaded``,
+  ``downloaded``, ``first_seen``, ``last_seen``, ``last_progress`` (when
+  ``left`` last decreased, else ``first_seen``), ``prev_uploaded``,
+  ``prev_downloaded``, ``prev_seen`` (the announce before: rates are the
+  deltas), ``events`` (deque of (ts, event), newest last), ``host``,
+  ``dc``, ``rack``, ``state`` ("seeding" | "downloading" | "stopped").
+
+Peer address: the ``ip=`` announce parameter when present and valid and
+``config.trust_ip_param`` is on (the default: local fleets announce the
+address they listen on, and peers in network namespaces reach the tracker
+through other addresses), else the address the connection came from.
+Labels: ``host``/``dc``/``rack`` from the announce; missing ``dc``/``rack``
+filled from the configured address prefixes (longest prefix wins).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import random
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from roost.tracker.handout import choose_peers
+from roost.tracker.protocol import Announce, ProtocolError, compact_address
+
+if TYPE_CHECKING:
+    from roost.tracker.server import TrackerConfig
+
+__all__ = ["Counters", "Labeler", "Peer", "Refused", "Registry", "Swarm"]
+
+EVENT_HISTORY = 16
+
+
+class Refused(ProtocolError):
+    """A well-formed announce the tracker will not serve (token, allow-list)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=200)
+
+
+class Counters:
+    """Plain counters, cheap to bump on the hot path; read by stats.py."""
+
+    LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+    def __init__(self) -> None:
+        self.announces: dict[tuple[str, str], int] = {}  # (event or "none", result)
+        self.scrapes: dict[str, int] = {}  # result
+        self.requests: dict[str, int] = {}  # route
+        self.latency_counts = [0] * (len(self.LATENCY_BUCKETS) + 1)  # last: +Inf
+        self.latency_sum = 0.0
+        self.latency_count = 0
+
+    def announce(self, event: str, result: str) -> None:
+        key = (event or "none", result)
+        self.announces[key] = self.announces.get(key, 0) + 1
+
+    @property
+    def total_announces(self) -> int:
+        return sum(self.announces.values())
+
+    def scrape(self, result: str) -> None:
+        self.scrapes[result] = self.scrapes.get(result, 0) + 1
+
+    def request(self, route: str, seconds: float) -> None:
+        self.requests[route] = self.requests.get(route, 0) + 1
+        self.latency_sum += seconds
+        self.latency_count += 1
+        for i, bound in enumerate(self.LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_counts[i] += 1
+                return
+        self.latency_counts[-1] += 1
+
+
+class Peer:
+    __slots__ = (
+        "compact",
+        "completed",
+        "dc",
+        "downloaded",
+        "events",
+        "first_seen",
+        "host",
+        "ip",
+        "is_v6",
+        "key",
+        "last_progress",
+        "last_seen",
+        "left",
+        "peer_id",
+        "port",
+        "prev_downloaded",
+        "prev_seen",
+        "prev_uploaded",
+        "rack",
+        "state",
+        "uploaded",
+    )
+
+    def __init__(self, peer_id: bytes, ip: str, port: int, now: float):
+        self.peer_id = peer_id
+        self.ip = ip
+        self.port = port
+        self.compact, self.is_v6 = compact_address(ip, port)
+        self.left = 0
+        self.uploaded = self.downloaded = 0
+        self.prev_uploaded = self.prev_downloaded = 0
+        self.first_seen = self.last_seen = self.last_progress = self.prev_seen = now
+        self.events: deque[tuple[float, str]] = deque(maxlen=EVENT_HISTORY)
+        self.host: str | None = None
+        self.dc: str | None = None
+        self.rack: str | None = None
+        self.key: bytes | None = None
+        self.completed = False  # counted in the swarm's completed count
+        self.state = "downloading"
+
+    def set_address(self, ip: str, port: int) -> None:
+        if ip != self.ip or port != self.port:
+            self.ip, self.port = ip, port
+            self.compact, self.is_v6 = compact_address(ip, port)
+
+    @property
+    def peer_id_hex(self) -> str:
+        return self.peer_id.hex()
+
+
+class Swarm:
+    def __init__(self, info_hash: bytes, now: float):
+        self.info_hash = info_hash
+        self.info_hash_hex = info_hash.hex()
+        self.tag: str | None = None
+        self.token: str | None = None
+        self.size: int | None = None
+        self.registered = False
+        self.completed = 0
+        self.created = now
+        self.seeders: dict[bytes, Peer] = {}
+        self.leechers: dict[bytes, Peer] = {}
+        self.stopped: dict[bytes, Peer] = {}
+
+    @property
+    def num_seeders(self) -> int:
+        return len(self.seeders)
+
+    @property
+    def num_leechers(self) -> int:
+        return len(self.leechers)
+
+    def peers(self) -> Iterator[Peer]:
+        yield from self.seeders.values()
+        yield from self.leechers.values()
+        yield from self.stopped.values()
+
+    def get(self, peer_id: bytes) -> Peer | None:
+        return self.seeders.get(peer_id) or self.leechers.get(peer_id)
+
+    def discard(self, peer_id: bytes) -> Peer | None:
+        return self.seeders.pop(peer_id, None) or self.leechers.pop(peer_id, None)
+
+
+class Labeler:
+    """Datacenter / rack labels from address prefixes, longest prefix first."""
+
+    def __init__(self, dc_prefixes: tuple = (), rack_prefixes: tuple = ()):
+        self._dc = self._compile(dc_prefixes)
+        self._rack = self._compile(rack_prefixes)
+        self._cache: dict[str, tuple[str | None, str | None]] = {}
+
+    @staticmethod
+    def _compile(rules: tuple) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]:
+        nets = [(ipaddress.ip_network(cidr, strict=False), name) for cidr, name in rules]
+        nets.sort(key=lambda r: r[0].prefixlen, reverse=True)
+        return nets
+
+    def __bool__(self) -> bool:
+        return bool(self._dc or self._rack)
+
+    def labels(self, ip: str) -> tuple[str | None, str | None]:
+        hit = self._cache.get(ip)
+        if hit is None:
+            addr = ipaddress.ip_address(ip)
+            dc = next((n for net, n in self._dc if addr in net), None)
+            rack = next((n for net, n in self._rack if addr in net), None)
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            hit = self._cache[ip] = (dc, rack)
+        return hit
+
+
+def _address(remote_ip: str) -> str:
+    if remote_ip.startswith("::ffff:") and "." in remote_ip:
+        return remote_ip[7:]
+    return remote_ip
+
+
+class Registry:
+    """Every swarm of one tracker; the allow-list and tokens that guard them."""
+
+    def __init__(self, config: TrackerConfig, now: float, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.started = now
+        self.swarms: dict[bytes, Swarm] = {}
+        self.counters = Counters()
+        self.rng = rng or random.Random()
+        self.labeler = Labeler(config.dc_prefixes, config.rack_prefixes)
+
+    # -- access control ------------------------------------------------------
+
+    def allow(
+        self,
+        info_hash: bytes,
+        now: float,
+        *,
+        tag: str | None = None,
+        token: str | None = None,
+        size: int | None = None,
+    ) -> Swarm:
+        """Register an info-hash (allow-list), with its tag, token and size."""
+        swarm = self.swarms.get(info_hash)
+        if swarm is None:
+            swarm = self.swarms[info_hash] = Swarm(info_hash, now)
+        swarm.registered = True
+        if tag is not None:
+            swarm.tag = tag
+        if token is not None:
+            swarm.token = token
+        if size is not None:
+            swarm.size = size
+        return swarm
+
+    def _check_token(self, swarm: Swarm | None, token: str | None) -> str | None:
+        """None if ``token`` opens ``swarm``, else the failure reason."""
+        accepted = [t for t in (self.config.token, swarm.token if swarm else None) if t]
+        if not accepted and not self.config.tokens_required:
+            return None
+        if token is None or token == "":
+            return "missing token: this tracker requires token= in the announce URL"
+        given = token.encode()
+        if any(hmac.compare_digest(given, t.encode()) for t in accepted):
+            return None
+        return "wrong token for this info-hash"
+
+    def _open_swarm(self, info_hash: bytes, token: str | None, now: float) -> Swarm:
+        swarm = self.swarms.get(info_hash)
+        if self.config.allow_list_only and (swarm is None or not swarm.registered):
+            raise Refused(f"unregistered info-hash {info_hash.hex()}")
+        reason = self._check_token(swarm, token)
+        if reason is not None:
+            raise Refused(reason)
+        if swarm is None:
+            swarm = self.swarms[info_hash] = Swarm(info_hash, now)
+        return swarm
+
+    # -- announce ------------------------------------------------------------
+
+    def announce(self, a: Announce, remote_ip: str, now: float) -> tuple[list[Peer], int, int]:
+        """Apply an announce; return (peers to hand out, complete, incomplete).
+
+        Raises ``Refused`` for an unknown info-hash (allow-list mode), a
+        missing or wrong token, or a peer id claimed with another ``key``.
+        """
+        cfg = self.config
+        swarm = self._open_swarm(a.info_hash, a.token, now)
+        ip = a.ip if (a.ip is not None and cfg.trust_ip_param) else _address(remote_ip)
+        pid = a.peer_id
+        peer = swarm.get(pid)
+        if a.event == "stopped":
+            if peer is not None:
+                swarm.discard(pid)
+                self._update(swarm, peer, a, ip, now)
+                peer.state = "stopped"
+                swarm.stopped[pid] = peer
+            return [], len(swarm.seeders), len(swarm.leechers)
+        if peer is None:
+            peer = swarm.stopped.pop(pid, None)
+            if peer is None:
+                peer = Peer(pid, ip, a.port, now)
+                peer.left = a.left
+            else:
+                peer.events.clear()
+            peer.state = "downloading"
+            if a.left == 0:
+                swarm.seeders[pid] = peer
+            else:
+                swarm.leechers[pid] = peer
+        elif peer.key is not None and a.key is not None and a.key != peer.key and ip != peer.ip:
+            raise Refused("peer id already in use from another address with another key")
+        was_left = peer.left
+        self._update(swarm, peer, a, ip, now)
+        if a.left == 0:
+            if (was_left > 0 or a.event == "completed") and not peer.completed:
+                peer.completed = True
+                swarm.completed += 1
+            if pid in swarm.leechers:
+                del swarm.leechers[pid]
+                swarm.seeders[pid] = peer
+            peer.state = "seeding"
+        else:
+            if pid in swarm.seeders:
+                del swarm.seeders[pid]
+                swarm.leechers[pid] = peer
+            peer.state = "downloading"
+        numwant = cfg.numwant_default if a.numwant is None else min(a.numwant, cfg.numwant_max)
+        peers = choose_peers(
+            peer,
+            a.left == 0,
+            list(swarm.seeders.values()),
+            list(swarm.leechers.values()),
+            numwant,
+            self.rng,
+            cfg.locality,
+        )
+        return peers, len(swarm.seeders), len(swarm.leechers)
+
+    def _update(self, swarm: Swarm, peer: Peer, a: Announce, ip: str, now: float) -> None:
+        peer.set_address(ip, a.port)
+        if a.left < peer.left:
+            peer.last_progress = now
+        peer.left = a.left
+        peer.prev_uploaded, peer.prev_downloaded = peer.uploaded, peer.downloaded
+        peer.prev_seen = peer.last_seen
+        peer.uploaded, peer.downloaded = a.uploaded, a.downloaded
+        peer.last_seen = now
+        if a.key is not None:
+            peer.key = a.key
+        if a.event:
+            peer.events.append((now, a.event))
+        if a.host is not None:
+            peer.host = a.host
+        dc, rack = a.dc, a.rack
+        if (dc is None or rack is None) and self.labeler:
+            pdc, prack = self.labeler.labels(ip)
+            dc = dc if dc is not None else pdc
+            rack = rack if rack is not None else prack
+        peer.dc, peer.rack = dc, rack
+
+    # -- scrape --------------------------------------------------------------
+
+    def scrape(self, hashes: list[bytes], token: str | None) -> dict[bytes, tuple[int, int, int]]:
+        """(complete, downloaded, incomplete) per info-hash the caller may see.
+
+        No hashes means every swarm (refused when tokens or the allow-list
+        guard the tracker). Hashes the caller may not see are left out.
+        """
+        if not hashes:
+            if self.config.allow_list_only or self.config.tokens_required or self.config.token:
+                raise Refused("full scrape is disabled on this tracker")
+            hashes = list(self.swarms)
+        files: dict[bytes, tuple[int, int, int]] = {}
+        for h in hashes:
+            swarm = self.swarms.get(h)
+            if swarm is None:
+                continue
+            if self.config.allow_list_only and not swarm.registered:
+                continue
+            if self._check_token(swarm, token) is not None:
+                continue
+            files[h] = (len(swarm.seeders), swarm.completed, len(swarm.leechers))
+        return files
+
+    # -- expiry --------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Drop peers silent for ``peer_timeout``; return how many expired."""
+        cutoff = now - self.config.peer_timeout
+        expired = 0
+        for h, swarm in list(self.swarms.items()):
+            for table in (swarm.seeders, swarm.leechers):
+                for pid in [pid for pid, p in table.items() if p.last_seen < cutoff]:
+                    peer = table.pop(pid)
+                    peer.state = "stopped"
+                    peer.events.append((now, "expired"))
+                    swarm.stopped[pid] = peer
+                    expired += 1
+            for pid in [pid for pid, p in swarm.stopped.items() if p.last_seen < cutoff]:
+                if swarm.stopped[pid].events and swarm.stopped[pid].events[-1][0] < cutoff:
+                    del swarm.stopped[pid]
+            if (
+                not swarm.registered
+                and not swarm.seeders
+                and not swarm.leechers
+                and not swarm.stopped
+            ):
+                del self.swarms[h]
+        return expired
