@@ -1,0 +1,341 @@
+"""What the tracker knows, for people and for Prometheus: /stats.json, /metrics.
+
+Theory of operation
+-------------------
+Everything here is a pure function of the tracker's ``Registry`` (see
+``swarm.py`` for its read API) and the current time: nothing is counted on the
+announce path by this module. The server keeps plain counters
+(``registry.counters``) and peer records; at request time ``build_stats``
+walks them into the /stats.json document (schema in docs/ARCHITECTURE.md) and
+``render_metrics`` exposes them through a prometheus-client ``Collector``
+registered in a fresh ``CollectorRegistry`` (no global registry, so several
+trackers in one process never mix).
+
+* **Size** of a swarm: the size registered with ``allow(size=...)``; else the
+  largest ``downloaded`` among seeders (a seeder that fetched everything);
+  else the largest ``left + downloaded`` among leechers. None when no peer
+  tells.
+* **Progress** of a peer: ``1 - left / size`` clipped to 0..1 (None when the
+  size is unknown).
+* **Rates**: each peer's ``(downloaded - prev_downloaded) / (last_seen -
+  prev_seen)`` between its last two announces (0 for a first announce, a
+  counter that went backwards, a stopped peer, or a peer silent for more than
+  two intervals); a swarm's rate is the sum over its peers.
+* **Stalled**: a downloading peer whose ``left`` has not decreased for
+  ``stall_after`` seconds (``last_progress`` is set by swarm.py).
+
+Everything a peer sends (host labels, ...) is copied as data: JSON escapes it
+and the web page never interprets it as markup.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, exposition, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from roost import __version__
+
+if TYPE_CHECKING:
+    from roost.tracker.swarm import Peer, Registry, Swarm
+
+__all__ = [
+    "DEFAULT_STALL_AFTER",
+    "METRICS_CONTENT_TYPE",
+    "STATS_CONTENT_TYPE",
+    "TrackerCollector",
+    "build_stats",
+    "peer_rates",
+    "render_metrics",
+    "render_stats_json",
+    "swarm_size",
+]
+
+DEFAULT_STALL_AFTER = 30.0
+STATS_CONTENT_TYPE = "application/json"
+METRICS_CONTENT_TYPE: str = getattr(
+    exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST
+)
+
+
+# --------------------------------------------------------------------------
+# /stats.json
+
+
+def stall_after_of(registry: Registry, stall_after: float | None = None) -> float:
+    """The stall threshold: the argument, else ``config.stall_after``, else 30 s."""
+    if stall_after is not None:
+        return float(stall_after)
+    configured = getattr(registry.config, "stall_after", None)
+    return float(configured) if configured is not None else DEFAULT_STALL_AFTER
+
+
+def swarm_size(swarm: Swarm) -> int | None:
+    """The payload size in bytes as far as the tracker can tell (see module doc)."""
+    if swarm.size is not None:
+        return int(swarm.size)
+    best = max((p.downloaded for p in swarm.seeders.values()), default=0)
+    if best > 0:
+        return int(best)
+    best = max((p.left + p.downloaded for p in swarm.leechers.values()), default=0)
+    return int(best) if best > 0 else None
+
+
+def peer_rates(peer: Peer, now: float, interval: float) -> tuple[float, float]:
+    """(download, upload) bytes/s between the peer's last two announces."""
+    if peer.state == "stopped" or now - peer.last_seen > 2 * interval + 1:
+        return 0.0, 0.0
+    dt = peer.last_seen - peer.prev_seen
+    if dt <= 0:
+        return 0.0, 0.0
+    down = max(0, peer.downloaded - peer.prev_downloaded) / dt
+    up = max(0, peer.uploaded - peer.prev_uploaded) / dt
+    return down, up
+
+
+def _peer_doc(
+    peer: Peer, size: int | None, now: float, interval: float, stall_after: float
+) -> dict[str, Any]:
+    progress: float | None = None
+    if peer.left == 0:
+        progress = 1.0
+    elif size:
+        progress = min(1.0, max(0.0, 1.0 - peer.left / size))
+    rate_down, rate_up = peer_rates(peer, now, interval)
+    return {
+        "peer_id": peer.peer_id.hex(),
+        "address": peer.ip,
+        "port": peer.port,
+        "host": peer.host,
+        "datacenter": peer.dc,
+        "rack": peer.rack,
+        "left": peer.left,
+        "uploaded": peer.uploaded,
+        "downloaded": peer.downloaded,
+        "progress": progress,
+        "state": peer.state,
+        "first_seen": peer.first_seen,
+        "last_seen": peer.last_seen,
+        "last_progress": peer.last_progress,
+        "stalled": peer.state == "downloading" and now - peer.last_progress >= stall_after,
+        "rate_down": rate_down,
+        "rate_up": rate_up,
+    }
+
+
+def _swarm_doc(swarm: Swarm, now: float, interval: float, stall_after: float) -> dict[str, Any]:
+    size = swarm_size(swarm)
+    peers = [_peer_doc(p, size, now, interval, stall_after) for p in swarm.peers()]
+    return {
+        "info_hash": swarm.info_hash_hex,
+        "tag": swarm.tag,
+        "seeders": swarm.num_seeders,
+        "leechers": swarm.num_leechers,
+        "completed": swarm.completed,
+        "size": size,
+        "rate_down": sum(p["rate_down"] for p in peers),
+        "rate_up": sum(p["rate_up"] for p in peers),
+        "stalled": sum(1 for p in peers if p["stalled"]),
+        "peers": peers,
+    }
+
+
+def build_stats(
+    registry: Registry, now: float, *, stall_after: float | None = None
+) -> dict[str, Any]:
+    """The /stats.json document (a plain dict) of ``registry`` at ``now``.
+
+    Swarms sorted by tag then info-hash; peers by host label then address.
+    Pure: reads the registry, changes nothing, raises nothing of its own.
+    """
+    cfg = registry.config
+    interval = float(cfg.interval)
+    stall = stall_after_of(registry, stall_after)
+    swarms = sorted(registry.swarms.values(), key=lambda s: (s.tag or "", s.info_hash_hex))
+    docs = []
+    for swarm in swarms:
+        doc = _swarm_doc(swarm, now, interval, stall)
+        doc["peers"].sort(key=lambda p: (p["host"] or "", p["address"], p["port"]))
+        docs.append(doc)
+    return {
+        "tracker": {
+            "version": __version__,
+            "started": registry.started,
+            "now": now,
+            "announces": registry.counters.total_announces,
+            "interval": cfg.interval,
+            "stall_after": stall,
+        },
+        "swarms": docs,
+    }
+
+
+def render_stats_json(registry: Registry, now: float, *, stall_after: float | None = None) -> bytes:
+    """``build_stats`` as compact UTF-8 JSON (ASCII-escaped), the /stats.json body."""
+    doc = build_stats(registry, now, stall_after=stall_after)
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+# --------------------------------------------------------------------------
+# /metrics
+
+
+class TrackerCollector:
+    """A prometheus-client collector reading a ``Registry`` at scrape time.
+
+    Exposes (names per the Prometheus conventions: base units, ``_total`` for
+    counters):
+
+    * ``roost_tracker_announces_total{event,result}``
+    * ``roost_tracker_scrapes_total{result}``
+    * ``roost_tracker_requests_total{route}``
+    * ``roost_tracker_request_seconds`` (histogram, every HTTP request)
+    * ``roost_tracker_start_time_seconds``, ``roost_tracker_swarms``
+    * ``roost_swarm_peers{info_hash,tag,state}`` (state: seeding,
+      downloading, stopped)
+    * ``roost_swarm_stalled_peers{info_hash,tag}``
+    * ``roost_swarm_completed_total{info_hash,tag}``
+    * ``roost_swarm_size_bytes{info_hash,tag}`` (when known)
+    * ``roost_swarm_uploaded_bytes`` / ``roost_swarm_downloaded_bytes``
+      ``{info_hash,tag}``: sums of what the swarm's current peers reported
+      (gauges: a peer leaving takes its bytes with it)
+    * ``roost_swarm_download_rate_bytes_per_second`` /
+      ``roost_swarm_upload_rate_bytes_per_second`` ``{info_hash,tag}``
+    """
+
+    def __init__(self, registry: Registry, clock: Callable[[], float] | None = None) -> None:
+        self._registry = registry
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        reg = self._registry
+        counters = reg.counters
+        now = self._clock() if self._clock is not None else time.time()
+        interval = float(reg.config.interval)
+        stall = stall_after_of(reg)
+
+        announces = CounterMetricFamily(
+            "roost_tracker_announces",
+            "Announce requests by event and result.",
+            labels=["event", "result"],
+        )
+        for (event, result), n in sorted(counters.announces.items()):
+            announces.add_metric([event, result], n)
+        yield announces
+
+        scrapes = CounterMetricFamily(
+            "roost_tracker_scrapes", "Scrape requests by result.", labels=["result"]
+        )
+        for result, n in sorted(counters.scrapes.items()):
+            scrapes.add_metric([result], n)
+        yield scrapes
+
+        requests = CounterMetricFamily(
+            "roost_tracker_requests", "HTTP requests by route.", labels=["route"]
+        )
+        for route, n in sorted(counters.requests.items()):
+            requests.add_metric([route], n)
+        yield requests
+
+        buckets = []
+        cumulative = 0
+        for bound, n in zip(counters.LATENCY_BUCKETS, counters.latency_counts, strict=False):
+            cumulative += n
+            buckets.append((repr(float(bound)), cumulative))
+        buckets.append(("+Inf", counters.latency_count))
+        yield HistogramMetricFamily(
+            "roost_tracker_request_seconds",
+            "Time to answer an HTTP request, in seconds.",
+            buckets=buckets,
+            sum_value=counters.latency_sum,
+        )
+
+        yield GaugeMetricFamily(
+            "roost_tracker_start_time_seconds",
+            "When the tracker started, in seconds since the epoch.",
+            value=reg.started,
+        )
+        yield GaugeMetricFamily(
+            "roost_tracker_swarms", "Swarms the tracker knows.", value=len(reg.swarms)
+        )
+
+        labels = ["info_hash", "tag"]
+        peers = GaugeMetricFamily(
+            "roost_swarm_peers", "Peers in a swarm by state.", labels=[*labels, "state"]
+        )
+        stalled = GaugeMetricFamily(
+            "roost_swarm_stalled_peers",
+            "Downloading peers whose left has not decreased for stall_after seconds.",
+            labels=labels,
+        )
+        completed = CounterMetricFamily(
+            "roost_swarm_completed", "Peers that completed the download.", labels=labels
+        )
+        size = GaugeMetricFamily(
+            "roost_swarm_size_bytes", "Payload size of a swarm, when known.", labels=labels
+        )
+        uploaded = GaugeMetricFamily(
+            "roost_swarm_uploaded_bytes",
+            "Sum of the bytes uploaded reported by a swarm's current peers.",
+            labels=labels,
+        )
+        downloaded = GaugeMetricFamily(
+            "roost_swarm_downloaded_bytes",
+            "Sum of the bytes downloaded reported by a swarm's current peers.",
+            labels=labels,
+        )
+        rate_down = GaugeMetricFamily(
+            "roost_swarm_download_rate_bytes_per_second",
+            "Download rate of a swarm from its peers' last two announces.",
+            labels=labels,
+        )
+        rate_up = GaugeMetricFamily(
+            "roost_swarm_upload_rate_bytes_per_second",
+            "Upload rate of a swarm from its peers' last two announces.",
+            labels=labels,
+        )
+        for swarm in reg.swarms.values():
+            key = [swarm.info_hash_hex, swarm.tag or ""]
+            peers.add_metric([*key, "seeding"], len(swarm.seeders))
+            peers.add_metric([*key, "downloading"], len(swarm.leechers))
+            peers.add_metric([*key, "stopped"], len(swarm.stopped))
+            stalled.add_metric(
+                key, sum(1 for p in swarm.leechers.values() if now - p.last_progress >= stall)
+            )
+            completed.add_metric(key, swarm.completed)
+            known = swarm_size(swarm)
+            if known is not None:
+                size.add_metric(key, known)
+            up = down = 0
+            r_down = r_up = 0.0
+            for p in swarm.peers():
+                up += p.uploaded
+                down += p.downloaded
+                d, u = peer_rates(p, now, interval)
+                r_down += d
+                r_up += u
+            uploaded.add_metric(key, up)
+            downloaded.add_metric(key, down)
+            rate_down.add_metric(key, r_down)
+            rate_up.add_metric(key, r_up)
+        yield from (peers, stalled, completed, size, uploaded, downloaded, rate_down, rate_up)
+
+
+def render_metrics(registry: Registry, now: float | None = None) -> bytes:
+    """The /metrics body (Prometheus text format 0.0.4) of ``registry``.
+
+    Builds a private ``CollectorRegistry`` holding one ``TrackerCollector``;
+    serve it with ``METRICS_CONTENT_TYPE``.
+    """
+    prom = CollectorRegistry(auto_describe=False)
+    prom.register(TrackerCollector(registry, None if now is None else (lambda: now)))
+    return generate_latest(prom)
