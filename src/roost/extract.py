@@ -1,0 +1,465 @@
+"""Safe, atomic installation of a downloaded release into a destination.
+
+Theory of operation, in four steps:
+
+1. **Plan** (nothing written yet). For a tar release every member header is
+   read and checked: no absolute path, no ``..``, normalised names, no
+   duplicates, no member below a symlink, no device or fifo, symlinks that
+   stay inside the tree once resolved (chains included), hard links only to
+   earlier regular members. The manifest (last member) must hash to the
+   ``manifest-sha256`` of the torrent's info dict, and the members must be
+   exactly its entries, same types, modes, sizes and link targets. Refusals
+   raise ``UnsafeArchiveError``; disagreements raise ``VerifyError``.
+2. **Compare.** A target that already holds exactly the manifest is left
+   alone (``already_installed``): re-running a deploy is idempotent. Any
+   other non-empty target raises ``DestinationError`` unless ``clean``.
+3. **Stage.** Members are written into a hidden staging directory beside the
+   target (same file system), each file's sha256 computed while it is
+   copied and checked against the manifest; modes and mtimes are then set.
+4. **Swap.** The staging directory is renamed onto the target (atomic); with
+   ``clean`` the old tree is renamed aside first and deleted only once the
+   new one is in place. On any failure the staging directory is removed.
+
+Nothing is ever written outside the destination (and, with
+``tag_directory=False``, the staging sibling of it).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
+from roost.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    copy_and_hash,
+    link_escapes,
+    parse_manifest,
+    unsafe_name_reason,
+)
+from roost.release import TorrentMeta, validate_tag
+
+__all__ = ["InstallResult", "install_release", "load_plan", "verify_installed"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """Where the release now is; ``already_installed`` if it was there before.
+
+    Usable as a path (``os.fspath``) for callers that only want the location.
+    """
+
+    path: Path
+    already_installed: bool
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+
+@dataclass(frozen=True)
+class _Member:
+    name: str
+    kind: str  # file | dir | symlink | hardlink
+    offset: int = 0
+    size: int = 0
+    mode: int = 0o644
+    mtime: float | None = None
+    link: str = ""
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a payload will install: the manifest and where each member's
+    bytes are. ``single`` is set for a file release (kind ``file``)."""
+
+    manifest: Manifest
+    members: tuple[_Member, ...]
+    single: bool = False
+
+
+# --------------------------------------------------------------------- plan
+
+
+def load_plan(payload: Path, meta: TorrentMeta) -> Plan:
+    """Check a payload against its torrent; raises ``UnsafeArchiveError``,
+    ``VerifyError`` or ``ReleaseError``. Writes nothing."""
+    if meta.files is not None:
+        raise ReleaseError(f"{meta.name}: multi-file torrents cannot be installed by roost")
+    try:
+        size = os.stat(payload).st_size
+    except OSError as exc:
+        raise VerifyError(f"payload {payload} cannot be read: {exc.strerror}") from exc
+    if size != meta.length:
+        raise VerifyError(f"payload {payload} is {size} bytes, the torrent says {meta.length}")
+    if meta.kind == "tar":
+        return _plan_tar(Path(payload), meta)
+    mode = meta.file_mode if meta.file_mode is not None else 0o644
+    entry = ManifestEntry(meta.name, "file", mode, size=size, sha256=meta.manifest_sha256)
+    member = _Member(meta.name, "file", 0, size, mode, None, "", meta.manifest_sha256)
+    manifest = Manifest(meta.tag or meta.name, (entry,), 0o755)
+    return Plan(manifest, (member,), single=True)
+
+
+def _plan_tar(payload: Path, meta: TorrentMeta) -> Plan:
+    try:
+        with tarfile.open(payload, "r:") as archive:
+            infos = archive.getmembers()
+            if not infos or infos[-1].name != MANIFEST_NAME or not infos[-1].isreg():
+                raise VerifyError(f"{payload}: the last member is not {MANIFEST_NAME}")
+            handle = archive.extractfile(infos[-1])
+            data = handle.read() if handle else b""
+    except tarfile.TarError as exc:
+        raise VerifyError(f"{payload} is not a valid tar: {exc}") from exc
+    except OSError as exc:
+        raise VerifyError(f"payload {payload} cannot be read: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
+        raise VerifyError(f"{payload}: manifest does not match the torrent's manifest-sha256")
+    manifest = parse_manifest(data)
+    if manifest.tag != meta.tag:
+        raise VerifyError(f"{payload}: manifest tag {manifest.tag!r} is not {meta.tag!r}")
+    members = _check_members(infos[:-1], meta.length)
+    _check_against_manifest(members, manifest)
+    return Plan(manifest, tuple(members))
+
+
+def _check_members(infos: list[tarfile.TarInfo], length: int) -> list[_Member]:
+    symlinks = {i.name: i.linkname for i in infos if i.issym()}
+    seen: dict[str, str] = {}
+    members = []
+    for info in infos:
+        name = info.name
+        reason = unsafe_name_reason(name)
+        if reason:
+            raise UnsafeArchiveError(name, reason)
+        if name == MANIFEST_NAME:
+            raise UnsafeArchiveError(name, "repeats the manifest's name")
+        if name in seen:
+            raise UnsafeArchiveError(name, "appears twice")
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in symlinks:
+                raise UnsafeArchiveError(name, f"lies below the symlink {parent!r}")
+            if seen.get(parent) != "dir":
+                raise UnsafeArchiveError(name, f"does not follow a directory member {parent!r}")
+        mode = stat.S_IMODE(info.mode)
+        if info.ischr() or info.isblk() or info.isfifo():
+            raise UnsafeArchiveError(name, "is a device or fifo")
+        if info.issym():
+            target = info.linkname
+            if not target or "\x00" in target:
+                raise UnsafeArchiveError(name, "is a symlink with an empty target")
+            if target.startswith("/"):
+                raise UnsafeArchiveError(name, f"is a symlink to the absolute path {target!r}")
+            if link_escapes(name, target, symlinks):
+                raise UnsafeArchiveError(name, f"is a symlink to {target!r}, outside the release")
+            member = _Member(name, "symlink", mode=mode, mtime=info.mtime, link=target)
+        elif info.islnk():
+            target = info.linkname
+            if unsafe_name_reason(target) or seen.get(target) != "file":
+                raise UnsafeArchiveError(
+                    name, f"is a hard link to {target!r}, not an earlier file of the release"
+                )
+            member = _Member(name, "hardlink", mode=mode, mtime=info.mtime, link=target)
+        elif info.isdir():
+            member = _Member(name, "dir", mode=mode, mtime=info.mtime)
+        elif info.isreg() and not info.issparse():
+            if info.offset_data + info.size > length:
+                raise VerifyError(f"{name}: data runs past the end of the payload")
+            member = _Member(name, "file", info.offset_data, info.size, mode, info.mtime)
+        else:
+            raise UnsafeArchiveError(name, f"has an unsupported type {info.type!r}")
+        seen[name] = "file" if member.kind in ("file", "hardlink") else member.kind
+        members.append(member)
+    return members
+
+
+def _check_against_manifest(members: list[_Member], manifest: Manifest) -> None:
+    entries = manifest.by_path()
+    sizes: dict[str, int] = {}
+    for i, member in enumerate(members):
+        entry = entries.get(member.name)
+        if entry is None:
+            raise UnsafeArchiveError(member.name, "is not in the manifest")
+        kind = "file" if member.kind == "hardlink" else member.kind
+        size = sizes[member.link] if member.kind == "hardlink" else member.size
+        sizes[member.name] = size
+        problem = None
+        if entry.type != kind:
+            problem = f"type {kind} in the archive, {entry.type} in the manifest"
+        elif kind != "symlink" and entry.mode != member.mode:
+            problem = f"mode {member.mode:o} in the archive, {entry.mode:o} in the manifest"
+        elif kind == "file" and entry.size != size:
+            problem = f"size {size} in the archive, {entry.size} in the manifest"
+        elif kind == "symlink" and entry.target != member.link:
+            problem = "symlink target differs from the manifest"
+        if problem:
+            raise VerifyError(f"{member.name}: {problem}")
+        if kind == "file":
+            members[i] = _with_sha(member, entry.sha256)
+    missing = sorted(set(entries) - {m.name for m in members})
+    if missing:
+        raise VerifyError(f"{missing[0]}: in the manifest but not in the archive")
+
+
+def _with_sha(member: _Member, sha256: str | None) -> _Member:
+    return _Member(
+        member.name, member.kind, member.offset, member.size, member.mode, member.mtime,
+        member.link, sha256,
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------ install
+
+
+def install_release(
+    payload: Path,
+    meta: TorrentMeta,
+    dest: Path,
+    *,
+    tag_directory: bool = True,
+    clean: bool = False,
+) -> InstallResult:
+    """Install ``payload`` at ``dest/TAG`` (or ``dest``) atomically.
+
+    Raises ``UnsafeArchiveError`` or ``VerifyError`` (bad payload, before
+    anything is written), ``DestinationError`` (target occupied without
+    ``clean``, or not writable), ``ReleaseError``.
+    """
+    tag = validate_tag(meta.tag or meta.name)
+    plan = load_plan(Path(payload), meta)
+    dest = Path(dest).absolute()
+    as_file = plan.single and not tag_directory
+    target = dest / (meta.name if as_file else tag) if as_file or tag_directory else dest
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DestinationError(f"cannot create {target.parent}: {exc.strerror}") from exc
+    if not target.parent.is_dir():
+        raise DestinationError(f"destination {target.parent} is not a directory")
+    if _occupied(target):
+        if _mismatch(target, plan, as_file=as_file) is None:
+            log.info("%s already holds release %s", target, tag)
+            return InstallResult(target, True)
+        if not clean:
+            raise DestinationError(
+                f"destination {target} is not empty (clean it, or pass --clean to replace it)"
+            )
+    staging = Path(_make_staging(target, file=as_file))
+    try:
+        _write_members(Path(payload), plan, staging, as_file=as_file)
+        _swap(staging, target)
+    except OSError as exc:
+        raise _dest_error(exc, target) from exc
+    finally:
+        _remove_tree(staging)
+    return InstallResult(target, False)
+
+
+def _make_staging(target: Path, *, file: bool) -> str:
+    prefix = f".{target.name}.roost-staging-"
+    try:
+        if file:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
+            os.close(fd)
+            os.unlink(name)
+            return name
+        return tempfile.mkdtemp(prefix=prefix, dir=target.parent)
+    except OSError as exc:
+        raise _dest_error(exc, target.parent) from exc
+
+
+def _dest_error(exc: OSError, where: Path) -> DestinationError:
+    if exc.errno == errno.ENOSPC:
+        return DestinationError(f"no space left on the device of {where}")
+    return DestinationError(f"cannot install into {where}: {exc.strerror or exc}")
+
+
+def _occupied(target: Path) -> bool:
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        return True
+    with os.scandir(target) as it:
+        return any(True for _ in it)
+
+
+def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool) -> None:
+    src = os.open(payload, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for member in plan.members:
+            path = root if as_file else root / member.name
+            if member.kind == "dir":
+                os.mkdir(path, 0o700)
+            elif member.kind == "file":
+                _write_file(src, member, path)
+            elif member.kind == "symlink":
+                os.symlink(member.link, path)
+                if member.mtime is not None:
+                    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+            else:
+                os.link(root / member.link, path, follow_symlinks=False)
+    finally:
+        os.close(src)
+    if as_file:
+        return
+    for member in reversed(plan.members):
+        if member.kind == "dir":
+            os.chmod(root / member.name, member.mode)
+            if member.mtime is not None:
+                os.utime(root / member.name, (member.mtime, member.mtime))
+    os.chmod(root, plan.manifest.root_mode)
+
+
+def _write_file(src: int, member: _Member, path: Path) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(path, flags, 0o600)
+    try:
+        digest = copy_and_hash(src, member.offset, member.size, fd)
+        if os.fstat(fd).st_size != member.size:
+            raise VerifyError(f"{member.name}: size differs from the manifest")
+        if member.sha256 is not None and digest != member.sha256:
+            raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
+        os.fchmod(fd, member.mode)
+        if member.mtime is not None:
+            os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+
+
+def _swap(new: Path, target: Path) -> None:
+    """Rename ``new`` onto ``target``; an occupied target is moved aside first
+    and deleted only once ``new`` is in place."""
+    if not _occupied(target):
+        try:
+            os.rename(new, target)  # replaces an empty directory atomically
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
+                raise
+            if not target.exists() or _occupied(target):
+                raise DestinationError(f"{target} appeared while installing") from exc
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.roost-old-", dir=target.parent))
+    try:
+        os.rename(target, aside / "old")
+        try:
+            os.rename(new, target)
+        except OSError:
+            os.rename(aside / "old", target)
+            raise
+    finally:
+        try:
+            _remove_tree(aside)
+        except OSError as exc:
+            log.warning("could not remove the old tree %s: %s", aside, exc)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a file or tree, read-only directories included."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    with os.scandir(path) as it:
+        entries = list(it)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _remove_tree(Path(entry.path))
+        else:
+            os.unlink(entry.path)
+    os.rmdir(path)
+
+
+# ------------------------------------------------------------------- verify
+
+
+def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
+    """Check an installed tree (or file) against the release's manifest.
+
+    Raises ``VerifyError`` naming the first difference."""
+    plan = load_plan(Path(payload), meta)
+    target = Path(target)
+    problem = _mismatch(target, plan, as_file=plan.single and not target.is_dir())
+    if problem:
+        raise VerifyError(problem)
+
+
+def _mismatch(target: Path, plan: Plan, *, as_file: bool) -> str | None:
+    """The first way ``target`` differs from the plan, or None."""
+    if as_file:
+        return _entry_mismatch(target, plan.manifest.entries[0], str(target))
+    entries = plan.manifest.by_path()
+    try:
+        found = _scan(target)
+    except OSError as exc:
+        return f"{target}: cannot read: {exc.strerror}"
+    extra = sorted(set(found) - set(entries))
+    if extra:
+        return f"{target / extra[0]}: not in the release"
+    for path in entries:
+        if path not in found:
+            return f"{target / path}: missing"
+    for path, entry in entries.items():
+        problem = _entry_mismatch(target / path, entry, str(target / path))
+        if problem:
+            return problem
+    return None
+
+
+def _scan(root: Path, prefix: str = "") -> dict[str, os.stat_result]:
+    found = {}
+    with os.scandir(root) as it:
+        for entry in it:
+            rel = prefix + entry.name
+            found[rel] = entry.stat(follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                found.update(_scan(Path(entry.path), rel + "/"))
+    return found
+
+
+def _entry_mismatch(path: Path, entry: ManifestEntry, name: str) -> str | None:
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"{name}: {exc.strerror}"
+    if entry.type == "symlink":
+        if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != entry.target:
+            return f"{name}: not the symlink the manifest lists"
+        return None
+    if entry.type == "dir":
+        ok = stat.S_ISDIR(st.st_mode)
+    else:
+        ok = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+    if not ok:
+        return f"{name}: type or size differs from the manifest"
+    if stat.S_IMODE(st.st_mode) != entry.mode:
+        return f"{name}: mode {stat.S_IMODE(st.st_mode):o}, the manifest says {entry.mode:o}"
+    if entry.type == "file" and entry.sha256 and _sha256_file(path) != entry.sha256:
+        return f"{name}: sha256 differs from the manifest"
+    return None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,252 @@
+"""The release manifest and what packing and extraction share.
+
+The manifest lists every entry of a tar release (type, mode, size and sha256
+of files, target of symlinks); its own sha256 is in the torrent's info dict,
+so it is authenticated by the info-hash. Also here: the path-safety rules
+(``unsafe_name_reason``, ``link_escapes``) applied both when a release is
+packed and when it is extracted, and ``copy_and_hash``, the one byte mover.
+
+Raises ``ReleaseError`` for a malformed manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+import re
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from roost.errors import ReleaseError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "Manifest",
+    "ManifestEntry",
+    "copy_and_hash",
+    "link_escapes",
+    "parse_manifest",
+    "unsafe_name_reason",
+]
+
+MANIFEST_NAME = ".roost-manifest.json"
+HEX64 = re.compile(r"[0-9a-f]{64}")
+_BIG_FILE = 4 << 20  # copies at least this big hash in a worker thread
+
+
+# ------------------------------------------------------------ paths & links
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why a relative member path is unsafe, or None if it is fine."""
+    if not name:
+        return "has an empty name"
+    if "\x00" in name:
+        return "contains a NUL byte"
+    if name.startswith("/"):
+        return "is an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "contains a '..' component"
+    if any(part in ("", ".") for part in parts):
+        return "is not a normalised path"
+    return None
+
+
+def link_escapes(link: str, target: str, symlinks: Mapping[str, str]) -> bool:
+    """True if the symlink ``link`` -> ``target`` resolves outside the root.
+
+    Resolution is done in the virtual tree given by ``symlinks`` (path ->
+    target of every symlink in the release), following chains component by
+    component as the kernel would, so ``a -> b/..`` where ``b`` is itself a
+    link is judged by where ``b`` really leads. Absolute targets escape.
+    """
+    parent = link.split("/")[:-1]
+    return _resolve(parent, target, symlinks, 0) is None
+
+
+def _resolve(
+    stack: list[str], target: str, symlinks: Mapping[str, str], depth: int
+) -> list[str] | None:
+    if depth > 40 or target.startswith("/"):
+        return None
+    stack = list(stack)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return None
+            stack.pop()
+            continue
+        stack.append(part)
+        here = "/".join(stack)
+        if here in symlinks:
+            resolved = _resolve(stack[:-1], symlinks[here], symlinks, depth + 1)
+            if resolved is None:
+                return None
+            stack = resolved
+    return stack
+
+
+# ----------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    path: str
+    type: str  # "file" | "dir" | "symlink"
+    mode: int
+    size: int = 0
+    sha256: str | None = None
+    target: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode}
+        if self.type == "file":
+            out["size"] = self.size
+            out["sha256"] = self.sha256
+        elif self.type == "symlink":
+            out["target"] = self.target
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    tag: str
+    entries: tuple[ManifestEntry, ...]
+    root_mode: int = 0o755
+
+    def by_path(self) -> dict[str, ManifestEntry]:
+        return {entry.path: entry for entry in self.entries}
+
+    def encode(self) -> bytes:
+        doc = {
+            "version": 1,
+            "tag": self.tag,
+            "root_mode": self.root_mode,
+            "entries": [entry.to_json() for entry in self.entries],
+        }
+        return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse and check a manifest; raises ``ReleaseError`` naming the problem."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ReleaseError(f"manifest is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise ReleaseError("manifest: unsupported or missing version")
+    tag = doc.get("tag")
+    entries_doc = doc.get("entries")
+    root_mode = doc.get("root_mode", 0o755)
+    if not isinstance(tag, str) or not isinstance(entries_doc, list):
+        raise ReleaseError("manifest: missing tag or entries")
+    if not is_mode(root_mode):
+        raise ReleaseError("manifest: bad root_mode")
+    entries: list[ManifestEntry] = []
+    seen: dict[str, str] = {}
+    for item in entries_doc:
+        entry = _parse_entry(item)
+        if entry.path in seen:
+            raise ReleaseError(f"manifest: duplicate path {entry.path!r}")
+        parent = entry.path.rpartition("/")[0]
+        if parent and seen.get(parent) != "dir":
+            raise ReleaseError(f"manifest: {entry.path!r} has no parent directory entry")
+        seen[entry.path] = entry.type
+        entries.append(entry)
+    return Manifest(tag=tag, entries=tuple(entries), root_mode=root_mode)
+
+
+def is_mode(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777
+
+
+def _parse_entry(item: object) -> ManifestEntry:
+    if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+        raise ReleaseError("manifest: entry without a path")
+    path = item["path"]
+    reason = unsafe_name_reason(path)
+    if reason:
+        raise ReleaseError(f"manifest: path {path!r} {reason}")
+    kind, mode = item.get("type"), item.get("mode")
+    if not isinstance(mode, int) or not is_mode(mode):
+        raise ReleaseError(f"manifest: bad mode for {path!r}")
+    if kind == "file":
+        size, digest = item.get("size"), item.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ReleaseError(f"manifest: bad size for {path!r}")
+        if not isinstance(digest, str) or not HEX64.fullmatch(digest):
+            raise ReleaseError(f"manifest: bad sha256 for {path!r}")
+        return ManifestEntry(path, "file", mode, size=size, sha256=digest)
+    if kind == "dir":
+        return ManifestEntry(path, "dir", mode)
+    if kind == "symlink":
+        target = item.get("target")
+        if not isinstance(target, str) or not target or "\x00" in target:
+            raise ReleaseError(f"manifest: bad symlink target for {path!r}")
+        return ManifestEntry(path, "symlink", mode, target=target)
+    raise ReleaseError(f"manifest: unknown type {kind!r} for {path!r}")
+
+
+# ----------------------------------------------------------- copy and hash
+
+
+def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
+    """Copy ``size`` bytes from ``src_fd`` at ``src_offset`` to ``dst_fd``'s
+    current position and return their sha256 (hex).
+
+    Big copies run in the kernel (``copy_file_range``) while a worker thread
+    hashes the same bytes through an mmap, so the cost is the slower of the
+    two rather than their sum. Raises ``OSError`` (short source included).
+    """
+    if size < _BIG_FILE:
+        data = os.pread(src_fd, size, src_offset)
+        if len(data) != size:
+            raise OSError(f"short read: {len(data)} of {size} bytes")
+        write_all(dst_fd, data)
+        return hashlib.sha256(data).hexdigest()
+    page = mmap.ALLOCATIONGRANULARITY
+    base = src_offset - src_offset % page
+    with mmap.mmap(src_fd, size + (src_offset - base), access=mmap.ACCESS_READ, offset=base) as mm:
+        mm.madvise(mmap.MADV_SEQUENTIAL)
+        view = memoryview(mm)
+        try:
+            chunk = view[src_offset - base :]
+            with ThreadPoolExecutor(1) as pool:
+                digest: Future[str] = pool.submit(lambda: hashlib.sha256(chunk).hexdigest())
+                try:
+                    _kernel_copy(src_fd, src_offset, size, dst_fd, chunk)
+                finally:
+                    result = digest.result()
+            chunk.release()
+        finally:
+            view.release()
+    return result
+
+
+def _kernel_copy(src_fd: int, offset: int, size: int, dst_fd: int, data: memoryview) -> None:
+    done = 0
+    try:
+        while done < size:
+            n = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
+            if n == 0:
+                raise OSError(f"short read: {done} of {size} bytes")
+            done += n
+    except OSError as exc:
+        if done or exc.errno is None:
+            raise
+        # Not supported here (old kernel, odd file system): plain writes.
+        write_all(dst_fd, data)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view[: 16 << 20])
+        view = view[written:]

@@ -1,0 +1,568 @@
+"""Releases: tags, packing a directory into a tar, the manifest, the .torrent.
+
+Theory of operation. A release is one payload file plus one v1 torrent:
+
+* a directory becomes ``TAG.tar``: uncompressed, deterministic (members in
+  depth-first order with sorted siblings, owner ids zeroed, integer mtimes,
+  PAX headers for long names), ``.git*`` names skipped at every level as
+  Murder did. Each file's sha256 is computed while its bytes are copied into
+  the tar; the manifest (JSON, every entry's type, mode, size, sha256 or
+  link target) is the tar's **last** member, ``.roost-manifest.json``;
+* a single file (``is_file``) is the payload as is, never copied.
+
+The torrent's info dict carries ``x-roost`` (tag, kind, sha256 of the
+manifest, or of the file itself), so the info-hash authenticates the
+manifest and a peer can verify every extracted file against it. Pieces are
+hashed with ``hashlib.sha1`` over an ``mmap`` in two threads (hashlib drops
+the GIL), which beats libtorrent's ``set_piece_hashes``. The manifest and
+the path rules shared with extraction live in ``roost.manifest``. Outputs are written
+under temporary names and renamed into place, so a half-written release is
+never visible. No libtorrent here: the module is pure Python plus files.
+
+Raises ``UsageError`` for bad arguments (tag, source, out dir, piece size)
+and ``ReleaseError`` for anything that cannot be packed or read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import re
+import stat
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from roost import __version__, bencode
+from roost.errors import ReleaseError, UsageError
+from roost.manifest import (
+    HEX64,
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    copy_and_hash,
+    is_mode,
+    link_escapes,
+    write_all,
+)
+
+__all__ = [
+    "DEFAULT_OUT_DIR",
+    "Release",
+    "TorrentMeta",
+    "choose_piece_size",
+    "create_release",
+    "parse_size",
+    "read_torrent",
+    "read_torrent_file",
+    "validate_tag",
+]
+
+DEFAULT_OUT_DIR = Path("/tmp/roost")  # Murder's temp path, one level down
+MIN_PIECE = 256 * 1024
+MAX_PIECE = 16 * 1024 * 1024
+TARGET_PIECES = 2000
+_TAG_MAX = 128
+
+
+# --------------------------------------------------------------------- tags
+
+
+def validate_tag(tag: str) -> str:
+    """Return ``tag`` if it is usable as a file name on every host.
+
+    Raises ``UsageError`` naming the reason otherwise.
+    """
+    reason = None
+    if not tag:
+        reason = "is empty"
+    elif len(tag) > _TAG_MAX:
+        reason = f"is longer than {_TAG_MAX} characters"
+    elif "/" in tag:
+        reason = "contains '/'"
+    elif ".." in tag:
+        reason = "contains '..'"
+    elif tag.startswith("-"):
+        reason = "starts with '-'"
+    elif tag == ".":
+        reason = "is '.'"
+    elif any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in tag):
+        reason = "contains whitespace or control characters"
+    elif not tag.isprintable():
+        reason = "contains unprintable characters"
+    if reason:
+        raise UsageError(f"bad tag {tag!r}: {reason}")
+    return tag
+
+
+# --------------------------------------------------------------- piece size
+
+
+def choose_piece_size(total: int) -> int:
+    """Smallest power of two giving at most ~2000 pieces, in [256 KiB, 16 MiB]."""
+    size = MIN_PIECE
+    while size < MAX_PIECE and -(-total // size) > TARGET_PIECES:
+        size *= 2
+    return size
+
+
+_SIZE_RE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Parse ``4M``, ``256K``, ``256KiB``, ``1048576`` (binary units)."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"bad size {text!r}: expected a number with an optional K, M or G")
+    scale = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
+    return int(match.group(1)) * scale
+
+
+def _check_piece_size(size: int) -> int:
+    if size < 16 * 1024 or size > 128 * 1024 * 1024 or size & (size - 1):
+        raise UsageError(f"bad piece size {size}: must be a power of two from 16 KiB to 128 MiB")
+    return size
+
+
+# ------------------------------------------------------------ piece hashing
+
+
+def hash_pieces(path: Path, piece_size: int, *, with_sha256: bool = False) -> tuple[bytes, str]:
+    """SHA-1 of every piece of ``path`` (concatenated) and, if asked, the
+    sha256 of the whole file (else ""). Uses two threads over an mmap."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return b"", hashlib.sha256().hexdigest() if with_sha256 else ""
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            mm.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mm)
+            try:
+                return _hash_view(view, size, piece_size, with_sha256)
+            finally:
+                view.release()
+
+
+def _hash_view(
+    view: memoryview, size: int, piece_size: int, with_sha256: bool
+) -> tuple[bytes, str]:
+    count = -(-size // piece_size)
+    group = max(1, (64 << 20) // piece_size)  # ~64 MiB of pieces per task
+
+    def sha1_group(first: int) -> bytes:
+        out = []
+        for index in range(first, min(first + group, count)):
+            chunk = view[index * piece_size : (index + 1) * piece_size]
+            out.append(hashlib.sha1(chunk).digest())
+            chunk.release()
+        return b"".join(out)
+
+    def sha256_all() -> str:
+        digest = hashlib.sha256()
+        for start in range(0, size, 16 << 20):
+            chunk = view[start : start + (16 << 20)]
+            digest.update(chunk)
+            chunk.release()
+        return digest.hexdigest()
+
+    with ThreadPoolExecutor(2) as pool:
+        whole = pool.submit(sha256_all) if with_sha256 else None
+        pieces = b"".join(pool.map(sha1_group, range(0, count, group)))
+        return pieces, whole.result() if whole else ""
+
+
+# ------------------------------------------------------------------ packing
+
+
+@dataclass(frozen=True)
+class _Item:
+    rel: str
+    path: Path
+    st: os.stat_result
+    kind: str  # file | dir | symlink
+    target: str | None = None
+
+
+def _walk(root: Path) -> Iterator[_Item]:
+    """Depth-first, siblings sorted by name, ``.git*`` skipped everywhere."""
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            raise ReleaseError(f"cannot read directory {directory}: {exc.strerror}") from exc
+        children = []
+        for name in names:
+            if name.startswith(".git"):
+                continue
+            rel = f"{prefix}{name}"
+            if rel == MANIFEST_NAME:
+                raise ReleaseError(f"{root / rel}: {MANIFEST_NAME} is a name roost reserves")
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ReleaseError(f"{directory}: a file name is not valid UTF-8") from None
+            path = directory / name
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                yield _Item(rel, path, st, "symlink", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                yield _Item(rel, path, st, "dir")
+                children.append((path, rel + "/"))
+            elif stat.S_ISREG(st.st_mode):
+                yield _Item(rel, path, st, "file")
+            else:
+                raise ReleaseError(f"{path} is a special file (device, fifo or socket)")
+        stack.extend(reversed(children))
+
+
+def _tar_header(item: _Item) -> bytes:
+    info = tarfile.TarInfo(item.rel)
+    info.mode = stat.S_IMODE(item.st.st_mode)
+    info.mtime = int(item.st.st_mtime)
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    if item.kind == "file":
+        info.type, info.size = tarfile.REGTYPE, item.st.st_size
+    elif item.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    else:
+        info.type, info.linkname = tarfile.SYMTYPE, item.target or ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def _pack(source: Path, tag: str, out_fd: int) -> Manifest:
+    items = list(_walk(source))
+    links = {it.rel: it.target or "" for it in items if it.kind == "symlink"}
+    for rel, target in links.items():
+        if link_escapes(rel, target, links):
+            raise ReleaseError(
+                f"{source / rel}: symlink to {target!r} leaves the release; roost refuses it"
+            )
+    entries = []
+    for item in items:
+        write_all(out_fd, _tar_header(item))
+        mode = stat.S_IMODE(item.st.st_mode)
+        if item.kind == "file":
+            size = item.st.st_size
+            try:
+                fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError as exc:
+                raise ReleaseError(f"cannot read {item.path}: {exc.strerror}") from exc
+            try:
+                if os.fstat(fd).st_size != size:
+                    raise ReleaseError(f"{item.path} changed while packing")
+                digest = copy_and_hash(fd, 0, size, out_fd)
+            except OSError as exc:
+                raise ReleaseError(f"cannot pack {item.path}: {exc}") from exc
+            finally:
+                os.close(fd)
+            write_all(out_fd, bytes(-size % tarfile.BLOCKSIZE))
+            entries.append(ManifestEntry(item.rel, "file", mode, size=size, sha256=digest))
+        elif item.kind == "dir":
+            entries.append(ManifestEntry(item.rel, "dir", mode))
+        else:
+            entries.append(ManifestEntry(item.rel, "symlink", mode, target=item.target))
+    manifest = Manifest(tag, tuple(entries), stat.S_IMODE(source.stat().st_mode))
+    data = manifest.encode()
+    info = tarfile.TarInfo(MANIFEST_NAME)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    info.uname = info.gname = ""
+    write_all(out_fd, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
+    write_all(out_fd, data + bytes(-len(data) % tarfile.BLOCKSIZE))
+    end = os.lseek(out_fd, 0, os.SEEK_CUR) + 2 * tarfile.BLOCKSIZE
+    write_all(out_fd, bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
+    return manifest
+
+
+# ------------------------------------------------------------------ release
+
+
+@dataclass(frozen=True)
+class Release:
+    tag: str
+    kind: str  # "tar" | "file"
+    payload: Path
+    torrent: Path
+    info_hash: str
+    total_size: int
+    piece_size: int
+    num_pieces: int
+
+
+def _check_announce(urls: Sequence[str], what: str) -> list[str]:
+    for url in urls:
+        if not re.match(r"(https?|udp)://[^/\s]+", url) or any(c.isspace() for c in url):
+            raise UsageError(f"bad {what} URL {url!r}: expected http://, https:// or udp://")
+    return list(urls)
+
+
+def _check_paths(source: Path, out_dir: Path, is_file: bool) -> Path:
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise UsageError(f"source {source} does not exist") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read source {source}: {exc.strerror}") from exc
+    if is_file:
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"source {source} is not a regular file")
+        if st.st_size == 0:
+            raise UsageError(f"source {source} is empty; a torrent needs at least one byte")
+    elif stat.S_ISREG(st.st_mode):
+        raise UsageError(f"source {source} is a file; pass --file to release a single file")
+    elif not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"source {source} is a special file, not a directory")
+    resolved = source.resolve()
+    out = out_dir.resolve()
+    if not is_file and (out == resolved or resolved in out.parents):
+        raise UsageError(f"output directory {out_dir} is inside the source {source}")
+    return resolved
+
+
+def create_release(
+    source: Path,
+    tag: str,
+    out_dir: Path,
+    *,
+    announce: Sequence[str],
+    is_file: bool = False,
+    piece_size: int | None = None,
+    web_seeds: Sequence[str] = (),
+    private: bool = False,
+) -> Release:
+    """Pack ``source`` and write ``out_dir/TAG.torrent`` (and ``TAG.tar``).
+
+    Raises ``UsageError`` for bad arguments, ``ReleaseError`` if packing fails.
+    """
+    validate_tag(tag)
+    announce = _check_announce(announce, "tracker")
+    web_seeds = _check_announce(web_seeds, "web seed")
+    if piece_size is not None:
+        _check_piece_size(piece_size)
+    source = _check_paths(Path(source), Path(out_dir), is_file)
+    out_dir = Path(out_dir).absolute()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
+    temps: list[Path] = []
+    try:
+        if is_file:
+            payload = source
+            total = payload.stat().st_size
+            size = piece_size or choose_piece_size(total)
+            pieces, manifest_sha = hash_pieces(payload, size, with_sha256=True)
+            kind = "file"
+        else:
+            tmp_tar = _temp_in(out_dir, f".{tag}.tar.", temps)
+            fd = os.open(tmp_tar, os.O_WRONLY | os.O_TRUNC)
+            try:
+                manifest = _pack(source, tag, fd)
+            finally:
+                os.close(fd)
+            manifest_sha = hashlib.sha256(manifest.encode()).hexdigest()
+            total = tmp_tar.stat().st_size
+            size = piece_size or choose_piece_size(total)
+            pieces, _ = hash_pieces(tmp_tar, size)
+            kind = "tar"
+            payload = out_dir / f"{tag}.tar"
+        x_roost: dict[str, Any] = {"v": 1, "tag": tag, "kind": kind}
+        x_roost["manifest-sha256"] = manifest_sha
+        if is_file:
+            x_roost["mode"] = stat.S_IMODE(source.stat().st_mode)
+        info: dict[str, Any] = {
+            "name": payload.name,
+            "length": total,
+            "piece length": size,
+            "pieces": pieces,
+            "x-roost": x_roost,
+        }
+        if private:
+            info["private"] = 1
+        meta: dict[str, Any] = {"created by": f"roost {__version__}", "info": info}
+        if announce:
+            meta["announce"] = announce[0]
+            meta["announce-list"] = [[url] for url in announce]
+        if web_seeds:
+            meta["url-list"] = list(web_seeds)
+        torrent_bytes = bencode.encode(meta)
+        tmp_torrent = _temp_in(out_dir, f".{tag}.torrent.", temps)
+        tmp_torrent.write_bytes(torrent_bytes)
+        torrent = out_dir / f"{tag}.torrent"
+        if not is_file:
+            os.replace(temps[0], payload)
+        os.replace(tmp_torrent, torrent)
+        temps.clear()
+    except OSError as exc:
+        raise ReleaseError(f"cannot write release {tag} in {out_dir}: {exc}") from exc
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+    return Release(
+        tag=tag,
+        kind=kind,
+        payload=payload,
+        torrent=torrent,
+        info_hash=hashlib.sha1(bencode.encode(info)).hexdigest(),
+        total_size=total,
+        piece_size=size,
+        num_pieces=len(pieces) // 20,
+    )
+
+
+def _temp_in(directory: Path, prefix: str, temps: list[Path]) -> Path:
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.chmod(name, 0o644)
+    temps.append(Path(name))
+    return Path(name)
+
+
+# ------------------------------------------------------------------ reading
+
+
+@dataclass(frozen=True)
+class TorrentMeta:
+    info_hash: str
+    name: str
+    length: int
+    piece_size: int
+    num_pieces: int
+    announce: tuple[str, ...] = ()
+    web_seeds: tuple[str, ...] = ()
+    private: bool = False
+    tag: str | None = None  # x-roost fields: None for torrents made by other tools
+    kind: str | None = None
+    manifest_sha256: str | None = None
+    file_mode: int | None = None
+    files: tuple[tuple[str, int], ...] | None = None  # multi-file torrents only
+    pieces: bytes = field(default=b"", repr=False)
+
+    @property
+    def is_roost(self) -> bool:
+        return self.kind is not None
+
+
+def read_torrent_file(path: Path) -> TorrentMeta:
+    """Read and check a .torrent file; ``UsageError`` if it cannot be read."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read torrent {path}: {exc.strerror}") from exc
+    try:
+        return read_torrent(data)
+    except ReleaseError as exc:
+        raise ReleaseError(f"{path}: {exc}") from exc
+
+
+def read_torrent(data: bytes) -> TorrentMeta:
+    """Parse v1 metainfo; raises ``ReleaseError`` naming what is wrong."""
+    try:
+        top = bencode.decode(data)
+    except ReleaseError as exc:
+        raise ReleaseError(f"torrent is not valid bencoding: {exc}") from exc
+    if not isinstance(top, dict) or not isinstance(top.get(b"info"), dict):
+        raise ReleaseError("torrent has no info dictionary")
+    info = top[b"info"]
+    name = _text(info.get(b"name"), "name")
+    if not name or "/" in name or name in (".", "..") or "\x00" in name:
+        raise ReleaseError(f"torrent name {name!r} is not a plain file name")
+    piece_size = info.get(b"piece length")
+    if not _posint(piece_size) or piece_size % 16384:
+        raise ReleaseError("torrent piece length is not a positive multiple of 16 KiB")
+    pieces = info.get(b"pieces")
+    if not isinstance(pieces, bytes) or len(pieces) % 20:
+        raise ReleaseError("torrent pieces are not a multiple of 20 bytes")
+    files = None
+    if b"length" in info:
+        length = info[b"length"]
+        if not _posint(length):
+            raise ReleaseError("torrent length is not a positive integer")
+    elif isinstance(info.get(b"files"), list):
+        files = tuple(_file_entry(f) for f in info[b"files"])
+        length = sum(size for _, size in files)
+    else:
+        raise ReleaseError("torrent has neither length nor files (v2-only torrents unsupported)")
+    if len(pieces) // 20 != -(-length // piece_size):
+        raise ReleaseError("torrent piece count does not match its length")
+    announce: list[str] = []
+    tiers = top.get(b"announce-list")
+    if isinstance(tiers, list):
+        for tier in tiers:
+            for url in tier if isinstance(tier, list) else []:
+                if isinstance(url, bytes) and url.decode("utf-8", "replace") not in announce:
+                    announce.append(url.decode("utf-8", "replace"))
+    if isinstance(top.get(b"announce"), bytes) and not announce:
+        announce.append(top[b"announce"].decode("utf-8", "replace"))
+    seeds = top.get(b"url-list", [])
+    seeds = [seeds] if isinstance(seeds, bytes) else seeds
+    web_seeds = tuple(s.decode("utf-8", "replace") for s in seeds if isinstance(s, bytes) and s)
+    meta = TorrentMeta(
+        info_hash=hashlib.sha1(bencode.encode(info)).hexdigest(),
+        name=name,
+        length=length,
+        piece_size=piece_size,
+        num_pieces=len(pieces) // 20,
+        announce=tuple(announce),
+        web_seeds=web_seeds,
+        private=info.get(b"private") == 1,
+        files=files,
+        pieces=pieces,
+    )
+    if b"x-roost" in info:
+        meta = _with_x_roost(meta, info[b"x-roost"])
+    return meta
+
+
+def _with_x_roost(meta: TorrentMeta, x: object) -> TorrentMeta:
+    if not isinstance(x, dict) or x.get(b"v") != 1:
+        raise ReleaseError("torrent x-roost is not version 1")
+    tag = _text(x.get(b"tag"), "x-roost tag")
+    try:
+        validate_tag(tag)
+    except UsageError as exc:
+        raise ReleaseError(f"torrent x-roost: {exc}") from None
+    kind = _text(x.get(b"kind"), "x-roost kind")
+    if kind not in ("tar", "file"):
+        raise ReleaseError(f"torrent x-roost kind {kind!r} is unknown")
+    digest = _text(x.get(b"manifest-sha256"), "x-roost manifest-sha256")
+    if not HEX64.fullmatch(digest):
+        raise ReleaseError("torrent x-roost manifest-sha256 is not 64 hex digits")
+    mode = x.get(b"mode")
+    if mode is not None and not is_mode(mode):
+        raise ReleaseError("torrent x-roost mode is not a file mode")
+    if meta.files is not None:
+        raise ReleaseError("torrent x-roost on a multi-file torrent")
+    return replace(meta, tag=tag, kind=kind, manifest_sha256=digest, file_mode=mode)
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, bytes):
+        raise ReleaseError(f"torrent {what} is missing or not a string")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReleaseError(f"torrent {what} is not UTF-8") from None
+
+
+def _posint(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _file_entry(entry: object) -> tuple[str, int]:
+    length = entry.get(b"length") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(length, int) or length < 0:
+        raise ReleaseError("torrent files entry without a length")
+    parts = entry.get(b"path")
+    if not isinstance(parts, list) or not parts:
+        raise ReleaseError("torrent files entry without a path")
+    path = "/".join(_text(p, "file path") for p in parts)
+    return path, entry[b"length"]
