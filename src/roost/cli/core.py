@@ -1,0 +1,306 @@
+"""``roost seed``, ``roost peer``, ``roost deploy`` (local fleet; ``-i`` hands over).
+
+Argument definitions live here; the work is in ``roost.seeder``,
+``roost.peer``, ``roost.local`` and (for ``-i INVENTORY``)
+``roost.fleet.deploy.deploy_fleet(args)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from roost.errors import RoostError, UsageError
+from roost.peer import DEFAULT_TEMP_PATH, PeerConfig, run_peer
+
+
+def _size(text: str) -> int:
+    """argparse type: a byte count such as 10M, 1.5G or 1048576 (bytes/s for rates)."""
+    from roost.release import parse_size
+
+    try:
+        return parse_size(text)
+    except RoostError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"negative seconds: {text!r}")
+    return value
+
+
+def register(sub: Any) -> None:
+    _register_seed(sub)
+    _register_peer(sub)
+    _register_deploy(sub)
+
+
+# roost seed --------------------------------------------------------------------
+
+
+def _register_seed(sub: Any) -> None:
+    p = sub.add_parser("seed", help="seed a release until stopped (Murder start_seeding)")
+    p.add_argument("torrent", type=Path, help="the release's .torrent")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--payload", type=Path, help="the payload file (TAG.tar or the file)")
+    src.add_argument("--from", dest="from_dir", type=Path, help="directory holding the payload")
+    p.add_argument(
+        "--tracker-url", action="append", help="announce here instead of the torrent's trackers"
+    )
+    p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s (e.g. 50M); 0 = none")
+    p.add_argument("--super-seed", action="store_true", help="hand out each piece once (origin)")
+    p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    p.add_argument("--announce-ip", help="the address peers reach this seeder at")
+    p.add_argument("--pid-file", type=Path, help="record this process here (for stop-seeding)")
+    p.add_argument(
+        "--check", action="store_true", help="hash the payload first instead of seed_mode"
+    )
+    p.set_defaults(handler=_seed)
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from roost import procs
+    from roost.release import read_torrent
+    from roost.seeder import SeedConfig, Seeder, payload_dir_for
+
+    try:
+        meta = read_torrent(args.torrent.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read torrent {args.torrent}: {exc.strerror}") from exc
+    payload_dir = payload_dir_for(
+        meta.name, meta.length, payload=args.payload, from_dir=args.from_dir
+    )
+    seeder = Seeder(
+        SeedConfig(
+            torrent=args.torrent,
+            payload_dir=payload_dir,
+            trackers=tuple(args.tracker_url) if args.tracker_url else None,
+            upload_limit=args.upload_limit,
+            super_seeding=args.super_seed,
+            seed_mode=not args.check,
+            listen_interface=args.listen,
+            listen_port=args.port,
+            announce_ip=args.announce_ip,
+        )
+    )
+    _stop_on_signals(seeder.stop)
+    if args.pid_file:
+        procs.write_pid_file(args.pid_file)
+    print(
+        f"seeding {meta.tag or meta.name} ({seeder.info_hash}) on port {seeder.port}",
+        flush=True,
+    )
+    try:
+        seeder.run()
+    finally:
+        if args.pid_file:
+            procs.remove_pid_file(args.pid_file)
+    return 0
+
+
+def _stop_on_signals(stop: Any) -> None:
+    def handler(_signum: int, _frame: object) -> None:
+        stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+# roost peer --------------------------------------------------------------------
+
+
+def _register_peer(sub: Any) -> None:
+    p = sub.add_parser("peer", help="download, verify and install a release, then seed it a while")
+    p.add_argument("torrent", type=Path, help="the release's .torrent")
+    p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG")
+    _add_install_flags(p)
+    p.add_argument(
+        "--temp-path",
+        type=Path,
+        default=DEFAULT_TEMP_PATH,
+        help=f"download area, one directory per info-hash (default {DEFAULT_TEMP_PATH})",
+    )
+    p.add_argument("--announce-ip", help="the address other peers reach this one at")
+    p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    p.add_argument("--tracker-url", action="append", help="announce here instead")
+    p.add_argument("--events", choices=("text", "json"), default="text", help="output format")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="one process: download, install, then linger before returning",
+    )
+    p.set_defaults(handler=_peer)
+
+
+def _add_install_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-tag-directory",
+        dest="tag_directory",
+        action="store_false",
+        help="install into DEST itself, not DEST/TAG",
+    )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="replace a non-empty destination (unsafe_please_delete)",
+    )
+    p.add_argument(
+        "--linger", type=_seconds, default=30.0, help="seconds to keep seeding after (default 30)"
+    )
+    p.add_argument("--hook", help="shell command run after install (ROOST_TAG, ROOST_PATH, ...)")
+    p.add_argument("--timeout", type=_seconds, help="give up after this many seconds")
+    p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
+    p.add_argument("--download-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
+
+
+def _peer(args: argparse.Namespace) -> int:
+    config = PeerConfig(
+        torrent=args.torrent,
+        dest=args.dest,
+        tag_directory=args.tag_directory,
+        clean=args.clean,
+        linger=args.linger,
+        hook=args.hook,
+        temp_path=args.temp_path,
+        announce_ip=args.announce_ip,
+        listen_interface=args.listen,
+        listen_port=args.port,
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
+        timeout=args.timeout or None,
+        trackers=tuple(args.tracker_url) if args.tracker_url else None,
+        foreground=args.foreground,
+    )
+    as_json = args.events == "json"
+    started = time.monotonic()
+    last = {"down": 0, "up": 0, "shown": 0.0}
+
+    def emit(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            last["down"], last["up"] = event.get("down", 0), event.get("up", 0)
+        if as_json:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+        elif event.get("event") == "progress" and time.monotonic() - last["shown"] >= 2:
+            last["shown"] = time.monotonic()
+            print(
+                f"{event['progress'] * 100:5.1f}%  {event.get('rate_down', 0) / 1e6:.1f} MB/s  "
+                f"{event.get('peers', 0)} peers",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif event.get("event") == "hash_failed":
+            print(f"piece {event.get('piece')} failed its hash check", file=sys.stderr)
+        elif event.get("event") == "installed":
+            word = "already installed at" if event.get("already") else "installed at"
+            print(f"{word} {event['path']}", flush=True)
+
+    try:
+        result = run_peer(config, emit)
+    except RoostError as exc:
+        if as_json:
+            emit({"event": "failed", "error": str(exc)})
+            emit(
+                {
+                    "event": "done",
+                    "ok": False,
+                    "seconds": round(time.monotonic() - started, 3),
+                    "down": last["down"],
+                    "up": last["up"],
+                }
+            )
+        raise
+    if as_json:
+        emit(
+            {
+                "event": "done",
+                "ok": True,
+                "seconds": round(result.seconds, 3),
+                "down": result.down,
+                "up": result.up,
+            }
+        )
+    return 0
+
+
+# roost deploy ------------------------------------------------------------------
+
+
+def _register_deploy(sub: Any) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="deploy a build: on a local fleet (default) or to an inventory's hosts (-i)",
+    )
+    p.add_argument("source", type=Path, help="directory (packed as a tar) or file (--file)")
+    p.add_argument("--tag", required=True, help="release name, e.g. v42")
+    p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG on each host")
+    p.add_argument("--file", dest="is_file", action="store_true", help="ship SRC as one file")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local",
+        type=int,
+        metavar="N",
+        help="embedded local fleet of N hosts, each in DEST/host-K (default when no -i: 4)",
+    )
+    where.add_argument("-i", "--inventory", type=Path, help="deploy to an inventory's hosts")
+    _add_install_flags(p)
+    p.add_argument("--out", type=Path, help="keep the release (.torrent, tar) here")
+    p.add_argument("--piece-size", type=_size, help="override the chosen piece size")
+    p.add_argument("--super-seed", action="store_true", help="super-seeding on the origin")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.set_defaults(handler=_deploy)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    if args.inventory is not None:
+        from roost.fleet.deploy import deploy_fleet
+
+        return int(deploy_fleet(args) or 0)
+    from roost.local import DEFAULT_HOSTS, LocalDeployConfig, deploy_local
+    from roost.progress import TerminalDisplay, render_live, render_summary
+
+    config = LocalDeployConfig(
+        source=args.source,
+        tag=args.tag,
+        dest=args.dest,
+        hosts=DEFAULT_HOSTS if args.local is None else args.local,
+        is_file=args.is_file,
+        linger=args.linger,
+        timeout=args.timeout or None,
+        hook=args.hook,
+        clean=args.clean,
+        tag_directory=args.tag_directory,
+        out_dir=args.out,
+        piece_size=args.piece_size,
+        super_seed=args.super_seed,
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
+    )
+    display = TerminalDisplay(sys.stderr)
+    title = f"roost deploy {args.tag}"
+
+    def on_update(fleet: Any, now: float, final: bool) -> None:
+        display.update(render_live(fleet, now, title), now, force=final)
+
+    summary = deploy_local(config, on_update)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print("\n".join(render_summary(summary)))
+        copies = summary["seeder"]["bytes_up"] / max(1, summary["size"])
+        print(f"origin uploaded {copies:.2f} copies of {summary['size']} bytes")
+    return 0 if summary["ok"] else 1

@@ -1,0 +1,242 @@
+"""The embedded local fleet: a whole deploy on this machine.
+
+``roost deploy SRC --tag TAG --local N --dest DIR`` runs, in one command:
+a tracker (embedded, on 127.0.0.1, serving only this release's info-hash),
+a seeder (its engine on its own thread, the session's one owner), and N
+peers as separate ``python -m roost peer ... --events json`` processes, each
+with its own destination ``DIR/host-K`` and its own temp path. The peers'
+JSON events feed a :class:`~roost.progress.FleetProgress`; the caller gets a
+summary with one entry per host. A host failing never stops the others.
+
+At the end every process this deploy started is stopped: the peer fronts by
+their pid, the lingering peer workers by the pid files under their temp
+paths. Temp paths are removed (the release too, unless ``out_dir`` was
+given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roost import procs
+from roost.errors import RoostError, UsageError
+from roost.progress import FleetProgress
+from roost.release import create_release, validate_tag
+from roost.seeder import SeedConfig, SeederThread
+from roost.tracker import TrackerConfig, run_tracker_in_thread
+
+DEFAULT_HOSTS = 4
+MAX_HOSTS = 256
+
+
+@dataclass(frozen=True)
+class LocalDeployConfig:
+    source: Path
+    tag: str
+    dest: Path
+    hosts: int = DEFAULT_HOSTS
+    is_file: bool = False
+    linger: float = 30.0
+    timeout: float | None = None
+    hook: str | None = None
+    clean: bool = False
+    tag_directory: bool = True
+    out_dir: Path | None = None
+    piece_size: int | None = None
+    super_seed: bool = False
+    upload_limit: int = 0
+    download_limit: int = 0
+    extra_peer_args: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class _Host:
+    name: str
+    dest: Path
+    temp: Path
+    proc: subprocess.Popen[bytes]
+    stderr_tail: list[str] = field(default_factory=list)
+
+
+def peer_command(config: LocalDeployConfig, torrent: Path, dest: Path, temp: Path) -> list[str]:
+    """The ``roost peer`` command line of one local host (pure)."""
+    cmd = [sys.executable, "-m", "roost", "peer", str(torrent)]
+    cmd += ["--dest", str(dest), "--temp-path", str(temp), "--events", "json"]
+    cmd += ["--linger", f"{config.linger:g}", "--listen", "127.0.0.1"]
+    if not config.tag_directory:
+        cmd.append("--no-tag-directory")
+    if config.clean:
+        cmd.append("--clean")
+    if config.hook:
+        cmd += ["--hook", config.hook]
+    if config.timeout:
+        cmd += ["--timeout", f"{config.timeout:g}"]
+    if config.upload_limit:
+        cmd += ["--upload-limit", str(config.upload_limit)]
+    if config.download_limit:
+        cmd += ["--download-limit", str(config.download_limit)]
+    return cmd + list(config.extra_peer_args)
+
+
+def deploy_local(
+    config: LocalDeployConfig,
+    on_update: Callable[[FleetProgress, float, bool], None] | None = None,
+) -> dict[str, Any]:
+    """Run the deploy; return the summary (``FleetProgress.summary`` plus the
+    release and the seeder's upload). ``on_update(fleet, now, final)`` is
+    called as events arrive (the display). Raises ``UsageError`` for bad
+    arguments and whatever creating the release raises; host failures are
+    reported in the summary, not raised."""
+    validate_tag(config.tag)
+    if not 1 <= config.hosts <= MAX_HOSTS:
+        raise UsageError(f"--local wants 1 to {MAX_HOSTS} hosts, not {config.hosts}")
+    if not Path(config.source).exists():
+        raise UsageError(f"source {config.source} does not exist")
+    root = Path(tempfile.mkdtemp(prefix="roost-local-"))
+    hosts: list[_Host] = []
+    tracker = seeder = None
+    try:
+        tracker = run_tracker_in_thread(
+            TrackerConfig(
+                bind="127.0.0.1", port=0, interval=2, min_interval=1, allow_list_only=True
+            )
+        )
+        out_dir = config.out_dir or root / "release"
+        release = create_release(
+            Path(config.source),
+            config.tag,
+            out_dir,
+            announce=[tracker.announce_url],
+            is_file=config.is_file,
+            piece_size=config.piece_size,
+        )
+        tracker.allow(release.info_hash, config.tag, size=release.total_size)
+        seeder = SeederThread(
+            SeedConfig(
+                torrent=release.torrent,
+                payload_dir=release.payload.parent,
+                super_seeding=config.super_seed,
+                listen_interface="127.0.0.1",
+            )
+        )
+        names = [f"host-{k}" for k in range(1, config.hosts + 1)]
+        fleet = FleetProgress(names, release.total_size, time.monotonic())
+        events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        for name in names:
+            dest, temp = Path(config.dest) / name, root / name
+            proc = subprocess.Popen(
+                peer_command(config, release.torrent, dest, temp),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            host = _Host(name, dest, temp, proc)
+            hosts.append(host)
+            _start_readers(host, events)
+        _watch(fleet, hosts, events, config.timeout, on_update)
+        summary = fleet.summary(time.monotonic())
+        summary["tag"] = config.tag
+        summary["info_hash"] = release.info_hash
+        summary["dest"] = str(config.dest)
+        summary["seeder"] = {"bytes_up": seeder.snapshot().uploaded}
+        if config.out_dir:
+            summary["torrent"] = str(release.torrent)
+        return summary
+    finally:
+        for host in hosts:
+            _stop_host(host)
+        if seeder is not None:
+            seeder.stop()
+        if tracker is not None:
+            tracker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_readers(host: _Host, events: queue.Queue[tuple[str, dict[str, Any]]]) -> None:
+    def read_stdout() -> None:
+        assert host.proc.stdout is not None
+        for line in host.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.put((host.name, event))
+        events.put((host.name, {"event": "_exit"}))
+
+    def read_stderr() -> None:
+        assert host.proc.stderr is not None
+        for line in host.proc.stderr:
+            text = line.decode(errors="replace").strip()
+            if text:
+                host.stderr_tail = [*host.stderr_tail[-19:], text]
+
+    threading.Thread(target=read_stdout, daemon=True).start()
+    threading.Thread(target=read_stderr, daemon=True).start()
+
+
+def _watch(
+    fleet: FleetProgress,
+    hosts: list[_Host],
+    events: queue.Queue[tuple[str, dict[str, Any]]],
+    timeout: float | None,
+    on_update: Callable[[FleetProgress, float, bool], None] | None,
+) -> None:
+    by_name = {h.name: h for h in hosts}
+    exited: set[str] = set()
+    deadline = None if not timeout else fleet.started + timeout + 10
+    while len(exited) < len(hosts):
+        try:
+            name, event = events.get(timeout=0.2)
+        except queue.Empty:
+            name, event = "", {}
+        now = time.monotonic()
+        if event.get("event") == "_exit":
+            exited.add(name)
+            host = by_name[name]
+            status = host.proc.wait()
+            if fleet.hosts[name].state != "done":
+                tail = host.stderr_tail[-1] if host.stderr_tail else ""
+                error = tail.removeprefix("roost: error: ") or f"peer exited with status {status}"
+                fleet.fail(name, error, now)
+        elif name:
+            fleet.apply(name, event, now)
+        if deadline is not None and now > deadline:
+            for host in hosts:
+                if host.name not in exited:
+                    fleet.fail(host.name, f"timed out after {timeout:g}s", now)
+                    _kill(host.proc)
+        if on_update is not None:
+            on_update(fleet, now, False)
+    if on_update is not None:
+        on_update(fleet, time.monotonic(), True)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _stop_host(host: _Host) -> None:
+    _kill(host.proc)
+    # The lingering worker of this host (its pid file is under its temp path).
+    for pid_file in procs.pid_files(host.temp):
+        with contextlib.suppress(OSError, RoostError):
+            procs.stop_by_pid_file(pid_file)

@@ -1,0 +1,430 @@
+"""The peer: download a release, verify, install it, run the hook, linger.
+
+Theory of operation
+-------------------
+``roost peer`` is two processes, like Murder's peer which forks its seeding
+off so Capistrano can go on:
+
+* the **front** (the command the caller runs) reads the torrent, stops any
+  older worker of the same release (by its pid file), starts the worker,
+  relays its events, and on ``complete`` installs the payload into the
+  destination (``roost.extract.install_release``: atomic, checked against the
+  manifest), runs ``--hook`` and exits;
+* the **worker** (``python -m roost.peer --worker JSON``), in its own session
+  so a caller's terminal or SSH channel never waits for it, owns the engine:
+  it downloads into ``TEMP/INFOHASH/`` with resume data saved every few
+  seconds and on exit, reports progress as JSON lines on its stdout (a pipe to
+  the front), then keeps seeding for ``--linger`` seconds and exits. It
+  records itself in ``TEMP/INFOHASH/worker.pid``.
+
+The worker's stdin is a pipe from the front: end-of-file before the download
+completed means the front died (or was killed), and the worker saves its
+resume data and stops, so a killed peer never leaves a download running. A
+restarted peer continues from the pieces it has (resume data skips the
+re-hash; without it libtorrent re-checks the file).
+
+``--foreground`` runs everything in one process (tests, debugging).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roost import procs
+from roost.engine import Engine, EngineConfig, Finished, HashFailed, PeerBanned, TrackerProblem
+from roost.errors import EngineError, HookError, RoostError, UsageError
+
+Emit = Callable[[dict[str, Any]], None]
+
+DEFAULT_TEMP_PATH = Path("/tmp/roost")
+PROGRESS_INTERVAL = 0.5
+RESUME_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    torrent: Path
+    dest: Path
+    tag_directory: bool = True
+    clean: bool = False
+    linger: float = 30.0
+    hook: str | None = None
+    temp_path: Path = DEFAULT_TEMP_PATH
+    announce_ip: str | None = None
+    listen_interface: str = "0.0.0.0"
+    listen_port: int = 0
+    upload_limit: int = 0
+    download_limit: int = 0
+    timeout: float | None = None
+    trackers: tuple[str, ...] | None = None
+    foreground: bool = False
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> PeerConfig:
+        data = json.loads(text)
+        for key in ("torrent", "dest", "temp_path"):
+            data[key] = Path(data[key])
+        if data.get("trackers") is not None:
+            data["trackers"] = tuple(data["trackers"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    ok: bool
+    path: Path | None
+    already_installed: bool
+    seconds: float
+    down: int
+    up: int
+    error: str | None = None
+
+
+def work_dir(config: PeerConfig, info_hash: str) -> Path:
+    return config.temp_path / info_hash
+
+
+def worker_pid_file(temp_path: Path, info_hash: str) -> Path:
+    return temp_path / info_hash / "worker.pid"
+
+
+# The worker: engine owner ------------------------------------------------------
+
+
+class _Download:
+    """One download in one engine; the worker's (or foreground's) core."""
+
+    def __init__(self, config: PeerConfig, torrent_bytes: bytes, info_hash: str):
+        self.config = config
+        self.dir = work_dir(config, info_hash)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.engine = Engine(
+            EngineConfig(
+                listen_interface=config.listen_interface,
+                listen_port=config.listen_port,
+                announce_ip=config.announce_ip,
+                upload_limit=config.upload_limit,
+                download_limit=config.download_limit,
+            )
+        )
+        self.tid = self.engine.add(
+            torrent_bytes,
+            self.dir,
+            resume_dir=self.dir,
+            trackers=config.trackers,
+        )
+        self.hash_failures = 0
+
+    def run_until_complete(self, emit: Emit, should_stop: Callable[[], str | None]) -> None:
+        """Download; raise ``EngineError`` on a torrent error or a stop request."""
+        last_progress = 0.0
+        last_resume = time.monotonic()
+        while True:
+            for event in self.engine.events(0.2):
+                self._relay(event, emit)
+            status = self.engine.status(self.tid)
+            if status.error:
+                self._save_resume_quietly()
+                raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
+            now = time.monotonic()
+            if status.is_finished and status.state in ("seeding", "finished"):
+                self._emit_progress(emit)
+                self._save_resume_quietly()
+                return
+            reason = should_stop()
+            if reason:
+                self._save_resume_quietly()
+                raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
+            if now - last_progress >= PROGRESS_INTERVAL:
+                last_progress = now
+                self._emit_progress(emit)
+            if now - last_resume >= RESUME_INTERVAL:
+                last_resume = now
+                self._save_resume_quietly()
+
+    def linger(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not should_stop():
+            self.engine.events(0.2)
+
+    def _relay(self, event: object, emit: Emit) -> None:
+        if isinstance(event, HashFailed):
+            self.hash_failures += 1
+            emit({"event": "hash_failed", "piece": event.piece})
+        elif isinstance(event, PeerBanned):
+            emit({"event": "peer_banned", "address": event.address})
+        elif isinstance(event, TrackerProblem):
+            emit({"event": "tracker_warning", "url": event.url, "message": event.message})
+        elif isinstance(event, Finished):
+            pass
+
+    def _emit_progress(self, emit: Emit) -> None:
+        st = self.engine.status(self.tid)
+        emit(
+            {
+                "event": "progress",
+                "progress": round(st.progress, 4),
+                "down": st.downloaded,
+                "up": st.uploaded,
+                "rate_down": st.rate_down,
+                "peers": st.num_peers,
+            }
+        )
+
+    def _save_resume_quietly(self) -> None:
+        with contextlib.suppress(EngineError):
+            self.engine.save_resume(self.tid)
+
+    def close(self) -> None:
+        self._save_resume_quietly()
+        self.engine.close()
+
+
+def run_worker(config: PeerConfig) -> int:
+    """The detached worker's main: events as JSON lines on stdout."""
+    torrent_bytes = config.torrent.read_bytes()
+    meta = _read_meta(torrent_bytes)
+    pid_file = worker_pid_file(config.temp_path, meta.info_hash)
+    procs.write_pid_file(pid_file)
+    stop: dict[str, str | None] = {"reason": None}
+    completed = threading.Event()
+    out_open = True
+
+    def emit(event: dict[str, Any]) -> None:
+        nonlocal out_open
+        if not out_open:
+            return
+        try:
+            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.flush()
+        except (BrokenPipeError, OSError):
+            out_open = False
+
+    def on_term(signum: int, _frame: object) -> None:
+        stop["reason"] = f"signal {signal.Signals(signum).name}"
+
+    def watch_front() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdin.buffer.read()
+        if not completed.is_set():
+            stop["reason"] = "the peer front process went away"
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    threading.Thread(target=watch_front, daemon=True).start()
+    download: _Download | None = None
+    try:
+        download = _Download(config, torrent_bytes, meta.info_hash)
+        download.run_until_complete(emit, lambda: stop["reason"])
+        completed.set()
+        emit({"event": "complete"})
+        # The front exits after installing; stop writing into its pipe.
+        out_open = False
+        with contextlib.suppress(OSError):
+            sys.stdout.close()
+        if config.linger > 0:
+            download.linger(config.linger, lambda: stop["reason"])
+        return 0
+    except RoostError as exc:
+        emit({"event": "failed", "error": str(exc)})
+        return 1
+    finally:
+        if download is not None:
+            download.close()
+        procs.remove_pid_file(pid_file)
+
+
+# The front ---------------------------------------------------------------------
+
+
+def _read_meta(torrent_bytes: bytes) -> Any:
+    from roost.release import read_torrent
+
+    return read_torrent(torrent_bytes)
+
+
+def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
+    """Download, install, run the hook; lingering continues detached.
+
+    Emits the events of the peer process protocol (ARCHITECTURE.md). Raises
+    ``RoostError`` subclasses: ``UsageError`` (no torrent), ``EngineError``
+    (download failed or timed out), ``DestinationError``/``VerifyError``/
+    ``UnsafeArchiveError`` from installing, ``HookError``.
+    """
+    started = time.monotonic()
+    try:
+        torrent_bytes = config.torrent.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
+    meta = _read_meta(torrent_bytes)
+    deadline = started + config.timeout if config.timeout else None
+    procs.stop_by_pid_file(worker_pid_file(config.temp_path, meta.info_hash))
+    totals = {"down": 0, "up": 0}
+
+    def relay(event: dict[str, Any]) -> None:
+        if event.get("event") == "progress":
+            totals["down"] = int(event.get("down", 0))
+            totals["up"] = int(event.get("up", 0))
+        emit(event)
+
+    download: _Download | None = None
+    if config.foreground:
+        download = _Download(config, torrent_bytes, meta.info_hash)
+        try:
+            download.run_until_complete(relay, lambda: _timed_out(deadline, config))
+        except BaseException:
+            download.close()
+            raise
+        relay({"event": "complete"})
+    else:
+        _run_detached(config, meta.info_hash, relay, deadline)
+    try:
+        path, already = _install(config, meta)
+        emit({"event": "installed", "path": str(path), "already": already})
+        if config.hook:
+            run_hook(config.hook, tag=meta.tag, path=path, info_hash=meta.info_hash)
+    finally:
+        if download is not None:
+            if config.linger > 0:
+                download.linger(config.linger, lambda: None)
+            download.close()
+    seconds = time.monotonic() - started
+    return PeerResult(True, path, already, seconds, totals["down"], totals["up"])
+
+
+def _timed_out(deadline: float | None, config: PeerConfig) -> str | None:
+    if deadline is not None and time.monotonic() > deadline:
+        return f"timed out after {config.timeout:g}s"
+    return None
+
+
+def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: float | None) -> None:
+    wdir = work_dir(config, info_hash)
+    wdir.mkdir(parents=True, exist_ok=True)
+    log = open(wdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roost.peer", "--worker", config.to_json()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    assert proc.stdout is not None and proc.stdin is not None
+    lines: list[bytes] = []
+    reader_done = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+        reader_done.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    error: str | None = None
+    complete = False
+    try:
+        while not complete and error is None:
+            reader_done.wait(0.1)
+            while lines:
+                try:
+                    event = json.loads(lines.pop(0))
+                except ValueError:
+                    continue
+                kind = event.get("event")
+                if kind == "complete":
+                    complete = True
+                elif kind == "failed":
+                    error = str(event.get("error"))
+                    continue
+                relay(event)
+            if complete or error:
+                break
+            if reader_done.is_set() and not lines:
+                status = proc.wait()
+                error = f"peer worker exited with status {status} (see {wdir / 'worker.log'})"
+            elif (reason := _timed_out(deadline, config)) is not None:
+                error = reason
+    finally:
+        if not complete:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    if error is not None:
+        raise EngineError(error, info_hash=info_hash)
+    relay({"event": "complete"})
+
+
+def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
+    from roost.extract import install_release
+
+    payload = work_dir(config, meta.info_hash) / meta.name
+    result = install_release(
+        payload, meta, config.dest, tag_directory=config.tag_directory, clean=config.clean
+    )
+    return _installed_path(result)
+
+
+def _installed_path(result: Any) -> tuple[Path, bool]:
+    """``install_release`` returns the path (or an object with ``path`` and
+    ``already_installed``); accept both."""
+    if isinstance(result, Path):
+        return result, False
+    if isinstance(result, tuple):
+        return Path(result[0]), bool(result[1])
+    return Path(result.path), bool(getattr(result, "already_installed", False))
+
+
+def run_hook(command: str, *, tag: str, path: Path, info_hash: str) -> None:
+    """Run ``command`` through the shell with ROOST_TAG/PATH/INFO_HASH set.
+
+    Raises ``HookError`` naming the exit status and the tail of stderr.
+    """
+    env = dict(os.environ, ROOST_TAG=tag, ROOST_PATH=str(path), ROOST_INFO_HASH=info_hash)
+    proc = subprocess.run(
+        command,
+        shell=True,
+        env=env,
+        cwd=path if path.is_dir() else None,
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = proc.stderr.decode(errors="replace")[-2000:]
+        raise HookError(command, proc.returncode, tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "--worker":
+        print("usage: python -m roost.peer --worker CONFIG_JSON", file=sys.stderr)
+        return 2
+    return run_worker(PeerConfig.from_json(argv[1]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,249 @@
+"""Fleet progress: a sans-IO model of a deploy, and its renderings.
+
+:class:`FleetProgress` takes the peer protocol's events (dicts, see
+ARCHITECTURE.md) per host, with the time passed in, and answers: how many
+hosts wait, download, are done or failed; the aggregate rate; an ETA; the
+per-host summary. ``render_live`` and ``render_summary`` turn it into lines
+of text (pure); :class:`TerminalDisplay` is the thin I/O shell that redraws
+them in place on a TTY, or prints a plain line now and then otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+WAITING, DOWNLOADING, INSTALLING, DONE, FAILED = (
+    "waiting",
+    "downloading",
+    "installing",
+    "done",
+    "failed",
+)
+
+
+@dataclass
+class HostProgress:
+    name: str
+    state: str = WAITING
+    progress: float = 0.0
+    down: int = 0
+    up: int = 0
+    rate_down: int = 0
+    peers: int = 0
+    hash_failures: int = 0
+    started: float | None = None
+    finished: float | None = None
+    path: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == DONE
+
+    def seconds(self, origin: float) -> float | None:
+        return None if self.finished is None else self.finished - origin
+
+    def summary(self, origin: float) -> dict[str, Any]:
+        seconds = self.seconds(origin)
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "seconds": None if seconds is None else round(seconds, 3),
+            "bytes_down": self.down,
+            "bytes_up": self.up,
+            "path": self.path,
+            "error": self.error,
+        }
+
+
+class FleetProgress:
+    def __init__(self, hosts: list[str], total_size: int, now: float):
+        self.hosts = {name: HostProgress(name) for name in hosts}
+        self.total_size = total_size
+        self.started = now
+
+    def apply(self, host: str, event: dict[str, Any], now: float) -> None:
+        """Fold one peer-protocol event into the host's state."""
+        h = self.hosts[host]
+        if h.state in (DONE, FAILED):
+            return
+        kind = event.get("event")
+        if h.started is None:
+            h.started = now
+        if kind == "progress":
+            h.state = DOWNLOADING
+            h.progress = float(event.get("progress", h.progress))
+            h.down = int(event.get("down", h.down))
+            h.up = int(event.get("up", h.up))
+            h.rate_down = int(event.get("rate_down", 0))
+            h.peers = int(event.get("peers", h.peers))
+        elif kind == "hash_failed":
+            h.hash_failures += 1
+        elif kind == "complete":
+            h.state, h.progress, h.rate_down = INSTALLING, 1.0, 0
+        elif kind == "installed":
+            h.path = event.get("path")
+        elif kind == "failed":
+            self.fail(host, str(event.get("error") or "failed"), now)
+        elif kind == "done":
+            h.down = int(event.get("down", h.down))
+            h.up = int(event.get("up", h.up))
+            if event.get("ok"):
+                h.state, h.progress, h.finished, h.rate_down = DONE, 1.0, now, 0
+            else:
+                self.fail(host, h.error or str(event.get("error") or "failed"), now)
+
+    def fail(self, host: str, error: str, now: float) -> None:
+        h = self.hosts[host]
+        if h.state in (DONE, FAILED):
+            return
+        h.state, h.error, h.finished, h.rate_down = FAILED, error, now, 0
+
+    def counts(self) -> dict[str, int]:
+        out = dict.fromkeys((WAITING, DOWNLOADING, INSTALLING, DONE, FAILED), 0)
+        for h in self.hosts.values():
+            out[h.state] += 1
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return all(h.state in (DONE, FAILED) for h in self.hosts.values())
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts.values())
+
+    def rate(self) -> int:
+        return sum(h.rate_down for h in self.hosts.values() if h.state == DOWNLOADING)
+
+    def remaining(self) -> int:
+        return sum(
+            int(self.total_size * (1 - h.progress))
+            for h in self.hosts.values()
+            if h.state in (WAITING, DOWNLOADING)
+        )
+
+    def eta(self) -> float | None:
+        rate, left = self.rate(), self.remaining()
+        if left == 0:
+            return 0.0
+        return left / rate if rate > 0 else None
+
+    def summary(self, now: float) -> dict[str, Any]:
+        hosts = [h.summary(self.started) for h in self.hosts.values()]
+        return {
+            "ok": self.ok,
+            "seconds": round(now - self.started, 3),
+            "size": self.total_size,
+            "hosts_ok": sum(1 for h in hosts if h["ok"]),
+            "hosts_failed": sum(1 for h in hosts if not h["ok"]),
+            "hosts": hosts,
+        }
+
+
+# Rendering (pure) -------------------------------------------------------------
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _bar(fraction: float, width: int = 20) -> str:
+    filled = round(max(0.0, min(1.0, fraction)) * width)
+    return "#" * filled + "." * (width - filled)
+
+
+def headline(fleet: FleetProgress, now: float, title: str = "deploy") -> str:
+    c = fleet.counts()
+    eta = fleet.eta()
+    eta_text = "-" if eta is None else f"{eta:.0f}s"
+    return (
+        f"{title}: {c[DONE]}/{len(fleet.hosts)} done, {c[FAILED]} failed, "
+        f"{c[DOWNLOADING] + c[INSTALLING]} active, {c[WAITING]} waiting | "
+        f"{human_bytes(fleet.rate())}/s | ETA {eta_text} | {now - fleet.started:.1f}s"
+    )
+
+
+def render_live(
+    fleet: FleetProgress, now: float, title: str = "deploy", max_hosts: int = 16
+) -> list[str]:
+    """The lines of the live display: a headline, then one line per host
+    while the fleet is small (the hosts still working first otherwise)."""
+    lines = [headline(fleet, now, title)]
+    hosts = list(fleet.hosts.values())
+    if len(hosts) > max_hosts:
+        active = [h for h in hosts if h.state in (DOWNLOADING, INSTALLING)]
+        hosts = sorted(active, key=lambda h: h.progress)[:max_hosts]
+    width = max((len(h.name) for h in hosts), default=4)
+    for h in hosts:
+        detail = h.error if h.state == FAILED else f"{human_bytes(h.rate_down)}/s, {h.peers} peers"
+        percent = f"{h.progress * 100:5.1f}%"
+        lines.append(f"  {h.name:<{width}} [{_bar(h.progress)}] {percent} {h.state:<11} {detail}")
+    return lines
+
+
+def render_summary(summary: dict[str, Any]) -> list[str]:
+    """The per-host table printed at the end of a deploy (from ``summary``)."""
+    rows = [("host", "result", "seconds", "down", "up", "error")]
+    for h in summary["hosts"]:
+        rows.append(
+            (
+                str(h["name"]),
+                "ok" if h["ok"] else "FAILED",
+                "-" if h["seconds"] is None else f"{h['seconds']:.1f}",
+                human_bytes(h["bytes_down"]),
+                human_bytes(h["bytes_up"]),
+                h["error"] or "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    out = [
+        "  ".join([*(row[i].ljust(widths[i]) for i in range(5)), row[5]]).rstrip() for row in rows
+    ]
+    out.append(
+        f"{summary['hosts_ok']} of {len(summary['hosts'])} hosts ok, "
+        f"{summary['hosts_failed']} failed, in {summary['seconds']:.1f}s"
+    )
+    return out
+
+
+# The I/O shell ---------------------------------------------------------------
+
+
+class TerminalDisplay:
+    """Redraw the live lines in place on a TTY; else a plain line every few s."""
+
+    def __init__(
+        self, stream: TextIO | None = None, *, interval: float = 0.2, plain_interval: float = 5.0
+    ):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval if self.tty else plain_interval
+        self._drawn = 0
+        self._last = float("-inf")
+
+    def update(self, lines: list[str], now: float, *, force: bool = False) -> None:
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        if not self.tty:
+            self.stream.write(lines[0] + "\n")
+        else:
+            if self._drawn:
+                self.stream.write(f"\x1b[{self._drawn}F")
+            for line in lines:
+                self.stream.write("\x1b[2K" + line + "\n")
+            # Clear lines left over from a taller previous frame.
+            for _ in range(self._drawn - len(lines)):
+                self.stream.write("\x1b[2K\n")
+            extra = max(0, self._drawn - len(lines))
+            if extra:
+                self.stream.write(f"\x1b[{extra}F")
+            self._drawn = len(lines)
+        self.stream.flush()
