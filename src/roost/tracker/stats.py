@@ -12,9 +12,9 @@ registered in a fresh ``CollectorRegistry`` (no global registry, so several
 trackers in one process never mix).
 
 * **Size** of a swarm: the size registered with ``allow(size=...)``; else the
-  largest ``downloaded`` among seeders (a seeder that fetched everything);
-  else the largest ``left + downloaded`` among leechers. None when no peer
-  tells.
+  largest ``downloaded`` among peers with ``left == 0`` (a seeder that
+  fetched everything); else the largest ``left + downloaded`` among the
+  others. None when no peer tells. Stopped peers count too.
 * **Progress** of a peer: ``1 - left / size`` clipped to 0..1 (None when the
   size is unknown).
 * **Rates**: each peer's ``(downloaded - prev_downloaded) / (last_seen -
@@ -83,10 +83,11 @@ def swarm_size(swarm: Swarm) -> int | None:
     """The payload size in bytes as far as the tracker can tell (see module doc)."""
     if swarm.size is not None:
         return int(swarm.size)
-    best = max((p.downloaded for p in swarm.seeders.values()), default=0)
+    peers = list(swarm.peers())
+    best = max((p.downloaded for p in peers if p.left == 0), default=0)
     if best > 0:
         return int(best)
-    best = max((p.left + p.downloaded for p in swarm.leechers.values()), default=0)
+    best = max((p.left + p.downloaded for p in peers if p.left > 0), default=0)
     return int(best) if best > 0 else None
 
 
@@ -180,9 +181,17 @@ def build_stats(
 
 
 def render_stats_json(registry: Registry, now: float, *, stall_after: float | None = None) -> bytes:
-    """``build_stats`` as compact UTF-8 JSON (ASCII-escaped), the /stats.json body."""
+    """``build_stats`` as compact JSON, the /stats.json body.
+
+    ASCII only, and ``<``, ``>``, ``&`` escaped as ``\\u003c`` ...: peer labels can
+    never read as markup, even to a browser sniffing the body.
+    """
     doc = build_stats(registry, now, stall_after=stall_after)
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text.translate(_JSON_ESCAPES).encode("ascii")
+
+
+_JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
 
 
 # --------------------------------------------------------------------------

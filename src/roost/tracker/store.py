@@ -50,6 +50,8 @@ def _peer_dict(p: Peer) -> dict[str, Any]:
         "host": p.host,
         "dc": p.dc,
         "rack": p.rack,
+        "announced_dc": p.announced_dc,
+        "announced_rack": p.announced_rack,
         "key": p.key.hex() if p.key is not None else None,
         "completed": p.completed,
         "events": [[ts, ev] for ts, ev in p.events],
@@ -143,6 +145,8 @@ def restore_state(registry: Registry, data: dict[str, Any], path: Path) -> int:
                 peer.last_seen = peer.prev_seen = float(p["last_seen"])
                 peer.last_progress = float(p["last_progress"])
                 peer.host, peer.dc, peer.rack = p.get("host"), p.get("dc"), p.get("rack")
+                peer.announced_dc = p.get("announced_dc")
+                peer.announced_rack = p.get("announced_rack")
                 peer.key = bytes.fromhex(p["key"]) if p.get("key") else None
                 peer.completed = bool(p.get("completed", False))
                 for ts, ev in p.get("events", []):

@@ -94,6 +94,8 @@ class Counters:
 
 class Peer:
     __slots__ = (
+        "announced_dc",
+        "announced_rack",
         "compact",
         "completed",
         "dc",
@@ -130,6 +132,8 @@ class Peer:
         self.host: str | None = None
         self.dc: str | None = None
         self.rack: str | None = None
+        self.announced_dc: str | None = None  # labels the peer gave itself
+        self.announced_rack: str | None = None
         self.key: bytes | None = None
         self.completed = False  # counted in the swarm's completed count
         self.state = "downloading"
@@ -347,7 +351,12 @@ class Registry:
             peer.events.append((now, a.event))
         if a.host is not None:
             peer.host = a.host
-        dc, rack = a.dc, a.rack
+        # Labels a peer announced stick until it announces others; prefixes fill gaps.
+        if a.dc is not None:
+            peer.announced_dc = a.dc
+        if a.rack is not None:
+            peer.announced_rack = a.rack
+        dc, rack = peer.announced_dc, peer.announced_rack
         if (dc is None or rack is None) and self.labeler:
             pdc, prack = self.labeler.labels(ip)
             dc = dc if dc is not None else pdc

@@ -1,0 +1,311 @@
+"""A real tracker on 127.0.0.1:0, hit with raw sockets and urllib."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote_from_bytes
+
+import pytest
+
+from roost import bencode
+from roost.errors import TrackerError
+from roost.tracker import (
+    StateFileError,
+    TrackerConfig,
+    TrackerHandle,
+    TrackerServer,
+    run_tracker_in_thread,
+)
+
+IH = bytes.fromhex("aa" * 20)
+IH2 = bytes.fromhex("bb" * 20)
+
+
+def q(b: bytes) -> str:
+    return quote_from_bytes(b, safe="")
+
+
+def pid(n: int) -> bytes:
+    return f"-RO0100-{n:012d}".encode()
+
+
+def query(
+    n: int, *, info_hash: bytes = IH, left: int = 100, event: str = "started", **extra: object
+) -> str:
+    params = {
+        "info_hash": q(info_hash),
+        "peer_id": q(pid(n)),
+        "port": 6000 + n,
+        "uploaded": 0,
+        "downloaded": 0,
+        "left": left,
+        "event": event,
+    }
+    params.update(extra)
+    return "&".join(f"{k}={v}" for k, v in params.items() if v is not None)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def announce(t: TrackerHandle, n: int, **kw: object) -> dict:
+    status, body = get(f"{t.announce_url}?{query(n, **kw)}")
+    assert status == 200, body
+    return bencode.decode(body)
+
+
+def compact_ports(d: dict) -> list[int]:
+    raw = d[b"peers"]
+    return sorted(int.from_bytes(raw[i + 4 : i + 6], "big") for i in range(0, len(raw), 6))
+
+
+@pytest.fixture
+def tracker() -> Iterator[TrackerHandle]:
+    with run_tracker_in_thread(TrackerConfig(port=0, interval=5)) as t:
+        yield t
+
+
+def raw_exchange(port: int, chunks: list[bytes], *, pause: float = 0.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        for c in chunks:
+            s.sendall(c)
+            if pause:
+                time.sleep(pause)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while data := s.recv(65536):
+            out += data
+        return out
+
+
+def split_responses(stream: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    while stream:
+        head, rest = stream.split(b"\r\n\r\n", 1)
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        out.append((head, rest[:length]))
+        stream = rest[length:]
+    return out
+
+
+def test_announce_compact_and_dict(tracker: TrackerHandle) -> None:
+    d = announce(tracker, 0, left=0)
+    assert (d[b"complete"], d[b"incomplete"], d[b"interval"]) == (1, 0, 5)
+    assert d[b"peers"] == b""
+    d = announce(tracker, 1, compact=1)
+    assert d[b"peers"] == b"\x7f\x00\x00\x01" + (6000).to_bytes(2, "big")
+    d = announce(tracker, 2, compact=0)
+    assert sorted(p[b"port"] for p in d[b"peers"]) == [6000, 6001]  # seeder and leecher
+    assert all(p[b"ip"] == b"127.0.0.1" and len(p[b"peer id"]) == 20 for p in d[b"peers"])
+    d = announce(tracker, 2, compact=0, no_peer_id=1, event="")
+    assert all(b"peer id" not in p for p in d[b"peers"])
+    d = announce(tracker, 3, ip="::1")
+    assert compact_ports(d) == [6000, 6001, 6002]
+    d = announce(tracker, 0, left=0, event="")
+    assert d[b"peers6"] == bytes(15) + b"\x01" + (6003).to_bytes(2, "big")
+
+
+def test_seeders_first_numwant_and_never_self(tracker: TrackerHandle) -> None:
+    for n in range(2):
+        announce(tracker, n, left=0)
+    for n in range(2, 12):
+        announce(tracker, n)
+    for _ in range(5):
+        d = announce(tracker, 5, numwant=3, event="")
+        assert compact_ports(d) == [6000, 6001, *compact_ports(d)[2:]]
+        assert len(compact_ports(d)) == 3
+    d = announce(tracker, 5, numwant=100, event="")
+    assert 6005 not in compact_ports(d)
+    assert len(compact_ports(d)) == 11
+    d = announce(tracker, 0, left=0, event="")  # a seeder gets leechers only
+    assert compact_ports(d) == list(range(6002, 6012))
+
+
+def test_events_and_scrape(tracker: TrackerHandle) -> None:
+    scrape_url = tracker.announce_url.replace("/announce", "/scrape")
+    announce(tracker, 0, left=0)
+    announce(tracker, 1)
+    announce(tracker, 2, info_hash=IH2)
+    announce(tracker, 1, left=0, event="completed")
+    status, body = get(f"{scrape_url}?info_hash={q(IH)}&info_hash={q(IH2)}")
+    files = bencode.decode(body)[b"files"]
+    assert files[IH] == {b"complete": 2, b"downloaded": 1, b"incomplete": 0}
+    assert files[IH2] == {b"complete": 0, b"downloaded": 0, b"incomplete": 1}
+    announce(tracker, 1, left=0, event="stopped")
+    d = announce(tracker, 3)
+    assert compact_ports(d) == [6000]
+    status, body = get(scrape_url)
+    assert status == 200
+    assert set(bencode.decode(body)[b"files"]) == {IH, IH2}
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /announce?info_hash=short HTTP/1.1\r\n\r\n",
+        b"GET /announce?" + query(0, port="x").encode() + b" HTTP/1.1\r\n\r\n",
+        b"GET /announce HTTP/1.1\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST /announce HTTP/1.1\r\n\r\n",
+        b"GET /announce HTTP/9.9\r\n\r\n",
+        b"\x00\xff" * 5000,
+    ],
+)
+def test_malformed_gets_4xx_failure_reason_and_server_lives(
+    tracker: TrackerHandle, request_bytes: bytes
+) -> None:
+    out = raw_exchange(tracker.port, [request_bytes])
+    head, body = split_responses(out)[0]
+    assert head.startswith((b"HTTP/1.1 4", b"HTTP/1.1 50"))
+    assert b"Connection: close" in head
+    assert b"failure reason" in bencode.decode(body)
+    assert announce(tracker, 0)[b"interval"] == 5  # still serving
+
+
+def test_keep_alive_pipelining_and_awkward_splits(tracker: TrackerHandle) -> None:
+    one = f"GET /announce?{query(1)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    two = f"GET /announce?{query(2)} HTTP/1.1\r\n\r\n".encode()
+    scrape = f"GET /scrape?info_hash={q(IH)} HTTP/1.1\r\nConnection: close\r\n\r\n".encode()
+    stream = one + two + scrape
+    cuts = [1, 5, len(one) - 1, len(one) + 3, len(one) + len(two) + 10]
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    responses = split_responses(raw_exchange(tracker.port, chunks, pause=0.01))
+    assert len(responses) == 3
+    assert compact_ports(bencode.decode(responses[1][1])) == [6001]
+    assert bencode.decode(responses[2][1])[b"files"][IH][b"incomplete"] == 2
+    assert b"Connection: close" in responses[2][0]
+
+
+def test_unknown_paths_and_missing_stats(tracker: TrackerHandle) -> None:
+    base = tracker.announce_url.rsplit("/", 1)[0]
+    status, body = get(f"{base}/nope")
+    assert status == 404
+    assert b"failure reason" in body
+    for path in ("/stats.json", "/metrics", "/"):
+        status, _ = get(base + path)
+        assert status in (200, 404)  # 404 until stats.py / web.py exist
+
+
+def test_stats_allow_networks() -> None:
+    cfg = TrackerConfig(port=0, stats_allow=("10.0.0.0/8",))
+    with run_tracker_in_thread(cfg) as t:
+        base = t.announce_url.rsplit("/", 1)[0]
+        for path in ("/stats.json", "/metrics", "/"):
+            status, body = get(base + path)
+            assert status == 403, path
+            assert b"forbidden" in body
+        assert announce(t, 0)[b"complete"] == 0  # announces are not restricted
+    cfg = TrackerConfig(port=0, stats_allow=("127.0.0.0/8",))
+    with run_tracker_in_thread(cfg) as t:
+        status, _ = get(t.announce_url.rsplit("/", 1)[0] + "/metrics")
+        assert status != 403
+
+
+def test_allow_list_and_tokens() -> None:
+    cfg = TrackerConfig(port=0, allow_list_only=True, tokens_required=True)
+    with run_tracker_in_thread(cfg) as t:
+        d = announce(t, 0)
+        assert d == {b"failure reason": f"unregistered info-hash {IH.hex()}".encode()}
+        t.allow(IH.hex(), tag="v42", token="deploy-42")
+        assert b"missing token" in announce(t, 0)[b"failure reason"]
+        assert b"wrong token" in announce(t, 0, token="deploy-41")[b"failure reason"]
+        assert announce(t, 0, token="deploy-42")[b"incomplete"] == 1
+        assert t.call(lambda: t.server.registry.swarms[IH].tag) == "v42"
+        counts = t.call(lambda: dict(t.server.registry.counters.announces))
+        assert counts == {("started", "refused"): 3, ("started", "ok"): 1}
+        with pytest.raises(TrackerError, match="40 hex digits"):
+            t.allow("xyz")
+
+
+def test_peers_expire(tracker: TrackerHandle) -> None:
+    cfg = TrackerConfig(port=0, interval=1, min_interval=0, peer_timeout=0.3)
+    with run_tracker_in_thread(cfg) as t:
+        announce(t, 0)
+        assert compact_ports(announce(t, 1)) == [6000]
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            announce(t, 1, event="")
+            if not compact_ports(announce(t, 1, event="")):
+                break
+        else:
+            pytest.fail("peer 0 never expired")
+
+
+def test_restart_keeps_swarms(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    cfg = TrackerConfig(port=0, state_file=state, allow_list_only=True)
+    with run_tracker_in_thread(cfg) as t:
+        t.allow(IH.hex(), tag="v1", token="tok")
+        announce(t, 0, left=0, token="tok")
+        announce(t, 1, token="tok", dc="dc1", rack="r1", host="web-1")
+        announce(t, 1, token="tok", left=0, event="completed")
+    assert state.stat().st_mode & 0o777 == 0o600
+    with run_tracker_in_thread(cfg) as t:
+        d = announce(t, 2, token="tok")
+        assert compact_ports(d) == [6000, 6001]
+        assert (d[b"complete"], d[b"incomplete"]) == (2, 1)
+        swarm = t.call(lambda: t.server.registry.swarms[IH])
+        assert (swarm.tag, swarm.completed, swarm.registered) == ("v1", 1, True)
+        p = swarm.seeders[pid(1)]
+        assert (p.host, p.dc, p.rack) == ("web-1", "dc1", "r1")
+        assert b"wrong token" in announce(t, 3, token="x")[b"failure reason"]
+
+
+def test_corrupt_state_file_is_one_clear_error(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    for content in (
+        b"{not json",
+        b'{"format": "other"}',
+        b'{"format": "roost-tracker-state", "version": 1, "swarms": [{"info_hash": "zz"}]}',
+    ):
+        state.write_bytes(content)
+        with pytest.raises(StateFileError, match=str(state)) as info:
+            run_tracker_in_thread(TrackerConfig(port=0, state_file=state))
+        assert "\n" not in str(info.value)
+
+
+def test_port_in_use_is_a_tracker_error(tracker: TrackerHandle) -> None:
+    with pytest.raises(TrackerError, match="cannot listen"):
+        run_tracker_in_thread(TrackerConfig(port=tracker.port))
+
+
+def test_asyncio_api_embedded(tmp_path: Path) -> None:
+    async def main() -> tuple[str, bytes]:
+        async with TrackerServer(TrackerConfig(port=0, state_file=tmp_path / "s")) as server:
+            url = server.announce_url
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(f"GET /announce?{query(0)} HTTP/1.0\r\n\r\n".encode())
+            body = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        return url, body
+
+    url, body = asyncio.run(main())
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/announce")
+    assert b"Connection: close" in body
+    assert json.loads((tmp_path / "s").read_text())["swarms"][0]["info_hash"] == IH.hex()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(TrackerError, match="interval"):
+        TrackerConfig(interval=0)
+    with pytest.raises(TrackerError, match="not a network"):
+        TrackerConfig(dc_prefixes=(("10.0.0.0/33", "dc1"),))
+    with pytest.raises(TrackerError, match="not a network"):
+        TrackerConfig(stats_allow=("nope",))
+    assert TrackerConfig(interval=4).peer_timeout == 12
+    assert TrackerConfig().bind == "127.0.0.1"
+    assert TrackerConfig().port == 8998
