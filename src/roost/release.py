@@ -188,39 +188,35 @@ class _Item:
     target: str | None = None
 
 
-def _walk(root: Path) -> Iterator[_Item]:
-    """Depth-first, siblings sorted by name, ``.git*`` skipped everywhere."""
-    stack: list[tuple[Path, str]] = [(root, "")]
-    while stack:
-        directory, prefix = stack.pop()
+def _walk(root: Path, directory: Path | None = None, prefix: str = "") -> Iterator[_Item]:
+    """Depth-first pre-order, siblings sorted by name, ``.git*`` skipped everywhere."""
+    directory = directory or root
+    try:
+        with os.scandir(directory) as it:
+            names = sorted(e.name for e in it)
+    except OSError as exc:
+        raise ReleaseError(f"cannot read directory {directory}: {exc.strerror}") from exc
+    for name in names:
+        if name.startswith(".git"):
+            continue
+        rel = f"{prefix}{name}"
+        if rel == MANIFEST_NAME:
+            raise ReleaseError(f"{root / rel}: {MANIFEST_NAME} is a name roost reserves")
         try:
-            with os.scandir(directory) as it:
-                names = sorted(e.name for e in it)
-        except OSError as exc:
-            raise ReleaseError(f"cannot read directory {directory}: {exc.strerror}") from exc
-        children = []
-        for name in names:
-            if name.startswith(".git"):
-                continue
-            rel = f"{prefix}{name}"
-            if rel == MANIFEST_NAME:
-                raise ReleaseError(f"{root / rel}: {MANIFEST_NAME} is a name roost reserves")
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ReleaseError(f"{directory}: a file name is not valid UTF-8") from None
-            path = directory / name
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                yield _Item(rel, path, st, "symlink", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                yield _Item(rel, path, st, "dir")
-                children.append((path, rel + "/"))
-            elif stat.S_ISREG(st.st_mode):
-                yield _Item(rel, path, st, "file")
-            else:
-                raise ReleaseError(f"{path} is a special file (device, fifo or socket)")
-        stack.extend(reversed(children))
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ReleaseError(f"{directory}: a file name is not valid UTF-8") from None
+        path = directory / name
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            yield _Item(rel, path, st, "symlink", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            yield _Item(rel, path, st, "dir")
+            yield from _walk(root, path, rel + "/")
+        elif stat.S_ISREG(st.st_mode):
+            yield _Item(rel, path, st, "file")
+        else:
+            raise ReleaseError(f"{path} is a special file (device, fifo or socket)")
 
 
 def _tar_header(item: _Item) -> bytes:
