@@ -352,7 +352,8 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                 kind = event.get("event")
                 if kind == "complete":
                     complete = True
-                elif kind == "failed":
+                    break
+                if kind == "failed":
                     error = str(event.get("error"))
                     continue
                 relay(event)

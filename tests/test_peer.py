@@ -1,0 +1,202 @@
+"""``roost peer`` as a real process against a real tracker and seeder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from roost import procs
+from tests.conftest import MakeSwarm, random_file
+from tests.release_kit import make_tree, snapshot
+
+Start = Callable[..., subprocess.Popen[bytes]]
+
+
+def peer_args(torrent: Path, dest: Path, temp: Path, *extra: str) -> list[str]:
+    return ["peer", str(torrent), "--dest", str(dest), "--temp-path", str(temp), *extra]
+
+
+def run(start: Start, *args: str, timeout: float = 60) -> tuple[int, list[dict[str, Any]], str]:
+    proc = start(*args)
+    out, err = proc.communicate(timeout=timeout)
+    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    return proc.returncode, events, err.decode()
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["event"] for e in events if e["event"] != "progress"]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "src")
+
+
+def test_peer_installs_a_byte_identical_tree(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    dest = tmp_path / "dest"
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, dest, tmp_path / "temp", "--events", "json", "--linger", "0"),
+    )
+    assert rc == 0, err
+    assert kinds(events) == ["complete", "installed", "done"]
+    assert events[-1]["ok"] is True and events[-1]["down"] >= swarm.release.total_size  # type: ignore[attr-defined]
+    assert events[-2]["path"] == str(dest / "t1")
+    assert snapshot(dest / "t1") == snapshot(tree, skip_git=True)
+    assert sorted(os.listdir(dest)) == ["t1"]  # no staging left behind
+
+
+def test_peer_returns_while_a_detached_worker_lingers(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    temp = tmp_path / "temp"
+    started = time.monotonic()
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", temp, "--events", "json", "--linger", "60"),
+    )
+    assert rc == 0, err
+    assert time.monotonic() - started < 30  # the caller is not held up by the linger
+    pid_file = temp / swarm.release.info_hash / "worker.pid"  # type: ignore[attr-defined]
+    pid = procs.read_pid_file(pid_file)
+    assert pid is not None, "the lingering worker should still run"
+    assert os.getsid(pid) != os.getsid(0)  # in its own session, like Murder's fork
+    assert procs.stop_by_pid_file(pid_file)
+    assert procs.read_pid_file(pid_file) is None
+
+    # Run again: the payload is still in the temp path, the tree in place.
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", temp, "--events", "json", "--linger", "0"),
+    )
+    assert rc == 0, err
+    installed = next(e for e in events if e["event"] == "installed")
+    assert installed["already"] is True
+    assert events[-1]["down"] == 0
+
+
+def test_non_empty_destination_is_refused_and_clean_replaces_it(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    dest = tmp_path / "dest"
+    (dest / "t1").mkdir(parents=True)
+    (dest / "t1" / "keep.txt").write_text("mine\n")
+    args = peer_args(swarm.torrent, dest, tmp_path / "temp", "--events", "json", "--linger", "0")
+    rc, events, err = run(roost_procs, *args)
+    assert rc != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("roost: error: ") and "not empty" in lines[0]
+    assert events[-2]["event"] == "failed" and "not empty" in events[-2]["error"]
+    assert events[-1] == {**events[-1], "event": "done", "ok": False}
+    assert os.listdir(dest / "t1") == ["keep.txt"]
+    assert sorted(os.listdir(dest)) == ["t1"]
+
+    rc, events, err = run(roost_procs, *args, "--clean")
+    assert rc == 0, err
+    assert snapshot(dest / "t1") == snapshot(tree, skip_git=True)
+
+
+def test_hook_runs_with_the_release_in_its_environment(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    out = tmp_path / "hook.out"
+    hook = f"env | grep ^ROOST_ | sort > {out}; pwd >> {out}"
+    rc, _events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", "--linger", "0"),
+        "--hook",
+        hook,
+    )
+    assert rc == 0, err
+    target = tmp_path / "dest" / "t1"
+    assert out.read_text().splitlines() == [
+        f"ROOST_INFO_HASH={swarm.release.info_hash}",  # type: ignore[attr-defined]
+        f"ROOST_PATH={target}",
+        "ROOST_TAG=t1",
+        str(target),
+    ]
+
+
+def test_failing_hook_is_reported_with_status_and_stderr(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", "--linger", "0"),
+        "--events",
+        "json",
+        "--hook",
+        "echo starting; echo restart failed >&2; exit 3",
+    )
+    assert rc == 1
+    assert "exited with status 3: restart failed" in err
+    failed = next(e for e in events if e["event"] == "failed")
+    assert "status 3" in failed["error"]
+
+
+def test_unreadable_torrent_is_a_one_line_error(tmp_path: Path, roost_procs: Start) -> None:
+    rc, _events, err = run(
+        roost_procs, *peer_args(tmp_path / "missing.torrent", tmp_path / "d", tmp_path / "t")
+    )
+    assert rc == 2
+    assert err.strip().startswith("roost: error: cannot read torrent") and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
+
+
+def _progress_until(proc: subprocess.Popen[bytes], fraction: float) -> float:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and event["progress"] >= fraction:
+            return float(event["progress"])
+        assert event["event"] in ("progress", "tracker_warning"), event
+    raise AssertionError("the peer ended before reaching the kill point")
+
+
+@pytest.mark.parametrize("mode", ["foreground", "detached"])
+def test_killed_peer_resumes_from_what_it_has(
+    mode: str, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    source = random_file(tmp_path / "src" / "big.bin", 8 * 1024 * 1024)
+    swarm = make_swarm(source.parent, upload_limit=2 * 1024 * 1024)
+    size = swarm.release.total_size  # type: ignore[attr-defined]
+    info_hash = swarm.release.info_hash  # type: ignore[attr-defined]
+    temp, dest = tmp_path / "temp", tmp_path / "dest"
+    args = peer_args(swarm.torrent, dest, temp, "--events", "json", "--linger", "0")
+    extra = ["--foreground"] if mode == "foreground" else []
+
+    first = roost_procs(*args, *extra)
+    reached = _progress_until(first, 0.3)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    if mode == "detached":
+        # The worker notices its front is gone, saves resume data and stops.
+        pid_file = temp / info_hash / "worker.pid"
+        deadline = time.monotonic() + 15
+        while procs.read_pid_file(pid_file) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert procs.read_pid_file(pid_file) is None
+        assert (temp / info_hash / f"{info_hash}.resume").is_file()
+    assert not dest.exists()
+
+    rc, events, err = run(roost_procs, *args, *extra)
+    assert rc == 0, err
+    done = events[-1]
+    assert done["event"] == "done" and done["ok"] is True
+    assert done["down"] < size * (1 - reached) + 1024 * 1024, (reached, done)
+    assert (dest / "t1" / "big.bin").read_bytes() == source.read_bytes()
