@@ -1,0 +1,308 @@
+"""roost.extract: round trips, every refusal, atomic replacement, idempotence.
+
+Malicious archives are built by hand with tarfile; after every refusal the
+test checks that nothing at all was written (no destination, no staging
+directory, nothing beside it).
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from release_kit import build_tar, entry, listing, make_tree, member, snapshot
+from roost.cli import main
+from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
+from roost.extract import install_release, verify_installed
+from roost.release import Release, TorrentMeta, create_release, read_torrent
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    return make_tree(tmp_path / "src")
+
+
+@pytest.fixture
+def release(src: Path, tmp_path: Path) -> tuple[Release, TorrentMeta]:
+    rel = create_release(src, "v1", tmp_path / "out", announce=[])
+    return rel, read_torrent(rel.torrent.read_bytes())
+
+
+def _no_staging(*dirs: Path) -> None:
+    for d in dirs:
+        if d.exists():
+            left = [p.name for p in d.iterdir() if ".roost-" in p.name]
+            assert not left, f"left behind in {d}: {left}"
+
+
+# ---------------------------------------------------------- round trips
+
+
+def test_round_trip_is_identical(src: Path, tmp_path: Path, release) -> None:
+    rel, meta = release
+    dest = tmp_path / "dest"
+    result = install_release(rel.payload, meta, dest)
+    assert result.path == dest / "v1" and not result.already_installed
+    assert os.fspath(result) == str(dest / "v1")
+    assert snapshot(dest / "v1") == snapshot(src, skip_git=True)
+    assert (os.stat(dest / "v1").st_mode & 0o7777) == (os.stat(src).st_mode & 0o7777)
+    assert not (dest / "v1" / ".roost-manifest.json").exists()
+    assert sorted(p.name for p in dest.iterdir()) == ["v1"]
+    verify_installed(dest / "v1", rel.payload, meta)
+
+
+def test_no_tag_directory(src: Path, tmp_path: Path, release) -> None:
+    rel, meta = release
+    dest = tmp_path / "app"
+    result = install_release(rel.payload, meta, dest, tag_directory=False)
+    assert result.path == dest
+    assert snapshot(dest) == snapshot(src, skip_git=True)
+    _no_staging(tmp_path)
+
+
+def test_already_installed_is_left_alone(tmp_path: Path, release) -> None:
+    rel, meta = release
+    dest = tmp_path / "dest"
+    install_release(rel.payload, meta, dest)
+    before = {p: os.lstat(p).st_ino for p in (dest / "v1").rglob("*")}
+    again = install_release(rel.payload, meta, dest)
+    assert again.already_installed and again.path == dest / "v1"
+    assert {p: os.lstat(p).st_ino for p in (dest / "v1").rglob("*")} == before
+    assert install_release(rel.payload, meta, dest, clean=True).already_installed
+
+
+def test_non_empty_target_refused_then_cleaned(src: Path, tmp_path: Path, release) -> None:
+    rel, meta = release
+    old = tmp_path / "dest" / "v1"
+    old.mkdir(parents=True)
+    (old / "stale.txt").write_text("old build\n")
+    (old / "ro").mkdir()
+    (old / "ro" / "f").write_text("x")
+    os.chmod(old / "ro", 0o555)
+    with pytest.raises(DestinationError, match="not empty"):
+        install_release(rel.payload, meta, tmp_path / "dest")
+    assert (old / "stale.txt").read_text() == "old build\n"
+    _no_staging(tmp_path / "dest")
+    result = install_release(rel.payload, meta, tmp_path / "dest", clean=True)
+    assert not result.already_installed
+    assert snapshot(old) == snapshot(src, skip_git=True)
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["v1"]
+
+
+def test_no_tag_directory_clean(src: Path, tmp_path: Path, release) -> None:
+    rel, meta = release
+    dest = tmp_path / "app"
+    dest.mkdir()
+    (dest / "other").write_text("x")
+    with pytest.raises(DestinationError, match="not empty"):
+        install_release(rel.payload, meta, dest, tag_directory=False)
+    assert listing(dest) == {"other"}
+    install_release(rel.payload, meta, dest, tag_directory=False, clean=True)
+    assert snapshot(dest) == snapshot(src, skip_git=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app", "out", "src"]
+
+
+def test_empty_existing_target_is_used(src: Path, tmp_path: Path, release) -> None:
+    rel, meta = release
+    (tmp_path / "dest" / "v1").mkdir(parents=True)
+    install_release(rel.payload, meta, tmp_path / "dest")
+    assert snapshot(tmp_path / "dest" / "v1") == snapshot(src, skip_git=True)
+
+
+def test_file_release(tmp_path: Path) -> None:
+    app = tmp_path / "build" / "app.bin"
+    app.parent.mkdir()
+    app.write_bytes(os.urandom(5 << 20))
+    os.chmod(app, 0o755)
+    rel = create_release(app, "f1", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    dest = tmp_path / "dest"
+    result = install_release(rel.payload, meta, dest)
+    placed = dest / "f1" / "app.bin"
+    assert result.path == dest / "f1"
+    assert placed.read_bytes() == app.read_bytes() and os.stat(placed).st_mode & 0o777 == 0o755
+    assert install_release(rel.payload, meta, dest).already_installed
+    flat = tmp_path / "bin"
+    flat.mkdir()
+    (flat / "neighbour").write_text("kept")
+    result = install_release(rel.payload, meta, flat, tag_directory=False)
+    assert result.path == flat / "app.bin" and (flat / "app.bin").read_bytes() == app.read_bytes()
+    assert listing(flat) == {"neighbour", "app.bin"}
+    assert install_release(rel.payload, meta, flat, tag_directory=False).already_installed
+    (flat / "app.bin").write_bytes(b"other")
+    with pytest.raises(DestinationError, match="not empty"):
+        install_release(rel.payload, meta, flat, tag_directory=False)
+    install_release(rel.payload, meta, flat, tag_directory=False, clean=True)
+    assert (flat / "app.bin").read_bytes() == app.read_bytes()
+    assert listing(flat) == {"neighbour", "app.bin"}
+
+
+# ------------------------------------------------------------- refusals
+
+
+def _refused(tmp_path: Path, payload: Path, meta: TorrentMeta, error: type, match: str) -> None:
+    """Install must raise ``error`` and write nothing anywhere."""
+    before = listing(tmp_path)
+    with pytest.raises(error, match=match) as info:
+        install_release(payload, meta, tmp_path / "dest" / "root")
+    assert "\n" not in str(info.value)
+    assert listing(tmp_path) == before
+    assert not (tmp_path / "dest").exists()
+
+
+DIR = member("d", tarfile.DIRTYPE, mode=0o755)
+
+
+@pytest.mark.parametrize(
+    ("members", "match"),
+    [
+        ([(member("/tmp/roost-evil"), b"x")], "absolute path"),
+        ([(member("../evil"), b"x")], "'..'"),
+        ([DIR, (member("d/../../evil"), b"x")], "'..'"),
+        ([(member("./a"), b"x")], "not a normalised"),
+        ([(member("a//b"), b"x")], "not a normalised"),
+        ([member("l", tarfile.SYMTYPE, link="../../etc")], "outside the release"),
+        ([DIR, member("d/l", tarfile.SYMTYPE, link="../..")], "outside the release"),
+        ([member("l", tarfile.SYMTYPE, link="/etc/passwd")], "absolute path"),
+        (
+            [
+                DIR,
+                member("d/deep", tarfile.SYMTYPE, link=".."),
+                member("l1", tarfile.SYMTYPE, link="d/deep"),
+                member("l2", tarfile.SYMTYPE, link="l1/.."),
+            ],
+            "outside the release",
+        ),
+        (
+            [member("l", tarfile.SYMTYPE, link="d"), DIR, (member("l/x"), b"via link")],
+            "below the symlink",
+        ),
+        ([(member("x"), b"x"), member("h", tarfile.LNKTYPE, link="../x")], "hard link"),
+        ([member("h", tarfile.LNKTYPE, link="/etc/passwd")], "hard link"),
+        ([member("h", tarfile.LNKTYPE, link="nonmember")], "hard link"),
+        ([member("null", tarfile.CHRTYPE)], "device or fifo"),
+        ([member("disk", tarfile.BLKTYPE)], "device or fifo"),
+        ([member("pipe", tarfile.FIFOTYPE)], "device or fifo"),
+        ([(member("a"), b"one"), (member("a"), b"two")], "appears twice"),
+        ([(member("d/x"), b"x")], "does not follow a directory"),
+        ([(member(".roost-manifest.json"), b"{}")], "manifest's name"),
+        ([(member("stowaway"), b"x")], "not in the manifest"),
+    ],
+)
+def test_unsafe_archives_refused(tmp_path: Path, members: list, match: str) -> None:
+    (tmp_path / "pay").mkdir()
+    meta = build_tar(tmp_path / "pay" / "evil.tar", members)
+    _refused(tmp_path, tmp_path / "pay" / "evil.tar", meta, UnsafeArchiveError, match)
+
+
+def test_refusal_error_names_the_member(tmp_path: Path) -> None:
+    (tmp_path / "pay").mkdir()
+    meta = build_tar(tmp_path / "pay" / "evil.tar", [(member("../../x"), b"x")])
+    with pytest.raises(UnsafeArchiveError) as info:
+        install_release(tmp_path / "pay" / "evil.tar", meta, tmp_path / "dest")
+    assert info.value.member == "../../x" and "'../../x'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("members", "entries", "match"),
+    [
+        ([], [entry("missing.txt", data=b"x")], "not in the archive"),
+        ([(member("a", mode=0o755), b"x")], [entry("a", data=b"x")], "mode"),
+        ([(member("a"), b"xy")], [entry("a", data=b"x")], "size"),
+        ([DIR], [entry("d")], "type"),
+        (
+            [member("l", tarfile.SYMTYPE, link="a")],
+            [entry("l", "symlink", target="b")],
+            "target",
+        ),
+    ],
+)
+def test_manifest_disagreement(tmp_path: Path, members: list, entries: list, match: str) -> None:
+    (tmp_path / "pay").mkdir()
+    meta = build_tar(tmp_path / "pay" / "t.tar", members, entries)
+    _refused(tmp_path, tmp_path / "pay" / "t.tar", meta, VerifyError, match)
+
+
+def test_manifest_must_be_last_and_authentic(tmp_path: Path) -> None:
+    (tmp_path / "pay").mkdir()
+    payload = tmp_path / "pay" / "t.tar"
+    meta = build_tar(payload, [(member("a"), b"x")], [entry("a", data=b"x")], manifest_last=False)
+    _refused(tmp_path, payload, meta, VerifyError, "last member")
+    meta = build_tar(payload, [(member("a"), b"x")], [entry("a", data=b"x")])
+    forged = TorrentMeta(**{**meta.__dict__, "manifest_sha256": "0" * 64})
+    _refused(tmp_path, payload, forged, VerifyError, "manifest-sha256")
+    bad = build_tar(payload, [(member("a"), b"x")], [entry("a", data=b"x")], tag="other")
+    _refused(tmp_path, payload, TorrentMeta(**{**bad.__dict__, "tag": "evil"}), VerifyError, "tag")
+
+
+def test_not_a_tar_and_wrong_length(tmp_path: Path, release) -> None:
+    rel, meta = release
+    (tmp_path / "pay").mkdir()
+    junk = tmp_path / "pay" / "junk.tar"
+    junk.write_bytes(os.urandom(meta.length))
+    _refused(tmp_path, junk, meta, VerifyError, "not a valid tar|last member")
+    short = tmp_path / "pay" / "short.tar"
+    short.write_bytes(rel.payload.read_bytes()[:-512])
+    _refused(tmp_path, short, meta, VerifyError, "bytes, the torrent says")
+
+
+def test_corrupted_payload(tmp_path: Path, release) -> None:
+    rel, meta = release
+    data = bytearray(rel.payload.read_bytes())
+    with tarfile.open(rel.payload) as archive:
+        target = archive.getmember("lib/data.bin")
+    data[target.offset_data + 1000] ^= 0xFF
+    rel.payload.write_bytes(bytes(data))
+    dest = tmp_path / "dest"
+    with pytest.raises(VerifyError, match=r"lib/data\.bin: sha256"):
+        install_release(rel.payload, meta, dest)
+    assert listing(dest) == set()  # dest created, nothing left in it
+    _no_staging(dest)
+
+
+def test_hard_link_inside_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "pay").mkdir()
+    payload = tmp_path / "pay" / "t.tar"
+    entries = [entry("a", data=b"same"), entry("b", data=b"same")]
+    meta = build_tar(
+        payload, [(member("a"), b"same"), member("b", tarfile.LNKTYPE, link="a")], entries
+    )
+    install_release(payload, meta, tmp_path / "dest")
+    assert (tmp_path / "dest" / "evil" / "b").read_bytes() == b"same"
+
+
+def test_multi_file_torrent_refused(tmp_path: Path, release) -> None:
+    rel, meta = release
+    multi = TorrentMeta(**{**meta.__dict__, "files": (("a", 1),)})
+    with pytest.raises(ReleaseError, match="multi-file"):
+        install_release(rel.payload, multi, tmp_path / "dest")
+
+
+# --------------------------------------------------------------- verify
+
+
+def test_verify_detects_drift(tmp_path: Path, release, capsys: pytest.CaptureFixture[str]) -> None:
+    rel, meta = release
+    dest = tmp_path / "dest"
+    install_release(rel.payload, meta, dest)
+    target = dest / "v1"
+    args = ["verify", str(target), "--torrent", str(rel.torrent)]
+    assert main(args) == 0 and "ok:" in capsys.readouterr().out
+    (target / "extra").write_text("x")
+    with pytest.raises(VerifyError, match="extra: not in the release"):
+        verify_installed(target, rel.payload, meta)
+    os.unlink(target / "extra")
+    os.chmod(target / "bin" / "run", 0o700)
+    with pytest.raises(VerifyError, match="mode 700"):
+        verify_installed(target, rel.payload, meta)
+    os.chmod(target / "bin" / "run", 0o755)
+    (target / "lib" / "deep" / "er" / "x.txt").write_text("peed\n")
+    with pytest.raises(VerifyError, match=r"x\.txt: sha256"):
+        verify_installed(target, rel.payload, meta)
+    assert main(args) == 1 and "sha256" in capsys.readouterr().err
+    # a drifted tree is no longer "already installed": it needs --clean
+    with pytest.raises(DestinationError):
+        install_release(rel.payload, meta, dest)
