@@ -65,7 +65,8 @@ class TrackerConfig:
     ``dc_prefixes`` / ``rack_prefixes`` map CIDRs to labels, e.g.
     ``(("198.18.0.0/24", "dc1"),)``. ``stats_allow`` lists the networks that
     may read /stats.json, /metrics and the page (empty: anyone who can
-    connect; the default bind is loopback).
+    connect; the default bind is loopback). ``stall_after``: seconds without a
+    decrease of ``left`` before /stats.json flags a downloading peer as stalled.
     """
 
     bind: str = "127.0.0.1"
@@ -87,6 +88,7 @@ class TrackerConfig:
     stats_allow: tuple[str, ...] = ()
     idle_timeout: float = 60.0
     announce_host: str | None = None
+    stall_after: float = 30.0
 
     def __post_init__(self) -> None:
         if self.peer_timeout <= 0:
@@ -96,6 +98,8 @@ class TrackerConfig:
                 f"bad interval {self.interval}/min interval {self.min_interval}: "
                 "need interval >= 1 and 0 <= min interval <= interval"
             )
+        if not self.stall_after > 0:
+            raise TrackerError(f"bad stall-after {self.stall_after}: need a positive number")
         if not 0 <= self.port < 65536:
             raise TrackerError(f"port {self.port} out of range")
         if not 0 < self.numwant_default <= self.numwant_max:

@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from roost.tracker.swarm import Peer, Registry, Swarm
 
 __all__ = [
-    "DEFAULT_STALL_AFTER",
     "METRICS_CONTENT_TYPE",
     "STATS_CONTENT_TYPE",
     "TrackerCollector",
@@ -60,7 +59,6 @@ __all__ = [
     "swarm_size",
 ]
 
-DEFAULT_STALL_AFTER = 30.0
 STATS_CONTENT_TYPE = "application/json"
 METRICS_CONTENT_TYPE: str = getattr(
     exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST
@@ -72,11 +70,8 @@ METRICS_CONTENT_TYPE: str = getattr(
 
 
 def stall_after_of(registry: Registry, stall_after: float | None = None) -> float:
-    """The stall threshold: the argument, else ``config.stall_after``, else 30 s."""
-    if stall_after is not None:
-        return float(stall_after)
-    configured = getattr(registry.config, "stall_after", None)
-    return float(configured) if configured is not None else DEFAULT_STALL_AFTER
+    """The stall threshold: the argument, else ``config.stall_after``."""
+    return float(stall_after if stall_after is not None else registry.config.stall_after)
 
 
 def swarm_size(swarm: Swarm) -> int | None:
