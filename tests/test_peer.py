@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from roost import procs
 from tests.conftest import MakeSwarm, random_file
 from tests.release_kit import make_tree, snapshot
+
+from roost import procs
 
 Start = Callable[..., subprocess.Popen[bytes]]
 
