@@ -1,0 +1,88 @@
+"""Results of a bench run: JSON, a Markdown table, a PNG plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def _f(v: Any, fmt: str = "{:.2f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def fleet_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "| tool | hosts | size | rate | limit s | last s | median s | x limit | "
+        "origin copies | CPU s | CPU util | machine busy | note |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = []
+    for r in rows:
+        lines.append(
+            f"| {r['tool']} | {r['hosts']} | {r['size'] / MIB:g} MiB | {r['rate_mbit']:g} Mbit/s"
+            f" | {_f(r['limit_s'])} | {_f(r['last_s'])} | {_f(r['median_s'])}"
+            f" | {_f(r['ratio'])} | {_f(r['origin_copies'], '{:.1f}')} | {_f(r['cpu_s'], '{:.1f}')}"
+            f" | {_f(r['cpu_util'] * 100, '{:.0f}%')} | {_f(r['machine_util'] * 100, '{:.0f}%')}"
+            f" | {r['note'] or ''} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def hot_table(rows: list[dict[str, Any]]) -> str:
+    head = "| hot path | tool | result | note |\n|---|---|---:|---|\n"
+    return head + "".join(
+        f"| {r['path']} | {r['tool']} | {r['value']:.0f} {r['unit']} | {r.get('note', '')} |\n"
+        if r.get("value") is not None
+        else f"| {r['path']} | {r['tool']} | — | {r.get('note', '')} |\n"
+        for r in rows
+    )
+
+
+def write(
+    out: Path, meta: dict[str, Any], fleet: list[dict[str, Any]], hot: list[dict[str, Any]]
+) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "fleet": fleet, "hot_paths": hot}, indent=1) + "\n"
+    )
+    md = [f"# roost bench — {meta['date']}\n", f"`{meta['command']}`\n"]
+    if meta.get("machine"):
+        md.append(f"{meta['machine']}\n")
+    if fleet:
+        md += ["## Deploy to an emulated fleet\n", fleet_table(fleet)]
+    if hot:
+        md += ["## Hot paths\n", hot_table(hot)]
+    text = "\n".join(md)
+    (out / "results.md").write_text(text)
+    if fleet:
+        plot(out / "completion.png", fleet)
+    return text
+
+
+def plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is the optional "bench" extra
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tools = sorted({r["tool"] for r in rows})
+    for tool in tools:
+        pts = sorted((r["hosts"], r["ratio"]) for r in rows if r["tool"] == tool and r["ratio"])
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=tool)
+    ax.axhline(1.0, color="grey", linestyle="--", label="physical limit (size / link rate)")
+    ax.set_xlabel("hosts receiving the artifact")
+    ax.set_ylabel("time until the last host is complete (x limit)")
+    ax.set_yscale("log")
+    ax.set_title("Deploy time against fleet size (each point: its own size and rate)")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

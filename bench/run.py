@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""roost's benchmark suite: one command, one run, every tool side by side.
+
+    python bench/run.py                 # the issue's target scenarios + hot paths
+    python bench/run.py --quick         # CI smoke: 4 hosts, 4 MiB, < 60 s
+    python bench/run.py --hosts 16 --size-mib 64 --rate 100mbit --tools roost,lssd
+
+Needs root (network namespaces). Writes bench/results/results.{json,md} and
+completion.png, and prints the table. See bench/NOTES.md for what was tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import report  # noqa: E402
+import tools  # noqa: E402
+
+from roost.lab.netns import Lab, parse_rate  # noqa: E402
+
+MIB = 1024 * 1024
+# (hosts, size MiB, rate Mbit/s): issue 5 point 3, links and not the CPU the bottleneck
+TARGET = [(16, 16, 25.0), (32, 32, 50.0), (64, 16, 25.0)]
+QUICK = [(4, 4, 200.0)]
+
+
+def make_tools(names: list[str], args: argparse.Namespace) -> list[tools.Tool]:
+    table: dict[str, Any] = {
+        "roost": lambda: tools.Roost(
+            tracker_args=tuple(shlex.split(args.roost_tracker_args)),
+            peer_args=tuple(shlex.split(args.roost_peer_args)),
+        ),
+        "lssd": tools.Lssd,
+        "nginx": tools.Nginx,
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"bench: unknown tool(s) {unknown}; choose from {sorted(table)}")
+    return [table[n]() for n in names]
+
+
+def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]]) -> list[dict]:
+    rows: list[dict] = []
+    base = Path(tempfile.mkdtemp(prefix="roost-bench-", dir=args.scratch))
+    base.chmod(0o755)  # nginx and opentracker drop to nobody
+    try:
+        for hosts, size_mib, rate in scenarios:
+            size = int(size_mib * MIB)
+            artifact = base / f"artifact-{size_mib}m.bin"
+            if not artifact.exists():
+                with artifact.open("wb") as f:
+                    for _ in range(max(1, size // MIB)):
+                        f.write(os.urandom(min(MIB, size)))
+            limit = size * 8 / (rate * 1e6)
+            print(
+                f"== {hosts} hosts, {size_mib} MiB, {rate:g} Mbit/s (limit {limit:.2f} s)",
+                flush=True,
+            )
+            with Lab(hosts + 1, rate_mbit=rate, prefix="roostbench", subnet=args.subnet) as lab:
+                origin, peers = lab.hosts[0], lab.hosts[1:]
+                for tool in make_tools(args.tools.split(","), args):
+                    work = base / f"{tool.name}-{hosts}"
+                    work.mkdir()
+                    cgroup = tools.make_cgroup(f"{tool.name}-{hosts}-{os.getpid()}")
+                    ctx = tools.Ctx(lab, origin, peers, artifact, work, size, rate, cgroup=cgroup)
+                    timeout = args.timeout or (
+                        hosts * limit * 1.5 + 60 if tool.name == "nginx" else 30 * limit + 60
+                    )
+                    try:
+                        res = tools.deploy(tool, ctx, timeout=timeout).to_json()
+                    finally:
+                        tools.remove_cgroup(cgroup)
+                    rows.append(res)
+                    print(
+                        f"   {tool.name:<6} last {res['last_s']} s  median {res['median_s']} s  "
+                        f"xlimit {res['ratio']}  origin copies {res['origin_copies']}  "
+                        f"cpu {res['cpu_s']} s ({res['cpu_util'] * 100:.0f}%) {res['note']}",
+                        flush=True,
+                    )
+    finally:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"kept scratch files in {base}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI smoke: 4 hosts, 4 MiB, 200 Mbit/s")
+    ap.add_argument("--hosts", help="comma-separated fleet sizes (with --size-mib, --rate)")
+    ap.add_argument("--size-mib", type=float, default=16)
+    ap.add_argument("--rate", default="25mbit")
+    ap.add_argument("--tools", default="roost,lssd,nginx")
+    ap.add_argument(
+        "--hot",
+        default=None,
+        help="hot paths to run: hash,extract,tracker or none (default all; none with --quick)",
+    )
+    ap.add_argument("--hash-mib", type=int, default=1024, help="file size for the hashing test")
+    ap.add_argument("--timeout", type=float, default=0, help="per tool and scenario, seconds")
+    ap.add_argument("--subnet", default="198.18.100.0/24")
+    ap.add_argument("--roost-tracker-args", default="", help="extra args for roost tracker")
+    ap.add_argument("--roost-peer-args", default="", help="extra args for roost peer")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--scratch", default="/var/tmp", help="where artifacts are written")
+    ap.add_argument("--keep", action="store_true", help="keep scratch files (logs)")
+    args = ap.parse_args(argv)
+
+    if args.hosts:
+        rate = parse_rate(args.rate) or 25.0
+        scenarios = [(int(h), int(args.size_mib), rate) for h in args.hosts.split(",")]
+    else:
+        scenarios = QUICK if args.quick else TARGET
+    hot_names = (args.hot or ("none" if args.quick else "hash,extract,tracker")).split(",")
+
+    started = time.time()
+    fleet = run_fleet(args, scenarios) if args.tools else []
+    hot: list[dict] = []
+    if "none" not in hot_names:
+        import hotpaths
+
+        hot = hotpaths.run(hot_names, hash_mib=args.hash_mib, scratch=Path(args.scratch))
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "command": "python bench/run.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"Python {platform.python_version()}",
+        "seconds": round(time.time() - started, 1),
+    }
+    text = report.write(args.out, meta, fleet, hot)
+    print()
+    print(text)
+    bad = [r for r in fleet if r["tool"] == "roost" and not r["ok"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,536 @@
+"""The deploy tools under test, each run on the same emulated fleet.
+
+Every tool follows one shape (:class:`Tool`): start its services on the
+origin host (h1), then one command per receiving host, all launched at once.
+A host's command writes ``/tmp/<tool>/done`` (a wall-clock timestamp) the
+moment the artifact is complete on that host; the harness in
+:func:`deploy` polls those files, so every tool is timed the same way
+whether its client exits on completion (curl, roost peer) or keeps seeding
+(aria2c, as ansible-lssd leaves it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roost.lab.netns import Host, Lab
+
+PYTHON = sys.executable
+ROOST = [PYTHON, "-m", "roost"]
+
+
+@dataclass
+class Ctx:
+    lab: Lab
+    origin: Host
+    peers: list[Host]
+    artifact: Path  # on the controller's disk, readable by every host
+    work: Path  # controller-side scratch dir for this tool run (shared disk)
+    size: int
+    rate_mbit: float
+    options: dict[str, Any] = field(default_factory=dict)
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    cgroup: Path | None = None
+
+    def join_kw(self) -> dict[str, Any]:
+        """Popen keywords that put the child in the run's CPU-accounting cgroup.
+
+        Joined before nsenter runs (the hosts' mount namespaces remount /sys).
+        """
+        if self.cgroup is None:
+            return {}
+        procs = str(self.cgroup / "cgroup.procs")
+
+        def join() -> None:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+
+        return {"preexec_fn": join}
+
+    def origin_popen(self, cmd: list[str] | str, log: str) -> subprocess.Popen[Any]:
+        out = (self.work / log).open("w")
+        proc = self.origin.popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.work, **self.join_kw()
+        )
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+
+@dataclass
+class Result:
+    tool: str
+    hosts: int
+    size: int
+    rate_mbit: float
+    limit_s: float
+    ok: bool
+    completed: int
+    last_s: float | None
+    median_s: float | None
+    ratio: float | None
+    origin_up_bytes: int
+    origin_copies: float
+    cpu_s: float
+    cpu_util: float
+    machine_util: float
+    wall_s: float
+    note: str = ""
+    times: list[float | None] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+def make_cgroup(name: str) -> Path | None:
+    """A cgroup-v1 cpuacct group to charge one tool run's CPU to, or None."""
+    if not (CPUACCT / "cpuacct.usage").exists():
+        return None
+    path = CPUACCT / "roostbench" / name
+    with contextlib.suppress(OSError):
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return None
+
+
+def cgroup_seconds(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    return int((path / "cpuacct.usage").read_text()) / 1e9
+
+
+def remove_cgroup(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.rmdir()
+
+
+def cpu_busy_seconds() -> float:
+    """Machine-wide busy CPU seconds so far (all processes, kernel networking too)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(x) for x in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]  # minus idle, iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def wait_port(addr: str, port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing listening on {addr}:{port} after {timeout}s") from None
+            time.sleep(0.05)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Tool:
+    name = "?"
+    port = 0
+
+    def start_origin(self, ctx: Ctx) -> None:
+        raise NotImplementedError
+
+    def peer_command(self, ctx: Ctx, host: Host) -> str:
+        """Shell command for one host; must write /tmp/NAME/done when complete."""
+        raise NotImplementedError
+
+    def result_file(self, ctx: Ctx, host: Host) -> Path:
+        raise NotImplementedError
+
+    def stop(self, ctx: Ctx) -> None:
+        """Anything beyond the processes in ctx.procs (killed by the harness)."""
+
+    def settings(self, ctx: Ctx) -> dict[str, Any]:
+        return {}
+
+    def done_marker(self) -> str:
+        return f"date +%s.%N > /tmp/{self.name}/done"
+
+
+class Nginx(Tool):
+    """(c) one nginx on the origin, every host fetching with curl."""
+
+    name = "nginx"
+    port = 8080
+
+    def start_origin(self, ctx: Ctx) -> None:
+        root = ctx.work / "www"
+        root.mkdir()
+        if _same_fs(ctx.artifact, root):
+            os.link(ctx.artifact, root / "artifact.bin")
+        else:
+            shutil.copyfile(ctx.artifact, root / "artifact.bin")
+        conf = ctx.work / "nginx.conf"
+        conf.write_text(
+            f"""worker_processes 2;
+daemon off;
+pid {ctx.work}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  client_body_temp_path {ctx.work}/body;
+  proxy_temp_path {ctx.work}/proxy;
+  fastcgi_temp_path {ctx.work}/fcgi;
+  uwsgi_temp_path {ctx.work}/uwsgi;
+  scgi_temp_path {ctx.work}/scgi;
+  server {{ listen {ctx.origin.address}:{self.port}; root {root}; }}
+}}
+"""
+        )
+        ctx.origin_popen(["nginx", "-c", str(conf), "-p", str(ctx.work)], "nginx.log")
+        wait_port(ctx.origin.address, self.port)
+
+    def peer_command(self, ctx: Ctx, host: Host) -> str:
+        url = f"http://{ctx.origin.address}:{self.port}/artifact.bin"
+        return (
+            f"mkdir -p /tmp/nginx && curl -sSf -o /tmp/nginx/artifact.bin {url} && "
+            + self.done_marker()
+        )
+
+    def result_file(self, ctx: Ctx, host: Host) -> Path:
+        return host.path("/tmp/nginx/artifact.bin")
+
+
+class Lssd(Tool):
+    """(b) the ansible-lssd stack: mktorrent, opentracker, aria2c seeder and peers."""
+
+    name = "lssd"
+    port = 6969
+
+    def start_origin(self, ctx: Ctx) -> None:
+        torrent = ctx.work / "artifact.torrent"
+        announce = f"http://{ctx.origin.address}:{self.port}/announce"
+        subprocess.run(
+            ["mktorrent", "-a", announce, "-o", str(torrent), str(ctx.artifact)],
+            check=True,
+            capture_output=True,
+        )
+        info_hash = _info_hash(torrent.read_bytes())
+        (ctx.work / "whitelist").write_text(info_hash + "\n")
+        ctx.options["torrent"] = torrent
+        ctx.origin_popen(
+            [
+                "opentracker",
+                "-i",
+                ctx.origin.address,
+                "-p",
+                str(self.port),
+                "-P",
+                str(self.port),
+                "-w",
+                "whitelist",  # opentracker reads it after chroot to -d
+                "-d",
+                str(ctx.work),
+            ],
+            "opentracker.log",
+        )
+        wait_port(ctx.origin.address, self.port)
+        hook = ctx.work / "on-complete.sh"
+        hook.write_text(f"#!/bin/sh\n{self.done_marker()}\n")
+        hook.chmod(0o755)
+        ctx.options["hook"] = hook
+        # the seeder: aria2c on the original file, seeding forever
+        ctx.origin_popen(
+            [
+                "aria2c",
+                *_aria2_common(),
+                "--check-integrity=true",
+                "--bt-seed-unverified=false",
+                "--seed-ratio=0.0",
+                f"--dir={ctx.artifact.parent}",
+                str(torrent),
+            ],
+            "aria2-seeder.log",
+        )
+        time.sleep(1.0)  # let the seeder verify and announce before the peers start
+
+    def peer_command(self, ctx: Ctx, host: Host) -> str:
+        # ansible-lssd's peers: aria2c that keeps seeding after completion
+        argv = [
+            "aria2c",
+            *_aria2_common(),
+            "--seed-ratio=0.0",
+            "--dir=/tmp/lssd",
+            f"--on-bt-download-complete={ctx.options['hook']}",
+            str(ctx.options["torrent"]),
+        ]
+        return "mkdir -p /tmp/lssd && exec " + shlex.join(argv) + " > /tmp/lssd/aria2.log 2>&1"
+
+    def result_file(self, ctx: Ctx, host: Host) -> Path:
+        return host.path(f"/tmp/lssd/{ctx.artifact.name}")
+
+    def settings(self, ctx: Ctx) -> dict[str, Any]:
+        return {"mktorrent": "default piece size", "aria2c": " ".join(_aria2_common())}
+
+
+def _aria2_common() -> list[str]:
+    return [
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+        "--show-console-readout=false",
+        "--listen-port=6881-6999",
+    ]
+
+
+class Roost(Tool):
+    """(a) roost: tracker + seeder on the origin, `roost peer` on every host."""
+
+    name = "roost"
+    port = 8998
+
+    def __init__(self, *, tracker_args: tuple[str, ...] = (), peer_args: tuple[str, ...] = ()):
+        self.tracker_args = tracker_args
+        self.peer_args = peer_args
+
+    def start_origin(self, ctx: Ctx) -> None:
+        announce = f"http://{ctx.origin.address}:{self.port}/announce"
+        out = ctx.work / "release"
+        create = subprocess.run(
+            [
+                *ROOST,
+                "create",
+                str(ctx.artifact),
+                "--tag",
+                "bench",
+                "--out",
+                str(out),
+                "--announce",
+                announce,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if create.returncode != 0:
+            raise RuntimeError(f"roost create failed: {create.stderr.strip()}")
+        torrent = next(out.glob("*.torrent"))
+        ctx.options["torrent"] = torrent
+        ctx.origin_popen(
+            [
+                *ROOST,
+                "tracker",
+                "--bind",
+                ctx.origin.address,
+                "--port",
+                str(self.port),
+                *self.tracker_args,
+            ],
+            "tracker.log",
+        )
+        wait_port(ctx.origin.address, self.port)
+        ctx.origin_popen(
+            [
+                *ROOST,
+                "seed",
+                str(torrent),
+                "--payload",
+                str(ctx.artifact),
+                "--announce-ip",
+                ctx.origin.address,
+            ],
+            "seeder.log",
+        )
+        time.sleep(1.0)
+
+    def peer_command(self, ctx: Ctx, host: Host) -> str:
+        argv = [
+            *ROOST,
+            "peer",
+            str(ctx.options["torrent"]),
+            "--dest",
+            "/tmp/roost/dest",
+            "--temp-path",
+            "/tmp/roost/tmp",
+            "--announce-ip",
+            host.address,
+            "--events",
+            "json",
+            *self.peer_args,
+        ]
+        return (
+            "mkdir -p /tmp/roost && "
+            + shlex.join(argv)
+            + " > /tmp/roost/events.jsonl 2> /tmp/roost/stderr.log && "
+            + self.done_marker()
+        )
+
+    def result_file(self, ctx: Ctx, host: Host) -> Path:
+        base = host.path("/tmp/roost/dest")
+        found = [p for p in base.rglob("*") if p.is_file()] if base.exists() else []
+        return found[0] if len(found) == 1 else base / "bench" / ctx.artifact.name
+
+    def stop(self, ctx: Ctx) -> None:
+        # lingering seeders run detached with pid files under the temp path
+        for host in ctx.peers:
+            for pid_file in host.path("/tmp/roost/tmp").rglob("*.pid"):
+                with contextlib.suppress(ValueError, OSError):
+                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
+
+    def settings(self, ctx: Ctx) -> dict[str, Any]:
+        return {"tracker": list(self.tracker_args), "peer": list(self.peer_args)}
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def _info_hash(torrent: bytes) -> str:
+    from roost.bencode import decode, encode
+
+    meta = decode(torrent)
+    assert isinstance(meta, dict)
+    info = meta.get(b"info", meta.get("info"))  # type: ignore[call-overload]
+    return hashlib.sha1(encode(info)).hexdigest()
+
+
+def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
+    """Deploy ctx.artifact to every peer host with ``tool``; always cleans up."""
+    n = len(ctx.peers)
+    limit = ctx.size * 8 / (ctx.rate_mbit * 1e6)
+    times: list[float | None] = [None] * n
+    note = ""
+    cpu0 = cpu_busy_seconds()
+    wall0 = time.monotonic()
+    up0 = 0
+    t0 = time.time()
+    peer_procs: list[subprocess.Popen[Any]] = []
+    cg0: float | None = None
+    try:
+        tool.start_origin(ctx)
+        up0 = ctx.lab.counters()[ctx.origin.name][1]
+        cpu0 = cpu_busy_seconds()
+        wall0 = time.monotonic()
+        t0 = time.time()
+        cg0 = cgroup_seconds(ctx.cgroup)
+        for host in ctx.peers:
+            peer_procs.append(
+                host.popen(
+                    tool.peer_command(ctx, host),
+                    **ctx.join_kw(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        done_files = [h.path(f"/tmp/{tool.name}/done") for h in ctx.peers]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, f in enumerate(done_files):
+                if times[i] is None and f.exists():
+                    text = f.read_text().strip()
+                    if text:
+                        times[i] = float(text) - t0
+            if all(t is not None for t in times):
+                break
+            if all(p.poll() is not None for p in peer_procs):
+                time.sleep(0.2)
+                if all(t is not None for t in times):
+                    break
+                bad = [p.returncode for p in peer_procs if p.returncode]
+                note = f"clients exited before completing (statuses {sorted(set(bad))})"
+                break
+            time.sleep(0.05)
+        else:
+            note = f"timeout after {timeout:.0f}s"
+    except Exception as exc:  # a tool failing to start is a result, not a crash
+        note = f"{type(exc).__name__}: {exc}"
+    finally:
+        cpu1 = cpu_busy_seconds()
+        cg1 = cgroup_seconds(ctx.cgroup)
+        wall = time.monotonic() - wall0
+        try:
+            up1 = ctx.lab.counters()[ctx.origin.name][1]
+        except Exception:
+            up1 = up0
+        for proc in [*peer_procs, *ctx.procs]:
+            _kill_group(proc)
+        with contextlib.suppress(Exception):
+            tool.stop(ctx)
+    completed = [t for t in times if t is not None]
+    # verify what every host got: a fast deploy of wrong bytes is worth nothing
+    if completed:
+        want = sha256_file(ctx.artifact)
+        wrong = 0
+        for i, host in enumerate(ctx.peers):
+            if times[i] is None:
+                continue
+            f = tool.result_file(ctx, host)
+            if not f.exists() or sha256_file(f) != want:
+                wrong += 1
+                times[i] = None
+        if wrong:
+            note = (note + "; " if note else "") + f"{wrong} hosts had wrong bytes"
+    completed = [t for t in times if t is not None]
+    ok = len(completed) == n
+    last = max(completed) if ok else None
+    for host in ctx.peers:  # free the hosts' tmpfs for the next tool
+        shutil.rmtree(host.path(f"/tmp/{tool.name}"), ignore_errors=True)
+    ncpu = os.cpu_count() or 1
+    machine = (cpu1 - cpu0) / max(wall, 1e-9) / ncpu
+    cpu = cg1 - cg0 if cg1 is not None and cg0 is not None else cpu1 - cpu0
+    return Result(
+        tool=tool.name,
+        hosts=n,
+        size=ctx.size,
+        rate_mbit=ctx.rate_mbit,
+        limit_s=round(limit, 3),
+        ok=ok,
+        completed=len(completed),
+        last_s=round(last, 3) if last is not None else None,
+        median_s=round(statistics.median(completed), 3) if completed else None,
+        ratio=round(last / limit, 3) if last is not None else None,
+        origin_up_bytes=up1 - up0,
+        origin_copies=round((up1 - up0) / ctx.size, 2),
+        cpu_s=round(cpu, 2),
+        cpu_util=round(cpu / max(wall, 1e-9) / ncpu, 3),
+        machine_util=round(machine, 3),
+        wall_s=round(wall, 2),
+        note=note,
+        times=[round(t, 3) if t is not None else None for t in times],
+        settings=tool.settings(ctx),
+    )
+
+
+def _kill_group(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
