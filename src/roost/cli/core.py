@@ -246,8 +246,8 @@ def _register_deploy(sub: Any) -> None:
         help="deploy a build: on a local fleet (default) or to an inventory's hosts (-i)",
     )
     p.add_argument("source", type=Path, help="directory (packed as a tar) or file (--file)")
-    p.add_argument("--tag", required=True, help="release name, e.g. v42")
-    p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG on each host")
+    p.add_argument("--tag", help="release name, e.g. v42 (with -i: default group_vars tag)")
+    p.add_argument("--dest", type=Path, help="install into DEST/TAG on each host")
     p.add_argument("--file", dest="is_file", action="store_true", help="ship SRC as one file")
     where = p.add_mutually_exclusive_group()
     where.add_argument(
@@ -262,6 +262,9 @@ def _register_deploy(sub: Any) -> None:
     p.add_argument("--piece-size", type=_size, help="override the chosen piece size")
     p.add_argument("--super-seed", action="store_true", help="super-seeding on the origin")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    from roost.cli.fleet import add_deploy_flags
+
+    add_deploy_flags(p)
     p.set_defaults(handler=_deploy)
 
 
@@ -270,6 +273,8 @@ def _deploy(args: argparse.Namespace) -> int:
         from roost.fleet.deploy import deploy_fleet
 
         return int(deploy_fleet(args) or 0)
+    if args.tag is None or args.dest is None:
+        raise UsageError("roost deploy needs --tag and --dest (or -i with group_vars)")
     from roost.local import DEFAULT_HOSTS, LocalDeployConfig, deploy_local
     from roost.progress import TerminalDisplay, render_live, render_summary
 

@@ -1,0 +1,311 @@
+"""One-shot ``roost deploy SRC --tag TAG -i INVENTORY --dest DIR``.
+
+Theory of operation. The plan (``DeployPlan``) is resolved first from the
+arguments, ``roost.toml`` and the inventory's group_vars (ansible-lssd's
+``tag``, ``destination_path``), without I/O beyond reading those files. Then,
+over one ``Fleet`` (one SSH connection per host, reused by every step):
+
+1. the release is packed on the controller, announcing to the tracker host
+   with a per-deploy token;
+2. roost is bootstrapped on every host (idempotent, skipped where the same
+   wheels are installed);
+3. the tracker starts on the tracker host (``--bind 0.0.0.0``, allow-listing
+   only this info-hash, requiring the token);
+4. the origin seeds: from the controller (``--seed-from controller``, the
+   default: a local ``roost seed`` announcing the address the hosts see the
+   controller at) or from the seeder host (payload uploaded there first);
+5. every peer gets the .torrent and runs ``roost peer --events json
+   --announce-ip ADDR`` (ADDR: the address SSH reached it at), all at once;
+   their JSON lines feed a ``FleetProgress`` model for the live view;
+6. seeder and tracker are stopped, whatever happened.
+
+A host that fails a step is reported with its reason and left out of later
+steps; the others go on. A re-run finds hosts already holding the verified
+release (the peer reports them installed) and completes only the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roost.errors import RemoteError, RoostError, UsageError
+from roost.fleet import tasks
+from roost.fleet.bootstrap import bootstrap
+from roost.fleet.config import FleetConfig
+from roost.fleet.inventory import Inventory
+from roost.fleet.ssh import Fleet, FleetAborted, SSHOptions
+from roost.progress import FleetProgress
+
+OnUpdate = Callable[[FleetProgress, float, bool], None]
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    source: Path
+    tag: str
+    inventory: Inventory
+    cfg: FleetConfig
+    ssh: SSHOptions
+    peer: tasks.PeerOptions
+    is_file: bool = False
+    seed_from: str = "controller"
+    do_bootstrap: bool = True
+    out_dir: Path | None = None
+    piece_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _controller_seed(
+    torrent: Path, payload: Path, announce_ip: str, log: Path
+) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "roost",
+                "seed",
+                str(torrent),
+                "--payload",
+                str(payload),
+                "--announce-ip",
+                announce_ip,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+
+
+def _stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dict[str, Any]:
+    """Execute ``plan``; returns the summary (``ok``, ``hosts`` with reasons).
+
+    Raises ``RoostError`` only for what stops the whole deploy before any host
+    is touched (bad source, tag); host failures are in the summary.
+    """
+    from roost.release import create_release
+
+    inv, cfg = plan.inventory, plan.cfg
+    token = secrets.token_hex(12)
+    url = tasks.announce_url(inv, cfg, token)
+    work = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
+    out_dir = plan.out_dir or work
+    out_dir.mkdir(parents=True, exist_ok=True)
+    release = await asyncio.to_thread(
+        create_release,
+        plan.source,
+        plan.tag,
+        out_dir,
+        announce=[url],
+        is_file=plan.is_file,
+        piece_size=plan.piece_size,
+    )
+    peers = list(inv.peers)
+    now = time.monotonic()
+    progress = FleetProgress([h.name for h in peers], release.total_size, now)
+    steps: dict[str, str] = {}
+    aborted: str | None = None
+    seed_proc: subprocess.Popen[bytes] | None = None
+    fleet = Fleet(inv.remote_hosts, plan.ssh)
+    ticker: asyncio.Task[None] | None = None
+
+    def sync_failures(final: bool = False) -> None:
+        t = time.monotonic()
+        for name, err in fleet.failures.items():
+            if name in progress.hosts:
+                progress.fail(name, f"{err.step}: {err.args[0].split(': ', 2)[-1]}", t)
+                steps.setdefault(name, err.step)
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            sync_failures()
+            if on_update:
+                on_update(progress, time.monotonic(), False)
+
+    def fail_all(reason: str) -> None:
+        t = time.monotonic()
+        for name in progress.hosts:
+            progress.fail(name, reason, t)
+
+    try:
+        ticker = asyncio.ensure_future(tick())
+        if plan.do_bootstrap:
+            await bootstrap(fleet, cfg)
+        sync_failures()
+        tr = await tasks.start_tracker(fleet, inv, cfg, allow=[release.info_hash], token=token)
+        if not tr[inv.tracker.name].ok:
+            fail_all(f"tracker {inv.tracker.name}: {tr[inv.tracker.name].reason}")
+            raise _Stop
+        if plan.seed_from == "seeder":
+            sr = await tasks.start_seeding(
+                fleet, inv, cfg, tag=plan.tag, upload=[release.torrent, release.payload]
+            )
+            if not sr[inv.seeder.name].ok:
+                fail_all(f"seeder {inv.seeder.name}: {sr[inv.seeder.name].reason}")
+                raise _Stop
+        else:
+            # the address the hosts see the controller at: the SSH connection's own end
+            seen = await fleet.each("controller-address", _local_address, hosts=[inv.tracker])
+            addr = seen[inv.tracker.name].value if seen[inv.tracker.name].ok else None
+            if not addr:
+                fail_all("cannot learn the controller's address as hosts see it")
+                raise _Stop
+            seed_proc = _controller_seed(release.torrent, release.payload, addr, work / "seed.log")
+            await asyncio.sleep(0.5)
+            if seed_proc.poll() is not None:
+                tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
+                fail_all(f"seeding on the controller failed: {tail}")
+                raise _Stop
+
+        def on_event(host: str, event: dict[str, Any]) -> None:
+            progress.apply(host, event, time.monotonic())
+
+        opts = plan.peer
+        await tasks.peer(
+            fleet,
+            cfg,
+            [h for h in peers if h.name not in fleet.failures],
+            release.torrent,
+            opts,
+            on_event,
+        )
+        sync_failures()
+    except _Stop:
+        pass
+    except FleetAborted as exc:
+        aborted = str(exc)
+        fail_all(f"not run: {exc}")
+    finally:
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        _stop_proc(seed_proc)
+        # clean-up reaches the tracker and seeder even if they failed a step
+        cleanup_failures = dict(fleet.failures)
+        fleet.failures.clear()
+        try:
+            if plan.seed_from == "seeder":
+                await tasks.stop_seeding(fleet, inv, cfg, tag=plan.tag)
+            await tasks.stop_tracker(fleet, inv, cfg)
+        except RoostError:
+            pass
+        stop_errors = dict(fleet.failures)
+        fleet.failures.clear()
+        fleet.failures.update(cleanup_failures)
+        await fleet.close()
+    sync_failures(final=True)
+    now = time.monotonic()
+    # hosts that never reported an end: their peer stopped without a final event
+    for name, h in progress.hosts.items():
+        if h.state not in ("done", "failed"):
+            progress.fail(name, "peer ended without reporting", now)
+    if on_update:
+        on_update(progress, now, True)
+    summary = progress.summary(now)
+    addresses = {h.name: h.address for h in inv.remote_hosts}
+    for h in summary["hosts"]:
+        h["address"] = addresses.get(h["name"])
+        if not h["ok"]:
+            h["step"] = steps.get(h["name"], "peer")
+    summary.update(
+        {
+            "tag": plan.tag,
+            "info_hash": release.info_hash,
+            "tracker": inv.tracker.name,
+            "seed_from": plan.seed_from,
+            "aborted": aborted,
+            "cleanup_errors": [str(e) for e in stop_errors.values()],
+        }
+    )
+    if plan.out_dir is None:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+class _Stop(Exception):
+    """Internal: the deploy cannot go on (tracker or origin down)."""
+
+
+async def _local_address(s: Any) -> str:
+    return str(s.local_address)
+
+
+def plan_from_args(args: argparse.Namespace) -> DeployPlan:
+    """Resolve a ``DeployPlan`` from ``roost deploy -i`` arguments. Raises
+    ``UsageError``/``ConfigError``."""
+    from roost.cli.fleet import fleet_config, load_inv, ssh_options
+
+    inv = load_inv(args)
+    cfg = fleet_config(args)
+    tag = args.tag or inv.get("tag") or cfg.default_tag
+    dest = args.dest or inv.get("destination_path") or cfg.default_destination_path
+    if not tag:
+        raise UsageError("no tag: pass --tag, or set tag in group_vars/all or roost.toml")
+    if not dest:
+        raise UsageError(
+            "no destination: pass --dest, or set destination_path in "
+            "group_vars/all or default_destination_path in roost.toml"
+        )
+    if not Path(args.source).exists():
+        raise UsageError(f"source {args.source} does not exist")
+    peer = tasks.PeerOptions(
+        tag=str(tag),
+        dest=str(dest),
+        tag_directory=args.tag_directory,
+        clean=args.clean,
+        linger=args.linger,
+        hook=args.hook,
+        timeout=args.timeout or None,
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
+    )
+    return DeployPlan(
+        source=Path(args.source),
+        tag=str(tag),
+        inventory=inv,
+        cfg=cfg,
+        ssh=ssh_options(args, cfg),
+        peer=peer,
+        is_file=args.is_file,
+        seed_from=getattr(args, "seed_from", "controller"),
+        do_bootstrap=not getattr(args, "no_bootstrap", False),
+        out_dir=args.out,
+        piece_size=args.piece_size,
+    )
+
+
+def deploy_fleet(args: argparse.Namespace) -> int:
+    """``roost deploy -i``: the contract with ``roost.cli.core``."""
+    from roost.cli.fleet import deploy_main
+
+    return deploy_main(args)
+
+
+__all__ = ["DeployPlan", "RemoteError", "deploy_fleet", "plan_from_args", "run_deploy"]
