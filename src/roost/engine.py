@@ -153,7 +153,7 @@ def settings_pack(config: EngineConfig) -> dict[str, object]:
         "min_announce_interval": config.min_announce_interval,
         "min_reconnect_time": 1,
         "peer_connect_timeout": 5,
-        "stop_tracker_timeout": 2,
+        "stop_tracker_timeout": 1,
         "tracker_backoff": 50,
         "torrent_connect_boost": 100,
         "connection_speed": 200,

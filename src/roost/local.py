@@ -156,7 +156,10 @@ def deploy_local(
         return summary
     finally:
         for host in hosts:
-            _stop_host(host)
+            _kill(host.proc)
+        # The lingering workers (their pid files are under the hosts' temp paths).
+        with contextlib.suppress(RoostError):
+            procs.stop_all([f for host in hosts for f in procs.pid_files(host.temp)])
         if seeder is not None:
             seeder.stop()
         if tracker is not None:
@@ -232,11 +235,3 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def _stop_host(host: _Host) -> None:
-    _kill(host.proc)
-    # The lingering worker of this host (its pid file is under its temp path).
-    for pid_file in procs.pid_files(host.temp):
-        with contextlib.suppress(OSError, RoostError):
-            procs.stop_by_pid_file(pid_file)

@@ -103,6 +103,23 @@ def stop_by_pid_file(path: Path, *, timeout: float = 10.0) -> bool:
     return True
 
 
+def stop_all(paths: list[Path], *, timeout: float = 10.0) -> int:
+    """Stop the processes of several pid files at once (SIGTERM to all, then
+    wait; SIGKILL what is left after ``timeout``). Returns how many ran."""
+    running = [(path, pid) for path in paths if (pid := read_pid_file(path)) is not None]
+    for _path, pid in running:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for _path, pid in running:
+        if not wait_gone(pid, max(0.0, deadline - time.monotonic())):
+            _signal(pid, signal.SIGKILL)
+            wait_gone(pid, 5.0)
+    for path in paths:
+        with contextlib.suppress(OSError):
+            Path(path).unlink()
+    return len(running)
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:

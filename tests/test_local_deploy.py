@@ -1,0 +1,201 @@
+"""``roost deploy --local N``: the whole deploy on this machine, and the
+sans-IO fleet progress model behind its display."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from tests.release_kit import make_tree, snapshot
+
+from roost.progress import FleetProgress, render_live, render_summary
+
+Start = Callable[..., subprocess.Popen[bytes]]
+
+
+def deploy(start: Start, *args: str, timeout: float = 120) -> tuple[int, str, str]:
+    proc = start("deploy", *args)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(), err.decode()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line mentions ``text`` (read-only look at /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
+def test_local_deploy_to_8_hosts_is_byte_identical(tmp_path: Path, roost_procs: Start) -> None:
+    source = make_tree(tmp_path / "src")
+    dest = tmp_path / "fleet"
+    rc, out, err = deploy(
+        roost_procs, str(source), "--tag", "v1", "--local", "8", "--dest", str(dest), "--json"
+    )
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["ok"] is True and summary["hosts_ok"] == 8 and summary["hosts_failed"] == 0
+    assert summary["tag"] == "v1" and len(summary["info_hash"]) == 40
+    assert summary["seeder"]["bytes_up"] > 0
+    expected = snapshot(source, skip_git=True)
+    assert sorted(p.name for p in dest.iterdir()) == [f"host-{k}" for k in range(1, 9)]
+    for host in summary["hosts"]:
+        assert set(host) >= {"name", "ok", "seconds", "bytes_down", "bytes_up", "error"}
+        assert host["ok"] is True and host["error"] is None
+        assert host["seconds"] > 0
+        assert host["bytes_down"] + host["bytes_up"] >= 0
+        assert snapshot(dest / host["name"] / "v1") == expected
+    total_down = sum(h["bytes_down"] for h in summary["hosts"])
+    assert total_down >= 8 * summary["size"]
+    # Lingering workers (default linger 30 s) were stopped when the deploy ended.
+    assert processes_mentioning(str(dest)) == []
+
+
+def test_one_failing_host_is_reported_while_the_others_succeed(
+    tmp_path: Path, roost_procs: Start
+) -> None:
+    source = make_tree(tmp_path / "src")
+    dest = tmp_path / "fleet"
+    (dest / "host-2" / "v1").mkdir(parents=True)
+    (dest / "host-2" / "v1" / "local-change").write_text("keep me\n")
+    rc, out, err = deploy(
+        roost_procs,
+        *(str(source), "--tag", "v1", "--local", "3", "--dest", str(dest)),
+        *("--linger", "1", "--json"),
+    )
+    assert rc == 1, err
+    summary = json.loads(out)
+    hosts = {h["name"]: h for h in summary["hosts"]}
+    assert summary["ok"] is False and summary["hosts_failed"] == 1
+    assert hosts["host-2"]["ok"] is False and "not empty" in hosts["host-2"]["error"]
+    assert hosts["host-1"]["ok"] and hosts["host-3"]["ok"]
+    assert [p.name for p in (dest / "host-2" / "v1").iterdir()] == ["local-change"]
+    assert snapshot(dest / "host-3" / "v1") == snapshot(source, skip_git=True)
+
+
+def test_text_summary_and_failing_hook(tmp_path: Path, roost_procs: Start) -> None:
+    source = tmp_path / "app.bin"
+    source.write_bytes(b"x" * 100_000)
+    dest = tmp_path / "fleet"
+    hook = 'case "$ROOST_PATH" in *host-1/*) echo broken >&2; exit 4;; esac'
+    rc, out, err = deploy(
+        roost_procs,
+        *(str(source), "--file", "--tag", "v2", "--local", "2", "--dest", str(dest)),
+        *("--linger", "0", "--hook", hook),
+    )
+    assert rc == 1
+    lines = out.splitlines()
+    assert lines[0].split() == ["host", "result", "seconds", "down", "up", "error"]
+    assert lines[1].split()[:2] == ["host-1", "FAILED"] and "status 4: broken" in lines[1]
+    assert lines[2].split()[:2] == ["host-2", "ok"]
+    assert "1 of 2 hosts ok, 1 failed" in out
+    assert (dest / "host-2" / "v2" / "app.bin").read_bytes() == source.read_bytes()
+    assert "roost deploy v2" in err  # the plain progress lines (stderr is not a TTY)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tag", "a/b"], "tag"),
+        (["--tag", "../x"], "tag"),
+        (["--tag", "ok", "--local", "0"], "--local"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, roost_procs: Start, args: list[str], message: str
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_text("x")
+    dest = tmp_path / "fleet"
+    rc, out, err = deploy(roost_procs, str(source), "--dest", str(dest), *args)
+    assert rc == 2, err
+    assert err.count("\n") == 1 and err.startswith("roost: error: ") and message in err
+    assert not dest.exists()
+
+
+def test_missing_source_is_one_line(tmp_path: Path, roost_procs: Start) -> None:
+    rc, _out, err = deploy(
+        roost_procs, str(tmp_path / "nope"), "--tag", "v1", "--dest", str(tmp_path / "d")
+    )
+    assert rc == 2
+    assert err.count("\n") == 1 and "does not exist" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_inventory_hands_over_to_the_fleet_deploy(tmp_path: Path) -> None:
+    from roost.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["deploy", "src", "--tag", "v1", "--dest", "/opt/app", "-i", "hosts.ini"]
+    )
+    assert args.inventory == Path("hosts.ini") and args.local is None
+
+
+# The sans-IO progress model ------------------------------------------------------
+
+
+def test_fleet_progress_model() -> None:
+    fleet = FleetProgress(["a", "b", "c"], total_size=1000, now=0.0)
+    assert fleet.counts()["waiting"] == 3 and fleet.eta() is None
+    fleet.apply("a", {"event": "progress", "progress": 0.5, "down": 500, "rate_down": 100}, 1.0)
+    fleet.apply("b", {"event": "progress", "progress": 0.0, "down": 0, "rate_down": 100}, 1.0)
+    assert fleet.rate() == 200
+    assert fleet.eta() == pytest.approx((500 + 1000 + 1000) / 200)
+    fleet.apply("a", {"event": "complete"}, 2.0)
+    fleet.apply("a", {"event": "installed", "path": "/d/a/t"}, 2.0)
+    fleet.apply("a", {"event": "done", "ok": True, "down": 1000, "up": 300}, 2.5)
+    fleet.apply("b", {"event": "failed", "error": "disk full"}, 3.0)
+    fleet.apply("b", {"event": "done", "ok": False}, 3.0)  # keeps the first error
+    assert fleet.counts() == {
+        "waiting": 1,
+        "downloading": 0,
+        "installing": 0,
+        "done": 1,
+        "failed": 1,
+    }
+    assert not fleet.finished
+    fleet.fail("c", "peer exited with status 1", 4.0)
+    assert fleet.finished and not fleet.ok
+    summary = fleet.summary(5.0)
+    assert summary["hosts"][0] == {
+        "name": "a",
+        "ok": True,
+        "seconds": 2.5,
+        "bytes_down": 1000,
+        "bytes_up": 300,
+        "path": "/d/a/t",
+        "error": None,
+    }
+    assert summary["hosts"][1]["error"] == "disk full"
+    table = render_summary(summary)
+    assert table[-1] == "1 of 3 hosts ok, 2 failed, in 5.0s"
+    live = render_live(fleet, 5.0, "deploy t")
+    assert live[0].startswith("deploy t: 1/3 done, 2 failed")
+    assert len(live) == 4
+
+
+def test_live_display_of_a_big_fleet_shows_only_active_hosts() -> None:
+    names = [f"h{k}" for k in range(100)]
+    fleet = FleetProgress(names, 10, 0.0)
+    fleet.apply("h7", {"event": "progress", "progress": 0.2}, 1.0)
+    lines = render_live(fleet, 1.0)
+    assert len(lines) == 2 and "h7" in lines[1]
+
+
+def test_python_m_roost_deploy_help_lists_local_and_inventory() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "roost", "deploy", "--help"], capture_output=True, check=True
+    ).stdout.decode()
+    assert "--local" in out and "--inventory" in out and "--json" in out
