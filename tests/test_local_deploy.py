@@ -119,7 +119,7 @@ def test_bad_input_is_one_line_and_writes_nothing(
     source.mkdir()
     (source / "f").write_text("x")
     dest = tmp_path / "fleet"
-    rc, out, err = deploy(roost_procs, str(source), "--dest", str(dest), *args)
+    rc, _out, err = deploy(roost_procs, str(source), "--dest", str(dest), *args)
     assert rc == 2, err
     assert err.count("\n") == 1 and err.startswith("roost: error: ") and message in err
     assert not dest.exists()
