@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -330,3 +332,31 @@ def test_bad_watch_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert info.value.code == 2
     assert "must be a positive number" in capsys.readouterr().err
     assert issubclass(UsageError, RoostError)
+
+
+def test_cli_status_against_a_real_tracker(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_stats import IH, query
+
+    from roost.tracker.server import TrackerConfig, run_tracker_in_thread
+
+    handle = run_tracker_in_thread(TrackerConfig(port=0, interval=1, min_interval=0))
+    try:
+        base = f"http://127.0.0.1:{handle.port}"
+        handle.allow(IH.hex(), tag="v9", size=2048)
+        for pid, left, host in ((b"s", 0, "origin"), (b"a", 2048, "app-1"), (b"b", 512, "app-2")):
+            q = query(pid, left, down=2048 - left, host=host, rack="r1", event="started")
+            with urllib.request.urlopen(f"{base}/announce?{q.decode()}", timeout=10) as r:
+                assert b"failure" not in r.read()
+        assert main(["status", f"{base}/announce"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("tracker 0.1.0  up ") and out[0].endswith("1 swarm  3 peers")
+        assert out[2].startswith(f"v9  {IH.hex()[:12]}  size 2.0 KiB  done 1/3  seeders 1")
+        rows = {line.split()[0]: line for line in out[4:7]}
+        assert "[..........]   0.0%" in rows["app-1"] and "[#######...]  75.0%" in rows["app-2"]
+        assert "seeding" in rows["origin"] and "127.0.0.1:6881" in rows["origin"]
+        time.sleep(1.1)
+        assert main(["status", base, "--stall", "1"]) == 0
+        out = capsys.readouterr().out
+        assert out.count("STALLED 1s") == 2 and "2 peers STALLED" in out
+    finally:
+        handle.stop()
