@@ -15,7 +15,7 @@ from release_kit import MTIME, make_tree
 from roost import bencode
 from roost.cli import main
 from roost.errors import ReleaseError, UsageError
-from roost.manifest import MANIFEST_NAME, link_escapes, parse_manifest
+from roost.manifest import MANIFEST_NAME, copy_and_hash, link_escapes, parse_manifest
 from roost.release import (
     DEFAULT_OUT_DIR,
     choose_piece_size,
@@ -426,3 +426,21 @@ def test_cli_errors_are_one_line(
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("append", [False, True])  # O_APPEND: no copy_file_range, plain writes
+def test_copy_and_hash(tmp_path: Path, append: bool) -> None:
+    data = os.urandom(9 * MiB + 5)
+    (tmp_path / "src").write_bytes(data)
+    src = os.open(tmp_path / "src", os.O_RDONLY)
+    dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0))
+    try:
+        os.write(dst, b"head")
+        digest = copy_and_hash(src, 3, len(data) - 3, dst)
+        with pytest.raises(OSError, match="short read"):
+            copy_and_hash(src, 10, len(data), dst)
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert digest == hashlib.sha256(data[3:]).hexdigest()
+    assert (tmp_path / "dst").read_bytes()[: len(data) + 1] == b"head" + data[3:]

@@ -11,13 +11,13 @@ Raises ``ReleaseError`` for a malformed manifest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import mmap
 import os
 import re
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +30,14 @@ __all__ = [
     "copy_and_hash",
     "link_escapes",
     "parse_manifest",
+    "sha256_range",
     "unsafe_name_reason",
 ]
 
 MANIFEST_NAME = ".roost-manifest.json"
 HEX64 = re.compile(r"[0-9a-f]{64}")
 _BIG_FILE = 4 << 20  # copies at least this big hash in a worker thread
+_CHUNK = 4 << 20
 
 
 # ------------------------------------------------------------ paths & links
@@ -202,8 +204,10 @@ def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
     current position and return their sha256 (hex).
 
     Big copies run in the kernel (``copy_file_range``) while a worker thread
-    hashes the same bytes through an mmap, so the cost is the slower of the
-    two rather than their sum. Raises ``OSError`` (short source included).
+    reads and hashes the same bytes (``pread``, never an mmap: a source
+    truncated meanwhile gives a short read, not a SIGBUS), so the cost is the
+    slower of the two rather than their sum. Raises ``OSError`` (a short
+    source included).
     """
     if size < _BIG_FILE:
         data = os.pread(src_fd, size, src_offset)
@@ -211,26 +215,34 @@ def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
             raise OSError(f"short read: {len(data)} of {size} bytes")
         write_all(dst_fd, data)
         return hashlib.sha256(data).hexdigest()
-    page = mmap.ALLOCATIONGRANULARITY
-    base = src_offset - src_offset % page
-    with mmap.mmap(src_fd, size + (src_offset - base), access=mmap.ACCESS_READ, offset=base) as mm:
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-        view = memoryview(mm)
+    with ThreadPoolExecutor(1) as pool:
+        digest = pool.submit(sha256_range, src_fd, src_offset, size)
         try:
-            chunk = view[src_offset - base :]
-            with ThreadPoolExecutor(1) as pool:
-                digest: Future[str] = pool.submit(lambda: hashlib.sha256(chunk).hexdigest())
-                try:
-                    _kernel_copy(src_fd, src_offset, size, dst_fd, chunk)
-                finally:
-                    result = digest.result()
-            chunk.release()
+            _kernel_copy(src_fd, src_offset, size, dst_fd)
         finally:
-            view.release()
+            result = digest.result()
     return result
 
 
-def _kernel_copy(src_fd: int, offset: int, size: int, dst_fd: int, data: memoryview) -> None:
+def sha256_range(fd: int, offset: int, size: int) -> str:
+    """sha256 of ``size`` bytes of ``fd`` from ``offset`` (``OSError`` if short)."""
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    end = offset + size
+    while offset < end:
+        n = os.preadv(fd, [view[: min(_CHUNK, end - offset)]], offset)
+        if n == 0:
+            raise OSError(f"short read: file ended {end - offset} bytes early")
+        digest.update(view[:n])
+        offset += n
+    return digest.hexdigest()
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _kernel_copy(src_fd: int, offset: int, size: int, dst_fd: int) -> None:
     done = 0
     try:
         while done < size:
@@ -239,10 +251,17 @@ def _kernel_copy(src_fd: int, offset: int, size: int, dst_fd: int, data: memoryv
                 raise OSError(f"short read: {done} of {size} bytes")
             done += n
     except OSError as exc:
-        if done or exc.errno is None:
+        if done or exc.errno not in _NO_KERNEL_COPY:
             raise
         # Not supported here (old kernel, odd file system): plain writes.
-        write_all(dst_fd, data)
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while done < size:
+            n = os.preadv(src_fd, [view[: min(_CHUNK, size - done)]], offset + done)
+            if n == 0:
+                raise OSError(f"short read: {done} of {size} bytes") from None
+            write_all(dst_fd, view[:n])
+            done += n
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:

@@ -13,7 +13,7 @@ Theory of operation. A release is one payload file plus one v1 torrent:
 The torrent's info dict carries ``x-roost`` (tag, kind, sha256 of the
 manifest, or of the file itself), so the info-hash authenticates the
 manifest and a peer can verify every extracted file against it. Pieces are
-hashed with ``hashlib.sha1`` over an ``mmap`` in two threads (hashlib drops
+hashed with ``hashlib.sha1`` in two threads (hashlib drops
 the GIL), which beats libtorrent's ``set_piece_hashes``. The manifest and
 the path rules shared with extraction live in ``roost.manifest``. Outputs are written
 under temporary names and renamed into place, so a half-written release is
@@ -26,7 +26,6 @@ and ``ReleaseError`` for anything that cannot be packed or read.
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import re
 import stat
@@ -48,6 +47,7 @@ from roost.manifest import (
     copy_and_hash,
     is_mode,
     link_escapes,
+    sha256_range,
     write_all,
 )
 
@@ -134,46 +134,32 @@ def _check_piece_size(size: int) -> int:
 
 def hash_pieces(path: Path, piece_size: int, *, with_sha256: bool = False) -> tuple[bytes, str]:
     """SHA-1 of every piece of ``path`` (concatenated) and, if asked, the
-    sha256 of the whole file (else ""). Uses two threads over an mmap."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            return b"", hashlib.sha256().hexdigest() if with_sha256 else ""
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            mm.madvise(mmap.MADV_SEQUENTIAL)
-            view = memoryview(mm)
-            try:
-                return _hash_view(view, size, piece_size, with_sha256)
-            finally:
-                view.release()
+    sha256 of the whole file (else ""), in two threads (hashlib drops the
+    GIL). ``OSError`` if the file shrinks meanwhile."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        count = -(-size // piece_size)
+        group = max(1, (32 << 20) // piece_size)  # ~32 MiB of pieces per task
 
+        def sha1_group(first: int) -> bytes:
+            buf = bytearray(piece_size)
+            view = memoryview(buf)
+            out = []
+            for index in range(first, min(first + group, count)):
+                want = min(piece_size, size - index * piece_size)
+                got = os.preadv(fd, [view[:want]], index * piece_size)
+                if got != want:
+                    raise OSError(f"{path} changed while hashing")
+                out.append(hashlib.sha1(view[:want]).digest())
+            return b"".join(out)
 
-def _hash_view(
-    view: memoryview, size: int, piece_size: int, with_sha256: bool
-) -> tuple[bytes, str]:
-    count = -(-size // piece_size)
-    group = max(1, (64 << 20) // piece_size)  # ~64 MiB of pieces per task
-
-    def sha1_group(first: int) -> bytes:
-        out = []
-        for index in range(first, min(first + group, count)):
-            chunk = view[index * piece_size : (index + 1) * piece_size]
-            out.append(hashlib.sha1(chunk).digest())
-            chunk.release()
-        return b"".join(out)
-
-    def sha256_all() -> str:
-        digest = hashlib.sha256()
-        for start in range(0, size, 16 << 20):
-            chunk = view[start : start + (16 << 20)]
-            digest.update(chunk)
-            chunk.release()
-        return digest.hexdigest()
-
-    with ThreadPoolExecutor(2) as pool:
-        whole = pool.submit(sha256_all) if with_sha256 else None
-        pieces = b"".join(pool.map(sha1_group, range(0, count, group)))
-        return pieces, whole.result() if whole else ""
+        with ThreadPoolExecutor(2) as pool:
+            whole = pool.submit(sha256_range, fd, 0, size) if with_sha256 else None
+            pieces = b"".join(pool.map(sha1_group, range(0, count, group)))
+            return pieces, whole.result() if whole else ""
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ packing
