@@ -306,3 +306,13 @@ def test_verify_detects_drift(tmp_path: Path, release, capsys: pytest.CaptureFix
     # a drifted tree is no longer "already installed": it needs --clean
     with pytest.raises(DestinationError):
         install_release(rel.payload, meta, dest)
+
+
+def test_destination_that_is_a_file(tmp_path: Path, release) -> None:
+    rel, meta = release
+    (tmp_path / "dest").write_text("a file")
+    with pytest.raises(DestinationError, match="cannot create") as info:
+        install_release(rel.payload, meta, tmp_path / "dest")
+    assert "\n" not in str(info.value)
+    assert (tmp_path / "dest").read_text() == "a file"
+    _no_staging(tmp_path)

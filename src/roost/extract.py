@@ -244,6 +244,15 @@ def install_release(
     as_file = plan.single and not tag_directory
     target = dest / (meta.name if as_file else tag) if as_file or tag_directory else dest
     try:
+        return _install(Path(payload), plan, target, as_file=as_file, clean=clean)
+    except OSError as exc:
+        raise _dest_error(exc, target) from exc
+
+
+def _install(
+    payload: Path, plan: Plan, target: Path, *, as_file: bool, clean: bool
+) -> InstallResult:
+    try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DestinationError(f"cannot create {target.parent}: {exc.strerror}") from exc
@@ -251,7 +260,7 @@ def install_release(
         raise DestinationError(f"destination {target.parent} is not a directory")
     if _occupied(target):
         if _mismatch(target, plan, as_file=as_file) is None:
-            log.info("%s already holds release %s", target, tag)
+            log.info("%s already holds release %s", target, plan.manifest.tag)
             return InstallResult(target, True)
         if not clean:
             raise DestinationError(
@@ -259,12 +268,13 @@ def install_release(
             )
     staging = Path(_make_staging(target, file=as_file))
     try:
-        _write_members(Path(payload), plan, staging, as_file=as_file)
+        _write_members(payload, plan, staging, as_file=as_file)
         _swap(staging, target)
-    except OSError as exc:
-        raise _dest_error(exc, target) from exc
     finally:
-        _remove_tree(staging)
+        try:
+            _remove_tree(staging)
+        except OSError as exc:
+            log.warning("could not remove the staging area %s: %s", staging, exc)
     return InstallResult(target, False)
 
 
@@ -405,12 +415,21 @@ def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
 def _mismatch(target: Path, plan: Plan, *, as_file: bool) -> str | None:
     """The first way ``target`` differs from the plan, or None."""
     if as_file:
-        return _entry_mismatch(target, plan.manifest.entries[0], str(target))
+        try:
+            return _entry_mismatch(target, plan.manifest.entries[0], str(target))
+        except OSError as exc:
+            return f"{target}: cannot read: {exc.strerror}"
     entries = plan.manifest.by_path()
     try:
         found = _scan(target)
+        return _tree_mismatch(target, found, entries)
     except OSError as exc:
         return f"{target}: cannot read: {exc.strerror}"
+
+
+def _tree_mismatch(
+    target: Path, found: dict[str, os.stat_result], entries: dict[str, ManifestEntry]
+) -> str | None:
     extra = sorted(set(found) - set(entries))
     if extra:
         return f"{target / extra[0]}: not in the release"
