@@ -291,6 +291,10 @@ class Registry:
         if a.event == "stopped":
             if peer is not None:
                 swarm.discard(pid)
+                # finished and left at once (aria2c --seed-time=0 sends no "completed")
+                if peer.left > 0 and a.left == 0 and not peer.completed:
+                    peer.completed = True
+                    swarm.completed += 1
                 self._update(swarm, peer, a, ip, now)
                 peer.state = "stopped"
                 swarm.stopped[pid] = peer
