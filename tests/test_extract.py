@@ -16,7 +16,7 @@ import pytest
 from release_kit import build_tar, entry, listing, make_tree, member, snapshot
 from roost.cli import main
 from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
-from roost.extract import install_release, verify_installed
+from roost.extract import install_release, installed_difference, load_plan, verify_installed
 from roost.release import Release, TorrentMeta, create_release, read_torrent
 
 
@@ -291,6 +291,8 @@ def test_verify_detects_drift(tmp_path: Path, release, capsys: pytest.CaptureFix
     target = dest / "v1"
     args = ["verify", str(target), "--torrent", str(rel.torrent)]
     assert main(args) == 0 and "ok:" in capsys.readouterr().out
+    manifest = load_plan(rel.payload, meta).manifest
+    assert installed_difference(target, manifest) is None
     (target / "extra").write_text("x")
     with pytest.raises(VerifyError, match="extra: not in the release"):
         verify_installed(target, rel.payload, meta)
@@ -303,6 +305,7 @@ def test_verify_detects_drift(tmp_path: Path, release, capsys: pytest.CaptureFix
     with pytest.raises(VerifyError, match=r"x\.txt: sha256"):
         verify_installed(target, rel.payload, meta)
     assert main(args) == 1 and "sha256" in capsys.readouterr().err
+    assert "x.txt: sha256" in (installed_difference(target, manifest) or "")
     # a drifted tree is no longer "already installed": it needs --clean
     with pytest.raises(DestinationError):
         install_release(rel.payload, meta, dest)

@@ -48,7 +48,13 @@ from roost.manifest import (
 )
 from roost.release import TorrentMeta, validate_tag
 
-__all__ = ["InstallResult", "install_release", "load_plan", "verify_installed"]
+__all__ = [
+    "InstallResult",
+    "install_release",
+    "installed_difference",
+    "load_plan",
+    "verify_installed",
+]
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +405,12 @@ def _remove_tree(path: Path) -> None:
 
 
 # ------------------------------------------------------------------- verify
+
+
+def installed_difference(target: Path, manifest: Manifest) -> str | None:
+    """The first way the tree at ``target`` differs from ``manifest`` (extra,
+    missing, type, mode, size, sha256), or None if it holds exactly it."""
+    return _mismatch(Path(target), Plan(manifest, ()), as_file=False)
 
 
 def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
