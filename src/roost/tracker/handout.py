@@ -85,15 +85,36 @@ def dc_gateways(peers: Sequence[Candidate], per_rack: int) -> set[bytes]:
     return chosen
 
 
-def _sample(pool: Sequence[C], k: int, rng: random.Random, exclude: bytes) -> list[C]:
-    """Up to ``k`` random members of ``pool`` other than ``exclude``."""
-    if k <= 0 or not pool:
+def _pick(pool: Sequence[C], k: int, rng: random.Random, skip: set[bytes]) -> list[C]:
+    """Up to ``k`` random members of ``pool`` whose ids are not in ``skip``.
+
+    Large pools draw random indices (one C call each) instead of shuffling or
+    ``random.sample`` (Python-level per item): this is the announce hot path.
+    """
+    n = len(pool)
+    if k <= 0 or n == 0:
         return []
-    if k + 1 >= len(pool):
-        picked = [p for p in pool if p.peer_id != exclude]
-        rng.shuffle(picked)
-        return picked[:k]
-    picked = [p for p in rng.sample(pool, k + 1) if p.peer_id != exclude]
+    if n > 4 * (k + len(skip)):
+        rand = rng.random
+        seen: set[int] = set()
+        out: list[C] = []
+        for _ in range(8 * k + 16):
+            i = int(rand() * n)
+            if i in seen:
+                continue
+            seen.add(i)
+            p = pool[i]
+            if p.peer_id not in skip:
+                out.append(p)
+                if len(out) == k:
+                    return out
+        # Unlucky streak: fall through to the exhaustive way.
+    picked = [p for p in pool if p.peer_id not in skip]
+    m = len(picked)
+    rand = rng.random
+    for i in range(min(k, m - 1)):  # partial Fisher-Yates: k draws, not m
+        j = i + int(rand() * (m - i))
+        picked[i], picked[j] = picked[j], picked[i]
     return picked[:k]
 
 
@@ -115,9 +136,10 @@ def choose_peers(
     me = requester.peer_id
     pool_s: Sequence[C] = () if requester_is_seeder else seeders
     if not policy.enabled or requester.dc is None:
-        picked = _sample(pool_s, numwant, rng, me)
+        skip = {me}
+        picked = _pick(pool_s, numwant, rng, skip)
         if len(picked) < numwant:
-            picked += _sample(leechers, numwant - len(picked), rng, me)
+            picked += _pick(leechers, numwant - len(picked), rng, skip)
         return picked
 
     # Tiers: 0 same rack, 1 same dc, 2 unlabelled, 3 other dc; seeders, leechers.
@@ -136,9 +158,6 @@ def choose_peers(
             else:
                 tier = 1
             tiers[tier][idx].append(p)
-    for seeds, leeches in tiers:
-        rng.shuffle(seeds)
-        rng.shuffle(leeches)
 
     other_s, other_l = tiers[3]
     if other_s or other_l:
@@ -152,12 +171,16 @@ def choose_peers(
             other_l.clear()
 
     out: list[C] = []
+    taken: set[bytes] = set()
 
     def take(tier: int, k: int) -> None:
-        seeds, leeches = tiers[tier]
-        while k > 0 and (seeds or leeches):
-            out.append(seeds.pop() if seeds else leeches.pop())
-            k -= 1
+        for pool in tiers[tier]:  # seeders, then leechers
+            if k <= 0:
+                return
+            got = _pick(pool, k, rng, taken)
+            out.extend(got)
+            taken.update(p.peer_id for p in got)
+            k -= len(got)
 
     take(3, min(policy.cross_dc_min, numwant))
     take(1, min(policy.cross_rack_min, numwant - len(out)))

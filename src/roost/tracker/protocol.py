@@ -19,6 +19,7 @@ escaping this module for any input is a bug.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -46,6 +47,8 @@ MAX_HEAD = 8192  # bytes of request line + headers
 MAX_HEADERS = 64
 MAX_LABEL = 64  # host / dc / rack labels
 EVENTS = ("", "started", "completed", "stopped", "paused")
+_BAD_TARGET = re.compile(rb"[^\x21-\x7e]")
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 
 
 class ProtocolError(TrackerError):
@@ -137,7 +140,7 @@ def _parse_head(head: bytes) -> Request:
         raise ProtocolError("malformed request method")
     if not target.startswith(b"/"):
         raise ProtocolError("request target must be an absolute path")
-    if any(c <= 0x20 or c >= 0x7F for c in target):
+    if _BAD_TARGET.search(target):
         raise ProtocolError("illegal character in request target")
     headers: dict[str, str] = {}
     if len(lines) - 1 > MAX_HEADERS:
@@ -196,12 +199,8 @@ def parse_query(query: bytes) -> dict[bytes, list[bytes]]:
 
 def _unquote(value: bytes) -> bytes:
     # unquote_to_bytes leaves bad escapes as they are; refuse them instead.
-    i = value.find(b"%")
-    while i >= 0:
-        esc = value[i + 1 : i + 3]
-        if len(esc) != 2 or not all(c in b"0123456789abcdefABCDEF" for c in esc):
-            raise ProtocolError("bad percent-escape in query")
-        i = value.find(b"%", i + 3)
+    if _BAD_ESCAPE.search(value):
+        raise ProtocolError("bad percent-escape in query")
     return unquote_to_bytes(value)
 
 
