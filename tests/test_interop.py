@@ -1,0 +1,283 @@
+"""Interop with the standard clients (issue 2 point 7), all real processes:
+
+1. aria2c downloads a roost release from a roost seeder through the roost tracker;
+2. transmission-cli does the same from a network namespace (it refuses the
+   127.x peers a tracker hands out, so the swarm runs on 198.18.x addresses);
+3. a roost peer downloads and installs a release seeded by aria2c alone;
+4. the roost tracker alone serves a swarm of aria2c clients on a torrent
+   made by mktorrent.
+
+Every process is started in its own session and killed by its pid at the
+end; the lab's namespaces are removed by its context manager.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import MakeSwarm, info_hash, random_file
+from tests.interop_helpers import (
+    ARIA2C,
+    MKTORRENT,
+    TRANSMISSION,
+    Procs,
+    aria2c_argv,
+    free_port,
+    procs_in,
+    sha256_file,
+    swarm_stats,
+    transmission_settings,
+    wait_for,
+)
+from tests.release_kit import make_tree, snapshot
+
+from roost.errors import LabError
+from roost.lab.netns import Lab
+from roost.release import create_release
+from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
+
+needs_aria2c = pytest.mark.skipif(ARIA2C is None, reason="aria2c not installed")
+needs_transmission = pytest.mark.skipif(
+    TRANSMISSION is None, reason="transmission-cli not installed"
+)
+needs_mktorrent = pytest.mark.skipif(MKTORRENT is None, reason="mktorrent not installed")
+
+
+def _source(root: Path) -> Path:
+    """A release source: the sample tree plus a few MiB, so there are many pieces."""
+    make_tree(root)
+    random_file(root / "lib" / "big.bin", 3 * 1024 * 1024 + 12345, seed=7)
+    return root
+
+
+@pytest.fixture
+def tracker() -> Iterator[TrackerHandle]:
+    """An allow-list roost tracker on 127.0.0.1 with a 2 s interval."""
+    handle = run_tracker_in_thread(
+        TrackerConfig(port=0, interval=2, min_interval=1, allow_list_only=True)
+    )
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+# 1. aria2c <- roost seeder --------------------------------------------------------
+
+
+@needs_aria2c
+def test_aria2c_downloads_from_roost_seeder(tmp_path: Path, make_swarm: MakeSwarm) -> None:
+    swarm = make_swarm(_source(tmp_path / "src"), "v1")
+    release = swarm.release
+    want = sha256_file(release.payload)  # type: ignore[attr-defined]
+    download = tmp_path / "aria2c"
+    with procs_in(tmp_path / "logs") as procs:
+        client = procs.start("aria2c", aria2c_argv(swarm.torrent, download, free_port()))
+        try:
+            rc = client.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"aria2c did not finish\n{procs.describe()}") from None
+        assert rc == 0, procs.describe()
+    got = download / release.payload.name  # type: ignore[attr-defined]
+    assert sha256_file(got) == want
+    snap = swarm.seeder.seeder.snapshot()  # type: ignore[attr-defined]
+    assert snap.uploaded >= got.stat().st_size  # it came from the roost seeder
+    stats = swarm_stats(swarm.tracker.announce_url, release.info_hash)  # type: ignore[attr-defined]
+    assert stats is not None and stats["completed"] == 1
+
+
+# 2. transmission-cli <- roost seeder, in a network namespace ------------------------
+
+
+def _lab(tmp_path: Path) -> Lab:
+    """A one-host lab on a free 198.18.x.0/24 (other tests may hold theirs)."""
+    first = 200 + os.getpid() % 40
+    last_error: LabError | None = None
+    for third in range(first, first + 10):
+        lab = Lab(
+            1,
+            prefix=f"io{os.getpid() % 10**8}",
+            subnet=f"198.18.{third}.0/24",
+            private_mounts=(),
+            state_dir=tmp_path / "lab-state",
+        )
+        try:
+            return lab.up()
+        except LabError as exc:
+            if "overlaps" not in str(exc):
+                raise
+            last_error = exc
+    raise AssertionError(f"no free lab subnet: {last_error}")
+
+
+def _netns_unusable() -> str | None:
+    import shutil
+
+    if os.geteuid() != 0:
+        return "not root: network namespaces need root"
+    if shutil.which("ip") is None or shutil.which("tc") is None:
+        return "iproute2 (ip, tc) not installed"
+    return None
+
+
+@needs_transmission
+@pytest.mark.netns
+@pytest.mark.skipif(_netns_unusable() is not None, reason=_netns_unusable() or "")
+def test_transmission_downloads_from_roost_seeder(tmp_path: Path) -> None:
+    from roost.seeder import SeedConfig, SeederThread
+
+    lab = _lab(tmp_path)
+    try:
+        addr = lab.controller_address
+        host = lab.hosts[0]
+        tracker = run_tracker_in_thread(
+            TrackerConfig(bind=addr, port=0, interval=2, min_interval=1, allow_list_only=True)
+        )
+        seeder: SeederThread | None = None
+        try:
+            release = create_release(
+                _source(tmp_path / "src"), "v2", tmp_path / "out", announce=[tracker.announce_url]
+            )
+            tracker.allow(release.info_hash, "v2")
+            seeder = SeederThread(
+                SeedConfig(
+                    torrent=release.torrent,
+                    payload_dir=release.payload.parent,
+                    listen_interface=addr,
+                )
+            )
+            config, download, done = tmp_path / "tr-config", tmp_path / "tr-down", tmp_path / "done"
+            download.mkdir()
+            transmission_settings(config, port=51413)
+            finish = tmp_path / "finished.sh"
+            finish.write_text(f'#!/bin/sh\necho "$TR_TORRENT_NAME" > {done}\n')
+            finish.chmod(0o755)
+            want = sha256_file(release.payload)
+            got = download / release.payload.name
+            argv = [TRANSMISSION or "transmission-cli", "-g", str(config), "-w", str(download)]
+            argv += ["-f", str(finish), str(release.torrent)]
+            with procs_in(tmp_path / "logs") as procs:
+                procs.start("transmission-cli", argv, popen=host.popen)
+                wait_for(
+                    "transmission-cli to finish",
+                    lambda: done.exists() and got.is_file() and sha256_file(got) == want,
+                    timeout=45,
+                    procs=procs,
+                )
+            assert done.read_text().strip() == release.payload.name
+            assert seeder.seeder.snapshot().uploaded >= release.total_size
+            stats = swarm_stats(tracker.announce_url, release.info_hash)
+            assert stats is not None
+            addresses = {p["address"] for p in stats["peers"]}
+            assert host.address in addresses  # it announced from its namespace
+        finally:
+            if seeder is not None:
+                seeder.stop()
+            tracker.stop()
+    finally:
+        lab.down()
+
+
+# 3. roost peer <- aria2c seeder ---------------------------------------------------
+
+
+def _aria2c_seeder(procs: Procs, torrent: Path, payload_dir: Path) -> None:
+    """aria2c checking the payload in place (-V), then seeding until killed."""
+    procs.start("aria2c-seeder", aria2c_argv(torrent, payload_dir, free_port(), seed=True))
+
+
+@needs_aria2c
+def test_roost_peer_downloads_from_aria2c_seeder(
+    tmp_path: Path, tracker: TrackerHandle, clean_env: dict[str, str]
+) -> None:
+    tree = _source(tmp_path / "src")
+    release = create_release(tree, "v3", tmp_path / "out", announce=[tracker.announce_url])
+    tracker.allow(release.info_hash, "v3")
+    dest = tmp_path / "dest"
+    with procs_in(tmp_path / "logs") as procs:
+        _aria2c_seeder(procs, release.torrent, release.payload.parent)
+        wait_for(
+            "aria2c to check the payload and announce as a seeder",
+            lambda: (s := swarm_stats(tracker.announce_url, release.info_hash)) and s["seeders"],
+            timeout=20,
+            procs=procs,
+        )
+        argv = [sys.executable, "-m", "roost", "peer", str(release.torrent), "--dest", str(dest)]
+        argv += ["--linger", "0", "--events", "json", "--temp-path", str(tmp_path / "peer-tmp")]
+        peer = procs.start("roost-peer", argv, env=clean_env)
+        try:
+            rc = peer.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"roost peer did not finish\n{procs.describe()}") from None
+        out = procs.output("roost-peer")
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert rc == 0, out
+    kinds = [e["event"] for e in events]
+    assert "complete" in kinds and "installed" in kinds, out
+    assert events[-1]["event"] == "done" and events[-1]["ok"] is True, out
+    assert events[-1]["down"] >= release.total_size  # every byte came from aria2c
+    assert snapshot(dest / "v3") == snapshot(tree, skip_git=True)
+
+
+# 4. the roost tracker alone, a swarm of aria2c clients ----------------------------
+
+
+@needs_aria2c
+@needs_mktorrent
+def test_roost_tracker_serves_aria2c_swarm(tmp_path: Path) -> None:
+    tracker = run_tracker_in_thread(TrackerConfig(port=0, interval=2, min_interval=1))
+    try:
+        payload = random_file(tmp_path / "seed" / "artifact.bin", 4 * 1024 * 1024 + 777, seed=4)
+        torrent = tmp_path / "artifact.torrent"
+        mktorrent = [MKTORRENT or "mktorrent", "-a", tracker.announce_url, "-l", "18"]
+        subprocess.run(
+            [*mktorrent, "-o", str(torrent), str(payload)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        ih = info_hash(torrent.read_bytes())
+        want = sha256_file(payload)
+        leechers = 3
+        with procs_in(tmp_path / "logs") as procs:
+            _aria2c_seeder(procs, torrent, payload.parent)
+            wait_for(
+                "the aria2c seeder to announce",
+                lambda: (s := swarm_stats(tracker.announce_url, ih)) and s["seeders"],
+                timeout=20,
+                procs=procs,
+            )
+            clients = [
+                procs.start(
+                    f"aria2c-{i}",
+                    aria2c_argv(torrent, tmp_path / f"leech-{i}", free_port()),
+                )
+                for i in range(leechers)
+            ]
+            for client in clients:
+                try:
+                    rc = client.wait(timeout=45)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"aria2c leecher stuck\n{procs.describe()}") from None
+                assert rc == 0, procs.describe()
+            for i in range(leechers):
+                assert sha256_file(tmp_path / f"leech-{i}" / payload.name) == want
+            stats = wait_for(
+                "the tracker to count every completion",
+                lambda: (
+                    (s := swarm_stats(tracker.announce_url, ih))
+                    and s["completed"] >= leechers
+                    and s
+                ),
+                timeout=10,
+                procs=procs,
+            )
+        assert stats["completed"] == leechers
+    finally:
+        tracker.stop()
