@@ -323,7 +323,7 @@ def test_real_tracker_stats_and_metrics_over_http(tracker: TrackerHandle, tmp_pa
     time.sleep(0.2)
     http_announce(base, b"w0", 1000, down=3000, host="web-0", dc="dc1", rack="r2")
     http_announce(base, b"w1", 0, down=4000, host="web-1", event="completed")
-    http_announce(base, b"w2", 0, down=0, host="web-2", event="stopped")
+    http_announce(base, b"w2", 4000, down=0, host="web-2", event="stopped")
     doc = json.loads(get(f"{base}/stats.json")[0])
     assert doc["tracker"]["interval"] == 1 and doc["tracker"]["announces"] >= 7
     sim = next(s for s in doc["swarms"] if s["tag"] == "sim")

@@ -231,7 +231,12 @@
     }
   }
 
+  // A big swarm costs the tracker time to render: poll no more often than
+  // every ten round trips, so one open page never takes more than ~10% of it.
+  let delay = REFRESH_MS;
+
   async function poll() {
+    const started = performance.now();
     try {
       const response = await fetch(STATS_URL, { cache: "no-store" });
       if (!response.ok) throw new Error("HTTP " + response.status);
@@ -242,7 +247,8 @@
       conn.dataset.state = "error";
       conn.textContent = "tracker unreachable (" + (err && err.message ? err.message : err) + "), retrying";
     } finally {
-      setTimeout(poll, REFRESH_MS);
+      delay = Math.min(30000, Math.max(REFRESH_MS, 10 * (performance.now() - started)));
+      setTimeout(poll, delay);
     }
   }
   poll();
