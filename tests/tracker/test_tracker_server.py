@@ -188,14 +188,23 @@ def test_keep_alive_pipelining_and_awkward_splits(tracker: TrackerHandle) -> Non
     assert b"Connection: close" in responses[2][0]
 
 
-def test_unknown_paths_and_missing_stats(tracker: TrackerHandle) -> None:
+def test_unknown_paths_and_status_routes(tracker: TrackerHandle) -> None:
     base = tracker.announce_url.rsplit("/", 1)[0]
     status, body = get(f"{base}/nope")
     assert status == 404
     assert b"failure reason" in body
-    for path in ("/stats.json", "/metrics", "/"):
-        status, _ = get(base + path)
-        assert status in (200, 404)  # 404 until stats.py / web.py exist
+    announce(tracker, 0)
+    expected = {"/stats.json": "application/json", "/metrics": "text/plain", "/": "text/html"}
+    for path, ctype in expected.items():
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith(ctype)
+            assert resp.headers["Cache-Control"] == "no-store"
+            body = resp.read()
+        if path == "/stats.json":
+            (swarm,) = json.loads(body)["swarms"]
+            assert swarm["info_hash"] == IH.hex()
+            assert swarm["peers"][0]["port"] == 6000
 
 
 def test_stats_allow_networks() -> None:

@@ -54,6 +54,8 @@ _BENCODE = "text/plain"
 _JSON = "application/json"
 _METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
+_STATUS_ROUTES = frozenset({"stats", "metrics", "page", "static"})
+_STATUS_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
 
 
 @dataclass(frozen=True)
@@ -335,7 +337,12 @@ class TrackerServer:
         if status >= 400 and route in ("announce", "scrape"):
             keep = False
         response = proto.http_response(
-            status, body, content_type=ctype, keep_alive=keep, head_only=req.method == "HEAD"
+            status,
+            body,
+            content_type=ctype,
+            keep_alive=keep,
+            head_only=req.method == "HEAD",
+            extra_headers=_STATUS_HEADERS if route in _STATUS_ROUTES else (),
         )
         counters.request(route, time.perf_counter() - t0)
         return response, keep
