@@ -315,39 +315,47 @@ def _occupied(target: Path) -> bool:
 
 
 def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool) -> None:
+    if as_file:
+        src = os.open(payload, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _write_file(src, plan.members[0], str(root), None)
+        finally:
+            os.close(src)
+        return
+    # Everything relative to the staging directory's fd: no path walks from /.
     src = os.open(payload, os.O_RDONLY | os.O_CLOEXEC)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for member in plan.members:
-            path = root if as_file else root / member.name
+            name = member.name
             if member.kind == "dir":
-                os.mkdir(path, 0o700)
+                os.mkdir(name, 0o700, dir_fd=top)
             elif member.kind == "file":
-                _write_file(src, member, path)
+                _write_file(src, member, name, top)
             elif member.kind == "symlink":
-                os.symlink(member.link, path)
+                os.symlink(member.link, name, dir_fd=top)
                 if member.mtime is not None:
-                    os.utime(path, (member.mtime, member.mtime), follow_symlinks=False)
+                    times = (member.mtime, member.mtime)
+                    os.utime(name, times, dir_fd=top, follow_symlinks=False)
             else:
-                os.link(root / member.link, path, follow_symlinks=False)
+                os.link(member.link, name, src_dir_fd=top, dst_dir_fd=top, follow_symlinks=False)
+        for member in reversed(plan.members):
+            if member.kind == "dir":
+                os.chmod(member.name, member.mode, dir_fd=top)
+                if member.mtime is not None:
+                    os.utime(member.name, (member.mtime, member.mtime), dir_fd=top)
+        os.fchmod(top, plan.manifest.root_mode)
     finally:
+        os.close(top)
         os.close(src)
-    if as_file:
-        return
-    for member in reversed(plan.members):
-        if member.kind == "dir":
-            os.chmod(root / member.name, member.mode)
-            if member.mtime is not None:
-                os.utime(root / member.name, (member.mtime, member.mtime))
-    os.chmod(root, plan.manifest.root_mode)
 
 
-def _write_file(src: int, member: _Member, path: Path) -> None:
+def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, 0o600)
+    fd = os.open(name, flags, 0o600, dir_fd=top)
     try:
+        # A fresh O_EXCL file receiving exactly ``size`` bytes: its size is right.
         digest = copy_and_hash(src, member.offset, member.size, fd)
-        if os.fstat(fd).st_size != member.size:
-            raise VerifyError(f"{member.name}: size differs from the manifest")
         if member.sha256 is not None and digest != member.sha256:
             raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
         os.fchmod(fd, member.mode)
