@@ -193,9 +193,13 @@ def _walk(root: Path, directory: Path | None = None, prefix: str = "") -> Iterat
         except UnicodeEncodeError:
             raise ReleaseError(f"{directory}: a file name is not valid UTF-8") from None
         path = directory / name
-        st = os.lstat(path)
-        if stat.S_ISLNK(st.st_mode):
-            yield _Item(rel, path, st, "symlink", os.readlink(path))
+        try:
+            st = os.lstat(path)
+            target = os.readlink(path) if stat.S_ISLNK(st.st_mode) else None
+        except OSError as exc:
+            raise ReleaseError(f"cannot read {path}: {exc.strerror}") from exc
+        if target is not None:
+            yield _Item(rel, path, st, "symlink", target)
         elif stat.S_ISDIR(st.st_mode):
             yield _Item(rel, path, st, "dir")
             yield from _walk(root, path, rel + "/")
@@ -339,9 +343,13 @@ def create_release(
     try:
         if is_file:
             payload = source
-            total = payload.stat().st_size
+            before = payload.stat()
+            total = before.st_size
             size = piece_size or choose_piece_size(total)
             pieces, manifest_sha = hash_pieces(payload, size, with_sha256=True)
+            after = payload.stat()
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                raise ReleaseError(f"{payload} changed while it was being hashed")
             kind = "file"
         else:
             tmp_tar = _temp_in(out_dir, f".{tag}.tar.", temps)
