@@ -331,6 +331,17 @@ def test_link_escapes_follows_chains() -> None:
     assert link_escapes("a", "/abs", {})
 
 
+def test_link_escapes_is_linear_on_nested_links() -> None:
+    # each link names the previous one ten times: naive resolution is 10**40 steps
+    links = {"a0": "."}
+    for level in range(1, 41):
+        links[f"a{level}"] = "/".join([f"a{level - 1}"] * 10)
+    cache: dict[str, object] = {}
+    assert not any(link_escapes(k, v, links, cache) for k, v in links.items())
+    links["up"] = "a40/.."
+    assert link_escapes("up", "a40/..", links, cache)
+
+
 # ------------------------------------------------------- read_torrent
 
 

@@ -142,6 +142,7 @@ def _plan_tar(payload: Path, meta: TorrentMeta) -> Plan:
 
 def _check_members(infos: list[tarfile.TarInfo], length: int) -> list[_Member]:
     symlinks = {i.name: i.linkname for i in infos if i.issym()}
+    resolved: dict[str, object] = {}
     seen: dict[str, str] = {}
     members = []
     for info in infos:
@@ -169,7 +170,7 @@ def _check_members(infos: list[tarfile.TarInfo], length: int) -> list[_Member]:
                 raise UnsafeArchiveError(name, "is a symlink with an empty target")
             if target.startswith("/"):
                 raise UnsafeArchiveError(name, f"is a symlink to the absolute path {target!r}")
-            if link_escapes(name, target, symlinks):
+            if link_escapes(name, target, symlinks, resolved):
                 raise UnsafeArchiveError(name, f"is a symlink to {target!r}, outside the release")
             member = _Member(name, "symlink", mode=mode, mtime=info.mtime, link=target)
         elif info.islnk():

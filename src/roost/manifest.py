@@ -59,20 +59,28 @@ def unsafe_name_reason(name: str) -> str | None:
     return None
 
 
-def link_escapes(link: str, target: str, symlinks: Mapping[str, str]) -> bool:
+def link_escapes(
+    link: str, target: str, symlinks: Mapping[str, str], cache: dict[str, Any] | None = None
+) -> bool:
     """True if the symlink ``link`` -> ``target`` resolves outside the root.
 
     Resolution is done in the virtual tree given by ``symlinks`` (path ->
     target of every symlink in the release), following chains component by
     component as the kernel would, so ``a -> b/..`` where ``b`` is itself a
-    link is judged by where ``b`` really leads. Absolute targets escape.
+    link is judged by where ``b`` really leads. Absolute targets, loops and
+    chains deeper than 40 count as escaping. Pass the same ``cache`` for all
+    the links of one tree: each link is then resolved once (no blow-up on
+    links built to nest each other).
     """
     parent = link.split("/")[:-1]
-    return _resolve(parent, target, symlinks, 0) is None
+    return _resolve(parent, target, symlinks, {} if cache is None else cache, 0) is None
+
+
+_PENDING = object()
 
 
 def _resolve(
-    stack: list[str], target: str, symlinks: Mapping[str, str], depth: int
+    stack: list[str], target: str, symlinks: Mapping[str, str], cache: dict[str, Any], depth: int
 ) -> list[str] | None:
     if depth > 40 or target.startswith("/"):
         return None
@@ -88,10 +96,13 @@ def _resolve(
         stack.append(part)
         here = "/".join(stack)
         if here in symlinks:
-            resolved = _resolve(stack[:-1], symlinks[here], symlinks, depth + 1)
-            if resolved is None:
+            if here not in cache:
+                cache[here] = _PENDING
+                cache[here] = _resolve(stack[:-1], symlinks[here], symlinks, cache, depth + 1)
+            resolved = cache[here]
+            if resolved is None or resolved is _PENDING:  # escapes, or a loop
                 return None
-            stack = resolved
+            stack = list(resolved)
     return stack
 
 

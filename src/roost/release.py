@@ -227,8 +227,9 @@ def _tar_header(item: _Item) -> bytes:
 def _pack(source: Path, tag: str, out_fd: int) -> Manifest:
     items = list(_walk(source))
     links = {it.rel: it.target or "" for it in items if it.kind == "symlink"}
+    resolved: dict[str, object] = {}
     for rel, target in links.items():
-        if link_escapes(rel, target, links):
+        if link_escapes(rel, target, links, resolved):
             raise ReleaseError(
                 f"{source / rel}: symlink to {target!r} leaves the release; roost refuses it"
             )
