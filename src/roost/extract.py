@@ -154,13 +154,13 @@ def _check_members(infos: list[tarfile.TarInfo], length: int) -> list[_Member]:
             raise UnsafeArchiveError(name, "repeats the manifest's name")
         if name in seen:
             raise UnsafeArchiveError(name, "appears twice")
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
+        # The parent must be an earlier directory member; by induction so are
+        # all ancestors, so nothing is ever written through a symlink.
+        parent = name.rpartition("/")[0]
+        if parent and seen.get(parent) != "dir":
             if parent in symlinks:
                 raise UnsafeArchiveError(name, f"lies below the symlink {parent!r}")
-            if seen.get(parent) != "dir":
-                raise UnsafeArchiveError(name, f"does not follow a directory member {parent!r}")
+            raise UnsafeArchiveError(name, f"does not follow a directory member {parent!r}")
         mode = stat.S_IMODE(info.mode)
         if info.ischr() or info.isblk() or info.isfifo():
             raise UnsafeArchiveError(name, "is a device or fifo")
