@@ -68,7 +68,11 @@ def test_seed_then_download_between_two_sessions(payload: Path, tmp_path: Path) 
         assert not leecher.status(lid).is_seeding
         leecher.connect_peer(lid, "127.0.0.1", seeder.port)
         events = wait_seeding(leecher, lid)
+        deadline = time.monotonic() + 5
+        while Finished(lid) not in events and time.monotonic() < deadline:
+            events += leecher.events(0.1)
         assert Finished(lid) in events
+        leecher.flush(lid)  # every piece is in the file before anyone reads it
         assert leecher.status(lid).downloaded >= payload.stat().st_size
         resume = leecher.save_resume(lid)
         assert resume is not None and resume.stat().st_size > 0

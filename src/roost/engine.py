@@ -390,21 +390,45 @@ class Engine:
         resume_dir = self._resume_dirs.get(tid)
         if resume_dir is None:
             return None
-        handle = self._handle(tid)
-        handle.save_resume_data(lt.torrent_handle.save_info_dict)
+        self._handle(tid).save_resume_data(lt.torrent_handle.save_info_dict)
+        alert = self._wait_alert(
+            tid, (lt.save_resume_data_alert, lt.save_resume_data_failed_alert), timeout
+        )
+        if alert is None:
+            raise EngineError("timed out saving resume data", info_hash=tid)
+        if isinstance(alert, lt.save_resume_data_failed_alert):
+            raise EngineError(f"cannot save resume data: {alert.message()}", info_hash=tid)
+        data = lt.write_resume_data_buf(alert.params)  # type: ignore[attr-defined]
+        return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+
+    def flush(self, tid: TorrentId, timeout: float = 60.0) -> None:
+        """Wait until every piece received is written to the file.
+
+        libtorrent reports a torrent finished once all pieces passed their
+        hash check, which can be before the last writes reach the file;
+        whoever reads the file next (extraction) must call this first.
+        Raises ``EngineError`` on timeout.
+        """
+        self._handle(tid).flush_cache()
+        if self._wait_alert(tid, (lt.cache_flushed_alert,), timeout) is None:
+            raise EngineError("timed out writing the download to disk", info_hash=tid)
+
+    def _wait_alert(self, tid: TorrentId, kinds: tuple[type, ...], timeout: float) -> object | None:
+        """The first alert of ``kinds`` for ``tid``; others are kept for events()."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._session.wait_for_alert(100)
-            for alert in self._session.pop_alerts():
-                if isinstance(alert, lt.save_resume_data_alert) and _alert_tid(alert) == tid:
-                    data = lt.write_resume_data_buf(alert.params)
-                    return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
-                if isinstance(alert, lt.save_resume_data_failed_alert) and _alert_tid(alert) == tid:
-                    raise EngineError(f"cannot save resume data: {alert.message()}", info_hash=tid)
+            for i, alert in enumerate(alerts := self._session.pop_alerts()):
+                if isinstance(alert, kinds) and _alert_tid(alert) == tid:
+                    for rest in alerts[i + 1 :]:
+                        event = self._translate(rest)
+                        if event is not None:
+                            self._pending.append(event)
+                    return alert
                 event = self._translate(alert)
                 if event is not None:
                     self._pending.append(event)
-        raise EngineError("timed out saving resume data", info_hash=tid)
+        return None
 
     def close(self) -> None:
         """Stop every torrent (announcing ``stopped``) and end the session."""

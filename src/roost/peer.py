@@ -144,6 +144,8 @@ class _Download:
                 raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
             now = time.monotonic()
             if status.is_finished and status.state in ("seeding", "finished"):
+                # Finished means hashed; the file may still lack the last writes.
+                self.engine.flush(self.tid)
                 self._emit_progress(emit)
                 self._save_resume_quietly()
                 return
