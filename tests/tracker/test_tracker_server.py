@@ -318,3 +318,16 @@ def test_config_validation() -> None:
     assert TrackerConfig(interval=4).peer_timeout == 12
     assert TrackerConfig().bind == "127.0.0.1"
     assert TrackerConfig().port == 8998
+
+
+def test_state_saved_periodically(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    cfg = TrackerConfig(port=0, interval=1, min_interval=0, state_file=state, save_every=0.1)
+    with run_tracker_in_thread(cfg) as t:
+        announce(t, 0)
+        deadline = time.monotonic() + 5
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        saved = json.loads(state.read_text())
+        assert saved["swarms"][0]["peers"][0]["port"] == 6000
+        assert not list(tmp_path.glob(".state.json.*"))  # no temporary files left

@@ -178,12 +178,22 @@ class _Conn(asyncio.Protocol):
             )
             transport.close()
             return
-        for req in requests:
-            response, keep = self.server.handle(req, self.ip)
+        if len(requests) == 1:
+            response, keep = self.server.handle(requests[0], self.ip)
             transport.write(response)
             if not keep:
                 transport.close()
+            return
+        # Pipelined: one write (one syscall) for the whole batch.
+        out = []
+        for req in requests:
+            response, keep = self.server.handle(req, self.ip)
+            out.append(response)
+            if not keep:
+                transport.write(b"".join(out))
+                transport.close()
                 return
+        transport.write(b"".join(out))
 
 
 class TrackerServer:
