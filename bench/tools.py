@@ -313,9 +313,18 @@ class Roost(Tool):
     name = "roost"
     port = 8998
 
-    def __init__(self, *, tracker_args: tuple[str, ...] = (), peer_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        *,
+        tracker_args: tuple[str, ...] = (),
+        peer_args: tuple[str, ...] = (),
+        seed_args: tuple[str, ...] = (),
+        create_args: tuple[str, ...] = (),
+    ):
         self.tracker_args = tracker_args
         self.peer_args = peer_args
+        self.seed_args = seed_args
+        self.create_args = create_args
 
     def start_origin(self, ctx: Ctx) -> None:
         announce = f"http://{ctx.origin.address}:{self.port}/announce"
@@ -329,8 +338,10 @@ class Roost(Tool):
                 "bench",
                 "--out",
                 str(out),
-                "--announce",
+                "--file",
+                "--tracker",
                 announce,
+                *self.create_args,
             ],
             capture_output=True,
             text=True,
@@ -361,6 +372,7 @@ class Roost(Tool):
                 str(ctx.artifact),
                 "--announce-ip",
                 ctx.origin.address,
+                *self.seed_args,
             ],
             "seeder.log",
         )
@@ -401,7 +413,12 @@ class Roost(Tool):
                     os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
 
     def settings(self, ctx: Ctx) -> dict[str, Any]:
-        return {"tracker": list(self.tracker_args), "peer": list(self.peer_args)}
+        return {
+            "create": list(self.create_args),
+            "tracker": list(self.tracker_args),
+            "seed": list(self.seed_args),
+            "peer": list(self.peer_args),
+        }
 
 
 def _same_fs(a: Path, b: Path) -> bool:
@@ -496,8 +513,15 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
     completed = [t for t in times if t is not None]
     ok = len(completed) == n
     last = max(completed) if ok else None
-    for host in ctx.peers:  # free the hosts' tmpfs for the next tool
-        shutil.rmtree(host.path(f"/tmp/{tool.name}"), ignore_errors=True)
+    for host in ctx.peers:  # keep the hosts' logs, free their tmpfs for the next tool
+        tmp = host.path(f"/tmp/{tool.name}")
+        logs = [p for p in tmp.glob("*") if p.suffix in (".log", ".jsonl") and p.is_file()]
+        if logs:
+            keep = ctx.work / "hosts" / host.name
+            keep.mkdir(parents=True, exist_ok=True)
+            for p in logs:
+                shutil.copyfile(p, keep / p.name)
+        shutil.rmtree(tmp, ignore_errors=True)
     ncpu = os.cpu_count() or 1
     machine = (cpu1 - cpu0) / max(wall, 1e-9) / ncpu
     cpu = cg1 - cg0 if cg1 is not None and cg0 is not None else cpu1 - cpu0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,3 +196,46 @@ def test_cli_up_run_down(tmp_path: Path) -> None:
         down = cli("down", "--name", "rltest5")
     assert down.returncode == 0 and "rltest5-sw" in down.stdout
     assert _leftovers("rltest5") == []
+
+
+@netns
+def test_bench_quick_smoke(tmp_path: Path) -> None:
+    """The bench suite's CI smoke: roost and nginx to 4 emulated hosts, 4 MiB."""
+    out = tmp_path / "results"
+    # the hosts have private /tmp and /opt: the scratch dir must be elsewhere
+    scratch = Path(tempfile.mkdtemp(prefix="roost-smoke-", dir="/var/tmp"))
+    scratch.chmod(0o755)  # nginx's workers run as nobody
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--quick",
+            "--tools",
+            "roost,nginx",
+            "--out",
+            str(out),
+            "--scratch",
+            str(scratch),
+            "--subnet",
+            "198.19.12.0/24",
+            "--name",
+            "rlsmoke",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    shutil.rmtree(scratch)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((out / "results.json").read_text())
+    rows = {r["tool"]: r for r in data["fleet"]}
+    assert set(rows) == {"roost", "nginx"}
+    for r in rows.values():
+        assert r["ok"] and r["completed"] == 4, (r, proc.stdout)
+        assert r["last_s"] >= r["median_s"] > 0
+        assert r["origin_up_bytes"] > 0
+    # nginx sends the whole artifact to each of the 4 hosts
+    assert rows["nginx"]["origin_copies"] >= 3.9
+    assert "| roost | 4 | 4 MiB |" in (out / "results.md").read_text()
+    assert (out / "completion.png").stat().st_size > 1000
+    assert _leftovers("rlsmoke") == []
