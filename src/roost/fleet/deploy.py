@@ -127,6 +127,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
     now = time.monotonic()
     progress = FleetProgress([h.name for h in peers], release.total_size, now)
     steps: dict[str, str] = {}
+    already: set[str] = set()
     aborted: str | None = None
     seed_proc: subprocess.Popen[bytes] | None = None
     fleet = Fleet(inv.remote_hosts, plan.ssh)
@@ -146,10 +147,11 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             if on_update:
                 on_update(progress, time.monotonic(), False)
 
-    def fail_all(reason: str) -> None:
+    def fail_all(reason: str, step: str) -> None:
         t = time.monotonic()
         for name in progress.hosts:
             progress.fail(name, reason, t)
+            steps.setdefault(name, step)
 
     try:
         ticker = asyncio.ensure_future(tick())
@@ -158,30 +160,32 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         sync_failures()
         tr = await tasks.start_tracker(fleet, inv, cfg, allow=[release.info_hash], token=token)
         if not tr[inv.tracker.name].ok:
-            fail_all(f"tracker {inv.tracker.name}: {tr[inv.tracker.name].reason}")
+            fail_all(f"tracker {tr[inv.tracker.name].reason}", "start-tracker")
             raise _Stop
         if plan.seed_from == "seeder":
             sr = await tasks.start_seeding(
                 fleet, inv, cfg, tag=plan.tag, upload=[release.torrent, release.payload]
             )
             if not sr[inv.seeder.name].ok:
-                fail_all(f"seeder {inv.seeder.name}: {sr[inv.seeder.name].reason}")
+                fail_all(f"seeder {sr[inv.seeder.name].reason}", "start-seeding")
                 raise _Stop
         else:
             # the address the hosts see the controller at: the SSH connection's own end
             seen = await fleet.each("controller-address", _local_address, hosts=[inv.tracker])
             addr = seen[inv.tracker.name].value if seen[inv.tracker.name].ok else None
             if not addr:
-                fail_all("cannot learn the controller's address as hosts see it")
+                fail_all("cannot learn the controller's address as hosts see it", "seed")
                 raise _Stop
             seed_proc = _controller_seed(release.torrent, release.payload, addr, work / "seed.log")
             await asyncio.sleep(0.5)
             if seed_proc.poll() is not None:
                 tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
-                fail_all(f"seeding on the controller failed: {tail}")
+                fail_all(f"seeding on the controller failed: {tail}", "seed")
                 raise _Stop
 
         def on_event(host: str, event: dict[str, Any]) -> None:
+            if event.get("event") == "installed" and event.get("already"):
+                already.add(host)
             progress.apply(host, event, time.monotonic())
 
         opts = plan.peer
@@ -198,7 +202,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         pass
     except FleetAborted as exc:
         aborted = str(exc)
-        fail_all(f"not run: {exc}")
+        fail_all(f"not run: {exc}", "aborted")
     finally:
         if ticker is not None:
             ticker.cancel()
@@ -230,6 +234,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
     addresses = {h.name: h.address for h in inv.remote_hosts}
     for h in summary["hosts"]:
         h["address"] = addresses.get(h["name"])
+        h["already_installed"] = h["name"] in already
         if not h["ok"]:
             h["step"] = steps.get(h["name"], "peer")
     summary.update(
@@ -247,6 +252,24 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
 
         shutil.rmtree(work, ignore_errors=True)
     return summary
+
+
+def _stage_manifest(release: Any, work: Path, tag: str) -> Path | None:
+    """The release's manifest (last tar member) as ``work/TAG.manifest.json``."""
+    import tarfile
+
+    from roost.manifest import MANIFEST_NAME
+
+    if release.kind != "tar":
+        return None
+    with tarfile.open(release.payload, "r:") as archive:
+        last = archive.getmembers()[-1]
+        handle = archive.extractfile(last) if last.name == MANIFEST_NAME else None
+        if handle is None:
+            return None
+        path = work / f"{tag}.manifest.json"
+        path.write_bytes(handle.read())
+    return path
 
 
 class _Stop(Exception):

@@ -10,6 +10,7 @@ not running is not an error. Output is one JSON object on stdout.
     exec  TEMP NAME -- ARGV...                     in the foreground (pid file, exec)
     stop  TEMP GLOB...                             e.g. 'seed-*' 'peer-*'
     clean TEMP                                     remove temp files of stopped work
+    check TORRENT MANIFEST TARGET                  does TARGET already hold the release?
 """
 
 from __future__ import annotations
@@ -128,6 +129,30 @@ def clean(temp: Path) -> dict:
     return {"ok": True, "removed": removed, "kept": kept}
 
 
+def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
+    """Whether ``target`` already holds exactly the release (tar kind), judged
+    by the release's manifest shipped beside the torrent: no download needed."""
+    import hashlib
+
+    from roost.errors import RoostError
+    from roost.extract import Plan, _mismatch
+    from roost.manifest import parse_manifest
+    from roost.release import read_torrent
+
+    try:
+        meta = read_torrent(torrent.read_bytes())
+        data = manifest_path.read_bytes()
+        if meta.kind != "tar" or hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
+            return {"ok": True, "installed": False, "why": "no usable manifest"}
+        manifest = parse_manifest(data)
+    except (OSError, RoostError) as exc:
+        return {"ok": True, "installed": False, "why": str(exc)}
+    if not target.is_dir():
+        return {"ok": True, "installed": False, "why": f"{target} missing"}
+    problem = _mismatch(target, Plan(manifest, ()), as_file=False)
+    return {"ok": True, "installed": problem is None, "why": problem, "path": str(target)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m roost.fleet.remote")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -146,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("patterns", nargs="+")
     p = sub.add_parser("clean")
     p.add_argument("temp", type=Path)
+    p = sub.add_parser("check")
+    p.add_argument("torrent", type=Path)
+    p.add_argument("manifest", type=Path)
+    p.add_argument("target", type=Path)
     args = parser.parse_args(argv)
     command: list[str] = list(getattr(args, "argv", None) or [])
     if command[:1] == ["--"]:
@@ -157,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "exec":
         exec_(args.temp, args.name, command)
         return 0  # pragma: no cover - exec does not return
+    elif args.cmd == "check":
+        result = check(args.torrent, args.manifest, args.target)
     elif args.cmd == "stop":
         result = stop(args.temp, args.patterns)
     else:

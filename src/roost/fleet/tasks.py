@@ -70,11 +70,11 @@ class Remote:
         extra = ["--ready-url", ready_url] if ready_url else []
         return self.helper(
             "start",
-            self.temp,
-            name,
             *extra,
             "--wait",
             f"{wait:g}",
+            self.temp,
+            name,
             "--",
             self.cfg.remote_roost,
             *argv,

@@ -1,0 +1,153 @@
+"""``roost deploy -i`` and the fleet verbs against real sshd hosts.
+
+Four healthy hosts (own /opt and /tmp each), one refusing the test key and
+one address where nobody listens: the deploy bootstraps roost over SSH,
+succeeds on the four, names the two others with their reasons, and a re-run
+completes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet.sshd_harness import SshdFleet
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _build(root: Path) -> Path:
+    src = root / "build"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "app").write_bytes(b"#!/bin/sh\necho app\n")
+    (src / "bin" / "app").chmod(0o755)
+    (src / "data.bin").write_bytes(bytes(range(256)) * 4096 * 3)  # 3 MiB
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref: x\n")
+    return src
+
+
+def _inventory(root: Path, f: SshdFleet) -> Path:
+    """ansible-lssd's layout: production + group_vars/all."""
+    hosts = "\n".join(f.inventory_line(h) for h in f.hosts)
+    assert f.refusing is not None
+    text = (
+        "# ansible host\n[ansible_host]\nlocalhost ansible_connection=local\n\n"
+        f"[tracker]\n{f.inventory_line(f.hosts[0])} node_type=tracker\n\n"
+        f"[seeder]\n{f.inventory_line(f.hosts[0])} node_type=seeder\n\n"
+        f"[peer]\n{hosts}\n{f.inventory_line(f.refusing)}\n"
+        f"down ansible_host={f.down_address} ansible_port={f.down_port}\n"
+    )
+    (root / "group_vars").mkdir()
+    (root / "group_vars" / "all").write_text(
+        "# deploy tag\ntag: Deploy1\n\nseeder_files_path:  ~/builds\n"
+        "destination_path:   /opt/hoge\n"
+    )
+    path = root / "production"
+    path.write_text(text)
+    return path
+
+
+def _roost(f: SshdFleet, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "roost", *args],
+        env=f.env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _by_host(summary: dict) -> dict[str, dict]:
+    return {h["name"]: h for h in summary["hosts"]}
+
+
+def test_deploy_over_ssh_partial_failure_then_rerun(
+    sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+) -> None:
+    f = sshd_fleet
+    src = _build(tmp_path)
+    inv = _inventory(tmp_path, f)
+    common = ["-i", str(inv), "--wheel-cache", str(wheel_cache), "--connect-timeout", "4"]
+    run = _roost(f, "deploy", str(src), *common, "--linger", "1", "--json")
+    assert run.returncode == 1, run.stderr
+    summary = json.loads(run.stdout)
+    hosts = _by_host(summary)
+    assert [n for n, h in hosts.items() if h["ok"]] == ["h1", "h2", "h3", "h4"], run.stdout
+    assert "authentication refused" in hosts["refuse"]["error"]
+    assert "cannot reach" in hosts["down"]["error"] or "timed out" in hosts["down"]["error"]
+    for h in f.hosts:
+        installed = h.path("/opt/hoge/Deploy1")
+        assert (installed / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
+        assert (installed / "bin" / "app").stat().st_mode & 0o777 == 0o755
+        assert not (installed / ".git").exists()
+        # roost went into the host's own /opt by bootstrap
+        assert h.path("/opt/roost/venv/bin/roost").exists()
+    # hosts do not share a destination: each has its own /opt
+    assert len({h.path("/opt").stat().st_dev for h in f.hosts}) == len(f.hosts)
+
+    # one host lost its copy: a re-run completes it and leaves the others alone
+    shutil.rmtree(f.hosts[2].path("/opt/hoge/Deploy1"))
+    shutil.rmtree(f.hosts[2].path("/tmp/roost"))
+    run = _roost(f, "deploy", str(src), *common, "--linger", "1", "--json")
+    summary = json.loads(run.stdout)
+    hosts = _by_host(summary)
+    assert all(hosts[h.name]["ok"] for h in f.hosts), run.stdout
+    assert hosts["h3"]["bytes_down"] > 0
+    assert not hosts["h3"]["already_installed"]
+    for name in ("h1", "h2", "h4"):
+        assert hosts[name]["already_installed"], hosts[name]
+        assert hosts[name]["bytes_down"] == 0, hosts[name]
+    assert (f.hosts[2].path("/opt/hoge/Deploy1") / "data.bin").exists()
+    # the tracker was stopped at the end
+    out = _roost(f, "fleet", "stop-tracker", "-i", str(inv), "--json")
+    assert json.loads(out.stdout)["hosts"][0]["result"]["stopped"] == []
+
+
+def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path) -> None:
+    """Murder's manual flow: tracker, create on the seeder, seed, peer, stop."""
+    f = sshd_fleet
+    hosts = f.hosts[:3]
+    inv = tmp_path / "hosts.txt"
+    inv.write_text("".join(f"root@{h.address}:{h.port}\n" for h in hosts))
+    base = ["-i", str(inv), "--json"]
+    out = tmp_path / "torrents"
+    assert _roost(f, "bootstrap", *base, "--wheel-cache", str(wheel_cache)).returncode == 0
+    # the files to ship live on the seeder (the first host)
+    seeder_build = hosts[0].path("/tmp/builds")
+    (seeder_build / "sub").mkdir(parents=True)
+    (seeder_build / "sub" / "f.txt").write_text("hello fleet\n")
+    steps = [
+        ("stop-tracker",),  # not running: not an error
+        ("start-tracker",),
+        ("start-tracker",),  # already running: fine
+        ("create", "--tag", "m1", "--files-path", "/tmp/builds", "--out", str(out)),
+        ("start-seeding", "--tag", "m1"),
+        ("peer", "--tag", "m1", "--dest", "/opt/app", "--out", str(out), "--linger", "1"),
+        ("stop-seeding", "--tag", "m1"),
+        ("stop-all-seeding",),
+        ("stop-all-peering",),
+        ("stop-tracker",),
+        ("clean",),
+    ]
+    results = {}
+    for step in steps:
+        r = _roost(f, "fleet", *step, *base)
+        assert r.returncode == 0, (step, r.stdout, r.stderr)
+        results.setdefault(step[0], []).append(json.loads(r.stdout))
+    assert (out / "m1.torrent").is_file()
+    for h in hosts:
+        assert (h.path("/opt/app/m1") / "sub" / "f.txt").read_text() == "hello fleet\n"
+    first_stop = results["stop-tracker"][0]["hosts"][0]["result"]
+    assert first_stop["stopped"] == []
+    assert results["start-tracker"][1]["hosts"][0]["result"]["state"] == "already running"
+    assert results["stop-seeding"][0]["hosts"][0]["result"]["stopped"] == ["seed-m1"]
+    assert results["stop-tracker"][1]["hosts"][0]["result"]["stopped"] == ["tracker"]
+    assert not hosts[0].path("/tmp/roost/pids").exists() or not list(
+        hosts[0].path("/tmp/roost/pids").iterdir()
+    )
