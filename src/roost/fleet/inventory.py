@@ -248,7 +248,9 @@ _SECTION = re.compile(r"^\[([^\]\s]+)\]\s*$")
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _RANGE = re.compile(r"\[([0-9a-z]+):([0-9a-z]+)(?::([0-9]+))?\]")
 _HOSTPART = re.compile(
-    r"^(?:(?P<user>[^@\s]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\s]+))"
+    r"^(?:(?P<user>[^@\s]+)@)?"
+    r"(?:\[(?P<v6>[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)\]"
+    r"|(?P<host>(?:[^:\s\[\]]|\[[0-9a-z]+:[0-9a-z]+(?::[0-9]+)?\])+))"
     r"(?::(?P<port>[0-9]+))?$"
 )
 
@@ -313,7 +315,7 @@ def parse_ini(text: str, path: str = "<inventory>") -> _Builder:
             elif kind == "children":
                 b.children.setdefault(section, [])
             continue
-        if line.startswith("["):
+        if line.startswith("[") and not _HOSTPART.match(line.split()[0]):
             raise ConfigError(f"malformed section header {line!r}", path=path, line=lineno)
         tokens = _split_vars(line, path, lineno)
         if not tokens:
