@@ -74,6 +74,16 @@ def test_events_counts_and_completion() -> None:
     assert sorted(p.port for p in got) == [6000, 6002]
 
 
+def test_stopped_after_finishing_counts_as_completed() -> None:
+    # aria2c --seed-time=0 goes from left>0 straight to a "stopped" with left=0
+    r = reg()
+    r.announce(ann(1, left=40), "127.0.0.1", 1000)
+    r.announce(ann(1, left=0, event="stopped"), "127.0.0.1", 1001)
+    r.announce(ann(2, left=40), "127.0.0.1", 1002)
+    r.announce(ann(2, left=40, event="stopped"), "127.0.0.1", 1003)  # gave up: not counted
+    assert r.swarms[IH].completed == 1
+
+
 def test_numwant_default_max_and_never_self() -> None:
     r = reg(numwant_default=3, numwant_max=5)
     for n in range(10):
