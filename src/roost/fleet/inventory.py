@@ -214,7 +214,9 @@ class _Builder:
 def _make_host(
     name: str, hvars: Mapping[str, Any], groups: frozenset[str], path: str, line: int | None
 ) -> Host:
-    address = str(hvars.get("ansible_host") or hvars.get("ansible_ssh_host") or name)
+    address = str(
+        hvars.get("ansible_host") or hvars.get("ansible_ssh_host") or hvars.get("__addr") or name
+    )
     user_v = hvars.get("ansible_user") or hvars.get("ansible_ssh_user")
     port_v = hvars.get("ansible_port") or hvars.get("ansible_ssh_port")
     port: int | None = None
@@ -345,7 +347,11 @@ def parse_ini(text: str, path: str = "<inventory>") -> _Builder:
             hvars["__user"] = hm.group("user")
         hostname = hm.group("v6") or hm.group("host")
         for name in _expand(hostname, path, lineno):
-            b.add_host(section, name, hvars, lineno)
+            if hm.group("port"):
+                # host:port names a host of its own (several sshd on one address)
+                b.add_host(section, f"{name}:{hm.group('port')}", {**hvars, "__addr": name}, lineno)
+            else:
+                b.add_host(section, name, hvars, lineno)
     return b
 
 
