@@ -200,3 +200,42 @@ def test_killed_peer_resumes_from_what_it_has(
     assert done["event"] == "done" and done["ok"] is True
     assert done["down"] < size * (1 - reached) + 1024 * 1024, (reached, done)
     assert (dest / "t1" / "big.bin").read_bytes() == source.read_bytes()
+
+
+def test_roost_seed_serves_a_peer_and_stops_by_pid_file(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    swarm.seeder.stop()  # type: ignore[attr-defined]  # only the `roost seed` process serves
+    release_dir = swarm.release.payload.parent  # type: ignore[attr-defined]
+    pid_file = tmp_path / "run" / "seed.pid"
+    seed = roost_procs(
+        *("seed", str(swarm.torrent), "--from", str(release_dir)),
+        *("--listen", "127.0.0.1", "--pid-file", str(pid_file)),
+    )
+    assert seed.stdout is not None
+    banner = seed.stdout.readline().decode()
+    assert banner.startswith("seeding t1 (") and swarm.release.info_hash in banner  # type: ignore[attr-defined]
+    assert procs.read_pid_file(pid_file) == seed.pid
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", "--events", "json"),
+        *("--linger", "0"),
+    )
+    assert rc == 0, err
+    assert events[-1]["ok"] is True
+    assert procs.stop_by_pid_file(pid_file)
+    assert seed.wait(5) == 0
+    assert not pid_file.exists()
+
+
+def test_roost_seed_refuses_a_payload_of_the_wrong_size(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    wrong = tmp_path / "other" / swarm.release.payload.name  # type: ignore[attr-defined]
+    wrong.parent.mkdir()
+    wrong.write_bytes(b"short")
+    rc, _events, err = run(roost_procs, "seed", str(swarm.torrent), "--payload", str(wrong))
+    assert rc == 2
+    assert err.count("\n") == 1 and "has 5 bytes, the torrent says" in err

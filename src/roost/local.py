@@ -56,6 +56,9 @@ class LocalDeployConfig:
     out_dir: Path | None = None
     piece_size: int | None = None
     super_seed: bool = False
+    #: where the hosts' download areas go; None: RAM (/dev/shm) when it has
+    #: room for every host's copy, else the system temp directory
+    work_dir: Path | None = None
     upload_limit: int = 0
     download_limit: int = 0
     extra_peer_args: tuple[str, ...] = field(default=())
@@ -107,6 +110,7 @@ def deploy_local(
     root = Path(tempfile.mkdtemp(prefix="roost-local-"))
     hosts: list[_Host] = []
     tracker = seeder = None
+    hosts_root = root
     try:
         tracker = run_tracker_in_thread(
             TrackerConfig(
@@ -131,11 +135,15 @@ def deploy_local(
                 listen_interface="127.0.0.1",
             )
         )
+        if config.work_dir is not None or _ram_has_room(config.hosts * release.total_size):
+            parent = config.work_dir or Path("/dev/shm")
+            parent.mkdir(parents=True, exist_ok=True)
+            hosts_root = Path(tempfile.mkdtemp(prefix="roost-local-", dir=parent))
         names = [f"host-{k}" for k in range(1, config.hosts + 1)]
         fleet = FleetProgress(names, release.total_size, time.monotonic())
         events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         for name in names:
-            dest, temp = Path(config.dest) / name, root / name
+            dest, temp = Path(config.dest) / name, hosts_root / name
             proc = subprocess.Popen(
                 peer_command(config, release.torrent, dest, temp),
                 stdin=subprocess.DEVNULL,
@@ -165,6 +173,21 @@ def deploy_local(
         if tracker is not None:
             tracker.stop()
         shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(hosts_root, ignore_errors=True)
+
+
+def _ram_has_room(size: int) -> bool:
+    """Whether /dev/shm (RAM) can hold ``size`` bytes with memory to spare.
+
+    The hosts of a local fleet share one disk, which real hosts do not; their
+    download areas in RAM keep the disk for the destinations only."""
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+        meminfo = Path("/proc/meminfo").read_text().split()
+        available = int(meminfo[meminfo.index("MemAvailable:") + 1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return False
+    return size * 1.2 + (1 << 30) < free and size * 2 + (1 << 30) < available
 
 
 def _start_readers(host: _Host, events: queue.Queue[tuple[str, dict[str, Any]]]) -> None:

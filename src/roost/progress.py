@@ -35,6 +35,7 @@ class HostProgress:
     hash_failures: int = 0
     started: float | None = None
     finished: float | None = None
+    downloaded: float | None = None  # when the download completed
     path: str | None = None
     error: str | None = None
 
@@ -51,6 +52,9 @@ class HostProgress:
             "name": self.name,
             "ok": self.ok,
             "seconds": None if seconds is None else round(seconds, 3),
+            "download_seconds": (
+                None if self.downloaded is None else round(self.downloaded - origin, 3)
+            ),
             "bytes_down": self.down,
             "bytes_up": self.up,
             "path": self.path,
@@ -82,7 +86,7 @@ class FleetProgress:
         elif kind == "hash_failed":
             h.hash_failures += 1
         elif kind == "complete":
-            h.state, h.progress, h.rate_down = INSTALLING, 1.0, 0
+            h.state, h.progress, h.rate_down, h.downloaded = INSTALLING, 1.0, 0, now
         elif kind == "installed":
             h.path = event.get("path")
         elif kind == "failed":

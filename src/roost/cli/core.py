@@ -259,6 +259,11 @@ def _register_deploy(sub: Any) -> None:
     where.add_argument("-i", "--inventory", type=Path, help="deploy to an inventory's hosts")
     _add_install_flags(p)
     p.add_argument("--out", type=Path, help="keep the release (.torrent, tar) here")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="local fleet: where the hosts' download areas go (default: RAM if room)",
+    )
     p.add_argument("--piece-size", type=_size, help="override the chosen piece size")
     p.add_argument("--super-seed", action="store_true", help="super-seeding on the origin")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -290,6 +295,7 @@ def _deploy(args: argparse.Namespace) -> int:
         clean=args.clean,
         tag_directory=args.tag_directory,
         out_dir=args.out,
+        work_dir=args.work_dir,
         piece_size=args.piece_size,
         super_seed=args.super_seed,
         upload_limit=args.upload_limit,
