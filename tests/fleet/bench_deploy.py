@@ -1,0 +1,125 @@
+"""Benchmark (not a test): ``roost deploy -i`` to N emulated sshd hosts vs
+``roost deploy --local N`` with the same artifact.
+
+    python tests/fleet/bench_deploy.py [--hosts 8] [--size-mib 64]
+
+Needs root (network namespaces). Prints one JSON object with the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fleet.sshd_harness import SshdFleet
+
+
+def _artifact(root: Path, size_mib: int) -> Path:
+    src = root / "build"
+    src.mkdir()
+    for i in range(4):
+        (src / f"part{i}.bin").write_bytes(os.urandom(size_mib * 1024 * 1024 // 4))
+    return src
+
+
+def _time(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
+    t = time.monotonic()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - t
+    try:
+        summary = json.loads(out.stdout)
+    except ValueError:
+        summary = {"ok": False, "stderr": out.stderr[-500:]}
+    return seconds, summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hosts", type=int, default=8)
+    ap.add_argument("--size-mib", type=int, default=64)
+    ap.add_argument("--wheel-cache", default="/var/tmp/roost-test-wheels")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="roost-bench-"))
+    f = SshdFleet(a.hosts).up()
+    try:
+        src = _artifact(work, a.size_mib)
+        inv = work / "hosts"
+        inv.write_text("[peer]\n" + "".join(f.inventory_line(h) + "\n" for h in f.hosts))
+        env = f.env()
+        roost = [sys.executable, "-m", "roost"]
+        t = time.monotonic()
+        boot = subprocess.run(
+            [*roost, "bootstrap", "-i", str(inv), "--wheel-cache", a.wheel_cache, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        boot_s = time.monotonic() - t
+        fleet_cmd = [
+            *roost,
+            "deploy",
+            str(src),
+            "-i",
+            str(inv),
+            "--tag",
+            "b1",
+            "--dest",
+            "/opt/app",
+            "--linger",
+            "0",
+            "--json",
+            "--wheel-cache",
+            a.wheel_cache,
+        ]
+        fleet_s, fleet_sum = _time(fleet_cmd, env)
+        local_dest = work / "local"
+        local_cmd = [
+            *roost,
+            "deploy",
+            str(src),
+            "--local",
+            str(a.hosts),
+            "--tag",
+            "b1",
+            "--dest",
+            str(local_dest),
+            "--linger",
+            "0",
+            "--json",
+        ]
+        local_s, local_sum = _time(local_cmd, env)
+        print(
+            json.dumps(
+                {
+                    "hosts": a.hosts,
+                    "size_mib": a.size_mib,
+                    "bootstrap_seconds": round(boot_s, 2),
+                    "bootstrap_ok": boot.returncode == 0,
+                    "fleet_ssh_seconds": round(fleet_s, 2),
+                    "fleet_ssh_ok": fleet_sum.get("ok"),
+                    "fleet_ssh_transfer_seconds": fleet_sum.get("seconds"),
+                    "local_seconds": round(local_s, 2),
+                    "local_ok": local_sum.get("ok"),
+                    "local_transfer_seconds": local_sum.get("seconds"),
+                },
+                indent=1,
+            )
+        )
+    finally:
+        f.down()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
