@@ -274,12 +274,16 @@ def _register_deploy(sub: Any) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    if args.inventory is not None:
+    if args.inventory is not None or getattr(args, "hosts", None):
+        if args.local is not None:
+            raise UsageError("--local runs an embedded fleet: drop it or drop -i/--hosts")
         from roost.fleet.deploy import deploy_fleet
 
         return int(deploy_fleet(args) or 0)
-    if args.tag is None or args.dest is None:
-        raise UsageError("roost deploy needs --tag and --dest (or -i with group_vars)")
+    if not args.tag:
+        raise UsageError("--tag is required (e.g. --tag v42)")
+    if args.dest is None:
+        raise UsageError("--dest is required: each local host installs into DEST/host-K/TAG")
     from roost.local import DEFAULT_HOSTS, LocalDeployConfig, deploy_local
     from roost.progress import TerminalDisplay, render_live, render_summary
 
