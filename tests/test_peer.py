@@ -239,3 +239,24 @@ def test_roost_seed_refuses_a_payload_of_the_wrong_size(
     rc, _events, err = run(roost_procs, "seed", str(swarm.torrent), "--payload", str(wrong))
     assert rc == 2
     assert err.count("\n") == 1 and "has 5 bytes, the torrent says" in err
+
+
+def test_peer_with_no_seeder_times_out_with_one_line(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    swarm.seeder.stop()  # type: ignore[attr-defined]  # a dead seeder
+    temp = tmp_path / "temp"
+    started = time.monotonic()
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", temp, "--events", "json"),
+        *("--linger", "0", "--timeout", "3"),
+    )
+    assert rc == 1
+    assert time.monotonic() - started < 20
+    assert err.count("\n") == 1 and "timed out after 3s" in err
+    assert events[-1]["event"] == "done" and events[-1]["ok"] is False
+    assert not (tmp_path / "dest").exists()
+    info_hash = swarm.release.info_hash  # type: ignore[attr-defined]
+    assert procs.read_pid_file(temp / info_hash / "worker.pid") is None  # worker stopped too
