@@ -319,3 +319,29 @@ def test_destination_that_is_a_file(tmp_path: Path, release) -> None:
     assert "\n" not in str(info.value)
     assert (tmp_path / "dest").read_text() == "a file"
     _no_staging(tmp_path)
+
+
+def test_gnu_tar_extracts_the_same_tree(src: Path, tmp_path: Path, release) -> None:
+    import subprocess
+
+    rel, _ = release
+    (tmp_path / "gnu").mkdir()
+    subprocess.run(["tar", "-xpf", str(rel.payload), "-C", str(tmp_path / "gnu")], check=True)
+    os.unlink(tmp_path / "gnu" / ".roost-manifest.json")
+    assert snapshot(tmp_path / "gnu") == snapshot(src, skip_git=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_disk_full_is_a_destination_error(tmp_path: Path, release) -> None:
+    import subprocess
+
+    rel, meta = release
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        with pytest.raises(DestinationError, match="no space left"):
+            install_release(rel.payload, meta, small / "dest")
+        assert listing(small) == {"dest"}  # staging removed, nothing else written
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
