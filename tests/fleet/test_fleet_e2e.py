@@ -151,3 +151,40 @@ def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_c
     assert not hosts[0].path("/tmp/roost/pids").exists() or not list(
         hosts[0].path("/tmp/roost/pids").iterdir()
     )
+
+
+def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Path) -> None:
+    """``--seed-from seeder``: the payload is uploaded to the seeder, which seeds it."""
+    f = sshd_fleet
+    src = _build(tmp_path)
+    inv = tmp_path / "inv.yml"
+    peers = "".join(f"        {h.name}: {{ansible_host: {h.address}}}\n" for h in f.hosts)
+    inv.write_text(
+        "all:\n  children:\n    seeder:\n      hosts:\n"
+        f"        {f.hosts[1].name}: {{ansible_host: {f.hosts[1].address}}}\n"
+        f"    peer:\n      hosts:\n{peers}"
+    )
+    run = _roost(
+        f,
+        "deploy",
+        str(src),
+        "-i",
+        str(inv),
+        "--tag",
+        "s2",
+        "--dest",
+        "/opt/s",
+        "--seed-from",
+        "seeder",
+        "--no-bootstrap",
+        "--linger",
+        "0",
+        "--json",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["seed_from"] == "seeder" and summary["hosts_ok"] == len(f.hosts)
+    for h in f.hosts:
+        assert (h.path("/opt/s/s2") / "data.bin").stat().st_size == 3 * 1024 * 1024
+    # the seeder's process was stopped at the end, by its pid file
+    assert not (f.hosts[1].path("/tmp/roost/pids") / "seed-s2.pid").exists()
