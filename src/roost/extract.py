@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
+from roost.hashing import copy_and_hash
 from roost.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestEntry,
-    copy_and_hash,
     link_escapes,
     parse_manifest,
     unsafe_name_reason,

@@ -4,20 +4,16 @@ The manifest lists every entry of a tar release (type, mode, size and sha256
 of files, target of symlinks); its own sha256 is in the torrent's info dict,
 so it is authenticated by the info-hash. Also here: the path-safety rules
 (``unsafe_name_reason``, ``link_escapes``) applied both when a release is
-packed and when it is extracted, and ``copy_and_hash``, the one byte mover.
+packed and when it is extracted.
 
 Raises ``ReleaseError`` for a malformed manifest.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,17 +23,13 @@ __all__ = [
     "MANIFEST_NAME",
     "Manifest",
     "ManifestEntry",
-    "copy_and_hash",
     "link_escapes",
     "parse_manifest",
-    "sha256_range",
     "unsafe_name_reason",
 ]
 
 MANIFEST_NAME = ".roost-manifest.json"
 HEX64 = re.compile(r"[0-9a-f]{64}")
-_BIG_FILE = 4 << 20  # copies at least this big hash in a worker thread
-_CHUNK = 4 << 20
 
 
 # ------------------------------------------------------------ paths & links
@@ -205,78 +197,3 @@ def _parse_entry(item: object) -> ManifestEntry:
             raise ReleaseError(f"manifest: bad symlink target for {path!r}")
         return ManifestEntry(path, "symlink", mode, target=target)
     raise ReleaseError(f"manifest: unknown type {kind!r} for {path!r}")
-
-
-# ----------------------------------------------------------- copy and hash
-
-
-def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
-    """Copy ``size`` bytes from ``src_fd`` at ``src_offset`` to ``dst_fd``'s
-    current position and return their sha256 (hex).
-
-    Big copies run in the kernel (``copy_file_range``) while a worker thread
-    reads and hashes the same bytes (``pread``, never an mmap: a source
-    truncated meanwhile gives a short read, not a SIGBUS), so the cost is the
-    slower of the two rather than their sum. Raises ``OSError`` (a short
-    source included).
-    """
-    if size < _BIG_FILE:
-        data = os.pread(src_fd, size, src_offset)
-        if len(data) != size:
-            raise OSError(f"short read: {len(data)} of {size} bytes")
-        write_all(dst_fd, data)
-        return hashlib.sha256(data).hexdigest()
-    with ThreadPoolExecutor(1) as pool:
-        digest = pool.submit(sha256_range, src_fd, src_offset, size)
-        try:
-            _kernel_copy(src_fd, src_offset, size, dst_fd)
-        finally:
-            result = digest.result()
-    return result
-
-
-def sha256_range(fd: int, offset: int, size: int) -> str:
-    """sha256 of ``size`` bytes of ``fd`` from ``offset`` (``OSError`` if short)."""
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    end = offset + size
-    while offset < end:
-        n = os.preadv(fd, [view[: min(_CHUNK, end - offset)]], offset)
-        if n == 0:
-            raise OSError(f"short read: file ended {end - offset} bytes early")
-        digest.update(view[:n])
-        offset += n
-    return digest.hexdigest()
-
-
-_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
-
-
-def _kernel_copy(src_fd: int, offset: int, size: int, dst_fd: int) -> None:
-    done = 0
-    try:
-        while done < size:
-            n = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
-            if n == 0:
-                raise OSError(f"short read: {done} of {size} bytes")
-            done += n
-    except OSError as exc:
-        if done or exc.errno not in _NO_KERNEL_COPY:
-            raise
-        # Not supported here (old kernel, odd file system): plain writes.
-        buf = bytearray(_CHUNK)
-        view = memoryview(buf)
-        while done < size:
-            n = os.preadv(src_fd, [view[: min(_CHUNK, size - done)]], offset + done)
-            if n == 0:
-                raise OSError(f"short read: {done} of {size} bytes") from None
-            write_all(dst_fd, view[:n])
-            done += n
-
-
-def write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view[: 16 << 20])
-        view = view[written:]

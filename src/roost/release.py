@@ -31,24 +31,21 @@ import re
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from roost import __version__, bencode
 from roost.errors import ReleaseError, UsageError
+from roost.hashing import PieceHasher, copy_and_hash, hash_pieces, write_all
 from roost.manifest import (
     HEX64,
     MANIFEST_NAME,
     Manifest,
     ManifestEntry,
-    copy_and_hash,
     is_mode,
     link_escapes,
-    sha256_range,
-    write_all,
 )
 
 __all__ = [
@@ -129,39 +126,6 @@ def _check_piece_size(size: int) -> int:
     return size
 
 
-# ------------------------------------------------------------ piece hashing
-
-
-def hash_pieces(path: Path, piece_size: int, *, with_sha256: bool = False) -> tuple[bytes, str]:
-    """SHA-1 of every piece of ``path`` (concatenated) and, if asked, the
-    sha256 of the whole file (else ""), in two threads (hashlib drops the
-    GIL). ``OSError`` if the file shrinks meanwhile."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        count = -(-size // piece_size)
-        group = max(1, (32 << 20) // piece_size)  # ~32 MiB of pieces per task
-
-        def sha1_group(first: int) -> bytes:
-            buf = bytearray(piece_size)
-            view = memoryview(buf)
-            out = []
-            for index in range(first, min(first + group, count)):
-                want = min(piece_size, size - index * piece_size)
-                got = os.preadv(fd, [view[:want]], index * piece_size)
-                if got != want:
-                    raise OSError(f"{path} changed while hashing")
-                out.append(hashlib.sha1(view[:want]).digest())
-            return b"".join(out)
-
-        with ThreadPoolExecutor(2) as pool:
-            whole = pool.submit(sha256_range, fd, 0, size) if with_sha256 else None
-            pieces = b"".join(pool.map(sha1_group, range(0, count, group)))
-            return pieces, whole.result() if whole else ""
-    finally:
-        os.close(fd)
-
-
 # ------------------------------------------------------------------ packing
 
 
@@ -224,7 +188,16 @@ def _tar_header(item: _Item) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _pack(source: Path, tag: str, out_fd: int) -> Manifest:
+def _padded(size: int) -> int:
+    return size + (-size % tarfile.BLOCKSIZE)
+
+
+def _pack(
+    source: Path, tag: str, out: Path, piece_size: int | None
+) -> tuple[Manifest, int, int, bytes]:
+    """Write the tar to ``out``; return manifest, total size, piece size and
+    the piece hashes, computed while writing (the layout, hence the total
+    and the piece size, is known before the first byte is written)."""
     items = list(_walk(source))
     links = {it.rel: it.target or "" for it in items if it.kind == "symlink"}
     resolved: dict[str, object] = {}
@@ -233,40 +206,79 @@ def _pack(source: Path, tag: str, out_fd: int) -> Manifest:
             raise ReleaseError(
                 f"{source / rel}: symlink to {target!r} leaves the release; roost refuses it"
             )
-    entries = []
-    for item in items:
-        write_all(out_fd, _tar_header(item))
-        mode = stat.S_IMODE(item.st.st_mode)
-        if item.kind == "file":
-            size = item.st.st_size
-            try:
-                fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
-            except OSError as exc:
-                raise ReleaseError(f"cannot read {item.path}: {exc.strerror}") from exc
-            try:
-                if os.fstat(fd).st_size != size:
-                    raise ReleaseError(f"{item.path} changed while packing")
-                digest = copy_and_hash(fd, 0, size, out_fd)
-            except OSError as exc:
-                raise ReleaseError(f"cannot pack {item.path}: {exc}") from exc
-            finally:
-                os.close(fd)
-            write_all(out_fd, bytes(-size % tarfile.BLOCKSIZE))
-            entries.append(ManifestEntry(item.rel, "file", mode, size=size, sha256=digest))
-        elif item.kind == "dir":
-            entries.append(ManifestEntry(item.rel, "dir", mode))
-        else:
-            entries.append(ManifestEntry(item.rel, "symlink", mode, target=item.target))
-    manifest = Manifest(tag, tuple(entries), stat.S_IMODE(source.stat().st_mode))
-    data = manifest.encode()
+    headers = [_tar_header(item) for item in items]
+    entries = [_entry(item, "0" * 64) for item in items]
+    root_mode = stat.S_IMODE(source.stat().st_mode)
+    manifest_size = len(Manifest(tag, tuple(entries), root_mode).encode())  # same length
+    manifest_header = _manifest_header(manifest_size)
+    body = sum(len(h) for h in headers) + sum(
+        _padded(i.st.st_size) for i in items if i.kind == "file"
+    )
+    body += len(manifest_header) + _padded(manifest_size) + 2 * tarfile.BLOCKSIZE
+    total = body + (-body % tarfile.RECORDSIZE)
+    size = piece_size or choose_piece_size(total)
+    hasher = PieceHasher(out, size)
+    out_fd = os.open(out, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    ok = False
+    try:
+
+        def emit(data: bytes) -> None:
+            write_all(out_fd, data)
+            hasher.advance(len(data))
+
+        for index, (item, header) in enumerate(zip(items, headers, strict=True)):
+            emit(header)
+            if item.kind == "file":
+                digest = _copy_member(item, out_fd, hasher.advance)
+                emit(bytes(-item.st.st_size % tarfile.BLOCKSIZE))
+                entries[index] = _entry(item, digest)
+        manifest = Manifest(tag, tuple(entries), root_mode)
+        data = manifest.encode()
+        emit(manifest_header)
+        emit(data + bytes(-len(data) % tarfile.BLOCKSIZE))
+        tail = total - os.lseek(out_fd, 0, os.SEEK_CUR)
+        if tail < 2 * tarfile.BLOCKSIZE:
+            raise ReleaseError(f"{source} changed while packing")
+        emit(bytes(tail))
+        ok = True
+    finally:
+        os.close(out_fd)
+        pieces = hasher.finish(abort=not ok)
+    if len(data) != manifest_size or len(pieces) != 20 * -(-total // size):
+        raise ReleaseError(f"{source} changed while packing")
+    return manifest, total, size, pieces
+
+
+def _entry(item: _Item, digest: str) -> ManifestEntry:
+    mode = stat.S_IMODE(item.st.st_mode)
+    if item.kind == "file":
+        return ManifestEntry(item.rel, "file", mode, size=item.st.st_size, sha256=digest)
+    if item.kind == "dir":
+        return ManifestEntry(item.rel, "dir", mode)
+    return ManifestEntry(item.rel, "symlink", mode, target=item.target)
+
+
+def _manifest_header(size: int) -> bytes:
     info = tarfile.TarInfo(MANIFEST_NAME)
-    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    info.size, info.mode, info.mtime = size, 0o644, 0
     info.uname = info.gname = ""
-    write_all(out_fd, info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict"))
-    write_all(out_fd, data + bytes(-len(data) % tarfile.BLOCKSIZE))
-    end = os.lseek(out_fd, 0, os.SEEK_CUR) + 2 * tarfile.BLOCKSIZE
-    write_all(out_fd, bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
-    return manifest
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
+
+
+def _copy_member(item: _Item, out_fd: int, progress: Callable[[int], None]) -> str:
+    size = item.st.st_size
+    try:
+        fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ReleaseError(f"cannot read {item.path}: {exc.strerror}") from exc
+    try:
+        if os.fstat(fd).st_size != size:
+            raise ReleaseError(f"{item.path} changed while packing")
+        return copy_and_hash(fd, 0, size, out_fd, progress)
+    except OSError as exc:
+        raise ReleaseError(f"cannot pack {item.path}: {exc}") from exc
+    finally:
+        os.close(fd)
 
 
 # ------------------------------------------------------------------ release
@@ -354,15 +366,8 @@ def create_release(
             kind = "file"
         else:
             tmp_tar = _temp_in(out_dir, f".{tag}.tar.", temps)
-            fd = os.open(tmp_tar, os.O_WRONLY | os.O_TRUNC)
-            try:
-                manifest = _pack(source, tag, fd)
-            finally:
-                os.close(fd)
+            manifest, total, size, pieces = _pack(source, tag, tmp_tar, piece_size)
             manifest_sha = hashlib.sha256(manifest.encode()).hexdigest()
-            total = tmp_tar.stat().st_size
-            size = piece_size or choose_piece_size(total)
-            pieces, _ = hash_pieces(tmp_tar, size)
             kind = "tar"
             payload = out_dir / f"{tag}.tar"
         x_roost: dict[str, Any] = {"v": 1, "tag": tag, "kind": kind}
