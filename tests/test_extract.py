@@ -345,3 +345,19 @@ def test_disk_full_is_a_destination_error(tmp_path: Path, release) -> None:
         assert listing(small) == {"dest"}  # staging removed, nothing else written
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_cli_verify_file_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    app = tmp_path / "app.bin"
+    app.write_bytes(os.urandom(100_000))
+    rel = create_release(app, "f2", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    install_release(rel.payload, meta, tmp_path / "dest")
+    args = ["verify", str(tmp_path / "dest" / "f2"), "--torrent", str(rel.torrent)]
+    assert main([*args, "--payload", str(app)]) == 0
+    assert "ok:" in capsys.readouterr().out
+    (tmp_path / "dest" / "f2" / "app.bin").write_bytes(b"x" * 100_000)
+    assert main([*args, "--payload", str(app)]) == 1
+    assert "app.bin: sha256 differs" in capsys.readouterr().err
+    assert main(args) == 1  # default payload: beside the torrent, not there
+    assert "cannot be read" in capsys.readouterr().err

@@ -455,3 +455,16 @@ def test_copy_and_hash(tmp_path: Path, append: bool) -> None:
         os.close(dst)
     assert digest == hashlib.sha256(data[3:]).hexdigest()
     assert (tmp_path / "dst").read_bytes()[: len(data) + 1] == b"head" + data[3:]
+
+
+def test_pieces_hashed_while_writing_match_a_second_pass(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-small").write_bytes(os.urandom(1000))
+    (src / "b-big").write_bytes(os.urandom(9 * MiB + 5))  # copy_file_range in chunks
+    (src / "c-small").write_bytes(os.urandom(70_000))
+    for piece in (16 * KiB, 256 * KiB, 16 * MiB):
+        release = create_release(src, "v1", tmp_path / "out", announce=[], piece_size=piece)
+        meta = read_torrent(release.torrent.read_bytes())
+        assert meta.pieces == hash_pieces(release.payload, piece)[0]
+        assert meta.num_pieces == -(-release.payload.stat().st_size // piece)
