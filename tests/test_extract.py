@@ -361,3 +361,18 @@ def test_cli_verify_file_release(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "app.bin: sha256 differs" in capsys.readouterr().err
     assert main(args) == 1  # default payload: beside the torrent, not there
     assert "cannot be read" in capsys.readouterr().err
+
+
+def test_swap_never_replaces_a_tree_filled_meanwhile(tmp_path: Path) -> None:
+    from roost.extract import _swap
+
+    new, target = tmp_path / "new", tmp_path / "target"
+    new.mkdir()
+    (new / "n").write_text("new")
+    target.mkdir()
+    (target / "o").write_text("filled by someone else after the check")
+    with pytest.raises(DestinationError, match="filled while installing"):
+        _swap(new, target, clean=False)
+    assert listing(target) == {"o"} and listing(new) == {"n"}
+    _swap(new, target, clean=True)
+    assert listing(target) == {"n"} and sorted(p.name for p in tmp_path.iterdir()) == ["target"]

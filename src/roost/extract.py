@@ -276,7 +276,7 @@ def _install(
     staging = Path(_make_staging(target, file=as_file))
     try:
         _write_members(payload, plan, staging, as_file=as_file)
-        _swap(staging, target)
+        _swap(staging, target, clean=clean)
     finally:
         try:
             _remove_tree(staging)
@@ -366,9 +366,9 @@ def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
         os.close(fd)
 
 
-def _swap(new: Path, target: Path) -> None:
-    """Rename ``new`` onto ``target``; an occupied target is moved aside first
-    and deleted only once ``new`` is in place."""
+def _swap(new: Path, target: Path, *, clean: bool) -> None:
+    """Rename ``new`` onto ``target``; an occupied target (``clean`` only) is
+    moved aside first and deleted only once ``new`` is in place."""
     if not _occupied(target):
         try:
             os.rename(new, target)  # replaces an empty directory atomically
@@ -376,21 +376,30 @@ def _swap(new: Path, target: Path) -> None:
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR, errno.ENOTDIR):
                 raise
-            if not target.exists() or _occupied(target):
-                raise DestinationError(f"{target} appeared while installing") from exc
+    if not clean:
+        raise DestinationError(f"destination {target} was filled while installing")
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.roost-old-", dir=target.parent))
+    old = aside / "old"
     try:
-        os.rename(target, aside / "old")
+        os.rename(target, old)
+    except OSError:
+        os.rmdir(aside)
+        raise
+    try:
+        os.rename(new, target)
+    except OSError:
         try:
-            os.rename(new, target)
-        except OSError:
-            os.rename(aside / "old", target)
-            raise
-    finally:
-        try:
-            _remove_tree(aside)
+            os.rename(old, target)
         except OSError as exc:
-            log.warning("could not remove the old tree %s: %s", aside, exc)
+            raise DestinationError(
+                f"could not put {target} back after a failed swap; the old tree is in {old}"
+            ) from exc
+        os.rmdir(aside)
+        raise
+    try:
+        _remove_tree(aside)
+    except OSError as exc:
+        log.warning("could not remove the old tree %s: %s", aside, exc)
 
 
 def _remove_tree(path: Path) -> None:
