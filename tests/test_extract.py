@@ -376,3 +376,17 @@ def test_swap_never_replaces_a_tree_filled_meanwhile(tmp_path: Path) -> None:
     assert listing(target) == {"o"} and listing(new) == {"n"}
     _swap(new, target, clean=True)
     assert listing(target) == {"n"} and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+def test_foreign_single_file_torrent(tmp_path: Path) -> None:
+    from release_kit import meta_for
+
+    (tmp_path / "dl").mkdir()
+    payload = tmp_path / "dl" / "disk image.iso"
+    payload.write_bytes(os.urandom(50_000))
+    meta = meta_for(payload, "0" * 64, tag="x", kind="file")
+    foreign = TorrentMeta(**{**meta.__dict__, "tag": None, "kind": None, "manifest_sha256": None})
+    with pytest.raises(ReleaseError, match="directory name"):
+        install_release(payload, foreign, tmp_path / "dest")
+    result = install_release(payload, foreign, tmp_path / "dest", tag_directory=False)
+    assert result.path.read_bytes() == payload.read_bytes()

@@ -36,7 +36,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
+from roost.errors import (
+    DestinationError,
+    ReleaseError,
+    UnsafeArchiveError,
+    UsageError,
+    VerifyError,
+)
 from roost.hashing import copy_and_hash
 from roost.manifest import (
     MANIFEST_NAME,
@@ -245,7 +251,12 @@ def install_release(
     anything is written), ``DestinationError`` (target occupied without
     ``clean``, or not writable), ``ReleaseError``.
     """
-    tag = validate_tag(meta.tag or meta.name)
+    tag = meta.tag or meta.name  # a torrent made by another tool: its file name
+    if tag_directory:
+        try:
+            validate_tag(tag)
+        except UsageError as exc:
+            raise ReleaseError(f"cannot use {tag!r} as a directory name: {exc}") from None
     plan = load_plan(Path(payload), meta)
     dest = Path(dest).absolute()
     as_file = plan.single and not tag_directory
