@@ -73,10 +73,9 @@ def test_peer_returns_while_a_detached_worker_lingers(
     pid = procs.read_pid_file(pid_file)
     assert pid is not None, "the lingering worker should still run"
     assert os.getsid(pid) != os.getsid(0)  # in its own session, like Murder's fork
-    assert procs.stop_by_pid_file(pid_file)
-    assert procs.read_pid_file(pid_file) is None
 
-    # Run again: the payload is still in the temp path, the tree in place.
+    # Run again while it lingers: the old worker is stopped (by its pid file),
+    # the payload is still in the temp path and the tree in place.
     rc, events, err = run(
         roost_procs,
         *peer_args(swarm.torrent, tmp_path / "dest", temp, "--events", "json", "--linger", "0"),
@@ -85,6 +84,7 @@ def test_peer_returns_while_a_detached_worker_lingers(
     installed = next(e for e in events if e["event"] == "installed")
     assert installed["already"] is True
     assert events[-1]["down"] == 0
+    assert not procs.alive(pid)
 
 
 def test_non_empty_destination_is_refused_and_clean_replaces_it(
