@@ -260,3 +260,19 @@ def test_peer_with_no_seeder_times_out_with_one_line(
     assert not (tmp_path / "dest").exists()
     info_hash = swarm.release.info_hash  # type: ignore[attr-defined]
     assert procs.read_pid_file(temp / info_hash / "worker.pid") is None  # worker stopped too
+
+
+def test_download_limit_caps_the_peer_on_a_local_network(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    source = random_file(tmp_path / "src" / "four.bin", 4 * 1024 * 1024)
+    swarm = make_swarm(source.parent)
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", "--events", "json"),
+        *("--linger", "0", "--download-limit", "1M"),
+    )
+    assert rc == 0, err
+    rates = [e["rate_down"] for e in events if e["event"] == "progress"]
+    assert max(rates) < 1.5 * 1024 * 1024, rates
+    assert events[-1]["seconds"] >= 2.5  # 4 MiB at 1 MiB/s, loopback included
