@@ -10,6 +10,8 @@
     ├── EngineError                libtorrent refused or failed (info-hash)
     ├── TrackerError               tracker could not start / answered a failure
     ├── HookError                  the post-download hook failed (exit status)
+    ├── ChannelError               a release channel is unreachable, malformed
+    │                              or names a release it does not hold
     ├── RemoteError                a step on a remote host failed (host, step,
     │                              exit status, stderr tail)
     └── LabError                   emulated fleet could not be built
@@ -82,6 +84,10 @@ class HookError(RoostError):
         self.command = command
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
+
+
+class ChannelError(RoostError):
+    pass
 
 
 class RemoteError(RoostError):

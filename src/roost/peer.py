@@ -110,11 +110,19 @@ def worker_pid_file(temp_path: Path, info_hash: str) -> Path:
 class _Download:
     """One download in one engine; the worker's (or foreground's) core."""
 
-    def __init__(self, config: PeerConfig, torrent_bytes: bytes, info_hash: str):
+    def __init__(
+        self,
+        config: PeerConfig,
+        torrent_bytes: bytes,
+        info_hash: str,
+        engine: Engine | None = None,
+    ):
+        """``engine``: share a long-lived engine (the agent's); not closed here."""
         self.config = config
         self.dir = work_dir(config, info_hash)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.engine = Engine(
+        self.owns_engine = engine is None
+        self.engine = engine or Engine(
             EngineConfig(
                 listen_interface=config.listen_interface,
                 listen_port=config.listen_port,
@@ -195,7 +203,12 @@ class _Download:
 
     def close(self) -> None:
         self._save_resume_quietly()
-        self.engine.close()
+        if self.owns_engine:
+            self.engine.close()
+
+
+#: One download in an engine (public name, for the agent's shared engine).
+Download = _Download
 
 
 def run_worker(config: PeerConfig) -> int:
@@ -402,12 +415,21 @@ def _installed_path(result: Any) -> tuple[Path, bool]:
     return Path(result.path), bool(getattr(result, "already_installed", False))
 
 
-def run_hook(command: str, *, tag: str, path: Path, info_hash: str) -> None:
-    """Run ``command`` through the shell with ROOST_TAG/PATH/INFO_HASH set.
+def run_hook(
+    command: str,
+    *,
+    tag: str,
+    path: Path,
+    info_hash: str,
+    extra_env: dict[str, str] | None = None,
+) -> None:
+    """Run ``command`` through the shell with ROOST_TAG/PATH/INFO_HASH set
+    (plus ``extra_env``, e.g. the agent's ROOST_PREVIOUS).
 
     Raises ``HookError`` naming the exit status and the tail of stderr.
     """
     env = dict(os.environ, ROOST_TAG=tag, ROOST_PATH=str(path), ROOST_INFO_HASH=info_hash)
+    env.update(extra_env or {})
     proc = subprocess.run(
         command,
         shell=True,
