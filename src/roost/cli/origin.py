@@ -1,0 +1,63 @@
+"""``roost origin serve``: the HTTP(S) origin datacenters' seeds web-seed from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    origin = sub.add_parser("origin", help="serve release payloads over HTTP(S) (BEP 19 web seed)")
+    verbs = origin.add_subparsers(dest="origin_command", metavar="VERB", required=True)
+    serve = verbs.add_parser(
+        "serve",
+        help="serve DIR read-only with Range support (no listing, no dot-files)",
+        description=(
+            "Serve the files of DIR (e.g. the --out of roost create) read-only over HTTP, "
+            "or HTTPS with --tls-cert/--tls-key, for BEP 19 web seeding: give "
+            "--web-seed URL/TAG.tar to roost create, roost peer or roost seed. "
+            "Byte counts are at /.roost-origin/stats.json."
+        ),
+    )
+    serve.add_argument("root", type=Path, metavar="DIR", help="directory to serve")
+    serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
+    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate chain (HTTPS)")
+    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key (HTTPS)")
+    serve.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="close idle connections after S seconds"
+    )
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from roost.origin import OriginConfig, OriginServer
+
+    server = OriginServer(
+        OriginConfig(
+            root=args.root,
+            bind=args.bind,
+            port=args.port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            idle_timeout=args.idle_timeout,
+        )
+    ).start()
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"origin serving {args.root} at {server.url()}", flush=True)
+    try:
+        server.serve_until(stop)
+    finally:
+        server.stop()
+    print(json.dumps({"origin": server.stats().to_json()}), flush=True)
+    return 0
