@@ -163,6 +163,8 @@ def deploy_local(
             summary["torrent"] = str(release.torrent)
         return summary
     finally:
+        if seeder is not None:
+            seeder.seeder.stop()  # it winds down while the peers stop
         for host in hosts:
             _kill(host.proc)
         # The lingering workers (their pid files are under the hosts' temp paths).
