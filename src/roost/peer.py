@@ -313,7 +313,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         path, already = _install(config, meta)
         emit({"event": "installed", "path": str(path), "already": already})
         if config.hook:
-            run_hook(config.hook, tag=meta.tag, path=path, info_hash=meta.info_hash)
+            run_hook(config.hook, tag=meta.tag or meta.name, path=path, info_hash=meta.info_hash)
     finally:
         if download is not None:
             if config.linger > 0:
