@@ -1,0 +1,421 @@
+"""Release channels: what an agent follows, and how a publisher writes one.
+
+A channel is a directory, served over HTTP(S) or read as a local path or
+``file://`` URL, holding ``channel.json`` and the releases' ``.torrent`` files
+(the publisher also keeps the payloads there, to seed them)::
+
+    {"version": 1, "channel": "web",
+     "releases": [{"tag": "v1", "info_hash": "hex40", "torrent": "v1.torrent",
+                   "published": 1700000000.0}],
+     "current": "v1"}
+
+``current`` is the release every agent should run; pointing it back at an
+older tag is a rollback. ``channel.json`` is always replaced atomically (temp
+file + ``os.replace``), so a reader sees the old document or the new one.
+
+Three layers: the document (:func:`parse_channel` / :func:`render_channel`,
+pure), the publishing side (:func:`publish`, :func:`set_current`), and I/O
+for readers (:func:`fetch`, a conditional GET; :class:`ChannelServer`, a
+small read-only HTTP server for the directory).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.server
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from roost.errors import ChannelError, UsageError
+from roost.release import Release, create_release, validate_tag
+
+CHANNEL_FILE = "channel.json"
+FORMAT_VERSION = 1
+FETCH_TIMEOUT = 10.0
+MAX_DOCUMENT = 16 * 1024 * 1024  # a channel.json or .torrent larger than this is refused
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True)
+class ChannelEntry:
+    tag: str
+    info_hash: str
+    torrent: str  # file name beside channel.json
+    published: float
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    releases: tuple[ChannelEntry, ...]
+    current: str | None
+
+    def entry(self, tag: str) -> ChannelEntry:
+        for entry in self.releases:
+            if entry.tag == tag:
+                return entry
+        raise ChannelError(f"channel {self.name!r} has no release {tag!r}")
+
+    @property
+    def current_entry(self) -> ChannelEntry | None:
+        return None if self.current is None else self.entry(self.current)
+
+
+# The document (pure) -----------------------------------------------------------
+
+
+def parse_channel(data: bytes) -> Channel:
+    """Parse and check ``channel.json``; ``ChannelError`` names what is wrong."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ChannelError(f"channel.json is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ChannelError("channel.json is not a JSON object")
+    if doc.get("version") != FORMAT_VERSION:
+        raise ChannelError(f"channel.json has version {doc.get('version')!r}, expected 1")
+    name = doc.get("channel")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ChannelError(f"channel.json has a bad channel name {name!r}")
+    raw = doc.get("releases")
+    if not isinstance(raw, list):
+        raise ChannelError("channel.json: 'releases' is not a list")
+    releases = tuple(_parse_entry(item, i) for i, item in enumerate(raw))
+    tags = [e.tag for e in releases]
+    if len(set(tags)) != len(tags):
+        raise ChannelError("channel.json lists a tag twice")
+    current = doc.get("current")
+    if current is not None and not isinstance(current, str):
+        raise ChannelError("channel.json: 'current' is not a string")
+    channel = Channel(name, releases, current)
+    if current is not None:
+        channel.entry(current)  # raises for an unknown tag
+    return channel
+
+
+def _parse_entry(item: object, index: int) -> ChannelEntry:
+    where = f"channel.json: releases[{index}]"
+    if not isinstance(item, dict):
+        raise ChannelError(f"{where} is not an object")
+    tag, info_hash, torrent = item.get("tag"), item.get("info_hash"), item.get("torrent")
+    published = item.get("published", 0)
+    if not isinstance(tag, str):
+        raise ChannelError(f"{where}: 'tag' is not a string")
+    try:
+        validate_tag(tag)
+    except UsageError as exc:
+        raise ChannelError(f"{where}: {exc}") from None
+    if not isinstance(info_hash, str) or not _HEX40.fullmatch(info_hash):
+        raise ChannelError(f"{where}: 'info_hash' is not 40 lower-case hex digits")
+    if not isinstance(torrent, str) or not _NAME.fullmatch(torrent) or ".." in torrent:
+        raise ChannelError(f"{where}: 'torrent' must be a plain file name, got {torrent!r}")
+    if not isinstance(published, int | float) or isinstance(published, bool):
+        raise ChannelError(f"{where}: 'published' is not a number")
+    return ChannelEntry(tag, info_hash, torrent, float(published))
+
+
+def render_channel(channel: Channel) -> bytes:
+    doc: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "channel": channel.name,
+        "releases": [
+            {"tag": e.tag, "info_hash": e.info_hash, "torrent": e.torrent, "published": e.published}
+            for e in channel.releases
+        ],
+        "current": channel.current,
+    }
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+# Publishing --------------------------------------------------------------------
+
+
+def read_channel_dir(channel_dir: Path) -> Channel | None:
+    """The channel in ``channel_dir``, or None if it has no channel.json yet."""
+    try:
+        data = (Path(channel_dir) / CHANNEL_FILE).read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ChannelError(f"cannot read {channel_dir / CHANNEL_FILE}: {exc.strerror}") from exc
+    return parse_channel(data)
+
+
+def write_channel_dir(channel_dir: Path, channel: Channel) -> Path:
+    """Replace ``channel_dir/channel.json`` atomically."""
+    path = Path(channel_dir) / CHANNEL_FILE
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".channel.json.", suffix=".tmp", dir=channel_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(render_channel(channel))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise ChannelError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def publish(
+    source: Path,
+    tag: str,
+    channel_dir: Path,
+    *,
+    announce: Sequence[str] = (),
+    name: str = "default",
+    is_file: bool = False,
+    piece_size: int | None = None,
+    web_seeds: Sequence[str] = (),
+    make_current: bool = True,
+) -> Release:
+    """Create release ``tag`` from ``source`` in ``channel_dir`` and list it
+    (as ``current`` unless ``make_current`` is False).
+
+    Raises ``UsageError`` (bad arguments, tag already published),
+    ``ReleaseError`` (packing failed), ``ChannelError`` (bad channel.json).
+    """
+    validate_tag(tag)
+    channel_dir = Path(channel_dir)
+    channel = read_channel_dir(channel_dir) if channel_dir.is_dir() else None
+    if channel is None:
+        if not _NAME.fullmatch(name):
+            raise UsageError(f"bad channel name {name!r}: letters, digits, '.', '_', '-'")
+        channel = Channel(name, (), None)
+    if any(e.tag == tag for e in channel.releases):
+        raise UsageError(
+            f"release {tag!r} is already in channel {channel.name!r}; "
+            "publish a new tag, or use --rollback-to to make it current again"
+        )
+    release = create_release(
+        source,
+        tag,
+        channel_dir,
+        announce=announce,
+        is_file=is_file,
+        piece_size=piece_size,
+        web_seeds=web_seeds,
+    )
+    entry = ChannelEntry(tag, release.info_hash, release.torrent.name, round(time.time(), 3))
+    current = tag if make_current else channel.current
+    write_channel_dir(channel_dir, Channel(channel.name, (*channel.releases, entry), current))
+    return release
+
+
+def set_current(channel_dir: Path, tag: str) -> Channel:
+    """Point the channel's ``current`` at an already published ``tag`` (rollback).
+
+    Raises ``UsageError`` if there is no channel or no such release in it.
+    """
+    channel = read_channel_dir(Path(channel_dir))
+    if channel is None:
+        raise UsageError(f"{channel_dir} holds no {CHANNEL_FILE}")
+    if not any(e.tag == tag for e in channel.releases):
+        known = ", ".join(e.tag for e in channel.releases) or "none"
+        raise UsageError(f"channel {channel.name!r} has no release {tag!r} (published: {known})")
+    if not (Path(channel_dir) / channel.entry(tag).torrent).is_file():
+        raise UsageError(f"release {tag!r}: {channel.entry(tag).torrent} is missing")
+    channel = replace(channel, current=tag)
+    write_channel_dir(Path(channel_dir), channel)
+    return channel
+
+
+# Reading (agents) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A fetch's answer: ``data`` is None when the document is unchanged."""
+
+    data: bytes | None
+    validator: str | None  # ETag / Last-Modified, or a local file's mtime+size
+
+
+def resolve(channel_url: str, name: str) -> str:
+    """The URL (or path) of ``name`` beside ``channel_url``'s channel.json."""
+    base = channel_url if channel_url.endswith("/") else channel_url + "/"
+    if _is_http(channel_url):
+        return urllib.parse.urljoin(base, urllib.parse.quote(name))
+    return base + name
+
+
+def channel_document_url(channel_url: str) -> str:
+    """``URL`` may name the directory or its channel.json."""
+    if channel_url.rstrip("/").endswith("/" + CHANNEL_FILE) or channel_url == CHANNEL_FILE:
+        return channel_url
+    return resolve(channel_url, CHANNEL_FILE)
+
+
+def channel_base(channel_url: str) -> str:
+    url = channel_url.rstrip("/")
+    if url.endswith("/" + CHANNEL_FILE):
+        return url[: -len(CHANNEL_FILE)]
+    return url + "/"
+
+
+def _is_http(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+def fetch(url: str, validator: str | None = None, *, timeout: float = FETCH_TIMEOUT) -> Fetched:
+    """GET ``url`` (http, https, file:// or a local path), conditionally.
+
+    Raises ``ChannelError`` naming the URL and what went wrong.
+    """
+    if not _is_http(url):
+        path = Path(
+            urllib.parse.unquote(url[len("file://") :]) if url.startswith("file://") else url
+        )
+        try:
+            st = path.stat()
+            token = f"{st.st_mtime_ns}-{st.st_size}"
+            if validator is not None and validator == token:
+                return Fetched(None, token)
+            if st.st_size > MAX_DOCUMENT:
+                raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
+            return Fetched(path.read_bytes(), token)
+        except OSError as exc:
+            raise ChannelError(f"cannot read {url}: {exc.strerror or exc}") from None
+    headers = {"User-Agent": "roost-agent"}
+    if validator:
+        kind, _, value = validator.partition(":")
+        headers["If-None-Match" if kind == "etag" else "If-Modified-Since"] = value
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            data = response.read(MAX_DOCUMENT + 1)
+            if len(data) > MAX_DOCUMENT:
+                raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
+            etag = response.headers.get("ETag")
+            modified = response.headers.get("Last-Modified")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 304:
+            return Fetched(None, validator)
+        raise ChannelError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ChannelError(f"cannot fetch {url}: {reason}") from None
+    if etag:
+        return Fetched(data, f"etag:{etag}")
+    return Fetched(data, f"modified:{modified}" if modified else None)
+
+
+# Serving -----------------------------------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "roost-channel"
+    root: Path  # set on the subclass made per server
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, *, body: bool) -> None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        name = path.lstrip("/")
+        # Files directly in the channel directory only: no listing, no
+        # sub-directories, no traversal, no hidden (temporary) files.
+        if not _NAME.fullmatch(name) or ".." in name:
+            self.send_error(404)
+            return
+        file = self.root / name
+        try:
+            st = file.stat()
+            if not file.is_file():
+                raise FileNotFoundError(name)
+        except OSError:
+            self.send_error(404)
+            return
+        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
+        modified = email.utils.formatdate(st.st_mtime, usegmt=True)
+        if self.headers.get("If-None-Match") == etag:
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.end_headers()
+            return
+        try:
+            data = file.read_bytes() if name.endswith((".json", ".torrent")) else None
+        except OSError:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", modified)
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Length", str(st.st_size if data is None else len(data)))
+        self.end_headers()
+        if not body:
+            return
+        if data is not None:
+            self.wfile.write(data)
+            return
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 20):
+                self.wfile.write(chunk)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class ChannelServer:
+    """Serve a channel directory read-only over HTTP, on its own threads.
+
+    ``port=0`` picks a free port (``.port``); ``.url`` is the channel's URL.
+    Raises ``UsageError`` if the directory is missing or the address is taken.
+    """
+
+    def __init__(self, root: Path, *, bind: str = "127.0.0.1", port: int = 0):
+        root = Path(root).absolute()
+        if not root.is_dir():
+            raise UsageError(f"channel directory {root} does not exist")
+        handler = type("Handler", (_Handler,), {"root": root})
+        try:
+            self._server = http.server.ThreadingHTTPServer((bind, port), handler)
+        except OSError as exc:
+            raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror}") from exc
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        host = f"[{bind}]" if ":" in bind else bind
+        self.url = f"http://{host}:{self.port}/"
+        self._thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever(poll_interval=0.2)
+
+    def start(self) -> ChannelServer:
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="roost-channel", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> ChannelServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

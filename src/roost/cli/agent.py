@@ -1,0 +1,246 @@
+"""``roost agent`` (follow a channel), ``roost publish`` and ``roost channel serve``.
+
+The work is in ``roost.agent`` and ``roost.channel``; this module parses
+flags, prints one line per thing that happened and maps signals to a clean
+stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from roost.cli.core import _seconds, _size
+from roost.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    _register_agent(sub)
+    _register_publish(sub)
+    _register_channel(sub)
+
+
+def _say(line: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    print(f"{stamp} roost agent: {line}", flush=True)
+
+
+def _on_signals(stop: Any) -> None:
+    def handler(_signum: int, _frame: object) -> None:
+        stop()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+# roost agent -------------------------------------------------------------------
+
+
+def _register_agent(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="follow a release channel: download, seed, activate (roost agent status: show it)",
+        description=(
+            "Poll CHANNEL's channel.json; when its current release changes, download it "
+            "(seeding it to other hosts), install it at DEST/releases/TAG, run --hook, then "
+            "switch the symlink DEST/current to it. A failing hook keeps the old release. "
+            "'roost agent status --dest DEST' prints the agent's state."
+        ),
+    )
+    p.add_argument("action", nargs="?", choices=("run", "status"), default="run")
+    p.add_argument("--channel", metavar="URL", help="channel directory URL, file:// URL or path")
+    p.add_argument("--dest", type=Path, required=True, help="e.g. /opt/app")
+    p.add_argument("--interval", type=_seconds, default=10.0, help="seconds between polls")
+    p.add_argument("--keep", type=int, default=3, help="installed releases to keep (>= 1)")
+    p.add_argument("--hook", metavar="CMD", help="run before activating (ROOST_TAG, ROOST_PATH, …)")
+    p.add_argument(
+        "--temp-path", type=Path, help="downloads and seeded payloads (default DEST/.roost-cache)"
+    )
+    p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    p.add_argument("--announce-ip", help="the address other hosts reach this one at")
+    p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s; 0 = none")
+    p.add_argument("--download-limit", type=_size, default=0, help="bytes/s; 0 = none")
+    p.add_argument(
+        "--download-timeout", type=_seconds, default=3600.0, help="give up a download after S"
+    )
+    p.add_argument(
+        "--tracker-url", action="append", help="announce here instead of the torrents' trackers"
+    )
+    p.add_argument(
+        "--once", action="store_true", help="one poll-and-apply, then exit (non-zero on failure)"
+    )
+    p.add_argument("--json", action="store_true", help="status: print the state as JSON")
+    p.set_defaults(handler=_agent)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    if args.action == "status":
+        return _status(args)
+    from roost.agent import Agent, AgentConfig
+
+    if not args.channel:
+        raise UsageError("roost agent needs --channel URL")
+    config = AgentConfig(
+        channel=args.channel,
+        dest=args.dest,
+        interval=args.interval,
+        keep=args.keep,
+        hook=args.hook,
+        temp_path=args.temp_path,
+        listen_interface=args.listen,
+        listen_port=args.port,
+        announce_ip=args.announce_ip,
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
+        download_timeout=args.download_timeout,
+        trackers=tuple(args.tracker_url) if args.tracker_url else None,
+    )
+    with Agent(config, say=_say) as agent:
+        _on_signals(agent.stop)
+        if args.once:
+            outcome = agent.cycle()
+            _say(f"{outcome}: current {agent.state.current or 'none'}")
+            return 1 if outcome == "rejected" else 0
+        _say(f"following {args.channel} into {agent.dest} (listening on port {agent.engine.port})")
+        agent.run()
+        _say("stopped")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from roost.agent import read_status
+
+    doc = read_status(args.dest)
+    if args.json:
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return 0
+
+    def when(ts: float | None) -> str:
+        return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+    print(f"channel    {doc.get('channel')}")
+    print(f"current    {doc.get('current') or 'none'}  (current -> {doc.get('link')})")
+    print(f"previous   {doc.get('previous') or 'none'}")
+    installed = ", ".join(str(e.get("tag")) for e in doc.get("installed") or []) or "none"
+    print(f"installed  {installed}")
+    for seed in doc.get("seeding") or []:
+        print(f"seeding    {seed['tag']}: {seed['uploaded']} bytes up, {seed['peers']} peers")
+    if doc.get("rejected"):
+        print(f"rejected   {doc['rejected'].get('tag')}: {doc['rejected'].get('error')}")
+    print(f"last poll  {when(doc.get('last_poll'))}, last success {when(doc.get('last_ok'))}")
+    if doc.get("last_error"):
+        print(f"last error {doc['last_error']} ({when(doc.get('last_error_at'))})")
+    return 0
+
+
+# roost publish -------------------------------------------------------------------
+
+
+def _register_publish(sub: Any) -> None:
+    p = sub.add_parser(
+        "publish",
+        help="add a release to a channel directory and make it current (or roll back)",
+        description=(
+            "Create release TAG from SRC in DIR (TAG.tar, TAG.torrent) and make it the "
+            "channel's current release, replacing DIR/channel.json atomically. With "
+            "--rollback-to TAG, make an already published release current again. Seed the "
+            "release (roost seed DIR/TAG.torrent --from DIR, or --seed) so agents can fetch it."
+        ),
+    )
+    p.add_argument("source", type=Path, nargs="?", metavar="SRC", help="directory (or --file)")
+    p.add_argument("--tag", help="release name, e.g. v42")
+    p.add_argument("--channel-dir", type=Path, required=True, metavar="DIR")
+    p.add_argument("--channel-name", default="default", help="name for a new channel")
+    p.add_argument("--tracker", action="append", default=[], metavar="URL", help="announce URL")
+    p.add_argument("--web-seed", action="append", default=[], metavar="URL", help="BEP 19 origin")
+    p.add_argument("--file", dest="is_file", action="store_true", help="SRC is a single file")
+    p.add_argument("--piece-size", type=_size, default=None, metavar="SIZE")
+    p.add_argument("--no-current", action="store_true", help="publish without making it current")
+    p.add_argument("--rollback-to", metavar="TAG", help="make a published release current")
+    p.add_argument("--seed", action="store_true", help="then seed the release until stopped")
+    p.add_argument("--listen", default="0.0.0.0", help="with --seed: interface to listen on")
+    p.add_argument("--upload-limit", type=_size, default=0, help="with --seed: bytes/s")
+    p.set_defaults(handler=_publish)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from roost.channel import publish, set_current
+
+    if args.rollback_to:
+        if args.source or args.tag:
+            raise UsageError("--rollback-to takes no SRC or --tag")
+        channel = set_current(args.channel_dir, args.rollback_to)
+        print(f"channel {channel.name}: current is now {channel.current}")
+        return 0
+    if args.source is None or not args.tag:
+        raise UsageError("roost publish needs SRC and --tag (or --rollback-to TAG)")
+    release = publish(
+        args.source,
+        args.tag,
+        args.channel_dir,
+        announce=args.tracker,
+        name=args.channel_name,
+        is_file=args.is_file,
+        piece_size=args.piece_size,
+        web_seeds=args.web_seed,
+        make_current=not args.no_current,
+    )
+    state = "published" if args.no_current else "published and current"
+    print(f"{release.tag} {state}: {release.torrent} ({release.info_hash})", flush=True)
+    if not args.seed:
+        return 0
+    from roost.seeder import SeedConfig, Seeder
+
+    seeder = Seeder(
+        SeedConfig(
+            torrent=release.torrent,
+            payload_dir=release.payload.parent,
+            upload_limit=args.upload_limit,
+            listen_interface=args.listen,
+        )
+    )
+    _on_signals(seeder.stop)
+    print(f"seeding {release.tag} on port {seeder.port}", flush=True)
+    seeder.run()
+    return 0
+
+
+# roost channel serve -------------------------------------------------------------
+
+
+def _register_channel(sub: Any) -> None:
+    p = sub.add_parser("channel", help="serve a channel directory over HTTP")
+    csub = p.add_subparsers(dest="channel_command", metavar="ACTION", required=True)
+    serve = csub.add_parser(
+        "serve",
+        help="serve DIR read-only over HTTP (no listing, files of DIR only)",
+    )
+    serve.add_argument("directory", type=Path, metavar="DIR")
+    serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8999, help="port (0: any)")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from roost.channel import ChannelServer
+
+    server = ChannelServer(args.directory, bind=args.bind, port=args.port)
+    done = threading.Event()
+    _on_signals(done.set)
+    server.start()
+    print(f"serving {args.directory} at {server.url}", flush=True)
+    try:
+        while not done.wait(0.5):
+            pass
+    finally:
+        server.stop()
+    print("stopped", file=sys.stderr, flush=True)
+    return 0
