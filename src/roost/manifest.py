@@ -46,7 +46,7 @@ def unsafe_name_reason(name: str) -> str | None:
     parts = name.split("/")
     if ".." in parts:
         return "contains a '..' component"
-    if any(part in ("", ".") for part in parts):
+    if "" in parts or "." in parts:
         return "is not a normalised path"
     return None
 
