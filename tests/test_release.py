@@ -280,6 +280,10 @@ def test_file_needs_flag_and_content(tmp_path: Path) -> None:
         create_release(tmp_path / "e", "v1", tmp_path / "out", announce=[], is_file=True)
     with pytest.raises(UsageError, match="not a regular file"):
         create_release(tmp_path, "v1", tmp_path / "out", announce=[], is_file=True)
+    os.rename(tmp_path / "f", tmp_path / "f.torrent")
+    with pytest.raises(UsageError, match="overwrite the source"):
+        create_release(tmp_path / "f.torrent", "f", tmp_path, announce=[], is_file=True)
+    assert (tmp_path / "f.torrent").read_bytes() == b"x"
 
 
 @pytest.mark.parametrize(

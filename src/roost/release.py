@@ -348,6 +348,8 @@ def create_release(
         _check_piece_size(piece_size)
     source = _check_paths(Path(source), Path(out_dir), is_file)
     out_dir = Path(out_dir).absolute()
+    if is_file and (out_dir / f"{tag}.torrent").resolve() == source:
+        raise UsageError(f"the torrent {out_dir / tag}.torrent would overwrite the source")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
