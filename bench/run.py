@@ -43,6 +43,12 @@ def make_tools(names: list[str], args: argparse.Namespace) -> list[tools.Tool]:
             seed_args=tuple(shlex.split(args.roost_seed_args)),
             create_args=tuple(shlex.split(args.roost_create_args)),
         ),
+        "lt": lambda: tools.BareLibtorrent(
+            settings=args.lt_settings,
+            super_seed=args.lt_super_seed,
+            create_args=tuple(shlex.split(args.roost_create_args)),
+            tracker_args=tuple(shlex.split(args.roost_tracker_args)),
+        ),
         "lssd": tools.Lssd,
         "nginx": tools.Nginx,
     }
@@ -69,7 +75,13 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                 f"== {hosts} hosts, {size_mib} MiB, {rate:g} Mbit/s (limit {limit:.2f} s)",
                 flush=True,
             )
-            with Lab(hosts + 1, rate_mbit=rate, prefix=args.name, subnet=args.subnet) as lab:
+            with Lab(
+                hosts + 1,
+                rate_mbit=rate,
+                prefix=args.name,
+                subnet=args.subnet,
+                queue_ms=args.queue_ms,
+            ) as lab:
                 origin, peers = lab.hosts[0], lab.hosts[1:]
                 for tool in make_tools(args.tools.split(","), args):
                     work = base / f"{tool.name}-{hosts}"
@@ -115,11 +127,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hash-mib", type=int, default=1024, help="file size for the hashing test")
     ap.add_argument("--timeout", type=float, default=0, help="per tool and scenario, seconds")
     ap.add_argument("--subnet", default="198.18.100.0/24")
+    ap.add_argument("--queue-ms", type=float, default=50, help="link queue (tbf latency)")
     ap.add_argument("--name", default="roostbench", help="lab name (namespaces NAME-...)")
     ap.add_argument("--roost-tracker-args", default="", help="extra args for roost tracker")
-    ap.add_argument("--roost-peer-args", default="", help="extra args for roost peer")
+    ap.add_argument(
+        "--roost-peer-args",
+        default="",
+        help="extra args for roost peer ({addr}: the host's address)",
+    )
     ap.add_argument("--roost-seed-args", default="", help="extra args for roost seed")
     ap.add_argument("--roost-create-args", default="", help="extra args for roost create")
+    ap.add_argument("--lt-settings", default="{}", help="tool lt: settings pack overrides")
+    ap.add_argument("--lt-super-seed", action="store_true", help="tool lt: super-seed origin")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--scratch", default="/var/tmp", help="where artifacts are written")
     ap.add_argument("--keep", action="store_true", help="keep scratch files (logs)")

@@ -372,7 +372,7 @@ class Roost(Tool):
                 str(ctx.artifact),
                 "--announce-ip",
                 ctx.origin.address,
-                *self.seed_args,
+                *(a.replace("{addr}", ctx.origin.address) for a in self.seed_args),
             ],
             "seeder.log",
         )
@@ -391,7 +391,7 @@ class Roost(Tool):
             host.address,
             "--events",
             "json",
-            *self.peer_args,
+            *(a.replace("{addr}", host.address) for a in self.peer_args),
         ]
         return (
             "mkdir -p /tmp/roost && "
@@ -558,3 +558,56 @@ def _kill_group(proc: subprocess.Popen[Any]) -> None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=5)
+
+
+class BareLibtorrent(Roost):
+    """Experiment: roost's tracker and release, bare libtorrent peers (bench/ltpeer.py)
+    with roost's settings pack plus JSON overrides. Not a tool users pick: it
+    measures engine settings before they are proposed for roost's engine."""
+
+    name = "lt"
+
+    def __init__(self, *, settings: str = "{}", super_seed: bool = False, **kw: Any):
+        super().__init__(**kw)
+        self.lt_settings = settings
+        self.super_seed = super_seed
+
+    def _argv(self, ctx: Ctx, addr: str, *extra: str) -> list[str]:
+        script = str(Path(__file__).resolve().parent / "ltpeer.py")
+        return [
+            PYTHON,
+            script,
+            str(ctx.options["torrent"]),
+            "--addr",
+            addr,
+            "--settings",
+            self.lt_settings,
+            *extra,
+        ]
+
+    def start_origin(self, ctx: Ctx) -> None:
+        seed_args, self.seed_args = self.seed_args, ()
+        # reuse Roost's create + tracker, then replace its seeder by a bare one
+        super().start_origin(ctx)
+        self.seed_args = seed_args
+        seeder = ctx.procs.pop()
+        _kill_group(seeder)
+        ctx.origin_popen(
+            self._argv(ctx, ctx.origin.address, "--seed", "--save", str(ctx.artifact.parent))
+            + (["--super-seed"] if self.super_seed else []),
+            "ltseed.log",
+        )
+        time.sleep(1.0)
+
+    def peer_command(self, ctx: Ctx, host: Host) -> str:
+        argv = self._argv(ctx, host.address, "--save", "/tmp/lt/dl", "--done", "/tmp/lt/done")
+        return "mkdir -p /tmp/lt && exec " + shlex.join(argv) + " > /tmp/lt/peer.log 2>&1"
+
+    def result_file(self, ctx: Ctx, host: Host) -> Path:
+        return host.path(f"/tmp/lt/dl/{ctx.artifact.name}")
+
+    def stop(self, ctx: Ctx) -> None:
+        pass
+
+    def settings(self, ctx: Ctx) -> dict[str, Any]:
+        return {"lt": self.lt_settings, "super_seed": self.super_seed, **super().settings(ctx)}

@@ -197,6 +197,7 @@ class Lab:
         subnet: str = "198.18.0.0/24",
         private_mounts: Sequence[str] = ("/tmp", "/opt"),
         state_dir: Path | None = None,
+        queue_ms: float = 50,
     ):
         _check_name(prefix)
         if n_hosts < 1:
@@ -214,7 +215,10 @@ class Lab:
                 raise LabError(f"cannot make {m!r} private on emulated hosts")
         if delay_ms < 0:
             raise LabError(f"bad delay {delay_ms} ms")
+        if queue_ms <= 0:
+            raise LabError(f"bad queue {queue_ms} ms: must be positive")
         self.n_hosts = n_hosts
+        self.queue_ms = queue_ms
         self.rate_mbit = rate_mbit
         self.delay_ms = delay_ms
         self.prefix = prefix
@@ -253,6 +257,7 @@ class Lab:
             "subnet": str(self.subnet),
             "rate_mbit": self.rate_mbit,
             "delay_ms": self.delay_ms,
+            "queue_ms": self.queue_ms,
             "private_mounts": list(self.private_mounts),
             "controller": self.controller_address,
             "switch_netns": self.switch_netns,
@@ -285,6 +290,7 @@ class Lab:
             subnet=state["subnet"],
             private_mounts=state["private_mounts"],
             state_dir=state_dir,
+            queue_ms=state.get("queue_ms", 50),
         )
         lab.hosts = [
             Host(lab, i + 1, h["name"], h["address"], h["netns"], h["holder"])
@@ -392,7 +398,7 @@ class Lab:
             if self.rate_mbit is not None:
                 rate_bps = self.rate_mbit * 1e6
                 burst = max(32 * 1024, int(rate_bps / 8 / 200))  # 5 ms of traffic, at least 32K
-                tbf = f"tbf rate {rate_bps:.0f}bit burst {burst} latency 50ms"
+                tbf = f"tbf rate {rate_bps:.0f}bit burst {burst} latency {self.queue_ms:g}ms"
                 host_cmds.append(f"qdisc add dev eth0 root handle 1: {tbf}")
                 sw_cmds.append(f"qdisc add dev h{h.index} root handle 1: {tbf}")
             if self.delay_ms:
