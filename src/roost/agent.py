@@ -235,8 +235,11 @@ class Agent:
 
     def close(self) -> None:
         """Save resume data, stop seeding, release the destination."""
-        for download in self._downloads.values():
+        for info_hash, download in self._downloads.items():
             download.close()
+            # Removed before the session goes (an in-process tracker must not
+            # wait on a session destructor holding the GIL).
+            self.engine.remove(info_hash)
         self._downloads.clear()
         self.engine.close()
         with contextlib.suppress(OSError):
