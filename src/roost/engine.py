@@ -59,6 +59,15 @@ class EngineConfig:
     #: libtorrent refuses a loopback tracker whose path is not /announce while
     #: this is on; roost's tracker serves /announce so it can stay on.
     ssrf_mitigation: bool = True
+    #: Check the certificates of HTTPS web seeds and trackers (off only for
+    #: tests and self-signed origins you cannot give a CA file for).
+    verify_https: bool = True
+    #: PEM bundle trusted for HTTPS web seeds/trackers instead of the system
+    #: store (sets SSL_CERT_FILE for this process: OpenSSL reads it there).
+    ca_file: str | None = None
+    #: DHT bootstrap nodes ("host:port"); with them the DHT also accepts
+    #: private and same-address nodes (a DHT inside one datacenter).
+    dht_bootstrap: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -178,6 +187,13 @@ def settings_pack(config: EngineConfig) -> dict[str, object]:
     }
     if config.announce_ip:
         pack["announce_ip"] = config.announce_ip
+    pack["validate_https_trackers"] = config.verify_https
+    if config.dht_bootstrap:
+        pack["dht_bootstrap_nodes"] = ",".join(config.dht_bootstrap)
+        pack["dht_restrict_routing_ips"] = False
+        pack["dht_restrict_search_ips"] = False
+        pack["dht_prefer_verified_node_ids"] = False
+        pack["dht_ignore_dark_internet"] = False
     return pack
 
 
@@ -195,6 +211,8 @@ class Engine:
 
     def __init__(self, config: EngineConfig | None = None):
         self.config = config or EngineConfig()
+        if self.config.ca_file:
+            os.environ["SSL_CERT_FILE"] = self.config.ca_file
         try:
             self._session = lt.session(cast(Any, settings_pack(self.config)))
         except (RuntimeError, TypeError, ValueError) as exc:
@@ -289,6 +307,65 @@ class Engine:
         if resume_dir is not None:
             self._resume_dirs[tid] = Path(resume_dir)
         return tid
+
+    def add_magnet(
+        self,
+        uri: str,
+        save_path: Path,
+        *,
+        resume_dir: Path | None = None,
+        web_seeds: Sequence[str] = (),
+        trackers: Sequence[str] | None = None,
+    ) -> TorrentId:
+        """Add a magnet link; the info dict comes from peers (BEP 9).
+
+        :meth:`metadata` answers once it has arrived. Raises ``EngineError``
+        for a link libtorrent cannot parse or add.
+        """
+        try:
+            atp = lt.parse_magnet_uri(uri)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise EngineError(f"not a valid magnet link: {exc}") from exc
+        tid = _hex(atp.info_hashes)
+        if tid in self._handles:
+            raise EngineError("torrent added twice", info_hash=tid)
+        resume_file = _resume_path(resume_dir, tid) if resume_dir else None
+        if resume_file is not None and resume_file.is_file():
+            with contextlib.suppress(RuntimeError, ValueError):
+                resumed = lt.read_resume_data(resume_file.read_bytes())
+                resumed.trackers = atp.trackers
+                resumed.url_seeds = atp.url_seeds
+                atp = resumed
+        atp.save_path = str(save_path)
+        flags = atp.flags
+        flags &= ~lt.torrent_flags.paused
+        flags &= ~lt.torrent_flags.auto_managed
+        atp.flags = flags
+        if web_seeds:
+            atp.url_seeds = list(atp.url_seeds) + list(web_seeds)
+        try:
+            Path(save_path).mkdir(parents=True, exist_ok=True)
+            handle = self._session.add_torrent(atp)
+            if trackers is not None:
+                handle.replace_trackers([lt.announce_entry(url) for url in trackers])
+        except (RuntimeError, OSError, TypeError, ValueError) as exc:
+            raise EngineError(f"cannot add magnet link: {exc}", info_hash=tid) from exc
+        self._handles[tid] = handle
+        if resume_dir is not None:
+            self._resume_dirs[tid] = Path(resume_dir)
+        return tid
+
+    def metadata(self, tid: TorrentId) -> bytes | None:
+        """The torrent (``{"info": ...}``, bencoded) once its info dict is known."""
+        handle = self._handle(tid)
+        try:
+            info = handle.torrent_file()
+            if info is None:
+                return None
+            section = bytes(info.info_section())
+        except RuntimeError:
+            return None
+        return b"d4:info" + section + b"e" if section else None
 
     def _handle(self, tid: TorrentId) -> lt.torrent_handle:
         try:

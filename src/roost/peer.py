@@ -70,6 +70,15 @@ class PeerConfig:
     timeout: float | None = None
     trackers: tuple[str, ...] | None = None
     foreground: bool = False
+    #: BEP 19 web seeds (HTTP(S) origins) added to the torrent's own.
+    web_seeds: tuple[str, ...] = ()
+    verify_https: bool = True
+    ca_file: str | None = None
+    #: A magnet link instead of a .torrent: ``torrent`` is then where the
+    #: metadata fetched from peers is written (``magnet_torrent_path``).
+    magnet: str | None = None
+    dht: bool = False
+    dht_bootstrap: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -82,6 +91,8 @@ class PeerConfig:
             data[key] = Path(data[key])
         if data.get("trackers") is not None:
             data["trackers"] = tuple(data["trackers"])
+        for key in ("web_seeds", "dht_bootstrap"):
+            data[key] = tuple(data.get(key) or ())
         return cls(**data)
 
 
@@ -104,6 +115,29 @@ def worker_pid_file(temp_path: Path, info_hash: str) -> Path:
     return temp_path / info_hash / "worker.pid"
 
 
+def magnet_torrent_path(temp_path: Path, info_hash: str) -> Path:
+    """Where a magnet peer writes the torrent once its metadata arrived."""
+    return temp_path / info_hash / "metadata.torrent"
+
+
+def _info_hash_of(config: PeerConfig, torrent_bytes: bytes | None) -> str:
+    if config.magnet:
+        from roost.magnet import parse_magnet
+
+        return parse_magnet(config.magnet).info_hash
+    return str(_read_meta(torrent_bytes or b"").info_hash)
+
+
+def _torrent_bytes(config: PeerConfig) -> bytes | None:
+    """The .torrent's bytes; None for a magnet (its metadata comes later)."""
+    if config.magnet:
+        return None
+    try:
+        return config.torrent.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
+
+
 # The worker: engine owner ------------------------------------------------------
 
 
@@ -113,7 +147,7 @@ class _Download:
     def __init__(
         self,
         config: PeerConfig,
-        torrent_bytes: bytes,
+        torrent_bytes: bytes | None,
         info_hash: str,
         engine: Engine | None = None,
     ):
@@ -129,15 +163,43 @@ class _Download:
                 announce_ip=config.announce_ip,
                 upload_limit=config.upload_limit,
                 download_limit=config.download_limit,
+                verify_https=config.verify_https,
+                ca_file=config.ca_file,
+                dht=config.dht,
+                dht_bootstrap=config.dht_bootstrap,
             )
         )
-        self.tid = self.engine.add(
-            torrent_bytes,
-            self.dir,
-            resume_dir=self.dir,
-            trackers=config.trackers,
-        )
+        self.has_metadata = torrent_bytes is not None
+        if torrent_bytes is None:
+            assert config.magnet is not None
+            self.tid = self.engine.add_magnet(
+                config.magnet,
+                self.dir,
+                resume_dir=self.dir,
+                web_seeds=config.web_seeds,
+                trackers=config.trackers,
+            )
+        else:
+            self.tid = self.engine.add(
+                torrent_bytes,
+                self.dir,
+                resume_dir=self.dir,
+                trackers=config.trackers,
+                web_seeds=config.web_seeds,
+            )
         self.hash_failures = 0
+
+    def _save_metadata(self) -> None:
+        """Magnet: write the torrent (info dict from peers) where the front reads it."""
+        if self.has_metadata:
+            return
+        data = self.engine.metadata(self.tid)
+        if data is None:
+            return
+        tmp = self.config.torrent.with_name(f".{self.config.torrent.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self.config.torrent)
+        self.has_metadata = True
 
     def run_until_complete(self, emit: Emit, should_stop: Callable[[], str | None]) -> None:
         """Download; raise ``EngineError`` on a torrent error or a stop request."""
@@ -151,7 +213,8 @@ class _Download:
                 self._save_resume_quietly()
                 raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
             now = time.monotonic()
-            if status.is_finished and status.state in ("seeding", "finished"):
+            self._save_metadata()
+            if self.has_metadata and status.is_finished and status.state in ("seeding", "finished"):
                 # Finished means hashed; the file may still lack the last writes.
                 self.engine.flush(self.tid)
                 self._emit_progress(emit)
@@ -213,9 +276,9 @@ Download = _Download
 
 def run_worker(config: PeerConfig) -> int:
     """The detached worker's main: events as JSON lines on stdout."""
-    torrent_bytes = config.torrent.read_bytes()
-    meta = _read_meta(torrent_bytes)
-    pid_file = worker_pid_file(config.temp_path, meta.info_hash)
+    torrent_bytes = _torrent_bytes(config)
+    info_hash = _info_hash_of(config, torrent_bytes)
+    pid_file = worker_pid_file(config.temp_path, info_hash)
     procs.write_pid_file(pid_file)
     stop: dict[str, str | None] = {"reason": None}
     completed = threading.Event()
@@ -245,7 +308,7 @@ def run_worker(config: PeerConfig) -> int:
     threading.Thread(target=watch_front, daemon=True).start()
     download: _Download | None = None
     try:
-        download = _Download(config, torrent_bytes, meta.info_hash)
+        download = _Download(config, torrent_bytes, info_hash)
         download.run_until_complete(emit, lambda: stop["reason"])
         completed.set()
         emit({"event": "complete"})
@@ -283,13 +346,10 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     ``UnsafeArchiveError`` from installing, ``HookError``.
     """
     started = time.monotonic()
-    try:
-        torrent_bytes = config.torrent.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
-    meta = _read_meta(torrent_bytes)
+    torrent_bytes = _torrent_bytes(config)
+    info_hash = _info_hash_of(config, torrent_bytes)
     deadline = started + config.timeout if config.timeout else None
-    procs.stop_by_pid_file(worker_pid_file(config.temp_path, meta.info_hash))
+    procs.stop_by_pid_file(worker_pid_file(config.temp_path, info_hash))
     totals = {"down": 0, "up": 0}
 
     def relay(event: dict[str, Any]) -> None:
@@ -300,7 +360,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
 
     download: _Download | None = None
     if config.foreground:
-        download = _Download(config, torrent_bytes, meta.info_hash)
+        download = _Download(config, torrent_bytes, info_hash)
         try:
             download.run_until_complete(relay, lambda: _timed_out(deadline, config))
         except BaseException:
@@ -308,7 +368,9 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             raise
         relay({"event": "complete"})
     else:
-        _run_detached(config, meta.info_hash, relay, deadline)
+        _run_detached(config, info_hash, relay, deadline)
+    # A magnet's torrent exists now (the worker wrote it before completing).
+    meta = _read_meta(torrent_bytes if torrent_bytes is not None else config.torrent.read_bytes())
     try:
         path, already = _install(config, meta)
         emit({"event": "installed", "path": str(path), "already": already})

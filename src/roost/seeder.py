@@ -37,6 +37,8 @@ class SeedConfig:
     listen_interface: str = "0.0.0.0"
     listen_port: int = 0
     announce_ip: str | None = None
+    dht: bool = False  # also announce on the DHT (trackerless / magnet peers)
+    dht_bootstrap: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class Seeder:
                 listen_port=config.listen_port,
                 announce_ip=config.announce_ip,
                 upload_limit=config.upload_limit,
+                dht=config.dht,
+                dht_bootstrap=config.dht_bootstrap,
             )
         )
         try:

@@ -67,6 +67,9 @@ def _register_seed(sub: Any) -> None:
     p.add_argument(
         "--check", action="store_true", help="hash the payload first instead of seed_mode"
     )
+    from roost.cli.origin import add_dht_flags
+
+    add_dht_flags(p)
     p.set_defaults(handler=_seed)
 
 
@@ -93,6 +96,8 @@ def _seed(args: argparse.Namespace) -> int:
             listen_interface=args.listen,
             listen_port=args.port,
             announce_ip=args.announce_ip,
+            dht=args.dht or bool(args.dht_bootstrap),
+            dht_bootstrap=tuple(args.dht_bootstrap),
         )
     )
     _stop_on_signals(seeder.stop)
@@ -124,7 +129,7 @@ def _stop_on_signals(stop: Any) -> None:
 
 def _register_peer(sub: Any) -> None:
     p = sub.add_parser("peer", help="download, verify and install a release, then seed it a while")
-    p.add_argument("torrent", type=Path, help="the release's .torrent")
+    p.add_argument("torrent", help="the release's .torrent, or a magnet link")
     p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG")
     _add_install_flags(p)
     p.add_argument(
@@ -138,6 +143,10 @@ def _register_peer(sub: Any) -> None:
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
     p.add_argument("--tracker-url", action="append", help="announce here instead")
     p.add_argument("--events", choices=("text", "json"), default="text", help="output format")
+    from roost.cli.origin import add_dht_flags, add_web_seed_flags
+
+    add_web_seed_flags(p)
+    add_dht_flags(p)
     p.add_argument(
         "--foreground",
         action="store_true",
@@ -168,8 +177,21 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _peer(args: argparse.Namespace) -> int:
+    from roost.magnet import is_magnet, parse_magnet
+    from roost.peer import magnet_torrent_path
+
+    magnet = args.torrent if is_magnet(args.torrent) else None
+    torrent = Path(args.torrent)
+    if magnet is not None:
+        torrent = magnet_torrent_path(args.temp_path, parse_magnet(magnet).info_hash)
     config = PeerConfig(
-        torrent=args.torrent,
+        torrent=torrent,
+        magnet=magnet,
+        web_seeds=tuple(args.web_seed),
+        verify_https=not args.insecure_web_seed_tls,
+        ca_file=args.web_seed_ca,
+        dht=args.dht or bool(args.dht_bootstrap),
+        dht_bootstrap=tuple(args.dht_bootstrap),
         dest=args.dest,
         tag_directory=args.tag_directory,
         clean=args.clean,

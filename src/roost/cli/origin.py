@@ -61,3 +61,49 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
     print(json.dumps({"origin": server.stats().to_json()}), flush=True)
     return 0
+
+
+# Flags shared by roost peer / roost seed (multi-datacenter) ----------------------
+
+
+def add_web_seed_flags(p: argparse.ArgumentParser) -> None:
+    """``--web-seed``, ``--web-seed-ca``, ``--insecure-web-seed-tls``."""
+    p.add_argument(
+        "--web-seed",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="HTTP(S) origin of the payload (BEP 19), added to the torrent's (repeatable)",
+    )
+    p.add_argument(
+        "--web-seed-ca",
+        metavar="PEM",
+        help="trust this CA bundle for HTTPS web seeds and trackers (not the system's)",
+    )
+    p.add_argument(
+        "--insecure-web-seed-tls",
+        action="store_true",
+        help="do not check HTTPS web seed/tracker certificates (tests only)",
+    )
+
+
+def add_dht_flags(p: argparse.ArgumentParser) -> None:
+    """``--dht`` (off by default) and ``--dht-bootstrap HOST:PORT``."""
+    p.add_argument(
+        "--dht", action="store_true", help="also find peers over the DHT (off by default)"
+    )
+    p.add_argument(
+        "--dht-bootstrap",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        type=_host_port,
+        help="DHT node to join through (e.g. the datacenter seed); implies --dht",
+    )
+
+
+def _host_port(text: str) -> str:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return text

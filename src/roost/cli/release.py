@@ -98,6 +98,9 @@ def _create(args: argparse.Namespace) -> int:
         private=args.private,
     )
     seconds = time.monotonic() - started
+    from roost.magnet import magnet_uri
+
+    magnet = magnet_uri(release.info_hash, release.payload.name, args.tracker, args.web_seed)
     if args.json:
         doc = {
             "tag": release.tag,
@@ -109,6 +112,7 @@ def _create(args: argparse.Namespace) -> int:
             "piece_size": release.piece_size,
             "pieces": release.num_pieces,
             "seconds": round(seconds, 3),
+            "magnet": magnet,
         }
         print(json.dumps(doc))
         return 0
@@ -119,6 +123,7 @@ def _create(args: argparse.Namespace) -> int:
     print(f"info-hash  {release.info_hash}")
     print(f"size       {release.total_size} bytes ({_human(release.total_size)})")
     print(f"pieces     {release.num_pieces} x {_human(release.piece_size)}")
+    print(f"magnet     {magnet}")
     print(f"took       {seconds:.2f} s")
     return 0
 
