@@ -77,6 +77,8 @@ class Publisher:
 
     def stop_seeding(self) -> None:
         for seeder in self.seeders.values():
+            seeder.seeder.stop()  # all at once: each close waits for its last announce
+        for seeder in self.seeders.values():
             seeder.stop()
         self.seeders.clear()
 

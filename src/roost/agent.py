@@ -221,7 +221,11 @@ class Agent:
         ``unchanged``, ``rejected``, ``empty``). Raises ``RoostError``."""
         self.state.last_poll = time.time()
         try:
-            outcome = self._cycle()
+            try:
+                outcome = self._cycle()
+            except OSError as exc:  # a full or read-only disk, a vanished directory
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise DestinationError(f"{exc.strerror or exc}{where}") from exc
         except RoostError as exc:
             self.state.last_error = str(exc)
             self.state.last_error_at = time.time()
