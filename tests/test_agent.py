@@ -277,6 +277,39 @@ def test_daemon_survives_bad_channel_and_seeds_the_next_host(
     assert resume.is_file()
 
 
+def test_sigterm_mid_download_saves_resume_data_and_a_restart_finishes(
+    pub: Publisher, tmp_path: Path, roost_procs: Start
+) -> None:
+    from tests.conftest import random_file
+
+    dest = tmp_path / "dest"
+    source = pub.source("big")
+    random_file(source / "blob.bin", 2 * 1024 * 1024, seed=7)
+    release = publish(source, "v1", pub.dir, announce=[pub.tracker.announce_url])
+    from roost.seeder import SeedConfig, SeederThread
+
+    pub.seeders["v1"] = SeederThread(
+        SeedConfig(release.torrent, release.payload.parent, listen_interface="127.0.0.1")
+    )
+    slow = agent_args(pub, dest, "--interval", "0.5", "--download-limit", "256K")
+    daemon = roost_procs(*slow)
+    work = dest / ".roost-cache" / release.info_hash
+    wait_for(lambda: (work / "v1.tar").exists(), 15, "the download to start")
+    time.sleep(1.5)
+    daemon.send_signal(signal.SIGTERM)
+    out, err = daemon.communicate(timeout=15)
+    assert daemon.returncode == 0, err
+    assert out.decode().splitlines()[-1].endswith("roost agent: stopped")
+    assert (work / f"{release.info_hash}.resume").is_file()
+    assert not (dest / "current").exists() and os.listdir(dest / "releases") == []
+
+    rc, _, err_text = once(roost_procs, *agent_args(pub, dest, "--once"))
+    assert rc == 0, err_text
+    assert snapshot(dest / "current") == snapshot(source, skip_git=True)
+    # The restart did not fetch everything again.
+    assert state(dest)["last_download"]["bytes"] < release.total_size
+
+
 # In-process: bad input ----------------------------------------------------------
 
 
