@@ -1,0 +1,105 @@
+"""The agent's on-disk state under DEST: ``.roost-agent.json`` (what
+``roost agent status`` prints), the lock that keeps one agent per
+destination, and the names of the files and directories it manages."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from roost.errors import UsageError
+
+STATE_FILE = ".roost-agent.json"
+LOCK_FILE = ".roost-agent.lock"
+CACHE_DIR = ".roost-cache"
+RELEASES = "releases"
+CURRENT = "current"
+
+
+@dataclass
+class AgentState:
+    """What ``DEST/.roost-agent.json`` holds (``roost agent status`` prints it)."""
+
+    channel: str | None = None
+    current: str | None = None
+    previous: str | None = None
+    installed: list[dict[str, Any]] = field(default_factory=list)  # tag, info_hash, installed
+    rejected: dict[str, Any] | None = None  # tag, info_hash, error
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_poll: float | None = None
+    last_ok: float | None = None
+    last_download: dict[str, Any] | None = None
+    seeding: list[dict[str, Any]] = field(default_factory=list)  # tag, info_hash, uploaded, peers
+
+    @classmethod
+    def load(cls, dest: Path) -> AgentState:
+        """The saved state, or a fresh one; ``UsageError`` if it is corrupt."""
+        path = Path(dest) / STATE_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"agent state {path} is unreadable: {exc}") from None
+        if not isinstance(doc, dict):
+            raise UsageError(f"agent state {path} is not a JSON object")
+        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except TypeError as exc:
+            raise UsageError(f"agent state {path} is malformed: {exc}") from None
+
+    def save(self, dest: Path) -> None:
+        path = Path(dest) / STATE_FILE
+        data = json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=dest)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def installed_entry(self, tag: str) -> dict[str, Any] | None:
+        return next((e for e in self.installed if e.get("tag") == tag), None)
+
+    def info_hash(self, tag: str | None) -> str | None:
+        entry = self.installed_entry(tag) if tag else None
+        return None if entry is None else str(entry["info_hash"])
+
+
+def lock_destination(path: Path) -> Any:
+    """Hold ``path`` locked for this agent's life; ``UsageError`` if another has it."""
+    f = open(path, "a+")  # noqa: SIM115 - held open for the agent's life
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UsageError(f"another roost agent is running for {path.parent}") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def read_status(dest: Path) -> dict[str, Any]:
+    """The saved agent state of ``dest`` plus where ``DEST/current`` points.
+
+    Raises ``UsageError`` if no agent has run there.
+    """
+    dest = Path(dest)
+    if not (dest / STATE_FILE).is_file():
+        raise UsageError(f"no roost agent state in {dest} ({STATE_FILE} is missing)")
+    doc = dict(AgentState.load(dest).__dict__)
+    link = dest / CURRENT
+    doc["link"] = os.readlink(link) if link.is_symlink() else None
+    return doc
