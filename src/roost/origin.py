@@ -39,6 +39,7 @@ import re
 import ssl
 import stat
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,7 +52,7 @@ from roost.errors import UsageError
 log = logging.getLogger(__name__)
 
 STATS_PATH = "/.roost-origin/stats.json"
-_CHUNK = 1 << 20
+_THROTTLE_CHUNK = 16 * 1024
 
 
 # Sans-IO: the Range header ---------------------------------------------------
@@ -175,6 +176,9 @@ class OriginConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     idle_timeout: float = 60.0
+    #: Cap on the origin's whole egress in bytes/s (0 = none): keeps a
+    #: release from filling the link between datacenters.
+    rate_limit: int = 0
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,27 @@ class _Counters:
             return OriginStats(
                 self.bytes_served, self.requests, dict(self.responses), dict(self.clients)
             )
+
+
+class _Throttle:
+    """A token bucket shared by every connection (bytes/s, burst of 1/4 s)."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._allowance = 0.0
+        self._last = time.monotonic()
+
+    def take(self, n: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            burst = self.rate / 4
+            self._allowance = min(burst, self._allowance + (now - self._last) * self.rate)
+            self._last = now
+            self._allowance -= n
+            wait = -self._allowance / self.rate if self._allowance < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -313,6 +338,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_body(self, f: Any, start: int, length: int) -> None:
         client = self.client_address[0]
+        throttle = self.server.throttle
+        if throttle is not None:
+            self._send_throttled(f, start, length, throttle)
+            return
         sent_total = 0
         try:
             # socket.sendfile: zero-copy on plain TCP, a send loop under TLS.
@@ -325,6 +354,23 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.counters.sent(client, sent_total)
         if sent_total < length:
+            self.close_connection = True
+
+    def _send_throttled(self, f: Any, start: int, length: int, throttle: _Throttle) -> None:
+        client = self.client_address[0]
+        offset, end = start, start + length
+        try:
+            while offset < end:
+                chunk = os.pread(f.fileno(), min(_THROTTLE_CHUNK, end - offset), offset)
+                if not chunk:
+                    break  # the file shrank under us
+                throttle.take(len(chunk))
+                self.connection.sendall(chunk)
+                offset += len(chunk)
+                self.server.counters.sent(client, len(chunk))
+        except OSError:
+            pass
+        if offset < end:
             self.close_connection = True
 
     def _stats(self, body: bool) -> None:
@@ -352,6 +398,7 @@ class _Server(ThreadingHTTPServer):
         self.root = root
         self.idle_timeout = config.idle_timeout
         self.counters = _Counters()
+        self.throttle = _Throttle(config.rate_limit) if config.rate_limit > 0 else None
         self._context = context
         super().__init__((config.bind, config.port), _Handler)
 

@@ -31,7 +31,24 @@ def register(sub: Any) -> None:
     serve.add_argument(
         "--idle-timeout", type=float, default=60.0, help="close idle connections after S seconds"
     )
+    serve.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=0,
+        metavar="RATE",
+        help="cap the origin's whole upload, bytes/s (e.g. 50M); 0 = none",
+    )
     serve.set_defaults(handler=_serve)
+
+
+def _rate(text: str) -> int:
+    from roost.errors import RoostError
+    from roost.release import parse_size
+
+    try:
+        return parse_size(text)
+    except RoostError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -45,6 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             idle_timeout=args.idle_timeout,
+            rate_limit=args.rate_limit,
         )
     ).start()
     stop = threading.Event()
