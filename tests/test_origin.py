@@ -9,6 +9,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -332,3 +333,17 @@ def test_cli_bad_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     err = capsys.readouterr().err
     expected = f"roost: error: origin root {tmp_path / 'x'} is not a directory"
     assert err.strip().splitlines() == [expected]
+
+
+def test_rate_limit(tmp_path: Path) -> None:
+    """--rate-limit caps the whole origin: 768 KiB at 1 MiB/s (256 KiB burst)
+    takes at least half a second, and arrives intact."""
+    data = os.urandom(768 * 1024)
+    (tmp_path / "f.bin").write_bytes(data)
+    with OriginServer(OriginConfig(root=tmp_path, port=0, rate_limit=1024 * 1024)) as server:
+        started = time.monotonic()
+        status, _, body = _request(server.port, "GET", "/f.bin")
+        elapsed = time.monotonic() - started
+    assert (status, body) == (200, data)
+    assert elapsed >= 0.45, elapsed
+    assert server.stats().bytes_served == len(data)
