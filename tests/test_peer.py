@@ -101,12 +101,44 @@ def test_non_empty_destination_is_refused_and_clean_replaces_it(
     assert len(lines) == 1 and lines[0].startswith("roost: error: ") and "not empty" in lines[0]
     assert events[-2]["event"] == "failed" and "not empty" in events[-2]["error"]
     assert events[-1] == {**events[-1], "event": "done", "ok": False}
+    assert "complete" not in kinds(events)  # refused before spending a download
+    assert events[-1]["down"] == 0
     assert os.listdir(dest / "t1") == ["keep.txt"]
     assert sorted(os.listdir(dest)) == ["t1"]
 
     rc, events, err = run(roost_procs, *args, "--clean")
     assert rc == 0, err
     assert snapshot(dest / "t1") == snapshot(tree, skip_git=True)
+
+
+def test_installed_release_is_recognised_without_a_swarm(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """A re-run on a host that holds the release needs no seeder, no cache and
+    runs no hook again: the tree itself proves what it holds."""
+    swarm = make_swarm(tree)
+    dest = tmp_path / "dest"
+    args = peer_args(swarm.torrent, dest, tmp_path / "temp", "--events", "json", "--linger", "0")
+    rc, _, err = run(roost_procs, *args)
+    assert rc == 0, err
+    swarm.seeder.stop()  # type: ignore[attr-defined]
+    marker = tmp_path / "hook-ran"
+    fresh = peer_args(swarm.torrent, dest, tmp_path / "fresh-temp", "--events", "json")
+    rc, events, err = run(
+        roost_procs, *fresh, "--timeout", "20", "--hook", f"touch {marker}", timeout=30
+    )
+    assert rc == 0, err
+    assert kinds(events) == ["installed", "done"]
+    assert events[0]["already"] is True and events[-1]["down"] == 0
+    assert not marker.exists()
+
+    # One byte changed in the tree: it no longer holds the release, and the
+    # peer refuses it as an occupied destination, still without downloading.
+    victim = next(p for p in sorted((dest / "t1").rglob("*")) if p.is_file() and not p.is_symlink())
+    victim.write_bytes(victim.read_bytes() + b"x")
+    rc, events, err = run(roost_procs, *fresh, "--timeout", "20", timeout=30)
+    assert rc != 0 and "not empty" in err
+    assert "complete" not in kinds(events)
 
 
 def test_hook_runs_with_the_release_in_its_environment(

@@ -43,7 +43,7 @@ from roost.errors import (
     UsageError,
     VerifyError,
 )
-from roost.hashing import copy_and_hash
+from roost.hashing import copy_and_hash, sha256_range
 from roost.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -52,10 +52,11 @@ from roost.manifest import (
     parse_manifest,
     unsafe_name_reason,
 )
-from roost.release import TorrentMeta, validate_tag
+from roost.release import TorrentMeta, tree_manifest_sha256, validate_tag
 
 __all__ = [
     "InstallResult",
+    "check_destination",
     "install_release",
     "installed_difference",
     "load_plan",
@@ -258,13 +259,68 @@ def install_release(
         except UsageError as exc:
             raise ReleaseError(f"cannot use {tag!r} as a directory name: {exc}") from None
     plan = load_plan(Path(payload), meta)
-    dest = Path(dest).absolute()
-    as_file = plan.single and not tag_directory
-    target = dest / (meta.name if as_file else tag) if as_file or tag_directory else dest
+    target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
     try:
         return _install(Path(payload), plan, target, as_file=as_file, clean=clean)
     except OSError as exc:
         raise _dest_error(exc, target) from exc
+
+
+def _target(meta: TorrentMeta, dest: Path, *, tag_directory: bool) -> tuple[Path, bool]:
+    """Where a release lands, and whether that is the file itself."""
+    tag = meta.tag or meta.name
+    dest = dest.absolute()
+    as_file = meta.kind != "tar" and not tag_directory  # a file release, or a foreign one
+    if as_file:
+        return dest / meta.name, True
+    return (dest / tag if tag_directory else dest), False
+
+
+def check_destination(
+    meta: TorrentMeta, dest: Path, *, tag_directory: bool = True, clean: bool = False
+) -> InstallResult | None:
+    """Judge the destination before anything is downloaded.
+
+    Returns ``InstallResult(target, already_installed=True)`` when the target
+    already holds exactly this release, None when installing may go ahead.
+    Raises ``DestinationError`` when the target is occupied by something else
+    and ``clean`` is not set, so a host refuses before spending a download.
+    Torrents made by other tools (no manifest hash) are judged after download.
+    """
+    if meta.manifest_sha256 is None:
+        return None
+    target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
+    try:
+        if not _occupied(target):
+            return None
+        if _holds_release(target, meta, as_file=as_file):
+            return InstallResult(target, True)
+    except OSError as exc:
+        raise _dest_error(exc, target) from exc
+    if clean:
+        return None
+    raise DestinationError(
+        f"destination {target} is not empty (clean it, or pass --clean to replace it)"
+    )
+
+
+def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool) -> bool:
+    if meta.kind == "tar":
+        tag = meta.tag or meta.name
+        return tree_manifest_sha256(target, tag) == meta.manifest_sha256
+    path = target if as_file else target / meta.name
+    if not as_file and [e.name for e in os.scandir(target)] != [meta.name]:
+        return False
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if meta.file_mode is not None and stat.S_IMODE(st.st_mode) != meta.file_mode:
+        return False
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return sha256_range(fd, 0, st.st_size) == meta.manifest_sha256
+    finally:
+        os.close(fd)
 
 
 def _install(

@@ -358,6 +358,11 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             totals["up"] = int(event.get("up", 0))
         emit(event)
 
+    early = _check_destination(config, torrent_bytes)
+    if early is not None:
+        # Already there, verified: nothing to download, no hook to run again.
+        emit({"event": "installed", "path": str(early), "already": True})
+        return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
     download: _Download | None = None
     if config.foreground:
         download = _Download(config, torrent_bytes, info_hash)
@@ -455,6 +460,22 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
     if error is not None:
         raise EngineError(error, info_hash=info_hash)
     relay({"event": "complete"})
+
+
+def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path | None:
+    """Before downloading: the installed path if the release is already there;
+    ``DestinationError`` if the destination is taken and ``--clean`` is off."""
+    from roost.extract import check_destination
+
+    if torrent_bytes is None:  # a magnet: the manifest hash comes with the metadata
+        return None
+    found = check_destination(
+        _read_meta(torrent_bytes),
+        config.dest,
+        tag_directory=config.tag_directory,
+        clean=config.clean,
+    )
+    return None if found is None else found.path
 
 
 def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:

@@ -38,7 +38,7 @@ from typing import Any
 
 from roost import __version__, bencode
 from roost.errors import ReleaseError, UsageError
-from roost.hashing import PieceHasher, copy_and_hash, hash_pieces, write_all
+from roost.hashing import PieceHasher, copy_and_hash, hash_pieces, sha256_range, write_all
 from roost.manifest import (
     HEX64,
     MANIFEST_NAME,
@@ -256,6 +256,31 @@ def _entry(item: _Item, digest: str) -> ManifestEntry:
     if item.kind == "dir":
         return ManifestEntry(item.rel, "dir", mode)
     return ManifestEntry(item.rel, "symlink", mode, target=item.target)
+
+
+def tree_manifest_sha256(root: Path, tag: str) -> str | None:
+    """sha256 of the manifest the tree at ``root`` would have as release ``tag``.
+
+    Packing is deterministic, so an installed tree that still holds a release
+    has exactly that release's manifest: comparing this with the torrent's
+    ``manifest-sha256`` tells, before downloading anything, whether the
+    release is already there. None if the tree cannot be a release (special
+    files, unreadable entries)."""
+    try:
+        root_mode = stat.S_IMODE(os.stat(root).st_mode)
+        entries = []
+        for item in _walk(root):
+            digest = ""
+            if item.kind == "file":
+                fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    digest = sha256_range(fd, 0, item.st.st_size)
+                finally:
+                    os.close(fd)
+            entries.append(_entry(item, digest))
+    except (ReleaseError, OSError):
+        return None
+    return hashlib.sha256(Manifest(tag, tuple(entries), root_mode).encode()).hexdigest()
 
 
 def _manifest_header(size: int) -> bytes:
