@@ -114,6 +114,9 @@ def test_lab_hosts_talk_through_shaped_links_and_leave_nothing(tmp_path: Path) -
         for h in lab.hosts:
             q = lab.qdiscs(h)
             assert q.count("qdisc tbf") == 2 and "rate 40Mbit" in q, q
+        # neighbours are resolved up front (a full tbf queue would drop ARP)
+        neigh = lab.hosts[0].run(["ip", "neigh", "show"], capture_output=True, text=True).stdout
+        assert "198.19.7.4 dev eth0 lladdr" in neigh and "PERMANENT" in neigh
         rx, tx = lab.counters()["h1"]
         assert rx >= 2_000_000 and tx > 0
         # the controller (root namespace) reaches hosts directly

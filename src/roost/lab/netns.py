@@ -385,6 +385,7 @@ class Lab:
                 ),
             )
         self._shape()
+        self._static_neighbours()
         if self.private_mounts:
             self.hosts = [self._start_holder(h) for h in self.hosts]
         self._write_state()
@@ -415,6 +416,36 @@ class Lab:
                 raise
         if sw_cmds:
             _run(["tc", "-n", self.switch_netns, "-batch", "-"], input="\n".join(sw_cmds) + "\n")
+
+    def _static_neighbours(self) -> None:
+        """Permanent ARP entries for every address of the lab, everywhere.
+
+        With a shaped link the tbf queue of a busy uploader is full, and a
+        dynamic ARP request or reply queued behind the data is dropped like
+        any packet: hosts then fail to resolve each other for seconds (at 64
+        hosts half the fleet could not reach the tracker). A real NIC runs
+        far faster than the rate a switch enforces, so this is an artefact of
+        the emulation: resolve everything once, up front.
+        """
+        macs: dict[str, str] = {}
+        for h in self.hosts:
+            info = json.loads(_run(["ip", "-n", h.netns, "-j", "link", "show", "eth0"]))
+            macs[h.address] = info[0]["address"]
+        info = json.loads(_run(["ip", "-j", "link", "show", self.controller_link]))
+        macs[self.controller_address] = info[0]["address"]
+        for h in self.hosts:
+            lines = [
+                f"neigh replace {addr} lladdr {mac} dev eth0 nud permanent\n"
+                for addr, mac in macs.items()
+                if addr != h.address
+            ]
+            _run(["ip", "-n", h.netns, "-batch", "-"], input="".join(lines))
+        lines = [
+            f"neigh replace {h.address} lladdr {macs[h.address]} dev {self.controller_link} "
+            "nud permanent\n"
+            for h in self.hosts
+        ]
+        _run(["ip", "-batch", "-"], input="".join(lines))
 
     def _start_holder(self, h: Host) -> Host:
         mounts = " && ".join(
