@@ -176,4 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from roost.errors import RoostError
+
+    try:
+        sys.exit(main())
+    except RoostError as exc:
+        sys.exit(f"bench: error: {exc}")

@@ -242,3 +242,17 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert "| roost | 4 | 4 MiB |" in (out / "results.md").read_text()
     assert (out / "completion.png").stat().st_size > 1000
     assert _leftovers("rlsmoke") == []
+
+
+@netns
+def test_delay_needs_netem_or_installs_it(tmp_path: Path) -> None:
+    lab = Lab(1, delay_ms=2, prefix="rltest7", subnet="198.19.13.0/24", state_dir=tmp_path)
+    try:
+        lab.up()
+    except LabError as exc:  # this kernel has no netem: say so, leave nothing
+        assert "netem" in str(exc)
+    else:
+        assert "netem" in lab.qdiscs(lab.hosts[0])
+    finally:
+        lab.down()
+    assert _leftovers("rltest7") == []

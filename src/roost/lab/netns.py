@@ -88,8 +88,12 @@ def _run(argv: Sequence[str], *, input: str | None = None, check: bool = True) -
     except FileNotFoundError as exc:
         raise LabError(f"{argv[0]} not found: install iproute2") from exc
     if check and proc.returncode != 0:
-        err = (proc.stderr or proc.stdout).strip().splitlines()
-        tail = err[-1] if err else f"exit status {proc.returncode}"
+        err = [
+            line
+            for line in (proc.stderr or proc.stdout).strip().splitlines()
+            if line.strip() and not line.startswith("Command failed")
+        ]
+        tail = err[0] if err else f"exit status {proc.returncode}"
         raise LabError(f"{' '.join(argv[:4])}: {tail}")
     return proc.stdout
 
