@@ -197,6 +197,7 @@ events {{ worker_connections 4096; }}
 http {{
   access_log off;
   sendfile on;
+  send_timeout 600s;
   tcp_nopush on;
   client_body_temp_path {ctx.work}/body;
   proxy_temp_path {ctx.work}/proxy;
