@@ -120,6 +120,7 @@ def remove_cgroup(path: Path | None) -> None:
     if path is not None:
         with contextlib.suppress(OSError):
             path.rmdir()
+            path.parent.rmdir()  # the shared parent, once no run uses it
 
 
 def cpu_busy_seconds() -> float:
