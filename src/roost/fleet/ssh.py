@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -32,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncssh
 
-from roost.errors import RemoteError
+from roost.errors import RemoteError, UsageError
 from roost.fleet.inventory import Host
 
 log = logging.getLogger(__name__)
@@ -218,12 +219,38 @@ class Session:
             await sftp.get(remote, str(local))
 
 
+FD_SPARE = 64  # files the controller needs besides one socket per host
+
+
+def ensure_open_files(hosts: int) -> int:
+    """Make room for one open socket per host: every connection stays open
+    until the fleet closes, whatever ``forks`` is. Raises the soft
+    RLIMIT_NOFILE (towards two per host, for ProxyCommand pipes and jump
+    hosts) up to the hard limit; a hard limit below one per host is a
+    ``UsageError``. Returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = hosts + FD_SPARE
+    unlimited = hard == resource.RLIM_INFINITY
+    if not unlimited and hard < need:
+        raise UsageError(
+            f"{hosts} hosts need at least {need} open files, but the hard limit "
+            f"(ulimit -Hn) is {hard}: raise it or split the inventory"
+        )
+    want = 2 * hosts + FD_SPARE if unlimited else min(hard, 2 * hosts + FD_SPARE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        log.debug("raised RLIMIT_NOFILE from %d to %d for %d hosts", soft, want, hosts)
+        soft = want
+    return soft
+
+
 class Fleet:
     """Bounded SSH fan-out over ``hosts`` with per-host connection reuse."""
 
     def __init__(self, hosts: Iterable[Host], options: SSHOptions | None = None):
         self.hosts: list[Host] = list(hosts)
         self.options = options or SSHOptions()
+        ensure_open_files(len(self.hosts))
         self.failures: dict[str, RemoteError] = {}
         self._sem = asyncio.Semaphore(max(1, self.options.forks))
         self._conns: dict[str, _Conn] = {h.name: _Conn() for h in self.hosts}
