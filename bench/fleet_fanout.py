@@ -191,25 +191,35 @@ def fake_fleet() -> Iterator[FakeFleet]:
                 proc.stdout.close()
 
 
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def _bench_one(ff: FakeFleet, n: int, hold: float) -> dict[str, Any]:
+async def _bench_one(ff: FakeFleet, n: int, hold: float, connect_timeout: float) -> dict[str, Any]:
     from roost.fleet.inventory import parse_inventory
     from roost.fleet.ssh import Fleet, SSHOptions
 
     hosts = parse_inventory(ff.inventory(n), "<bench>").peers
     stats_host = parse_inventory(ff.inventory(1), "<bench>").peers
     opts = SSHOptions(
-        identity=ff.identity, known_hosts=ff.known_hosts, forks=n, connect_timeout=120
+        identity=ff.identity,
+        known_hosts=ff.known_hosts,
+        forks=n,
+        connect_timeout=connect_timeout,
     )
     async with Fleet(stats_host, opts) as probe:
         await probe.run("reset", "reset")
+        c0 = cpu_s()
         t0 = time.monotonic()
         async with Fleet(hosts, opts) as fleet:
             r1 = await fleet.run("connect", lambda h: f"hello {h.name} {hold}")
             t1 = time.monotonic()
+            c1 = cpu_s()
             r2 = await fleet.run("again", lambda h: f"hello {h.name} {hold}")
             t2 = time.monotonic()
             peak = json.loads((await probe.run("stats", "stats"))[stats_host[0].name].value.stdout)  # type: ignore[union-attr]
@@ -222,6 +232,7 @@ async def _bench_one(ff: FakeFleet, n: int, hold: float) -> dict[str, Any]:
         "ok": min(ok1, ok2),
         "connect_s": round(t1 - t0, 2),
         "hosts_per_s": round(n / (t1 - t0), 1),
+        "controller_cpu_ms_per_host": round((c1 - c0) * 1000 / n, 2),
         "reuse_s": round(t2 - t1, 2),
         "close_s": round(t3 - t2, 2),
         "peak_sessions": peak["peak_sessions"],
@@ -235,19 +246,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sizes", nargs="*", type=int, default=[100, 500, 1000, 2000])
     ap.add_argument("--hold", type=float, default=0.5, help="seconds each command sleeps")
+    ap.add_argument(
+        "--connect-timeout", type=float, default=10.0, help="per host (roost's default: 10)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
     rows = []
     with fake_fleet() as ff:
         for n in args.sizes:
-            row = asyncio.run(_bench_one(ff, n, args.hold))
+            row = asyncio.run(_bench_one(ff, n, args.hold, args.connect_timeout))
             rows.append(row)
             if not args.json:
                 r = row
                 print(
                     f"N={n:5d} forks={n:5d} ok={r['ok']:5d} connect+run {r['connect_s']:6.2f} s "
-                    f"({r['hosts_per_s']:7.1f} hosts/s)  reuse step {r['reuse_s']:5.2f} s  "
+                    f"({r['hosts_per_s']:7.1f} hosts/s, controller CPU "
+                    f"{r['controller_cpu_ms_per_host']:.2f} ms/host)  "
+                    f"reuse step {r['reuse_s']:5.2f} s  "
                     f"close {r['close_s']:4.2f} s  peak sessions {r['peak_sessions']:5d}  "
                     f"peak conns {r['peak_conns']:5d}  controller maxRSS {r['rss_mib']:6.1f} MiB"
                     + (f"  errors {r['errors']}" if r["errors"] else ""),

@@ -113,7 +113,7 @@ def test_a_thousand_hosts_with_forks_1000(ff: Any) -> None:
             assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 1003 + FD_SPARE
             first = await fleet.run("hello", _hello(1.0))
             during = await _stats(ff)
-            second = await fleet.run("again", _hello(0.5))
+            second = await fleet.run("again", _hello(1.5))
             after = await _stats(ff)
         elapsed = time.monotonic() - started
 
@@ -131,7 +131,7 @@ def test_a_thousand_hosts_with_forks_1000(ff: Any) -> None:
         for name, err in errors.items():  # failed hosts keep their first reason
             assert second[name].error is err
         # well above the old default of 100 at once; connections reused, not reopened
-        assert during["peak_sessions"] > 500, during
+        assert during["peak_sessions"] > 300, during
         assert after["peak_sessions"] > 900, after
         assert during["peak_conns"] >= 1000 and after["peak_conns"] <= 1000 + 2, after
         # the second step reached only the 1000 healthy hosts (+ the stats session)
