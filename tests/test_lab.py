@@ -42,9 +42,9 @@ def _leftovers(prefix: str) -> list[str]:
     return found
 
 
-def _serve_and_fetch(lab: Lab, size: int) -> str:
+def _serve_and_fetch(lab: Lab, size: int, server_i: int = 2, client_i: int = 0) -> str:
     """h3 serves `size` bytes over TCP; h1 receives them; returns what h1 counted."""
-    server = lab.hosts[2].popen(
+    server = lab.hosts[server_i].popen(
         [
             sys.executable,
             "-c",
@@ -58,12 +58,12 @@ def _serve_and_fetch(lab: Lab, size: int) -> str:
     )
     assert server.stdout is not None
     assert server.stdout.readline().strip() == "ready"
-    client = lab.hosts[0].run(
+    client = lab.hosts[client_i].run(
         [
             sys.executable,
             "-c",
             "import socket\n"
-            f"c = socket.create_connection(('{lab.hosts[2].address}', 9000), timeout=10)\n"
+            f"c = socket.create_connection(('{lab.hosts[server_i].address}', 9000), timeout=10)\n"
             "n = 0\n"
             "while (d := c.recv(65536)):\n    n += len(d)\n"
             "print(n)\n",
@@ -256,3 +256,57 @@ def test_delay_needs_netem_or_installs_it(tmp_path: Path) -> None:
     finally:
         lab.down()
     assert _leftovers("rltest7") == []
+
+
+def test_refuses_bad_datacenters() -> None:
+    with pytest.raises(LabError, match="1 or 2"):
+        Lab(4, datacenters=3)
+    with pytest.raises(LabError, match="at least two hosts"):
+        Lab(1, datacenters=2)
+    with pytest.raises(LabError, match="inter-datacenter rate"):
+        Lab(2, datacenters=2, inter_dc_rate_mbit=0)
+    with pytest.raises(LabError, match="no room"):
+        Lab(12, datacenters=2, subnet="198.18.0.0/28")
+
+
+@netns
+def test_two_datacenters_joined_by_a_shaped_link(tmp_path: Path) -> None:
+    prefix = "rltest8"
+    with Lab(
+        4,
+        rate_mbit=100,
+        datacenters=2,
+        inter_dc_rate_mbit=20,
+        prefix=prefix,
+        subnet="198.19.14.0/24",
+        state_dir=tmp_path,
+    ) as lab:
+        assert lab.dc_subnets == ["198.19.14.0/25", "198.19.14.128/25"]
+        assert [(h.address, h.dc) for h in lab.hosts] == [
+            ("198.19.14.2", "dc1"),
+            ("198.19.14.3", "dc1"),
+            ("198.19.14.129", "dc2"),
+            ("198.19.14.130", "dc2"),
+        ]
+        q = lab.inter_dc_qdiscs()
+        assert q.count("qdisc tbf") == 2 and "rate 20Mbit" in q, q
+        before = lab.inter_dc_counters()
+        # h3 (dc2) serves h1 (dc1): the bytes cross the link, at its rate, not the hosts'
+        t0 = time.monotonic()
+        assert _serve_and_fetch(lab, 2_500_000) == "2500000"
+        elapsed = time.monotonic() - t0
+        assert elapsed > 2_500_000 * 8 / 20e6 * 0.8, elapsed  # 1 s at 20 Mbit, 0.2 s at 100
+        to_dc2, to_dc1 = (a - b for a, b in zip(lab.inter_dc_counters(), before, strict=True))
+        assert to_dc1 >= 2_500_000 and 0 < to_dc2 < to_dc1
+        # traffic inside a datacenter does not cross
+        before = lab.inter_dc_counters()
+        assert _serve_and_fetch(lab, 1_000_000, server_i=3, client_i=2) == "1000000"
+        assert sum(lab.inter_dc_counters()) - sum(before) < 10_000
+        # the controller (in dc1) reaches dc2 hosts; attach keeps the layout
+        probe = subprocess.run(["ip", "route", "get", "198.19.14.130"], capture_output=True)
+        assert f"dev {prefix}-c" in probe.stdout.decode()
+        again = Lab.attach(prefix, state_dir=tmp_path)
+        assert again.host("h4").dc == "dc2" and again.inter_dc_rate_mbit == 20
+        assert len(_leftovers(prefix)) == 6
+    assert _leftovers(prefix) == []
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,16 @@ Links are shaped with ``tc``: a ``tbf`` at ``rate_mbit`` on the host's
 ``eth0`` (its upload) and on the switch port ``hI`` (its download), and an
 optional ``netem`` delay on ``eth0`` (needs CONFIG_NET_SCH_NETEM).
 
+With ``datacenters=2`` the hosts are split in two (the first half, rounded
+up, in ``dc1``): ``dc1`` hosts hang off ``br0``, ``dc2`` hosts off a second
+bridge ``br1`` in the same switch namespace, and the two bridges are joined
+by the veth pair ``dc1x`` (port of ``br0``) / ``dc2x`` (port of ``br1``),
+shaped both ways by a ``tbf`` at ``inter_dc_rate_mbit``. It stays one
+layer-2 network, but each datacenter takes its addresses from its own half
+of the subnet (``lab.dc_subnets``), so a tracker can label them by prefix.
+The controller is on ``br0`` (in ``dc1``). ``lab.inter_dc_counters()``
+counts the bytes crossing the link.
+
 With ``private_mounts`` (default ``/tmp`` and ``/opt``), every host gets a
 long-lived *holder* process (``sleep infinity`` in a private mount
 namespace with a tmpfs on each of those paths). Every command run on the
@@ -150,6 +160,7 @@ class Host:
     address: str
     netns: str
     holder_pid: int | None = None
+    dc: str = "dc1"
 
     def command(self, cmd: Sequence[str] | str) -> list[str]:
         """The argv that runs ``cmd`` (argv, or a string for ``sh -c``) on this host."""
@@ -202,6 +213,8 @@ class Lab:
         private_mounts: Sequence[str] = ("/tmp", "/opt"),
         state_dir: Path | None = None,
         queue_ms: float = 50,
+        datacenters: int = 1,
+        inter_dc_rate_mbit: float | None = None,
     ):
         _check_name(prefix)
         if n_hosts < 1:
@@ -212,8 +225,20 @@ class Lab:
             raise LabError(f"bad subnet {subnet!r}: {exc}") from exc
         if net.version != 4 or not net.subnet_of(LAB_RANGE):  # type: ignore[arg-type]
             raise LabError(f"subnet {subnet} is outside {LAB_RANGE} (the benchmarking range)")
-        if net.num_addresses - 2 < n_hosts + 1:
-            raise LabError(f"subnet {subnet} has no room for {n_hosts} hosts and the controller")
+        if datacenters not in (1, 2):
+            raise LabError(f"bad datacenters {datacenters}: the lab emulates 1 or 2")
+        if datacenters == 2 and n_hosts < 2:
+            raise LabError("two datacenters need at least two hosts")
+        if inter_dc_rate_mbit is not None and inter_dc_rate_mbit <= 0:
+            raise LabError(f"bad inter-datacenter rate {inter_dc_rate_mbit}: must be positive")
+        sizes = [n_hosts] if datacenters == 1 else [(n_hosts + 1) // 2, n_hosts // 2]
+        halves = [net] if datacenters == 1 else list(net.subnets(prefixlen_diff=1))
+        # dc1 also holds the controller; each half loses its network/broadcast address
+        for i, (half, k) in enumerate(zip(halves, sizes, strict=True)):
+            if half.num_addresses - 2 < k + (1 if i == 0 else 0):
+                raise LabError(
+                    f"subnet {subnet} has no room for {n_hosts} hosts and the controller"
+                )
         for m in private_mounts:
             if not m.startswith("/") or m in ("/", "/proc", "/sys", "/dev", "/run"):
                 raise LabError(f"cannot make {m!r} private on emulated hosts")
@@ -222,6 +247,9 @@ class Lab:
         if queue_ms <= 0:
             raise LabError(f"bad queue {queue_ms} ms: must be positive")
         self.n_hosts = n_hosts
+        self.datacenters = datacenters
+        self.inter_dc_rate_mbit = inter_dc_rate_mbit
+        self.dc_subnets = [str(h) for h in halves]
         self.queue_ms = queue_ms
         self.rate_mbit = rate_mbit
         self.delay_ms = delay_ms
@@ -229,11 +257,16 @@ class Lab:
         self.subnet = net
         self.private_mounts = tuple(private_mounts)
         self.state_dir = state_dir or STATE_DIR
-        addrs = net.hosts()
+        addrs = halves[0].hosts()
         self.controller_address = str(next(addrs))
         self.switch_netns = f"{prefix}-sw"
         self.controller_link = f"{prefix}-c"
-        self._addresses = [str(next(addrs)) for _ in range(n_hosts)]
+        self._addresses = [str(next(addrs)) for _ in range(sizes[0])]
+        self._dcs = ["dc1"] * sizes[0]
+        if datacenters == 2:
+            addrs = halves[1].hosts()
+            self._addresses += [str(next(addrs)) for _ in range(sizes[1])]
+            self._dcs += ["dc2"] * sizes[1]
         self.hosts: list[Host] = []
         self._children: list[subprocess.Popen[Any]] = []
         self._is_up = False
@@ -262,12 +295,20 @@ class Lab:
             "rate_mbit": self.rate_mbit,
             "delay_ms": self.delay_ms,
             "queue_ms": self.queue_ms,
+            "datacenters": self.datacenters,
+            "inter_dc_rate_mbit": self.inter_dc_rate_mbit,
             "private_mounts": list(self.private_mounts),
             "controller": self.controller_address,
             "switch_netns": self.switch_netns,
             "created": time.time(),
             "hosts": [
-                {"name": h.name, "address": h.address, "netns": h.netns, "holder": h.holder_pid}
+                {
+                    "name": h.name,
+                    "address": h.address,
+                    "netns": h.netns,
+                    "holder": h.holder_pid,
+                    "dc": h.dc,
+                }
                 for h in self.hosts
             ],
         }
@@ -295,9 +336,11 @@ class Lab:
             private_mounts=state["private_mounts"],
             state_dir=state_dir,
             queue_ms=state.get("queue_ms", 50),
+            datacenters=state.get("datacenters", 1),
+            inter_dc_rate_mbit=state.get("inter_dc_rate_mbit"),
         )
         lab.hosts = [
-            Host(lab, i + 1, h["name"], h["address"], h["netns"], h["holder"])
+            Host(lab, i + 1, h["name"], h["address"], h["netns"], h["holder"], h.get("dc", "dc1"))
             for i, h in enumerate(state["hosts"])
         ]
         lab._is_up = True
@@ -355,7 +398,8 @@ class Lab:
         names = [f"{p}-h{i}" for i in range(1, n + 1)]
         # state first: a crash from here on is cleaned up by teardown(prefix)
         self.hosts = [
-            Host(self, i, f"h{i}", self._addresses[i - 1], names[i - 1]) for i in range(1, n + 1)
+            Host(self, i, f"h{i}", self._addresses[i - 1], names[i - 1], dc=self._dcs[i - 1])
+            for i in range(1, n + 1)
         ]
         self._write_state()
         _run(["ip", "-batch", "-"], input="".join(f"netns add {x}\n" for x in [sw, *names]))
@@ -365,10 +409,21 @@ class Lab:
             "link add br0 type bridge stp_state 0 forward_delay 0",
             "link set br0 up",
         ]
+        if self.datacenters == 2:
+            sw_cmds += [
+                "link add br1 type bridge stp_state 0 forward_delay 0",
+                "link set br1 up",
+                "link add dc1x type veth peer name dc2x",
+                "link set dc1x master br0",
+                "link set dc2x master br1",
+                "link set dc1x up",
+                "link set dc2x up",
+            ]
         for i, ns in enumerate(names, 1):
+            bridge = "br1" if self._dcs[i - 1] == "dc2" else "br0"
             sw_cmds += [
                 f"link add h{i} type veth peer name eth0 netns {ns}",
-                f"link set h{i} master br0",
+                f"link set h{i} master {bridge}",
                 f"link set h{i} up",
             ]
         _run(["ip", "-n", sw, "-batch", "-"], input="\n".join(sw_cmds) + "\n")
@@ -394,16 +449,26 @@ class Lab:
             self.hosts = [self._start_holder(h) for h in self.hosts]
         self._write_state()
 
+    def _tbf(self, rate_mbit: float) -> str:
+        rate_bps = rate_mbit * 1e6
+        burst = max(32 * 1024, int(rate_bps / 8 / 200))  # 5 ms of traffic, at least 32K
+        return f"tbf rate {rate_bps:.0f}bit burst {burst} latency {self.queue_ms:g}ms"
+
     def _shape(self) -> None:
+        if self.datacenters == 2 and self.inter_dc_rate_mbit is not None:
+            tbf = self._tbf(self.inter_dc_rate_mbit)
+            _run(
+                ["tc", "-n", self.switch_netns, "-batch", "-"],
+                input=f"qdisc add dev dc1x root handle 1: {tbf}\n"
+                f"qdisc add dev dc2x root handle 1: {tbf}\n",
+            )
         if self.rate_mbit is None and not self.delay_ms:
             return
         sw_cmds = []
         for h in self.hosts:
             host_cmds = []
             if self.rate_mbit is not None:
-                rate_bps = self.rate_mbit * 1e6
-                burst = max(32 * 1024, int(rate_bps / 8 / 200))  # 5 ms of traffic, at least 32K
-                tbf = f"tbf rate {rate_bps:.0f}bit burst {burst} latency {self.queue_ms:g}ms"
+                tbf = self._tbf(self.rate_mbit)
                 host_cmds.append(f"qdisc add dev eth0 root handle 1: {tbf}")
                 sw_cmds.append(f"qdisc add dev h{h.index} root handle 1: {tbf}")
             if self.delay_ms:
@@ -475,7 +540,7 @@ class Lab:
             raise LabError(f"{h.name}: private mounts failed: {err or 'no output'}")
         proc.stderr.close()
         # the holder is the pid after exec chain: ip netns exec/unshare/sh all exec in place
-        return Host(self, h.index, h.name, h.address, h.netns, proc.pid)
+        return Host(self, h.index, h.name, h.address, h.netns, proc.pid, h.dc)
 
     # -- teardown ------------------------------------------------------------
 
@@ -509,6 +574,26 @@ class Lab:
                 # the switch port sends what the host receives, and vice versa
                 result[h.name] = (s["tx"]["bytes"], s["rx"]["bytes"])
         return result
+
+    def inter_dc_counters(self) -> tuple[int, int]:
+        """Bytes (dc1 to dc2, dc2 to dc1) that crossed the inter-datacenter link so far.
+
+        Raises LabError on a lab with one datacenter.
+        """
+        if self.datacenters != 2:
+            raise LabError(f"lab {self.prefix} has one datacenter: no inter-datacenter link")
+        out = _run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show"])
+        ports = {d["ifname"]: d["stats64"] for d in json.loads(out)}
+        try:
+            return ports["dc1x"]["tx"]["bytes"], ports["dc2x"]["tx"]["bytes"]
+        except KeyError:
+            raise LabError(f"lab {self.prefix} has no inter-datacenter link") from None
+
+    def inter_dc_qdiscs(self) -> str:
+        """``tc qdisc show`` of both ends of the inter-datacenter link (for checks)."""
+        return _run(["tc", "-n", self.switch_netns, "qdisc", "show", "dev", "dc1x"]) + _run(
+            ["tc", "-n", self.switch_netns, "qdisc", "show", "dev", "dc2x"]
+        )
 
     def qdiscs(self, host: Host) -> str:
         """``tc qdisc show`` of both ends of a host's link (for checks)."""
