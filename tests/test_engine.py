@@ -51,7 +51,23 @@ def test_session_uses_the_pack_and_binds_an_ephemeral_port() -> None:
         settings = engine.settings()
         assert settings["enable_dht"] is False
         assert settings["enable_outgoing_utp"] is False
-        assert settings["listen_interfaces"] == "127.0.0.1:0"
+        assert settings["listen_interfaces"] == f"127.0.0.1:{engine.port}"
+
+
+def test_any_address_listens_on_one_port_on_every_interface() -> None:
+    # Port 0 on 0.0.0.0 used to bind each interface to a different port and
+    # announce one: peers reaching another interface found nothing there.
+    import socket
+    import subprocess
+
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    addresses = [line.split()[3].split("/")[0] for line in out.splitlines()]
+    assert "127.0.0.1" in addresses
+    with Engine(EngineConfig(listen_interface="0.0.0.0")) as engine:
+        assert engine.settings()["listen_interfaces"] == f"0.0.0.0:{engine.port}"
+        for address in addresses:
+            with socket.create_connection((address, engine.port), timeout=5):
+                pass
 
 
 def test_invalid_torrent_is_an_engine_error(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ restarted download skips the re-hash of what it already had.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -213,16 +215,31 @@ class Engine:
         self.config = config or EngineConfig()
         if self.config.ca_file:
             os.environ["SSL_CERT_FILE"] = self.config.ca_file
-        try:
-            self._session = lt.session(cast(Any, settings_pack(self.config)))
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise EngineError(f"cannot start the BitTorrent session: {exc}") from exc
         self._handles: dict[TorrentId, lt.torrent_handle] = {}
         self._resume_dirs: dict[TorrentId, Path] = {}
         self._pending: list[Event] = []
-        self._listen_error: str | None = None
         self._closed = False
-        self.port = self._wait_listen()
+        # Port 0 on an unspecified address: libtorrent binds every interface
+        # to a *different* ephemeral port and announces one of them, so peers
+        # reaching this host on another interface hit a closed port (a fleet
+        # deploy's rerun hung on it). Pick one free port for all interfaces.
+        attempts = 3 if self.config.listen_port == 0 else 1
+        for attempt in range(attempts):
+            config = self.config
+            if config.listen_port == 0:
+                config = dataclasses.replace(config, listen_port=_free_port(config))
+            try:
+                self._session = lt.session(cast(Any, settings_pack(config)))
+            except (RuntimeError, TypeError, ValueError) as exc:
+                raise EngineError(f"cannot start the BitTorrent session: {exc}") from exc
+            self._listen_error: str | None = None
+            try:
+                self.port = self._wait_listen()
+                break
+            except EngineError:
+                del self._session
+                if attempt == attempts - 1:
+                    raise
 
     def _wait_listen(self) -> int:
         deadline = time.monotonic() + 5
@@ -524,6 +541,18 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _free_port(config: EngineConfig) -> int:
+    """A TCP port free on ``config.listen_interface`` (all of them for 0.0.0.0)."""
+    host = config.listen_interface.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return int(sock.getsockname()[1])
+    except OSError:
+        return 0  # not an address (an interface name): let libtorrent choose
 
 
 def _alert_tid(alert: object) -> str:

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -40,11 +41,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost import procs
-from roost.engine import Engine, EngineConfig, Finished, HashFailed, PeerBanned, TrackerProblem
 from roost.errors import EngineError, HookError, RoostError, UsageError
+
+if TYPE_CHECKING:
+    # The engine (libtorrent) is imported by whoever owns it: the worker, or
+    # --foreground. The front process never needs it.
+    from roost.engine import Engine
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -152,6 +157,8 @@ class _Download:
         engine: Engine | None = None,
     ):
         """``engine``: share a long-lived engine (the agent's); not closed here."""
+        from roost.engine import Engine, EngineConfig
+
         self.config = config
         self.dir = work_dir(config, info_hash)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -202,17 +209,31 @@ class _Download:
         self.has_metadata = True
 
     def run_until_complete(self, emit: Emit, should_stop: Callable[[], str | None]) -> None:
-        """Download; raise ``EngineError`` on a torrent error or a stop request."""
-        last_progress = 0.0
+        """Download; raise ``EngineError`` on a torrent error or a stop request.
+
+        The loop sleeps in libtorrent's ``wait_for_alert`` (no busy polling)
+        and reads the torrent's status once per ``PROGRESS_INTERVAL``, or at
+        once when libtorrent reports the torrent finished: on a 2-core
+        machine running 64 peers, every wake-up of every peer counts.
+        """
+        from roost.engine import Finished
+
         last_resume = time.monotonic()
+        next_tick = 0.0
         while True:
-            for event in self.engine.events(0.2):
+            finished = False
+            wait = max(0.0, min(PROGRESS_INTERVAL, next_tick - time.monotonic()))
+            for event in self.engine.events(wait):
+                finished = finished or isinstance(event, Finished)
                 self._relay(event, emit)
+            now = time.monotonic()
+            if now < next_tick and not finished:
+                continue
+            next_tick = now + PROGRESS_INTERVAL
             status = self.engine.status(self.tid)
             if status.error:
                 self._save_resume_quietly()
                 raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
-            now = time.monotonic()
             self._save_metadata()
             if self.has_metadata and status.is_finished and status.state in ("seeding", "finished"):
                 # Finished means hashed; the file may still lack the last writes.
@@ -224,19 +245,19 @@ class _Download:
             if reason:
                 self._save_resume_quietly()
                 raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
-            if now - last_progress >= PROGRESS_INTERVAL:
-                last_progress = now
-                self._emit_progress(emit)
+            self._emit_progress(emit, status)
             if now - last_resume >= RESUME_INTERVAL:
                 last_resume = now
                 self._save_resume_quietly()
 
     def linger(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and not should_stop():
-            self.engine.events(0.2)
+        while (left := deadline - time.monotonic()) > 0 and not should_stop():
+            self.engine.events(min(left, 1.0))
 
     def _relay(self, event: object, emit: Emit) -> None:
+        from roost.engine import HashFailed, PeerBanned, TrackerProblem
+
         if isinstance(event, HashFailed):
             self.hash_failures += 1
             emit({"event": "hash_failed", "piece": event.piece})
@@ -244,11 +265,9 @@ class _Download:
             emit({"event": "peer_banned", "address": event.address})
         elif isinstance(event, TrackerProblem):
             emit({"event": "tracker_warning", "url": event.url, "message": event.message})
-        elif isinstance(event, Finished):
-            pass
 
-    def _emit_progress(self, emit: Emit) -> None:
-        st = self.engine.status(self.tid)
+    def _emit_progress(self, emit: Emit, st: Any = None) -> None:
+        st = st or self.engine.status(self.tid)
         emit(
             {
                 "event": "progress",
@@ -411,41 +430,44 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
     finally:
         log.close()
     assert proc.stdout is not None and proc.stdin is not None
-    lines: list[bytes] = []
-    reader_done = threading.Event()
+    # The reader thread hands each line over; the main thread sleeps until a
+    # line arrives (the worker writes about two a second), never polls.
+    lines: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
 
     def read() -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            lines.append(line)
-        reader_done.set()
+            lines.put(line)
+        lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
     error: str | None = None
     complete = False
     try:
         while not complete and error is None:
-            reader_done.wait(0.1)
-            while lines:
-                try:
-                    event = json.loads(lines.pop(0))
-                except ValueError:
-                    continue
-                kind = event.get("event")
-                if kind == "complete":
-                    complete = True
-                    break
-                if kind == "failed":
-                    error = str(event.get("error"))
-                    continue
-                relay(event)
-            if complete or error:
-                break
-            if reader_done.is_set() and not lines:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                if (reason := _timed_out(deadline, config)) is not None:
+                    error = reason
+                continue
+            if line is None:
                 status = proc.wait()
                 error = f"peer worker exited with status {status} (see {wdir / 'worker.log'})"
-            elif (reason := _timed_out(deadline, config)) is not None:
-                error = reason
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            kind = event.get("event")
+            if kind == "complete":
+                complete = True
+            elif kind == "failed":
+                error = str(event.get("error"))
+            else:
+                relay(event)
+                if (reason := _timed_out(deadline, config)) is not None:
+                    error = reason
     finally:
         if not complete:
             with contextlib.suppress(ProcessLookupError):

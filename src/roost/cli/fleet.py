@@ -17,17 +17,20 @@ printing side of ``roost deploy -i`` (``deploy_main``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost.errors import UsageError
-from roost.fleet.config import FleetConfig, load_config, with_overrides
-from roost.fleet.inventory import Inventory, hosts_from_strings, load_inventory
-from roost.fleet.ssh import Fleet, HostResult, SSHOptions
+
+if TYPE_CHECKING:
+    # Imported where used: every ``roost`` command builds this module's
+    # parsers, and asyncssh (via roost.fleet.ssh) alone costs ~0.5 CPU-s.
+    from roost.fleet.config import FleetConfig
+    from roost.fleet.inventory import Inventory
+    from roost.fleet.ssh import Fleet, HostResult, SSHOptions
 
 
 def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> None:
@@ -84,6 +87,8 @@ def add_deploy_flags(p: argparse.ArgumentParser) -> None:
 
 
 def fleet_config(args: argparse.Namespace) -> FleetConfig:
+    from roost.fleet.config import load_config, with_overrides
+
     cfg = load_config(getattr(args, "config", None))
     return with_overrides(
         cfg,
@@ -97,6 +102,8 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
 
 
 def ssh_options(args: argparse.Namespace, cfg: FleetConfig) -> SSHOptions:
+    from roost.fleet.ssh import SSHOptions
+
     s = cfg.ssh
     insecure = getattr(args, "insecure_no_host_key_check", None)
     forks = cfg.forks
@@ -117,6 +124,8 @@ def ssh_options(args: argparse.Namespace, cfg: FleetConfig) -> SSHOptions:
 
 
 def load_inv(args: argparse.Namespace) -> Inventory:
+    from roost.fleet.inventory import hosts_from_strings, load_inventory
+
     if getattr(args, "hosts", None):
         return hosts_from_strings(args.hosts)
     if getattr(args, "inventory", None) is None:
@@ -185,11 +194,16 @@ def _describe(value: Any) -> str:
 
 
 Verb = Callable[
-    [Fleet, Inventory, FleetConfig, argparse.Namespace], Awaitable[dict[str, HostResult[Any]]]
+    ["Fleet", "Inventory", "FleetConfig", argparse.Namespace],
+    Awaitable[dict[str, "HostResult[Any]"]],
 ]
 
 
 def _run_verb(args: argparse.Namespace, verb: Verb, hosts: str = "remote") -> int:
+    import asyncio
+
+    from roost.fleet.ssh import Fleet
+
     inv = load_inv(args)
     cfg = fleet_config(args)
     options = ssh_options(args, cfg)
@@ -443,6 +457,8 @@ def register(sub: Any) -> None:
 
 
 def deploy_main(args: argparse.Namespace) -> int:
+    import asyncio
+
     from roost.fleet.deploy import plan_from_args, run_deploy
     from roost.progress import TerminalDisplay, render_live, render_summary
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost.errors import UsageError
-from roost.lab.netns import Lab, list_labs, parse_rate, teardown
+
+if TYPE_CHECKING:  # imported by the handlers: every roost command builds this parser
+    from roost.lab.netns import Lab
 
 
 def register(sub: Any) -> None:
@@ -68,6 +70,8 @@ def _delay_ms(text: str) -> float:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from roost.lab.netns import Lab, parse_rate
+
     lab = Lab(
         args.n,
         rate_mbit=parse_rate(args.rate),
@@ -92,6 +96,8 @@ def _print_lab(lab: Lab) -> None:
 
 
 def _down(args: argparse.Namespace) -> int:
+    from roost.lab.netns import teardown
+
     removed = teardown(args.name)
     print(f"lab {args.name}: " + (f"removed {', '.join(removed)}" if removed else "nothing left"))
     return 0
@@ -101,6 +107,8 @@ def _run(args: argparse.Namespace) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         raise UsageError("roost lab run: give a command after --")
+    from roost.lab.netns import Lab
+
     lab = Lab.attach(args.name)
     hosts = lab.hosts if args.host == "all" else [lab.host(args.host)]
     worst = 0
@@ -115,6 +123,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from roost.lab.netns import Lab, list_labs
+
     names = [args.name] if args.name else list_labs()
     if not names:
         print("no lab is up")

@@ -14,8 +14,6 @@ import json
 import math
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -306,6 +304,9 @@ def fetch_stats(url: str, *, timeout: float = FETCH_TIMEOUT) -> tuple[dict[str, 
     Raises ``TrackerError`` when the tracker cannot be reached, answers an
     HTTP error, or sends something that is not the /stats.json shape.
     """
+    import urllib.error  # here, not at module load: every roost command builds this parser
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:

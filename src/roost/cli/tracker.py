@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import signal
 import sys
@@ -237,11 +236,15 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str | N
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio  # here, not at module load: every roost command builds this parser
+
     config, allows = build_config(args)
     return asyncio.run(_serve(config, allows))
 
 
 async def _serve(config: Any, allows: list[tuple[str, str | None, str | None]]) -> int:
+    import asyncio
+
     from roost.tracker import TrackerServer
 
     server = TrackerServer(config)
