@@ -168,17 +168,28 @@ def bench_extract(scratch: Path, total_mib: int = 512, files: int = 2000) -> lis
 
 _LUA = r"""
 local hashes = {%s}
+local npeers = %d
+local close = %s
+local headers = close and {["Connection"] = "close"} or nil
 local n = 0
 request = function()
   n = n + 1
-  local peer = n %% 10000
+  local peer = n %% npeers
   local h = hashes[(peer %% #hashes) + 1]
   local path = "/announce?info_hash=" .. h .. "&peer_id=-WK0001-" ..
-    string.format("%%012d", peer) .. "&port=" .. (10000 + peer) ..
+    string.format("%%012d", peer) .. "&port=" .. (10000 + peer %% 50000) ..
     "&uploaded=0&downloaded=0&left=1000&compact=1&numwant=50"
-  return wrk.format("GET", path)
+  return wrk.format("GET", path, headers)
 end
 """
+
+# (label, swarms, peers in all, Connection: close per request)
+TRACKER_SCENARIOS = (
+    ("1 swarm x 1,000 peers, keep-alive", 1, 1000, False),
+    ("1,000 swarms x 10 peers, keep-alive", 1000, 10000, False),
+    ("1 swarm x 1,000 peers, Connection: close", 1, 1000, True),
+    ("1,000 swarms x 10 peers, Connection: close", 1000, 10000, True),
+)
 
 
 def _hashes(k: int) -> list[bytes]:
@@ -204,95 +215,126 @@ def _wait_port(port: int, timeout: float = 15) -> None:
             time.sleep(0.05)
 
 
-def bench_tracker(scratch: Path, seconds: int = 8, connections: int = 64) -> list[dict[str, Any]]:
+def _cores() -> tuple[str, str]:
+    """(server core, load generator core): different cores when there are two."""
+    last = (os.cpu_count() or 1) - 1
+    return "0", str(min(1, last))
+
+
+def bench_tracker(
+    scratch: Path,
+    seconds: int = 8,
+    connections: int = 64,
+    scenarios: tuple[tuple[str, int, int, bool], ...] = TRACKER_SCENARIOS,
+    tools: tuple[str, ...] = ("roost tracker", "opentracker"),
+    roost_env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Announces/s per scenario and tool: server on core 0, wrk (1 thread) on core 1.
+
+    Each scenario warms the swarms up (every peer announces once) before the
+    measured run, so the steady state (re-announces) is what counts.
+    """
     if shutil.which("wrk") is None:
         return [
             {"path": "tracker announces/s", "tool": t, "value": None, "unit": "/s",
              "note": "wrk not installed (apt-get install wrk)"}
-            for t in ("roost tracker", "opentracker")
+            for t in tools
         ]  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="roost-trk-", dir=scratch))
     work.chmod(0o755)
-    hashes = _hashes(64)
-    enc = ", ".join('"' + "".join(f"%{b:02X}" for b in h) + '"' for h in hashes)
-    script = work / "announce.lua"
-    script.write_text(_LUA % enc)
-    (work / "whitelist").write_text("".join(h.hex() + "\n" for h in hashes))
-    last_core = str((os.cpu_count() or 1) - 1)
+    server_core, wrk_core = _cores()
     rows = []
     try:
-        for tool in ("roost tracker", "opentracker"):
-            port = _free_port()
-            if tool == "roost tracker":
-                argv = [*ROOST, "tracker", "--bind", "127.0.0.1", "--port", str(port)]
-            else:
-                argv = ["opentracker", "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
-                argv += ["-w", "whitelist", "-d", str(work)]
-            server = subprocess.Popen(
-                ["taskset", "-c", last_core, *argv],
-                cwd=work,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            try:
-                _wait_port(port)
-                probe = subprocess.run(
-                    ["curl", "-s", f"http://127.0.0.1:{port}/announce?info_hash="
-                     + enc.split(",")[0].strip().strip('"')
-                     + "&peer_id=-WK0001-000000000000&port=9&left=1&compact=1"],
-                    capture_output=True,
-                )  # fmt: skip
-                ok = b"failure" not in probe.stdout and b"peers" in probe.stdout
-                out = subprocess.run(
-                    [
-                        "taskset",
-                        "-c",
-                        "0",
-                        "wrk",
-                        "-t",
-                        "1",
-                        "-c",
-                        str(connections),
-                        "-d",
-                        f"{seconds}s",
-                        "-s",
-                        str(script),
-                        f"http://127.0.0.1:{port}",
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=seconds + 30,
-                ).stdout
-                rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-                errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
-                cpu = _cpu_of(server.pid)
-                note = f"{connections} keep-alive connections, {seconds} s"
-                if not ok:
-                    note += f"; probe answer not a peer list: {probe.stdout[:80]!r}"
-                if errors:
-                    note += f"; {errors.group(0)}"
-                note += f"; server CPU {cpu:.1f} s"
+        for label, nswarms, npeers, close in scenarios:
+            hashes = _hashes(nswarms)
+            enc = ", ".join('"' + "".join(f"%{b:02X}" for b in h) + '"' for h in hashes)
+            script = work / "announce.lua"
+            script.write_text(_LUA % (enc, npeers, "true" if close else "false"))
+            (work / "whitelist").write_text("".join(h.hex() + "\n" for h in hashes))
+            for tool in tools:
                 rows.append(
-                    {
-                        "path": "tracker announces/s (one core)",
-                        "tool": tool,
-                        "value": float(rps.group(1)) if rps else None,
-                        "unit": "/s",
-                        "note": note,
-                    }
-                )
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(server.pid, signal.SIGTERM)
-                try:
-                    server.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(server.pid, signal.SIGKILL)
-                    server.wait()
+                    _tracker_run(
+                        tool, label, work, script, enc, seconds, connections,
+                        server_core, wrk_core, roost_env,
+                    )
+                )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rows
+
+
+def _wrk(core: str, connections: int, seconds: float, script: Path, port: int) -> str:
+    argv = ["taskset", "-c", core, "wrk", "-t", "1", "-c", str(connections)]
+    argv += ["-d", f"{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}"]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=seconds + 30
+    ).stdout  # fmt: skip
+
+
+def _tracker_run(
+    tool: str,
+    label: str,
+    work: Path,
+    script: Path,
+    enc: str,
+    seconds: int,
+    connections: int,
+    server_core: str,
+    wrk_core: str,
+    roost_env: dict[str, str] | None,
+) -> dict[str, Any]:
+    port = _free_port()
+    env = None
+    if tool == "roost tracker":
+        argv = [*ROOST, "tracker", "--bind", "127.0.0.1", "--port", str(port)]
+        env = {**os.environ, **(roost_env or {})}
+    else:
+        argv = ["opentracker", "-i", "127.0.0.1", "-p", str(port), "-P", str(port)]
+        argv += ["-w", "whitelist", "-d", str(work)]
+    server = subprocess.Popen(
+        ["taskset", "-c", server_core, *argv],
+        cwd=work,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_port(port)
+        probe = subprocess.run(
+            ["curl", "-s", f"http://127.0.0.1:{port}/announce?info_hash="
+             + enc.split(",")[0].strip().strip('"')
+             + "&peer_id=-WK0001-000000000000&port=9&left=1&compact=1"],
+            capture_output=True,
+        )  # fmt: skip
+        ok = b"failure" not in probe.stdout and b"peers" in probe.stdout
+        _wrk(wrk_core, connections, 2, script, port)  # warm-up: every peer joins
+        cpu0 = _cpu_of(server.pid)
+        out = _wrk(wrk_core, connections, seconds, script, port)
+        cpu = _cpu_of(server.pid) - cpu0
+        rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
+        errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
+        note = f"{label}; {connections} connections, {seconds} s"
+        if not ok:
+            note += f"; probe answer not a peer list: {probe.stdout[:80]!r}"
+        if errors:
+            note += f"; {errors.group(0)}"
+        note += f"; server CPU {cpu:.1f} s"
+        return {
+            "path": f"tracker announces/s (one core): {label}",
+            "tool": tool,
+            "value": float(rps.group(1)) if rps else None,
+            "unit": "/s",
+            "note": note,
+        }
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def _cpu_of(pid: int) -> float:
@@ -308,6 +350,7 @@ def run(names: list[str], *, hash_mib: int, scratch: Path) -> list[dict[str, Any
     rows: list[dict[str, Any]] = []
     for name in names:
         print(f"== hot path: {name}", flush=True)
+        first = len(rows)
         if name == "hash":
             rows += bench_hash(scratch, hash_mib)
         elif name == "extract":
@@ -316,7 +359,37 @@ def run(names: list[str], *, hash_mib: int, scratch: Path) -> list[dict[str, Any
             rows += bench_tracker(scratch)
         else:
             raise SystemExit(f"bench: unknown hot path {name!r} (hash, extract, tracker)")
-        for r in rows[-2:]:
+        for r in rows[first:]:
             v = "—" if r["value"] is None else f"{r['value']:.0f} {r['unit']}"
             print(f"   {r['tool']:<40} {v}  {r['note']}", flush=True)
     return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python bench/hotpaths.py tracker``: the tracker comparison alone."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("what", choices=["tracker"])
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--tools", default="roost tracker,opentracker")
+    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for roost tracker")
+    ap.add_argument("--scratch", default="/var/tmp")
+    args = ap.parse_args(argv)
+    env = dict(e.split("=", 1) for e in args.env)
+    rows = bench_tracker(
+        Path(args.scratch),
+        seconds=args.seconds,
+        connections=args.connections,
+        tools=tuple(args.tools.split(",")),
+        roost_env=env,
+    )
+    for r in rows:
+        v = "-" if r["value"] is None else f"{r['value']:.0f} {r['unit']}"
+        print(f"{r['tool']:<15} {v:>12}  {r['note']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -219,6 +219,43 @@ def test_malformed_announces(query: bytes, words: str) -> None:
     assert info.value.status == 400
 
 
+def _outcome(parse, query: bytes) -> object:
+    try:
+        return parse(query)
+    except ProtocolError as exc:
+        return ("error", str(exc), exc.status)
+
+
+def test_fast_announce_parser_agrees_with_the_generic_one() -> None:
+    """The hot-path parser gives the same Announce, or the same error, as the book one."""
+    rng = random.Random(11)
+    pieces = [
+        f"info_hash={q(IH)}", "info_hash=" + "".join(f"%{b:02X}" for b in IH),
+        "info_hash=" + "".join(f"%{b:02x}" for b in IH), "info_hash=%%%" + "%41" * 19,
+        "info_hash=" + "%4G" + "%41" * 19, "info_hash=" + "%41" * 19, "info_hash=",
+        f"peer_id={q(PID)}", "peer_id=-WK0001-000000000001", "peer_id=short", "port=6881",
+        "port=0", "port=x", "uploaded=5", "downloaded=-1", "left=0", "left=30", "left=",
+        "event=started", "event=empty", "event=", "event=bogus", "event=%ff", "numwant=9",
+        "compact=0", "compact=1", "compact=2", "no_peer_id=1", "ip=198.18.0.9", "ip=zz",
+        "key=k%20", "token=t", "token=%ff", "host=h1", "dc=dc%0A", "rack=r", "other=%zz",
+        "other=1", "x", "&", "=",
+    ]  # fmt: skip
+    valid = [pieces[:3], pieces[7:9], ["port=6881"], ["left=0", "left=30"]]
+    ok = 0
+    for _ in range(3000):
+        parts = [rng.choice(v) for v in valid if rng.random() < 0.95]
+        parts += [rng.choice(pieces) for _ in range(rng.randint(0, 4))]
+        rng.shuffle(parts)
+        query = "&".join(parts).encode()
+        fast = _outcome(proto.parse_announce, query)
+        assert fast == _outcome(proto._parse_announce_generic, query), query
+        ok += isinstance(fast, proto.Announce)
+    assert 300 < ok < 2700  # both outcomes well represented
+    full = announce_query(host="h", dc="d", rack="r", key="k", numwant="5", ip="::1")
+    assert _outcome(proto.parse_announce, full) == _outcome(proto._parse_announce_generic, full)
+    assert isinstance(proto.parse_announce(full), proto.Announce)
+
+
 def test_scrape_many_hashes() -> None:
     h2 = b"\x01" * 20
     hashes, token = proto.parse_scrape(f"info_hash={q(IH)}&info_hash={q(h2)}&token=t".encode())

@@ -265,8 +265,140 @@ def _label(raw: bytes | None, name: str) -> str | None:
     return text
 
 
+_ANNOUNCE_KEYS = frozenset(
+    {
+        b"info_hash", b"peer_id", b"port", b"uploaded", b"downloaded", b"left", b"event",
+        b"numwant", b"compact", b"no_peer_id", b"ip", b"key", b"token", b"host", b"dc", b"rack",
+    }
+)  # fmt: skip
+_EVENT_OF = {b"": "", b"empty": "", **{e.encode(): e for e in EVENTS}}
+_ESCAPED20 = b"%" * 20
+
+
+def _decode(value: bytes) -> bytes:
+    """Percent-decode ``value``; a fully escaped 20-byte hash takes a C fast path."""
+    if len(value) == 60 and value[::3] == _ESCAPED20 and value.count(b"%") == 20:
+        try:
+            return bytes.fromhex(value.replace(b"%", b"").decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass  # falls through to the strict path, which names the error
+    return _unquote(value)
+
+
+def _split_announce(query: bytes) -> tuple[dict[bytes, bytes], set[bytes] | None]:
+    """Announce parameters by raw key (first value each) and the keys given twice.
+
+    Same rules as ``parse_query`` (every value percent-decoded, bad escapes
+    refused, ``+`` literal), without the lists. Unknown keys are decoded
+    only to be refused for bad escapes, then dropped.
+    """
+    params: dict[bytes, bytes] = {}
+    dups: set[bytes] | None = None
+    if not query:
+        return params, dups
+    for pair in query.split(b"&"):
+        if not pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        if b"%" in value:
+            value = _decode(value)
+        if key not in _ANNOUNCE_KEYS:
+            continue
+        if key in params:
+            if dups is None:
+                dups = set()
+            dups.add(key)
+        else:
+            params[key] = value
+    return params, dups
+
+
+def _num(raw: bytes | None, name: str, default: int | None) -> int | None:
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 20:
+        # Some clients send negative 'left' for unknown sizes; refuse cleanly.
+        raise ProtocolError(f"parameter {name} is not a non-negative integer")
+    return int(raw)
+
+
 def parse_announce(query: bytes) -> Announce:
-    """Parse an announce query string; raise ``ProtocolError`` if malformed."""
+    """Parse an announce query string; raise ``ProtocolError`` if malformed.
+
+    Hot path: one pass over the query, no per-parameter lists; the checks
+    and their messages (and their order) are those of ``parse_query`` + the
+    per-field rules.
+    """
+    params, dups = _split_announce(query)
+    if dups is not None:  # rare: the generic path names the first duplicate as always
+        return _parse_announce_generic(query)
+    get = params.get
+    info_hash = get(b"info_hash")
+    if info_hash is None or len(info_hash) != 20:
+        info_hash = _hash20(info_hash, "info_hash")
+    peer_id = get(b"peer_id")
+    if peer_id is None or len(peer_id) != 20:
+        peer_id = _hash20(peer_id, "peer_id")
+    port = _num(get(b"port"), "port", None)
+    if port is None:
+        raise ProtocolError("missing port")
+    if not 0 < port < 65536:
+        raise ProtocolError(f"port {port} out of range")
+    uploaded = _num(get(b"uploaded"), "uploaded", 0) or 0
+    downloaded = _num(get(b"downloaded"), "downloaded", 0) or 0
+    left = _num(get(b"left"), "left", None)
+    if left is None:
+        raise ProtocolError("missing left")
+    event_b = get(b"event") or b""
+    event = _EVENT_OF.get(event_b)
+    if event is None:
+        try:
+            text = event_b.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("unknown event") from exc
+        raise ProtocolError(f"unknown event {text[:20]!r}")
+    numwant = _num(get(b"numwant"), "numwant", None)
+    compact_b = get(b"compact")
+    if compact_b not in (None, b"0", b"1"):
+        raise ProtocolError("compact must be 0 or 1")
+    no_peer_id_b = get(b"no_peer_id")
+    ip_b = get(b"ip")
+    ip: str | None = None
+    if ip_b:
+        try:
+            ip = str(ipaddress.ip_address(ip_b.decode("ascii")))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError("ip is not an IP address") from exc
+    token_b = get(b"token")
+    token: str | None = None
+    if token_b is not None:
+        try:
+            token = token_b.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("token is not ASCII") from exc
+    host_b, dc_b, rack_b = get(b"host"), get(b"dc"), get(b"rack")
+    return Announce(
+        info_hash=info_hash,
+        peer_id=peer_id,
+        port=port,
+        uploaded=uploaded,
+        downloaded=downloaded,
+        left=left,
+        event=event,
+        numwant=numwant,
+        compact=compact_b != b"0",
+        no_peer_id=no_peer_id_b not in (None, b"0"),
+        ip=ip,
+        key=get(b"key"),
+        token=token,
+        host=_label(host_b, "host") if host_b else None,
+        dc=_label(dc_b, "dc") if dc_b else None,
+        rack=_label(rack_b, "rack") if rack_b else None,
+    )
+
+
+def _parse_announce_generic(query: bytes) -> Announce:
+    """``parse_announce`` by the book (``parse_query``); used when a key repeats."""
     params = parse_query(query)
     info_hash = _hash20(_one(params, b"info_hash"), "info_hash")
     peer_id = _hash20(_one(params, b"peer_id"), "peer_id")
@@ -377,6 +509,9 @@ def render_announce(
         min_interval,
     )
     if compact:
+        v4 = b"".join([p.compact for p in peers])
+        if len(v4) == 6 * len(peers):  # no IPv6 peer among them (18 bytes each)
+            return b"%s5:peers%d:%se" % (head, len(v4), v4)
         v4 = b"".join([p.compact for p in peers if not p.is_v6])
         v6 = b"".join([p.compact for p in peers if p.is_v6])
         body = b"5:peers%d:%s" % (len(v4), v4)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import random
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -85,11 +86,8 @@ class Counters:
         self.requests[route] = self.requests.get(route, 0) + 1
         self.latency_sum += seconds
         self.latency_count += 1
-        for i, bound in enumerate(self.LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.latency_counts[i] += 1
-                return
-        self.latency_counts[-1] += 1
+        # bisect_left: a latency equal to a bound falls in that bound's bucket (le).
+        self.latency_counts[bisect_left(self.LATENCY_BUCKETS, seconds)] += 1
 
 
 class Peer:
@@ -161,6 +159,24 @@ class Swarm:
         self.seeders: dict[bytes, Peer] = {}
         self.leechers: dict[bytes, Peer] = {}
         self.stopped: dict[bytes, Peer] = {}
+        # Lists of seeders / leechers for the handout's random draws, rebuilt
+        # only when membership changed: ``changed()`` after any change.
+        self._lists: tuple[list[Peer], list[Peer]] | None = None
+
+    def changed(self) -> None:
+        """Call after adding to or removing from ``seeders`` / ``leechers``."""
+        self._lists = None
+
+    def lists(self) -> tuple[list[Peer], list[Peer]]:
+        """(seeders, leechers) as lists; cached until the next ``changed()``."""
+        cached = self._lists
+        if (
+            cached is None
+            or len(cached[0]) != len(self.seeders)
+            or len(cached[1]) != len(self.leechers)
+        ):
+            cached = self._lists = (list(self.seeders.values()), list(self.leechers.values()))
+        return cached
 
     @property
     def num_seeders(self) -> int:
@@ -179,6 +195,7 @@ class Swarm:
         return self.seeders.get(peer_id) or self.leechers.get(peer_id)
 
     def discard(self, peer_id: bytes) -> Peer | None:
+        self._lists = None
         return self.seeders.pop(peer_id, None) or self.leechers.pop(peer_id, None)
 
 
@@ -307,6 +324,7 @@ class Registry:
             else:
                 peer.events.clear()
             peer.state = "downloading"
+            swarm._lists = None
             if a.left == 0:
                 swarm.seeders[pid] = peer
             else:
@@ -322,18 +340,21 @@ class Registry:
             if pid in swarm.leechers:
                 del swarm.leechers[pid]
                 swarm.seeders[pid] = peer
+                swarm._lists = None
             peer.state = "seeding"
         else:
             if pid in swarm.seeders:
                 del swarm.seeders[pid]
                 swarm.leechers[pid] = peer
+                swarm._lists = None
             peer.state = "downloading"
         numwant = cfg.numwant_default if a.numwant is None else min(a.numwant, cfg.numwant_max)
+        seeders, leechers = swarm.lists()
         peers = choose_peers(
             peer,
             a.left == 0,
-            list(swarm.seeders.values()),
-            list(swarm.leechers.values()),
+            seeders,
+            leechers,
             numwant,
             self.rng,
             cfg.locality,
@@ -401,6 +422,7 @@ class Registry:
             for table in (swarm.seeders, swarm.leechers):
                 for pid in [pid for pid, p in table.items() if p.last_seen < cutoff]:
                     peer = table.pop(pid)
+                    swarm._lists = None
                     peer.state = "stopped"
                     peer.events.append((now, "expired"))
                     swarm.stopped[pid] = peer
