@@ -10,7 +10,9 @@ off so Capistrano can go on:
   relays its events, and on ``complete`` installs the payload into the
   destination (``roost.extract.install_release``: atomic, checked against the
   manifest), runs ``--hook`` and exits;
-* the **worker** (``python -m roost.peer --worker JSON``), in its own session
+* the **worker** (a fork of the front, which imports no libtorrent and has
+  no thread yet; ``python -m roost.peer --worker JSON`` when the caller is
+  threaded), in its own session
   so a caller's terminal or SSH channel never waits for it, owns the engine:
   it downloads into ``TEMP/INFOHASH/`` with resume data saved every few
   seconds and on exit, reports progress as JSON lines on its stdout (a pipe to
@@ -418,17 +420,21 @@ def _timed_out(deadline: float | None, config: PeerConfig) -> str | None:
 def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: float | None) -> None:
     wdir = work_dir(config, info_hash)
     wdir.mkdir(parents=True, exist_ok=True)
-    log = open(wdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "roost.peer", "--worker", config.to_json()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            start_new_session=True,
-        )
-    finally:
-        log.close()
+    proc: subprocess.Popen[bytes] | _ForkedWorker
+    if threading.active_count() == 1 and hasattr(os, "fork"):
+        proc = _ForkedWorker.start(config, wdir / "worker.log")
+    else:  # forking a threaded process is unsafe: a fresh interpreter instead
+        log = open(wdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "roost.peer", "--worker", config.to_json()],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
     assert proc.stdout is not None and proc.stdin is not None
     # The reader thread hands each line over; the main thread sleeps until a
     # line arrives (the worker writes about two a second), never polls.
@@ -482,6 +488,79 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
     if error is not None:
         raise EngineError(error, info_hash=info_hash)
     relay({"event": "complete"})
+
+
+class _ForkedWorker:
+    """The worker as a fork of the front (``Popen``'s subset used above).
+
+    Same process protocol as ``python -m roost.peer --worker``: own session,
+    events on a pipe to the front, end-of-file on its stdin means the front
+    went away, stderr into ``worker.log``. Forking skips a second interpreter
+    start and the re-import of roost (~0.1 CPU-s a peer: 64 peers starting
+    together on 2 cores wait on that). Only forked while single-threaded.
+    """
+
+    def __init__(self, pid: int, stdin: Any, stdout: Any):
+        self.pid = pid
+        self.stdin = stdin
+        self.stdout = stdout
+        self.returncode: int | None = None
+
+    @classmethod
+    def start(cls, config: PeerConfig, log: Path) -> _ForkedWorker:
+        to_worker_r, to_worker_w = os.pipe()
+        from_worker_r, from_worker_w = os.pipe()
+        log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            code = 1
+            try:
+                os.setsid()
+                os.dup2(to_worker_r, 0)
+                os.dup2(from_worker_w, 1)
+                os.dup2(log_fd, 2)
+                for fd in (to_worker_r, to_worker_w, from_worker_r, from_worker_w, log_fd):
+                    os.close(fd)
+                signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+                code = run_worker(config)
+            except BaseException:  # report, then leave the fork
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                with contextlib.suppress(BaseException):
+                    sys.stderr.flush()
+                os._exit(code)
+        os.close(to_worker_r)
+        os.close(from_worker_w)
+        os.close(log_fd)
+        return cls(pid, os.fdopen(to_worker_w, "wb"), os.fdopen(from_worker_r, "rb"))
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0)
+            time.sleep(0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+    def terminate(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
 
 
 def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path | None:
