@@ -161,6 +161,30 @@ def test_gateways_are_stable_and_per_rack() -> None:
     assert dc_gateways([P("anon"), *peers[:1]], 2) == {peers[0].peer_id}
 
 
+@dataclass(frozen=True)
+class Seen(P):
+    first_seen: float = 0.0
+
+
+def test_gateways_are_the_earliest_arrivals_and_newcomers_never_displace_them() -> None:
+    # arrival order differs from CRC order: CRC alone would re-pick on arrivals
+    arrivals = [Seen(f"dc2-r1-{i}", "dc2", "r1", first_seen=100.0 + i) for i in range(8)]
+    present: list[P] = []
+    ever: set[bytes] = set()
+    for p in arrivals:
+        present.append(p)
+        gw = dc_gateways(present, 2)
+        assert gw == {arrivals[0].peer_id, arrivals[1].peer_id} & {q.peer_id for q in present}
+        ever |= gw
+    assert len(ever) == 2
+    # a gateway leaves: the next-oldest takes its place
+    assert dc_gateways(present[1:], 2) == {arrivals[1].peer_id, arrivals[2].peer_id}
+    # same arrival time: CRC-32 decides, whatever the order given
+    tied = [Seen(f"t{i}", "dc1", "r1", first_seen=5.0) for i in range(6)]
+    assert dc_gateways(tied, 2) == dc_gateways(list(reversed(tied)), 2)
+    assert dc_gateways(tied, 2) == dc_gateways([P(q.name, "dc1", "r1") for q in tied], 2)
+
+
 @pytest.mark.parametrize("per_rack", [0, 1, 2, 3])
 def test_at_most_n_peers_per_rack_talk_to_other_datacenters(per_rack: int) -> None:
     peers = fleet("dc1/r1:8 dc1/r2:8 dc2/r1:8 dc2/r2:8")

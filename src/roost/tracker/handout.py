@@ -15,11 +15,17 @@ ends when every leecher holds every piece. Two things matter:
    links leaving the tier: at least ``cross_rack_min`` peers from other racks
    of the same datacenter, and ``cross_dc_min`` peers from other
    datacenters. Only ``dc_gateways_per_rack`` peers of each rack talk to
-   other datacenters at all: the *gateways*, the peers of the rack with the
-   lowest CRC-32 of their peer id (stable while they stay, re-chosen when
-   they leave). A gateway is handed other-datacenter gateways only; everyone
-   else never sees another datacenter, so slow inter-datacenter links carry
-   each piece a few times instead of once per host.
+   other datacenters at all: the *gateways*, the rack's earliest arrivals
+   (``first_seen``, when candidates carry it; ties and candidates without it
+   go by the lowest CRC-32 of the peer id). A newcomer never displaces a
+   gateway, so the set is stable while its members stay and re-chosen only
+   when one leaves: ranking by CRC alone made every arrival with a lower CRC
+   a new gateway while the old ones kept their cross-datacenter connections,
+   and in the lab (bench/locality.py, 8+8 hosts joining within seconds)
+   ``dc_gateways_per_rack=1`` then carried 1.9 copies across instead of ~1.
+   A gateway is handed other-datacenter gateways only; everyone else never
+   sees another datacenter, so slow inter-datacenter links carry each piece
+   a few times instead of once per host.
 
 The requester itself is never handed out. The result is deterministic for
 a given ``random.Random``; the function does no I/O and keeps no state.
@@ -65,23 +71,30 @@ class LocalityPolicy:
                 raise ValueError(f"{name} must be >= 0")
 
 
-def _rank(peer_id: bytes) -> int:
-    return zlib.crc32(peer_id)
+def _rank(p: Candidate) -> tuple[float, int, bytes]:
+    first = getattr(p, "first_seen", None)
+    return (
+        first if isinstance(first, (int, float)) else float("inf"),
+        zlib.crc32(p.peer_id),
+        p.peer_id,
+    )
 
 
 def dc_gateways(peers: Sequence[Candidate], per_rack: int) -> set[bytes]:
     """Peer ids allowed to talk to other datacenters: ``per_rack`` per (dc, rack).
 
-    Unlabelled peers (no ``dc``) are not restricted and not listed.
+    The earliest arrivals of each rack (``first_seen``, an optional attribute
+    of the candidates), ties broken by CRC-32 of the peer id. Unlabelled
+    peers (no ``dc``) are not restricted and not listed.
     """
-    racks: dict[tuple[str, str | None], list[bytes]] = {}
+    racks: dict[tuple[str, str | None], dict[bytes, Candidate]] = {}
     for p in peers:
         if p.dc is not None:
-            racks.setdefault((p.dc, p.rack), []).append(p.peer_id)
+            racks.setdefault((p.dc, p.rack), {}).setdefault(p.peer_id, p)
     chosen: set[bytes] = set()
-    for ids in racks.values():
-        ids = sorted(set(ids), key=lambda i: (_rank(i), i))
-        chosen.update(ids[:per_rack])
+    for members in racks.values():
+        ranked = sorted(members.values(), key=_rank)
+        chosen.update(p.peer_id for p in ranked[:per_rack])
     return chosen
 
 
