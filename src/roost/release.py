@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 DEFAULT_OUT_DIR = Path("/tmp/roost")  # Murder's temp path, one level down
-MIN_PIECE = 256 * 1024
+MIN_PIECE = 64 * 1024  # 64K beat 256K by ~15% at 16 and 32 hosts (bench/NOTES.md)
 MAX_PIECE = 16 * 1024 * 1024
 TARGET_PIECES = 2000
 _TAG_MAX = 128
@@ -101,7 +101,7 @@ def validate_tag(tag: str) -> str:
 
 
 def choose_piece_size(total: int) -> int:
-    """Smallest power of two giving at most ~2000 pieces, in [256 KiB, 16 MiB]."""
+    """Smallest power of two giving at most ~2000 pieces, in [64 KiB, 16 MiB]."""
     size = MIN_PIECE
     while size < MAX_PIECE and -(-total // size) > TARGET_PIECES:
         size *= 2
