@@ -3,9 +3,13 @@
 * hash:    ``roost create --file`` vs ``mktorrent`` on the same file (page cache warm);
 * extract: roost's ``install_release`` vs GNU ``tar -x`` of the same release tar,
            both into tmpfs (/dev/shm), so the disk does not decide;
-* tracker: announces per second, ``roost tracker`` vs ``opentracker``, each pinned
-           to one core, loaded by ``wrk`` (Debian package) with one Lua script
-           (64 swarms, 10,000 distinct peers re-announcing, compact, numwant=50).
+* tracker: announces per second, ``roost tracker`` vs ``opentracker``, the server
+           pinned to core 0 and ``wrk`` (Debian package, one thread, 64
+           connections) to core 1, one Lua script per scenario (1 swarm of
+           1,000 peers; 1,000 swarms of 10; each with keep-alive and with
+           ``Connection: close`` per request as libtorrent sends; compact,
+           numwant=50, peers re-announcing after a 2 s warm-up). Alone:
+           ``python bench/hotpaths.py tracker [--env ROOST_EVENT_LOOP=asyncio]``.
 """
 
 from __future__ import annotations
@@ -319,7 +323,10 @@ def _tracker_run(
             note += f"; probe answer not a peer list: {probe.stdout[:80]!r}"
         if errors:
             note += f"; {errors.group(0)}"
+        done = re.search(r"(\d+) requests in", out)
         note += f"; server CPU {cpu:.1f} s"
+        if done and int(done.group(1)):
+            note += f" = {cpu * 1e6 / int(done.group(1)):.0f} us/announce"
         return {
             "path": f"tracker announces/s (one core): {label}",
             "tool": tool,

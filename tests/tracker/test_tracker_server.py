@@ -331,3 +331,25 @@ def test_state_saved_periodically(tmp_path: Path) -> None:
         saved = json.loads(state.read_text())
         assert saved["swarms"][0]["peers"][0]["port"] == 6000
         assert not list(tmp_path.glob(".state.json.*"))  # no temporary files left
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop when installed; ROOST_EVENT_LOOP=asyncio forces asyncio's own loop."""
+    from roost.tracker.server import new_event_loop, run_loop
+
+    async def answer() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    monkeypatch.setenv("ROOST_EVENT_LOOP", "asyncio")
+    assert run_loop(answer()).startswith("asyncio")
+    monkeypatch.delenv("ROOST_EVENT_LOOP")
+    loop = new_event_loop()
+    try:
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            assert type(loop).__module__.startswith("asyncio")
+        else:
+            assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()

@@ -236,10 +236,11 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str | N
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio  # here, not at module load: every roost command builds this parser
+    # here, not at module load: every roost command builds this parser
+    from roost.tracker.server import run_loop  # uvloop when installed
 
     config, allows = build_config(args)
-    return asyncio.run(_serve(config, allows))
+    return run_loop(_serve(config, allows))
 
 
 async def _serve(config: Any, allows: list[tuple[str, str | None, str | None]]) -> int:

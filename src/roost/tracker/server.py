@@ -33,12 +33,14 @@ import contextlib
 import importlib
 import ipaddress
 import logging
+import os
 import threading
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from roost.errors import TrackerError
 from roost.tracker import protocol as proto
@@ -46,9 +48,17 @@ from roost.tracker.handout import LocalityPolicy
 from roost.tracker.store import load_state, restore_state, save_state
 from roost.tracker.swarm import Refused, Registry
 
-__all__ = ["TrackerConfig", "TrackerHandle", "TrackerServer", "run_tracker_in_thread"]
+__all__ = [
+    "TrackerConfig",
+    "TrackerHandle",
+    "TrackerServer",
+    "new_event_loop",
+    "run_loop",
+    "run_tracker_in_thread",
+]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _monotonic = time.monotonic
 
 _BENCODE = "text/plain"
@@ -128,6 +138,46 @@ def _network(cidr: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Netw
         return ipaddress.ip_network(cidr, strict=False)
     except ValueError as exc:
         raise TrackerError(f"{what} {cidr!r} is not a network (CIDR): {exc}") from exc
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when installed (``pip install roost[fast]``), else asyncio's.
+
+    ``ROOST_EVENT_LOOP=asyncio`` forces asyncio's loop (to compare, or to
+    rule uvloop out). uvloop roughly halves the per-request cost of the
+    event loop and of the socket calls around each announce.
+    """
+    if os.environ.get("ROOST_EVENT_LOOP", "") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return cast(asyncio.AbstractEventLoop, uvloop.new_event_loop())
+    return asyncio.new_event_loop()
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on ``new_event_loop()``'s loop."""
+    loop = new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(main)
+    finally:
+        try:
+            _cancel_all(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = asyncio.all_tasks(loop)
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
 def parse_info_hash(info_hash_hex: str) -> bytes:
@@ -527,7 +577,7 @@ class TrackerHandle:
 def run_tracker_in_thread(config: TrackerConfig | None = None) -> TrackerHandle:
     """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start."""
     server = TrackerServer(config)
-    loop = asyncio.new_event_loop()
+    loop = new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
 
