@@ -108,12 +108,13 @@ def _pick(pool: Sequence[C], k: int, rng: random.Random, skip: set[bytes]) -> li
     if k <= 0 or n == 0:
         return []
     if n > 4 * (k + len(skip)):
-        rand = rng.random
+        # getrandbits + rejection: a third cheaper than int(random() * n).
+        bits, width = rng.getrandbits, n.bit_length()
         seen: set[int] = set()
         out: list[C] = []
-        for _ in range(8 * k + 16):
-            i = int(rand() * n)
-            if i in seen:
+        for _ in range(16 * k + 32):  # over half the draws land below n
+            i = bits(width)
+            if i >= n or i in seen:
                 continue
             seen.add(i)
             p = pool[i]

@@ -22,6 +22,7 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
+from operator import attrgetter
 from urllib.parse import unquote_to_bytes
 
 from roost import bencode
@@ -491,6 +492,10 @@ class HandoutPeer:
         self.compact, self.is_v6 = compact_address(ip, port)
 
 
+_COMPACT = attrgetter("compact")
+_HEADS: dict[tuple[int, int], bytes] = {}  # prebuilt "interval" + "min interval"
+
+
 def render_announce(
     peers: list[HandoutPeer] | list,  # objects with peer_id, ip, port, compact, is_v6
     *,
@@ -502,14 +507,17 @@ def render_announce(
     no_peer_id: bool = False,
 ) -> bytes:
     """Bencoded announce response. Keys in sorted order, built by hand: hot path."""
-    head = b"d8:completei%de10:incompletei%de8:intervali%de12:min intervali%de" % (
-        complete,
-        incomplete,
-        interval,
-        min_interval,
-    )
+    head = _HEADS.get((interval, min_interval))
+    if head is None:
+        if len(_HEADS) > 64:
+            _HEADS.clear()
+        head = _HEADS[interval, min_interval] = b"8:intervali%de12:min intervali%de" % (
+            interval,
+            min_interval,
+        )
+    head = b"d8:completei%de10:incompletei%de%s" % (complete, incomplete, head)
     if compact:
-        v4 = b"".join([p.compact for p in peers])
+        v4 = b"".join(map(_COMPACT, peers))
         if len(v4) == 6 * len(peers):  # no IPv6 peer among them (18 bytes each)
             return b"%s5:peers%d:%se" % (head, len(v4), v4)
         v4 = b"".join([p.compact for p in peers if not p.is_v6])

@@ -283,11 +283,13 @@ class Registry:
 
     def _open_swarm(self, info_hash: bytes, token: str | None, now: float) -> Swarm:
         swarm = self.swarms.get(info_hash)
-        if self.config.allow_list_only and (swarm is None or not swarm.registered):
+        cfg = self.config
+        if cfg.allow_list_only and (swarm is None or not swarm.registered):
             raise Refused(f"unregistered info-hash {info_hash.hex()}")
-        reason = self._check_token(swarm, token)
-        if reason is not None:
-            raise Refused(reason)
+        if cfg.token or cfg.tokens_required or (swarm is not None and swarm.token):
+            reason = self._check_token(swarm, token)
+            if reason is not None:
+                raise Refused(reason)
         if swarm is None:
             swarm = self.swarms[info_hash] = Swarm(info_hash, now)
         return swarm
