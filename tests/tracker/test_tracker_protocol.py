@@ -110,6 +110,67 @@ def test_malformed_heads(head: bytes, status: int, words: str) -> None:
         p.feed(GET)
 
 
+def _reference_parse_head(head: bytes) -> proto.Request:
+    """The head parser as first written (bytes throughout): the oracle for the fast one."""
+    lines = head.split(b"\n")
+    parts = lines[0].rstrip(b"\r").split(b" ")
+    if len(parts) != 3:
+        raise ProtocolError("malformed request line")
+    method_b, target, version_b = parts
+    if version_b not in (b"HTTP/1.1", b"HTTP/1.0"):
+        raise ProtocolError("unsupported HTTP version", 505)
+    version = version_b[5:].decode()
+    if not method_b.isalpha() or not method_b.isupper():
+        raise ProtocolError("malformed request method")
+    if not target.startswith(b"/"):
+        raise ProtocolError("request target must be an absolute path")
+    if any(not 0x21 <= c <= 0x7E for c in target):
+        raise ProtocolError("illegal character in request target")
+    headers: dict[str, str] = {}
+    if len(lines) - 1 > proto.MAX_HEADERS:
+        raise ProtocolError("too many headers", 431)
+    for raw in lines[1:]:
+        raw = raw.rstrip(b"\r")
+        colon = raw.find(b":")
+        if colon <= 0 or raw[0] in b" \t":
+            raise ProtocolError("malformed header line")
+        name = raw[:colon]
+        if b" " in name or b"\t" in name:
+            raise ProtocolError("malformed header name")
+        try:
+            headers[name.decode("ascii").lower()] = raw[colon + 1 :].strip().decode("latin-1")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("non-ASCII header name") from exc
+    method = method_b.decode("ascii")
+    if method not in ("GET", "HEAD"):
+        raise ProtocolError(f"method {method} not allowed (GET only)", 405)
+    if headers.get("content-length", "0").strip() not in ("", "0") or (
+        "transfer-encoding" in headers
+    ):
+        raise ProtocolError("request bodies are not accepted")
+    conn = headers.get("connection", "").lower()
+    keep_alive = "close" not in conn if version == "1.1" else "keep-alive" in conn
+    path_b, _, query = target.partition(b"?")
+    return proto.Request(method, path_b.decode(), query, version, headers, keep_alive)
+
+
+def test_head_parser_agrees_with_the_reference() -> None:
+    rng = random.Random(5)
+    starts = [b"GET /announce?a=1 HTTP/1.1", b"GET / HTTP/1.0", b"HEAD /x HTTP/1.1",
+              b"POST / HTTP/1.1", b"GET x HTTP/1.1", b"GET /a\x7f HTTP/1.1", b"get / HTTP/1.1",
+              b"GET / HTTP/2", b"GET /  HTTP/1.1", b"GET / HTTP/1.1\r"]  # fmt: skip
+    headers = [b"Host: t", b"Connection: close", b"connection: Keep-Alive", b"X: \xa0v\xa0",
+               b"Content-Length: 0", b"Content-Length: 5", b"Transfer-Encoding: chunked",
+               b" folded", b"No colon", b": empty", b"Bad Name: x", b"N\xe9: x", b"A:\tb \x0b",
+               b"", b"\r", b"User-Agent: libtorrent/2.0.9.0"]  # fmt: skip
+    for _ in range(3000):
+        lines = [rng.choice(starts)]
+        lines += [rng.choice(headers) for _ in range(rng.choice([0, 1, 2, 4, 70]))]
+        head = rng.choice([b"\r\n", b"\n"]).join(lines)
+        got = _outcome(proto._parse_head, head)
+        assert got == _outcome(_reference_parse_head, head), head
+
+
 def test_oversized_head_without_end_is_refused_early() -> None:
     p = RequestParser()
     p.feed(b"GET /" + b"a" * 4000)

@@ -50,6 +50,7 @@ MAX_LABEL = 64  # host / dc / rack labels
 EVENTS = ("", "started", "completed", "stopped", "paused")
 _BAD_TARGET = re.compile(rb"[^\x21-\x7e]")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_HTTP_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
 
 
 class ProtocolError(TrackerError):
@@ -125,9 +126,8 @@ class RequestParser:
 
 
 def _parse_head(head: bytes) -> Request:
-    lines = head.split(b"\n")
-    line = lines[0].rstrip(b"\r")
-    parts = line.split(b" ")
+    line, newline, rest = head.partition(b"\n")
+    parts = line.rstrip(b"\r").split(b" ")
     if len(parts) != 3:
         raise ProtocolError("malformed request line")
     method_b, target, version_b = parts
@@ -144,20 +144,20 @@ def _parse_head(head: bytes) -> Request:
     if _BAD_TARGET.search(target):
         raise ProtocolError("illegal character in request target")
     headers: dict[str, str] = {}
-    if len(lines) - 1 > MAX_HEADERS:
-        raise ProtocolError("too many headers", 431)
-    for raw in lines[1:]:
-        raw = raw.rstrip(b"\r")
-        colon = raw.find(b":")
-        if colon <= 0 or raw[0] in b" \t":
-            raise ProtocolError("malformed header line")
-        name = raw[:colon]
-        if b" " in name or b"\t" in name:
-            raise ProtocolError("malformed header name")
-        try:
-            headers[name.decode("ascii").lower()] = raw[colon + 1 :].strip().decode("latin-1")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("non-ASCII header name") from exc
+    if newline:
+        # One decode for all header lines; latin-1 maps every byte to one char.
+        lines = rest.decode("latin-1").split("\n")
+        if len(lines) > MAX_HEADERS:
+            raise ProtocolError("too many headers", 431)
+        for raw in lines:
+            name, colon, value = raw.rstrip("\r").partition(":")
+            if not colon or not name or name[0] in " \t":
+                raise ProtocolError("malformed header line")
+            if " " in name or "\t" in name:
+                raise ProtocolError("malformed header name")
+            if not name.isascii():
+                raise ProtocolError("non-ASCII header name")
+            headers[name.lower()] = value.strip(_HTTP_SPACE)
     method = method_b.decode("ascii")
     if method not in ("GET", "HEAD"):
         raise ProtocolError(f"method {method} not allowed (GET only)", 405)
