@@ -156,3 +156,16 @@ def test_corrupt_piece_from_a_peer_is_surfaced_and_peer_banned(
 def test_unknown_torrent_id_is_an_engine_error() -> None:
     with Engine(LOOPBACK) as engine, pytest.raises(EngineError, match="no such torrent"):
         engine.status("00" * 20)
+
+
+@pytest.mark.parametrize(("pex", "expected"), [(False, True), (True, False)])
+def test_peer_exchange_is_off_unless_asked(
+    payload: Path, tmp_path: Path, pex: bool, expected: bool
+) -> None:
+    """PEX would let peers gossip around the tracker's locality handout."""
+    import libtorrent as lt
+
+    with Engine(EngineConfig(listen_interface="127.0.0.1", pex=pex)) as engine:
+        tid = engine.add(make_torrent(payload), payload.parent, seed_mode=True)
+        flags = engine._handles[tid].flags()
+        assert bool(flags & lt.torrent_flags.disable_pex) is expected

@@ -70,6 +70,11 @@ class EngineConfig:
     #: DHT bootstrap nodes ("host:port"); with them the DHT also accepts
     #: private and same-address nodes (a DHT inside one datacenter).
     dht_bootstrap: tuple[str, ...] = ()
+    #: Peer exchange. Off: the tracker's handout alone decides who talks to
+    #: whom, so its locality policy holds (with PEX on, peers allowed to reach
+    #: another datacenter gossip those peers to their whole datacenter:
+    #: bench/NOTES.md "Locality") and no peer learns of strangers.
+    pex: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,8 @@ class Engine:
             flags |= lt.torrent_flags.seed_mode
         if super_seeding:
             flags |= lt.torrent_flags.super_seeding
+        if not self.config.pex:
+            flags |= lt.torrent_flags.disable_pex
         atp.flags = flags
         if web_seeds:
             atp.url_seeds = list(web_seeds)
@@ -357,6 +364,8 @@ class Engine:
         flags = atp.flags
         flags &= ~lt.torrent_flags.paused
         flags &= ~lt.torrent_flags.auto_managed
+        if not self.config.pex:
+            flags |= lt.torrent_flags.disable_pex
         atp.flags = flags
         if web_seeds:
             atp.url_seeds = list(atp.url_seeds) + list(web_seeds)
