@@ -308,3 +308,37 @@ def test_download_limit_caps_the_peer_on_a_local_network(
     rates = [e["rate_down"] for e in events if e["event"] == "progress"]
     assert max(rates) < 1.5 * 1024 * 1024, rates
     assert events[-1]["seconds"] >= 2.5  # 4 MiB at 1 MiB/s, loopback included
+
+
+def test_roost_seed_exits_with_its_parent(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm
+) -> None:
+    """A deploy killed outright (SIGKILL) must not leave its origin seeding."""
+    import sys
+
+    swarm = make_swarm(tree)
+    release_dir = swarm.release.payload.parent  # type: ignore[attr-defined]
+    pid_file = tmp_path / "seed.pid"
+    seed = [sys.executable, "-m", "roost", "seed", str(swarm.torrent), "--from", str(release_dir)]
+    seed += ["--listen", "127.0.0.1", "--pid-file", str(pid_file), "--exit-with-parent"]
+    # The parent starts the seeder in the background, waits until it runs, dies.
+    script = (
+        "import subprocess, sys, time;"
+        "subprocess.Popen(sys.argv[2:]); time.sleep(float(sys.argv[1]))"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script, "4", *seed], start_new_session=True)
+    pid = None
+    deadline = time.monotonic() + 15
+    while pid is None and time.monotonic() < deadline:
+        pid = procs.read_pid_file(pid_file)
+        time.sleep(0.1)
+    try:
+        assert pid is not None, "the seeder did not start"
+        assert parent.wait(15) == 0
+        deadline = time.monotonic() + 15
+        while procs.alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not procs.alive(pid), "the orphaned seeder kept running"
+    finally:
+        if pid is not None and procs.alive(pid):
+            os.kill(pid, signal.SIGKILL)

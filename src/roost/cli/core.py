@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,30 @@ def _register_seed(sub: Any) -> None:
     p.add_argument(
         "--check", action="store_true", help="hash the payload first instead of seed_mode"
     )
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when the process that started this one dies (roost deploy's origin)",
+    )
     from roost.cli.origin import add_dht_flags
 
     add_dht_flags(p)
     p.set_defaults(handler=_seed)
+
+
+def _stop_when_orphaned(stop: Callable[[], None]) -> None:
+    """Call ``stop`` once this process's parent is gone (it was re-parented):
+    a deploy killed outright must not leave its origin seeding for ever."""
+    import os
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        stop()
+
+    threading.Thread(target=watch, name="roost-parent-watch", daemon=True).start()
 
 
 def _seed(args: argparse.Namespace) -> int:
@@ -101,6 +122,8 @@ def _seed(args: argparse.Namespace) -> int:
         )
     )
     _stop_on_signals(seeder.stop)
+    if args.exit_with_parent:
+        _stop_when_orphaned(seeder.stop)
     if args.pid_file:
         procs.write_pid_file(args.pid_file)
     print(

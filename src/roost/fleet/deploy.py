@@ -81,6 +81,7 @@ def _controller_seed(
                 str(payload),
                 "--announce-ip",
                 announce_ip,
+                "--exit-with-parent",
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
