@@ -135,7 +135,7 @@ def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
     import hashlib
 
     from roost.errors import RoostError
-    from roost.extract import Plan, _mismatch
+    from roost.extract import installed_difference
     from roost.manifest import parse_manifest
     from roost.release import read_torrent
 
@@ -149,7 +149,7 @@ def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
         return {"ok": True, "installed": False, "why": str(exc)}
     if not target.is_dir():
         return {"ok": True, "installed": False, "why": f"{target} missing"}
-    problem = _mismatch(target, Plan(manifest, ()), as_file=False)
+    problem = installed_difference(target, manifest)
     return {"ok": True, "installed": problem is None, "why": problem, "path": str(target)}
 
 
