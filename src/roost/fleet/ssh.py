@@ -34,6 +34,7 @@ from typing import Any, Generic, TypeVar
 import asyncssh
 
 from roost.errors import RemoteError, UsageError
+from roost.fleet.config import SSHSettings
 from roost.fleet.inventory import Host
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,10 @@ class FleetAborted(RemoteError):
 
 
 @dataclass(frozen=True)
-class SSHOptions:
-    """How to reach hosts. ``None`` means: what ``~/.ssh/config`` or ssh says."""
+class SSHOptions(SSHSettings):
+    """How to reach hosts: roost.toml's ``[ssh]`` settings plus the fan-out
+    bounds. ``None`` means: what ``~/.ssh/config`` or ssh says."""
 
-    config: str | None = None
-    identity: str | None = None
-    known_hosts: str | None = None
-    insecure_no_host_key_check: bool = False
-    jump: str | None = None
-    user: str | None = None
-    connect_timeout: float = 10.0
-    step_timeout: float = 600.0
     forks: int = 100
     max_fail_percent: float = 100.0
 
