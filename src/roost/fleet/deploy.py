@@ -81,6 +81,11 @@ def _controller_seed(
                 str(payload),
                 "--announce-ip",
                 announce_ip,
+                # Listen (and so announce) only where the hosts reach us: on
+                # every interface, libtorrent also announced through the
+                # default route, off the fleet's network.
+                "--listen",
+                announce_ip,
                 "--exit-with-parent",
             ],
             stdin=subprocess.DEVNULL,
