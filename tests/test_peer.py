@@ -342,3 +342,63 @@ def test_roost_seed_exits_with_its_parent(
     finally:
         if pid is not None and procs.alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_resumed_peer_announces_to_the_torrent_it_is_given(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """Resume data keeps the tracker list of the run that wrote it; a later
+    deploy (new tracker, new token) hands the peer a .torrent with the same
+    info-hash but another announce URL, and that one must win."""
+    from roost import bencode
+
+    swarm = make_swarm(tree)
+    meta = bencode.decode(swarm.torrent.read_bytes())
+    meta[b"announce"] = b"http://127.0.0.1:9/announce?token=stale"  # nobody listens
+    meta.pop(b"announce-list", None)
+    stale = tmp_path / "stale.torrent"
+    stale.write_bytes(bencode.encode(meta))
+    temp, dest = tmp_path / "temp", tmp_path / "dest"
+    rc, _, err = run(
+        roost_procs,
+        *peer_args(stale, dest, temp, "--events", "json", "--linger", "0", "--timeout", "2"),
+    )
+    assert rc == 1 and "timed out" in err
+    info_hash = swarm.release.info_hash  # type: ignore[attr-defined]
+    assert (temp / info_hash / f"{info_hash}.resume").is_file()
+
+    rc, events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, dest, temp, "--events", "json", "--linger", "0"),
+        *("--timeout", "20"),
+    )
+    assert rc == 0, err
+    assert events[-1]["event"] == "done" and events[-1]["ok"] is True
+    assert snapshot(dest / "t1") == snapshot(tree, skip_git=True)
+
+
+def test_super_seeding_a_one_piece_release_still_delivers(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """libtorrent's super-seeding never offers the only piece of a one-piece
+    torrent; the seeder says so and seeds it normally."""
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "f.txt").write_text("hello fleet\n")
+    swarm = make_swarm(tmp_path / "tiny")
+    assert swarm.release.num_pieces == 1  # type: ignore[attr-defined]
+    swarm.seeder.stop()  # type: ignore[attr-defined]
+    release_dir = swarm.release.payload.parent  # type: ignore[attr-defined]
+    seed = roost_procs(
+        *("seed", str(swarm.torrent), "--from", str(release_dir)),
+        *("--listen", "127.0.0.1", "--super-seed"),
+    )
+    assert seed.stdout is not None
+    assert "(one piece: not super-seeding)" in seed.stdout.readline().decode()
+    rc, _, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", "--events", "json"),
+        *("--linger", "0", "--timeout", "30"),
+    )
+    assert rc == 0, err
+    seed.terminate()
+    assert seed.wait(5) == 0

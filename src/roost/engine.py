@@ -293,14 +293,8 @@ class Engine:
         if tid in self._handles:
             raise EngineError("torrent added twice", info_hash=tid)
         atp = lt.add_torrent_params()
-        resume_file = _resume_path(resume_dir, tid) if resume_dir else None
-        if resume_file is not None and resume_file.is_file() and not seed_mode:
-            try:
-                atp = lt.read_resume_data(resume_file.read_bytes())
-            except (RuntimeError, ValueError) as exc:
-                # Stale or damaged resume data only costs a re-hash.
-                atp = lt.add_torrent_params()
-                self._pending.append(TorrentError(tid, f"ignoring resume data: {exc}"))
+        if not seed_mode:
+            atp = self._resumed(resume_dir, tid) or atp
         atp.ti = info
         atp.save_path = str(save_path)
         flags = atp.flags
@@ -353,13 +347,12 @@ class Engine:
         tid = _hex(atp.info_hashes)
         if tid in self._handles:
             raise EngineError("torrent added twice", info_hash=tid)
-        resume_file = _resume_path(resume_dir, tid) if resume_dir else None
-        if resume_file is not None and resume_file.is_file():
-            with contextlib.suppress(RuntimeError, ValueError):
-                resumed = lt.read_resume_data(resume_file.read_bytes())
-                resumed.trackers = atp.trackers
-                resumed.url_seeds = atp.url_seeds
-                atp = resumed
+        resumed = self._resumed(resume_dir, tid)
+        if resumed is not None:
+            resumed.trackers = atp.trackers
+            resumed.tracker_tiers = atp.tracker_tiers
+            resumed.url_seeds = atp.url_seeds
+            atp = resumed
         atp.save_path = str(save_path)
         flags = atp.flags
         flags &= ~lt.torrent_flags.paused
@@ -380,6 +373,28 @@ class Engine:
         if resume_dir is not None:
             self._resume_dirs[tid] = Path(resume_dir)
         return tid
+
+    def _resumed(self, resume_dir: Path | None, tid: TorrentId) -> Any:
+        """The ``add_torrent_params`` saved in ``resume_dir`` for ``tid``, or
+        None. Its tracker list and web seeds are dropped: they are those of the
+        run that wrote it (an earlier deploy's tracker and token); the torrent
+        or link being added now is the authority on where to announce."""
+        resume_file = _resume_path(resume_dir, tid) if resume_dir else None
+        if resume_file is None or not resume_file.is_file():
+            return None
+        try:
+            atp = lt.read_resume_data(resume_file.read_bytes())
+        except (RuntimeError, ValueError) as exc:
+            # Stale or damaged resume data only costs a re-hash.
+            self._pending.append(TorrentError(tid, f"ignoring resume data: {exc}"))
+            return None
+        # read_resume_data sets override_trackers/override_web_seeds, which
+        # would make the saved lists win over the torrent's own.
+        atp.flags &= ~(lt.torrent_flags.override_trackers | lt.torrent_flags.override_web_seeds)
+        atp.trackers = []
+        atp.tracker_tiers = []
+        atp.url_seeds = []
+        return atp
 
     def metadata(self, tid: TorrentId) -> bytes | None:
         """The torrent (``{"info": ...}``, bencoded) once its info dict is known."""
