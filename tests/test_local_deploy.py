@@ -176,6 +176,7 @@ def test_fleet_progress_model() -> None:
         "bytes_up": 300,
         "path": "/d/a/t",
         "error": None,
+        "warning": None,
     }
     assert summary["hosts"][1]["error"] == "disk full"
     table = render_summary(summary)
@@ -183,6 +184,17 @@ def test_fleet_progress_model() -> None:
     live = render_live(fleet, 5.0, "deploy t")
     assert live[0].startswith("deploy t: 1/3 done, 2 failed")
     assert len(live) == 4
+
+
+def test_a_peer_the_tracker_turns_away_says_so() -> None:
+    fleet = FleetProgress(["a"], total_size=1000, now=0.0)
+    fleet.apply("a", {"event": "progress", "progress": 0.0, "peers": 0}, 1.0)
+    warning = {"event": "tracker_warning", "url": "http://t/announce", "message": "bad token"}
+    fleet.apply("a", warning, 1.5)
+    assert "tracker: bad token" in render_live(fleet, 2.0)[1]
+    fleet.apply("a", {"event": "failed", "error": "timed out after 600s"}, 600.0)
+    error = fleet.summary(600.0)["hosts"][0]["error"]
+    assert error == "timed out after 600s (last tracker: bad token)"
 
 
 def test_live_display_of_a_big_fleet_shows_only_active_hosts() -> None:

@@ -38,6 +38,7 @@ class HostProgress:
     downloaded: float | None = None  # when the download completed
     path: str | None = None
     error: str | None = None
+    warning: str | None = None  # the tracker's last complaint, if any
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,7 @@ class HostProgress:
             "bytes_up": self.up,
             "path": self.path,
             "error": self.error,
+            "warning": self.warning,
         }
 
 
@@ -85,6 +87,8 @@ class FleetProgress:
             h.peers = int(event.get("peers", h.peers))
         elif kind == "hash_failed":
             h.hash_failures += 1
+        elif kind == "tracker_warning":
+            h.warning = f"tracker: {event.get('message') or 'no reason given'}"
         elif kind == "complete":
             h.state, h.progress, h.rate_down, h.downloaded = INSTALLING, 1.0, 0, now
         elif kind == "installed":
@@ -103,6 +107,9 @@ class FleetProgress:
         h = self.hosts[host]
         if h.state in (DONE, FAILED):
             return
+        if h.warning and "timed out" in error and h.warning not in error:
+            # a peer that never found the swarm: the tracker usually says why
+            error = f"{error} (last {h.warning})"
         h.state, h.error, h.finished, h.rate_down = FAILED, error, now, 0
 
     def counts(self) -> dict[str, int]:
@@ -186,7 +193,12 @@ def render_live(
         hosts = sorted(active, key=lambda h: h.progress)[:max_hosts]
     width = max((len(h.name) for h in hosts), default=4)
     for h in hosts:
-        detail = h.error if h.state == FAILED else f"{human_bytes(h.rate_down)}/s, {h.peers} peers"
+        if h.state == FAILED:
+            detail = h.error or ""
+        else:
+            detail = f"{human_bytes(h.rate_down)}/s, {h.peers} peers"
+            if h.warning and h.state == DOWNLOADING and not h.peers:
+                detail += f" | {h.warning}"
         percent = f"{h.progress * 100:5.1f}%"
         lines.append(f"  {h.name:<{width}} [{_bar(h.progress)}] {percent} {h.state:<11} {detail}")
     return lines
