@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost.engine import Engine, EngineConfig, HashFailed, TorrentError, TrackerProblem
-from roost.errors import UsageError
+from roost.errors import RoostError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,15 @@ def payload_dir_for(
     return path.parent
 
 
+def _num_pieces(torrent_bytes: bytes) -> int:
+    from roost.release import read_torrent
+
+    try:
+        return read_torrent(torrent_bytes).num_pieces
+    except RoostError:
+        return 0  # the engine names what is wrong with it
+
+
 class Seeder:
     def __init__(self, config: SeedConfig):
         self.config = config
@@ -89,12 +98,15 @@ class Seeder:
                 dht_bootstrap=config.dht_bootstrap,
             )
         )
+        # libtorrent's super-seeding starts by offering each peer two pieces it
+        # lacks; with a single piece it never offers any and the swarm stalls.
+        self.super_seeding = config.super_seeding and _num_pieces(torrent_bytes) >= 2
         try:
             self.info_hash = self.engine.add(
                 torrent_bytes,
                 config.payload_dir,
                 seed_mode=config.seed_mode,
-                super_seeding=config.super_seeding,
+                super_seeding=self.super_seeding,
                 trackers=config.trackers,
             )
         except BaseException:

@@ -126,8 +126,11 @@ def _seed(args: argparse.Namespace) -> int:
         _stop_when_orphaned(seeder.stop)
     if args.pid_file:
         procs.write_pid_file(args.pid_file)
+    mode = ""
+    if args.super_seed:
+        mode = " (super-seeding)" if seeder.super_seeding else " (one piece: not super-seeding)"
     print(
-        f"seeding {meta.tag or meta.name} ({seeder.info_hash}) on port {seeder.port}",
+        f"seeding {meta.tag or meta.name} ({seeder.info_hash}) on port {seeder.port}{mode}",
         flush=True,
     )
     try:
@@ -310,7 +313,11 @@ def _register_deploy(sub: Any) -> None:
         help="local fleet: where the hosts' download areas go (default: RAM if room)",
     )
     p.add_argument("--piece-size", type=_size, help="override the chosen piece size")
-    p.add_argument("--super-seed", action="store_true", help="super-seeding on the origin")
+    p.add_argument(
+        "--super-seed",
+        action="store_true",
+        help="super-seeding on the origin: fewer copies from it, a slower start",
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     from roost.cli.fleet import add_deploy_flags
 

@@ -303,7 +303,9 @@ async def _v_start_seeding(
 ) -> dict[str, HostResult[Any]]:
     from roost.fleet import tasks
 
-    return await tasks.start_seeding(fleet, inv, cfg, tag=_tag(args, inv, cfg))
+    return await tasks.start_seeding(
+        fleet, inv, cfg, tag=_tag(args, inv, cfg), super_seed=args.super_seed
+    )
 
 
 async def _v_stop_seeding(
@@ -420,6 +422,7 @@ def register(sub: Any) -> None:
         fsub, "start-seeding", "seed TAG on the seeder, detached", _v_start_seeding, "seeder"
     )
     p.add_argument("--tag")
+    p.add_argument("--super-seed", action="store_true", help="hand out each piece once")
     p = _verb_parser(
         fsub, "stop-seeding", "stop seeding TAG (not running: fine)", _v_stop_seeding, "seeder"
     )

@@ -60,6 +60,7 @@ class DeployPlan:
     peer: tasks.PeerOptions
     is_file: bool = False
     seed_from: str = "controller"
+    super_seed: bool = False
     do_bootstrap: bool = True
     out_dir: Path | None = None
     piece_size: int | None = None
@@ -67,7 +68,7 @@ class DeployPlan:
 
 
 def _controller_seed(
-    torrent: Path, payload: Path, announce_ip: str, log: Path
+    torrent: Path, payload: Path, announce_ip: str, log: Path, super_seed: bool = False
 ) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -87,6 +88,7 @@ def _controller_seed(
                 "--listen",
                 announce_ip,
                 "--exit-with-parent",
+                *(["--super-seed"] if super_seed else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -170,7 +172,12 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             raise _Stop
         if plan.seed_from == "seeder":
             sr = await tasks.start_seeding(
-                fleet, inv, cfg, tag=plan.tag, upload=[release.torrent, release.payload]
+                fleet,
+                inv,
+                cfg,
+                tag=plan.tag,
+                upload=[release.torrent, release.payload],
+                super_seed=plan.super_seed,
             )
             if not sr[inv.seeder.name].ok:
                 fail_all(f"seeder {sr[inv.seeder.name].reason}", "start-seeding")
@@ -182,7 +189,9 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             if not addr:
                 fail_all("cannot learn the controller's address as hosts see it", "seed")
                 raise _Stop
-            seed_proc = _controller_seed(release.torrent, release.payload, addr, work / "seed.log")
+            seed_proc = _controller_seed(
+                release.torrent, release.payload, addr, work / "seed.log", plan.super_seed
+            )
             await asyncio.sleep(0.5)
             if seed_proc.poll() is not None:
                 tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
@@ -324,6 +333,7 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         peer=peer,
         is_file=args.is_file,
         seed_from=getattr(args, "seed_from", "controller"),
+        super_seed=bool(getattr(args, "super_seed", False)),
         do_bootstrap=not getattr(args, "no_bootstrap", False),
         out_dir=args.out,
         piece_size=args.piece_size,

@@ -242,10 +242,17 @@ async def fetch_torrent(
 
 
 async def start_seeding(
-    fleet: Fleet, inv: Inventory, cfg: FleetConfig, *, tag: str, upload: Sequence[Path] = ()
+    fleet: Fleet,
+    inv: Inventory,
+    cfg: FleetConfig,
+    *,
+    tag: str,
+    upload: Sequence[Path] = (),
+    super_seed: bool = False,
 ) -> dict[str, HostResult[dict[str, Any]]]:
     """Seed ``TEMP/releases/TAG.torrent`` on the seeder, detached, announcing the
-    address the controller reaches it at (uploading ``upload`` there first)."""
+    address the controller reaches it at (uploading ``upload`` there first;
+    ``super_seed``: hand out each piece once)."""
     r = Remote(cfg)
 
     async def fn(s: Session) -> dict[str, Any]:
@@ -259,6 +266,8 @@ async def start_seeding(
             "--announce-ip",
             s.peer_address,
         ]
+        if super_seed:
+            argv.append("--super-seed")
         out = await s.run(r.start(f"seed-{tag}", argv, wait=1.5), check=False)
         return _json_result(s, out.stdout or out.stderr)
 
