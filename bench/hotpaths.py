@@ -10,6 +10,9 @@
            ``Connection: close`` per request as libtorrent sends; compact,
            numwant=50, peers re-announcing after a 2 s warm-up). Alone:
            ``python bench/hotpaths.py tracker [--env ROOST_EVENT_LOOP=asyncio]``.
+
+Alone: ``python bench/hotpaths.py hash [--hash-mib 1024]``, ``python
+bench/hotpaths.py extract``, ``python bench/hotpaths.py tracker``.
 """
 
 from __future__ import annotations
@@ -373,28 +376,35 @@ def run(names: list[str], *, hash_mib: int, scratch: Path) -> list[dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python bench/hotpaths.py tracker``: the tracker comparison alone."""
+    """``python bench/hotpaths.py hash|extract|tracker``: one hot path alone."""
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("what", choices=["tracker"])
-    ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--tools", default="roost tracker,opentracker")
+    ap.add_argument("what", choices=["hash", "extract", "tracker"])
+    ap.add_argument("--hash-mib", type=int, default=1024, help="hash: file size")
+    ap.add_argument("--seconds", type=int, default=8, help="tracker: seconds per run")
+    ap.add_argument("--connections", type=int, default=64, help="tracker: wrk connections")
+    ap.add_argument("--tools", default="roost tracker,opentracker", help="tracker: servers")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for roost tracker")
     ap.add_argument("--scratch", default="/var/tmp")
     args = ap.parse_args(argv)
-    env = dict(e.split("=", 1) for e in args.env)
-    rows = bench_tracker(
-        Path(args.scratch),
-        seconds=args.seconds,
-        connections=args.connections,
-        tools=tuple(args.tools.split(",")),
-        roost_env=env,
-    )
+    scratch = Path(args.scratch)
+    if args.what == "hash":
+        rows = bench_hash(scratch, args.hash_mib)
+    elif args.what == "extract":
+        rows = bench_extract(scratch)
+    else:
+        env = dict(e.split("=", 1) for e in args.env)
+        rows = bench_tracker(
+            scratch,
+            seconds=args.seconds,
+            connections=args.connections,
+            tools=tuple(args.tools.split(",")),
+            roost_env=env,
+        )
     for r in rows:
         v = "-" if r["value"] is None else f"{r['value']:.0f} {r['unit']}"
-        print(f"{r['tool']:<15} {v:>12}  {r['note']}", flush=True)
+        print(f"{r['tool']:<40} {v:>12}  {r['path']}; {r['note']}", flush=True)
     return 0
 
 

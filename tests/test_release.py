@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import tarfile
 from pathlib import Path
 
@@ -477,3 +478,57 @@ def test_pieces_hashed_while_writing_match_a_second_pass(tmp_path: Path) -> None
         meta = read_torrent(release.torrent.read_bytes())
         assert meta.pieces == hash_pieces(release.payload, piece)[0]
         assert meta.num_pieces == -(-release.payload.stat().st_size // piece)
+
+
+# ------------------------------------------------------- pinned outputs
+
+
+def _fixed_tree(root: Path) -> Path:
+    """The same bytes, names, modes and mtimes on every machine."""
+    rng = random.Random(42)
+    files = {
+        "a.txt": b"hello\n",
+        "bin/tool": rng.randbytes(70_000),
+        "big/blob.bin": rng.randbytes(9 * MiB + 5),  # several chunks, unaligned
+        "big/zero.bin": b"",
+        "l" * 120 + "/" + "n" * 120: b"long names take a PAX header\n",
+        "z-mid.bin": rng.randbytes(5 * MiB - 512),
+    }
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.chmod(path, 0o755 if rel == "bin/tool" else 0o644)
+    os.symlink("../a.txt", root / "big" / "link")
+    for path in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.is_dir() and not path.is_symlink():
+            os.chmod(path, 0o750)
+        os.utime(path, (MTIME, MTIME + len(str(path.relative_to(root)))), follow_symlinks=False)
+    os.chmod(root, 0o755)
+    return root
+
+
+# Computed with the packing and hashing code of ae20d70 (before the hot-path
+# rewrite): they may get faster, their output bytes may not change.
+PINNED = {
+    "tar_sha256": "34b5d82a785514b7c64d3d6b9de923851014363786b2fd67433c253b4956d96a",
+    "info_hash_default": "daff8af8be8d2bc6d5d860a6bf21061771bfbdcc",
+    "info_hash_16k": "efd26f25f49c7dd25d7c8fac2513ce14f6debe33",
+    "file_info_hash": "bdcbfef91a55ce28af1ffc7bbfdf792dae18bd4a",
+}
+
+
+def test_outputs_are_pinned(tmp_path: Path) -> None:
+    src = _fixed_tree(tmp_path / "src")
+    one = create_release(src, "pin", tmp_path / "a", announce=ANNOUNCE)
+    two = create_release(src, "pin", tmp_path / "b", announce=ANNOUNCE, piece_size=16 * KiB)
+    got = {
+        "tar_sha256": hashlib.sha256(one.payload.read_bytes()).hexdigest(),
+        "info_hash_default": one.info_hash,
+        "info_hash_16k": two.info_hash,
+    }
+    assert one.payload.read_bytes() == two.payload.read_bytes()
+    blob = src / "big" / "blob.bin"
+    single = create_release(blob, "pinf", tmp_path / "c", announce=ANNOUNCE, is_file=True)
+    got["file_info_hash"] = single.info_hash
+    assert got == PINNED
