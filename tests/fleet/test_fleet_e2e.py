@@ -193,3 +193,29 @@ def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Pa
     assert "super-seeding" in log, log
     # the seeder's process was stopped at the end, by its pid file
     assert not (f.hosts[1].path("/tmp/roost/pids") / "seed-s2.pid").exists()
+
+
+def test_bootstrap_relays_wheels_between_hosts(
+    sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+) -> None:
+    """The controller sends the wheels to one host; the others get them from
+    hosts that have them, checked by sha256; the relays stop afterwards."""
+    f = sshd_fleet
+    inv = tmp_path / "hosts.txt"
+    inv.write_text("".join(f"root@{h.address}:{h.port}\n" for h in f.hosts))
+    base = ["-i", str(inv), "--wheel-cache", str(wheel_cache), "--json"]
+    relay = ["--bootstrap-direct", "1", "--bootstrap-relay", "2"]
+    run = _roost(f, "bootstrap", *base, *relay, "--force")
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = {row["host"]: row["result"] for row in json.loads(run.stdout)["hosts"]}
+    direct = [h for h, r in results.items() if r == "installed"]
+    relayed = {h: r.split()[-1] for h, r in results.items() if r.startswith("installed from ")}
+    # the first host's relay (2 slots) comes up while the controller's only
+    # slot is still held: two hosts get the wheels from it
+    assert len(direct) + len(relayed) == len(f.hosts) and len(relayed) >= 2, results
+    assert all(src in results and src != h for h, src in relayed.items())
+    for h in f.hosts:
+        assert not (h.path("/tmp/roost/pids") / "wheel-relay.pid").exists(), h.name
+    again = _roost(f, "bootstrap", *base, *relay)
+    rows = json.loads(again.stdout)["hosts"]
+    assert [row["result"] for row in rows] == ["already installed"] * len(f.hosts)

@@ -185,10 +185,11 @@ def test_bad_group_vars_file_named(tmp_path: Path) -> None:
 def test_config_defaults_and_values() -> None:
     assert parse_config("") == FleetConfig()
     cfg = parse_config(
-        'default_tag = "v1"\nremote_path = "/srv/roost"\nforks = 1000\n'
+        'default_tag = "v1"\nremote_path = "/srv/roost"\nforks = 1000\nbootstrap_relay = 0\n'
         '[ssh]\njump = "bastion"\nconnect_timeout = 3\n'
     )
     assert (cfg.default_tag, cfg.remote_path, cfg.forks) == ("v1", "/srv/roost", 1000)
+    assert (cfg.bootstrap_direct, cfg.bootstrap_relay) == (8, 0)
     assert cfg.venv == "/srv/roost/venv"
     assert (cfg.ssh.jump, cfg.ssh.connect_timeout) == ("bastion", 3.0)
 
@@ -203,6 +204,12 @@ def test_config_defaults_and_values() -> None:
         ('temp_path = "tmp"\n', "roost.toml:1:", "absolute path"),
         ("tracker_port = 99999\n", "roost.toml:1:", "out of range"),
         ("forks = \n", "roost.toml:1:", "bad TOML"),
+        (
+            "forks = 9\nbootstrap_direct = 0\n",
+            "roost.toml:2:",
+            "bootstrap_direct must be at least 1",
+        ),
+        ("bootstrap_relay = -1\n", "roost.toml:1:", "bootstrap_relay must be at least 0"),
     ],
 )
 def test_bad_config(text: str, where: str, what: str) -> None:

@@ -69,6 +69,32 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
     g.add_argument("--remote-temp-path", help="temp path on hosts (default /tmp/roost)")
     g.add_argument("--tracker-port", type=int, help="tracker port (default 8998)")
     g.add_argument("--wheel-cache", help="controller's wheel cache (default ~/.cache/roost/wheels)")
+    g.add_argument(
+        "--bootstrap-direct",
+        type=_at_least(1),
+        metavar="N",
+        help="bootstrap: hosts this machine sends the wheels to at once (default 8)",
+    )
+    g.add_argument(
+        "--bootstrap-relay",
+        type=_at_least(0),
+        metavar="N",
+        help="bootstrap: each host that has roost passes the wheels on to N others at a "
+        "time over HTTP, checked by sha256 (default 4; 0: all from this machine)",
+    )
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
 
 
 def add_deploy_flags(p: argparse.ArgumentParser) -> None:
@@ -98,6 +124,8 @@ def fleet_config(args: argparse.Namespace) -> FleetConfig:
         temp_path=getattr(args, "remote_temp_path", None),
         tracker_port=getattr(args, "tracker_port", None),
         wheel_cache=getattr(args, "wheel_cache", None),
+        bootstrap_direct=getattr(args, "bootstrap_direct", None),
+        bootstrap_relay=getattr(args, "bootstrap_relay", None),
     )
 
 

@@ -38,6 +38,13 @@ def register(sub: Any) -> None:
         metavar="RATE",
         help="cap the origin's whole upload, bytes/s (e.g. 50M); 0 = none",
     )
+    serve.add_argument(
+        "--lifetime",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="stop by itself after S seconds (0: serve until stopped)",
+    )
     serve.set_defaults(handler=_serve)
 
 
@@ -72,6 +79,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.lifetime > 0:
+        timer = threading.Timer(args.lifetime, stop.set)
+        timer.daemon = True
+        timer.start()
     print(f"origin serving {args.root} at {server.url()}", flush=True)
     try:
         server.serve_until(stop)

@@ -21,7 +21,9 @@ fails its hosts with a reason naming the package, Python and machine.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import importlib.metadata as md
 import io
@@ -40,6 +42,7 @@ import roost
 from roost.errors import RemoteError, RoostError
 from roost.fleet.config import FleetConfig
 from roost.fleet.ssh import Fleet, HostResult, Session
+from roost.fleet.tasks import Remote
 
 log = logging.getLogger(__name__)
 
@@ -275,13 +278,98 @@ def default_cache(cfg: FleetConfig) -> Path:
 # ---------------------------------------------------------------- over SSH
 
 
+FETCH = (
+    "import hashlib,json,os,sys,urllib.parse,urllib.request\n"
+    "base,dest,want=sys.argv[1],sys.argv[2],json.loads(sys.argv[3])\n"
+    "for name,digest in want:\n"
+    "    part=os.path.join(dest,'.'+name+'.part'); h=hashlib.sha256()\n"
+    "    try:\n"
+    "        with urllib.request.urlopen(base+'/'+urllib.parse.quote(name),timeout=30) as r,"
+    " open(part,'wb') as f:\n"
+    "            while True:\n"
+    "                b=r.read(1<<20)\n"
+    "                if not b: break\n"
+    "                h.update(b); f.write(b)\n"
+    "    except Exception as e:\n"
+    "        sys.exit('cannot fetch %s from %s: %s'%(name,base,e))\n"
+    "    if h.hexdigest()!=digest:\n"
+    "        os.unlink(part); sys.exit('%s from %s: sha256 mismatch'%(name,base))\n"
+    "    os.replace(part,os.path.join(dest,name))\n"
+)
+"""Run by the host's own Python (roost is not there yet): fetch each wheel
+from a relay, check its sha256 against the controller's, keep it."""
+
+RELAY = "wheel-relay"
+
+
+@dataclass(frozen=True)
+class Relay:
+    host: str
+    url: str
+
+
+class Sources:
+    """Who a host gets its wheels from: the controller (``None``, at most
+    ``direct`` hosts at once) or a relay host that has them already (``relay``
+    hosts at once each). Relays are per target: a wheel set fits one target.
+    A relay that failed someone is dropped with all its slots."""
+
+    def __init__(self, direct: int):
+        self._cond = asyncio.Condition()
+        self._direct = direct
+        self._free: dict[str, list[Relay]] = {}
+        self._bad: set[str] = set()
+
+    async def acquire(self, key: str, *, relays: bool = True) -> Relay | None:
+        async with self._cond:
+            while True:
+                free = self._free.get(key)
+                if relays and free:
+                    return free.pop(0)
+                if self._direct > 0:
+                    self._direct -= 1
+                    return None
+                await self._cond.wait()
+
+    async def release(self, key: str, source: Relay | None, *, failed: bool = False) -> None:
+        async with self._cond:
+            if source is None:
+                self._direct += 1
+            elif failed:
+                self._bad.add(source.host)
+                self._free[key] = [r for r in self._free.get(key, []) if r.host != source.host]
+            elif source.host not in self._bad:
+                self._free.setdefault(key, []).append(source)
+            self._cond.notify_all()
+
+    async def add(self, key: str, relay: Relay, slots: int) -> None:
+        async with self._cond:
+            self._free.setdefault(key, []).extend([relay] * slots)
+            self._cond.notify_all()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 async def bootstrap(
     fleet: Fleet, cfg: FleetConfig, *, force: bool = False, python: str = "python3"
 ) -> dict[str, HostResult[str]]:
     """Install roost into ``cfg.venv`` on every healthy host of ``fleet``.
 
-    Returns one result per host: value ``"installed"`` or ``"already installed"``,
-    or the failure (``RemoteError``: host, step, reason).
+    The controller sends the wheels to ``cfg.bootstrap_direct`` hosts at a
+    time; every host that has them serves them on (``roost origin serve``,
+    bound to the address SSH reached it at) to ``cfg.bootstrap_relay`` others
+    at a time, who check each wheel's sha256 against the controller's list. A
+    host that cannot fetch from its relay gets them from the controller.
+
+    Returns one result per host: ``"installed"``, ``"installed from HOST"``
+    or ``"already installed"``, or the failure (``RemoteError``: host, step,
+    reason).
     """
     cache = default_cache(cfg)
     venv = cfg.venv
@@ -318,16 +406,88 @@ async def bootstrap(
         ws = sets[t.key]
         if isinstance(ws, RoostError):
             fleet.failures.setdefault(name, RemoteError(name, "wheels", f"refused: {ws}"))
+    digests = {
+        key: [(w.name, _file_sha256(w)) for w in ws.wheels]
+        for key, ws in sets.items()
+        if isinstance(ws, WheelSet)
+    }
     wheels_dir = f"{cfg.remote_path.rstrip('/')}/wheels"
+    remote = Remote(cfg)
+    q = shlex.quote
+    sources = Sources(max(1, cfg.bootstrap_direct))
+    # hosts of each target still to be served: relays are started only while some wait
+    waiting: dict[str, int] = {}
+    for name, t in targets.items():
+        ws = sets[t.key]
+        stale = isinstance(ws, WheelSet) and (force or stamps.get(name) != ws.digest)
+        if stale and name not in fleet.failures:
+            waiting[t.key] = waiting.get(t.key, 0) + 1
+    relays: list[str] = []
+
+    async def fetch(s: Session, key: str) -> Relay | None:
+        """Wheels into ``wheels_dir``, from a relay (returned) or from the
+        controller (None: the caller holds a controller slot until the host is
+        installed and relaying, so relays come up as fast as hosts install)."""
+        source = await sources.acquire(key, relays=cfg.bootstrap_relay > 0)
+        waiting[key] -= 1
+        if source is not None:
+            argv = [python, "-c", FETCH, source.url, wheels_dir, json.dumps(digests[key])]
+            got = None
+            try:
+                got = await s.run(" ".join(map(q, argv)), check=False)
+            finally:
+                failed = got is None or got.exit_status != 0
+                await sources.release(key, source, failed=failed)
+            if got is not None and not failed:
+                return source
+            reason = (got.stderr.strip().splitlines() if got else None) or ["no reason"]
+            log.info("[%s] relay %s failed (%s)", s.host.name, source.host, reason[-1])
+            await sources.acquire(key, relays=False)
+        ws = sets[key]
+        assert isinstance(ws, WheelSet)
+        try:
+            await s.put(list(ws.wheels), wheels_dir)
+        except BaseException:
+            await sources.release(key, None)
+            raise
+        return None
+
+    async def serve_on(s: Session, key: str) -> None:
+        """Serve this host's wheels to the hosts still waiting (best effort)."""
+        if cfg.bootstrap_relay <= 0 or waiting.get(key, 0) <= 0:
+            return
+        lifetime = f"{fleet.options.step_timeout + 60:g}"
+        argv = ["origin", "serve", wheels_dir, "--bind", s.peer_address, "--port", "0"]
+        argv += ["--lifetime", lifetime]
+        cmd = remote.start(RELAY, argv, ready_log=r"at (https?://\S+)", wait=10)
+        out = await s.run(cmd, check=False)
+        try:
+            url = json.loads(out.stdout.strip().splitlines()[-1]).get("match", "")
+        except (ValueError, IndexError, AttributeError):
+            url = ""
+        if out.exit_status == 0 and url:
+            relays.append(s.host.name)
+            await sources.add(key, Relay(s.host.name, str(url)), cfg.bootstrap_relay)
+        else:
+            log.info("[%s] cannot relay wheels: %s", s.host.name, (out.stdout or out.stderr)[-200:])
 
     async def install(s: Session) -> str:
-        ws = sets[targets[s.host.name].key]
+        key = targets[s.host.name].key
+        ws = sets[key]
         assert isinstance(ws, WheelSet)
         if not force and stamps.get(s.host.name) == ws.digest:
             return "already installed"
-        q = shlex.quote
         await s.run(f"rm -rf {q(wheels_dir)} && mkdir -p {q(wheels_dir)}")
-        await s.put(list(ws.wheels), wheels_dir)
+        relay = await fetch(s, key)
+        try:
+            await install_wheels(s, ws)
+            await serve_on(s, key)
+        finally:
+            if relay is None:
+                await sources.release(key, None)
+        return "installed" if relay is None else f"installed from {relay.host}"
+
+    async def install_wheels(s: Session, ws: WheelSet) -> None:
         rw = q(f"{wheels_dir}/{ws.roost_wheel.name}")
         pip = (
             f"PIP_CONFIG_FILE=/dev/null {q(venv)}/bin/python -m pip install -q "
@@ -351,8 +511,24 @@ async def bootstrap(
                 f"installed roost reports {' '.join(got) or 'nothing'}, expected {version}",
             )
         await s.run(f"printf '%s\\n' {q(stamp)} > {q(stamp_path)}")
-        return "installed"
 
-    return await fleet.each(
-        "bootstrap", install, hosts=[h for h in fleet.hosts if h.name in targets]
-    )
+    try:
+        return await fleet.each(
+            "bootstrap", install, hosts=[h for h in fleet.hosts if h.name in targets]
+        )
+    finally:
+        await _stop_relays(fleet, cfg, relays)
+
+
+async def _stop_relays(fleet: Fleet, cfg: FleetConfig, names: list[str]) -> None:
+    """Stop the wheel relays; a host that cannot be reached now keeps its
+    relay until ``--lifetime`` ends it, and is not failed for that."""
+    if not names:
+        return
+    cmd = Remote(cfg).helper("stop", Remote(cfg).temp, RELAY)
+
+    async def stop(s: Session) -> None:
+        with contextlib.suppress(Exception):
+            await s.run(cmd, check=False)
+
+    await fleet.each("stop-relay", stop, hosts=[h for h in fleet.hosts if h.name in names])

@@ -9,6 +9,8 @@ Example::
     temp_path = "/tmp/roost"               # Murder default_temp_path
     tracker_port = 8998
     forks = 100
+    bootstrap_direct = 8   # hosts the controller sends wheels to at once
+    bootstrap_relay = 4    # hosts each bootstrapped host passes them on to (0: off)
 
     [ssh]
     config = "~/.ssh/config"
@@ -61,6 +63,8 @@ class FleetConfig:
     forks: int = 100
     max_fail_percent: float = 100.0
     wheel_cache: str | None = None
+    bootstrap_direct: int = 8
+    bootstrap_relay: int = 4
     ssh: SSHSettings = field(default_factory=SSHSettings)
 
     @property
@@ -131,6 +135,13 @@ def parse_config(text: str, path: str = "roost.toml") -> FleetConfig:
     cfg = FleetConfig(**top, ssh=ssh)
     if cfg.forks < 1:
         raise ConfigError("forks must be at least 1", path=path, line=_line_of(text, "forks", None))
+    for key in ("bootstrap_direct", "bootstrap_relay"):
+        if getattr(cfg, key) < (1 if key == "bootstrap_direct" else 0):
+            raise ConfigError(
+                f"{key} must be at least {1 if key == 'bootstrap_direct' else 0}",
+                path=path,
+                line=_line_of(text, key, None),
+            )
     if not 0 < cfg.tracker_port < 65536:
         raise ConfigError(
             "tracker_port out of range", path=path, line=_line_of(text, "tracker_port", None)

@@ -6,7 +6,8 @@ time, ``roost.procs``) with its log in ``TEMP/logs/NAME.log``; stopping reads
 the pid file and signals that one pid, never a name match. Stopping what is
 not running is not an error. Output is one JSON object on stdout.
 
-    start TEMP NAME [--ready-url URL] -- ARGV...   detached (new session)
+    start TEMP NAME [--ready-url URL | --ready-log RE] -- ARGV...
+                                                   detached (new session)
     exec  TEMP NAME -- ARGV...                     in the foreground (pid file, exec)
     stop  TEMP GLOB...                             e.g. 'seed-*' 'peer-*'
     clean TEMP                                     remove temp files of stopped work
@@ -19,6 +20,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,7 +42,16 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def start(temp: Path, name: str, argv: list[str], ready_url: str | None, wait: float) -> dict:
+def start(
+    temp: Path,
+    name: str,
+    argv: list[str],
+    ready_url: str | None,
+    wait: float,
+    ready_log: str | None = None,
+) -> dict:
+    """Start ``argv`` detached; ready when ``ready_url`` answers, or when a log
+    line matches ``ready_log`` (its first group is returned as ``match``)."""
     pid_file = _pid_path(temp, name)
     running = procs.read_pid_file(pid_file)
     if running is not None:
@@ -58,6 +69,7 @@ def start(temp: Path, name: str, argv: list[str], ready_url: str | None, wait: f
         )
     procs.write_pid_file(pid_file, proc.pid)
     deadline = time.monotonic() + wait
+    match = ""
     while True:
         if proc.poll() is not None:
             with contextlib.suppress(OSError):
@@ -71,12 +83,21 @@ def start(temp: Path, name: str, argv: list[str], ready_url: str | None, wait: f
             with contextlib.suppress(OSError, ValueError):
                 urllib.request.urlopen(ready_url, timeout=1).close()
                 break
+        if ready_log:
+            found = re.search(ready_log, log_path.read_text(errors="replace"), re.MULTILINE)
+            if found:
+                match = found.group(1) if found.groups() else found.group(0)
+                break
         if time.monotonic() >= deadline:
-            if ready_url:
-                return {"ok": False, "name": name, "error": f"not answering at {ready_url}"}
+            if ready_url or ready_log:
+                what = f"at {ready_url}" if ready_url else f"with a log line matching {ready_log!r}"
+                return {"ok": False, "name": name, "error": f"not ready {what}"}
             break
         time.sleep(0.1)
-    return {"ok": True, "name": name, "pid": proc.pid, "state": "started", "log": str(log_path)}
+    out = {"ok": True, "name": name, "pid": proc.pid, "state": "started", "log": str(log_path)}
+    if ready_log:
+        out["match"] = match
+    return out
 
 
 def exec_(temp: Path, name: str, argv: list[str]) -> None:
@@ -159,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("start")
     p.add_argument("temp", type=Path)
     p.add_argument("name")
-    p.add_argument("--ready-url")
+    ready = p.add_mutually_exclusive_group()
+    ready.add_argument("--ready-url")
+    ready.add_argument("--ready-log", help="regular expression a log line must match")
     p.add_argument("--wait", type=float, default=1.0)
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p = sub.add_parser("exec")
@@ -182,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd in ("start", "exec") and not command:
         parser.error("no command given after --")
     if args.cmd == "start":
-        result = start(args.temp, args.name, command, args.ready_url, args.wait)
+        result = start(args.temp, args.name, command, args.ready_url, args.wait, args.ready_log)
     elif args.cmd == "exec":
         exec_(args.temp, args.name, command)
         return 0  # pragma: no cover - exec does not return

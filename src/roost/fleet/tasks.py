@@ -65,9 +65,16 @@ class Remote:
         )
 
     def start(
-        self, name: str, argv: Sequence[str], ready_url: str | None = None, wait: float = 1.0
+        self,
+        name: str,
+        argv: Sequence[str],
+        ready_url: str | None = None,
+        wait: float = 1.0,
+        ready_log: str | None = None,
     ) -> str:
         extra = ["--ready-url", ready_url] if ready_url else []
+        if ready_log:
+            extra += ["--ready-log", ready_log]
         return self.helper(
             "start",
             *extra,
