@@ -32,6 +32,7 @@ from typing import Any
 
 from roost import procs
 from roost.errors import RoostError, UsageError
+from roost.peer import install_flags
 from roost.progress import FleetProgress
 from roost.release import create_release, validate_tag
 from roost.seeder import SeedConfig, SeederThread
@@ -77,19 +78,16 @@ def peer_command(config: LocalDeployConfig, torrent: Path, dest: Path, temp: Pat
     """The ``roost peer`` command line of one local host (pure)."""
     cmd = [sys.executable, "-m", "roost", "peer", str(torrent)]
     cmd += ["--dest", str(dest), "--temp-path", str(temp), "--events", "json"]
-    cmd += ["--linger", f"{config.linger:g}", "--listen", "127.0.0.1"]
-    if not config.tag_directory:
-        cmd.append("--no-tag-directory")
-    if config.clean:
-        cmd.append("--clean")
-    if config.hook:
-        cmd += ["--hook", config.hook]
-    if config.timeout:
-        cmd += ["--timeout", f"{config.timeout:g}"]
-    if config.upload_limit:
-        cmd += ["--upload-limit", str(config.upload_limit)]
-    if config.download_limit:
-        cmd += ["--download-limit", str(config.download_limit)]
+    cmd += ["--listen", "127.0.0.1"]
+    cmd += install_flags(
+        linger=config.linger,
+        tag_directory=config.tag_directory,
+        clean=config.clean,
+        hook=config.hook,
+        timeout=config.timeout,
+        upload_limit=config.upload_limit,
+        download_limit=config.download_limit,
+    )
     return cmd + list(config.extra_peer_args)
 
 

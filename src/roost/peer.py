@@ -60,6 +60,34 @@ PROGRESS_INTERVAL = 0.5
 RESUME_INTERVAL = 5.0
 
 
+def install_flags(
+    *,
+    linger: float,
+    tag_directory: bool = True,
+    clean: bool = False,
+    hook: str | None = None,
+    timeout: float | None = None,
+    upload_limit: int = 0,
+    download_limit: int = 0,
+) -> list[str]:
+    """The ``roost peer`` flags for these install options (pure): how the
+    local fleet and the SSH fleet hand their options to each host's peer."""
+    flags = ["--linger", f"{linger:g}"]
+    if not tag_directory:
+        flags.append("--no-tag-directory")
+    if clean:
+        flags.append("--clean")
+    if hook:
+        flags += ["--hook", hook]
+    if timeout:
+        flags += ["--timeout", f"{timeout:g}"]
+    if upload_limit:
+        flags += ["--upload-limit", str(upload_limit)]
+    if download_limit:
+        flags += ["--download-limit", str(download_limit)]
+    return flags
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     torrent: Path

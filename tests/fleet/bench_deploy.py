@@ -3,6 +3,12 @@
 
     python tests/fleet/bench_deploy.py [--hosts 8] [--size-mib 64]
 
+With ``--bootstrap-only``, times a forced ``roost bootstrap`` with wheel relays
+off and on instead, the controller's own link shaped to ``--controller-mbit``
+(the case relays are for: one controller, many hosts):
+
+    python tests/fleet/bench_deploy.py --bootstrap-only --hosts 8 --controller-mbit 50
+
 Needs root (network namespaces). Prints one JSON object with the times.
 """
 
@@ -42,15 +48,48 @@ def _time(cmd: list[str], env: dict[str, str]) -> tuple[float, dict]:
     return seconds, summary
 
 
+def _bootstrap_relays(f: SshdFleet, work: Path, a: argparse.Namespace) -> dict:
+    """Forced bootstraps, relays off then on, the controller's link shaped."""
+    if f.lab is None:
+        raise SystemExit("--bootstrap-only needs network namespaces")
+    link = f.lab.controller_link
+    rate = f"{a.controller_mbit}mbit"
+    burst = str(max(32 * 1024, int(a.controller_mbit * 1e6 / 8 / 200)))
+    tbf = ["tbf", "rate", rate, "burst", burst, "latency", "50ms"]
+    subprocess.run(["tc", "qdisc", "replace", "dev", link, "root", *tbf], check=True)
+    inv = work / "hosts"
+    inv.write_text("".join(f"root@{h.address}:{h.port}\n" for h in f.hosts))
+    roost = [sys.executable, "-m", "roost", "bootstrap", "-i", str(inv), "--json"]
+    roost += ["--wheel-cache", a.wheel_cache, "--force"]
+    out: dict = {"hosts": a.hosts, "controller_mbit": a.controller_mbit}
+    try:
+        for relay in ("0", "4", "0", "4"):
+            seconds, summary = _time([*roost, "--bootstrap-relay", relay], f.env())
+            rows = summary.get("hosts", [])
+            relayed = sum(1 for r in rows if str(r.get("result", "")).startswith("installed from"))
+            key = f"relay_{relay}"
+            out.setdefault(key, []).append(
+                {"seconds": round(seconds, 2), "ok": summary.get("ok"), "relayed": relayed}
+            )
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", link, "root"], capture_output=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--hosts", type=int, default=8)
     ap.add_argument("--size-mib", type=int, default=64)
     ap.add_argument("--wheel-cache", default="/var/tmp/roost-test-wheels")
+    ap.add_argument("--bootstrap-only", action="store_true")
+    ap.add_argument("--controller-mbit", type=float, default=50.0)
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="roost-bench-"))
     f = SshdFleet(a.hosts).up()
     try:
+        if a.bootstrap_only:
+            print(json.dumps(_bootstrap_relays(f, work, a), indent=1))
+            return 0
         src = _artifact(work, a.size_mib)
         inv = work / "hosts"
         inv.write_text("[peer]\n" + "".join(f.inventory_line(h) + "\n" for h in f.hosts))

@@ -34,6 +34,7 @@ from roost.errors import RemoteError
 from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
+from roost.peer import install_flags
 
 q = shlex.quote
 
@@ -332,21 +333,16 @@ async def peer(
             r.temp,
             "--announce-ip",
             s.peer_address,
-            "--linger",
-            f"{opts.linger:g}",
+            *install_flags(
+                linger=opts.linger,
+                tag_directory=opts.tag_directory,
+                clean=opts.clean,
+                hook=opts.hook,
+                timeout=opts.timeout,
+                upload_limit=opts.upload_limit,
+                download_limit=opts.download_limit,
+            ),
         ]
-        if not opts.tag_directory:
-            argv.append("--no-tag-directory")
-        if opts.clean:
-            argv.append("--clean")
-        if opts.hook:
-            argv += ["--hook", opts.hook]
-        if opts.timeout:
-            argv += ["--timeout", f"{opts.timeout:g}"]
-        if opts.upload_limit:
-            argv += ["--upload-limit", str(opts.upload_limit)]
-        if opts.download_limit:
-            argv += ["--download-limit", str(opts.download_limit)]
         last: dict[str, Any] = {}
 
         def line(text: str) -> None:
