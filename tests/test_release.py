@@ -16,7 +16,7 @@ from release_kit import MTIME, make_tree
 from roost import bencode
 from roost.cli import main
 from roost.errors import ReleaseError, UsageError
-from roost.hashing import copy_and_hash, hash_pieces
+from roost.hashing import PieceStream, copy_and_hash, hash_pieces
 from roost.manifest import MANIFEST_NAME, link_escapes, parse_manifest
 from roost.release import (
     DEFAULT_OUT_DIR,
@@ -449,22 +449,44 @@ def test_cli_errors_are_one_line(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("append", [False, True])  # O_APPEND: no copy_file_range, plain writes
-def test_copy_and_hash(tmp_path: Path, append: bool) -> None:
-    data = os.urandom(9 * MiB + 5)
+@pytest.mark.parametrize("append", [False, True])
+@pytest.mark.parametrize("size", [0, 1, 4 * MiB, 4 * MiB + 1, 9 * MiB + 5])  # one chunk, several
+def test_copy_and_hash(tmp_path: Path, append: bool, size: int) -> None:
+    data = os.urandom(size + 3)
     (tmp_path / "src").write_bytes(data)
     src = os.open(tmp_path / "src", os.O_RDONLY)
     dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0))
     try:
         os.write(dst, b"head")
-        digest = copy_and_hash(src, 3, len(data) - 3, dst)
+        digest = copy_and_hash(src, 3, size, dst)
         with pytest.raises(OSError, match="short read"):
             copy_and_hash(src, 10, len(data), dst)
     finally:
         os.close(src)
         os.close(dst)
     assert digest == hashlib.sha256(data[3:]).hexdigest()
-    assert (tmp_path / "dst").read_bytes()[: len(data) + 1] == b"head" + data[3:]
+    assert (tmp_path / "dst").read_bytes()[: size + 4] == b"head" + data[3:]
+
+
+@pytest.mark.parametrize("piece", [16 * KiB, 64 * KiB, 4 * MiB, 16 * MiB])
+def test_piece_stream_any_slicing(piece: int) -> None:
+    """Pieces come out the same whatever slices the stream arrives in."""
+    data = random.Random(piece).randbytes(3 * piece + 7 * KiB + 3)
+    expect = b"".join(
+        hashlib.sha1(data[i : i + piece]).digest() for i in range(0, len(data), piece)
+    )
+    rng = random.Random(1)
+    for cuts in (
+        [],
+        [1],
+        [piece - 1, piece],
+        [piece, 2 * piece + 5],
+        sorted(rng.sample(range(1, len(data)), 40)),
+    ):
+        stream = PieceStream(piece)
+        for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True):
+            stream.update(data[a:b])
+        assert stream.finish() == expect, cuts
 
 
 def test_pieces_hashed_while_writing_match_a_second_pass(tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ Theory of operation. A release is one payload file plus one v1 torrent:
 
 The torrent's info dict carries ``x-roost`` (tag, kind, sha256 of the
 manifest, or of the file itself), so the info-hash authenticates the
-manifest and a peer can verify every extracted file against it. Pieces are
-hashed with ``hashlib.sha1`` in two threads (hashlib drops
-the GIL), which beats libtorrent's ``set_piece_hashes``. The manifest and
-the path rules shared with extraction live in ``roost.manifest``. Outputs are written
+manifest and a peer can verify every extracted file against it. Each byte
+is read once: the tar is assembled in buffers that are written out while
+two threads hash them (SHA-1 of the pieces, sha256 of each file;
+``roost.hashing``), which beats libtorrent's ``set_piece_hashes``. The
+manifest and the path rules shared with extraction live in
+``roost.manifest``. Outputs are written
 under temporary names and renamed into place, so a half-written release is
 never visible. No libtorrent here: the module is pure Python plus files.
 
@@ -31,14 +33,14 @@ import re
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from roost import __version__, bencode
 from roost.errors import ReleaseError, UsageError
-from roost.hashing import PieceHasher, copy_and_hash, hash_pieces, sha256_range, write_all
+from roost.hashing import TarWriter, hash_pieces, sha256_range
 from roost.manifest import (
     HEX64,
     MANIFEST_NAME,
@@ -217,33 +219,32 @@ def _pack(
     body += len(manifest_header) + _padded(manifest_size) + 2 * tarfile.BLOCKSIZE
     total = body + (-body % tarfile.RECORDSIZE)
     size = piece_size or choose_piece_size(total)
-    hasher = PieceHasher(out, size)
     out_fd = os.open(out, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-    ok = False
+    tar = TarWriter(out_fd, size)
     try:
-
-        def emit(data: bytes) -> None:
-            write_all(out_fd, data)
-            hasher.advance(len(data))
-
-        for index, (item, header) in enumerate(zip(items, headers, strict=True)):
-            emit(header)
+        digests = []
+        for item, header in zip(items, headers, strict=True):
+            tar.add(header)
             if item.kind == "file":
-                digest = _copy_member(item, out_fd, hasher.advance)
-                emit(bytes(-item.st.st_size % tarfile.BLOCKSIZE))
-                entries[index] = _entry(item, digest)
+                digests.append(_add_member(tar, item))
+                tar.add(bytes(-item.st.st_size % tarfile.BLOCKSIZE))
+        tar.wait_digests()
+        found = iter(digests)
+        for index, item in enumerate(items):
+            if item.kind == "file":
+                entries[index] = _entry(item, next(found).hexdigest())
         manifest = Manifest(tag, tuple(entries), root_mode)
         data = manifest.encode()
-        emit(manifest_header)
-        emit(data + bytes(-len(data) % tarfile.BLOCKSIZE))
-        tail = total - os.lseek(out_fd, 0, os.SEEK_CUR)
+        tar.add(manifest_header)
+        tar.add(data + bytes(-len(data) % tarfile.BLOCKSIZE))
+        tail = total - tar.tell()
         if tail < 2 * tarfile.BLOCKSIZE:
             raise ReleaseError(f"{source} changed while packing")
-        emit(bytes(tail))
-        ok = True
+        tar.add(bytes(tail))
+        pieces = tar.finish()
     finally:
+        tar.close()
         os.close(out_fd)
-        pieces = hasher.finish(abort=not ok)
     if len(data) != manifest_size or len(pieces) != 20 * -(-total // size):
         raise ReleaseError(f"{source} changed while packing")
     return manifest, total, size, pieces
@@ -290,7 +291,8 @@ def _manifest_header(size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "strict")
 
 
-def _copy_member(item: _Item, out_fd: int, progress: Callable[[int], None]) -> str:
+def _add_member(tar: TarWriter, item: _Item) -> Any:
+    """Append a file's bytes to the tar; its sha256 object (see TarWriter)."""
     size = item.st.st_size
     try:
         fd = os.open(item.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -299,7 +301,7 @@ def _copy_member(item: _Item, out_fd: int, progress: Callable[[int], None]) -> s
     try:
         if os.fstat(fd).st_size != size:
             raise ReleaseError(f"{item.path} changed while packing")
-        return copy_and_hash(fd, 0, size, out_fd, progress)
+        return tar.add_file(fd, size)
     except OSError as exc:
         raise ReleaseError(f"cannot pack {item.path}: {exc}") from exc
     finally:
