@@ -8,6 +8,7 @@ directory, nothing beside it).
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -390,3 +391,106 @@ def test_foreign_single_file_torrent(tmp_path: Path) -> None:
         install_release(payload, foreign, tmp_path / "dest")
     result = install_release(payload, foreign, tmp_path / "dest", tag_directory=False)
     assert result.path.read_bytes() == payload.read_bytes()
+
+
+# ----------------------------------------------------- parallel writers
+
+
+def _wide_release(tmp_path: Path, files: int = 300) -> tuple[Release, TorrentMeta, Path]:
+    """More files than the writers' window, one of them bigger than a chunk."""
+    src = tmp_path / "wide"
+    for i in range(files):
+        d = src / f"d{i % 7}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:03}").write_bytes(os.urandom(i * 37 + 1))
+        os.chmod(d / f"f{i:03}", 0o640 if i % 2 else 0o755)
+    (src / "d3" / "big").write_bytes(os.urandom(9 << 20))
+    rel = create_release(src, "w1", tmp_path / "out", announce=[])
+    return rel, read_torrent(rel.torrent.read_bytes()), src
+
+
+def test_many_files_round_trip(tmp_path: Path) -> None:
+    rel, meta, src = _wide_release(tmp_path)
+    result = install_release(rel.payload, meta, tmp_path / "dest")
+    assert snapshot(result.path) == snapshot(src)
+    _no_staging(tmp_path / "dest")
+
+
+@pytest.mark.parametrize(("name", "where"), [("d3/f150", 10), ("d3/big", (5 << 20) + 7)])
+def test_corrupt_member_among_many_is_named_and_nothing_is_left(
+    tmp_path: Path, name: str, where: int
+) -> None:
+    rel, meta, _ = _wide_release(tmp_path)
+    data = bytearray(rel.payload.read_bytes())
+    with tarfile.open(rel.payload) as archive:
+        data[archive.getmember(name).offset_data + where] ^= 0x01
+    rel.payload.write_bytes(bytes(data))
+    dest = tmp_path / "dest"
+    with pytest.raises(VerifyError, match=rf"^{name}: sha256 differs"):
+        install_release(rel.payload, meta, dest)
+    assert listing(dest) == set()
+    _no_staging(dest)
+
+
+# ------------------------------------------------------------ durability
+
+_TRACED = """
+import sys
+from pathlib import Path
+from roost.extract import install_release
+from roost.release import read_torrent
+meta = read_torrent(Path(sys.argv[2]).read_bytes())
+install_release(Path(sys.argv[1]), meta, Path(sys.argv[3]), clean=True)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+@pytest.mark.parametrize("replace", [False, True])
+def test_staging_is_flushed_before_the_rename_and_the_rename_after(
+    tmp_path: Path, release, replace: bool
+) -> None:
+    """Power loss at any moment leaves the old release or the whole new
+    one: syncfs(staging) -> rename(staging, target) -> fsync(parent)."""
+    import re
+    import subprocess
+    import sys
+
+    rel, _ = release
+    dest = tmp_path / "dest"
+    if replace:
+        (dest / "v1").mkdir(parents=True)
+        (dest / "v1" / "old").write_text("old")
+    trace = tmp_path / "trace"
+    argv = [sys.executable, "-c", _TRACED, str(rel.payload), str(rel.torrent), str(dest)]
+    subprocess.run(
+        ["strace", "-f", "-y", "-o", str(trace), "-e", "trace=syncfs,sync,rename,renameat,"
+         "renameat2,fsync", *argv],
+        check=True,
+    )  # fmt: skip
+    calls = [
+        line.split(None, 1)[1]
+        for line in trace.read_text().splitlines()
+        if re.match(r"\d+ +(syncfs|sync|rename\w*|fsync)\(", line)
+    ]
+    staging = [i for i, c in enumerate(calls) if "roost-staging" in c and c.startswith("rename")]
+    assert len(staging) == 1, calls
+    flushes = [i for i, c in enumerate(calls) if c.startswith(("syncfs", "sync("))]
+    dir_syncs = [i for i, c in enumerate(calls) if c.startswith("fsync") and f"<{dest}>" in c]
+    assert flushes and flushes[0] < staging[0], calls
+    assert dir_syncs and dir_syncs[0] > staging[0], calls
+    assert (dest / "v1" / "bin" / "run").exists() and not (dest / "v1" / "old").exists()
+
+
+def test_without_syncfs_it_falls_back_to_sync(
+    tmp_path: Path, release, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where libc has no syncfs (it cannot be removed from this one), the
+    whole system is synced instead; the install is the same."""
+    import roost.extract
+
+    rel, meta = release
+    monkeypatch.setattr(roost.extract, "_libc_syncfs", lambda: None)
+    synced, real_sync = [], os.sync
+    monkeypatch.setattr(os, "sync", lambda: synced.append(real_sync()))
+    result = install_release(rel.payload, meta, tmp_path / "dest")
+    assert synced == [None] and (result.path / "bin" / "run").exists()

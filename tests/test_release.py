@@ -468,7 +468,7 @@ def test_copy_and_hash(tmp_path: Path, append: bool, size: int) -> None:
     assert (tmp_path / "dst").read_bytes()[: size + 4] == b"head" + data[3:]
 
 
-@pytest.mark.parametrize("piece", [16 * KiB, 64 * KiB, 4 * MiB, 16 * MiB])
+@pytest.mark.parametrize("piece", [16 * KiB, 64 * KiB, 1 * MiB])
 def test_piece_stream_any_slicing(piece: int) -> None:
     """Pieces come out the same whatever slices the stream arrives in."""
     data = random.Random(piece).randbytes(3 * piece + 7 * KiB + 3)
