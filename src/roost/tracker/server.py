@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import ipaddress
 import logging
@@ -45,6 +46,7 @@ from typing import Any, TypeVar, cast
 from roost.errors import TrackerError
 from roost.tracker import protocol as proto
 from roost.tracker.handout import LocalityPolicy
+from roost.tracker.snapshot import Snapshot, StatusCache
 from roost.tracker.store import load_state, restore_state, save_state
 from roost.tracker.swarm import Refused, Registry
 
@@ -85,6 +87,8 @@ class TrackerConfig:
     may read /stats.json, /metrics and the page (empty: anyone who can
     connect; the default bind is loopback). ``stall_after``: seconds without a
     decrease of ``left`` before /stats.json flags a downloading peer as stalled.
+    ``stats_ttl``: seconds a rendered /stats.json or /metrics is served again
+    before it is rebuilt (``snapshot.py``; 0: rebuilt for every request).
     """
 
     bind: str = "127.0.0.1"
@@ -107,6 +111,7 @@ class TrackerConfig:
     idle_timeout: float = 60.0
     announce_host: str | None = None
     stall_after: float = 30.0
+    stats_ttl: float = 1.0
 
     def __post_init__(self) -> None:
         if self.peer_timeout <= 0:
@@ -116,6 +121,8 @@ class TrackerConfig:
                 f"bad interval {self.interval}/min interval {self.min_interval}: "
                 "need interval >= 1 and 0 <= min interval <= interval"
             )
+        if not 0 <= self.stats_ttl <= 60:
+            raise TrackerError(f"bad stats ttl {self.stats_ttl}: need 0 to 60 seconds")
         if not self.stall_after > 0:
             raise TrackerError(f"bad stall-after {self.stall_after}: need a positive number")
         if not 0 <= self.port < 65536:
@@ -192,12 +199,14 @@ def parse_info_hash(info_hash_hex: str) -> bytes:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("ip", "last_active", "parser", "server", "transport")
+    __slots__ = ("ip", "last_active", "parser", "server", "transport", "waiting")
 
     def __init__(self, server: TrackerServer):
         self.server = server
         self.parser = proto.RequestParser()
         self.transport: asyncio.Transport | None = None
+        # Requests behind a response being built (snapshot.py); None when none is.
+        self.waiting: list[proto.Request] | None = None
         self.ip = ""
         self.last_active = time.monotonic()
 
@@ -217,7 +226,7 @@ class _Conn(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        if self.transport is not None and self.waiting is None:
             self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -234,22 +243,63 @@ class _Conn(asyncio.Protocol):
             )
             transport.close()
             return
-        if len(requests) == 1:
+        if self.waiting is not None:  # answered in order, after the one being built
+            self.waiting.extend(requests)
+            return
+        if len(requests) == 1 and requests[0].path != "/stats.json":
             response, keep = self.server.handle(requests[0], self.ip, t0)
             transport.write(response)
             if not keep:
                 transport.close()
             return
-        # Pipelined: one write (one syscall) for the whole batch.
-        out = []
-        for req in requests:
+        self._serve(requests, t0)
+
+    def _serve(self, requests: list[proto.Request], t0: float) -> None:
+        """Answer ``requests`` in order; one write (one syscall) for a pipelined batch.
+
+        A /stats.json whose snapshot must be built is answered when the build
+        ends (``_built``); reading pauses and the requests after it wait.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        out: list[bytes] = []
+        for i, req in enumerate(requests):
+            build = self.server.deferred(req, self.ip)
+            if build is not None:
+                if out:
+                    transport.write(b"".join(out))
+                self.waiting = list(requests[i + 1 :])
+                transport.pause_reading()
+                build.add_done_callback(functools.partial(self._built, req, t0))
+                return
             response, keep = self.server.handle(req, self.ip, t0)
             out.append(response)
             if not keep:
                 transport.write(b"".join(out))
                 transport.close()
                 return
-        transport.write(b"".join(out))
+        if out:
+            transport.write(b"".join(out))
+
+    def _built(self, req: proto.Request, t0: float, task: asyncio.Task[Snapshot]) -> None:
+        waiting, self.waiting = self.waiting or [], None
+        if task.cancelled():
+            return
+        failed = task.exception()  # retrieved even if the client is gone
+        transport = self.transport
+        if transport is None:
+            return
+        # A failed build is tried again synchronously: a bug then gets its 500.
+        built = None if failed is not None else task.result()
+        response, keep = self.server.handle(req, self.ip, t0, built=built)
+        transport.write(response)
+        if not keep:
+            transport.close()
+            return
+        transport.resume_reading()
+        if waiting:
+            self._serve(waiting, t0)
 
 
 class TrackerServer:
@@ -267,6 +317,8 @@ class TrackerServer:
         self._stats_nets = [_network(c, "stats-allow network") for c in self.config.stats_allow]
         self._stats_ok: dict[str, bool] = {}
         self._modules: dict[str, ModuleType | None] = {}
+        self._stats_cache = StatusCache(self.config.stats_ttl)
+        self._metrics_cache = StatusCache(self.config.stats_ttl)
         self.port = 0
 
     # -- lifecycle -----------------------------------------------------------
@@ -300,6 +352,7 @@ class TrackerServer:
 
     async def stop(self) -> None:
         """Stop serving, close connections, save the state file."""
+        self._stats_cache.cancel()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -320,6 +373,11 @@ class TrackerServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    @property
+    def status_builds(self) -> dict[str, int]:
+        """How many times /stats.json and /metrics were rendered (``snapshot.py``)."""
+        return {"stats": self._stats_cache.builds, "metrics": self._metrics_cache.builds}
 
     @property
     def announce_url(self) -> str:
@@ -380,11 +438,20 @@ class TrackerServer:
 
     # -- requests ------------------------------------------------------------
 
-    def handle(self, req: proto.Request, ip: str, t0: float | None = None) -> tuple[bytes, bool]:
+    def handle(
+        self,
+        req: proto.Request,
+        ip: str,
+        t0: float | None = None,
+        *,
+        built: Snapshot | None = None,
+    ) -> tuple[bytes, bool]:
         """Route one request; return the response bytes and whether to keep alive.
 
         ``t0``: when its bytes arrived (``time.monotonic()``), for the latency
-        histogram; now when not given.
+        histogram; now when not given. ``built``: the /stats.json snapshot the
+        request waited for (``deferred``); without it a stale snapshot is
+        rebuilt here, synchronously.
         """
         if t0 is None:
             t0 = _monotonic()
@@ -406,7 +473,7 @@ class TrackerServer:
                 route = "scrape"
                 status, body, ctype = self._scrape(req.query)
             else:
-                status, body, ctype, route = self._page(path, ip)
+                status, body, ctype, route = self._page(path, ip, built)
         except Exception:
             log.exception("tracker failed on %s %s", req.method, req.path)
             status, body, ctype = 500, proto.render_failure("internal tracker error"), _BENCODE
@@ -489,7 +556,24 @@ class TrackerServer:
             self._stats_ok[ip] = ok
         return ok
 
-    def _page(self, path: str, ip: str) -> tuple[int, bytes, str, str]:
+    def deferred(self, req: proto.Request, ip: str) -> asyncio.Task[Snapshot] | None:
+        """The build a /stats.json request must wait for, or None to answer it now.
+
+        None for other paths, a fresh snapshot, a refused address or a build
+        without stats.py; else the running build (``snapshot.StatusCache``).
+        """
+        if req.path != "/stats.json" or self._stats_cache.fresh() is not None:
+            return None
+        if not self._stats_allowed(ip):
+            return None
+        module = self._module("stats")
+        steps = getattr(module, "stats_json_steps", None) if module is not None else None
+        if steps is None:
+            return None
+        registry, clock = self.registry, self._clock
+        return self._stats_cache.start(lambda: steps(registry, clock()))
+
+    def _page(self, path: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str, str]:
         if path == "/stats.json":
             target = ("stats", "render_stats_json", _JSON, "stats")
         elif path == "/metrics":
@@ -514,7 +598,14 @@ class TrackerServer:
                 return 404, b"no such file\n", "text/plain", route
             body, ctype = found
             return 200, body, ctype, route
-        result = func(self.registry, self._clock())
+        registry, clock = self.registry, self._clock
+        if route == "stats":
+            snap = built or self._stats_cache.build(lambda: func(registry, clock()))
+            return 200, snap.body, ctype, route
+        if route == "metrics":
+            snap = self._metrics_cache.build(lambda: func(registry, clock()))
+            return 200, snap.body, ctype, route
+        result = func(registry, clock())
         if isinstance(result, tuple):
             result, ctype = result
         return 200, result, ctype, route

@@ -31,9 +31,10 @@ and the web page never interprets it as markup.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry, exposition, generate_latest
 from prometheus_client.core import (
@@ -56,10 +57,12 @@ __all__ = [
     "peer_rates",
     "render_metrics",
     "render_stats_json",
+    "stats_json_steps",
     "swarm_size",
 ]
 
 STATS_CONTENT_TYPE = "application/json"
+STEP_PEERS = 500  # peer rows per step of ``stats_json_steps`` (a few ms)
 METRICS_CONTENT_TYPE: str = getattr(
     exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST
 )
@@ -179,14 +182,147 @@ def render_stats_json(registry: Registry, now: float, *, stall_after: float | No
     """``build_stats`` as compact JSON, the /stats.json body.
 
     ASCII only, and ``<``, ``>``, ``&`` escaped as ``\\u003c`` ...: peer labels can
-    never read as markup, even to a browser sniffing the body.
+    never read as markup, even to a browser sniffing the body. The same bytes as
+    ``json.dumps(build_stats(...), separators=(",", ":"))`` with those escapes,
+    written by ``stats_json_steps`` run to the end.
     """
-    doc = build_stats(registry, now, stall_after=stall_after)
-    text = json.dumps(
-        doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False
+    steps = stats_json_steps(registry, now, stall_after=stall_after)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(bytes, done.value)
+
+
+_encode_str = json.encoder.encode_basestring_ascii
+
+
+def _js(text: str | None) -> str:
+    """A JSON string (ASCII, markup characters escaped) or ``null``."""
+    if text is None:
+        return "null"
+    out = _encode_str(text)
+    if "<" in out or ">" in out or "&" in out:
+        out = out.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return out
+
+
+def _jnum(value: float | None) -> str:
+    """A JSON number (as ``json.dumps`` writes it) or ``null``."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
+    return json.dumps(value, allow_nan=False)
+
+
+def _peer_row(
+    peer: Peer, size: int | None, now: float, interval: float, is_stalled: bool
+) -> tuple[str, float, float]:
+    """A peer's JSON object (what ``_peer_doc`` holds) and its two rates."""
+    progress: float | None = None
+    if peer.left == 0:
+        progress = 1.0
+    elif size:
+        progress = round(min(1.0, max(0.0, 1.0 - peer.left / size)), 6)
+    rate_down, rate_up = peer_rates(peer, now, interval)
+    rate_down, rate_up = round(rate_down, 1), round(rate_up, 1)
+    row = (
+        f'{{"peer_id":"{peer.peer_id.hex()}","address":{_js(peer.ip)},'
+        f'"port":{peer.port:d},"host":{_js(peer.host)},'
+        f'"datacenter":{_js(peer.dc)},"rack":{_js(peer.rack)},'
+        f'"left":{peer.left:d},"uploaded":{peer.uploaded:d},'
+        f'"downloaded":{peer.downloaded:d},"progress":{_jnum(progress)},'
+        f'"state":{_js(peer.state)},"first_seen":{_jnum(round(peer.first_seen, 3))},'
+        f'"last_seen":{_jnum(round(peer.last_seen, 3))},'
+        f'"last_progress":{_jnum(round(peer.last_progress, 3))},'
+        f'"stalled":{"true" if is_stalled else "false"},'
+        f'"rate_down":{_jnum(rate_down)},"rate_up":{_jnum(rate_up)}}}'
     )
-    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-    return text.encode("ascii")
+    return row, rate_down, rate_up
+
+
+def stats_json_steps(
+    registry: Registry, now: float, *, stall_after: float | None = None, step: int = STEP_PEERS
+) -> Generator[None, None, bytes]:
+    """Write the /stats.json body a few hundred peers at a time.
+
+    A generator: each ``next()`` writes about ``step`` peer rows and yields, so
+    the server can serve announces between steps; its return value (the
+    ``StopIteration`` value) is the body, byte for byte what
+    ``render_stats_json`` documents. The swarms and each swarm's peers are
+    listed (and sorted) at the start; a peer's row is read when its step
+    runs, so rows of one document may be a few milliseconds apart, and the
+    swarm counts (seeders, leechers, completed) are read when the swarm's
+    last row is written. ``now`` is the same for every row.
+    """
+    cfg = registry.config
+    interval = float(cfg.interval)
+    stall = stall_after_of(registry, stall_after)
+    swarms = sorted(registry.swarms.values(), key=lambda s: (s.tag or "", s.info_hash_hex))
+    listed = [
+        (swarm, sorted(swarm.peers(), key=lambda p: (p.host or "", p.ip, p.port)))
+        for swarm in swarms
+    ]
+    head = {
+        "version": __version__,
+        "started": registry.started,
+        "now": now,
+        "announces": registry.counters.total_announces,
+        "interval": cfg.interval,
+        "stall_after": stall,
+    }
+    parts = ['{"tracker":', _dumps(head), ',"swarms":[']
+    live_for = 2 * interval + 1  # as in peer_rates
+    budget = step
+    for i, (swarm, peers) in enumerate(listed):
+        size = swarm_size(swarm)
+        rows: list[str] = []
+        sum_down = sum_up = 0.0
+        stalled = 0
+        for peer in peers:
+            state = peer.state
+            is_stalled = state == "downloading" and now - peer.last_progress >= stall
+            live = state != "stopped" and now - peer.last_seen <= live_for
+            key = (size, is_stalled, live, state)
+            cached = peer.status_row
+            if cached is not None and cached[0] == key:
+                _, row, rate_down, rate_up = cached
+            else:
+                row, rate_down, rate_up = _peer_row(peer, size, now, interval, is_stalled)
+                peer.status_row = (key, row, rate_down, rate_up)
+            rows.append(row)
+            sum_down += rate_down
+            sum_up += rate_up
+            stalled += is_stalled
+            budget -= 1
+            if budget <= 0:
+                budget = step
+                yield
+        summary = {
+            "info_hash": swarm.info_hash_hex,
+            "tag": swarm.tag,
+            "seeders": swarm.num_seeders,
+            "leechers": swarm.num_leechers,
+            "completed": swarm.completed,
+            "size": size,
+            "rate_down": round(sum_down, 1),
+            "rate_up": round(sum_up, 1),
+            "stalled": stalled,
+        }
+        if i:
+            parts.append(",")
+        parts += [_dumps(summary)[:-1], ',"peers":[', ",".join(rows), "]}"]
+    parts.append("]}")
+    return "".join(parts).encode("ascii")
+
+
+def _dumps(doc: dict[str, Any]) -> str:
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 # --------------------------------------------------------------------------

@@ -21,6 +21,9 @@ Read API for stats / metrics / the web page (treat it as read-only):
   ``prev_downloaded``, ``prev_seen`` (the announce before: rates are the
   deltas), ``events`` (deque of (ts, event), newest last), ``host``,
   ``dc``, ``rack``, ``state`` ("seeding" | "downloading" | "stopped").
+  ``status_row`` is stats.py's cache of the peer's /stats.json row (valid
+  for its state and the swarm's size): whatever changes another field of a
+  peer outside ``Registry._update`` must set it to None.
 
 Peer address: the ``ip=`` announce parameter when present and valid and
 ``config.trust_ip_param`` is on (the default: local fleets announce the
@@ -114,6 +117,7 @@ class Peer:
         "prev_uploaded",
         "rack",
         "state",
+        "status_row",
         "uploaded",
     )
 
@@ -135,6 +139,8 @@ class Peer:
         self.key: bytes | None = None
         self.completed = False  # counted in the swarm's completed count
         self.state = "downloading"
+        # stats.py's cached /stats.json row: reset whenever a reported field changes
+        self.status_row: tuple[object, str, float, float] | None = None
 
     def set_address(self, ip: str, port: int) -> None:
         if ip != self.ip or port != self.port:
@@ -364,6 +370,7 @@ class Registry:
         return peers, len(swarm.seeders), len(swarm.leechers)
 
     def _update(self, swarm: Swarm, peer: Peer, a: Announce, ip: str, now: float) -> None:
+        peer.status_row = None
         peer.set_address(ip, a.port)
         if a.left < peer.left:
             peer.last_progress = now
