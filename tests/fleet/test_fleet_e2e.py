@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,7 @@ def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_c
     inv = tmp_path / "hosts.txt"
     inv.write_text("".join(f"root@{h.address}:{h.port}\n" for h in hosts))
     base = ["-i", str(inv), "--json"]
+    controller = f.lab.controller_address if f.lab is not None else "127.0.0.1"
     out = tmp_path / "torrents"
     assert _roost(f, "bootstrap", *base, "--wheel-cache", str(wheel_cache)).returncode == 0
     # the files to ship live on the seeder (the first host)
@@ -126,7 +128,7 @@ def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_c
     (seeder_build / "sub" / "f.txt").write_text("hello fleet\n")
     steps = [
         ("stop-tracker",),  # not running: not an error
-        ("start-tracker",),
+        ("start-tracker", "--stats-allow", f"{controller}/32"),
         ("start-tracker",),  # already running: fine
         ("create", "--tag", "m1", "--files-path", "/tmp/builds", "--out", str(out)),
         ("start-seeding", "--tag", "m1", "--super-seed"),
@@ -142,6 +144,11 @@ def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_c
         r = _roost(f, "fleet", *step, *base)
         assert r.returncode == 0, (step, r.stdout, r.stderr)
         results.setdefault(step[0], []).append(json.loads(r.stdout))
+        if step[0] == "start-tracker":
+            # this machine may read the swarm's stats (roost status, the page)
+            url = f"http://{hosts[0].address}:8998/stats.json"
+            with urllib.request.urlopen(url, timeout=5) as page:
+                assert "swarms" in json.loads(page.read())
     assert (out / "m1.torrent").is_file()
     for h in hosts:
         assert (h.path("/opt/app/m1") / "sub" / "f.txt").read_text() == "hello fleet\n"

@@ -279,9 +279,13 @@ async def _v_start_tracker(
 ) -> dict[str, HostResult[Any]]:
     from roost.fleet import tasks
 
-    res = await tasks.start_tracker(fleet, inv, cfg, allow=args.allow or (), token=args.token)
+    res = await tasks.start_tracker(
+        fleet, inv, cfg, allow=args.allow or (), token=args.token, stats_allow=args.stats_allow
+    )
     if not args.json:
         print(f"announce URL: {tasks.announce_url(inv, cfg, args.token)}", file=sys.stderr)
+        if args.stats_allow:
+            print(f"swarm page: {tasks.tracker_page(inv, cfg)}", file=sys.stderr)
     return res
 
 
@@ -428,6 +432,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--allow", action="append", metavar="HASH", help="serve only this info-hash")
     p.add_argument("--token", help="require this announce token")
+    p.add_argument(
+        "--stats-allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="networks that may read the swarm page, /stats.json and /metrics (repeatable)",
+    )
     _verb_parser(
         fsub, "stop-tracker", "stop the tracker (not running: fine)", _v_stop_tracker, "tracker"
     )
@@ -501,6 +512,11 @@ def deploy_main(args: argparse.Namespace) -> int:
         if not args.json:
             display.update(render_live(progress, now, title), now, force=final)
 
+    if not args.json:
+        from roost.fleet.tasks import tracker_page
+
+        page = tracker_page(plan.inventory, plan.cfg)
+        print(f"swarm page (from this machine): {page}", file=sys.stderr)
     summary = asyncio.run(run_deploy(plan, on_update))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))

@@ -166,7 +166,18 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         if plan.do_bootstrap:
             await bootstrap(fleet, cfg)
         sync_failures()
-        tr = await tasks.start_tracker(fleet, inv, cfg, allow=[release.info_hash], token=token)
+        # the address the hosts see the controller at: the SSH connection's own end
+        seen = await fleet.each("controller-address", _local_address, hosts=[inv.tracker])
+        addr = seen[inv.tracker.name].value if seen[inv.tracker.name].ok else None
+        tr = await tasks.start_tracker(
+            fleet,
+            inv,
+            cfg,
+            allow=[release.info_hash],
+            token=token,
+            # this machine may watch the swarm (roost status, the page)
+            stats_allow=[_host_cidr(addr)] if addr else [],
+        )
         if not tr[inv.tracker.name].ok:
             fail_all(f"tracker {tr[inv.tracker.name].reason}", "start-tracker")
             raise _Stop
@@ -183,9 +194,6 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 fail_all(f"seeder {sr[inv.seeder.name].reason}", "start-seeding")
                 raise _Stop
         else:
-            # the address the hosts see the controller at: the SSH connection's own end
-            seen = await fleet.each("controller-address", _local_address, hosts=[inv.tracker])
-            addr = seen[inv.tracker.name].value if seen[inv.tracker.name].ok else None
             if not addr:
                 fail_all("cannot learn the controller's address as hosts see it", "seed")
                 raise _Stop
@@ -293,6 +301,10 @@ class _Stop(Exception):
 
 async def _local_address(s: Any) -> str:
     return str(s.local_address)
+
+
+def _host_cidr(address: str) -> str:
+    return f"{address}/128" if ":" in address else f"{address}/32"
 
 
 def plan_from_args(args: argparse.Namespace) -> DeployPlan:

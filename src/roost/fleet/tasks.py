@@ -130,8 +130,15 @@ async def _helper(
 
 
 def announce_url(inv: Inventory, cfg: FleetConfig, token: str | None = None) -> str:
-    url = f"http://{inv.tracker.address}:{cfg.tracker_port}/announce"
+    url = f"{tracker_page(inv, cfg)}announce"
     return f"{url}?token={token}" if token else url
+
+
+def tracker_page(inv: Inventory, cfg: FleetConfig) -> str:
+    """The tracker's live page (``roost status --tracker`` takes it too)."""
+    host = inv.tracker.address
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{cfg.tracker_port}/"
 
 
 def locality_lines(hosts: Iterable[Host]) -> list[str]:
@@ -153,14 +160,19 @@ async def start_tracker(
     *,
     allow: Sequence[str] = (),
     token: str | None = None,
+    stats_allow: Sequence[str] = (),
 ) -> dict[str, HostResult[dict[str, Any]]]:
-    """Start ``roost tracker`` detached on the tracker host (Murder start_tracker)."""
+    """Start ``roost tracker`` detached on the tracker host (Murder start_tracker);
+    ``stats_allow``: networks that may read its page, /stats.json and /metrics."""
     r = Remote(cfg)
     argv = ["tracker", "--bind", "0.0.0.0", "--port", str(cfg.tracker_port)]
     for h in allow:
         argv += ["--allow", h]
     if token:
         argv += ["--token", token, "--require-tokens"]
+    # the host itself stays allowed: the readiness check below reads /stats.json
+    for cidr in ["127.0.0.0/8", *stats_allow] if stats_allow else []:
+        argv += ["--stats-allow", cidr]
     loc = locality_lines(inv.peers)
     prefix = ""
     if loc:
