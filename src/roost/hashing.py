@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from pathlib import Path
@@ -54,11 +55,10 @@ def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
     shorter than ``size`` included).
     """
     if size <= _CHUNK:
-        data = os.pread(src_fd, size, src_offset)
-        if len(data) != size:
-            raise OSError(f"short read: {len(data)} of {size} bytes")
-        digest = hashlib.sha256(data)
-        write_all(dst_fd, data)
+        view = _scratch(size)
+        _read_into(src_fd, view, src_offset)
+        digest = hashlib.sha256(view)
+        write_all(dst_fd, view)
         return digest.hexdigest()
     whole = hashlib.sha256()
     ring = _Ring(2)
@@ -75,6 +75,18 @@ def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
         finally:
             ring.settle()
     return whole.hexdigest()
+
+
+_local = threading.local()
+
+
+def _scratch(size: int) -> memoryview:
+    """This thread's reusable buffer, ``size`` bytes of it (at most a chunk):
+    no allocation (and page faults) per small file."""
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(_CHUNK))
+    return buf[:size]
 
 
 def sha256_range(fd: int, offset: int, size: int) -> str:
