@@ -17,7 +17,9 @@ directory and put first on ``PYTHONPATH``):
    each reader polling once per ``--every`` seconds from a random phase
    (browsers and ``roost status --watch`` are not synchronised).
 
-Printed per row: announces/s, announce latency p50/p99/max (wrk), reader
+Each load runs ``--repeat`` times and the run with the most announces/s is
+kept (other work on the machine only ever makes a run slower). Printed per
+row: announces/s, announce latency p50/p99/max (wrk), reader
 latency p50/max and polls answered, tracker CPU. Run::
 
     python bench/stats_bench.py --peers 10000,50000 --baseline HEAD
@@ -283,26 +285,13 @@ def bench_one(
         loads: list[tuple[str, str | None]] = [("announces alone", None)]
         loads += [(f"+ {args.pollers} x {p} every {args.every:g} s", p) for p in args.paths]
         for label, path in loads:
-            cpu0 = _cpu_of(server.pid)
-            t0 = time.monotonic()
-            if path is None:
-                w = run_wrk(port, script, args.seconds, args.connections)
-                lat: list[float] = []
-                errors = 0
-            else:
-                with Pollers(port, path, args.pollers, args.every) as pollers:
-                    w = run_wrk(port, script, args.seconds, args.connections)
-                lat, errors = pollers.latencies, pollers.errors
-            cpu = (_cpu_of(server.pid) - cpu0) / (time.monotonic() - t0)
-            row: dict[str, Any] = {"build": build, "peers": n, "load": label, **w, "cpu": cpu}
-            if path is not None:
-                row.update(
-                    read_p50_ms=statistics.median(lat) * 1e3 if lat else float("nan"),
-                    read_max_ms=max(lat) * 1e3 if lat else float("nan"),
-                    reads=len(lat),
-                    read_errors=errors,
-                )
-            rows.append(row)
+            best: dict[str, Any] | None = None
+            for _ in range(args.repeat):  # the best run: this machine may be shared
+                row = _load_run(server.pid, port, script, path, args)
+                if best is None or row["rps"] > best["rps"]:
+                    best = row
+            assert best is not None
+            rows.append({"build": build, "peers": n, "load": label, **best})
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signal.SIGTERM)
@@ -312,6 +301,27 @@ def bench_one(
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
     return rows
+
+
+def _load_run(
+    pid: int, port: int, script: Path, path: str | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    cpu0 = _cpu_of(pid)
+    t0 = time.monotonic()
+    if path is None:
+        row: dict[str, Any] = run_wrk(port, script, args.seconds, args.connections)
+    else:
+        with Pollers(port, path, args.pollers, args.every) as pollers:
+            row = run_wrk(port, script, args.seconds, args.connections)
+        lat = pollers.latencies
+        row.update(
+            read_p50_ms=statistics.median(lat) * 1e3 if lat else float("nan"),
+            read_max_ms=max(lat) * 1e3 if lat else float("nan"),
+            reads=len(lat),
+            read_errors=pollers.errors,
+        )
+    row["cpu"] = (_cpu_of(pid) - cpu0) / (time.monotonic() - t0)
+    return row
 
 
 def extract_rev(rev: str, into: Path) -> str:
@@ -358,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every", type=float, default=1.0, help="seconds between a reader's polls")
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--repeat", type=int, default=2, help="runs per load; the best is kept")
     p.add_argument("--paths", default="/stats.json,/metrics")
     p.add_argument(
         "--locality",

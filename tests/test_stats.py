@@ -23,12 +23,14 @@ from roost.tracker.stats import (
     build_stats,
     render_metrics,
     render_stats_json,
+    stats_json_steps,
 )
 from roost.tracker.swarm import Registry
 
 T0 = 1_700_000_000.0
 IH = bytes(range(20))
 IH2 = bytes(range(20, 40))
+STATS_TTL = 0.25  # the real tracker's snapshot lifetime in these tests
 
 
 def query(
@@ -207,6 +209,66 @@ def test_swarms_sorted_by_tag_peers_by_host(reg: Registry) -> None:
     assert doc["swarms"][0]["peers"] == [] and doc["swarms"][0]["size"] is None
 
 
+def reference_json(reg: Registry, now: float) -> bytes:
+    """/stats.json as it was written before stats_json_steps: json.dumps of the dict."""
+    text = json.dumps(build_stats(reg, now), separators=(",", ":"), ensure_ascii=True)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def test_stats_json_bytes_unchanged_as_peers_change(reg: Registry) -> None:
+    """The stepped writer and its per-peer row cache give the old bytes, always."""
+    reg.allow(IH2, T0, tag="v<1>&", size=4000)
+    announce(reg, T0, b"o", 0, ih=IH2, host="origin", dc="dc1", rack="r1", event="started")
+    for i in range(6):
+        announce(reg, T0 + i * 0.25, b"w%d" % i, 4000, ih=IH2, host=f"w\u00e9-{i}", rack="r2")
+    announce(reg, T0, b"x", 700, down=300, host=None)  # IH: inferred size, no labels
+    announce(reg, T0, b"y", 0, down=1000, up=7, host="y</script>")
+    checks = 0
+
+    def check(now: float) -> None:
+        nonlocal checks
+        assert render_stats_json(reg, now) == reference_json(reg, now)
+        checks += 1
+
+    check(T0 + 1)
+    check(T0 + 1)  # every row from the cache now
+    # same clock value, new report: the row must not come from the cache
+    announce(reg, T0 + 1.5, b"w1", 1000, down=3000, up=5, ih=IH2, host="renamed")
+    announce(reg, T0 + 1.5, b"w1", 500, down=3500, up=9, ih=IH2, host="renamed-again")
+    check(T0 + 1.5)
+    assert b'"host":"renamed-again"' in render_stats_json(reg, T0 + 1.5)
+    announce(reg, T0 + 2, b"w2", 0, down=4000, ih=IH2, event="completed")  # leecher -> seeder
+    announce(reg, T0 + 2, b"w3", 4000, ih=IH2, event="stopped")
+    announce(reg, T0 + 2, b"z", 0, down=5000)  # IH's inferred size grows: progress changes
+    check(T0 + 2)
+    check(T0 + 12.4)  # rates drop to 0 (silent > 2 intervals + 1 s) for some peers only
+    check(T0 + 31.2)  # stalled from here on
+    check(T0 + 31.2)
+    reg.allow(IH, T0, size=9000)  # a registered size replaces the inferred one
+    reg.expire(T0 + 16.5)  # every peer silent for peer_timeout: stopped
+    check(T0 + 16.6)
+    assert checks == 8
+
+
+def test_stats_json_steps_yield_between_rows(reg: Registry) -> None:
+    for i in range(7):
+        announce(reg, T0, b"p%d" % i, 100, host=f"h{i}")
+    reg.allow(IH2, T0, tag="empty")
+    steps = stats_json_steps(reg, T0, step=2)
+    yields = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            body = done.value
+            break
+        yields += 1
+    assert yields == 3  # after rows 2, 4 and 6 of 7
+    assert body == reference_json(reg, T0)
+    empty = json.loads(body)["swarms"][1]
+    assert (empty["tag"], empty["peers"], empty["rate_down"]) == ("empty", [], 0)
+
+
 def test_metrics_from_registry(reg: Registry) -> None:
     reg.allow(IH, T0, tag="v1", size=1000)
     announce(reg, T0, b"a", 1000, host="a")
@@ -260,7 +322,9 @@ def test_metrics_registries_are_per_tracker() -> None:
 
 @pytest.fixture
 def tracker() -> Iterator[TrackerHandle]:
-    handle = run_tracker_in_thread(TrackerConfig(port=0, interval=1, min_interval=0))
+    handle = run_tracker_in_thread(
+        TrackerConfig(port=0, interval=1, min_interval=0, stats_ttl=STATS_TTL)
+    )
     try:
         yield handle
     finally:
@@ -324,6 +388,7 @@ def test_real_tracker_stats_and_metrics_over_http(tracker: TrackerHandle, tmp_pa
     http_announce(base, b"w0", 1000, down=3000, host="web-0", dc="dc1", rack="r2")
     http_announce(base, b"w1", 0, down=4000, host="web-1", event="completed")
     http_announce(base, b"w2", 4000, down=0, host="web-2", event="stopped")
+    time.sleep(STATS_TTL)  # past the snapshot the loop above may have left
     doc = json.loads(get(f"{base}/stats.json")[0])
     assert doc["tracker"]["interval"] == 1 and doc["tracker"]["announces"] >= 7
     sim = next(s for s in doc["swarms"] if s["tag"] == "sim")

@@ -199,7 +199,7 @@ def parse_info_hash(info_hash_hex: str) -> bytes:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("ip", "last_active", "parser", "server", "transport", "waiting")
+    __slots__ = ("eof", "ip", "last_active", "parser", "server", "transport", "waiting")
 
     def __init__(self, server: TrackerServer):
         self.server = server
@@ -207,6 +207,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         # Requests behind a response being built (snapshot.py); None when none is.
         self.waiting: list[proto.Request] | None = None
+        self.eof = False
         self.ip = ""
         self.last_active = time.monotonic()
 
@@ -220,6 +221,12 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._conns.discard(self)
         self.transport = None
+
+    def eof_received(self) -> bool | None:
+        if self.waiting is None:
+            return None  # the transport closes itself
+        self.eof = True  # answer the requests already read, then close (_built)
+        return True
 
     def pause_writing(self) -> None:
         if self.transport is not None:
@@ -300,6 +307,8 @@ class _Conn(asyncio.Protocol):
         transport.resume_reading()
         if waiting:
             self._serve(waiting, t0)
+        if self.eof and self.waiting is None and self.transport is not None:
+            self.transport.close()
 
 
 class TrackerServer:

@@ -281,7 +281,8 @@ def stats_json_steps(
     for i, (swarm, peers) in enumerate(listed):
         size = swarm_size(swarm)
         rows: list[str] = []
-        sum_down = sum_up = 0.0
+        sum_down: float = 0  # an int, as sum() of no rows: "rate_down":0 for an empty swarm
+        sum_up: float = 0
         stalled = 0
         for peer in peers:
             state = peer.state
