@@ -455,7 +455,7 @@ def test_staging_is_flushed_before_the_rename_and_the_rename_after(
     import subprocess
     import sys
 
-    rel, _ = release
+    rel, meta = release
     dest = tmp_path / "dest"
     if replace:
         (dest / "v1").mkdir(parents=True)
@@ -464,19 +464,23 @@ def test_staging_is_flushed_before_the_rename_and_the_rename_after(
     argv = [sys.executable, "-c", _TRACED, str(rel.payload), str(rel.torrent), str(dest)]
     subprocess.run(
         ["strace", "-f", "-y", "-o", str(trace), "-e", "trace=syncfs,sync,rename,renameat,"
-         "renameat2,fsync", *argv],
+         "renameat2,fsync,sync_file_range", *argv],
         check=True,
     )  # fmt: skip
     calls = [
         line.split(None, 1)[1]
         for line in trace.read_text().splitlines()
-        if re.match(r"\d+ +(syncfs|sync|rename\w*|fsync)\(", line)
+        if re.match(r"\d+ +(syncfs|sync|rename\w*|fsync|sync_file_range)\(", line)
     ]
+    # each file's write-back starts as soon as it is written, before syncfs waits
+    early = [i for i, c in enumerate(calls) if c.startswith("sync_file_range")]
+    files = sum(e.type == "file" for e in load_plan(rel.payload, meta).manifest.entries)
+    assert len(early) == files, calls
     staging = [i for i, c in enumerate(calls) if "roost-staging" in c and c.startswith("rename")]
     assert len(staging) == 1, calls
     flushes = [i for i, c in enumerate(calls) if c.startswith(("syncfs", "sync("))]
     dir_syncs = [i for i, c in enumerate(calls) if c.startswith("fsync") and f"<{dest}>" in c]
-    assert flushes and flushes[0] < staging[0], calls
+    assert flushes and max(early) < flushes[0] < staging[0], calls
     assert dir_syncs and dir_syncs[0] > staging[0], calls
     assert (dest / "v1" / "bin" / "run").exists() and not (dest / "v1" / "old").exists()
 
