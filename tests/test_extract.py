@@ -475,7 +475,7 @@ def test_staging_is_flushed_before_the_rename_and_the_rename_after(
     # each file's write-back starts as soon as it is written, before syncfs waits
     early = [i for i, c in enumerate(calls) if c.startswith("sync_file_range")]
     files = sum(e.type == "file" for e in load_plan(rel.payload, meta).manifest.entries)
-    assert len(early) == files, calls
+    assert len(early) >= files, calls
     staging = [i for i, c in enumerate(calls) if "roost-staging" in c and c.startswith("rename")]
     assert len(staging) == 1, calls
     flushes = [i for i, c in enumerate(calls) if c.startswith(("syncfs", "sync("))]

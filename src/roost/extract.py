@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import hashlib
 import logging
 import os
@@ -45,7 +44,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
 
 from roost.errors import (
     DestinationError,
@@ -54,7 +52,7 @@ from roost.errors import (
     UsageError,
     VerifyError,
 )
-from roost.hashing import copy_and_hash, sha256_range
+from roost.hashing import copy_and_hash, libc_function, sha256_range
 from roost.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -78,7 +76,6 @@ log = logging.getLogger(__name__)
 
 _WRITERS = min(4, os.cpu_count() or 1)  # files written at once
 _WINDOW = 64  # files queued ahead of the writers
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
 @dataclass(frozen=True)
@@ -464,13 +461,12 @@ def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
     try:
         # A fresh O_EXCL file receiving exactly ``size`` bytes: its size is
         # right; the digest is of the bytes written, read once.
-        digest = copy_and_hash(src, member.offset, member.size, fd)
+        digest = copy_and_hash(src, member.offset, member.size, fd, writeback=True)
         if member.sha256 is not None and digest != member.sha256:
             raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
         os.fchmod(fd, member.mode)
         if member.mtime is not None:
             os.utime(fd, (member.mtime, member.mtime))
-        _start_writeback(fd)
     finally:
         os.close(fd)
 
@@ -479,8 +475,8 @@ def _flush(staging: Path) -> None:
     """Make everything written under ``staging`` durable: one syncfs(2) on
     its file system (much cheaper than an fsync per file; it waits for the
     data and the directory entries), os.sync() where syncfs is missing.
-    Each file's write-back was started as soon as it was written
-    (``_start_writeback``), so little is left to wait for. Raises
+    Each file's write-back was started as it was written
+    (``copy_and_hash(writeback=True)``), so little is left to wait for. Raises
     ``OSError`` (a write-back error included)."""
     fd = os.open(staging.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -494,31 +490,8 @@ def _flush(staging: Path) -> None:
         os.close(fd)
 
 
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing ``fd``'s dirty pages now, without
-    waiting (sync_file_range SYNC_FILE_RANGE_WRITE): the disk works while
-    the next files are extracted. Errors are ignored here; syncfs reports
-    them."""
-    fn = _libc_function(
-        "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
-    )
-    if fn is not None:
-        fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
 def _libc_syncfs() -> Callable[[int], int] | None:
-    return _libc_function("syncfs", ctypes.c_int)
-
-
-@functools.cache
-def _libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
-    """A libc function by name, or None where libc lacks it."""
-    try:
-        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
-    except (AttributeError, OSError):
-        return None
-    fn.argtypes, fn.restype = list(argtypes), ctypes.c_int
-    return cast("Callable[..., int]", fn)
+    return libc_function("syncfs", ctypes.c_int)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -18,6 +18,8 @@ second read that could differ from it.
   stream, sha256 of each file's segments).
 * ``copy_and_hash`` copies a byte range and returns the sha256 of what it
   wrote; a big copy reads and writes in the caller while a worker hashes.
+  It can start the write-back of what it wrote (``start_writeback``), so
+  that extraction's final syncfs finds little left to do.
 
 Everything reads with ``pread``, never an mmap: a source truncated
 meanwhile gives ``OSError``, not a SIGBUS.
@@ -25,40 +27,52 @@ meanwhile gives ``OSError``, not a SIGBUS.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = [
     "PieceStream",
     "TarWriter",
     "copy_and_hash",
     "hash_pieces",
+    "libc_function",
     "sha256_range",
+    "start_writeback",
     "write_all",
 ]
 
 _CHUNK = 4 << 20  # one buffer of the ring; a multiple of every piece size up to it
 _RING = 3  # buffers: one being filled, two being hashed/written
+_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 
 
-def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
+def copy_and_hash(
+    src_fd: int, src_offset: int, size: int, dst_fd: int, *, writeback: bool = False
+) -> str:
     """Copy ``size`` bytes from ``src_fd`` at ``src_offset`` to ``dst_fd``'s
     current position and return the sha256 (hex) of the bytes written.
 
     A copy bigger than one chunk is pipelined: this thread reads and writes
-    while a worker hashes the chunk just read. Raises ``OSError`` (a source
-    shorter than ``size`` included).
+    while a worker hashes the chunk just read. With ``writeback``, the
+    kernel is asked to start writing ``dst_fd`` to disk after each chunk
+    (``start_writeback``), so a later sync has little left to do. Raises
+    ``OSError`` (a source shorter than ``size`` included).
     """
     if size <= _CHUNK:
         view = _scratch(size)
         _read_into(src_fd, view, src_offset)
         digest = hashlib.sha256(view)
         write_all(dst_fd, view)
+        if writeback:
+            start_writeback(dst_fd)
         return digest.hexdigest()
     whole = hashlib.sha256()
     ring = _Ring(2)
@@ -70,6 +84,8 @@ def copy_and_hash(src_fd: int, src_offset: int, size: int, dst_fd: int) -> str:
                 _read_into(src_fd, view, src_offset + done)
                 ring.busy(pool.submit(whole.update, view))
                 write_all(dst_fd, view)
+                if writeback:
+                    start_writeback(dst_fd)
                 done += len(view)
             ring.drain()
         finally:
@@ -87,6 +103,30 @@ def _scratch(size: int) -> memoryview:
     if buf is None:
         buf = _local.buf = memoryview(bytearray(_CHUNK))
     return buf[:size]
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing ``fd``'s dirty pages to disk now,
+    without waiting for them (``sync_file_range(SYNC_FILE_RANGE_WRITE)``;
+    nothing where libc lacks it). Errors are ignored: only a later
+    fsync/syncfs can say the data is safe, and it reports them."""
+    fn = libc_function(
+        "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+    )
+    if fn is not None:
+        fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+@functools.cache
+def libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """The C library's function ``name`` (returning int, errno kept for
+    ``ctypes.get_errno``), or None where it lacks it."""
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes, fn.restype = list(argtypes), ctypes.c_int
+    return cast("Callable[..., int]", fn)
 
 
 def sha256_range(fd: int, offset: int, size: int) -> str:
