@@ -554,3 +554,27 @@ def test_outputs_are_pinned(tmp_path: Path) -> None:
     single = create_release(blob, "pinf", tmp_path / "c", announce=ANNOUNCE, is_file=True)
     got["file_info_hash"] = single.info_hash
     assert got == PINNED
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+def test_kernel_copy_and_buffered_copy_give_the_same_release(tmp_path: Path) -> None:
+    """Same file system: big files go through copy_file_range and are read
+    back from the tar; across file systems (tmpfs -> here) the kernel
+    refuses and they go through the buffer. Same bytes either way."""
+    import shutil
+    import tempfile
+
+    here = _fixed_tree(tmp_path / "src")
+    there = Path(tempfile.mkdtemp(prefix="roost-test-", dir="/dev/shm"))
+    try:
+        shutil.copytree(here, there / "src", symlinks=True)
+        os.chmod(there / "src", 0o755)
+        for path in [there / "src", *sorted((there / "src").rglob("*"))]:
+            st = os.lstat(here / path.relative_to(there / "src"))
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        across = create_release(there / "src", "pin", tmp_path / "across", announce=ANNOUNCE)
+    finally:
+        shutil.rmtree(there)
+    same = create_release(here, "pin", tmp_path / "same", announce=ANNOUNCE)
+    assert across.info_hash == same.info_hash == PINNED["info_hash_default"]
+    assert across.payload.read_bytes() == same.payload.read_bytes()

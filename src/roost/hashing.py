@@ -28,6 +28,7 @@ meanwhile gives ``OSError``, not a SIGBUS.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import hashlib
 import os
@@ -52,6 +53,14 @@ __all__ = [
 _CHUNK = 4 << 20  # one buffer of the ring; a multiple of every piece size up to it
 _RING = 3  # buffers: one being filled, two being hashed/written
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
+# Writes of 1 MiB and more into ext4 cost this kernel (6.18) up to several
+# times the CPU of 512 KiB ones, erratically (bench/NOTES.md): write in
+# slices, and keep the tar's buffers that small.
+_WRITE_SLICE = 512 << 10
+_TAR_BUFFER = 512 << 10
+_TAR_RING = 8  # 4 MiB in flight, like the other rings
+_KERNEL_COPY_MIN = 1 << 20  # files from this size on are copied by copy_file_range
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
 
 
 def copy_and_hash(
@@ -146,7 +155,7 @@ def sha256_range(fd: int, offset: int, size: int) -> str:
 def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
-        written = os.write(fd, view[: 16 << 20])
+        written = os.write(fd, view[:_WRITE_SLICE])
         view = view[written:]
 
 
@@ -286,10 +295,15 @@ class TarWriter:
     sha256 of each file added with ``add_file``.
 
     ``add(bytes)`` appends headers and padding; ``add_file(src_fd, size)``
-    reads a file's bytes straight into the buffer and returns its sha256
-    object, complete once ``wait_digests()`` returned. ``finish()`` writes
-    the rest and returns the concatenated piece digests; ``close()`` stops
-    the workers (always call it). Raises ``OSError``.
+    appends a file's bytes and returns its sha256 object, complete once
+    ``wait_digests()`` returned. A small file is read straight into the
+    buffer. A big one is copied in the kernel (``copy_file_range``: no trip
+    through user space, a reflink on XFS/btrfs) and each copied chunk is
+    read back from ``fd`` (opened read-write) for hashing, so what is hashed
+    is what the tar holds; where the kernel cannot copy (another file
+    system), it goes through the buffer. ``finish()`` writes the rest and
+    returns the concatenated piece digests; ``close()`` stops the workers
+    (always call it). Raises ``OSError``.
     """
 
     def __init__(self, fd: int, piece_size: int):
@@ -297,11 +311,12 @@ class TarWriter:
         self._stream = PieceStream(piece_size)
         self._s256 = ThreadPoolExecutor(1, thread_name_prefix="roost-sha256")
         self._s1 = ThreadPoolExecutor(1, thread_name_prefix="roost-sha1")
-        self._ring = _Ring()
+        self._ring = _Ring(_TAR_RING, _TAR_BUFFER)
         self._buf = self._ring.next()
         self._fill = 0
         self._flushed = 0
         self._segments: list[tuple[Any, memoryview]] = []
+        self._kernel_copy = True
 
     def tell(self) -> int:
         return self._flushed + self._fill
@@ -321,6 +336,10 @@ class TarWriter:
         if it is shorter."""
         digest = hashlib.sha256()
         done = 0
+        if size >= _KERNEL_COPY_MIN and self._kernel_copy:
+            if self._fill:
+                self._flush()
+            done = self._copy_in_kernel(src_fd, size, digest)
         while done < size:
             end = min(len(self._buf), self._fill + size - done)
             n = os.preadv(src_fd, [self._buf[self._fill : end]], done)
@@ -332,6 +351,30 @@ class TarWriter:
             if self._fill == len(self._buf):
                 self._flush()
         return digest
+
+    def _copy_in_kernel(self, src_fd: int, size: int, digest: Any) -> int:
+        """Copy what the kernel will copy; hash it read back from the tar.
+        How many bytes were copied (0 where copy_file_range is refused)."""
+        done = 0
+        while done < size:
+            try:
+                n = os.copy_file_range(src_fd, self._fd, min(len(self._buf), size - done), done)
+            except OSError as exc:
+                if done or exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                self._kernel_copy = False  # not here: every file goes through the buffer
+                return 0
+            if n == 0:
+                raise OSError(f"short read: the file ended {size - done} bytes early")
+            view = self._buf[:n]
+            _read_into(self._fd, view, self._flushed)
+            self._ring.busy(
+                self._s256.submit(digest.update, view), self._s1.submit(self._stream.update, view)
+            )
+            self._flushed += n
+            self._buf = self._ring.next()
+            done += n
+        return done
 
     def wait_digests(self) -> None:
         """Return once every file added so far is hashed."""

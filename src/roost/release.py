@@ -219,7 +219,7 @@ def _pack(
     body += len(manifest_header) + _padded(manifest_size) + 2 * tarfile.BLOCKSIZE
     total = body + (-body % tarfile.RECORDSIZE)
     size = piece_size or choose_piece_size(total)
-    out_fd = os.open(out, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    out_fd = os.open(out, os.O_RDWR | os.O_TRUNC | os.O_CLOEXEC)  # read back to hash
     tar = TarWriter(out_fd, size)
     try:
         digests = []
