@@ -139,6 +139,9 @@ class SshdFleet:
                 host.netns, host.holder_pid = labhost.netns, labhost.holder_pid
             else:
                 host.proc = self._loopback_sshd(argv, i)
+                if self._private_mounts:
+                    # unshare execs sh, which execs sshd: that pid holds the host's /opt, /tmp
+                    host.holder_pid = host.proc.pid
             entry = f"[{addr}]:{port}" if port != 22 else addr
             known.append(f"{entry} {pub}")
             if refusing:
@@ -156,15 +159,16 @@ class SshdFleet:
         for h in [*self.hosts, *([self.refusing] if self.refusing else [])]:
             self._wait_listening(h)
 
+    @property
+    def _private_mounts(self) -> bool:
+        return os.geteuid() == 0 and shutil.which("unshare") is not None
+
     def _loopback_sshd(self, argv: list[str], i: int) -> subprocess.Popen[Any]:
         script = (
             "mount --make-rprivate / && mount -t tmpfs -o mode=1777 t /tmp && "
             "mkdir -p /opt && mount -t tmpfs t /opt && exec " + " ".join(argv)
         )
-        if os.geteuid() == 0 and shutil.which("unshare"):
-            cmd = ["unshare", "--mount", "--", "sh", "-c", script]
-        else:
-            cmd = argv
+        cmd = ["unshare", "--mount", "--", "sh", "-c", script] if self._private_mounts else argv
         with open(self.dir / f"sshd_{i}.log", "wb") as log:
             return subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stderr=log, start_new_session=True

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sshd_harness import SshdFleet
+from fleet.sshd_harness import SshdFleet, SshHost
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -167,10 +167,14 @@ def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Pa
     f = sshd_fleet
     src = _build(tmp_path)
     inv = tmp_path / "inv.yml"
-    peers = "".join(f"        {h.name}: {{ansible_host: {h.address}}}\n" for h in f.hosts)
+
+    def entry(h: SshHost) -> str:
+        return f"        {h.name}: {{ansible_host: {h.address}, ansible_port: {h.port}}}\n"
+
+    peers = "".join(entry(h) for h in f.hosts)
     inv.write_text(
         "all:\n  children:\n    seeder:\n      hosts:\n"
-        f"        {f.hosts[1].name}: {{ansible_host: {f.hosts[1].address}}}\n"
+        f"{entry(f.hosts[1])}"
         f"    peer:\n      hosts:\n{peers}"
     )
     run = _roost(
