@@ -449,16 +449,17 @@ def test_cli_errors_are_one_line(
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("append", [False, True])
+@pytest.mark.parametrize("append", [False, True])  # O_APPEND: no copy_file_range
+@pytest.mark.parametrize("read_back", [False, True])  # kernel copy, hashed read back
 @pytest.mark.parametrize("size", [0, 1, 4 * MiB, 4 * MiB + 1, 9 * MiB + 5])  # one chunk, several
-def test_copy_and_hash(tmp_path: Path, append: bool, size: int) -> None:
+def test_copy_and_hash(tmp_path: Path, append: bool, read_back: bool, size: int) -> None:
     data = os.urandom(size + 3)
     (tmp_path / "src").write_bytes(data)
     src = os.open(tmp_path / "src", os.O_RDONLY)
-    dst = os.open(tmp_path / "dst", os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else 0))
+    dst = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT | (os.O_APPEND if append else 0))
     try:
         os.write(dst, b"head")
-        digest = copy_and_hash(src, 3, size, dst)
+        digest = copy_and_hash(src, 3, size, dst, read_back=read_back)
         with pytest.raises(OSError, match="short read"):
             copy_and_hash(src, 10, len(data), dst)
     finally:

@@ -456,12 +456,13 @@ def _write_tree(src: int, top: int, members: tuple[_Member, ...]) -> None:
 
 
 def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, 0o600, dir_fd=top)
     try:
         # A fresh O_EXCL file receiving exactly ``size`` bytes: its size is
-        # right; the digest is of the bytes written, read once.
-        digest = copy_and_hash(src, member.offset, member.size, fd, writeback=True)
+        # right; the digest is of the bytes written (read back after a
+        # kernel copy when payload and destination share a file system).
+        digest = copy_and_hash(src, member.offset, member.size, fd, writeback=True, read_back=True)
         if member.sha256 is not None and digest != member.sha256:
             raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
         os.fchmod(fd, member.mode)

@@ -12,12 +12,14 @@ second read that could differ from it.
 * ``hash_pieces`` reads a file chunk by chunk; one worker computes the
   sha256 of the whole file, another the SHA-1 of each piece
   (``PieceStream``), over the same buffers.
-* ``TarWriter`` assembles a tar in buffers: headers are copied in, file
-  bytes are read straight into them; each full buffer goes out in one
+* ``TarWriter`` assembles a tar in buffers: headers are copied in, small
+  files are read straight into them, each full buffer goes out in one
   ``write`` while the two workers hash it (SHA-1 of the pieces of the whole
-  stream, sha256 of each file's segments).
+  stream, sha256 of each file's segments); big files are copied by the
+  kernel (``copy_file_range``) and hashed as read back from the tar.
 * ``copy_and_hash`` copies a byte range and returns the sha256 of what it
-  wrote; a big copy reads and writes in the caller while a worker hashes.
+  wrote; a big copy moves chunks in the caller (kernel copy and read back,
+  or read and write) while a worker hashes them.
   It can start the write-back of what it wrote (``start_writeback``), so
   that extraction's final syncfs finds little left to do.
 
@@ -64,16 +66,27 @@ _NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, er
 
 
 def copy_and_hash(
-    src_fd: int, src_offset: int, size: int, dst_fd: int, *, writeback: bool = False
+    src_fd: int,
+    src_offset: int,
+    size: int,
+    dst_fd: int,
+    *,
+    writeback: bool = False,
+    read_back: bool = False,
 ) -> str:
     """Copy ``size`` bytes from ``src_fd`` at ``src_offset`` to ``dst_fd``'s
     current position and return the sha256 (hex) of the bytes written.
 
-    A copy bigger than one chunk is pipelined: this thread reads and writes
-    while a worker hashes the chunk just read. With ``writeback``, the
-    kernel is asked to start writing ``dst_fd`` to disk after each chunk
-    (``start_writeback``), so a later sync has little left to do. Raises
-    ``OSError`` (a source shorter than ``size`` included).
+    A copy bigger than one chunk is pipelined: this thread moves the bytes
+    while a worker hashes the chunk just moved. With ``read_back`` (the
+    caller opened ``dst_fd`` read-write), the kernel copies them
+    (``copy_file_range``; a reflink on XFS/btrfs) and each chunk is read
+    back from ``dst_fd`` to be hashed; where the kernel cannot (another
+    file system), and otherwise, they are read into a buffer, hashed and
+    written from it. Either way the digest is of the bytes written. With
+    ``writeback``, the kernel is asked to start writing ``dst_fd`` to disk
+    after each chunk (``start_writeback``), so a later sync has little left
+    to do. Raises ``OSError`` (a source shorter than ``size`` included).
     """
     if size <= _CHUNK:
         view = _scratch(size)
@@ -85,14 +98,30 @@ def copy_and_hash(
         return digest.hexdigest()
     whole = hashlib.sha256()
     ring = _Ring(2)
+    kernel = read_back
+    position = os.lseek(dst_fd, 0, os.SEEK_CUR) if read_back else 0
     with ThreadPoolExecutor(1, thread_name_prefix="roost-sha256") as pool:
         try:
             done = 0
             while done < size:
                 view = ring.next()[: min(_CHUNK, size - done)]
-                _read_into(src_fd, view, src_offset + done)
-                ring.busy(pool.submit(whole.update, view))
-                write_all(dst_fd, view)
+                if kernel:
+                    try:
+                        n = os.copy_file_range(src_fd, dst_fd, len(view), src_offset + done)
+                    except OSError as exc:
+                        if done or exc.errno not in _NO_KERNEL_COPY:
+                            raise
+                        kernel = False
+                    else:
+                        if n == 0:
+                            raise OSError(f"short read: {done} of {size} bytes")
+                        view = view[:n]
+                        _read_into(dst_fd, view, position + done)
+                        ring.busy(pool.submit(whole.update, view))
+                if not kernel:
+                    _read_into(src_fd, view, src_offset + done)
+                    ring.busy(pool.submit(whole.update, view))
+                    write_all(dst_fd, view)
                 if writeback:
                     start_writeback(dst_fd)
                 done += len(view)
