@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sshd_harness import SshdFleet
+from fleet.sshd_harness import SshdFleet, netns_usable
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +19,17 @@ def wheel_cache() -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def sshd_fleet() -> Iterator[SshdFleet]:
-    """Four hosts with sshd, plus one refusing the test key."""
+@pytest.fixture(scope="module", params=["netns", "loopback"])
+def sshd_fleet(request: pytest.FixtureRequest) -> Iterator[SshdFleet]:
+    """Four hosts with sshd, plus one refusing the test key: in network
+    namespaces, and again as sshd on loopback ports (the fallback where
+    namespaces cannot be made), each host with its own /opt and /tmp."""
     if os.geteuid() != 0:
         pytest.skip("sshd hosts with private /opt and /tmp need root")
-    fleet = SshdFleet(4, refuse=True).up()
+    mode = request.param
+    if mode == "netns" and not netns_usable():
+        pytest.skip("network namespaces cannot be made here (ip netns add failed)")
+    fleet = SshdFleet(4, refuse=True, mode=mode).up()
     try:
         yield fleet
     finally:
