@@ -490,10 +490,10 @@ def test_without_syncfs_it_falls_back_to_sync(
 ) -> None:
     """Where libc has no syncfs (it cannot be removed from this one), the
     whole system is synced instead; the install is the same."""
-    import roost.extract
+    import roost.hashing
 
     rel, meta = release
-    monkeypatch.setattr(roost.extract, "_libc_syncfs", lambda: None)
+    monkeypatch.setattr(roost.hashing, "_libc_syncfs", lambda: None)
     synced, real_sync = [], os.sync
     monkeypatch.setattr(os, "sync", lambda: synced.append(real_sync()))
     result = install_release(rel.payload, meta, tmp_path / "dest")

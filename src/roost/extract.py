@@ -31,7 +31,6 @@ Nothing is ever written outside the destination (and, with
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import hashlib
 import logging
@@ -40,7 +39,6 @@ import stat
 import tarfile
 import tempfile
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +50,7 @@ from roost.errors import (
     UsageError,
     VerifyError,
 )
-from roost.hashing import copy_and_hash, libc_function, sha256_range
+from roost.hashing import copy_and_hash, fsync_directory, sha256_range, sync_filesystem
 from roost.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -355,9 +353,9 @@ def _install(
     staging = Path(_make_staging(target, file=as_file))
     try:
         _write_members(payload, plan, staging, as_file=as_file)
-        _flush(staging)
+        sync_filesystem(staging.parent)
         _swap(staging, target, clean=clean)
-        _fsync_dir(target.parent)
+        fsync_directory(target.parent)
     finally:
         try:
             _remove_tree(staging)
@@ -468,38 +466,6 @@ def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
         os.fchmod(fd, member.mode)
         if member.mtime is not None:
             os.utime(fd, (member.mtime, member.mtime))
-    finally:
-        os.close(fd)
-
-
-def _flush(staging: Path) -> None:
-    """Make everything written under ``staging`` durable: one syncfs(2) on
-    its file system (much cheaper than an fsync per file; it waits for the
-    data and the directory entries), os.sync() where syncfs is missing.
-    Each file's write-back was started as it was written
-    (``copy_and_hash(writeback=True)``), so little is left to wait for. Raises
-    ``OSError`` (a write-back error included)."""
-    fd = os.open(staging.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        syncfs = _libc_syncfs()
-        if syncfs is None:
-            os.sync()
-        elif syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def _libc_syncfs() -> Callable[[int], int] | None:
-    return libc_function("syncfs", ctypes.c_int)
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory, so a rename in it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

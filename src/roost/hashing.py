@@ -1,7 +1,8 @@
 """Moving and hashing bytes fast: the hot paths of packing and extraction.
 
 Theory of operation. Every byte is read once, into one of a few reused
-buffers, and everything that needs it reads that buffer: the SHA-1 of the
+buffers (from the source, or back from the destination after a kernel
+copy), and everything that needs it reads that buffer: the SHA-1 of the
 pieces, the sha256 of a file, the write to the destination. They run in
 threads (hashlib releases the GIL on buffers over 2 KiB, ``os.preadv`` and
 ``os.write`` always do), so on two cores the cost is about the slowest of
@@ -21,7 +22,7 @@ second read that could differ from it.
   wrote; a big copy moves chunks in the caller (kernel copy and read back,
   or read and write) while a worker hashes them.
   It can start the write-back of what it wrote (``start_writeback``), so
-  that extraction's final syncfs finds little left to do.
+  that extraction's final ``sync_filesystem`` finds little left to do.
 
 Everything reads with ``pread``, never an mmap: a source truncated
 meanwhile gives ``OSError``, not a SIGBUS.
@@ -45,14 +46,16 @@ __all__ = [
     "PieceStream",
     "TarWriter",
     "copy_and_hash",
+    "fsync_directory",
     "hash_pieces",
     "libc_function",
     "sha256_range",
     "start_writeback",
+    "sync_filesystem",
     "write_all",
 ]
 
-_CHUNK = 4 << 20  # one buffer of the ring; a multiple of every piece size up to it
+_CHUNK = 4 << 20  # one buffer of a ring
 _RING = 3  # buffers: one being filled, two being hashed/written
 _SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
 # Writes of 1 MiB and more into ext4 cost this kernel (6.18) up to several
@@ -165,6 +168,38 @@ def libc_function(name: str, *argtypes: Any) -> Callable[..., int] | None:
         return None
     fn.argtypes, fn.restype = list(argtypes), ctypes.c_int
     return cast("Callable[..., int]", fn)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Make everything written on ``path``'s file system durable: one
+    syncfs(2) (much cheaper than an fsync per file; it waits for the data
+    and the directory entries), os.sync() where libc lacks syncfs. Cheap
+    when the files' write-back was started as they were written
+    (``copy_and_hash(writeback=True)``). Raises ``OSError`` (a write-back
+    error included)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs = _libc_syncfs()
+        if syncfs is None:
+            os.sync()
+        elif syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def _libc_syncfs() -> Callable[[int], int] | None:
+    return libc_function("syncfs", ctypes.c_int)
+
+
+def fsync_directory(path: Path) -> None:
+    """fsync a directory, so that a rename in it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def sha256_range(fd: int, offset: int, size: int) -> str:
