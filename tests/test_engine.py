@@ -43,6 +43,9 @@ def test_settings_pack_is_lan_tuned() -> None:
     assert pack["announce_ip"] == "198.18.0.5"
     assert pack["upload_rate_limit"] == 1000
     assert pack["ignore_limits_on_local_network"] is False
+    # peers upload to everyone; an origin (roost seed) to a few at a time
+    assert pack["unchoke_slots_limit"] == -1
+    assert settings_pack(EngineConfig(upload_slots=4))["unchoke_slots_limit"] == 4
 
 
 def test_session_uses_the_pack_and_binds_an_ephemeral_port() -> None:

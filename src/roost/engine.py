@@ -56,6 +56,9 @@ class EngineConfig:
     natpmp: bool = False
     utp: bool = False
     connections_limit: int = 1000
+    #: Peers uploaded to at once (libtorrent's unchoke slots); -1: all. An
+    #: origin with few slots hands each piece to fewer peers, who pass it on.
+    upload_slots: int = -1
     send_buffer: int = 8 * 1024 * 1024
     min_announce_interval: int = 1
     #: libtorrent refuses a loopback tracker whose path is not /announce while
@@ -157,7 +160,7 @@ def settings_pack(config: EngineConfig) -> dict[str, object]:
         "enable_outgoing_tcp": True,
         "enable_incoming_tcp": True,
         "allow_multiple_connections_per_ip": True,
-        "unchoke_slots_limit": -1,
+        "unchoke_slots_limit": config.upload_slots,
         "connections_limit": config.connections_limit,
         "send_buffer_watermark": config.send_buffer,
         "send_buffer_low_watermark": config.send_buffer // 4,

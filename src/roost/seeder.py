@@ -39,6 +39,10 @@ class SeedConfig:
     announce_ip: str | None = None
     dht: bool = False  # also announce on the DHT (trackerless / magnet peers)
     dht_bootstrap: tuple[str, ...] = ()
+    #: Peers the origin uploads to at once (-1: all). Few slots make the
+    #: origin hand each piece to fewer peers, who pass it on: measured fewer
+    #: copies from the origin and no slower deploys (bench/NOTES.md).
+    upload_slots: int = 4
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Seeder:
                 upload_limit=config.upload_limit,
                 dht=config.dht,
                 dht_bootstrap=config.dht_bootstrap,
+                upload_slots=config.upload_slots,
             )
         )
         # libtorrent's super-seeding starts by offering each peer two pieces it

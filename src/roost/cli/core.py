@@ -61,6 +61,13 @@ def _register_seed(sub: Any) -> None:
     )
     p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s (e.g. 50M); 0 = none")
     p.add_argument("--super-seed", action="store_true", help="hand out each piece once (origin)")
+    p.add_argument(
+        "--upload-slots",
+        type=int,
+        default=4,
+        metavar="N",
+        help="upload to at most N peers at once, the others get it from them (default 4; -1: all)",
+    )
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
     p.add_argument("--announce-ip", help="the address peers reach this seeder at")
@@ -119,6 +126,7 @@ def _seed(args: argparse.Namespace) -> int:
             announce_ip=args.announce_ip,
             dht=args.dht or bool(args.dht_bootstrap),
             dht_bootstrap=tuple(args.dht_bootstrap),
+            upload_slots=args.upload_slots,
         )
     )
     _stop_on_signals(seeder.stop)
