@@ -141,6 +141,36 @@ def test_inventory_hands_over_to_the_fleet_deploy(tmp_path: Path) -> None:
     assert args.inventory == Path("hosts.ini") and args.local is None
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["seeder:/srv/build", "--local", "2"],
+            "roost: error: seeder:/srv/build: a path on the seeder needs an inventory (-i)",
+        ),
+        (
+            ["seeder:", "-i", "{inv}"],
+            "roost: error: seeder: names no path: give seeder:PATH, or set seeder_files_path "
+            "in group_vars/all or default_seeder_files_path in roost.toml",
+        ),
+        (
+            ["seeder:/b", "-i", "{inv}", "--seed-from", "controller"],
+            "roost: error: seeder:PATH is packed and seeded on the seeder: drop --seed-from",
+        ),
+    ],
+)
+def test_seeder_path_mistakes_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, roost_procs: Start
+) -> None:
+    inv = tmp_path / "production"
+    inv.write_text("[peer]\n198.18.0.7\n")
+    args = [a.replace("{inv}", str(inv)) for a in argv]
+    proc = roost_procs("deploy", *args, "--tag", "v1", "--dest", str(tmp_path / "d"))
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.decode().strip() == message
+
+
 # The sans-IO progress model ------------------------------------------------------
 
 

@@ -206,6 +206,41 @@ def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Pa
     assert not (f.hosts[1].path("/tmp/roost/pids") / "seed-s2.pid").exists()
 
 
+def test_deploy_the_build_already_on_the_seeder(
+    sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+) -> None:
+    """ansible-lssd's full_deploy: the build was copied to the seeder's
+    seeder_files_path; ``roost deploy seeder:`` packs and seeds it there."""
+    f = sshd_fleet
+    seeder = f.hosts[1]
+    build = seeder.path("/tmp/builds-lssd")
+    (build / "conf").mkdir(parents=True)
+    (build / "conf" / "app.ini").write_text("[app]\nport = 80\n")
+    (build / "blob.bin").write_bytes(bytes(range(256)) * 8192)  # 2 MiB
+    lines = "\n".join(f.inventory_line(h) for h in f.hosts)
+    (tmp_path / "production").write_text(
+        f"[tracker]\n{f.inventory_line(f.hosts[0])}\n\n[seeder]\n{f.inventory_line(seeder)}\n\n"
+        f"[peer]\n{lines}\n"
+    )
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all").write_text(
+        "tag: Deploy9\nseeder_files_path: /tmp/builds-lssd\ndestination_path: /opt/lssd\n"
+    )
+    inv = str(tmp_path / "production")
+    cache = ["--wheel-cache", str(wheel_cache)]
+    run = _roost(f, "deploy", "seeder:", "-i", inv, *cache, "--linger", "0", "--json")
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads(run.stdout)
+    assert summary["seed_from"] == "seeder" and summary["size"] > 2 * 1024 * 1024
+    for h in f.hosts:
+        got = h.path("/opt/lssd/Deploy9")
+        assert (got / "blob.bin").read_bytes() == (build / "blob.bin").read_bytes(), h.name
+        assert (got / "conf" / "app.ini").read_text() == "[app]\nport = 80\n"
+    # packed on the seeder, seeded from there, stopped at the end
+    assert (seeder.path("/tmp/roost/releases") / "Deploy9.tar").is_file()
+    assert not (seeder.path("/tmp/roost/pids") / "seed-Deploy9.pid").exists()
+
+
 def test_bootstrap_relays_wheels_between_hosts(
     sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
 ) -> None:

@@ -301,7 +301,12 @@ def _register_deploy(sub: Any) -> None:
         "deploy",
         help="deploy a build: on a local fleet (default) or to an inventory's hosts (-i)",
     )
-    p.add_argument("source", type=Path, help="directory (packed as a tar) or file (--file)")
+    p.add_argument(
+        "source",
+        type=Path,
+        help="directory (packed as a tar) or file (--file); with -i also seeder:PATH, "
+        "a path on the inventory's seeder (seeder: alone: its seeder_files_path)",
+    )
     p.add_argument("--tag", help="release name, e.g. v42 (with -i: default group_vars tag)")
     p.add_argument("--dest", type=Path, help="install into DEST/TAG on each host")
     p.add_argument("--file", dest="is_file", action="store_true", help="ship SRC as one file")
@@ -340,6 +345,8 @@ def _deploy(args: argparse.Namespace) -> int:
         from roost.fleet.deploy import deploy_fleet
 
         return int(deploy_fleet(args) or 0)
+    if str(args.source).startswith("seeder:"):
+        raise UsageError(f"{args.source}: a path on the seeder needs an inventory (-i)")
     if not args.tag:
         raise UsageError("--tag is required (e.g. --tag v42)")
     if args.dest is None:

@@ -104,8 +104,9 @@ def add_deploy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seed-from",
         choices=("controller", "seeder"),
-        default="controller",
-        help="origin: this machine (default) or the inventory's seeder host",
+        default=None,
+        help="origin: this machine (default) or the inventory's seeder host (seeder:PATH "
+        "always seeds there)",
     )
     g.add_argument(
         "--no-bootstrap", action="store_true", help="assume roost is installed on the hosts already"

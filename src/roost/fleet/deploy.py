@@ -64,6 +64,9 @@ class DeployPlan:
     do_bootstrap: bool = True
     out_dir: Path | None = None
     piece_size: int | None = None
+    #: a path on the seeder host (``seeder:PATH``): packed and seeded there,
+    #: as ansible-lssd's full_deploy.yml does with seeder_files_path
+    seeder_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -122,18 +125,22 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
     work = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
     out_dir = plan.out_dir or work
     out_dir.mkdir(parents=True, exist_ok=True)
-    release = await asyncio.to_thread(
-        create_release,
-        plan.source,
-        plan.tag,
-        out_dir,
-        announce=[url],
-        is_file=plan.is_file,
-        piece_size=plan.piece_size,
-    )
+    release: _Release | None = None
+    if plan.seeder_path is None:
+        made = await asyncio.to_thread(
+            create_release,
+            plan.source,
+            plan.tag,
+            out_dir,
+            announce=[url],
+            is_file=plan.is_file,
+            piece_size=plan.piece_size,
+        )
+        release = _Release(made.torrent, made.info_hash, made.total_size, made.payload)
+    seed_from = "seeder" if plan.seeder_path is not None else plan.seed_from
     peers = list(inv.peers)
     now = time.monotonic()
-    progress = FleetProgress([h.name for h in peers], release.total_size, now)
+    progress = FleetProgress([h.name for h in peers], release.total_size if release else 0, now)
     steps: dict[str, str] = {}
     already: set[str] = set()
     aborted: str | None = None
@@ -166,6 +173,14 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         if plan.do_bootstrap:
             await bootstrap(fleet, cfg)
         sync_failures()
+        if release is None:
+            release = await _create_on_seeder(fleet, plan, url, out_dir)
+            if release is None:
+                err = fleet.failures.get(inv.seeder.name)
+                reason = err.args[0].split(": ", 2)[-1] if err else "failed"
+                fail_all(f"seeder {reason}", "create")
+                raise _Stop
+            progress.total_size = release.total_size
         # the address the hosts see the controller at: the SSH connection's own end
         seen = await fleet.each("controller-address", _local_address, hosts=[inv.tracker])
         addr = seen[inv.tracker.name].value if seen[inv.tracker.name].ok else None
@@ -181,13 +196,14 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         if not tr[inv.tracker.name].ok:
             fail_all(f"tracker {tr[inv.tracker.name].reason}", "start-tracker")
             raise _Stop
-        if plan.seed_from == "seeder":
+        if seed_from == "seeder":
             sr = await tasks.start_seeding(
                 fleet,
                 inv,
                 cfg,
                 tag=plan.tag,
-                upload=[release.torrent, release.payload],
+                # packed on the seeder already, or uploaded there now
+                upload=[release.torrent, release.payload] if release.payload else [],
                 super_seed=plan.super_seed,
             )
             if not sr[inv.seeder.name].ok:
@@ -197,6 +213,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             if not addr:
                 fail_all("cannot learn the controller's address as hosts see it", "seed")
                 raise _Stop
+            assert release.payload is not None  # packed here: seeder:PATH seeds there
             seed_proc = _controller_seed(
                 release.torrent, release.payload, addr, work / "seed.log", plan.super_seed
             )
@@ -236,7 +253,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         cleanup_failures = dict(fleet.failures)
         fleet.failures.clear()
         try:
-            if plan.seed_from == "seeder":
+            if seed_from == "seeder":
                 await tasks.stop_seeding(fleet, inv, cfg, tag=plan.tag)
             await tasks.stop_tracker(fleet, inv, cfg)
         except RoostError:
@@ -263,9 +280,9 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
     summary.update(
         {
             "tag": plan.tag,
-            "info_hash": release.info_hash,
+            "info_hash": release.info_hash if release else None,
             "tracker": inv.tracker.name,
-            "seed_from": plan.seed_from,
+            "seed_from": seed_from,
             "aborted": aborted,
             "cleanup_errors": [str(e) for e in stop_errors.values()],
         }
@@ -277,26 +294,42 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
     return summary
 
 
-def _stage_manifest(release: Any, work: Path, tag: str) -> Path | None:
-    """The release's manifest (last tar member) as ``work/TAG.manifest.json``."""
-    import tarfile
-
-    from roost.manifest import MANIFEST_NAME
-
-    if release.kind != "tar":
-        return None
-    with tarfile.open(release.payload, "r:") as archive:
-        last = archive.getmembers()[-1]
-        handle = archive.extractfile(last) if last.name == MANIFEST_NAME else None
-        if handle is None:
-            return None
-        path = work / f"{tag}.manifest.json"
-        path.write_bytes(handle.read())
-    return path
-
-
 class _Stop(Exception):
     """Internal: the deploy cannot go on (tracker or origin down)."""
+
+
+@dataclass(frozen=True)
+class _Release:
+    torrent: Path  # on the controller
+    info_hash: str
+    total_size: int
+    payload: Path | None  # on the controller; None when packed on the seeder
+
+
+async def _create_on_seeder(
+    fleet: Fleet, plan: DeployPlan, url: str, out_dir: Path
+) -> _Release | None:
+    """``roost create`` on the seeder from ``plan.seeder_path``; the .torrent
+    comes back to ``out_dir``. None when the seeder failed (see fleet.failures)."""
+    from roost.release import read_torrent_file
+
+    assert plan.seeder_path is not None
+    made = await tasks.create(
+        fleet,
+        plan.inventory,
+        plan.cfg,
+        tag=plan.tag,
+        files_path=plan.seeder_path,
+        local_dir=out_dir,
+        is_file=plan.is_file,
+        tracker=url,
+        piece_size=plan.piece_size,
+    )
+    result = made[plan.inventory.seeder.name]
+    if not result.ok or result.value is None:
+        return None
+    meta = read_torrent_file(Path(result.value["torrent"]))
+    return _Release(Path(result.value["torrent"]), meta.info_hash, meta.length, None)
 
 
 async def _local_address(s: Any) -> str:
@@ -323,7 +356,20 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
             "no destination: pass --dest, or set destination_path in "
             "group_vars/all or default_destination_path in roost.toml"
         )
-    if not Path(args.source).exists():
+    seeder_path: str | None = None
+    source = str(args.source)
+    if source.startswith("seeder:"):
+        seeder_path = source[len("seeder:") :] or str(
+            inv.get("seeder_files_path") or cfg.default_seeder_files_path or ""
+        )
+        if not seeder_path:
+            raise UsageError(
+                "seeder: names no path: give seeder:PATH, or set seeder_files_path in "
+                "group_vars/all or default_seeder_files_path in roost.toml"
+            )
+        if getattr(args, "seed_from", None) == "controller":
+            raise UsageError("seeder:PATH is packed and seeded on the seeder: drop --seed-from")
+    elif not Path(args.source).exists():
         raise UsageError(f"source {args.source} does not exist")
     peer = tasks.PeerOptions(
         tag=str(tag),
@@ -344,11 +390,12 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         ssh=ssh_options(args, cfg),
         peer=peer,
         is_file=args.is_file,
-        seed_from=getattr(args, "seed_from", "controller"),
+        seed_from=getattr(args, "seed_from", None) or ("seeder" if seeder_path else "controller"),
         super_seed=bool(getattr(args, "super_seed", False)),
         do_bootstrap=not getattr(args, "no_bootstrap", False),
         out_dir=args.out,
         piece_size=args.piece_size,
+        seeder_path=seeder_path,
     )
 
 

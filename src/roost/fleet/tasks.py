@@ -211,6 +211,7 @@ async def create(
     local_dir: Path,
     is_file: bool = False,
     tracker: str | None = None,
+    piece_size: int | None = None,
 ) -> dict[str, HostResult[dict[str, Any]]]:
     """``roost create`` on the seeder from a path there, then fetch the .torrent
     (Murder create_torrent + download_torrent)."""
@@ -227,6 +228,8 @@ async def create(
     ]
     if is_file:
         argv.append("--file")
+    if piece_size:
+        argv += ["--piece-size", str(piece_size)]
     src = files_path
     if src.startswith("~/"):
         # let the remote shell expand ~ (quoted paths would not be)
