@@ -153,9 +153,7 @@ def restore_state(registry: Registry, data: dict[str, Any], path: Path) -> int:
                     peer.events.append((float(ts), str(ev)))
                 if peer.left == 0:
                     peer.state = "seeding"
-                    swarm.seeders[peer.peer_id] = peer
-                else:
-                    swarm.leechers[peer.peer_id] = peer
+                swarm.add(peer)
                 count += 1
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise StateFileError(path, f"corrupt ({type(exc).__name__}: {exc})") from exc

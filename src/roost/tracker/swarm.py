@@ -14,7 +14,9 @@ Read API for stats / metrics / the web page (treat it as read-only):
 * ``Swarm``: ``info_hash`` (bytes), ``info_hash_hex``, ``tag``, ``size``
   (bytes or None), ``completed``, ``registered``, ``seeders``/``leechers``/
   ``stopped`` (dict peer_id -> Peer), ``peers()`` (all three),
-  ``num_seeders``, ``num_leechers``.
+  ``num_seeders``, ``num_leechers``. Change membership only through
+  ``Swarm.add`` / ``Swarm.discard``: they keep the swarm's ``HandoutIndex``
+  (handout.py) in step with ``seeders`` / ``leechers``.
 * ``Peer``: ``peer_id`` (bytes), ``ip``, ``port``, ``left``, ``uploaded``,
   ``downloaded``, ``first_seen``, ``last_seen``, ``last_progress`` (when
   ``left`` last decreased, else ``first_seen``), ``prev_uploaded``,
@@ -43,7 +45,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from roost.tracker.handout import choose_peers
+from roost.tracker.handout import HandoutIndex, LocalityPolicy
 from roost.tracker.protocol import Announce, ProtocolError, compact_address
 
 if TYPE_CHECKING:
@@ -153,7 +155,7 @@ class Peer:
 
 
 class Swarm:
-    def __init__(self, info_hash: bytes, now: float):
+    def __init__(self, info_hash: bytes, now: float, policy: LocalityPolicy | None = None):
         self.info_hash = info_hash
         self.info_hash_hex = info_hash.hex()
         self.tag: str | None = None
@@ -165,24 +167,30 @@ class Swarm:
         self.seeders: dict[bytes, Peer] = {}
         self.leechers: dict[bytes, Peer] = {}
         self.stopped: dict[bytes, Peer] = {}
-        # Lists of seeders / leechers for the handout's random draws, rebuilt
-        # only when membership changed: ``changed()`` after any change.
-        self._lists: tuple[list[Peer], list[Peer]] | None = None
+        # The handout's view of seeders + leechers (by role, dc, rack, gateways).
+        self.index: HandoutIndex[Peer] = HandoutIndex(policy or LocalityPolicy())
 
-    def changed(self) -> None:
-        """Call after adding to or removing from ``seeders`` / ``leechers``."""
-        self._lists = None
+    def add(self, peer: Peer) -> None:
+        """Put ``peer`` among the seeders (``left == 0``) or leechers, moving it
+        if it was in the other table; re-file it in the index (labels too)."""
+        pid = peer.peer_id
+        seeding = peer.left == 0
+        table, other = (self.seeders, self.leechers) if seeding else (self.leechers, self.seeders)
+        if pid not in table:
+            other.pop(pid, None)
+            table[pid] = peer
+        self.index.place(peer, seeding)
 
-    def lists(self) -> tuple[list[Peer], list[Peer]]:
-        """(seeders, leechers) as lists; cached until the next ``changed()``."""
-        cached = self._lists
-        if (
-            cached is None
-            or len(cached[0]) != len(self.seeders)
-            or len(cached[1]) != len(self.leechers)
+    def check_index(self) -> None:
+        """Rebuild the index if someone changed the tables behind ``add``/``discard``."""
+        index = self.index
+        if len(index) != len(self.seeders) + len(self.leechers) or index.count(True) != len(
+            self.seeders
         ):
-            cached = self._lists = (list(self.seeders.values()), list(self.leechers.values()))
-        return cached
+            self.index = index = HandoutIndex(index.policy)
+            for table, seeding in ((self.seeders, True), (self.leechers, False)):
+                for p in table.values():
+                    index.place(p, seeding)
 
     @property
     def num_seeders(self) -> int:
@@ -201,7 +209,8 @@ class Swarm:
         return self.seeders.get(peer_id) or self.leechers.get(peer_id)
 
     def discard(self, peer_id: bytes) -> Peer | None:
-        self._lists = None
+        """Take a peer out of ``seeders`` / ``leechers`` (not into ``stopped``)."""
+        self.index.discard(peer_id)
         return self.seeders.pop(peer_id, None) or self.leechers.pop(peer_id, None)
 
 
@@ -265,7 +274,7 @@ class Registry:
         """Register an info-hash (allow-list), with its tag, token and size."""
         swarm = self.swarms.get(info_hash)
         if swarm is None:
-            swarm = self.swarms[info_hash] = Swarm(info_hash, now)
+            swarm = self.swarms[info_hash] = Swarm(info_hash, now, self.config.locality)
         swarm.registered = True
         if tag is not None:
             swarm.tag = tag
@@ -297,7 +306,7 @@ class Registry:
             if reason is not None:
                 raise Refused(reason)
         if swarm is None:
-            swarm = self.swarms[info_hash] = Swarm(info_hash, now)
+            swarm = self.swarms[info_hash] = Swarm(info_hash, now, self.config.locality)
         return swarm
 
     # -- announce ------------------------------------------------------------
@@ -331,12 +340,6 @@ class Registry:
                 peer.left = a.left
             else:
                 peer.events.clear()
-            peer.state = "downloading"
-            swarm._lists = None
-            if a.left == 0:
-                swarm.seeders[pid] = peer
-            else:
-                swarm.leechers[pid] = peer
         elif peer.key is not None and a.key is not None and a.key != peer.key and ip != peer.ip:
             raise Refused("peer id already in use from another address with another key")
         was_left = peer.left
@@ -345,28 +348,13 @@ class Registry:
             if (was_left > 0 or a.event == "completed") and not peer.completed:
                 peer.completed = True
                 swarm.completed += 1
-            if pid in swarm.leechers:
-                del swarm.leechers[pid]
-                swarm.seeders[pid] = peer
-                swarm._lists = None
             peer.state = "seeding"
         else:
-            if pid in swarm.seeders:
-                del swarm.seeders[pid]
-                swarm.leechers[pid] = peer
-                swarm._lists = None
             peer.state = "downloading"
+        swarm.add(peer)  # joins, or moves between tables, or re-files new labels
+        swarm.check_index()
         numwant = cfg.numwant_default if a.numwant is None else min(a.numwant, cfg.numwant_max)
-        seeders, leechers = swarm.lists()
-        peers = choose_peers(
-            peer,
-            a.left == 0,
-            seeders,
-            leechers,
-            numwant,
-            self.rng,
-            cfg.locality,
-        )
+        peers = swarm.index.choose(peer, a.left == 0, numwant, self.rng)
         return peers, len(swarm.seeders), len(swarm.leechers)
 
     def _update(self, swarm: Swarm, peer: Peer, a: Announce, ip: str, now: float) -> None:
@@ -430,8 +418,8 @@ class Registry:
         for h, swarm in list(self.swarms.items()):
             for table in (swarm.seeders, swarm.leechers):
                 for pid in [pid for pid, p in table.items() if p.last_seen < cutoff]:
-                    peer = table.pop(pid)
-                    swarm._lists = None
+                    peer = table[pid]
+                    swarm.discard(pid)
                     peer.state = "stopped"
                     peer.events.append((now, "expired"))
                     swarm.stopped[pid] = peer
