@@ -97,6 +97,8 @@ def test_foreground_tracker_saves_state_on_sigterm(tmp_path: Path) -> None:
         (["--rack", "300.0.0.0/8=r1"], "not a network"),
         (["--stats-allow", "everyone"], "not a network"),
         (["--interval", "0"], "interval"),
+        (["--stats-ttl", "61"], "bad stats ttl"),
+        (["--stats-ttl", "-1"], "bad stats ttl"),
         (["--cross-dc", "-1"], "cross_dc_min"),
         (["--allow-list", "/nonexistent/allow"], "cannot read allow-list"),
         (["--state", "{state}"], "not JSON"),
@@ -126,3 +128,28 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) ->
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("roost: error: ")
     assert message in lines[0]
+
+
+@pytest.mark.parametrize(("ttl", "seen_after_second_peer"), [("0", 2), ("30", 1)])
+def test_stats_ttl_flag(ttl: str, seen_after_second_peer: int) -> None:
+    """--stats-ttl 0 builds /stats.json per request; 30 serves the first snapshot again."""
+    proc = roost("--port", "0", "--stats-ttl", ttl)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        stats = url.replace("/announce", "/stats.json")
+
+        def peers() -> int:
+            with urllib.request.urlopen(stats, timeout=10) as resp:
+                return sum(len(s["peers"]) for s in json.loads(resp.read())["swarms"])
+
+        announce(url)
+        assert peers() == 1
+        announce(url, peer_id="-XX0000-000000000002")
+        assert peers() == seen_after_second_peer
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        for f in (proc.stdout, proc.stderr):
+            if f is not None:
+                f.close()

@@ -117,6 +117,14 @@ def register(subparsers: Any) -> None:
         metavar="CIDR",
         help="networks allowed to read /stats.json, /metrics, / (repeatable)",
     )
+    p.add_argument(
+        "--stats-ttl",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="serve /stats.json and /metrics from a snapshot at most this old "
+        "(default 1; 0 = build for every request)",
+    )
     p.add_argument("--announce-host", help="host name to print in the announce URL")
     p.set_defaults(handler=run)
 
@@ -231,6 +239,7 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str | N
         rack_prefixes=tuple(racks),
         stats_allow=tuple(args.stats_allow),
         announce_host=args.announce_host,
+        stats_ttl=args.stats_ttl,
     )
     return config, allows
 
