@@ -6,8 +6,9 @@ directory and put first on ``PYTHONPATH``):
 
 1. start ``roost tracker`` pinned to core 0 (``--interval 60 --peer-timeout
    3600``: nobody expires during the run; ``--no-locality`` unless
-   ``--locality``: the labelled handout scans the whole swarm per announce,
-   which at these sizes hides everything else);
+   ``--locality``: before 27d88de the labelled handout scanned the whole
+   swarm per announce, which at these sizes hid everything else; peers are
+   labelled ``dc{p % 3}`` / ``r{p % 40}``, 120 racks);
 2. fill one swarm with N peers through the real announce path (pipelined
    HTTP/1.1 announces carrying ``ip``, ``host``, ``dc``, ``rack``; half seeders);
 3. time single /stats.json and /metrics requests on an otherwise idle tracker;
@@ -251,7 +252,7 @@ def bench_one(
     argv += ["--bind", "127.0.0.1", "--port", str(port), "--interval", "60"]
     argv += ["--peer-timeout", "3600"]
     if not args.locality:
-        argv.append("--no-locality")  # the labelled handout is O(swarm): not measured here
+        argv.append("--no-locality")
     server = subprocess.Popen(
         argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--locality",
         action="store_true",
-        help="keep the locality handout on (its cost grows with the swarm and hides the rest)",
+        help="keep the locality handout on (before 27d88de its cost grew with the swarm)",
     )
     p.add_argument("--baseline", metavar="REV", help="also run the tracker of this git revision")
     p.add_argument("--json", type=Path, help="also write the rows as JSON here")
