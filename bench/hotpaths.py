@@ -270,13 +270,14 @@ def _hashes(k: int) -> list[bytes]:
     return [bytes(rng.randrange(256) for _ in range(20)) for _ in range(k)]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, timeout: float = 15) -> None:
+def wait_port(port: int, timeout: float = 15) -> None:
+    """Until something listens on 127.0.0.1:``port`` (a tracker starting)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -356,7 +357,7 @@ def _tracker_run(
     wrk_core: str,
     roost_env: dict[str, str] | None,
 ) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     env = None
     if tool == "roost tracker":
         argv = [*ROOST, "tracker", "--bind", "127.0.0.1", "--port", str(port)]
@@ -373,7 +374,7 @@ def _tracker_run(
         start_new_session=True,
     )
     try:
-        _wait_port(port)
+        wait_port(port)
         probe = subprocess.run(
             ["curl", "-s", f"http://127.0.0.1:{port}/announce?info_hash="
              + enc.split(",")[0].strip().strip('"')

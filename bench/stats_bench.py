@@ -47,6 +47,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hotpaths import free_port, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
 INFO_HASH = bytes(range(1, 21))
 PEER_ID = b"-RB0001-%012d"
@@ -79,24 +81,6 @@ def _quote(raw: bytes) -> str:
 
 def _ip(p: int) -> str:
     return f"10.{p // 65536}.{(p // 256) % 256}.{p % 256}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"tracker did not listen on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
 
 
 def _cpu_of(pid: int) -> float:
@@ -244,7 +228,7 @@ def _cores() -> tuple[str, str]:
 def bench_one(
     build: str, pythonpath: str | None, n: int, args: argparse.Namespace, work: Path
 ) -> list[dict[str, Any]]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
@@ -258,7 +242,7 @@ def bench_one(
     )
     rows: list[dict[str, Any]] = []
     try:
-        _wait_port(port)
+        wait_port(port)
         t = time.perf_counter()
         fill(port, n)
         fill_s = time.perf_counter() - t
