@@ -101,14 +101,19 @@ def peer_rates(peer: Peer, now: float, interval: float) -> tuple[float, float]:
     return down, up
 
 
+def _progress(peer: Peer, size: int | None) -> float | None:
+    """1.0 for a seeder, the fraction done when the size is known, else None."""
+    if peer.left == 0:
+        return 1.0
+    if size:
+        return round(min(1.0, max(0.0, 1.0 - peer.left / size)), 6)
+    return None
+
+
 def _peer_doc(
     peer: Peer, size: int | None, now: float, interval: float, stall_after: float
 ) -> dict[str, Any]:
-    progress: float | None = None
-    if peer.left == 0:
-        progress = 1.0
-    elif size:
-        progress = round(min(1.0, max(0.0, 1.0 - peer.left / size)), 6)
+    progress = _progress(peer, size)
     rate_down, rate_up = peer_rates(peer, now, interval)
     return {
         "peer_id": peer.peer_id.hex(),
@@ -223,11 +228,7 @@ def _peer_row(
     peer: Peer, size: int | None, now: float, interval: float, is_stalled: bool
 ) -> tuple[str, float, float]:
     """A peer's JSON object (what ``_peer_doc`` holds) and its two rates."""
-    progress: float | None = None
-    if peer.left == 0:
-        progress = 1.0
-    elif size:
-        progress = round(min(1.0, max(0.0, 1.0 - peer.left / size)), 6)
+    progress = _progress(peer, size)
     rate_down, rate_up = peer_rates(peer, now, interval)
     rate_down, rate_up = round(rate_down, 1), round(rate_up, 1)
     row = (
