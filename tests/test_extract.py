@@ -444,7 +444,9 @@ install_release(Path(sys.argv[1]), meta, Path(sys.argv[3]), clean=True)
 """
 
 
-@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+@pytest.mark.skipif(
+    not shutil.which("strace"), reason="needs strace (apt-get install strace; scripts/install does)"
+)
 @pytest.mark.parametrize("replace", [False, True])
 def test_staging_is_flushed_before_the_rename_and_the_rename_after(
     tmp_path: Path, release, replace: bool
