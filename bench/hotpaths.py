@@ -157,17 +157,8 @@ def bench_pack(
             )  # fmt: skip
             best["GNU tar -c + mktorrent"] = min(best.get("GNU tar -c + mktorrent", s), s)
             tar.unlink()
-        return [
-            {
-                "path": f"pack {size / MIB:.0f} MiB, {files + bool(big_mib)} files"
-                f" (one of {big_mib} MiB), 4 MiB pieces",
-                "tool": tool,
-                "value": size / s / 1e6,
-                "unit": "MB/s",
-                "note": f"best of 2: {s:.2f} s",
-            }
-            for tool, s in best.items()
-        ]
+        path = f"pack {size / MIB:.0f} MiB, {files + bool(big_mib)} files"
+        return _throughput_rows(f"{path} (one of {big_mib} MiB), 4 MiB pieces", size, best)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -224,16 +215,8 @@ def bench_extract(
                 best.get("GNU tar -x && sync -f (durable)", 1e9), s
             )
             shutil.rmtree(dest)
-        return [
-            {
-                "path": f"extract {size / MIB:.0f} MiB, {files} files into {dest_dir}",
-                "tool": tool,
-                "value": size / s / 1e6,
-                "unit": "MB/s",
-                "note": f"best of 2: {s:.2f} s",
-            }
-            for tool, s in best.items()
-        ]
+        path = f"extract {size / MIB:.0f} MiB, {files} files into {dest_dir}"
+        return _throughput_rows(path, size, best)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(shm, ignore_errors=True)
@@ -268,6 +251,20 @@ TRACKER_SCENARIOS = (
 def _hashes(k: int) -> list[bytes]:
     rng = random.Random(7)
     return [bytes(rng.randrange(256) for _ in range(20)) for _ in range(k)]
+
+
+def _throughput_rows(path: str, size: int, best: dict[str, float]) -> list[dict[str, Any]]:
+    """One result row per tool: ``size`` bytes in its best time."""
+    return [
+        {
+            "path": path,
+            "tool": tool,
+            "value": size / s / 1e6,
+            "unit": "MB/s",
+            "note": f"best of 2: {s:.2f} s",
+        }
+        for tool, s in best.items()
+    ]
 
 
 def free_port() -> int:
@@ -383,9 +380,9 @@ def _tracker_run(
         )  # fmt: skip
         ok = b"failure" not in probe.stdout and b"peers" in probe.stdout
         _wrk(wrk_core, connections, 2, script, port)  # warm-up: every peer joins
-        cpu0 = _cpu_of(server.pid)
+        cpu0 = cpu_of(server.pid)
         out = _wrk(wrk_core, connections, seconds, script, port)
-        cpu = _cpu_of(server.pid) - cpu0
+        cpu = cpu_of(server.pid) - cpu0
         rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
         note = f"{label}; {connections} connections, {seconds} s"
@@ -405,16 +402,22 @@ def _tracker_run(
             "note": note,
         }
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=5)
 
 
-def _cpu_of(pid: int) -> float:
+def stop_group(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """SIGTERM a server started in its own session, SIGKILL if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

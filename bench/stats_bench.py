@@ -29,14 +29,12 @@ latency p50/max and polls answered, tracker CPU. Run::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import os
 import random
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -47,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hotpaths import free_port, wait_port
+from hotpaths import cpu_of, free_port, stop_group, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 INFO_HASH = bytes(range(1, 21))
@@ -81,15 +79,6 @@ def _quote(raw: bytes) -> str:
 
 def _ip(p: int) -> str:
     return f"10.{p // 65536}.{(p // 256) % 256}.{p % 256}"
-
-
-def _cpu_of(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return 0.0
-    f = stat[stat.rindex(")") + 2 :].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fill(port: int, n: int, batch: int = 500) -> None:
@@ -278,20 +267,14 @@ def bench_one(
             assert best is not None
             rows.append({"build": build, "peers": n, "load": label, **best})
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server, timeout=10)
     return rows
 
 
 def _load_run(
     pid: int, port: int, script: Path, path: str | None, args: argparse.Namespace
 ) -> dict[str, Any]:
-    cpu0 = _cpu_of(pid)
+    cpu0 = cpu_of(pid)
     t0 = time.monotonic()
     if path is None:
         row: dict[str, Any] = run_wrk(port, script, args.seconds, args.connections)
@@ -305,7 +288,7 @@ def _load_run(
             reads=len(lat),
             read_errors=pollers.errors,
         )
-    row["cpu"] = (_cpu_of(pid) - cpu0) / (time.monotonic() - t0)
+    row["cpu"] = (cpu_of(pid) - cpu0) / (time.monotonic() - t0)
     return row
 
 
