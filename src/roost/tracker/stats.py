@@ -170,16 +170,18 @@ def build_stats(
         doc = _swarm_doc(swarm, now, interval, stall)
         doc["peers"].sort(key=lambda p: (p["host"] or "", p["address"], p["port"]))
         docs.append(doc)
+    return {"tracker": _tracker_head(registry, now, stall), "swarms": docs}
+
+
+def _tracker_head(registry: Registry, now: float, stall: float) -> dict[str, Any]:
+    """The document's ``tracker`` object."""
     return {
-        "tracker": {
-            "version": __version__,
-            "started": registry.started,
-            "now": now,
-            "announces": registry.counters.total_announces,
-            "interval": cfg.interval,
-            "stall_after": stall,
-        },
-        "swarms": docs,
+        "version": __version__,
+        "started": registry.started,
+        "now": now,
+        "announces": registry.counters.total_announces,
+        "interval": registry.config.interval,
+        "stall_after": stall,
     }
 
 
@@ -267,14 +269,7 @@ def stats_json_steps(
     interval = float(cfg.interval)
     stall = stall_after_of(registry, stall_after)
     live_for = 2 * interval + 1  # as in peer_rates
-    head = {
-        "version": __version__,
-        "started": registry.started,
-        "now": now,
-        "announces": registry.counters.total_announces,
-        "interval": cfg.interval,
-        "stall_after": stall,
-    }
+    head = _tracker_head(registry, now, stall)
     out = [b'{"tracker":', _dumps(head).encode(), b',"swarms":[']
     swarms = sorted(registry.swarms.values(), key=lambda s: (s.tag or "", s.info_hash_hex))
     key_step = 8 * step
