@@ -406,11 +406,6 @@ async def bootstrap(
         ws = sets[t.key]
         if isinstance(ws, RoostError):
             fleet.failures.setdefault(name, RemoteError(name, "wheels", f"refused: {ws}"))
-    digests = {
-        key: [(w.name, _file_sha256(w)) for w in ws.wheels]
-        for key, ws in sets.items()
-        if isinstance(ws, WheelSet)
-    }
     wheels_dir = f"{cfg.remote_path.rstrip('/')}/wheels"
     remote = Remote(cfg)
     q = shlex.quote
@@ -422,6 +417,12 @@ async def bootstrap(
         stale = isinstance(ws, WheelSet) and (force or stamps.get(name) != ws.digest)
         if stale and name not in fleet.failures:
             waiting[t.key] = waiting.get(t.key, 0) + 1
+    # what relayed hosts check their wheels against (only where someone installs)
+    digests = {
+        key: [(w.name, _file_sha256(w)) for w in ws.wheels]
+        for key, ws in sets.items()
+        if isinstance(ws, WheelSet) and waiting.get(key)
+    }
     relays: list[str] = []
 
     async def fetch(s: Session, key: str) -> Relay | None:
