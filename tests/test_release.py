@@ -557,7 +557,9 @@ def test_outputs_are_pinned(tmp_path: Path) -> None:
     assert got == PINNED
 
 
-@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm")
+@pytest.mark.skipif(
+    not Path("/dev/shm").is_dir(), reason="needs a tmpfs at /dev/shm (mount -t tmpfs t /dev/shm)"
+)
 def test_kernel_copy_and_buffered_copy_give_the_same_release(tmp_path: Path) -> None:
     """Same file system: big files go through copy_file_range and are read
     back from the tar; across file systems (tmpfs -> here) the kernel

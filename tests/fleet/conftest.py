@@ -28,7 +28,7 @@ def sshd_fleet(request: pytest.FixtureRequest) -> Iterator[SshdFleet]:
         pytest.skip("sshd hosts with private /opt and /tmp need root")
     mode = request.param
     if mode == "netns" and not netns_usable():
-        pytest.skip("network namespaces cannot be made here (ip netns add failed)")
+        pytest.skip("no network namespaces here (ip netns add failed: needs root and iproute2)")
     fleet = SshdFleet(4, refuse=True, mode=mode).up()
     try:
         yield fleet
