@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -168,7 +169,9 @@ def test_install_switch_and_rollback_without_download(
     assert len(hook_runs(log)) == runs
 
     status = subprocess.run(
-        ["roost", "agent", "status", "--dest", str(dest)], capture_output=True, text=True
+        [sys.executable, "-m", "roost", "agent", "status", "--dest", str(dest)],
+        capture_output=True,
+        text=True,
     )
     assert status.returncode == 0
     assert "current    v1  (current -> releases/v1)" in status.stdout
