@@ -272,7 +272,50 @@ async def _v_bootstrap(
 ) -> dict[str, HostResult[Any]]:
     from roost.fleet.bootstrap import bootstrap
 
-    return await bootstrap(fleet, cfg, force=args.force, python=args.python)
+    return await bootstrap(fleet, cfg, force=args.force, python=_hosts_python(args))
+
+
+def _hosts_python(args: argparse.Namespace) -> str:
+    if not args.python:
+        return "python3"
+    if len(args.python) > 1:
+        raise UsageError("one --python for the hosts (several only with --download-only)")
+    return str(args.python[0])
+
+
+def _bootstrap_main(args: argparse.Namespace) -> int:
+    if args.download_only:
+        return _download_only(args)
+    if args.platforms:
+        raise UsageError("--platform goes with --download-only (hosts are probed for theirs)")
+    _hosts_python(args)  # refused before connecting
+    return _run_verb(args, _v_bootstrap, "remote")
+
+
+def _download_only(args: argparse.Namespace) -> int:
+    """``roost bootstrap --download-only``: fill the wheel cache for targets
+    named by hand, on a machine that reaches the registry."""
+    from roost.fleet.bootstrap import default_cache, download_only, target_for, this_target
+
+    if getattr(args, "hosts", None) or getattr(args, "inventory", None):
+        raise UsageError(
+            "--download-only takes no hosts: it fills --wheel-cache for --python and --platform"
+        )
+    pythons = args.python or [this_target().python]
+    targets = [target_for(py, tag) for py in pythons for tag in (args.platforms or [None])]
+    cache = default_cache(fleet_config(args))
+    done = download_only(targets, cache)
+    rows = [
+        {"target": t.describe(), "key": t.key, "wheels": [w.name for w in wheels]}
+        for t, wheels in done
+    ]
+    if args.json:
+        print(json.dumps({"ok": True, "wheel_cache": str(cache), "targets": rows}, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['target']}: {len(row['wheels'])} wheels in {cache}/deps-{row['key']}")
+    print(f"carry {cache} to the controller and pass --wheel-cache with its path there")
+    return 0
 
 
 async def _v_start_tracker(
@@ -418,8 +461,28 @@ def _add_bootstrap(sub: Any, name: str) -> None:
         _v_bootstrap,
         "remote",
     )
+    p.set_defaults(handler=_bootstrap_main)
     p.add_argument("--force", action="store_true", help="reinstall even if up to date")
-    p.add_argument("--python", default="python3", help="the hosts' Python (default python3)")
+    p.add_argument(
+        "--python",
+        action="append",
+        help="the hosts' Python (default python3); with --download-only, its version "
+        "(e.g. 3.11; repeatable; default this machine's)",
+    )
+    p.add_argument(
+        "--download-only",
+        action="store_true",
+        help="no hosts: fetch the wheels for --python and --platform into --wheel-cache, "
+        "to carry to a controller that cannot reach the registry",
+    )
+    p.add_argument(
+        "--platform",
+        dest="platforms",
+        action="append",
+        metavar="TAG",
+        help="with --download-only: the hosts' wheel platform, e.g. manylinux_2_28_x86_64 "
+        "(repeatable; default this machine's)",
+    )
 
 
 def register(sub: Any) -> None:

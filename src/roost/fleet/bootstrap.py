@@ -16,7 +16,15 @@ Hosts whose ``VENV/roost-bootstrap.json`` already records the same wheel set
 are left alone. The others get the wheels by SFTP into ``REMOTE/wheels`` and
 ``pip install --no-index --find-links`` into ``REMOTE/venv``; the installed
 ``roost --version`` is checked afterwards. A target for which no wheel fits
-fails its hosts with a reason naming the package, Python and machine.
+fails its hosts with a reason naming the package, Python and machine; a
+registry that cannot be reached fails them with pip's reason instead.
+
+A controller without registry access is given a cache filled elsewhere:
+``download_only`` (``roost bootstrap --download-only --python 3.11 --platform
+manylinux_2_28_x86_64 --wheel-cache DIR``) fetches the wheel sets for targets
+named by hand, and the offline pass looks through every ``deps-*`` directory
+of the same Python and machine, so wheels fetched for an older glibc serve
+hosts with a newer one.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import io
 import json
 import logging
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -39,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import roost
-from roost.errors import RemoteError, RoostError
+from roost.errors import RemoteError, RoostError, UsageError
 from roost.fleet.config import FleetConfig
 from roost.fleet.ssh import Fleet, HostResult, Session
 from roost.fleet.tasks import Remote
@@ -91,7 +100,7 @@ def roost_wheel(out_dir: Path) -> Path:
     """Build roost's pure-Python wheel from the installed package (no network,
     reproducible: fixed timestamps, sorted members)."""
     dist = md.distribution("roost")
-    version = dist.version
+    version = roost.__version__  # an editable install's metadata may be older
     pkg_root = Path(roost.__file__).resolve().parent
     files: list[tuple[str, bytes]] = []
     for path in sorted(pkg_root.rglob("*")):
@@ -102,6 +111,7 @@ def roost_wheel(out_dir: Path) -> Path:
     metadata = (
         dist.read_text("METADATA") or f"Metadata-Version: 2.1\nName: roost\nVersion: {version}\n"
     )
+    metadata = re.sub(r"(?m)^Version: .*$", f"Version: {version}", metadata, count=1)
     entry = dist.read_text("entry_points.txt") or "[console_scripts]\nroost = roost.cli:main\n"
     wheel_meta = "Wheel-Version: 1.0\nGenerator: roost\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     files += [
@@ -184,7 +194,7 @@ def _platforms(target: Target) -> list[str]:
 
 
 def _pip_download(
-    reqs: list[str], dest: Path, target: Target, online: bool
+    reqs: list[str], dest: Path, target: Target, online: bool, links: list[Path]
 ) -> subprocess.CompletedProcess[str]:
     short = target.python.replace(".", "")
     cmd = [
@@ -192,7 +202,9 @@ def _pip_download(
         "-m",
         "pip",
         "download",
-        "-q",
+        # online, pip's debug lines say whether the index answered (with
+        # --retries 0 nothing else does)
+        "-vv" if online else "-q",
         "--disable-pip-version-check",
         "--only-binary=:all:",
         "--python-version",
@@ -207,9 +219,9 @@ def _pip_download(
         "none",
         "-d",
         str(dest),
-        "--find-links",
-        str(dest),
     ]
+    for link in links:
+        cmd += ["--find-links", str(link)]
     for p in _platforms(target):
         cmd += ["--platform", p]
     if not online:
@@ -217,20 +229,69 @@ def _pip_download(
     return subprocess.run([*cmd, *reqs], capture_output=True, text=True, timeout=600)
 
 
+# pip's lines (stdout at -vv, stderr) saying an index or link did not answer
+_FETCH_FAILED = re.compile(r"Could not fetch URL (\S+?):? (.*?)(?: - skipping)?$")
+_RETRYING = re.compile(r"Retrying \(.*?\) after connection broken by (.*?)(?:: (/\S*))?$")
+_UNTRUSTED = re.compile(r"The repository located at (\S+) is not a trusted or secure host")
+_CAUSE = re.compile(r"\w+\('(?:<[^>]*>: )?(.*?)'?\)+'?$")
+
+
+def _cause(text: str) -> str:
+    """``Caused by NewConnectionError('<obj at 0x..>: Failed to ...')`` -> ``Failed to ...``."""
+    text = text.strip().strip("'")
+    inner = text.rpartition("(Caused by ")[2] if "(Caused by " in text else text
+    m = _CAUSE.search(inner)
+    return (m.group(1) if m else inner).strip(" '\")")
+
+
+def download_failure(output: str) -> str | None:
+    """Why pip could not reach its index (or a link), from its output; None
+    when every index answered, so that a failure means no wheel fits."""
+    fetch = retry = untrusted = None
+    for line in output.splitlines():
+        line = line.strip().removeprefix("WARNING: ").removeprefix("ERROR: ")
+        if m := _FETCH_FAILED.search(line):
+            if not m.group(2).startswith("404 "):  # 404: answered, no such project there
+                fetch = f"{m.group(1)}: {_cause(m.group(2))}"
+        elif m := _RETRYING.search(line):
+            retry = f"{m.group(2) or 'index'}: {_cause(m.group(1))}"
+        elif m := _UNTRUSTED.search(line):
+            untrusted = f"{m.group(1)} is plain HTTP and not a trusted host (pip --trusted-host)"
+    reason = fetch or retry or untrusted  # the full URL when pip's debug lines give it
+    return reason[:300] if reason else None
+
+
+def _sibling_caches(cache: Path, target: Target) -> list[Path]:
+    """The cache's wheel directories for the same Python and machine (any libc
+    version): pip picks what fits ``target`` among them."""
+    prefix = f"deps-{target.impl}{target.python}-{target.machine}-"
+    return sorted(p for p in cache.glob(prefix + "*") if p.is_dir())
+
+
 def dependency_wheels(target: Target, cache: Path) -> list[Path]:
-    """Wheels of roost's dependencies for ``target``. Raises ``RoostError``
-    naming the package when none fits."""
+    """Wheels of roost's dependencies for ``target``: from the cache if it
+    holds them, from the registry otherwise. Raises ``RoostError`` naming the
+    package when none fits, or pip's reason when the download failed."""
     if target.impl != "cpython":
         raise RoostError(f"no wheels for {target.describe()}: roost needs CPython")
     dest = cache / f"deps-{target.key}"
     dest.mkdir(parents=True, exist_ok=True)
     reqs = requirements(target)
-    result = _pip_download(reqs, dest, target, online=False)
+    links = [dest, *(p for p in _sibling_caches(cache, target) if p != dest)]
+    result = _pip_download(reqs, dest, target, online=False, links=links)
     if result.returncode != 0:
-        result = _pip_download(reqs, dest, target, online=True)
+        result = _pip_download(reqs, dest, target, online=True, links=[dest])
     if result.returncode != 0:
         m = re.search(r"No matching distribution found for (\S+)", result.stderr)
         what = m.group(1) if m else "a dependency"
+        failed = download_failure(result.stdout + "\n" + result.stderr)
+        if failed is not None:
+            raise RoostError(
+                f"could not download {what} for {target.describe()}: {failed} (no registry "
+                "here? fill a wheel cache on a machine that reaches one: roost bootstrap "
+                f"--download-only --python {target.python} --platform {_platforms(target)[0]} "
+                "--wheel-cache DIR, then pass --wheel-cache DIR here)"
+            )
         last = [ln for ln in result.stderr.splitlines() if ln.startswith("ERROR")][-1:]
         raise RoostError(
             f"no wheel of {what} fits {target.describe()}"
@@ -273,6 +334,58 @@ def default_cache(cfg: FleetConfig) -> Path:
         return Path(cfg.wheel_cache).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "roost" / "wheels"
+
+
+# ---------------------------------------------------------------- --download-only
+
+
+_PLATFORM_TAG = re.compile(r"(manylinux|musllinux)_(\d+)_(\d+)_(\w+)")
+_LEGACY_TAGS = {"manylinux2014": "2.17", "manylinux2010": "2.12", "manylinux1": "2.5"}
+
+
+def target_for(python: str, platform_tag: str | None = None) -> Target:
+    """The target a host would probe as, from a Python version (``3.11``) and a
+    wheel platform tag (``manylinux_2_28_x86_64``, ``manylinux2014_aarch64``,
+    ``musllinux_1_2_x86_64``; None: this machine's): the newest C library that
+    tag allows. Raises ``UsageError`` for anything else."""
+    if not re.fullmatch(r"3\.\d{1,2}", python):
+        raise UsageError(f"bad --python {python!r}: give the hosts' Python version, e.g. 3.11")
+    if platform_tag is None:
+        here = this_target()
+        if not here.libc.startswith("glibc"):
+            raise UsageError("give the hosts' --platform, e.g. manylinux_2_28_x86_64")
+        return Target(python, "cpython", here.machine, here.libc)
+    if m := _PLATFORM_TAG.fullmatch(platform_tag):
+        kind, major, minor, machine = m.groups()
+        # a probe on musl reports no libc (platform.libc_ver() knows glibc only)
+        libc = f"glibc {major}.{minor}" if kind == "manylinux" and major == "2" else ""
+        if kind == "manylinux" and major != "2":
+            raise UsageError(f"bad --platform {platform_tag!r}: manylinux tags are manylinux_2_*")
+        return Target(python, "cpython", machine, libc)
+    legacy, _, machine = platform_tag.partition("_")
+    if legacy in _LEGACY_TAGS and re.fullmatch(r"\w+", machine):
+        return Target(python, "cpython", machine, f"glibc {_LEGACY_TAGS[legacy]}")
+    raise UsageError(
+        f"bad --platform {platform_tag!r}: give a wheel platform tag, e.g. "
+        "manylinux_2_28_x86_64, manylinux2014_aarch64 or musllinux_1_2_x86_64"
+    )
+
+
+def this_target() -> Target:
+    """This machine as a host's probe would report it."""
+    return Target(
+        f"{sys.version_info[0]}.{sys.version_info[1]}",
+        sys.implementation.name,
+        platform.machine(),
+        " ".join(platform.libc_ver()),
+    )
+
+
+def download_only(targets: list[Target], cache: Path) -> list[tuple[Target, list[Path]]]:
+    """Fill ``cache`` with the dependency wheels of every target, for a
+    controller that cannot reach the registry (carry ``cache`` over and pass it
+    as its ``--wheel-cache``). Raises ``RoostError`` as ``dependency_wheels``."""
+    return [(t, dependency_wheels(t, cache)) for t in targets]
 
 
 # ---------------------------------------------------------------- over SSH
@@ -494,7 +607,7 @@ async def bootstrap(
             f"PIP_CONFIG_FILE=/dev/null {q(venv)}/bin/python -m pip install -q "
             f"--disable-pip-version-check --no-index"
         )
-        version = md.version("roost")
+        version = roost.__version__
         stamp = json.dumps({"digest": ws.digest, "version": version, "target": ws.target.key})
         script = " && ".join(
             [
