@@ -139,6 +139,55 @@ def test_lab_hosts_talk_through_shaped_links_and_leave_nothing(tmp_path: Path) -
 
 
 @netns
+def test_shared_paths_stay_visible_read_only_under_private_mounts() -> None:
+    """A path under /tmp (a checkout or venv there) is bound into every host's
+    private /tmp at the same place, read-only; the rest of /tmp stays private."""
+    base = Path(tempfile.mkdtemp(prefix="roost-shared-", dir="/tmp"))
+    state = Path(tempfile.mkdtemp(prefix="roost-labstate-", dir="/var/tmp"))
+    shared = base / "checkout"
+    (shared / "src").mkdir(parents=True)
+    (shared / "src" / "mod.py").write_text("X = 42\n")
+    (base / "private.txt").write_text("controller only\n")
+    importer = f"import sys; sys.path.insert(0, {str(shared / 'src')!r}); import mod; print(mod.X)"
+    try:
+        with Lab(2, prefix="rltest5", subnet="198.19.16.0/24", state_dir=state,
+                 shared_paths=[str(shared)]) as lab:  # fmt: skip
+            for h in lab.hosts:
+                got = h.run(
+                    [sys.executable, "-c", importer], cwd="/", capture_output=True, text=True
+                )
+                assert got.stdout == "42\n", got.stderr
+                write = h.run(["touch", str(shared / "src" / "new")], capture_output=True)
+                assert write.returncode != 0  # read-only
+                assert not h.path(base / "private.txt").exists()
+                h.run(f"echo {h.name} > /tmp/mine", check=True)  # /tmp itself is writable
+                assert h.path("/tmp/mine").read_text() == f"{h.name}\n"
+            assert not (shared / "src" / "new").exists()
+        assert _leftovers("rltest5") == []
+        assert list(state.iterdir()) == []  # the stash directory is gone too
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@netns
+def test_says_before_any_host_starts_when_roost_is_out_of_the_hosts_sight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """roost's checkout made a private mount (as /tmp is for a clone under
+    /tmp when sharing is off): one warning, then hosts cannot import roost."""
+    with Lab(1, prefix="rltest6", subnet="198.19.17.0/24", state_dir=tmp_path,
+             private_mounts=("/tmp", str(ROOT)), shared_paths=()) as lab:  # fmt: skip
+        [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warning.startswith(f"the emulated hosts cannot see {ROOT} (under ")
+        got = lab.hosts[0].run(
+            [sys.executable, "-c", "import roost"], cwd="/", capture_output=True, text=True
+        )
+        assert got.returncode != 0
+    assert _leftovers("rltest6") == []
+
+
+@netns
 def test_teardown_after_a_crash_kills_only_recorded_processes(tmp_path: Path) -> None:
     prefix = "rltest2"
     lab = Lab(2, prefix=prefix, subnet="198.19.8.0/24", state_dir=tmp_path).up()

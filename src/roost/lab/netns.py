@@ -33,6 +33,15 @@ host enters the holder's network and mount namespaces with ``nsenter``, so
 all commands of one host see the same ``/tmp`` and ``/opt``, and the
 controller reaches them at ``/proc/HOLDER/root/tmp`` (``Host.path``).
 
+What this Python and roost are made of (``needed_paths()``: the
+interpreter's prefixes, its import path, roost's checkout) stays visible on
+the hosts although it may lie under a private path (a checkout and its
+``.venv`` under ``/tmp``): the holder mounts the new tmpfs on a stash
+directory first, bind-mounts each such path read-only into it at the same
+place, then moves the tmpfs onto ``/tmp``. A needed path that cannot be
+shared that way (the private path itself) is named in one warning before
+any host starts.
+
 Cleanup: ``down()`` (also on ``__exit__`` and after an exception in ``up``)
 kills the processes the lab started (holders and every ``popen``, recorded
 with their start time in ``/run/roost-lab/P.json`` / ``P.pids`` so a later
@@ -46,11 +55,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,11 +71,13 @@ from typing import Any
 
 from roost.errors import LabError
 
+log = logging.getLogger(__name__)
+
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 STATE_DIR = Path(os.environ.get("ROOST_LAB_STATE_DIR", "/run/roost-lab"))
 _NAME_RE = re.compile(r"^[a-z0-9]{1,12}$")
 
-__all__ = ["LAB_RANGE", "Host", "Lab", "list_labs", "parse_rate", "teardown"]
+__all__ = ["LAB_RANGE", "Host", "Lab", "list_labs", "needed_paths", "parse_rate", "teardown"]
 
 
 def parse_rate(text: str | float | None) -> float | None:
@@ -106,6 +120,28 @@ def _run(argv: Sequence[str], *, input: str | None = None, check: bool = True) -
         tail = err[0] if err else f"exit status {proc.returncode}"
         raise LabError(f"{' '.join(argv[:4])}: {tail}")
     return proc.stdout
+
+
+def needed_paths(*, import_path: bool = True) -> list[str]:
+    """Where this Python and roost live: what a host must see to run
+    ``sys.executable -m roost`` (and scripts of roost's checkout, such as
+    ``bench/``): the interpreter's prefixes, roost's checkout (or the
+    site-packages holding it) and, with ``import_path``, ``sys.path``.
+    Absolute, resolved, existing; an ancestor stands for its descendants."""
+    import roost
+
+    found = {Path(sys.executable).resolve().parent}
+    found |= {Path(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)}
+    pkg = Path(roost.__file__).resolve().parent.parent  # site-packages, or a checkout's src/
+    found.add(pkg.parent if (pkg.parent / "pyproject.toml").is_file() else pkg)
+    if import_path:
+        found |= {Path(p) for p in sys.path if p and os.path.isabs(p)}
+    paths = sorted({p.resolve() for p in found if p.exists()})
+    return [str(p) for p in paths if not any(a in paths for a in p.parents)]
+
+
+def _under(path: str, mount: str) -> bool:
+    return path == mount or path.startswith(mount.rstrip("/") + "/")
 
 
 def _start_time(pid: int) -> int | None:
@@ -215,6 +251,7 @@ class Lab:
         queue_ms: float = 50,
         datacenters: int = 1,
         inter_dc_rate_mbit: float | None = None,
+        shared_paths: Sequence[str] | None = None,
     ):
         _check_name(prefix)
         if n_hosts < 1:
@@ -256,6 +293,8 @@ class Lab:
         self.prefix = prefix
         self.subnet = net
         self.private_mounts = tuple(private_mounts)
+        # paths under private mounts the hosts see anyway (read-only, same place)
+        self.shared_paths = tuple(needed_paths() if shared_paths is None else shared_paths)
         self.state_dir = state_dir or STATE_DIR
         addrs = halves[0].hosts()
         self.controller_address = str(next(addrs))
@@ -280,6 +319,38 @@ class Lab:
     @property
     def _pids_file(self) -> Path:
         return self.state_dir / f"{self.prefix}.pids"
+
+    @property
+    def _stash(self) -> Path:
+        """An empty directory where each holder builds its tmpfs before moving it."""
+        return self.state_dir / f"{self.prefix}.mnt"
+
+    def _binds(self, *, warn: bool = False) -> dict[str, list[str]]:
+        """The shared paths to bind into each private mount; with ``warn``,
+        names (one line) what this Python and roost need that the hosts will
+        not see."""
+        binds: dict[str, list[str]] = {}
+        for m in self.private_mounts:
+            inside = {p for p in self.shared_paths if _under(p, m) and p != m}
+            binds[m] = sorted(p for p in inside if not any(p.startswith(o + "/") for o in inside))
+        if not warn:
+            return binds
+        hidden = [
+            p
+            for p in needed_paths(import_path=False)
+            for m in self.private_mounts
+            if _under(p, m) and not any(_under(p, b) for b in binds[m])
+        ]
+        if hidden:
+            log.warning(
+                "the emulated hosts cannot see %s (under %s, which each host gets empty): "
+                "`%s -m roost` will not run there; install roost elsewhere, or use no private "
+                "mounts",
+                hidden[0],
+                ", ".join(m for m in self.private_mounts if _under(hidden[0], m)),
+                sys.executable,
+            )
+        return binds
 
     def _record(self, pid: int) -> None:
         start = _start_time(pid)
@@ -383,6 +454,7 @@ class Lab:
     def up(self) -> Lab:
         """Build the fleet. On any failure, removes what was built and raises LabError."""
         self._preflight()
+        self._binds(warn=True)  # says now, before any host starts, if roost will be missing
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._pids_file.write_text("")
         self._is_up = True
@@ -446,7 +518,11 @@ class Lab:
         self._shape()
         self._static_neighbours()
         if self.private_mounts:
-            self.hosts = [self._start_holder(h) for h in self.hosts]
+            binds = self._binds()
+            if any(binds.values()):
+                self._stash.mkdir(exist_ok=True)
+            script = self._holder_script(binds)
+            self.hosts = [self._start_holder(h, script) for h in self.hosts]
         self._write_state()
 
     def _tbf(self, rate_mbit: float) -> str:
@@ -516,11 +592,29 @@ class Lab:
         ]
         _run(["ip", "-batch", "-"], input="".join(lines))
 
-    def _start_holder(self, h: Host) -> Host:
-        mounts = " && ".join(
-            f"mkdir -p {m} && mount -t tmpfs -o mode=1777 roostlab {m}" for m in self.private_mounts
-        )
-        script = f"mount --make-rprivate / && {mounts} && echo ready && exec sleep infinity"
+    def _holder_script(self, binds: dict[str, list[str]]) -> str:
+        """The holder's shell script: a tmpfs on each private mount, holding
+        read-only binds of the shared paths under it, then ``ready``."""
+        q = shlex.quote
+        steps = ["mount --make-rprivate /"]
+        stash = str(self._stash)
+        for m in self.private_mounts:
+            steps.append(f"mkdir -p {q(m)}")
+            if not binds[m]:
+                steps.append(f"mount -t tmpfs -o mode=1777 roostlab {q(m)}")
+                continue
+            # built aside while the real paths are still visible, then moved in place
+            steps.append(f"mount -t tmpfs -o mode=1777 roostlab {q(stash)}")
+            for p in binds[m]:
+                inside = q(stash + p[len(m.rstrip("/")) :])
+                make = f"mkdir -p {inside}" if os.path.isdir(p) else f"mkdir -p $(dirname {inside})"
+                if not os.path.isdir(p):
+                    make += f" && touch {inside}"
+                steps.append(f"{make} && mount --bind -o ro {q(p)} {inside}")
+            steps.append(f"mount --move {q(stash)} {q(m)}")
+        return " && ".join([*steps, "echo ready", "exec sleep infinity"])
+
+    def _start_holder(self, h: Host, script: str) -> Host:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", h.netns, "unshare", "--mount", "--", "sh", "-c", script],
             stdin=subprocess.DEVNULL,
@@ -574,6 +668,26 @@ class Lab:
                 # the switch port sends what the host receives, and vice versa
                 result[h.name] = (s["tx"]["bytes"], s["rx"]["bytes"])
         return result
+
+    def link_drops(self) -> tuple[int, int]:
+        """Packets dropped so far by the links' queues: (towards the hosts,
+        from the hosts). A receiver's downlink is its switch port's egress."""
+        down = 0
+        for q in json.loads(_run(["tc", "-n", self.switch_netns, "-s", "-j", "qdisc", "show"])):
+            if q.get("kind") == "tbf" and str(q.get("dev", "")).startswith("h"):
+                down += int(q.get("drops", 0))
+        up = 0
+        for h in self.hosts:
+            for q in json.loads(_run(["tc", "-n", h.netns, "-s", "-j", "qdisc", "show"])):
+                if q.get("kind") == "tbf":
+                    up += int(q.get("drops", 0))
+        return down, up
+
+    def host_counters(self, host: Host) -> tuple[int, int]:
+        """Bytes (received, sent) by one host so far (one ``ip`` call)."""
+        out = _run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show", f"h{host.index}"])
+        stats = json.loads(out)[0]["stats64"]
+        return stats["tx"]["bytes"], stats["rx"]["bytes"]
 
     def inter_dc_counters(self) -> tuple[int, int]:
         """Bytes (dc1 to dc2, dc2 to dc1) that crossed the inter-datacenter link so far.
@@ -651,4 +765,6 @@ def teardown(prefix: str, *, state_dir: Path | None = None) -> list[str]:
     for f in (sdir / f"{prefix}.json", pids_file, sdir / f"{prefix}.tmp"):
         if f.exists():
             f.unlink()
+    with contextlib.suppress(OSError):  # the holders' stash: empty outside their namespaces
+        (sdir / f"{prefix}.mnt").rmdir()
     return removed
