@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import roost
 from roost.cli import main
 from roost.cli.status import (
     fetch_stats,
@@ -349,7 +351,8 @@ def test_cli_status_against_a_real_tracker(capsys: pytest.CaptureFixture[str]) -
                 assert b"failure" not in r.read()
         assert main(["status", f"{base}/announce"]) == 0
         out = capsys.readouterr().out.splitlines()
-        assert out[0].startswith("tracker 0.1.0  up ") and out[0].endswith("1 swarm  3 peers")
+        assert out[0].startswith(f"tracker {roost.__version__}  up ")
+        assert out[0].endswith("1 swarm  3 peers")
         assert out[2].startswith(f"v9  {IH.hex()[:12]}  size 2.0 KiB  done 1/3  seeders 1")
         rows = {line.split()[0]: line for line in out[4:7]}
         assert "[..........]   0.0%" in rows["app-1"] and "[#######...]  75.0%" in rows["app-2"]
@@ -357,6 +360,8 @@ def test_cli_status_against_a_real_tracker(capsys: pytest.CaptureFixture[str]) -
         time.sleep(1.1)
         assert main(["status", base, "--stall", "1"]) == 0
         out = capsys.readouterr().out
-        assert out.count("STALLED 1s") == 2 and "2 peers STALLED" in out
+        # at least 1 s without progress; more when this machine is busy (or the
+        # tracker's snapshot is a second old), so the age is not pinned
+        assert len(re.findall(r"STALLED [1-9]\d*s", out)) == 2 and "2 peers STALLED" in out, out
     finally:
         handle.stop()
