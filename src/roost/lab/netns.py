@@ -627,12 +627,11 @@ class Lab:
         self._record(proc.pid)
         self._children.append(proc)
         assert proc.stdout is not None and proc.stderr is not None
-        line = proc.stdout.readline()
-        proc.stdout.close()
-        if line.strip() != "ready":
-            err = proc.stderr.read().strip()
-            raise LabError(f"{h.name}: private mounts failed: {err or 'no output'}")
-        proc.stderr.close()
+        with proc.stdout, proc.stderr:
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                err = proc.stderr.read().strip()
+                raise LabError(f"{h.name}: private mounts failed: {err or 'no output'}")
         # the holder is the pid after exec chain: ip netns exec/unshare/sh all exec in place
         return Host(self, h.index, h.name, h.address, h.netns, proc.pid, h.dc)
 
