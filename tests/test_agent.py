@@ -365,6 +365,24 @@ def test_unreachable_channel_and_second_agent_are_one_line_errors(
     assert rc == 2 and "no roost agent state" in err
 
 
+def test_an_agent_refused_at_start_leaves_the_destination_free(
+    pub: Publisher, tmp_path: Path
+) -> None:
+    """A corrupt state file refuses the agent after it took the destination's
+    lock: the lock (an open file) is released at once, not by the garbage
+    collector, and the next agent in this process gets the destination."""
+    from roost.agent import Agent
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".roost-agent.json").write_text("{oops")
+    with pytest.raises(UsageError, match="is unreadable"):
+        Agent(agent_config(pub, dest))
+    (dest / ".roost-agent.json").unlink()
+    with Agent(agent_config(pub, dest)) as agent:
+        assert agent.dest == dest.absolute()
+
+
 @pytest.mark.parametrize(
     ("doc", "message"),
     [

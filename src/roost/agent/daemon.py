@@ -114,25 +114,33 @@ class Agent:
         except OSError as exc:
             raise UsageError(f"cannot create {self.dest}/{RELEASES}: {exc.strerror}") from exc
         self._lock = lock_destination(self.dest / LOCK_FILE)
-        self.state = AgentState.load(self.dest)
-        self.state.channel = config.channel
         self._stop = threading.Event()
         self._channel: Channel | None = None
         self._validator: str | None = None
         self._downloads: dict[str, Download] = {}  # info-hash -> torrent in the engine
         self._tags: dict[str, str] = {}  # info-hash -> tag
-        self.engine = Engine(
-            EngineConfig(
-                listen_interface=config.listen_interface,
-                listen_port=config.listen_port,
-                announce_ip=config.announce_ip,
-                upload_limit=config.upload_limit,
-                download_limit=config.download_limit,
+        try:
+            self.state = AgentState.load(self.dest)
+            self.state.channel = config.channel
+            self.engine = Engine(
+                EngineConfig(
+                    listen_interface=config.listen_interface,
+                    listen_port=config.listen_port,
+                    announce_ip=config.announce_ip,
+                    upload_limit=config.upload_limit,
+                    download_limit=config.download_limit,
+                )
             )
-        )
-        for tag in (self.state.current, self.state.previous):
-            if tag:
-                self._resume_seeding(tag)
+        except BaseException:  # a bad state file, no port: the destination is free again
+            self._lock.close()
+            raise
+        try:
+            for tag in (self.state.current, self.state.previous):
+                if tag:
+                    self._resume_seeding(tag)
+        except BaseException:
+            self.close()
+            raise
 
     # Driving -----------------------------------------------------------------
 
@@ -184,17 +192,20 @@ class Agent:
         return outcome
 
     def close(self) -> None:
-        """Save resume data, stop seeding, release the destination."""
-        for info_hash, download in self._downloads.items():
-            download.close()
-            # Removed before the session goes (an in-process tracker must not
-            # wait on a session destructor holding the GIL).
-            self.engine.remove(info_hash)
-        self._downloads.clear()
-        self.engine.close()
-        with contextlib.suppress(OSError):
-            self._save()
-        self._lock.close()
+        """Save resume data, stop seeding, release the destination (also when
+        stopping the engine fails)."""
+        try:
+            for info_hash, download in self._downloads.items():
+                download.close()
+                # Removed before the session goes (an in-process tracker must not
+                # wait on a session destructor holding the GIL).
+                self.engine.remove(info_hash)
+            self._downloads.clear()
+            self.engine.close()
+            with contextlib.suppress(OSError):
+                self._save()
+        finally:
+            self._lock.close()
 
     def __enter__(self) -> Agent:
         return self
