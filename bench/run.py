@@ -36,13 +36,21 @@ QUICK = [(4, 4, 200.0)]
 
 
 def make_tools(names: list[str], args: argparse.Namespace) -> list[tools.Tool]:
-    table: dict[str, Any] = {
-        "roost": lambda: tools.Roost(
+    def roost(feed: bool, name: str) -> tools.Roost:
+        return tools.Roost(
             tracker_args=tuple(shlex.split(args.roost_tracker_args)),
             peer_args=tuple(shlex.split(args.roost_peer_args)),
             seed_args=tuple(shlex.split(args.roost_seed_args)),
             create_args=tuple(shlex.split(args.roost_create_args)),
-        ),
+            feed=feed,
+            name=name,
+        )
+
+    table: dict[str, Any] = {
+        "roost": lambda: roost(True, "roost"),
+        # roost with the origin as a plain BitTorrent seeder (no feed): the
+        # design before the feed, kept to measure it against side by side
+        "roost-bt": lambda: roost(False, "roost-bt"),
         "lt": lambda: tools.BareLibtorrent(
             settings=args.lt_settings,
             super_seed=args.lt_super_seed,
@@ -99,7 +107,10 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                     print(
                         f"   {tool.name:<6} last {res['last_s']} s  median {res['median_s']} s  "
                         f"xlimit {res['ratio']}  origin copies {res['origin_copies']}  "
-                        f"cpu {res['cpu_s']} s ({res['cpu_util'] * 100:.0f}%) {res['note']}",
+                        f"cpu {res['cpu_s']} s ({res['cpu_util'] * 100:.0f}%) "
+                        f"busy {res['machine_util'] * 100:.0f}% "
+                        f"idle-origin {res['origin_idle_s']} s "
+                        f"drops {res['link_drops']} {res['note']}",
                         flush=True,
                     )
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import shlex
 import shutil
@@ -89,6 +90,13 @@ class Result:
     machine_util: float
     wall_s: float
     note: str = ""
+    launched_at: float = 0.0  # wall clock when the hosts' commands were started
+    #: seconds between launch and the last host's completion in which the
+    #: origin's link carried less than half its rate (sampled every 0.25 s)
+    origin_idle_s: float | None = None
+    origin_series: list[tuple[float, int]] = field(default_factory=list)
+    host_series: list[Any] = field(default_factory=list)  # (t, {host: (rx, tx)})
+    link_drops: tuple[int, int] = (0, 0)  # packets the link queues dropped (down, up)
     times: list[float | None] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
@@ -322,11 +330,20 @@ class Roost(Tool):
         peer_args: tuple[str, ...] = (),
         seed_args: tuple[str, ...] = (),
         create_args: tuple[str, ...] = (),
+        feed: bool = True,
+        name: str = "roost",
     ):
         self.tracker_args = tracker_args
         self.peer_args = peer_args
         self.seed_args = seed_args
         self.create_args = create_args
+        self.feed = feed
+        self.name = name
+
+    FEED_PORT = 8997
+
+    def feed_url(self, ctx: Ctx) -> str:
+        return f"http://{ctx.origin.address}:{self.FEED_PORT}/"
 
     def start_origin(self, ctx: Ctx) -> None:
         announce = f"http://{ctx.origin.address}:{self.port}/announce"
@@ -374,10 +391,13 @@ class Roost(Tool):
                 str(ctx.artifact),
                 "--announce-ip",
                 ctx.origin.address,
+                *(["--feed-port", str(self.FEED_PORT)] if self.feed else []),
                 *(a.replace("{addr}", ctx.origin.address) for a in self.seed_args),
             ],
             "seeder.log",
         )
+        if self.feed:
+            wait_port(ctx.origin.address, self.FEED_PORT)
         time.sleep(1.0)
 
     def peer_command(self, ctx: Ctx, host: Host) -> str:
@@ -386,36 +406,38 @@ class Roost(Tool):
             "peer",
             str(ctx.options["torrent"]),
             "--dest",
-            "/tmp/roost/dest",
+            f"/tmp/{self.name}/dest",
             "--temp-path",
-            "/tmp/roost/tmp",
+            f"/tmp/{self.name}/tmp",
             "--announce-ip",
             host.address,
             "--events",
             "json",
+            *(["--feed", self.feed_url(ctx)] if self.feed else []),
             *(a.replace("{addr}", host.address) for a in self.peer_args),
         ]
         return (
-            "mkdir -p /tmp/roost && "
+            f"mkdir -p /tmp/{self.name} && "
             + shlex.join(argv)
-            + " > /tmp/roost/events.jsonl 2> /tmp/roost/stderr.log && "
+            + f" > /tmp/{self.name}/events.jsonl 2> /tmp/{self.name}/stderr.log && "
             + self.done_marker()
         )
 
     def result_file(self, ctx: Ctx, host: Host) -> Path:
-        base = host.path("/tmp/roost/dest")
+        base = host.path(f"/tmp/{self.name}/dest")
         found = [p for p in base.rglob("*") if p.is_file()] if base.exists() else []
         return found[0] if len(found) == 1 else base / "bench" / ctx.artifact.name
 
     def stop(self, ctx: Ctx) -> None:
         # lingering seeders run detached with pid files under the temp path
         for host in ctx.peers:
-            for pid_file in host.path("/tmp/roost/tmp").rglob("*.pid"):
+            for pid_file in host.path(f"/tmp/{self.name}/tmp").rglob("*.pid"):
                 with contextlib.suppress(ValueError, OSError):
                     os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
 
     def settings(self, ctx: Ctx) -> dict[str, Any]:
         return {
+            "feed": self.feed,
             "create": list(self.create_args),
             "tracker": list(self.tracker_args),
             "seed": list(self.seed_args),
@@ -445,16 +467,20 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
     cpu0 = cpu_busy_seconds()
     wall0 = time.monotonic()
     up0 = 0
+    drops0 = drops1 = (0, 0)
     t0 = time.time()
     peer_procs: list[subprocess.Popen[Any]] = []
     cg0: float | None = None
+    sampler: _OriginSampler | None = None
     try:
         tool.start_origin(ctx)
         up0 = ctx.lab.counters()[ctx.origin.name][1]
+        drops0 = _drops(ctx)
         cpu0 = cpu_busy_seconds()
         wall0 = time.monotonic()
         t0 = time.time()
         cg0 = cgroup_seconds(ctx.cgroup)
+        sampler = _OriginSampler(ctx, t0)
         for host in ctx.peers:
             peer_procs.append(
                 host.popen(
@@ -487,6 +513,8 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
     except Exception as exc:  # a tool failing to start is a result, not a crash
         note = f"{type(exc).__name__}: {exc}"
     finally:
+        if sampler is not None:
+            sampler.stop()
         cpu1 = cpu_busy_seconds()
         cg1 = cgroup_seconds(ctx.cgroup)
         wall = time.monotonic() - wall0
@@ -494,6 +522,7 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
             up1 = ctx.lab.counters()[ctx.origin.name][1]
         except Exception:
             up1 = up0
+        drops1 = _drops(ctx)
         for proc in [*peer_procs, *ctx.procs]:
             _kill_group(proc)
         with contextlib.suppress(Exception):
@@ -526,6 +555,8 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         shutil.rmtree(tmp, ignore_errors=True)
     ncpu = os.cpu_count() or 1
     machine = (cpu1 - cpu0) / max(wall, 1e-9) / ncpu
+    series = sampler.series if sampler is not None else []
+    idle = _idle_seconds(series, ctx.rate_mbit, last) if last is not None else None
     cpu = cg1 - cg0 if cg1 is not None and cg0 is not None else cpu1 - cpu0
     return Result(
         tool=tool.name,
@@ -545,9 +576,59 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         machine_util=round(machine, 3),
         wall_s=round(wall, 2),
         note=note,
+        launched_at=round(t0, 3),
+        origin_idle_s=round(idle, 2) if idle is not None else None,
+        link_drops=(drops1[0] - drops0[0], drops1[1] - drops0[1]),
+        origin_series=[(round(t, 2), b) for t, b in series],
+        host_series=[(round(t, 2), c) for t, c in sampler.hosts] if sampler is not None else [],
         times=[round(t, 3) if t is not None else None for t in times],
         settings=tool.settings(ctx),
     )
+
+
+def _drops(ctx: Ctx) -> tuple[int, int]:
+    try:
+        return ctx.lab.link_drops()
+    except Exception:
+        return (0, 0)
+
+
+class _OriginSampler:
+    """The origin's sent bytes every 0.25 s, from a thread (one ``ip`` call each)."""
+
+    def __init__(self, ctx: Ctx, t0: float):
+        import threading
+
+        self.series: list[tuple[float, int]] = []
+        self.hosts: list[tuple[float, dict[str, tuple[int, int]]]] = []
+        self._ctx, self._t0 = ctx, t0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            with contextlib.suppress(Exception):
+                counters = self._ctx.lab.counters()
+                now = time.time() - self._t0
+                self.series.append((now, counters[self._ctx.origin.name][1]))
+                self.hosts.append((now, counters))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+
+
+def _idle_seconds(series: list[tuple[float, int]], rate_mbit: float, until: float) -> float:
+    """Seconds up to ``until`` in which the origin sent under half its link rate."""
+    half = rate_mbit * 1e6 / 8 / 2
+    idle = 0.0
+    for (t1, b1), (t2, b2) in itertools.pairwise(series):
+        if t2 > until:
+            break
+        if (b2 - b1) / max(t2 - t1, 1e-9) < half:
+            idle += t2 - t1
+    return idle
 
 
 def _kill_group(proc: subprocess.Popen[Any]) -> None:
@@ -570,7 +651,7 @@ class BareLibtorrent(Roost):
     name = "lt"
 
     def __init__(self, *, settings: str = "{}", super_seed: bool = False, **kw: Any):
-        super().__init__(**kw)
+        super().__init__(feed=False, name="lt", **kw)
         self.lt_settings = settings
         self.super_seed = super_seed
 

@@ -91,6 +91,17 @@ class Swarm:
     def torrent(self) -> Path:
         return self.release.torrent  # type: ignore[attr-defined, no-any-return]
 
+    @property
+    def feed_url(self) -> str:
+        url = self.seeder.seeder.feed_url()  # type: ignore[attr-defined]
+        assert url is not None, "make_swarm(..., feed=True)"
+        return str(url)
+
+    def feed_stats(self) -> object:
+        """The origin feed's FeedStats (roost.feed)."""
+        seeder = self.seeder.seeder  # type: ignore[attr-defined]
+        return seeder.feed.stats(seeder.info_hash)
+
 
 MakeSwarm = Callable[..., Swarm]
 
@@ -112,6 +123,7 @@ def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
         upload_limit: int = 0,
         is_file: bool = False,
         piece_size: int | None = None,
+        feed: bool = False,
     ) -> Swarm:
         tracker = run_tracker_in_thread(
             TrackerConfig(port=0, interval=2, min_interval=1, allow_list_only=True)
@@ -132,6 +144,7 @@ def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
                 payload_dir=release.payload.parent,
                 upload_limit=upload_limit,
                 listen_interface="127.0.0.1",
+                feed_port=0 if feed else None,
             )
         )
         stops.append(seeder.stop)

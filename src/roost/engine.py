@@ -282,14 +282,28 @@ class Engine:
         trackers: Sequence[str] | None = None,
         upload_limit: int = 0,
         download_limit: int = 0,
+        role: str | None = None,
     ) -> TorrentId:
         """Add a torrent, started (never paused, never auto-managed).
 
-        ``trackers`` replaces the torrent's own announce list. Raises
-        ``EngineError`` for a torrent libtorrent cannot read or add.
+        ``trackers`` replaces the torrent's own announce list. ``role``
+        (``origin``/``feed``, roost.feed) is added to every announce URL as
+        ``role=...`` so roost's tracker never pairs an origin with its feed
+        peers. Raises ``EngineError`` for a torrent libtorrent cannot read or
+        add.
         """
         try:
-            info = lt.torrent_info(cast(Any, lt.bdecode(torrent_bytes)))
+            decoded: Any = lt.bdecode(torrent_bytes)
+            info = lt.torrent_info(decoded)
+            if role is not None:
+                urls = list(trackers) if trackers is not None else _announce_urls(decoded)
+                trackers = [with_query_param(url, "role", role) for url in urls]
+            if trackers is not None and isinstance(decoded, dict):
+                # Announce only where told from the first announce on (a
+                # replace_trackers after adding comes after the first one).
+                for key in (b"announce", b"announce-list"):
+                    decoded.pop(key, None)
+                info = lt.torrent_info(cast(Any, decoded))
         except (RuntimeError, TypeError, ValueError) as exc:
             raise EngineError(f"not a valid .torrent: {exc}") from exc
         tid = _hex(info.info_hashes())
@@ -317,11 +331,12 @@ class Engine:
             atp.upload_limit = upload_limit
         if download_limit:
             atp.download_limit = download_limit
+        if trackers is not None:
+            atp.trackers = list(trackers)
+            atp.tracker_tiers = list(range(len(atp.trackers)))
         try:
             Path(save_path).mkdir(parents=True, exist_ok=True)
             handle = self._session.add_torrent(atp)
-            if trackers is not None:
-                handle.replace_trackers([lt.announce_entry(url) for url in trackers])
         except (RuntimeError, OSError, TypeError, ValueError) as exc:
             raise EngineError(f"cannot add torrent: {exc}", info_hash=tid) from exc
         self._handles[tid] = handle
@@ -449,6 +464,41 @@ class Engine:
         except RuntimeError as exc:
             raise EngineError(f"cannot connect to {address}:{port}: {exc}", info_hash=tid) from exc
 
+    # Safe from any thread (the feed's): libtorrent posts handle calls to its
+    # own network thread, and these only read the handle table.
+
+    def add_piece(self, tid: TorrentId, index: int, data: bytes) -> None:
+        """Hand libtorrent a piece fetched by other means (the origin's feed):
+        it is hashed like a downloaded one, then announced and served. A
+        piece that fails its hash is reported as ``HashFailed``."""
+        handle = self._handles.get(tid)
+        if handle is None:
+            return
+        try:
+            handle.add_piece(index, bytes(data), 0)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise EngineError(f"cannot add piece {index}: {exc}", info_hash=tid) from exc
+
+    def orphan_pieces(self, tid: TorrentId) -> list[int]:
+        """Pieces this torrent lacks that no connected peer has and that are
+        not being downloaded: what only the origin can still give."""
+        handle = self._handles.get(tid)
+        if handle is None:
+            return []
+        try:
+            have = handle.status(lt.status_flags_t.query_pieces).pieces
+            if not have or all(have):
+                return []
+            availability = handle.piece_availability()
+            queued = {int(d["piece_index"]) for d in handle.get_download_queue()}
+        except RuntimeError:
+            return []
+        return [
+            i
+            for i, (has, seen) in enumerate(zip(have, availability, strict=False))
+            if not has and not seen and i not in queued
+        ]
+
     def reannounce(self, tid: TorrentId) -> None:
         with contextlib.suppress(RuntimeError):
             self._handle(tid).force_reannounce()
@@ -568,6 +618,27 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _announce_urls(torrent: object) -> list[str]:
+    """The tracker URLs of a bdecoded torrent (announce-list, else announce)."""
+    if not isinstance(torrent, dict):
+        return []
+    urls: list[str] = []
+    for tier in torrent.get(b"announce-list") or []:
+        for url in tier if isinstance(tier, list) else []:
+            if isinstance(url, bytes) and url.decode("utf-8", "replace") not in urls:
+                urls.append(url.decode("utf-8", "replace"))
+    announce = torrent.get(b"announce")
+    if not urls and isinstance(announce, bytes):
+        urls.append(announce.decode("utf-8", "replace"))
+    return urls
+
+
+def with_query_param(url: str, key: str, value: str) -> str:
+    """``url`` with ``key=value`` added to its query (pure)."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}{key}={value}"
 
 
 def _free_port(config: EngineConfig) -> int:

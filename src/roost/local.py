@@ -63,6 +63,9 @@ class LocalDeployConfig:
     upload_limit: int = 0
     download_limit: int = 0
     extra_peer_args: tuple[str, ...] = field(default=())
+    #: The origin hands each piece to one peer over its feed (roost.feed);
+    #: off: the origin is a plain BitTorrent seeder.
+    feed: bool = True
 
 
 @dataclass
@@ -74,11 +77,15 @@ class _Host:
     stderr_tail: list[str] = field(default_factory=list)
 
 
-def peer_command(config: LocalDeployConfig, torrent: Path, dest: Path, temp: Path) -> list[str]:
+def peer_command(
+    config: LocalDeployConfig, torrent: Path, dest: Path, temp: Path, feed: str | None = None
+) -> list[str]:
     """The ``roost peer`` command line of one local host (pure)."""
     cmd = [sys.executable, "-m", "roost", "peer", str(torrent)]
     cmd += ["--dest", str(dest), "--temp-path", str(temp), "--events", "json"]
     cmd += ["--listen", "127.0.0.1"]
+    if feed:
+        cmd += ["--feed", feed]
     cmd += install_flags(
         linger=config.linger,
         tag_directory=config.tag_directory,
@@ -131,8 +138,10 @@ def deploy_local(
                 payload_dir=release.payload.parent,
                 super_seeding=config.super_seed,
                 listen_interface="127.0.0.1",
+                feed_port=0 if config.feed else None,
             )
         )
+        feed_url = seeder.seeder.feed_url()
         if config.work_dir is not None or _ram_has_room(config.hosts * release.total_size):
             parent = config.work_dir or Path("/dev/shm")
             parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +152,7 @@ def deploy_local(
         for name in names:
             dest, temp = Path(config.dest) / name, hosts_root / name
             proc = subprocess.Popen(
-                peer_command(config, release.torrent, dest, temp),
+                peer_command(config, release.torrent, dest, temp, feed_url),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -156,7 +165,8 @@ def deploy_local(
         summary["tag"] = config.tag
         summary["info_hash"] = release.info_hash
         summary["dest"] = str(config.dest)
-        summary["seeder"] = {"bytes_up": seeder.snapshot().uploaded}
+        snap = seeder.snapshot()
+        summary["seeder"] = {"bytes_up": snap.uploaded + snap.feed_sent, "feed_up": snap.feed_sent}
         if config.out_dir:
             summary["torrent"] = str(release.torrent)
         return summary

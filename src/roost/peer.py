@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     # The engine (libtorrent) is imported by whoever owns it: the worker, or
     # --foreground. The front process never needs it.
     from roost.engine import Engine
+    from roost.feed import FeedClient
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -114,6 +115,9 @@ class PeerConfig:
     magnet: str | None = None
     dht: bool = False
     dht_bootstrap: tuple[str, ...] = ()
+    #: The origin's feed (``http://HOST:PORT/``): pieces nobody has yet come
+    #: from it, one peer each, and this peer relays them (roost.feed).
+    feed: str | None = None
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -223,8 +227,28 @@ class _Download:
                 resume_dir=self.dir,
                 trackers=config.trackers,
                 web_seeds=config.web_seeds,
+                role="feed" if config.feed else None,
             )
         self.hash_failures = 0
+        self.feed: FeedClient | None = None
+        if config.feed and torrent_bytes is not None:
+            self.feed = self._start_feed(config.feed, torrent_bytes)
+
+    def _start_feed(self, url: str, torrent_bytes: bytes) -> FeedClient:
+        from roost.feed import FeedClient
+
+        engine, tid = self.engine, self.tid
+        return FeedClient(
+            url,
+            tid,
+            add_piece=lambda index, data: engine.add_piece(tid, index, data),
+            orphans=lambda: engine.orphan_pieces(tid),
+            download_limit=self.config.download_limit,
+        ).start()
+
+    def _stop_feed(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
 
     def _save_metadata(self) -> None:
         """Magnet: write the torrent (info dict from peers) where the front reads it."""
@@ -267,6 +291,7 @@ class _Download:
             self._save_metadata()
             if self.has_metadata and status.is_finished and status.state in ("seeding", "finished"):
                 # Finished means hashed; the file may still lack the last writes.
+                self._stop_feed()
                 self.engine.flush(self.tid)
                 self._emit_progress(emit)
                 self._save_resume_quietly()
@@ -298,22 +323,26 @@ class _Download:
 
     def _emit_progress(self, emit: Emit, st: Any = None) -> None:
         st = st or self.engine.status(self.tid)
-        emit(
-            {
-                "event": "progress",
-                "progress": round(st.progress, 4),
-                "down": st.downloaded,
-                "up": st.uploaded,
-                "rate_down": st.rate_down,
-                "peers": st.num_peers,
-            }
-        )
+        event = {
+            "event": "progress",
+            "progress": round(st.progress, 4),
+            "down": st.downloaded,
+            "up": st.uploaded,
+            "rate_down": st.rate_down,
+            "peers": st.num_peers,
+        }
+        if self.feed is not None:
+            fed = self.feed.counters.bytes
+            event["down"] = st.downloaded + fed
+            event["feed"] = fed
+        emit(event)
 
     def _save_resume_quietly(self) -> None:
         with contextlib.suppress(EngineError):
             self.engine.save_resume(self.tid)
 
     def close(self) -> None:
+        self._stop_feed()
         self._save_resume_quietly()
         if self.owns_engine:
             self.engine.close()

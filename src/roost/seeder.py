@@ -19,9 +19,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roost.engine import Engine, EngineConfig, HashFailed, TorrentError, TrackerProblem
 from roost.errors import RoostError, UsageError
+
+if TYPE_CHECKING:
+    from roost.feed import FeedServer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,10 @@ class SeedConfig:
     #: origin hand each piece to fewer peers, who pass it on: measured fewer
     #: copies from the origin and no slower deploys (bench/NOTES.md).
     upload_slots: int = 4
+    #: Serve the origin's feed (roost.feed) on this port (0: any); None: no
+    #: feed. ``feed_bind`` defaults to ``listen_interface``.
+    feed_port: int | None = None
+    feed_bind: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,7 @@ class SeedSnapshot:
     peers: int
     seeding: bool
     hash_failures: int
+    feed_sent: int = 0  # bytes the feed served
 
 
 def payload_dir_for(
@@ -85,6 +94,24 @@ def _num_pieces(torrent_bytes: bytes) -> int:
         return 0  # the engine names what is wrong with it
 
 
+def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
+    """The origin's feed for a single-file release; ``UsageError`` otherwise."""
+    from roost.feed import FeedServer, FeedSource
+    from roost.release import read_torrent
+
+    meta = read_torrent(torrent_bytes)
+    if meta.files is not None:
+        raise UsageError("the feed serves single-file releases only (roost create makes those)")
+    bind = config.feed_bind or config.listen_interface
+    server = FeedServer(bind, config.feed_port or 0, rate_limit=config.upload_limit).start()
+    server.add(
+        FeedSource(
+            meta.info_hash, Path(config.payload_dir) / meta.name, meta.piece_size, meta.length
+        )
+    )
+    return server
+
+
 class Seeder:
     def __init__(self, config: SeedConfig):
         self.config = config
@@ -106,6 +133,7 @@ class Seeder:
         # libtorrent's super-seeding starts by offering each peer two pieces it
         # lacks; with a single piece it never offers any and the swarm stalls.
         self.super_seeding = config.super_seeding and _num_pieces(torrent_bytes) >= 2
+        self.feed: FeedServer | None = None
         try:
             self.info_hash = self.engine.add(
                 torrent_bytes,
@@ -113,7 +141,10 @@ class Seeder:
                 seed_mode=config.seed_mode,
                 super_seeding=self.super_seeding,
                 trackers=config.trackers,
+                role="origin" if config.feed_port is not None else None,
             )
+            if config.feed_port is not None:
+                self.feed = _start_feed(config, torrent_bytes)
         except BaseException:
             self.engine.close()
             raise
@@ -122,6 +153,10 @@ class Seeder:
         self._lock = threading.Lock()
         self._hash_failures = 0
         self._snapshot = SeedSnapshot(self.info_hash, 0, 0, 0, True, 0)
+
+    def feed_url(self, host: str | None = None) -> str | None:
+        """The feed's URL for peers (``host``: the address they reach it at)."""
+        return self.feed.url(host) if self.feed is not None else None
 
     def stop(self) -> None:
         self._stop.set()
@@ -137,6 +172,7 @@ class Seeder:
                 for event in self.engine.events(poll):
                     self._log(event)
                 st = self.engine.status(self.info_hash)
+                feed = self.feed.stats(self.info_hash) if self.feed is not None else None
                 with self._lock:
                     self._snapshot = SeedSnapshot(
                         self.info_hash,
@@ -145,8 +181,11 @@ class Seeder:
                         st.num_peers,
                         st.is_seeding,
                         self._hash_failures,
+                        feed.bytes_sent if feed is not None else 0,
                     )
         finally:
+            if self.feed is not None:
+                self.feed.stop()
             self.engine.close()
 
     def _log(self, event: object) -> None:

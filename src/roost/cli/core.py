@@ -71,6 +71,14 @@ def _register_seed(sub: Any) -> None:
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
     p.add_argument("--announce-ip", help="the address peers reach this seeder at")
+    p.add_argument(
+        "--feed-port",
+        type=int,
+        metavar="PORT",
+        help="also serve the origin's feed here (0: any): each piece goes to one peer, "
+        "who relays it (peers: --feed http://HOST:PORT/)",
+    )
+    p.add_argument("--feed-bind", help="address the feed listens on (default: --listen)")
     p.add_argument("--pid-file", type=Path, help="record this process here (for stop-seeding)")
     p.add_argument(
         "--check", action="store_true", help="hash the payload first instead of seed_mode"
@@ -127,6 +135,8 @@ def _seed(args: argparse.Namespace) -> int:
             dht=args.dht or bool(args.dht_bootstrap),
             dht_bootstrap=tuple(args.dht_bootstrap),
             upload_slots=args.upload_slots,
+            feed_port=args.feed_port,
+            feed_bind=args.feed_bind,
         )
     )
     _stop_on_signals(seeder.stop)
@@ -137,6 +147,8 @@ def _seed(args: argparse.Namespace) -> int:
     mode = ""
     if args.super_seed:
         mode = " (super-seeding)" if seeder.super_seeding else " (one piece: not super-seeding)"
+    if seeder.feed is not None:
+        mode += f", feed at {seeder.feed_url(args.announce_ip)}"
     print(
         f"seeding {meta.tag or meta.name} ({seeder.info_hash}) on port {seeder.port}{mode}",
         flush=True,
@@ -176,6 +188,11 @@ def _register_peer(sub: Any) -> None:
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
     p.add_argument("--tracker-url", action="append", help="announce here instead")
+    p.add_argument(
+        "--feed",
+        metavar="URL",
+        help="the origin's feed (roost seed --feed-port): pieces nobody has yet come from it",
+    )
     p.add_argument("--events", choices=("text", "json"), default="text", help="output format")
     from roost.cli.origin import add_dht_flags, add_web_seed_flags
 
@@ -240,6 +257,7 @@ def _peer(args: argparse.Namespace) -> int:
         timeout=args.timeout or None,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
         foreground=args.foreground,
+        feed=args.feed,
     )
     as_json = args.events == "json"
     started = time.monotonic()
@@ -249,6 +267,7 @@ def _peer(args: argparse.Namespace) -> int:
         if event.get("event") == "progress":
             last["down"], last["up"] = event.get("down", 0), event.get("up", 0)
         if as_json:
+            event = {**event, "t": round(time.monotonic() - started, 3)}
             sys.stdout.write(json.dumps(event) + "\n")
             sys.stdout.flush()
         elif event.get("event") == "progress" and time.monotonic() - last["shown"] >= 2:
@@ -265,6 +284,8 @@ def _peer(args: argparse.Namespace) -> int:
             word = "already installed at" if event.get("already") else "installed at"
             print(f"{word} {event['path']}", flush=True)
 
+    if as_json:
+        emit({"event": "started", "at": round(time.time(), 3)})
     try:
         result = run_peer(config, emit)
     except RoostError as exc:

@@ -223,6 +223,20 @@ class Announce:
     host: str | None
     dc: str | None
     rack: str | None
+    #: roost's own peers say what they are: ``origin`` (a seeder serving a
+    #: feed) or ``feed`` (a peer fed by it); the two are never paired.
+    role: str | None = None
+
+
+ROLES = ("origin", "feed")
+
+
+def _role(raw: bytes | None) -> str | None:
+    """A known role, else None (unknown roles are ignored, not refused)."""
+    if raw is None:
+        return None
+    text = raw.decode("ascii", "replace")
+    return text if text in ROLES else None
 
 
 def _one(params: dict[bytes, list[bytes]], name: bytes) -> bytes | None:
@@ -270,6 +284,7 @@ _ANNOUNCE_KEYS = frozenset(
     {
         b"info_hash", b"peer_id", b"port", b"uploaded", b"downloaded", b"left", b"event",
         b"numwant", b"compact", b"no_peer_id", b"ip", b"key", b"token", b"host", b"dc", b"rack",
+        b"role",
     }
 )  # fmt: skip
 _EVENT_OF = {b"": "", b"empty": "", **{e.encode(): e for e in EVENTS}}
@@ -395,6 +410,7 @@ def parse_announce(query: bytes) -> Announce:
         host=_label(host_b, "host") if host_b else None,
         dc=_label(dc_b, "dc") if dc_b else None,
         rack=_label(rack_b, "rack") if rack_b else None,
+        role=_role(get(b"role")),
     )
 
 
@@ -458,6 +474,7 @@ def _parse_announce_generic(query: bytes) -> Announce:
         host=_label(_one(params, b"host"), "host"),
         dc=_label(_one(params, b"dc"), "dc"),
         rack=_label(_one(params, b"rack"), "rack"),
+        role=_role(_one(params, b"role")),
     )
 
 

@@ -118,6 +118,7 @@ class Peer:
         "prev_seen",
         "prev_uploaded",
         "rack",
+        "role",
         "state",
         "status_row",
         "uploaded",
@@ -139,6 +140,7 @@ class Peer:
         self.announced_dc: str | None = None  # labels the peer gave itself
         self.announced_rack: str | None = None
         self.key: bytes | None = None
+        self.role: str | None = None  # "origin" / "feed" (roost.feed), else None
         self.completed = False  # counted in the swarm's completed count
         self.state = "downloading"
         # stats.py's cached /stats.json row: reset whenever a reported field changes
@@ -354,7 +356,13 @@ class Registry:
         swarm.add(peer)  # joins, or moves between tables, or re-files new labels
         swarm.check_index()
         numwant = cfg.numwant_default if a.numwant is None else min(a.numwant, cfg.numwant_max)
+        if peer.role == "origin":
+            # An origin with a feed only answers: foreign clients and peers
+            # without a feed find it, feed peers never do (roost.feed).
+            return [], len(swarm.seeders), len(swarm.leechers)
         peers = swarm.index.choose(peer, a.left == 0, numwant, self.rng)
+        if peer.role == "feed":
+            peers = [p for p in peers if p.role != "origin"]
         return peers, len(swarm.seeders), len(swarm.leechers)
 
     def _update(self, swarm: Swarm, peer: Peer, a: Announce, ip: str, now: float) -> None:
@@ -373,6 +381,8 @@ class Registry:
             peer.events.append((now, a.event))
         if a.host is not None:
             peer.host = a.host
+        if a.role is not None:
+            peer.role = a.role
         # Labels a peer announced stick until it announces others; prefixes fill gaps.
         if a.dc is not None:
             peer.announced_dc = a.dc

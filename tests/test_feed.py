@@ -1,0 +1,374 @@
+"""The origin's feed (roost.feed): the dispatcher as a table, the server and
+client over real HTTP on 127.0.0.1, and real peers fed by a real seeder,
+including a peer killed while it holds pieces nobody else has and a seeder
+killed half-way."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import MakeSwarm, random_file
+
+from roost.feed import DONE, WAIT, Dispatcher, FeedClient, FeedServer, FeedSource
+
+Start = Callable[..., subprocess.Popen[bytes]]
+KIB = 1024
+
+# The dispatcher (sans-IO) ------------------------------------------------------
+
+
+def test_each_piece_is_handed_out_once_in_order() -> None:
+    d = Dispatcher(3)
+    assert [d.next(0.0), d.next(0.0), d.next(0.0)] == [0, 1, 2]
+    assert d.next(0.1) == WAIT  # all on their way, none confirmed
+    for piece in (0, 1, 2):
+        d.confirm(piece, 0.5)
+    assert d.next(0.6) == DONE and d.done
+    assert d.dispatched == 3 and d.reassigned == 0
+
+
+def test_an_unconfirmed_piece_goes_to_the_next_asker_after_the_timeout() -> None:
+    d = Dispatcher(2, reassign_after=3.0)
+    assert d.next(0.0) == 0
+    assert d.next(0.0) == 1
+    d.confirm(1, 1.0)  # one transfer seen: 1 s
+    assert d.timeout() == pytest.approx(4.0)  # 4 x the mean transfer, above the floor
+    assert d.next(3.9) == WAIT
+    assert d.next(4.1) == 0  # piece 0's peer stalled or died: given again
+    assert d.reassigned == 1
+    d.confirm(0, 4.5)
+    assert d.next(4.6) == DONE
+
+
+def test_before_any_confirmation_the_timeout_is_generous() -> None:
+    d = Dispatcher(1, reassign_after=3.0)
+    assert d.next(0.0) == 0
+    assert d.next(9.0) == WAIT
+    assert d.next(10.5) == 0
+
+
+def test_confirmations_are_idempotent_and_bounds_checked() -> None:
+    d = Dispatcher(2)
+    d.confirm(0, 0.0)
+    d.confirm(0, 0.0)
+    d.confirm(7, 0.0)
+    d.confirm(-1, 0.0)
+    assert d.next(0.0) == 1  # piece 0 was confirmed before it was handed out
+    d.confirm(1, 0.1)
+    assert d.done
+
+
+def test_a_feed_needs_pieces() -> None:
+    with pytest.raises(ValueError):
+        Dispatcher(0)
+
+
+# Server and client over HTTP ----------------------------------------------------
+
+
+@pytest.fixture
+def payload_file(tmp_path: Path) -> Path:
+    return random_file(tmp_path / "payload.bin", 10 * 16 * KIB + 1234, seed=7)
+
+
+def _source(path: Path, piece: int = 16 * KIB) -> FeedSource:
+    return FeedSource("ab" * 20, path, piece, path.stat().st_size)
+
+
+def _pieces(path: Path, piece: int = 16 * KIB) -> list[bytes]:
+    data = path.read_bytes()
+    return [data[i : i + piece] for i in range(0, len(data), piece)]
+
+
+def _get(server: FeedServer, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+def test_server_hands_out_pieces_with_their_index_then_waits(payload_file: Path) -> None:
+    source = _source(payload_file)
+    with FeedServer() as server:
+        server.add(source)
+        base = f"/feed/v1/{source.info_hash}"
+        status, headers, body = _get(server, f"{base}/next")
+        assert status == 200 and headers["X-Roost-Piece"] == "0"
+        assert body == _pieces(payload_file)[0]
+        got = []
+        for _ in range(source.num_pieces - 1):
+            status, headers, body = _get(server, f"{base}/next?got=0")
+            index = int(headers["X-Roost-Piece"])
+            assert body == _pieces(payload_file)[index]
+            got.append(index)
+        assert got == list(range(1, source.num_pieces))
+        assert len(body) == 1234  # the short last piece
+        status, headers, _ = _get(server, f"{base}/next")
+        assert (status, headers["X-Roost-Feed"]) == (204, WAIT)
+        confirm = ",".join(str(i) for i in range(source.num_pieces))
+        status, headers, _ = _get(server, f"{base}/next?got={confirm}")
+        assert (status, headers["X-Roost-Feed"]) == (204, DONE)
+        status, _, body = _get(server, f"{base}/piece/3")  # a repair, by index
+        assert status == 200 and body == _pieces(payload_file)[3]
+        status, _, body = _get(server, f"{base}/stats")
+        stats = json.loads(body)
+        assert stats["done"] is True and stats["repairs"] == 1
+        assert stats["bytes_sent"] == payload_file.stat().st_size + 16 * KIB
+        assert server.stats(source.info_hash).dispatched == source.num_pieces  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/feed/v1/" + "cd" * 20 + "/next",  # not served here
+        "/feed/v1/" + "ab" * 20 + "/piece/11",  # past the last piece
+        "/feed/v1/" + "AB" * 20 + "/next",
+        "/feed/v1/" + "ab" * 20 + "/../../etc/passwd",
+        "/",
+    ],
+)
+def test_server_answers_404_for_anything_else(payload_file: Path, path: str) -> None:
+    with FeedServer() as server:
+        server.add(_source(payload_file))
+        assert _get(server, path)[0] == 404
+
+
+def test_feed_port_taken_is_a_one_line_error() -> None:
+    from roost.errors import UsageError
+
+    with FeedServer() as first, pytest.raises(UsageError, match="feed cannot listen on"):
+        FeedServer(port=first.port).start()
+
+
+def test_clients_share_the_pieces_each_received_once(payload_file: Path) -> None:
+    """Three peers pulling at once: every piece reaches exactly one of them."""
+    source = _source(payload_file)
+    received: list[dict[int, bytes]] = [{}, {}, {}]
+    with FeedServer() as server:
+        server.add(source)
+        clients = [
+            FeedClient(
+                server.url(),
+                source.info_hash,
+                add_piece=received[k].__setitem__,
+                orphans=list,
+            ).start()
+            for k in range(3)
+        ]
+        deadline = time.monotonic() + 20
+        while not server.stats(source.info_hash).done:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for client in clients:
+            client.stop()
+    indices = [i for r in received for i in r]
+    assert sorted(indices) == list(range(source.num_pieces))
+    pieces = _pieces(payload_file)
+    assert all(data == pieces[i] for r in received for i, data in r.items())
+    assert sum(c.counters.pieces for c in clients) == source.num_pieces
+
+
+def test_a_client_repairs_what_nobody_else_has(payload_file: Path) -> None:
+    """Once the feed is done, a piece that stays an orphan is fetched by index."""
+    source = _source(payload_file)
+    got: dict[int, bytes] = {}
+    lost = {4, 7}
+
+    def add_piece(index: int, data: bytes) -> None:
+        if index in lost:
+            lost.discard(index)  # the first copy vanishes with its holder
+            orphans.add(index)
+        else:
+            got[index] = data
+            orphans.discard(index)
+
+    orphans: set[int] = set()
+    with FeedServer() as server:
+        server.add(source)
+        client = FeedClient(
+            server.url(),
+            source.info_hash,
+            add_piece=add_piece,
+            orphans=lambda: sorted(orphans),
+            repair_after=0.2,
+        ).start()
+        deadline = time.monotonic() + 20
+        while len(got) < source.num_pieces:
+            assert time.monotonic() < deadline, f"have {sorted(got)}"
+            time.sleep(0.05)
+        client.stop()
+        stats = server.stats(source.info_hash)
+    assert stats is not None and stats.repairs == 2
+    assert client.counters.repairs == 2
+    assert got[4] == _pieces(payload_file)[4]
+
+
+def test_client_survives_a_feed_that_is_not_there() -> None:
+    client = FeedClient("http://127.0.0.1:9/", "ab" * 20, add_piece=lambda i, d: None, orphans=list)
+    client.start()
+    time.sleep(0.5)
+    client.stop()
+    assert client.counters.errors >= 1 and client.counters.pieces == 0
+
+
+@pytest.mark.parametrize("url", ["https://origin:1/", "ftp://x/", "not a url"])
+def test_client_refuses_a_feed_url_it_cannot_use(url: str) -> None:
+    from roost.errors import UsageError
+
+    with pytest.raises(UsageError, match="feed URL"):
+        FeedClient(url, "ab" * 20, add_piece=lambda i, d: None, orphans=list)
+
+
+# Real peers, a real seeder ------------------------------------------------------
+
+
+def _peer_cmd(swarm: Any, dest: Path, temp: Path, *extra: str) -> list[str]:
+    return [
+        "peer",
+        str(swarm.torrent),
+        "--dest",
+        str(dest),
+        "--temp-path",
+        str(temp),
+        "--events",
+        "json",
+        "--feed",
+        swarm.feed_url,
+        *extra,
+    ]
+
+
+def _wait(procs: list[subprocess.Popen[bytes]], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    codes = []
+    for proc in procs:
+        codes.append(proc.wait(max(0.1, deadline - time.monotonic())))
+    return codes
+
+
+def _tree_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_fed_peers_get_one_copy_from_the_origin_and_the_rest_from_each_other(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    art = random_file(tmp_path / "art.bin", 3 * 1024 * 1024, seed=3)
+    swarm = make_swarm(art, is_file=True, piece_size=32 * KIB, feed=True)
+    peers = [
+        roost_procs(*_peer_cmd(swarm, tmp_path / f"d{k}", tmp_path / f"t{k}", "--linger", "5"))
+        for k in range(3)
+    ]
+    assert _wait(peers, 60) == [0, 0, 0], [p.stderr.read() for p in peers if p.stderr]
+    for k in range(3):
+        assert _tree_sha(tmp_path / f"d{k}" / "t1" / "art.bin") == _tree_sha(art)
+    stats = swarm.feed_stats()
+    assert stats.done and stats.bytes_sent == art.stat().st_size  # type: ignore[attr-defined]
+    # the origin's BitTorrent seeder is never handed to fed peers
+    assert swarm.seeder.snapshot().uploaded == 0  # type: ignore[attr-defined]
+
+
+def test_peers_finish_when_a_peer_dies_holding_pieces_nobody_else_has(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """The victim uploads almost nothing, so what the feed gave it dies with it."""
+    art = random_file(tmp_path / "art.bin", 2 * 1024 * 1024, seed=4)
+    swarm = make_swarm(art, is_file=True, piece_size=32 * KIB, feed=True)
+    victim = roost_procs(
+        *_peer_cmd(swarm, tmp_path / "dv", tmp_path / "tv", "--upload-limit", "1K", "--foreground"),
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while swarm.feed_stats().confirmed < 4:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline and victim.poll() is None
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    others = [
+        roost_procs(*_peer_cmd(swarm, tmp_path / f"d{k}", tmp_path / f"t{k}", "--linger", "3"))
+        for k in range(2)
+    ]
+    started = time.monotonic()
+    assert _wait(others, 60) == [0, 0]
+    took = time.monotonic() - started
+    for k in range(2):
+        assert _tree_sha(tmp_path / f"d{k}" / "t1" / "art.bin") == _tree_sha(art)
+    stats = swarm.feed_stats()
+    assert stats.repairs >= 1  # type: ignore[attr-defined]
+    # the re-send of the lost pieces plus a few seconds, not a timeout
+    assert took < 30
+
+
+def test_peers_that_hold_every_piece_between_them_finish_without_the_seeder(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    art = random_file(tmp_path / "art.bin", 3 * 1024 * 1024, seed=5)
+    swarm = make_swarm(art, is_file=True, piece_size=32 * KIB, feed=True)
+    # Slow relaying: each peer holds its share of the feed long before it
+    # has the rest from the others.
+    peers = [
+        roost_procs(
+            *_peer_cmd(swarm, tmp_path / f"d{k}", tmp_path / f"t{k}", "--upload-limit", "100K"),
+            "--linger",
+            "60",  # each stays until the others have what only it holds
+        )
+        for k in range(3)
+    ]
+    deadline = time.monotonic() + 30
+    while not swarm.feed_stats().done:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    swarm.seeder.stop()  # type: ignore[attr-defined]
+    assert all(p.poll() is None for p in peers), [p.communicate() for p in peers]
+    assert _wait(peers, 90) == [0, 0, 0]
+    for k in range(3):
+        assert _tree_sha(tmp_path / f"d{k}" / "t1" / "art.bin") == _tree_sha(art)
+
+
+def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
+    from roost import bencode
+    from roost.errors import UsageError
+    from roost.seeder import SeedConfig, Seeder
+
+    torrent = tmp_path / "multi.torrent"
+    torrent.write_bytes(
+        bencode.encode(
+            {
+                b"announce": b"http://127.0.0.1:1/announce",
+                b"info": {
+                    b"name": b"multi",
+                    b"piece length": 16384,
+                    b"pieces": hashlib.sha1(b"ab").digest(),
+                    b"files": [
+                        {b"length": 1, b"path": [b"a"]},
+                        {b"length": 1, b"path": [b"b"]},
+                    ],
+                },
+            }
+        )
+    )
+    (tmp_path / "multi").mkdir()
+    (tmp_path / "multi" / "a").write_bytes(b"a")
+    (tmp_path / "multi" / "b").write_bytes(b"b")
+    with pytest.raises(UsageError, match="single-file"):
+        Seeder(
+            SeedConfig(
+                torrent=torrent,
+                payload_dir=tmp_path,
+                listen_interface="127.0.0.1",
+                feed_port=0,
+            )
+        )
