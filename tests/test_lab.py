@@ -57,23 +57,24 @@ def _serve_and_fetch(lab: Lab, size: int, server_i: int = 2, client_i: int = 0) 
         text=True,
     )
     assert server.stdout is not None
-    assert server.stdout.readline().strip() == "ready"
-    client = lab.hosts[client_i].run(
-        [
-            sys.executable,
-            "-c",
-            "import socket\n"
-            f"c = socket.create_connection(('{lab.hosts[server_i].address}', 9000), timeout=10)\n"
-            "n = 0\n"
-            "while (d := c.recv(65536)):\n    n += len(d)\n"
-            "print(n)\n",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    server.wait(timeout=10)
-    server.stdout.close()
+    address = lab.hosts[server_i].address
+    with server.stdout:  # closed on failure too (else the garbage collector warns later)
+        assert server.stdout.readline().strip() == "ready"
+        client = lab.hosts[client_i].run(
+            [
+                sys.executable,
+                "-c",
+                "import socket\n"
+                f"c = socket.create_connection(('{address}', 9000), timeout=10)\n"
+                "n = 0\n"
+                "while (d := c.recv(65536)):\n    n += len(d)\n"
+                "print(n)\n",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        server.wait(timeout=10)
     return client.stdout.strip()
 
 

@@ -356,8 +356,16 @@ def test_two_datacenters_fill_from_one_https_origin(tmp_path: Path) -> None:
                         )
                     )  # fmt: skip
             endpoints = [p for p in procs if p.stdout is not None]
-            for p in endpoints:
-                out_text, err_text = p.communicate(timeout=150)
+            try:
+                results = [p.communicate(timeout=150) for p in endpoints]
+            finally:
+                # Closed whatever happens: pipes left to the garbage collector
+                # warn (unclosed file) in whichever later test it runs in.
+                for p in endpoints:
+                    for stream in (p.stdout, p.stderr):
+                        if stream is not None:
+                            stream.close()
+            for p, (out_text, err_text) in zip(endpoints, results, strict=True):
                 assert p.returncode == 0, err_text
                 assert json.loads(out_text.splitlines()[-1])["ok"]
             for hosts in dcs.values():

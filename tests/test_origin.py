@@ -324,6 +324,8 @@ def test_cli_serve(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def test_cli_bad_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
