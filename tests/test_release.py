@@ -72,11 +72,15 @@ def test_bad_tags(tag: str, reason: str) -> None:
 @pytest.mark.parametrize(
     ("total", "piece"),
     [
-        # 64 KiB floor: small artifacts deploy ~15% faster than with 256 KiB
-        # (bench/NOTES.md, 16 and 32 hosts); still at most ~2000 pieces.
-        (0, 64 * KiB),
-        (1, 64 * KiB),
-        (16 * MiB, 64 * KiB),
+        # 16 KiB floor: with the origin's feed, small pieces cut the relay
+        # tail (bench/NOTES.md "One link-time"); still at most ~2000 pieces.
+        (0, 16 * KiB),
+        (1, 16 * KiB),
+        (8 * MiB, 16 * KiB),
+        (2000 * 16 * KiB, 16 * KiB),
+        (2000 * 16 * KiB + 1, 32 * KiB),
+        (16 * MiB, 16 * KiB),
+        (32 * MiB, 32 * KiB),
         (2000 * 64 * KiB, 64 * KiB),
         (2000 * 64 * KiB + 1, 128 * KiB),
         (2000 * 256 * KiB, 256 * KiB),
@@ -232,7 +236,7 @@ def test_single_file_release(tmp_path: Path) -> None:
     assert meta.manifest_sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     info = lt.torrent_info(lt.bdecode(release.torrent.read_bytes()))
     assert str(info.info_hash()) == release.info_hash == meta.info_hash
-    assert info.num_pieces() == -(-700_000 // (64 * KiB))
+    assert info.num_pieces() == -(-700_000 // (16 * KiB))
 
 
 @pytest.mark.parametrize("size", [1, 16 * KiB, 5 * MiB + 3])
@@ -535,7 +539,7 @@ def _fixed_tree(root: Path) -> Path:
 # rewrite): they may get faster, their output bytes may not change.
 PINNED = {
     "tar_sha256": "34b5d82a785514b7c64d3d6b9de923851014363786b2fd67433c253b4956d96a",
-    "info_hash_default": "daff8af8be8d2bc6d5d860a6bf21061771bfbdcc",
+    "info_hash_64k": "daff8af8be8d2bc6d5d860a6bf21061771bfbdcc",  # the default until 16K
     "info_hash_16k": "efd26f25f49c7dd25d7c8fac2513ce14f6debe33",
     "file_info_hash": "bdcbfef91a55ce28af1ffc7bbfdf792dae18bd4a",
 }
@@ -543,16 +547,19 @@ PINNED = {
 
 def test_outputs_are_pinned(tmp_path: Path) -> None:
     src = _fixed_tree(tmp_path / "src")
-    one = create_release(src, "pin", tmp_path / "a", announce=ANNOUNCE)
-    two = create_release(src, "pin", tmp_path / "b", announce=ANNOUNCE, piece_size=16 * KiB)
+    one = create_release(src, "pin", tmp_path / "a", announce=ANNOUNCE, piece_size=64 * KiB)
+    two = create_release(src, "pin", tmp_path / "b", announce=ANNOUNCE)
+    assert two.piece_size == 16 * KiB  # the default for this size
     got = {
         "tar_sha256": hashlib.sha256(one.payload.read_bytes()).hexdigest(),
-        "info_hash_default": one.info_hash,
+        "info_hash_64k": one.info_hash,
         "info_hash_16k": two.info_hash,
     }
     assert one.payload.read_bytes() == two.payload.read_bytes()
     blob = src / "big" / "blob.bin"
-    single = create_release(blob, "pinf", tmp_path / "c", announce=ANNOUNCE, is_file=True)
+    single = create_release(
+        blob, "pinf", tmp_path / "c", announce=ANNOUNCE, is_file=True, piece_size=64 * KiB
+    )
     got["file_info_hash"] = single.info_hash
     assert got == PINNED
 
@@ -579,5 +586,5 @@ def test_kernel_copy_and_buffered_copy_give_the_same_release(tmp_path: Path) -> 
     finally:
         shutil.rmtree(there)
     same = create_release(here, "pin", tmp_path / "same", announce=ANNOUNCE)
-    assert across.info_hash == same.info_hash == PINNED["info_hash_default"]
+    assert across.info_hash == same.info_hash == PINNED["info_hash_16k"]
     assert across.payload.read_bytes() == same.payload.read_bytes()

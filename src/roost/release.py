@@ -63,7 +63,10 @@ __all__ = [
 ]
 
 DEFAULT_OUT_DIR = Path("/tmp/roost")  # Murder's temp path, one level down
-MIN_PIECE = 64 * 1024  # 64K beat 256K by ~15% at 16 and 32 hosts (bench/NOTES.md)
+# 64K beat 256K by ~15% at 16 and 32 hosts; with the origin's feed a piece
+# waits for its whole self at each hop, so the tail grows with hosts x piece
+# size: 16K beat 64K by 10-12% at 16 and 32 hosts (bench/NOTES.md).
+MIN_PIECE = 16 * 1024
 MAX_PIECE = 16 * 1024 * 1024
 TARGET_PIECES = 2000
 _TAG_MAX = 128
@@ -103,7 +106,7 @@ def validate_tag(tag: str) -> str:
 
 
 def choose_piece_size(total: int) -> int:
-    """Smallest power of two giving at most ~2000 pieces, in [64 KiB, 16 MiB]."""
+    """Smallest power of two giving at most ~2000 pieces, in [16 KiB, 16 MiB]."""
     size = MIN_PIECE
     while size < MAX_PIECE and -(-total // size) > TARGET_PIECES:
         size *= 2

@@ -52,7 +52,7 @@ def register(sub: Any) -> None:
         type=parse_size,
         default=None,
         metavar="SIZE",
-        help="piece size, e.g. 4M (default: chosen from the size, 64K..16M)",
+        help="piece size, e.g. 4M (default: chosen from the size, 16K..16M)",
     )
     create.add_argument(
         "--web-seed",
