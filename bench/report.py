@@ -13,19 +13,29 @@ def _f(v: Any, fmt: str = "{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+GIB = 1024 * MIB
+
+
+def cpu_per_gib(r: dict[str, Any]) -> float | None:
+    """CPU-seconds of the tool's processes per GiB delivered to the hosts."""
+    delivered = r["size"] * r["completed"]
+    return r["cpu_s"] / (delivered / GIB) if delivered else None
+
+
 def fleet_table(rows: list[dict[str, Any]]) -> str:
     head = (
-        "| tool | hosts | size | rate | limit s | last s | median s | x limit | "
-        "origin copies | CPU s | CPU util | machine busy | note |\n"
+        "| tool | hosts | size | rate | limit s | last s | median s | x limit | median x | "
+        "origin copies | CPU s / GiB | machine busy | note |\n"
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n"
     )
     lines = []
     for r in rows:
+        median_x = r["median_s"] / r["limit_s"] if r["median_s"] is not None else None
         lines.append(
             f"| {r['tool']} | {r['hosts']} | {r['size'] / MIB:g} MiB | {r['rate_mbit']:g} Mbit/s"
             f" | {_f(r['limit_s'])} | {_f(r['last_s'])} | {_f(r['median_s'])}"
-            f" | {_f(r['ratio'])} | {_f(r['origin_copies'], '{:.1f}')} | {_f(r['cpu_s'], '{:.1f}')}"
-            f" | {_f(r['cpu_util'] * 100, '{:.0f}%')} | {_f(r['machine_util'] * 100, '{:.0f}%')}"
+            f" | {_f(r['ratio'])} | {_f(median_x)} | {_f(r['origin_copies'])}"
+            f" | {_f(cpu_per_gib(r), '{:.0f}')} | {_f(r['machine_util'] * 100, '{:.0f}%')}"
             f" | {r['note'] or ''} |"
         )
     return head + "\n".join(lines) + "\n"

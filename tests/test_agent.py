@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,16 +63,24 @@ class Publisher:
         (tree / "version.txt").write_text(f"{tag}\n")
         return tree
 
-    def publish(self, tag: str, *, seed: bool = True) -> Any:
+    def publish(self, tag: str, *, seed: bool = True, feed: bool = False) -> Any:
         from roost.seeder import SeedConfig, SeederThread
 
-        release = publish(self.source(tag), tag, self.dir, announce=[self.tracker.announce_url])
+        feed_port = free_port() if feed else None
+        release = publish(
+            self.source(tag),
+            tag,
+            self.dir,
+            announce=[self.tracker.announce_url],
+            feed=f"http://127.0.0.1:{feed_port}/" if feed_port else None,
+        )
         if seed:
             self.seeders[tag] = SeederThread(
                 SeedConfig(
                     torrent=release.torrent,
                     payload_dir=release.payload.parent,
                     listen_interface="127.0.0.1",
+                    feed_port=feed_port,
                 )
             )
         return release
@@ -96,6 +105,12 @@ def pub(tmp_path: Path) -> Iterator[Publisher]:
     publisher.stop_seeding()
     server.stop()
     tracker.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def agent_args(pub: Publisher, dest: Path, *extra: str) -> list[str]:
@@ -176,6 +191,22 @@ def test_install_switch_and_rollback_without_download(
     assert status.returncode == 0
     assert "current    v1  (current -> releases/v1)" in status.stdout
     assert "previous   v2" in status.stdout
+
+
+def test_an_agent_takes_its_pieces_from_the_channels_feed(
+    pub: Publisher, tmp_path: Path, roost_procs: Start
+) -> None:
+    release = pub.publish("v1", feed=True)
+    doc = json.loads((pub.dir / "channel.json").read_text())
+    assert doc["releases"][0]["feed"].startswith("http://127.0.0.1:")
+    dest = tmp_path / "opt-app"
+    rc, _out, err = once(roost_procs, *agent_args(pub, dest, "--once"))
+    assert rc == 0, err
+    assert snapshot(dest / "current") == snapshot(pub.root / "src-v1", skip_git=True)
+    seeder = pub.seeders["v1"].seeder
+    stats = seeder.feed.stats(seeder.info_hash)
+    assert stats.done and stats.bytes_sent == release.total_size  # one copy, from the feed
+    assert seeder.snapshot().uploaded == 0  # and none from the BitTorrent seeder
 
 
 def test_failing_hook_keeps_the_old_release(
@@ -411,6 +442,12 @@ def test_an_agent_refused_at_start_leaves_the_destination_free(
             + b'", "torrent": "../../etc/passwd"}]}',
             "plain file name",
         ),
+        (
+            b'{"version": 1, "channel": "c", "releases": [{"tag": "v1", "info_hash": "'
+            + H1.encode()
+            + b'", "torrent": "v1.torrent", "feed": "ftp://origin/"}]}',
+            "'feed' is not an http:// URL",
+        ),
         (b"\xff\xfe", "not valid JSON"),
     ],
 )
@@ -422,6 +459,8 @@ def test_bad_channel_documents(doc: bytes, message: str) -> None:
 def test_channel_round_trip_and_publishing_rules(tmp_path: Path) -> None:
     channel = Channel("web", (ChannelEntry("v1", H1, "v1.torrent", 1.5),), "v1")
     assert parse_channel(render_channel(channel)) == channel
+    fed = Channel("web", (ChannelEntry("v1", H1, "v1.torrent", 1.5, "http://o:8997/"),), "v1")
+    assert parse_channel(render_channel(fed)) == fed
     src = make_tree(tmp_path / "src")
     publish(src, "v1", tmp_path / "ch", name="web")
     with pytest.raises(UsageError, match="already in channel 'web'"):

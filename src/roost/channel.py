@@ -54,6 +54,8 @@ class ChannelEntry:
     info_hash: str
     torrent: str  # file name beside channel.json
     published: float
+    #: the origin's feed for this release (``roost peer --feed``), if any
+    feed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,17 +125,31 @@ def _parse_entry(item: object, index: int) -> ChannelEntry:
         raise ChannelError(f"{where}: 'torrent' must be a plain file name, got {torrent!r}")
     if not isinstance(published, int | float) or isinstance(published, bool):
         raise ChannelError(f"{where}: 'published' is not a number")
-    return ChannelEntry(tag, info_hash, torrent, float(published))
+    feed = item.get("feed")
+    if feed is not None and not (
+        isinstance(feed, str) and feed.startswith("http://") and feed.isprintable()
+    ):
+        raise ChannelError(f"{where}: 'feed' is not an http:// URL")
+    return ChannelEntry(tag, info_hash, torrent, float(published), feed)
+
+
+def _render_entry(e: ChannelEntry) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "tag": e.tag,
+        "info_hash": e.info_hash,
+        "torrent": e.torrent,
+        "published": e.published,
+    }
+    if e.feed is not None:
+        doc["feed"] = e.feed
+    return doc
 
 
 def render_channel(channel: Channel) -> bytes:
     doc: dict[str, Any] = {
         "version": FORMAT_VERSION,
         "channel": channel.name,
-        "releases": [
-            {"tag": e.tag, "info_hash": e.info_hash, "torrent": e.torrent, "published": e.published}
-            for e in channel.releases
-        ],
+        "releases": [_render_entry(e) for e in channel.releases],
         "current": channel.current,
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
@@ -184,6 +200,7 @@ def publish(
     piece_size: int | None = None,
     web_seeds: Sequence[str] = (),
     make_current: bool = True,
+    feed: str | None = None,
 ) -> Release:
     """Create release ``tag`` from ``source`` in ``channel_dir`` and list it
     (as ``current`` unless ``make_current`` is False).
@@ -212,7 +229,7 @@ def publish(
         piece_size=piece_size,
         web_seeds=web_seeds,
     )
-    entry = ChannelEntry(tag, release.info_hash, release.torrent.name, round(time.time(), 3))
+    entry = ChannelEntry(tag, release.info_hash, release.torrent.name, round(time.time(), 3), feed)
     current = tag if make_current else channel.current
     write_channel_dir(channel_dir, Channel(channel.name, (*channel.releases, entry), current))
     return release

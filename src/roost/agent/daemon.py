@@ -309,7 +309,7 @@ class Agent:
         if meta.tag != entry.tag:
             raise ChannelError(f"{url} holds release {meta.tag!r}, the channel says {entry.tag!r}")
         started = time.monotonic()
-        download = self._add(entry.tag, entry.info_hash, torrent)
+        download = self._add(entry.tag, entry.info_hash, torrent, feed=entry.feed)
         deadline = started + self.config.download_timeout
         peers = 0
 
@@ -343,7 +343,7 @@ class Agent:
 
     # Seeding -------------------------------------------------------------------
 
-    def _add(self, tag: str, info_hash: str, torrent: bytes) -> Download:
+    def _add(self, tag: str, info_hash: str, torrent: bytes, feed: str | None = None) -> Download:
         if info_hash in self._downloads:
             return self._downloads[info_hash]
         wdir = self.config.cache / info_hash
@@ -355,6 +355,7 @@ class Agent:
             dest=self.dest / RELEASES,
             temp_path=self.config.cache,
             trackers=self.config.trackers,
+            feed=feed,
         )
         download = Download(peer_config, torrent, info_hash, engine=self.engine)
         self._downloads[info_hash] = download

@@ -168,7 +168,27 @@ def _register_publish(sub: Any) -> None:
     p.add_argument("--seed", action="store_true", help="then seed the release until stopped")
     p.add_argument("--listen", default="0.0.0.0", help="with --seed: interface to listen on")
     p.add_argument("--upload-limit", type=_size, default=0, help="with --seed: bytes/s")
+    p.add_argument(
+        "--feed",
+        metavar="URL",
+        help="the origin's feed agents take pieces from (http://HOST:PORT/, recorded in the "
+        "channel); with --seed it is served on that port",
+    )
     p.set_defaults(handler=_publish)
+
+
+def _feed_url(url: str) -> Any:
+    """``url`` parsed; ``UsageError`` unless it is http://HOST:PORT/."""
+    import urllib.parse
+
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != "http" or not parsed.hostname or port is None:
+        raise UsageError(f"--feed must be http://HOST:PORT/, not {url!r}")
+    return parsed
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -192,6 +212,7 @@ def _publish(args: argparse.Namespace) -> int:
         piece_size=args.piece_size,
         web_seeds=args.web_seed,
         make_current=not args.no_current,
+        feed=_feed_url(args.feed).geturl() if args.feed else None,
     )
     state = "published" if args.no_current else "published and current"
     print(f"{release.tag} {state}: {release.torrent} ({release.info_hash})", flush=True)
@@ -205,6 +226,7 @@ def _publish(args: argparse.Namespace) -> int:
             payload_dir=release.payload.parent,
             upload_limit=args.upload_limit,
             listen_interface=args.listen,
+            feed_port=_feed_url(args.feed).port if args.feed else None,
         )
     )
     _on_signals(seeder.stop)

@@ -352,6 +352,12 @@ def _register_deploy(sub: Any) -> None:
         action="store_true",
         help="super-seeding on the origin: fewer copies from it, a slower start",
     )
+    p.add_argument(
+        "--no-feed",
+        dest="feed",
+        action="store_false",
+        help="the origin as a plain BitTorrent seeder, without its feed (roost seed --feed-port)",
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     from roost.cli.fleet import add_deploy_flags
 
@@ -392,6 +398,7 @@ def _deploy(args: argparse.Namespace) -> int:
         super_seed=args.super_seed,
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
+        feed=args.feed,
     )
     display = TerminalDisplay(sys.stderr)
     title = f"roost deploy {args.tag}"

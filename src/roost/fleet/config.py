@@ -8,6 +8,7 @@ Example::
     remote_path = "/opt/roost"             # Murder remote_murder_path (venv inside)
     temp_path = "/tmp/roost"               # Murder default_temp_path
     tracker_port = 8998
+    feed_port = 8997                       # a seeder host's feed (roost seed --feed-port)
     forks = 100
     bootstrap_direct = 8   # hosts the controller sends wheels to at once
     bootstrap_relay = 4    # hosts each bootstrapped host passes them on to (0: off)
@@ -60,6 +61,8 @@ class FleetConfig:
     remote_path: str = "/opt/roost"
     temp_path: str = "/tmp/roost"
     tracker_port: int = 8998
+    #: where a seeder host serves the origin's feed (roost.feed)
+    feed_port: int = 8997
     forks: int = 100
     max_fail_percent: float = 100.0
     wheel_cache: str | None = None
@@ -142,10 +145,9 @@ def parse_config(text: str, path: str = "roost.toml") -> FleetConfig:
                 path=path,
                 line=_line_of(text, key, None),
             )
-    if not 0 < cfg.tracker_port < 65536:
-        raise ConfigError(
-            "tracker_port out of range", path=path, line=_line_of(text, "tracker_port", None)
-        )
+    for key in ("tracker_port", "feed_port"):
+        if not 0 < getattr(cfg, key) < 65536:
+            raise ConfigError(f"{key} out of range", path=path, line=_line_of(text, key, None))
     for key in ("remote_path", "temp_path"):
         if not str(getattr(cfg, key)).startswith("/"):
             raise ConfigError(

@@ -29,7 +29,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,6 +63,8 @@ class DeployPlan:
     is_file: bool = False
     seed_from: str = "controller"
     super_seed: bool = False
+    #: the origin hands each piece to one host over its feed (roost.feed)
+    feed: bool = True
     do_bootstrap: bool = True
     out_dir: Path | None = None
     piece_size: int | None = None
@@ -71,7 +75,12 @@ class DeployPlan:
 
 
 def _controller_seed(
-    torrent: Path, payload: Path, announce_ip: str, log: Path, super_seed: bool = False
+    torrent: Path,
+    payload: Path,
+    announce_ip: str,
+    log: Path,
+    super_seed: bool = False,
+    feed_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -92,12 +101,25 @@ def _controller_seed(
                 announce_ip,
                 "--exit-with-parent",
                 *(["--super-seed"] if super_seed else []),
+                *(["--feed-port", str(feed_port)] if feed_port is not None else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=out,
             start_new_session=True,
         )
+
+
+def _free_port(address: str) -> int:
+    """A TCP port free on ``address`` now (the controller's feed binds it next)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
+        return int(sock.getsockname()[1])
+
+
+def _http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 def _stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
@@ -196,6 +218,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         if not tr[inv.tracker.name].ok:
             fail_all(f"tracker {tr[inv.tracker.name].reason}", "start-tracker")
             raise _Stop
+        feed_url: str | None = None
         if seed_from == "seeder":
             sr = await tasks.start_seeding(
                 fleet,
@@ -205,7 +228,10 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 # packed on the seeder already, or uploaded there now
                 upload=[release.torrent, release.payload] if release.payload else [],
                 super_seed=plan.super_seed,
+                feed_port=cfg.feed_port if plan.feed else None,
             )
+            if plan.feed:
+                feed_url = _http_url(inv.seeder.address, cfg.feed_port)
             if not sr[inv.seeder.name].ok:
                 fail_all(f"seeder {sr[inv.seeder.name].reason}", "start-seeding")
                 raise _Stop
@@ -214,9 +240,17 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 fail_all("cannot learn the controller's address as hosts see it", "seed")
                 raise _Stop
             assert release.payload is not None  # packed here: seeder:PATH seeds there
+            feed_port = _free_port(addr) if plan.feed else None
             seed_proc = _controller_seed(
-                release.torrent, release.payload, addr, work / "seed.log", plan.super_seed
+                release.torrent,
+                release.payload,
+                addr,
+                work / "seed.log",
+                plan.super_seed,
+                feed_port,
             )
+            if feed_port is not None:
+                feed_url = _http_url(addr, feed_port)
             await asyncio.sleep(0.5)
             if seed_proc.poll() is not None:
                 tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
@@ -228,7 +262,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 already.add(host)
             progress.apply(host, event, time.monotonic())
 
-        opts = plan.peer
+        opts = dataclasses.replace(plan.peer, feed=feed_url)
         await tasks.peer(
             fleet,
             cfg,
@@ -392,6 +426,7 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         is_file=args.is_file,
         seed_from=getattr(args, "seed_from", None) or ("seeder" if seeder_path else "controller"),
         super_seed=bool(getattr(args, "super_seed", False)),
+        feed=bool(getattr(args, "feed", True)),
         do_bootstrap=not getattr(args, "no_bootstrap", False),
         out_dir=args.out,
         piece_size=args.piece_size,

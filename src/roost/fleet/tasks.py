@@ -272,10 +272,12 @@ async def start_seeding(
     tag: str,
     upload: Sequence[Path] = (),
     super_seed: bool = False,
+    feed_port: int | None = None,
 ) -> dict[str, HostResult[dict[str, Any]]]:
     """Seed ``TEMP/releases/TAG.torrent`` on the seeder, detached, announcing the
     address the controller reaches it at (uploading ``upload`` there first;
-    ``super_seed``: hand out each piece once)."""
+    ``super_seed``: hand out each piece once; ``feed_port``: serve the
+    origin's feed there too, on that address)."""
     r = Remote(cfg)
 
     async def fn(s: Session) -> dict[str, Any]:
@@ -291,6 +293,8 @@ async def start_seeding(
         ]
         if super_seed:
             argv.append("--super-seed")
+        if feed_port is not None:
+            argv += ["--feed-port", str(feed_port), "--feed-bind", s.peer_address]
         out = await s.run(r.start(f"seed-{tag}", argv, wait=1.5), check=False)
         return _json_result(s, out.stdout or out.stderr)
 
@@ -320,6 +324,8 @@ class PeerOptions:
     timeout: float | None = None
     upload_limit: int = 0
     download_limit: int = 0
+    #: the origin's feed (``roost peer --feed``), None: BitTorrent only
+    feed: str | None = None
 
 
 async def peer(
@@ -357,6 +363,7 @@ async def peer(
                 upload_limit=opts.upload_limit,
                 download_limit=opts.download_limit,
             ),
+            *(["--feed", opts.feed] if opts.feed else []),
         ]
         last: dict[str, Any] = {}
 
