@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from roost.errors import LabError
-from roost.lab.netns import Lab, parse_rate, teardown
+from roost.lab.netns import Lab, needed_paths, parse_rate, teardown
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,8 +151,10 @@ def test_shared_paths_stay_visible_read_only_under_private_mounts() -> None:
     (base / "private.txt").write_text("controller only\n")
     importer = f"import sys; sys.path.insert(0, {str(shared / 'src')!r}); import mod; print(mod.X)"
     try:
+        # this Python too: from a checkout under /tmp, sys.executable is there
+        paths = [*needed_paths(), str(shared)]
         with Lab(2, prefix="rltest5", subnet="198.19.16.0/24", state_dir=state,
-                 shared_paths=[str(shared)]) as lab:  # fmt: skip
+                 shared_paths=paths) as lab:  # fmt: skip
             for h in lab.hosts:
                 got = h.run(
                     [sys.executable, "-c", importer], cwd="/", capture_output=True, text=True
