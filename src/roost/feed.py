@@ -18,10 +18,11 @@ The feed does that over plain HTTP beside the seeder:
   what it received with its next request (``got=``), so a piece given to a
   peer that stalls or dies is given again after a few times the observed
   transfer time (work stealing), and the origin stays busy until every piece
-  left it once and was received. A peer asks again as soon as one answer is
-  in, on two connections, so the origin's link never waits on a round trip;
-  TCP's flow control does the rest: a peer whose downlink is crowded drains
-  slower, asks less often and so is given fewer pieces.
+  left it once and was received. A peer keeps two asks pipelined on one
+  connection, so the origin never waits for a round trip, nor for a busy
+  peer to be scheduled, between two pieces; TCP's flow control does the
+  rest: a peer whose downlink is crowded drains slower, asks less often and
+  so is given fewer pieces.
 * :class:`FeedServer` serves ``GET /feed/v1/<info-hash>/next`` (a piece, or
   ``204`` with ``X-Roost-Feed: wait`` / ``done``), ``/got`` (confirmations
   only: a peer that completes says what it received last), ``/piece/<i>``
@@ -43,7 +44,6 @@ and the swarm only.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import re
@@ -442,7 +442,8 @@ class FeedClient:
         *,
         add_piece: Callable[[int, bytes], None],
         orphans: Callable[[], Sequence[int]],
-        connections: int = 2,
+        connections: int = 1,
+        depth: int = 2,
         repair_after: float = 3.0,
         timeout: float = 30.0,
         download_limit: int = 0,
@@ -456,6 +457,7 @@ class FeedClient:
         self.add_piece = add_piece
         self.orphans = orphans
         self.connections = connections
+        self.depth = depth
         self.repair_after = repair_after
         self.timeout = timeout
         self.counters = FeedCounters()
@@ -480,21 +482,8 @@ class FeedClient:
         for t in self._threads:
             t.join(2)
 
-    def _connect(self) -> http.client.HTTPConnection:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        conn.connect()
-        assert conn.sock is not None
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
-    def _get(self, conn: http.client.HTTPConnection, path: str) -> tuple[int, str, bytes]:
-        conn.request("GET", path, headers={"Host": self.host})
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status == 200 and self._throttle is not None:
-            self._throttle.take(len(body))
-        value = resp.getheader("X-Roost-Feed") or resp.getheader("X-Roost-Piece") or ""
-        return resp.status, value, body
+    def _connect(self) -> _Pipe:
+        return _Pipe(self.host, self.port, self.timeout)
 
     def _failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -502,6 +491,8 @@ class FeedClient:
             self.counters.last_error = str(exc) or type(exc).__name__
 
     def _received(self, piece: int, data: bytes, *, repair: bool = False) -> None:
+        if self._throttle is not None:
+            self._throttle.take(len(data))
         self.add_piece(piece, data)
         with self._lock:
             self.counters.pieces += 1
@@ -510,46 +501,54 @@ class FeedClient:
                 self.counters.repairs += 1
 
     def _pull(self) -> None:
-        """Ask for the next piece until the feed is done (or we are stopped)."""
-        conn: http.client.HTTPConnection | None = None
+        """Ask for the next piece until the feed is done (or we are stopped),
+        with ``depth`` asks always on the wire: the origin never waits for a
+        round trip, nor for this process to be scheduled, between pieces."""
+        pipe: _Pipe | None = None
         got: list[int] = []
         backoff = 0.2
         while not self._stop.is_set() and not self._done.is_set():
             try:
-                if conn is None:
-                    conn = self._connect()
-                query = f"?got={','.join(map(str, got))}" if got else ""
-                status, value, body = self._get(conn, f"{self.base}/next{query}")
-                got = []
+                if pipe is None:
+                    pipe = self._connect()
+                while pipe.inflight < self.depth:
+                    query = f"?got={','.join(map(str, got))}" if got else ""
+                    pipe.send(f"{self.base}/next{query}")
+                    got = []
+                status, headers, body = pipe.read()
                 backoff = 0.2
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, ValueError) as exc:
                 self._failed(exc)
-                if conn is not None:
-                    conn.close()
-                    conn = None
+                if pipe is not None:
+                    pipe.close()
+                    pipe = None
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if status == 200 and value.isdigit():
-                self._received(int(value), body)
-                got = [int(value)]
-            elif status == 204 and value == DONE:
+            piece = headers.get("x-roost-piece", "")
+            state = headers.get("x-roost-feed", "")
+            if status == 200 and piece.isdigit():
+                self._received(int(piece), body)
+                got.append(int(piece))
+            elif status == 204 and state == DONE:
                 self._done.set()
             elif status == 204:
                 self._stop.wait(0.2)
             else:  # not a feed for this torrent (404), or broken: give up on it
                 self._failed(RuntimeError(f"feed answered HTTP {status}"))
                 self._done.set()
-        if conn is not None:
+        if pipe is not None:
             if got:  # what we received since the last ask: or it is sent again
-                with contextlib.suppress(OSError, http.client.HTTPException):
-                    self._get(conn, f"{self.base}/got?got={','.join(map(str, got))}")
-            conn.close()
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.send(f"{self.base}/got?got={','.join(map(str, got))}")
+                    while pipe.inflight:
+                        pipe.read()
+            pipe.close()
 
     def _repair(self) -> None:
         """After the feed is done: fetch by index what nobody can give us."""
         first_seen: dict[int, float] = {}
-        conn: http.client.HTTPConnection | None = None
+        pipe: _Pipe | None = None
         while not self._stop.wait(0.5):
             if not self._done.is_set():
                 continue
@@ -561,17 +560,67 @@ class FeedClient:
                 if self._stop.is_set():
                     break
                 try:
-                    if conn is None:
-                        conn = self._connect()
-                    status, _, body = self._get(conn, f"{self.base}/piece/{piece}")
-                except (OSError, http.client.HTTPException) as exc:
+                    if pipe is None:
+                        pipe = self._connect()
+                    pipe.send(f"{self.base}/piece/{piece}")
+                    status, _, body = pipe.read()
+                except (OSError, ValueError) as exc:
                     self._failed(exc)
-                    if conn is not None:
-                        conn.close()
-                        conn = None
+                    if pipe is not None:
+                        pipe.close()
+                        pipe = None
                     break
                 if status == 200:
                     self._received(piece, body, repair=True)
                     first_seen.pop(piece, None)
-        if conn is not None:
-            conn.close()
+        if pipe is not None:
+            pipe.close()
+
+
+class _Pipe:
+    """One keep-alive HTTP/1.1 connection whose GETs are pipelined: sent
+    before the answers to earlier ones are read (RFC 9112 §9.3.2; the feed's
+    answers come back in order). Raises ``OSError`` (the network) or
+    ``ValueError`` (an answer that is not HTTP)."""
+
+    MAX_BODY = 64 * 1024 * 1024
+
+    def __init__(self, host: str, port: int, timeout: float):
+        self.host = host
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
+        self.inflight = 0
+
+    def send(self, path: str) -> None:
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        self.inflight += 1
+
+    def read(self) -> tuple[int, dict[str, str], bytes]:
+        """The next answer: status, headers (lower-case names), body."""
+        line = self.rfile.readline(4096)
+        if not line:
+            raise ConnectionResetError("the feed closed the connection")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {line[:60]!r}")
+        headers: dict[str, str] = {}
+        for _ in range(100):
+            raw = self.rfile.readline(8192)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or "0")
+        if not 0 <= length <= self.MAX_BODY:
+            raise ValueError(f"answer of {length} bytes")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise ConnectionResetError("the feed closed the connection mid-answer")
+        self.inflight -= 1
+        return int(parts[1]), headers, body
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.rfile.close()
+            self.sock.close()
