@@ -17,7 +17,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -90,6 +90,47 @@ def test_aria2c_downloads_from_roost_seeder(tmp_path: Path, make_swarm: MakeSwar
     assert snap.uploaded >= got.stat().st_size  # it came from the roost seeder
     stats = swarm_stats(swarm.tracker.announce_url, release.info_hash)  # type: ignore[attr-defined]
     assert stats is not None and stats["completed"] == 1
+
+
+@needs_aria2c
+def test_aria2c_and_fed_roost_peers_share_one_swarm(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    """The origin serves its feed to roost's peers and BitTorrent to aria2c,
+    which knows nothing of feeds: both finish, and fed peers never take a
+    byte from the origin's BitTorrent seeder."""
+    source = _source(tmp_path / "src")
+    swarm = make_swarm(source, "v1", feed=True)
+    release = swarm.release
+    want = sha256_file(release.payload)  # type: ignore[attr-defined]
+    download = tmp_path / "aria2c"
+    with procs_in(tmp_path / "logs") as procs:
+        client = procs.start("aria2c", aria2c_argv(swarm.torrent, download, free_port()))
+        fed = [
+            roost_procs(
+                "peer",
+                str(swarm.torrent),
+                "--dest",
+                str(tmp_path / f"dest-{k}"),
+                "--temp-path",
+                str(tmp_path / f"temp-{k}"),
+                "--feed",
+                swarm.feed_url,
+                "--linger",
+                "5",
+            )
+            for k in range(2)
+        ]
+        try:
+            assert client.wait(timeout=45) == 0, procs.describe()
+            assert [p.wait(timeout=45) for p in fed] == [0, 0]
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the swarm did not finish\n{procs.describe()}") from None
+    assert sha256_file(download / release.payload.name) == want  # type: ignore[attr-defined]
+    for k in range(2):
+        assert snapshot(tmp_path / f"dest-{k}" / "v1") == snapshot(source, skip_git=True)
+    stats = swarm.feed_stats()
+    assert stats.done and stats.bytes_sent <= 1.05 * release.total_size  # type: ignore[attr-defined]
 
 
 # 2. transmission-cli <- roost seeder, in a network namespace ------------------------
