@@ -190,9 +190,10 @@ def test_keep_alive_pipelining_and_awkward_splits(tracker: TrackerHandle) -> Non
 
 def test_unknown_paths_and_status_routes(tracker: TrackerHandle) -> None:
     base = tracker.announce_url.rsplit("/", 1)[0]
-    status, body = get(f"{base}/nope")
-    assert status == 404
-    assert b"failure reason" in body
+    for path in ("/nope", "/static/app.js"):  # the page inlines its assets
+        status, body = get(f"{base}{path}")
+        assert status == 404
+        assert b"failure reason" in body
     announce(tracker, 0)
     expected = {"/stats.json": "application/json", "/metrics": "text/plain", "/": "text/html"}
     for path, ctype in expected.items():

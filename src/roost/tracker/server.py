@@ -12,9 +12,10 @@ state belongs to the loop's thread; other threads go through
 ``TrackerHandle`` which hops onto the loop.
 
 Routes: ``/announce`` and ``/scrape`` (BEP 3/23/7/48); ``/stats.json``,
-``/metrics`` (``roost.tracker.stats``), ``/`` and ``/static/NAME``
-(``roost.tracker.web``), imported lazily and 404 while absent, limited to
-``config.stats_allow`` networks when given (others get 403).
+``/metrics`` (``roost.tracker.stats``), ``/`` (``roost.tracker.web``: one
+self-contained page, its assets inlined, so there is no ``/static/``),
+imported lazily and 404 while absent, limited to ``config.stats_allow``
+networks when given (others get 403).
 
 Failures: a malformed request gets its 4xx status and a bencoded
 ``failure reason`` (then the connection closes, since the stream can no longer
@@ -67,7 +68,7 @@ _BENCODE = "text/plain"
 _JSON = "application/json"
 _METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
-_STATUS_ROUTES = frozenset({"stats", "metrics", "page", "static"})
+_STATUS_ROUTES = frozenset({"stats", "metrics", "page"})
 _OK_KEEP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
 _OK_CLOSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -589,8 +590,6 @@ class TrackerServer:
             target = ("stats", "render_metrics", _METRICS, "metrics")
         elif path in ("/", "/index.html"):
             target = ("web", "render_page", _HTML, "page")
-        elif path.startswith("/static/"):
-            target = ("web", "render_static", "", "static")
         else:
             return 404, proto.render_failure(f"no such path {path[:100]}"), _BENCODE, "other"
         module_name, func_name, ctype, route = target
@@ -601,12 +600,6 @@ class TrackerServer:
         func = getattr(module, func_name, None) if module is not None else None
         if func is None:
             return 404, b"not available in this build\n", "text/plain", route
-        if route == "static":
-            found = func(path[len("/static/") :])
-            if found is None:
-                return 404, b"no such file\n", "text/plain", route
-            body, ctype = found
-            return 200, body, ctype, route
         registry, clock = self.registry, self._clock
         if route == "stats":
             snap = built or self._stats_cache.build(lambda: func(registry, clock()))
