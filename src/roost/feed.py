@@ -60,6 +60,7 @@ from typing import Any
 
 from roost import __version__
 from roost.errors import UsageError
+from roost.httpserve import TokenBucket, serve_in_thread, stop_serving
 
 log = logging.getLogger(__name__)
 
@@ -171,26 +172,6 @@ class FeedSource:
     def extent(self, piece: int) -> tuple[int, int]:
         start = piece * self.piece_length
         return start, min(self.piece_length, self.total_size - start)
-
-
-class _Throttle:
-    """A token bucket shared by every connection (bytes/s, burst of 1/8 s)."""
-
-    def __init__(self, rate: int):
-        self.rate = rate
-        self._lock = threading.Lock()
-        self._allowance = 0.0
-        self._last = time.monotonic()
-
-    def take(self, n: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            self._allowance = min(self.rate / 8, self._allowance + (now - self._last) * self.rate)
-            self._last = now
-            self._allowance -= n
-            wait = -self._allowance / self.rate if self._allowance < 0 else 0.0
-        if wait > 0:
-            time.sleep(wait)
 
 
 class _Feed:
@@ -329,7 +310,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], rate_limit: int, idle_timeout: float):
         self.feeds: dict[str, _Feed] = {}
         self.lock = threading.Lock()
-        self.throttle = _Throttle(rate_limit) if rate_limit > 0 else None
+        self.throttle = TokenBucket(rate_limit, burst_seconds=0.125) if rate_limit > 0 else None
         self.idle_timeout = idle_timeout
         super().__init__(address, _Handler)
 
@@ -365,13 +346,7 @@ class FeedServer:
         except OSError as exc:
             where = f"{self.bind}:{self._port}"
             raise UsageError(f"feed cannot listen on {where}: {exc.strerror or exc}") from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="roost-feed",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "roost-feed")
         return self
 
     @property
@@ -399,11 +374,7 @@ class FeedServer:
             return feed.stats() if feed is not None else None
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        stop_serving(self._server, self._thread)
         self._thread = None
 
     def __enter__(self) -> FeedServer:
@@ -461,7 +432,9 @@ class FeedClient:
         self.repair_after = repair_after
         self.timeout = timeout
         self.counters = FeedCounters()
-        self._throttle = _Throttle(download_limit) if download_limit > 0 else None
+        self._throttle = (
+            TokenBucket(download_limit, burst_seconds=0.125) if download_limit > 0 else None
+        )
         self._stop = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()

@@ -39,7 +39,6 @@ import re
 import ssl
 import stat
 import threading
-import time
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +47,7 @@ from typing import Any
 
 from roost import __version__
 from roost.errors import UsageError
+from roost.httpserve import TokenBucket, serve_in_thread, stop_serving
 
 log = logging.getLogger(__name__)
 
@@ -222,27 +222,6 @@ class _Counters:
             )
 
 
-class _Throttle:
-    """A token bucket shared by every connection (bytes/s, burst of 1/4 s)."""
-
-    def __init__(self, rate: int):
-        self.rate = rate
-        self._lock = threading.Lock()
-        self._allowance = 0.0
-        self._last = time.monotonic()
-
-    def take(self, n: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            burst = self.rate / 4
-            self._allowance = min(burst, self._allowance + (now - self._last) * self.rate)
-            self._last = now
-            self._allowance -= n
-            wait = -self._allowance / self.rate if self._allowance < 0 else 0.0
-        if wait > 0:
-            time.sleep(wait)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"roost-origin/{__version__}"
@@ -356,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
         if sent_total < length:
             self.close_connection = True
 
-    def _send_throttled(self, f: Any, start: int, length: int, throttle: _Throttle) -> None:
+    def _send_throttled(self, f: Any, start: int, length: int, throttle: TokenBucket) -> None:
         client = self.client_address[0]
         offset, end = start, start + length
         try:
@@ -398,7 +377,7 @@ class _Server(ThreadingHTTPServer):
         self.root = root
         self.idle_timeout = config.idle_timeout
         self.counters = _Counters()
-        self.throttle = _Throttle(config.rate_limit) if config.rate_limit > 0 else None
+        self.throttle = TokenBucket(config.rate_limit) if config.rate_limit > 0 else None
         self._context = context
         super().__init__((config.bind, config.port), _Handler)
 
@@ -471,10 +450,7 @@ class OriginServer:
         except OSError as exc:
             where = f"{self.config.bind}:{self.config.port}"
             raise UsageError(f"origin cannot listen on {where}: {exc.strerror or exc}") from exc
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "roost-origin")
         return self
 
     def stats(self) -> OriginStats:
@@ -488,11 +464,7 @@ class OriginServer:
             pass
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        stop_serving(self._server, self._thread)
         self._thread = None
 
     def __enter__(self) -> OriginServer:
