@@ -203,21 +203,23 @@ def _ram_has_room(size: int) -> bool:
 def _start_readers(host: _Host, events: queue.Queue[tuple[str, dict[str, Any]]]) -> None:
     def read_stdout() -> None:
         assert host.proc.stdout is not None
-        for line in host.proc.stdout:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.put((host.name, event))
+        with host.proc.stdout:
+            for line in host.proc.stdout:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    events.put((host.name, event))
         events.put((host.name, {"event": "_exit"}))
 
     def read_stderr() -> None:
         assert host.proc.stderr is not None
-        for line in host.proc.stderr:
-            text = line.decode(errors="replace").strip()
-            if text:
-                host.stderr_tail = [*host.stderr_tail[-19:], text]
+        with host.proc.stderr:
+            for line in host.proc.stderr:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    host.stderr_tail = [*host.stderr_tail[-19:], text]
 
     threading.Thread(target=read_stdout, daemon=True).start()
     threading.Thread(target=read_stderr, daemon=True).start()

@@ -499,8 +499,9 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
 
     def read() -> None:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
+        with proc.stdout:
+            for line in proc.stdout:
+                lines.put(line)
         lines.put(None)
 
     threading.Thread(target=read, daemon=True).start()
