@@ -101,9 +101,9 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
             ) as lab:
                 origin, peers = lab.hosts[0], lab.hosts[1:]
                 for tool in make_tools(args.tools.split(","), args):
-                    work = base / f"{tool.name}-{hosts}"
+                    work = base / f"{tool.name}-{hosts}-{rate:g}"
                     work.mkdir()
-                    cgroup = tools.make_cgroup(f"{tool.name}-{hosts}-{os.getpid()}")
+                    cgroup = tools.make_cgroup(f"{tool.name}-{hosts}-{rate:g}-{os.getpid()}")
                     ctx = tools.Ctx(lab, origin, peers, artifact, work, size, rate, cgroup=cgroup)
                     timeout = args.timeout or (
                         hosts * limit * 1.5 + 60 if tool.name == "nginx" else 30 * limit + 60
