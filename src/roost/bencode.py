@@ -11,13 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from roost.errors import ReleaseError
+from roost.errors import BencodeError
 
 __all__ = ["BencodeError", "decode", "encode"]
-
-
-class BencodeError(ReleaseError, ValueError):
-    """Input is not valid bencoding."""
 
 
 def encode(value: Any) -> bytes:

@@ -4,16 +4,21 @@
     ├── UsageError                 bad arguments, bad tag, missing source
     ├── ConfigError                bad inventory / roost.toml (file, line)
     ├── ReleaseError               cannot pack or read a release
+    │   ├── BencodeError           not valid bencoding (also a ValueError)
     │   └── UnsafeArchiveError     a member would land outside the destination
     ├── DestinationError           destination not empty, not writable, full
     ├── VerifyError                extracted tree differs from the manifest
     ├── EngineError                libtorrent refused or failed (info-hash)
     ├── TrackerError               tracker could not start / answered a failure
+    │   ├── ProtocolError          malformed request (the HTTP status to answer)
+    │   │   └── Refused            well-formed, not served (token, allow-list)
+    │   └── StateFileError         unreadable state file (path, reason)
     ├── HookError                  the post-download hook failed (exit status)
     ├── ChannelError               a release channel is unreachable, malformed
     │                              or names a release it does not hold
     ├── RemoteError                a step on a remote host failed (host, step,
-    │                              exit status, stderr tail)
+    │   │                          exit status, stderr tail)
+    │   └── FleetAborted           too many hosts failed (failed, total)
     └── LabError                   emulated fleet could not be built
 
 The CLI prints ``str(error)`` of a RoostError on one line and exits non-zero.
@@ -52,6 +57,10 @@ class ReleaseError(RoostError):
     pass
 
 
+class BencodeError(ReleaseError, ValueError):
+    """Input is not valid bencoding."""
+
+
 class UnsafeArchiveError(ReleaseError):
     def __init__(self, member: str, reason: str):
         super().__init__(f"refusing archive: member {member!r} {reason}")
@@ -75,6 +84,28 @@ class EngineError(RoostError):
 
 class TrackerError(RoostError):
     pass
+
+
+class ProtocolError(TrackerError):
+    """Malformed request or announce; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class Refused(ProtocolError):
+    """A well-formed announce the tracker will not serve (token, allow-list)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, status=200)
+
+
+class StateFileError(TrackerError):
+    def __init__(self, path: object, reason: str):
+        super().__init__(f"tracker state file {path}: {reason}")
+        self.path = path
+        self.reason = reason
 
 
 class HookError(RoostError):
@@ -105,6 +136,19 @@ class RemoteError(RoostError):
         self.step = step
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
+
+
+class FleetAborted(RemoteError):
+    """Too many hosts failed: the remaining steps were not run."""
+
+    def __init__(self, step: str, failed: int, total: int, limit: float):
+        super().__init__(
+            "fleet",
+            step,
+            f"aborted: {failed} of {total} hosts failed, more than --max-fail-percent {limit:g}",
+        )
+        self.failed = failed
+        self.total = total
 
 
 class LabError(RoostError):

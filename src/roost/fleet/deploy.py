@@ -41,12 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RemoteError, RoostError, UsageError
+from roost.errors import FleetAborted, RemoteError, RoostError, UsageError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
 from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Inventory
-from roost.fleet.ssh import Fleet, FleetAborted, SSHOptions
+from roost.fleet.ssh import Fleet, SSHOptions
 from roost.progress import FleetProgress
 
 OnUpdate = Callable[[FleetProgress, float, bool], None]

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncssh
 
-from roost.errors import RemoteError, UsageError
+from roost.errors import FleetAborted, RemoteError, UsageError
 from roost.fleet.config import SSHSettings
 from roost.fleet.inventory import Host
 
@@ -44,19 +44,6 @@ TAIL = 2000
 
 def tail(text: str, limit: int = TAIL) -> str:
     return text[-limit:] if len(text) > limit else text
-
-
-class FleetAborted(RemoteError):
-    """Too many hosts failed: the remaining steps were not run."""
-
-    def __init__(self, step: str, failed: int, total: int, limit: float):
-        super().__init__(
-            "fleet",
-            step,
-            f"aborted: {failed} of {total} hosts failed, more than --max-fail-percent {limit:g}",
-        )
-        self.failed = failed
-        self.total = total
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ See ``server.py`` for how it works and ``docs/ARCHITECTURE.md`` for the
 contract. Protocol code (``protocol``, ``handout``) is sans-IO.
 """
 
+from roost.errors import StateFileError
 from roost.tracker.handout import LocalityPolicy
 from roost.tracker.server import (
     TrackerConfig,
@@ -16,7 +17,6 @@ from roost.tracker.server import (
     parse_info_hash,
     run_tracker_in_thread,
 )
-from roost.tracker.store import StateFileError
 
 __all__ = [
     "LocalityPolicy",

@@ -26,7 +26,7 @@ from operator import attrgetter
 from urllib.parse import unquote_to_bytes
 
 from roost import bencode
-from roost.errors import TrackerError
+from roost.errors import ProtocolError
 
 __all__ = [
     "EVENTS",
@@ -51,14 +51,6 @@ EVENTS = ("", "started", "completed", "stopped", "paused")
 _BAD_TARGET = re.compile(rb"[^\x21-\x7e]")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _HTTP_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() strips
-
-
-class ProtocolError(TrackerError):
-    """Malformed request or announce; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

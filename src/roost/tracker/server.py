@@ -44,12 +44,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar, cast
 
-from roost.errors import TrackerError
+from roost.errors import Refused, TrackerError
 from roost.tracker import protocol as proto
 from roost.tracker.handout import LocalityPolicy
 from roost.tracker.snapshot import Snapshot, StatusCache
 from roost.tracker.store import load_state, restore_state, save_state
-from roost.tracker.swarm import Refused, Registry
+from roost.tracker.swarm import Registry
 
 __all__ = [
     "TrackerConfig",

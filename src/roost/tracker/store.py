@@ -20,20 +20,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from roost.errors import TrackerError
+from roost.errors import StateFileError
 from roost.tracker.swarm import Peer, Registry
 
 __all__ = ["StateFileError", "dump_state", "load_state", "restore_state", "save_state"]
 
 FORMAT = "roost-tracker-state"
 VERSION = 1
-
-
-class StateFileError(TrackerError):
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"tracker state file {path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def _peer_dict(p: Peer) -> dict[str, Any]:

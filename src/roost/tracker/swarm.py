@@ -45,8 +45,9 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from roost.errors import Refused
 from roost.tracker.handout import HandoutIndex, LocalityPolicy
-from roost.tracker.protocol import Announce, ProtocolError, compact_address
+from roost.tracker.protocol import Announce, compact_address
 
 if TYPE_CHECKING:
     from roost.tracker.server import TrackerConfig
@@ -54,13 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["Counters", "Labeler", "Peer", "Refused", "Registry", "Swarm"]
 
 EVENT_HISTORY = 16
-
-
-class Refused(ProtocolError):
-    """A well-formed announce the tracker will not serve (token, allow-list)."""
-
-    def __init__(self, message: str):
-        super().__init__(message, status=200)
 
 
 class Counters:
