@@ -50,7 +50,7 @@ from roost.tracker.handout import HandoutIndex, LocalityPolicy
 from roost.tracker.protocol import Announce, compact_address
 
 if TYPE_CHECKING:
-    from roost.tracker.server import TrackerConfig
+    from roost.tracker.config import TrackerConfig
 
 __all__ = ["Counters", "Labeler", "Peer", "Refused", "Registry", "Swarm"]
 
