@@ -372,3 +372,16 @@ def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
                 feed_port=0,
             )
         )
+
+
+@pytest.mark.parametrize("url", ["ftp://origin/", "http://origin:99999/", "origin:8997"])
+def test_peer_refuses_a_bad_feed_url_before_anything_else(
+    url: str, tmp_path: Path, roost_procs: Start
+) -> None:
+    proc = roost_procs(
+        "peer", str(tmp_path / "missing.torrent"), "--dest", str(tmp_path / "d"), "--feed", url
+    )
+    _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2
+    assert err.decode().strip() == f"roost: error: feed URL must be http://HOST:PORT/, not {url!r}"
+    assert not (tmp_path / "d").exists()

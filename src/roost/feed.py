@@ -396,6 +396,18 @@ class FeedCounters:
     last_error: str | None = None
 
 
+def parse_feed_url(url: str) -> urllib.parse.SplitResult:
+    """``url`` split; ``UsageError`` unless it is ``http://HOST[:PORT]/``."""
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parsed = parsed._replace(scheme="")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise UsageError(f"feed URL must be http://HOST:PORT/, not {url!r}")
+    return parsed
+
+
 class FeedClient:
     """Pulls pieces from an origin's feed into the engine, on worker threads.
 
@@ -419,9 +431,8 @@ class FeedClient:
         timeout: float = 30.0,
         download_limit: int = 0,
     ):
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme != "http" or not parsed.hostname:
-            raise UsageError(f"feed URL must be http://HOST:PORT/, not {url!r}")
+        parsed = parse_feed_url(url)
+        assert parsed.hostname is not None
         self.host = parsed.hostname
         self.port = parsed.port or 80
         self.base = f"{parsed.path.rstrip('/')}{API}/{info_hash}"

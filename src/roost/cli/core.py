@@ -231,6 +231,10 @@ def _peer(args: argparse.Namespace) -> int:
     from roost.magnet import is_magnet, parse_magnet
     from roost.peer import magnet_torrent_path
 
+    if args.feed:
+        from roost.feed import parse_feed_url
+
+        parse_feed_url(args.feed)  # refused now, not after the download started
     magnet = args.torrent if is_magnet(args.torrent) else None
     torrent = Path(args.torrent)
     if magnet is not None:
