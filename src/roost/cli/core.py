@@ -2,7 +2,8 @@
 
 Argument definitions live here; the work is in ``roost.seeder``,
 ``roost.peer``, ``roost.local`` and (for ``-i INVENTORY``)
-``roost.fleet.deploy.deploy_fleet(args)``.
+``roost.cli.fleet.deploy_main(args)``, which plans it (``plan_from_args``) and
+runs it (``roost.fleet.deploy.run_deploy``).
 """
 
 from __future__ import annotations
@@ -373,9 +374,9 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.inventory is not None or getattr(args, "hosts", None):
         if args.local is not None:
             raise UsageError("--local runs an embedded fleet: drop it or drop -i/--hosts")
-        from roost.fleet.deploy import deploy_fleet
+        from roost.cli.fleet import deploy_main
 
-        return int(deploy_fleet(args) or 0)
+        return deploy_main(args)
     if str(args.source).startswith("seeder:"):
         raise UsageError(f"{args.source}: a path on the seeder needs an inventory (-i)")
     if not args.tag:

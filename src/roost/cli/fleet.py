@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     # Imported where used: every ``roost`` command builds this module's
     # parsers, and asyncssh (via roost.fleet.ssh) alone costs ~0.5 CPU-s.
     from roost.fleet.config import FleetConfig
+    from roost.fleet.deploy import DeployPlan
     from roost.fleet.inventory import Inventory
     from roost.fleet.ssh import Fleet, HostResult, SSHOptions
 
@@ -562,10 +563,71 @@ def register(sub: Any) -> None:
 # ---------------------------------------------------------------- roost deploy -i
 
 
+def plan_from_args(args: argparse.Namespace) -> DeployPlan:
+    """Resolve a ``DeployPlan`` from ``roost deploy -i`` arguments. Raises
+    ``UsageError``/``ConfigError``."""
+    from roost.fleet import tasks
+    from roost.fleet.deploy import DeployPlan
+
+    inv = load_inv(args)
+    cfg = fleet_config(args)
+    tag = args.tag or inv.get("tag") or cfg.default_tag
+    dest = args.dest or inv.get("destination_path") or cfg.default_destination_path
+    if not tag:
+        raise UsageError("no tag: pass --tag, or set tag in group_vars/all or roost.toml")
+    if not dest:
+        raise UsageError(
+            "no destination: pass --dest, or set destination_path in "
+            "group_vars/all or default_destination_path in roost.toml"
+        )
+    seeder_path: str | None = None
+    source = str(args.source)
+    if source.startswith("seeder:"):
+        seeder_path = source[len("seeder:") :] or str(
+            inv.get("seeder_files_path") or cfg.default_seeder_files_path or ""
+        )
+        if not seeder_path:
+            raise UsageError(
+                "seeder: names no path: give seeder:PATH, or set seeder_files_path in "
+                "group_vars/all or default_seeder_files_path in roost.toml"
+            )
+        if getattr(args, "seed_from", None) == "controller":
+            raise UsageError("seeder:PATH is packed and seeded on the seeder: drop --seed-from")
+    elif not Path(args.source).exists():
+        raise UsageError(f"source {args.source} does not exist")
+    peer = tasks.PeerOptions(
+        tag=str(tag),
+        dest=str(dest),
+        tag_directory=args.tag_directory,
+        clean=args.clean,
+        linger=args.linger,
+        hook=args.hook,
+        timeout=args.timeout or None,
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
+    )
+    return DeployPlan(
+        source=Path(args.source),
+        tag=str(tag),
+        inventory=inv,
+        cfg=cfg,
+        ssh=ssh_options(args, cfg),
+        peer=peer,
+        is_file=args.is_file,
+        seed_from=getattr(args, "seed_from", None) or ("seeder" if seeder_path else "controller"),
+        super_seed=bool(getattr(args, "super_seed", False)),
+        feed=bool(getattr(args, "feed", True)),
+        do_bootstrap=not getattr(args, "no_bootstrap", False),
+        out_dir=args.out,
+        piece_size=args.piece_size,
+        seeder_path=seeder_path,
+    )
+
+
 def deploy_main(args: argparse.Namespace) -> int:
     import asyncio
 
-    from roost.fleet.deploy import plan_from_args, run_deploy
+    from roost.fleet.deploy import run_deploy
     from roost.progress import TerminalDisplay, render_live, render_summary
 
     plan = plan_from_args(args)

@@ -26,7 +26,6 @@ release (the peer reports them installed) and completes only the others.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost.errors import FleetAborted, RemoteError, RoostError, UsageError
+from roost.errors import FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
 from roost.fleet.config import FleetConfig
@@ -374,71 +373,4 @@ def _host_cidr(address: str) -> str:
     return f"{address}/128" if ":" in address else f"{address}/32"
 
 
-def plan_from_args(args: argparse.Namespace) -> DeployPlan:
-    """Resolve a ``DeployPlan`` from ``roost deploy -i`` arguments. Raises
-    ``UsageError``/``ConfigError``."""
-    from roost.cli.fleet import fleet_config, load_inv, ssh_options
-
-    inv = load_inv(args)
-    cfg = fleet_config(args)
-    tag = args.tag or inv.get("tag") or cfg.default_tag
-    dest = args.dest or inv.get("destination_path") or cfg.default_destination_path
-    if not tag:
-        raise UsageError("no tag: pass --tag, or set tag in group_vars/all or roost.toml")
-    if not dest:
-        raise UsageError(
-            "no destination: pass --dest, or set destination_path in "
-            "group_vars/all or default_destination_path in roost.toml"
-        )
-    seeder_path: str | None = None
-    source = str(args.source)
-    if source.startswith("seeder:"):
-        seeder_path = source[len("seeder:") :] or str(
-            inv.get("seeder_files_path") or cfg.default_seeder_files_path or ""
-        )
-        if not seeder_path:
-            raise UsageError(
-                "seeder: names no path: give seeder:PATH, or set seeder_files_path in "
-                "group_vars/all or default_seeder_files_path in roost.toml"
-            )
-        if getattr(args, "seed_from", None) == "controller":
-            raise UsageError("seeder:PATH is packed and seeded on the seeder: drop --seed-from")
-    elif not Path(args.source).exists():
-        raise UsageError(f"source {args.source} does not exist")
-    peer = tasks.PeerOptions(
-        tag=str(tag),
-        dest=str(dest),
-        tag_directory=args.tag_directory,
-        clean=args.clean,
-        linger=args.linger,
-        hook=args.hook,
-        timeout=args.timeout or None,
-        upload_limit=args.upload_limit,
-        download_limit=args.download_limit,
-    )
-    return DeployPlan(
-        source=Path(args.source),
-        tag=str(tag),
-        inventory=inv,
-        cfg=cfg,
-        ssh=ssh_options(args, cfg),
-        peer=peer,
-        is_file=args.is_file,
-        seed_from=getattr(args, "seed_from", None) or ("seeder" if seeder_path else "controller"),
-        super_seed=bool(getattr(args, "super_seed", False)),
-        feed=bool(getattr(args, "feed", True)),
-        do_bootstrap=not getattr(args, "no_bootstrap", False),
-        out_dir=args.out,
-        piece_size=args.piece_size,
-        seeder_path=seeder_path,
-    )
-
-
-def deploy_fleet(args: argparse.Namespace) -> int:
-    """``roost deploy -i``: the contract with ``roost.cli.core``."""
-    from roost.cli.fleet import deploy_main
-
-    return deploy_main(args)
-
-
-__all__ = ["DeployPlan", "RemoteError", "deploy_fleet", "plan_from_args", "run_deploy"]
+__all__ = ["DeployPlan", "RemoteError", "run_deploy"]
