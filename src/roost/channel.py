@@ -24,9 +24,7 @@ from __future__ import annotations
 import email.utils
 import http.server
 import json
-import os
 import re
-import tempfile
 import threading
 import time
 import urllib.error
@@ -37,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from roost._fs import atomic_write
 from roost.errors import ChannelError, UsageError
 from roost.release import Release, create_release, validate_tag
 
@@ -173,17 +172,7 @@ def write_channel_dir(channel_dir: Path, channel: Channel) -> Path:
     """Replace ``channel_dir/channel.json`` atomically."""
     path = Path(channel_dir) / CHANNEL_FILE
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".channel.json.", suffix=".tmp", dir=channel_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(render_channel(channel))
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, render_channel(channel))
     except OSError as exc:
         raise ChannelError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path

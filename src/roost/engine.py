@@ -36,6 +36,7 @@ from typing import Any, cast
 import libtorrent as lt
 
 from roost import __version__
+from roost._fs import atomic_write
 from roost.errors import EngineError
 
 TorrentId = str  # v1 info-hash, 40 hex digits
@@ -673,10 +674,4 @@ def _resume_path(resume_dir: Path, tid: TorrentId) -> Path:
 
 def _write_atomic(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, data)

@@ -43,6 +43,8 @@ from concurrent.futures import wait as wait_all
 from pathlib import Path
 from typing import Any, cast
 
+from roost._fs import fsync_directory
+
 __all__ = [
     "PieceStream",
     "TarWriter",
@@ -192,15 +194,6 @@ def sync_filesystem(path: Path) -> None:
 
 def _libc_syncfs() -> Callable[[int], int] | None:
     return libc_function("syncfs", ctypes.c_int)
-
-
-def fsync_directory(path: Path) -> None:
-    """fsync a directory, so that a rename in it survives a power loss."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_range(fd: int, offset: int, size: int) -> str:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost import procs
+from roost._fs import atomic_write
 from roost.errors import EngineError, HookError, RoostError, UsageError
 
 if TYPE_CHECKING:
@@ -257,9 +258,7 @@ class _Download:
         data = self.engine.metadata(self.tid)
         if data is None:
             return
-        tmp = self.config.torrent.with_name(f".{self.config.torrent.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.config.torrent)
+        atomic_write(self.config.torrent, data)
         self.has_metadata = True
 
     def run_until_complete(self, emit: Emit, should_stop: Callable[[], str | None]) -> None:

@@ -19,20 +19,27 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from roost._fs import atomic_write
 from roost.errors import RoostError
 
 
-def _start_time(pid: int) -> int:
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), to tell a reused
+    pid; None if there is no such process (or no /proc)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0
+        return None
     # The command name (field 2) may hold spaces and parentheses: split after it.
     fields = stat.rsplit(")", 1)[-1].split()
-    return int(fields[19]) if len(fields) > 19 else 0
+    return int(fields[19]) if len(fields) > 19 else None
+
+
+def _start_time(pid: int) -> int:
+    return start_time(pid) or 0
 
 
 def alive(pid: int) -> bool:
@@ -54,10 +61,7 @@ def write_pid_file(path: Path, pid: int | None = None) -> Path:
     pid = os.getpid() if pid is None else pid
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(f"{pid} {_start_time(pid)}\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, f"{pid} {_start_time(pid)}\n".encode())
 
 
 def read_pid_file(path: Path) -> int | None:
@@ -118,6 +122,34 @@ def stop_all(paths: list[Path], *, timeout: float = 10.0) -> int:
         with contextlib.suppress(OSError):
             Path(path).unlink()
     return len(running)
+
+
+def stop_recorded(
+    records: Sequence[tuple[int, int]], *, grace: float = 2.0, group: bool = False
+) -> None:
+    """SIGTERM, then after ``grace`` s SIGKILL, the recorded ``(pid, start
+    time)`` processes that still run (a pid reused by another process is
+    left alone). ``group``: signal each one's process group (it leads one),
+    falling back to the process alone."""
+    running = [(p, s) for p, s in records if start_time(p) == s]
+    for pid, _ in running:
+        _signal_quietly(pid, signal.SIGTERM, group)
+    deadline = time.monotonic() + grace
+    while running and time.monotonic() < deadline:
+        running = [(p, s) for p, s in running if start_time(p) == s and alive(p)]
+        if running:
+            time.sleep(0.05)
+    for pid, _ in running:
+        _signal_quietly(pid, signal.SIGKILL, group)
+
+
+def _signal_quietly(pid: int, sig: int, group: bool) -> None:
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+            return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roost._fs import atomic_write
 from roost.errors import UsageError
 
 STATE_FILE = ".roost-agent.json"
@@ -58,15 +58,7 @@ class AgentState:
     def save(self, dest: Path) -> None:
         path = Path(dest) / STATE_FILE
         data = json.dumps(self.__dict__, indent=2, sort_keys=True) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", suffix=".tmp", dir=dest)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, data.encode())
 
     def installed_entry(self, tag: str) -> dict[str, Any] | None:
         return next((e for e in self.installed if e.get("tag") == tag), None)

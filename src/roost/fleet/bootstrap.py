@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import roost
+from roost._fs import atomic_write
 from roost.errors import RemoteError, RoostError, UsageError
 from roost.fleet.config import FleetConfig
 from roost.fleet.ssh import Fleet, HostResult, Session
@@ -133,9 +134,7 @@ def roost_wheel(out_dir: Path) -> Path:
     target = out_dir / f"roost-{digest}" / f"roost-{version}-py3-none-any.whl"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        atomic_write(target, data)
     return target
 
 

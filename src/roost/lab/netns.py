@@ -60,7 +60,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -69,6 +68,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roost import procs
+from roost._fs import atomic_write
 from roost.errors import LabError
 
 log = logging.getLogger(__name__)
@@ -142,48 +143,6 @@ def needed_paths(*, import_path: bool = True) -> list[str]:
 
 def _under(path: str, mount: str) -> bool:
     return path == mount or path.startswith(mount.rstrip("/") + "/")
-
-
-def _start_time(pid: int) -> int | None:
-    """The process's start time (clock ticks since boot), to tell a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
-def _signal(pid: int, sig: int) -> None:
-    """Signal a process group led by ``pid``, or the process alone."""
-    try:
-        os.killpg(pid, sig)
-        return
-    except (ProcessLookupError, PermissionError):
-        pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _kill_recorded(records: Sequence[tuple[int, int]], grace: float = 2.0) -> None:
-    """SIGTERM then SIGKILL the recorded (pid, start time) processes still alive."""
-    alive = [(p, s) for p, s in records if _start_time(p) == s]
-    for pid, _ in alive:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        alive = [(p, s) for p, s in alive if _start_time(p) == s and not _zombie(p)]
-        if alive:
-            time.sleep(0.05)
-    for pid, _ in alive:
-        _signal(pid, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rindex(")") + 2] == "Z"
 
 
 @dataclass(frozen=True)
@@ -353,7 +312,7 @@ class Lab:
         return binds
 
     def _record(self, pid: int) -> None:
-        start = _start_time(pid)
+        start = procs.start_time(pid)
         if start is None:
             return
         with self._pids_file.open("a") as f:
@@ -383,9 +342,7 @@ class Lab:
                 for h in self.hosts
             ],
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.state_file)
+        atomic_write(self.state_file, json.dumps(state, indent=1).encode())
 
     @classmethod
     def attach(cls, prefix: str = "roostlab", state_dir: Path | None = None) -> Lab:
@@ -750,7 +707,7 @@ def teardown(prefix: str, *, state_dir: Path | None = None) -> list[str]:
     except (OSError, ValueError):
         pass
     if records:
-        _kill_recorded(records)
+        procs.stop_recorded(records, group=True)
         removed.append(f"{len(records)} recorded processes")
     pat = re.compile(rf"{re.escape(prefix)}-(sw|h[0-9]+)")
     ours = [ns for ns in _netns_list() if pat.fullmatch(ns)]

@@ -13,13 +13,11 @@ empty state.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from roost._fs import atomic_write
 from roost.errors import StateFileError
 from roost.tracker.swarm import Peer, Registry
 
@@ -76,17 +74,7 @@ def save_state(registry: Registry, path: Path, now: float) -> None:
     data = json.dumps(dump_state(registry, now), separators=(",", ":")).encode()
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, data, mode=0o600)  # it holds announce tokens
     except OSError as exc:
         raise StateFileError(path, f"cannot write: {exc.strerror or exc}") from exc
 
