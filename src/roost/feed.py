@@ -257,6 +257,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(length))
             self.end_headers()
             self.wfile.flush()
+            # Counted before it leaves, corrected if it does not all leave: a
+            # client that has read the piece never sees a count without it.
+            with self.server.lock:
+                feed.bytes_sent += length
             sent = 0
             try:
                 throttle = self.server.throttle
@@ -270,8 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             finally:
-                with self.server.lock:
-                    feed.bytes_sent += sent
+                if sent < length:
+                    with self.server.lock:
+                        feed.bytes_sent -= length - sent
             if sent < length:
                 self.close_connection = True
 
