@@ -555,7 +555,8 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         shutil.rmtree(tmp, ignore_errors=True)
     ncpu = os.cpu_count() or 1
     machine = (cpu1 - cpu0) / max(wall, 1e-9) / ncpu
-    series = sampler.series if sampler is not None else []
+    hosts = sampler.hosts if sampler is not None else []
+    series = [(t, c[ctx.origin.name][1]) for t, c in hosts if ctx.origin.name in c]
     idle = _idle_seconds(series, ctx.rate_mbit, last) if last is not None else None
     cpu = cg1 - cg0 if cg1 is not None and cg0 is not None else cpu1 - cpu0
     return Result(
@@ -580,7 +581,7 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         origin_idle_s=round(idle, 2) if idle is not None else None,
         link_drops=(drops1[0] - drops0[0], drops1[1] - drops0[1]),
         origin_series=[(round(t, 2), b) for t, b in series],
-        host_series=[(round(t, 2), c) for t, c in sampler.hosts] if sampler is not None else [],
+        host_series=[(round(t, 2), c) for t, c in hosts],
         times=[round(t, 3) if t is not None else None for t in times],
         settings=tool.settings(ctx),
     )
@@ -594,12 +595,11 @@ def _drops(ctx: Ctx) -> tuple[int, int]:
 
 
 class _OriginSampler:
-    """The origin's sent bytes every 0.25 s, from a thread (one ``ip`` call each)."""
+    """Every host's link counters every 0.25 s, from a thread (one ``ip`` call each)."""
 
     def __init__(self, ctx: Ctx, t0: float):
         import threading
 
-        self.series: list[tuple[float, int]] = []
         self.hosts: list[tuple[float, dict[str, tuple[int, int]]]] = []
         self._ctx, self._t0 = ctx, t0
         self._stop = threading.Event()
@@ -609,10 +609,7 @@ class _OriginSampler:
     def _run(self) -> None:
         while not self._stop.wait(0.25):
             with contextlib.suppress(Exception):
-                counters = self._ctx.lab.counters()
-                now = time.time() - self._t0
-                self.series.append((now, counters[self._ctx.origin.name][1]))
-                self.hosts.append((now, counters))
+                self.hosts.append((time.time() - self._t0, self._ctx.lab.counters()))
 
     def stop(self) -> None:
         self._stop.set()

@@ -73,7 +73,10 @@ def system_env(**extra: str) -> dict[str, str]:
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs git and a git checkout (the copy is made from `git ls-files`)")
+        pytest.skip(
+            "needs git and a git checkout (the copy is made from `git ls-files`): "
+            "apt-get install git, and run the tests from a `git clone` of roost"
+        )
     return scratch_checkout(tmp_path / "roost")
 
 
@@ -84,7 +87,10 @@ def test_install_script_with_the_system_python(checkout: Path, tmp_path: Path) -
     (ROOST_INSTALL_SKIP_APT, ROOST_INSTALL_EXTRAS) to keep it short."""
     python, why = system_python()
     if python is None:
-        pytest.skip(f"no system Python to install with: {why}")
+        pytest.skip(
+            f"no system Python to install with: {why}; "
+            "apt-get install python3 python3-venv (Debian/Ubuntu) provides one"
+        )
     env = system_env(ROOST_INSTALL_SKIP_APT="1", ROOST_INSTALL_EXTRAS="")
     fits = subprocess.run(
         [python, "-c", "import sys; sys.exit(not (3, 10) <= sys.version_info[:2] < (3, 14))"]

@@ -110,6 +110,10 @@ class Dispatcher:
         self.reassigned = 0
 
     @property
+    def confirmed(self) -> int:
+        return self._num_confirmed
+
+    @property
     def done(self) -> bool:
         return self._num_confirmed == self.num_pieces
 
@@ -186,7 +190,7 @@ class _Feed:
         return FeedStats(
             d.num_pieces,
             d.dispatched,
-            d._num_confirmed,
+            d.confirmed,
             d.reassigned,
             self.repairs,
             self.bytes_sent,

@@ -233,9 +233,9 @@ class _Download:
         self.hash_failures = 0
         self.feed: FeedClient | None = None
         if config.feed and torrent_bytes is not None:
-            self.feed = self._start_feed(config.feed, torrent_bytes)
+            self.feed = self._start_feed(config.feed)
 
-    def _start_feed(self, url: str, torrent_bytes: bytes) -> FeedClient:
+    def _start_feed(self, url: str) -> FeedClient:
         from roost.feed import FeedClient
 
         engine, tid = self.engine, self.tid

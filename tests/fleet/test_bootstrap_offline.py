@@ -121,7 +121,10 @@ def test_download_only_fills_a_cache_an_offline_controller_bootstraps_from(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
     run = download_only(cache, env, "--json")
     if run.returncode != 0 and "could not download" in run.stderr:
-        pytest.skip(f"pip cannot reach its index from here: {run.stderr.strip()}")
+        pytest.skip(
+            "pip cannot reach its index from here (give it PyPI or a mirror: "
+            f"PIP_INDEX_URL=...): {run.stderr.strip()}"
+        )
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     [row] = doc["targets"]

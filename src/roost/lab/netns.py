@@ -639,12 +639,6 @@ class Lab:
                     up += int(q.get("drops", 0))
         return down, up
 
-    def host_counters(self, host: Host) -> tuple[int, int]:
-        """Bytes (received, sent) by one host so far (one ``ip`` call)."""
-        out = _run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show", f"h{host.index}"])
-        stats = json.loads(out)[0]["stats64"]
-        return stats["tx"]["bytes"], stats["rx"]["bytes"]
-
     def inter_dc_counters(self) -> tuple[int, int]:
         """Bytes (dc1 to dc2, dc2 to dc1) that crossed the inter-datacenter link so far.
 
