@@ -5,7 +5,8 @@
     ├── ConfigError                bad inventory / roost.toml (file, line)
     ├── ReleaseError               cannot pack or read a release
     │   ├── BencodeError           not valid bencoding (also a ValueError)
-    │   └── UnsafeArchiveError     a member would land outside the destination
+    │   ├── UnsafeArchiveError     a member would land outside the destination
+    │   └── SignatureError         unsigned, untrusted or tampered (info-hash)
     ├── DestinationError           destination not empty, not writable, full
     ├── VerifyError                extracted tree differs from the manifest
     ├── EngineError                libtorrent refused or failed (info-hash)
@@ -66,6 +67,14 @@ class UnsafeArchiveError(ReleaseError):
         super().__init__(f"refusing archive: member {member!r} {reason}")
         self.member = member
         self.reason = reason
+
+
+class SignatureError(ReleaseError):
+    """A release whose signature is missing, untrusted or does not match."""
+
+    def __init__(self, message: str, info_hash: str | None = None):
+        super().__init__(message)
+        self.info_hash = info_hash
 
 
 class DestinationError(RoostError):

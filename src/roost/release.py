@@ -38,7 +38,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from roost import __version__, bencode
+from roost import __version__, bencode, signing
+from roost._fs import atomic_write
 from roost.errors import ReleaseError, UsageError
 from roost.hashing import TarWriter, hash_pieces, sha256_range
 from roost.manifest import (
@@ -366,8 +367,10 @@ def create_release(
     piece_size: int | None = None,
     web_seeds: Sequence[str] = (),
     private: bool = False,
+    sign_key: Path | None = None,
 ) -> Release:
-    """Pack ``source`` and write ``out_dir/TAG.torrent`` (and ``TAG.tar``).
+    """Pack ``source`` and write ``out_dir/TAG.torrent`` (and ``TAG.tar``);
+    with ``sign_key``, the torrent carries an SSH signature (``roost.signing``).
 
     Raises ``UsageError`` for bad arguments, ``ReleaseError`` if packing fails.
     """
@@ -421,6 +424,11 @@ def create_release(
             meta["announce-list"] = [[url] for url in announce]
         if web_seeds:
             meta["url-list"] = list(web_seeds)
+        info_hash = hashlib.sha1(bencode.encode(info)).hexdigest()
+        if sign_key is not None:
+            meta[signing.TORRENT_KEY.decode()] = signing.sign(
+                signing.statement(info_hash, tag, manifest_sha), sign_key
+            )
         torrent_bytes = bencode.encode(meta)
         tmp_torrent = _temp_in(out_dir, f".{tag}.torrent.", temps)
         tmp_torrent.write_bytes(torrent_bytes)
@@ -439,7 +447,7 @@ def create_release(
         kind=kind,
         payload=payload,
         torrent=torrent,
-        info_hash=hashlib.sha1(bencode.encode(info)).hexdigest(),
+        info_hash=info_hash,
         total_size=total,
         piece_size=size,
         num_pieces=len(pieces) // 20,
@@ -473,6 +481,7 @@ class TorrentMeta:
     file_mode: int | None = None
     files: tuple[tuple[str, int], ...] | None = None  # multi-file torrents only
     pieces: bytes = field(default=b"", repr=False)
+    signature: bytes | None = field(default=None, repr=False)  # x-roost-sig, outside info
 
     @property
     def is_roost(self) -> bool:
@@ -544,6 +553,7 @@ def read_torrent(data: bytes) -> TorrentMeta:
         private=info.get(b"private") == 1,
         files=files,
         pieces=pieces,
+        signature=sig if isinstance(sig := top.get(signing.TORRENT_KEY), bytes) else None,
     )
     if b"x-roost" in info:
         meta = _with_x_roost(meta, info[b"x-roost"])
@@ -570,6 +580,38 @@ def _with_x_roost(meta: TorrentMeta, x: object) -> TorrentMeta:
     if meta.files is not None:
         raise ReleaseError("torrent x-roost on a multi-file torrent")
     return replace(meta, tag=tag, kind=kind, manifest_sha256=digest, file_mode=mode)
+
+
+def check_signature(meta: TorrentMeta, trusted: signing.TrustedKeys) -> str | None:
+    """With trusted keys, refuse (``SignatureError``) a release not signed by
+    one of them; returns the signer, or None when no keys are trusted."""
+    if not trusted:
+        return None
+    return signing.check(
+        trusted,
+        info_hash=meta.info_hash,
+        tag=meta.tag,
+        manifest_sha256=meta.manifest_sha256,
+        signature=meta.signature,
+    )
+
+
+def sign_torrent(path: Path, key: Path) -> TorrentMeta:
+    """Add (or replace) the signature of the roost release ``path``, in place
+    and atomically; the info-hash does not change."""
+    path = Path(path)
+    meta = read_torrent_file(path)
+    if meta.tag is None or meta.manifest_sha256 is None:
+        raise UsageError(f"{path} is not a roost release (no x-roost), so it cannot be signed")
+    top = bencode.decode(path.read_bytes())
+    top[signing.TORRENT_KEY] = signing.sign(
+        signing.statement(meta.info_hash, meta.tag, meta.manifest_sha256), key
+    )
+    try:
+        atomic_write(path, bencode.encode(top))
+    except OSError as exc:
+        raise ReleaseError(f"cannot write {path}: {exc.strerror}") from exc
+    return read_torrent_file(path)
 
 
 def _text(value: object, what: str) -> str:

@@ -1,4 +1,4 @@
-"""``roost create`` (Murder's create_torrent) and ``roost verify``."""
+"""``roost create`` (Murder's create_torrent), ``roost sign`` and ``roost verify``."""
 
 from __future__ import annotations
 
@@ -12,9 +12,21 @@ from typing import Any
 from roost.extract import verify_installed
 from roost.release import (
     DEFAULT_OUT_DIR,
+    check_signature,
     create_release,
     parse_size,
     read_torrent_file,
+    sign_torrent,
+)
+from roost.signing import load_trusted
+
+_SIGN_HELP = (
+    "SSH key to sign the release with (a private key, or a .pub whose private half "
+    "is in ssh-agent); the signature covers the info-hash, the tag and the manifest"
+)
+_TRUST_HELP = (
+    "OpenSSH public key file (one key per line) whose signatures to accept; with it, "
+    "unsigned or otherwise signed releases are refused (repeatable)"
 )
 
 
@@ -62,8 +74,22 @@ def register(sub: Any) -> None:
         help="HTTP(S) origin holding the payload (BEP 19 web seed, repeatable)",
     )
     create.add_argument("--private", action="store_true", help="set the private flag (no DHT/PEX)")
+    create.add_argument("--sign", type=Path, default=None, metavar="KEY", help=_SIGN_HELP)
     create.add_argument("--json", action="store_true", help="print a JSON summary")
     create.set_defaults(handler=_create)
+
+    sign = sub.add_parser(
+        "sign",
+        help="sign an existing release's .torrent with an SSH key",
+        description=(
+            "Add an OpenSSH signature (namespace roost-release) over T's info-hash, tag and "
+            "manifest sha256 to T, in place; the info-hash does not change. Peers and agents "
+            "given --trust refuse releases that are not signed by a trusted key."
+        ),
+    )
+    sign.add_argument("torrent", type=Path, metavar="T", help="the release's .torrent")
+    sign.add_argument("--key", type=Path, required=True, metavar="KEY", help=_SIGN_HELP)
+    sign.set_defaults(handler=_sign)
 
     verify = sub.add_parser(
         "verify",
@@ -82,6 +108,9 @@ def register(sub: Any) -> None:
         metavar="P",
         help="the release's payload (default: beside the torrent, under its name)",
     )
+    verify.add_argument(
+        "--trust", action="append", default=[], type=Path, metavar="KEY", help=_TRUST_HELP
+    )
     verify.set_defaults(handler=_verify)
 
 
@@ -96,6 +125,7 @@ def _create(args: argparse.Namespace) -> int:
         piece_size=args.piece_size,
         web_seeds=args.web_seed,
         private=args.private,
+        sign_key=args.sign,
     )
     seconds = time.monotonic() - started
     from roost.magnet import magnet_uri
@@ -113,6 +143,7 @@ def _create(args: argparse.Namespace) -> int:
             "pieces": release.num_pieces,
             "seconds": round(seconds, 3),
             "magnet": magnet,
+            "signed": args.sign is not None,
         }
         print(json.dumps(doc))
         return 0
@@ -124,15 +155,26 @@ def _create(args: argparse.Namespace) -> int:
     print(f"size       {release.total_size} bytes ({_human(release.total_size)})")
     print(f"pieces     {release.num_pieces} x {_human(release.piece_size)}")
     print(f"magnet     {magnet}")
+    if args.sign is not None:
+        print(f"signed     with {args.sign}")
     print(f"took       {seconds:.2f} s")
     return 0
 
 
+def _sign(args: argparse.Namespace) -> int:
+    meta = sign_torrent(args.torrent, args.key)
+    print(f"signed {args.torrent}: release {meta.tag} ({meta.info_hash}) with {args.key}")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
+    trusted = load_trusted(args.trust)
     meta = read_torrent_file(args.torrent)
+    signer = check_signature(meta, trusted)
     payload = args.payload or args.torrent.parent / meta.name
     verify_installed(args.target, payload, meta)
-    print(f"ok: {args.target} matches release {meta.tag or meta.name} ({meta.info_hash})")
+    by = f", signed by {signer}" if signer else ""
+    print(f"ok: {args.target} matches release {meta.tag or meta.name} ({meta.info_hash}){by}")
     return 0
 
 
