@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roost import activation
 from roost.agent.state import (
     CACHE_DIR,
     CURRENT,
@@ -411,18 +412,8 @@ class Agent:
     # Activation and pruning ----------------------------------------------------
 
     def _activate(self, tag: str) -> None:
-        """Point ``DEST/current`` at ``releases/TAG`` atomically."""
-        link = self.dest / CURRENT
-        if link.exists() and not link.is_symlink():
-            raise DestinationError(f"{link} exists and is not a symlink; not replacing it")
-        tmp = self.dest / f"{CURRENT}.tmp"
-        try:
-            if tmp.is_symlink() or tmp.exists():
-                tmp.unlink()
-            os.symlink(f"{RELEASES}/{tag}", tmp)
-            os.replace(tmp, link)
-        except OSError as exc:
-            raise DestinationError(f"cannot switch {link} to {tag}: {exc.strerror}") from exc
+        """Point ``DEST/current`` at ``releases/TAG`` atomically (``roost.activation``)."""
+        activation.activate(self.dest, tag)
 
     def _prune(self) -> None:
         protected = {t for t in (self.state.current, self.state.previous) if t}
@@ -434,28 +425,13 @@ class Agent:
         room = max(0, self.config.keep - len(protected))
         for entry in others[room:]:
             tag = str(entry["tag"])
-            if self._remove_release(tag):
-                self.state.installed.remove(entry)
-                self.say(f"pruned {tag}")
-
-    def _remove_release(self, tag: str) -> bool:
-        target = self.dest / RELEASES / tag
-        if not target.exists() and not target.is_symlink():
-            return True
-        doomed = self.dest / RELEASES / f".{tag}.roost-pruning-{os.getpid()}"
-        try:
-            os.rename(target, doomed)
-        except OSError as exc:
-            self.say(f"cannot prune {tag}: {exc.strerror}")
-            return False
-
-        def writable(func: Any, path: str, _exc: Any) -> None:
-            with contextlib.suppress(OSError):
-                os.chmod(os.path.dirname(path), 0o700)
-                func(path)
-
-        shutil.rmtree(doomed, onerror=writable)
-        return True
+            try:
+                activation.remove_release(self.dest, tag)
+            except DestinationError as exc:
+                self.say(f"cannot prune {tag}: {exc}")
+                continue
+            self.state.installed.remove(entry)
+            self.say(f"pruned {tag}")
 
     def _save(self) -> None:
         try:

@@ -20,7 +20,17 @@ from roost.errors import RoostError
 
 # Modules under roost.cli that expose ``register(subparsers)``. A module that
 # does not exist yet is skipped, so areas can land independently.
-_AREAS = ("tracker", "release", "core", "fleet", "status", "lab", "agent", "origin")
+_AREAS = (
+    "tracker",
+    "release",
+    "core",
+    "fleet",
+    "releases",
+    "status",
+    "lab",
+    "agent",
+    "origin",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -408,3 +408,14 @@ async def clean(
 ) -> dict[str, HostResult[dict[str, Any]]]:
     r = Remote(cfg)
     return await _helper(fleet, "clean", inv.remote_hosts, r.helper("clean", r.temp))
+
+
+# ---------------------------------------------------------------- activation
+
+
+async def roost_on(
+    fleet: Fleet, cfg: FleetConfig, step: str, hosts: Iterable[Host], argv: Sequence[str]
+) -> dict[str, HostResult[dict[str, Any]]]:
+    """Run ``roost ARGV --json`` on each host (``roost releases``, ``activate``,
+    ``rollback``); its JSON object is the host's result."""
+    return await _helper(fleet, step, hosts, Remote(cfg).roost(*argv, "--json"))
