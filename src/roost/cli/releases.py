@@ -1,6 +1,6 @@
-"""``roost releases``, ``roost activate`` and ``roost rollback``: which release
-each host runs (``roost.activation``), on this machine, a local fleet or an
-inventory's hosts over SSH."""
+"""``roost releases``, ``roost activate``, ``roost rollback`` and ``roost
+rollout``: which release each host runs (``roost.activation``, ``roost.rollout``),
+on this machine, a local fleet or an inventory's hosts over SSH."""
 
 from __future__ import annotations
 
@@ -52,6 +52,22 @@ def register(sub: Any) -> None:
     _common(p)
     p.set_defaults(handler=lambda a: _main(a, "rollback"))
 
+    p = sub.add_parser(
+        "rollout",
+        help="activate an installed release wave by wave, behind a health check",
+        description=(
+            "Switch DEST/current to releases/TAG one wave of hosts at a time (hosts in "
+            "inventory order; waves are cumulative). After each wave, --health runs on "
+            "each of its hosts; more failures than --max-fail-percent of the wave halt the "
+            "rollout, and --rollback-on-fail switches the hosts it switched back. Exits "
+            "non-zero if the rollout halted."
+        ),
+    )
+    p.add_argument("tag", metavar="TAG")
+    add_rollout_flags(p)
+    _common(p)
+    p.set_defaults(handler=_rollout_main)
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     from roost.cli.fleet import add_fleet_flags
@@ -65,6 +81,38 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     add_fleet_flags(p)
+
+
+def add_rollout_flags(p: argparse.ArgumentParser) -> None:
+    """The wave and health flags of ``roost rollout`` and ``roost deploy``."""
+    from roost.rollout import DEFAULT_HEALTH_TIMEOUT
+
+    g = p.add_argument_group("rollout")
+    g.add_argument(
+        "--waves",
+        default="100%",
+        metavar="LIST",
+        help="cumulative waves, host counts or percentages, e.g. 1,5%%,25%%,100%% "
+        "(default 100%%: all at once)",
+    )
+    g.add_argument(
+        "--health",
+        metavar="CMD",
+        help="shell command run on each host of a wave after it is switched, in the release's "
+        "directory, with ROOST_TAG, ROOST_PATH and ROOST_PREVIOUS set; non-zero is a failure",
+    )
+    g.add_argument(
+        "--health-timeout",
+        type=float,
+        default=DEFAULT_HEALTH_TIMEOUT,
+        metavar="S",
+        help=f"seconds a health command may run (default {DEFAULT_HEALTH_TIMEOUT:g})",
+    )
+    g.add_argument(
+        "--rollback-on-fail",
+        action="store_true",
+        help="when the rollout halts, switch the hosts it switched back to their previous release",
+    )
 
 
 def one(verb: str, dest: Path, tag: str | None = None) -> dict[str, Any]:
@@ -155,5 +203,86 @@ def _fleet(args: argparse.Namespace, verb: str, tag: str | None) -> int:
                 reason = r.reason if r is not None else str(err or "not reached")
                 rows.append({"host": host.name, "ok": False, "error": reason})
         return _print_rows(rows, args.json, lambda row: describe(verb, row))
+
+    return asyncio.run(main())
+
+
+def _rollout_main(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from roost.rollout import LocalRunner, parse_waves, run_rollout
+
+    waves = parse_waves(args.waves)
+    remote = args.inventory is not None or args.hosts is not None
+    if remote and args.local is not None:
+        raise UsageError("pass --local N or -i INVENTORY, not both")
+    limit = args.max_fail_percent if args.max_fail_percent is not None else 0.0
+    if remote:
+        return _rollout_fleet(args, waves, limit)
+    n = args.local if args.local is not None else 0
+    dests = {f"host-{i}": args.dest / f"host-{i}" for i in range(1, n + 1)} or {"local": args.dest}
+    runner = LocalRunner(dests, timeout=args.health_timeout)
+    run = run_rollout(runner, list(dests), args.tag, waves, **_rollout_options(args, limit))
+    return print_rollout(asyncio.run(run), args.json)
+
+
+def _rollout_options(args: argparse.Namespace, limit: float) -> dict[str, Any]:
+    return {
+        "health": args.health,
+        "max_fail_percent": limit,
+        "rollback_on_fail": args.rollback_on_fail,
+        "on_wave": None if args.json else _say_wave,
+    }
+
+
+def _say_wave(number: int, wave: list[str], failed: int) -> None:
+    print(f"wave {number}: {len(wave)} hosts switched, {failed} failed", flush=True)
+
+
+def print_rollout(result: Any, as_json: bool) -> int:
+    """Print a ``roost.rollout.Rollout``; the exit status (1 if it halted)."""
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return 0 if result.ok else 1
+    width = max((len(h) for h in result.hosts), default=4)
+    for h in result.hosts.values():
+        if h.wave is None:
+            text = "not reached"
+        elif h.error:
+            text = f"wave {h.wave}  FAILED {h.error}"
+        else:
+            text = f"wave {h.wave}  {h.previous or 'nothing'} -> {result.tag}"
+            if h.health is not None:
+                text += "  health ok" if h.health == "ok" else f"  health FAILED {h.health}"
+        if h.rolled_back:
+            text += f"  rolled back to {h.previous}"
+        print(f"{h.host:<{width}}  {text}")
+    if result.ok:
+        print(f"rolled out {result.tag} in {len(result.waves)} waves in {result.seconds:.1f} s")
+    else:
+        print(f"rollout of {result.tag} halted at wave {result.halted_at} of {len(result.waves)}")
+    return 0 if result.ok else 1
+
+
+def _rollout_fleet(args: argparse.Namespace, waves: Any, limit: float) -> int:
+    import asyncio
+    import dataclasses
+
+    from roost.cli.fleet import fleet_config, load_inv, ssh_options
+    from roost.fleet.rollout import SSHRunner
+    from roost.fleet.ssh import Fleet
+    from roost.rollout import run_rollout
+
+    inv = load_inv(args)
+    cfg = fleet_config(args)
+    ssh = dataclasses.replace(ssh_options(args, cfg), max_fail_percent=100.0)
+
+    async def main() -> int:
+        async with Fleet(inv.peers, ssh) as fleet:
+            runner = SSHRunner(fleet, cfg, str(args.dest), timeout=args.health_timeout)
+            hosts = [h.name for h in inv.peers]
+            options = _rollout_options(args, limit)
+            result = await run_rollout(runner, hosts, args.tag, waves, **options)
+        return print_rollout(result, args.json)
 
     return asyncio.run(main())

@@ -1,0 +1,140 @@
+"""Rollouts on a local fleet of real installed releases: waves, a health gate
+that halts at wave 2 and rolls wave 1 back, and a hanging check bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from roost import activation
+from roost.cli import main
+from roost.errors import UsageError
+from roost.extract import install_release
+from roost.release import create_release, read_torrent_file
+from roost.rollout import parse_waves, plan_waves
+
+HOSTS = [f"h{i}" for i in range(1, 11)]
+
+
+@pytest.mark.parametrize(
+    ("text", "sizes"),
+    [
+        ("1,5%,25%,100%", [1, 2, 7]),  # 5% of 10 is 1 host: no new host, wave dropped
+        ("100%", [10]),
+        ("2,2,50%", [2, 3, 5]),  # a wave that adds nobody is dropped; the rest follow
+        ("30", [10]),
+        ("1", [1, 9]),  # the last wave always ends with every host
+    ],
+)
+def test_plan_waves(text: str, sizes: list[int]) -> None:
+    waves = plan_waves(parse_waves(text), HOSTS)
+    assert [len(w) for w in waves] == sizes
+    assert [h for w in waves for h in w] == HOSTS
+
+
+@pytest.mark.parametrize("text", ["", "0", "1,,2", "150%", "-1", "1.5", "ten", "5%%"])
+def test_bad_waves(text: str) -> None:
+    with pytest.raises(UsageError, match="--waves"):
+        parse_waves(text)
+
+
+def _fleet(tmp_path: Path, n: int) -> Path:
+    """n local hosts with v1 current and v2 installed."""
+    root = tmp_path / "fleet"
+    for tag in ("v1", "v2"):
+        src = tmp_path / f"src-{tag}"
+        src.mkdir()
+        (src / "version").write_text(f"{tag}\n")
+        release = create_release(src, tag, tmp_path / "out", announce=[])
+        meta = read_torrent_file(release.torrent)
+        for i in range(1, n + 1):
+            install_release(release.payload, meta, root / f"host-{i}" / activation.RELEASES)
+    for i in range(1, n + 1):
+        activation.activate(root / f"host-{i}", "v1")
+    return root
+
+
+def test_health_failure_halts_at_wave_2_and_rolls_wave_1_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _fleet(tmp_path, 6)
+    (root / "host-3" / "SICK").touch()
+    log = tmp_path / "health.log"
+    # Runs in DEST/releases/TAG; ../../SICK marks a host whose check fails.
+    health = f'echo "$ROOST_TAG $ROOST_PREVIOUS $PWD" >> {log}; test ! -e ../../SICK'
+    argv = ["rollout", "v2", "--dest", str(root), "--local", "6", "--waves", "1,50%,100%"]
+    argv += ["--health", health, "--rollback-on-fail", "--json"]
+    assert main(argv) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["halted_at"] == 2
+    assert doc["waves"] == [["host-1"], ["host-2", "host-3"], ["host-4", "host-5", "host-6"]]
+    hosts = {h["host"]: h for h in doc["hosts"]}
+    assert hosts["host-1"]["wave"] == 1 and hosts["host-1"]["health"] == "ok"
+    assert hosts["host-3"]["health"] == "exited with status 1"
+    assert all(hosts[f"host-{i}"]["rolled_back"] for i in (1, 2, 3))
+    assert all(hosts[f"host-{i}"]["wave"] is None for i in (4, 5, 6))
+    for i in range(1, 7):  # every host runs v1 again, or never left it
+        assert activation.current(root / f"host-{i}") == "v1"
+        assert (root / f"host-{i}" / "current" / "version").read_text() == "v1\n"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 and all(line.startswith("v2 v1 ") for line in lines)
+    assert lines[0].endswith("/host-1/releases/v2")
+
+
+def test_rollout_that_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _fleet(tmp_path, 4)
+    argv = ["rollout", "v2", "--dest", str(root), "--local", "4", "--waves", "1,50%,100%"]
+    assert main([*argv, "--health", "test -x /bin/sh"]) == 0
+    out = capsys.readouterr().out
+    assert "wave 1: 1 hosts switched, 0 failed" in out
+    assert "host-4  wave 3  v1 -> v2  health ok" in out
+    assert "rolled out v2 in 3 waves" in out
+    assert all(activation.current(root / f"host-{i}") == "v2" for i in range(1, 5))
+    # Without --rollback-on-fail, a halted rollout leaves what it switched.
+    (root / "host-2" / "SICK").touch()
+    assert main(["rollback", "--dest", str(root), "--local", "4"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--health", "test ! -e ../../SICK", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["halted_at"] == 2
+    assert [activation.current(root / f"host-{i}") for i in range(1, 5)] == [
+        "v2",
+        "v2",
+        "v1",
+        "v1",
+    ]
+
+
+def test_hanging_health_check_is_bounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _fleet(tmp_path, 2)
+    pids = tmp_path / "pids"
+    health = f"sleep 60 & echo $! >> {pids}; wait"
+    argv = ["rollout", "v2", "--dest", str(root), "--local", "2", "--health", health]
+    started = time.monotonic()
+    assert main([*argv, "--health-timeout", "1", "--max-fail-percent", "50", "--json"]) == 1
+    assert time.monotonic() - started < 20
+    doc = json.loads(capsys.readouterr().out)
+    assert {h["health"] for h in doc["hosts"]} == {"timed out after 1s"}
+    for pid in map(int, pids.read_text().split()):  # the whole group was killed
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"health check's child {pid} still runs")
+
+
+def test_activate_failure_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _fleet(tmp_path, 2)
+    assert main(["rollout", "v3", "--dest", str(root), "--local", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "host-1  wave 1  FAILED activate: release v3 is not installed in" in out
+    assert "halted at wave 1 of 1" in out
