@@ -63,7 +63,9 @@ class Publisher:
         (tree / "version.txt").write_text(f"{tag}\n")
         return tree
 
-    def publish(self, tag: str, *, seed: bool = True, feed: bool = False) -> Any:
+    def publish(
+        self, tag: str, *, seed: bool = True, feed: bool = False, sign: Path | None = None
+    ) -> Any:
         from roost.seeder import SeedConfig, SeederThread
 
         feed_port = free_port() if feed else None
@@ -73,6 +75,7 @@ class Publisher:
             self.dir,
             announce=[self.tracker.announce_url],
             feed=f"http://127.0.0.1:{feed_port}/" if feed_port else None,
+            sign_key=sign,
         )
         if seed:
             self.seeders[tag] = SeederThread(
@@ -237,6 +240,38 @@ def test_failing_hook_keeps_the_old_release(
     assert rc == 0, err
     assert os.readlink(dest / "current") == "releases/v3"
     assert state(dest)["rejected"] is None and state(dest)["previous"] == "v1"
+
+
+def test_the_agent_follows_signed_releases_only(
+    pub: Publisher, tmp_path: Path, roost_procs: Start
+) -> None:
+    keys = {}
+    for name in ("owner", "stranger"):
+        keys[name] = tmp_path / name
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", keys[name]], check=True
+        )
+    dest = tmp_path / "dest"
+    trust = ("--once", "--trust", f"{keys['owner']}.pub")
+    pub.publish("v1", sign=keys["owner"])
+    rc, out, err = once(roost_procs, *agent_args(pub, dest, *trust))
+    assert rc == 0, err
+    assert os.readlink(dest / "current") == "releases/v1"
+    for tag, key, why in (
+        ("v2", None, "is unsigned and signed releases are required"),
+        ("v3", keys["stranger"], "which is not trusted"),
+    ):
+        pub.publish(tag, sign=key, seed=False)  # refused before any download: no seeder
+        rc, out, _ = once(roost_procs, *agent_args(pub, dest, *trust))
+        assert rc == 1 and f"rejected {tag}: release {tag} (" in out and why in out, out
+        assert os.readlink(dest / "current") == "releases/v1"
+        assert not (dest / "releases" / tag).exists()
+        assert state(dest)["last_download"]["tag"] == "v1"
+    pub.publish("v4", sign=keys["owner"])
+    rc, out, err = once(roost_procs, *agent_args(pub, dest, *trust))
+    assert rc == 0, err
+    assert os.readlink(dest / "current") == "releases/v4"
+    assert state(dest)["previous"] == "v1"
 
 
 def test_prune_keeps_n_releases_never_current_or_previous(

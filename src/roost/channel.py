@@ -190,6 +190,7 @@ def publish(
     web_seeds: Sequence[str] = (),
     make_current: bool = True,
     feed: str | None = None,
+    sign_key: Path | None = None,
 ) -> Release:
     """Create release ``tag`` from ``source`` in ``channel_dir`` and list it
     (as ``current`` unless ``make_current`` is False).
@@ -217,6 +218,7 @@ def publish(
         is_file=is_file,
         piece_size=piece_size,
         web_seeds=web_seeds,
+        sign_key=sign_key,
     )
     entry = ChannelEntry(tag, release.info_hash, release.torrent.name, round(time.time(), 3), feed)
     current = tag if make_current else channel.current

@@ -37,6 +37,7 @@ from roost.errors import SignatureError, UsageError
 
 __all__ = [
     "NAMESPACE",
+    "NO_KEYS",
     "TORRENT_KEY",
     "TrustedKeys",
     "check",
@@ -111,6 +112,9 @@ class TrustedKeys:
 
     def allowed_signers(self) -> str:
         return "".join(f'{_PRINCIPAL} namespaces="{NAMESPACE}" {line}\n' for _, line in self.keys)
+
+
+NO_KEYS = TrustedKeys(())
 
 
 def load_trusted(paths: Sequence[Path | str]) -> TrustedKeys:

@@ -63,8 +63,16 @@ from roost.channel import (
     resolve,
 )
 from roost.engine import Engine, EngineConfig
-from roost.errors import ChannelError, DestinationError, HookError, RoostError, UsageError
+from roost.errors import (
+    ChannelError,
+    DestinationError,
+    HookError,
+    RoostError,
+    SignatureError,
+    UsageError,
+)
 from roost.peer import Download, PeerConfig, run_hook
+from roost.signing import NO_KEYS, TrustedKeys
 
 Say = Callable[[str], None]
 
@@ -86,6 +94,7 @@ class AgentConfig:
     download_limit: int = 0
     download_timeout: float = 3600.0
     trackers: tuple[str, ...] | None = None
+    trusted: TrustedKeys = NO_KEYS  # release signers to accept; empty: any release
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -233,8 +242,11 @@ class Agent:
         if rejected:
             self._update_seeding_stats()
             return "rejected"
-        path = self._obtain(entry)
         previous = self.state.current
+        try:
+            path = self._obtain(entry)
+        except SignatureError as exc:
+            return self._reject(entry, exc, previous)
         try:
             if self.config.hook:
                 env = {"ROOST_PREVIOUS": previous or "", "ROOST_CHANNEL": self.config.channel}
@@ -246,15 +258,7 @@ class Agent:
                     extra_env=env,
                 )
         except HookError as exc:
-            self.state.rejected = {
-                "tag": entry.tag,
-                "info_hash": entry.info_hash,
-                "error": str(exc),
-            }
-            self.state.last_error = f"release {entry.tag} rejected: {exc}"
-            self.state.last_error_at = time.time()
-            self.say(f"rejected {entry.tag}: {exc}; {previous or 'nothing'} stays active")
-            return "rejected"
+            return self._reject(entry, exc, previous)
         self._activate(entry.tag)
         if previous != entry.tag:
             self.state.previous = previous
@@ -264,6 +268,14 @@ class Agent:
         self._prune()
         self._update_seeding_stats()
         return "activated"
+
+    def _reject(self, entry: ChannelEntry, exc: RoostError, previous: str | None) -> str:
+        """Keep ``previous`` active and do not retry ``entry`` until the channel moves."""
+        self.state.rejected = {"tag": entry.tag, "info_hash": entry.info_hash, "error": str(exc)}
+        self.state.last_error = f"release {entry.tag} rejected: {exc}"
+        self.state.last_error_at = time.time()
+        self.say(f"rejected {entry.tag}: {exc}; {previous or 'nothing'} stays active")
+        return "rejected"
 
     def _poll(self) -> Channel:
         fetched = fetch(channel_document_url(self.config.channel), self._validator)
@@ -297,7 +309,7 @@ class Agent:
 
     def _download(self, entry: ChannelEntry) -> Path:
         from roost.extract import install_release
-        from roost.release import read_torrent
+        from roost.release import check_signature, read_torrent
 
         url = resolve(channel_base(self.config.channel), entry.torrent)
         torrent = fetch(url).data
@@ -309,6 +321,7 @@ class Agent:
             )
         if meta.tag != entry.tag:
             raise ChannelError(f"{url} holds release {meta.tag!r}, the channel says {entry.tag!r}")
+        check_signature(meta, self.config.trusted)  # before a byte of it is downloaded
         started = time.monotonic()
         download = self._add(entry.tag, entry.info_hash, torrent, feed=entry.feed)
         deadline = started + self.config.download_timeout

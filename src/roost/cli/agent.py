@@ -77,6 +77,15 @@ def _register_agent(sub: Any) -> None:
     p.add_argument(
         "--once", action="store_true", help="one poll-and-apply, then exit (non-zero on failure)"
     )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="KEY",
+        help="OpenSSH public key file whose release signatures to accept; with it, releases "
+        "not signed by a trusted key are rejected before download (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="status: print the state as JSON")
     p.set_defaults(handler=_agent)
 
@@ -85,6 +94,7 @@ def _agent(args: argparse.Namespace) -> int:
     if args.action == "status":
         return _status(args)
     from roost.agent import Agent, AgentConfig
+    from roost.signing import load_trusted
 
     if not args.channel:
         raise UsageError("roost agent needs --channel URL")
@@ -102,6 +112,7 @@ def _agent(args: argparse.Namespace) -> int:
         download_limit=args.download_limit,
         download_timeout=args.download_timeout,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
+        trusted=load_trusted(args.trust),
     )
     with Agent(config, say=_say) as agent:
         _on_signals(agent.stop)
@@ -174,6 +185,12 @@ def _register_publish(sub: Any) -> None:
         help="the origin's feed agents take pieces from (http://HOST:PORT/, recorded in the "
         "channel); with --seed it is served on that port",
     )
+    p.add_argument(
+        "--sign",
+        type=Path,
+        metavar="KEY",
+        help="SSH key to sign the release with (see roost create --sign)",
+    )
     p.set_defaults(handler=_publish)
 
 
@@ -213,6 +230,7 @@ def _publish(args: argparse.Namespace) -> int:
         web_seeds=args.web_seed,
         make_current=not args.no_current,
         feed=_feed_url(args.feed).geturl() if args.feed else None,
+        sign_key=args.sign,
     )
     state = "published" if args.no_current else "published and current"
     print(f"{release.tag} {state}: {release.torrent} ({release.info_hash})", flush=True)
