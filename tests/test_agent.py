@@ -64,7 +64,13 @@ class Publisher:
         return tree
 
     def publish(
-        self, tag: str, *, seed: bool = True, feed: bool = False, sign: Path | None = None
+        self,
+        tag: str,
+        *,
+        seed: bool = True,
+        feed: bool = False,
+        sign: Path | None = None,
+        waves: tuple[float, ...] = (),
     ) -> Any:
         from roost.seeder import SeedConfig, SeederThread
 
@@ -76,6 +82,7 @@ class Publisher:
             announce=[self.tracker.announce_url],
             feed=f"http://127.0.0.1:{feed_port}/" if feed_port else None,
             sign_key=sign,
+            waves=waves,
         )
         if seed:
             self.seeders[tag] = SeederThread(
@@ -529,3 +536,85 @@ def test_channel_server_serves_files_only(tmp_path: Path) -> None:
     local = fetch(f"file://{root}/channel.json")
     assert local.data == b"{}"
     assert fetch(str(root / "channel.json"), local.validator).data is None
+
+
+# Rollouts through the channel -----------------------------------------------------
+
+
+def test_channel_rollout_stages_everywhere_activates_by_wave_and_halts(
+    pub: Publisher, tmp_path: Path
+) -> None:
+    """Five agents; v2 rolls out in waves 25%,100%: every agent installs it at
+    once, the wave's agents switch (one of them fails its health check and
+    switches back), the next wave switches the rest without a download, and a
+    halt sends them all back to v1."""
+    from roost.agent import Agent
+    from roost.channel import halt_rollout, host_rank, next_wave, read_channel_dir
+
+    names = [f"web-{i}" for i in range(40)]
+    ranks = {n: host_rank("default", "v2", n) for n in names}
+    canaries = [n for n in names if ranks[n] < 0.25][:2]
+    rest = [n for n in names if ranks[n] >= 0.25][:3]
+    assert len(canaries) == 2 and len(rest) == 3
+    hosts = canaries + rest
+    sick = canaries[0]
+    health = 'test "$(cat version.txt)" = v1 || test ! -e ../../SICK'
+
+    def cycle(name: str) -> str:
+        dest = tmp_path / name
+        config = agent_config(pub, dest, host=name, health=health, health_timeout=10)
+        with Agent(config) as agent:
+            return agent.cycle()
+
+    def current(name: str) -> str:
+        return os.readlink(tmp_path / name / "current")
+
+    pub.publish("v1")
+    assert all(cycle(n) == "activated" for n in hosts)
+    (tmp_path / sick / "SICK").touch()
+    pub.publish("v2", waves=(25.0, 100.0))
+    doc = json.loads((pub.dir / "channel.json").read_text())
+    assert doc["current"] == "v1" and doc["rollout"] == {"tag": "v2", "waves": [25, 100], "wave": 1}
+    outcomes = {n: cycle(n) for n in hosts}
+    assert outcomes == {
+        n: "rejected" if n == sick else "activated" if n in canaries else "unchanged" for n in hosts
+    }
+    for n in hosts:
+        assert current(n) == ("releases/v2" if n in canaries[1:] else "releases/v1"), n
+        assert (tmp_path / n / "releases" / "v2" / "version.txt").read_text() == "v2\n"  # staged
+    assert "health check" in state(tmp_path / sick)["rejected"]["error"]
+
+    channel = next_wave(pub.dir)
+    assert channel.rollout is not None and channel.rollout.wave == 2
+    pub.stop_seeding()  # the next wave needs no download: v2 is installed everywhere
+    assert {n: cycle(n) for n in rest} == {n: "activated" for n in rest}
+    assert all(current(n) == "releases/v2" for n in rest)
+    assert cycle(sick) == "rejected" and current(sick) == "releases/v1"
+
+    halt_rollout(pub.dir)
+    assert read_channel_dir(pub.dir).current == "v1"  # type: ignore[union-attr]
+    assert all(cycle(n) in ("activated", "unchanged") for n in hosts)
+    assert all(current(n) == "releases/v1" for n in hosts)
+
+
+def test_publish_waves_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from roost.cli import main
+
+    src = make_tree(tmp_path / "src")
+    base = ["publish", "--channel-dir", str(tmp_path / "ch")]
+    assert main([*base, str(src), "--tag", "v1"]) == 0
+    assert main([*base, "--next-wave"]) == 2
+    assert "has no rollout in progress" in capsys.readouterr().err
+    assert main([*base, str(src), "--tag", "v2", "--waves", "1,100%"]) == 2
+    assert "percentages ending at 100%" in capsys.readouterr().err
+    assert main([*base, str(src), "--tag", "v2", "--waves", "10%,50%,100%"]) == 0
+    assert "rolling out to 10% of the agents" in capsys.readouterr().out
+    assert main([*base, str(src), "--tag", "v3", "--waves", "100%"]) == 2
+    assert "is rolling out v2" in capsys.readouterr().err
+    assert main([*base, "--next-wave"]) == 0
+    assert "v2 wave 2 of 3 open (50% of the agents)" in capsys.readouterr().out
+    assert main([*base, "--next-wave"]) == 0 and main([*base, "--next-wave"]) == 0
+    assert "rollout done; current is now v2" in capsys.readouterr().out
+    assert main([*base, str(src), "--tag", "v3", "--waves", "50%,100%"]) == 0
+    assert main([*base, "--halt"]) == 0
+    assert "rollout halted; current is v2" in capsys.readouterr().out

@@ -10,8 +10,15 @@ A channel is a directory, served over HTTP(S) or read as a local path or
      "current": "v1"}
 
 ``current`` is the release every agent should run; pointing it back at an
-older tag is a rollback. ``channel.json`` is always replaced atomically (temp
-file + ``os.replace``), so a reader sees the old document or the new one.
+older tag is a rollback. A release published with waves is staged instead:
+``"rollout": {"tag": "v2", "waves": [1, 10, 100], "wave": 1}`` (cumulative
+percentages of the hosts). Every agent downloads and installs v2 at once, but
+only the agents whose :func:`host_rank` falls within the open wave activate
+it; the others keep ``current``. The publisher opens the next wave
+(:func:`next_wave`; past the last one, v2 becomes ``current``) or halts the
+rollout (:func:`halt_rollout`), which sends the switched hosts back.
+``channel.json`` is always replaced atomically (temp file + ``os.replace``),
+so a reader sees the old document or the new one.
 
 Three layers: the document (:func:`parse_channel` / :func:`render_channel`,
 pure), the publishing side (:func:`publish`, :func:`set_current`), and I/O
@@ -22,6 +29,7 @@ small read-only HTTP server for the directory).
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import http.server
 import json
 import re
@@ -58,10 +66,35 @@ class ChannelEntry:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """A release activated wave by wave (cumulative percentages of the hosts)."""
+
+    tag: str
+    waves: tuple[float, ...]
+    wave: int  # 1-based: the open wave
+
+    @property
+    def open_percent(self) -> float:
+        return self.waves[self.wave - 1]
+
+    def includes(self, rank: float) -> bool:
+        """Whether a host of :func:`host_rank` ``rank`` is in an open wave."""
+        return rank * 100 < self.open_percent
+
+
+def host_rank(channel: str, tag: str, host: str) -> float:
+    """Where ``host`` falls in ``tag``'s rollout, uniform in [0, 1): the same on
+    every poll, different per release, so the canaries change with each one."""
+    digest = hashlib.sha256(f"{channel}\0{tag}\0{host}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+@dataclass(frozen=True)
 class Channel:
     name: str
     releases: tuple[ChannelEntry, ...]
     current: str | None
+    rollout: Rollout | None = None
 
     def entry(self, tag: str) -> ChannelEntry:
         for entry in self.releases:
@@ -100,10 +133,35 @@ def parse_channel(data: bytes) -> Channel:
     current = doc.get("current")
     if current is not None and not isinstance(current, str):
         raise ChannelError("channel.json: 'current' is not a string")
-    channel = Channel(name, releases, current)
+    rollout = _parse_rollout(doc.get("rollout"))
+    channel = Channel(name, releases, current, rollout)
     if current is not None:
         channel.entry(current)  # raises for an unknown tag
+    if rollout is not None:
+        channel.entry(rollout.tag)
     return channel
+
+
+def _parse_rollout(raw: object) -> Rollout | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ChannelError("channel.json: 'rollout' is not an object")
+    tag, waves, wave = raw.get("tag"), raw.get("waves"), raw.get("wave")
+    if not isinstance(tag, str):
+        raise ChannelError("channel.json: rollout 'tag' is not a string")
+    if (
+        not isinstance(waves, list)
+        or not waves
+        or not all(isinstance(w, int | float) and not isinstance(w, bool) for w in waves)
+        or any(not 0 < w <= 100 for w in waves)
+        or sorted(waves) != waves
+        or waves[-1] != 100
+    ):
+        raise ChannelError("channel.json: rollout 'waves' must rise to 100 (percent)")
+    if not isinstance(wave, int) or isinstance(wave, bool) or not 1 <= wave <= len(waves):
+        raise ChannelError("channel.json: rollout 'wave' is not one of its waves")
+    return Rollout(tag, tuple(float(w) for w in waves), wave)
 
 
 def _parse_entry(item: object, index: int) -> ChannelEntry:
@@ -151,7 +209,14 @@ def render_channel(channel: Channel) -> bytes:
         "releases": [_render_entry(e) for e in channel.releases],
         "current": channel.current,
     }
+    if channel.rollout is not None:
+        r = channel.rollout
+        doc["rollout"] = {"tag": r.tag, "waves": [_num(w) for w in r.waves], "wave": r.wave}
     return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def _num(value: float) -> float | int:
+    return int(value) if value == int(value) else value
 
 
 # Publishing --------------------------------------------------------------------
@@ -191,9 +256,11 @@ def publish(
     make_current: bool = True,
     feed: str | None = None,
     sign_key: Path | None = None,
+    waves: Sequence[float] = (),
 ) -> Release:
     """Create release ``tag`` from ``source`` in ``channel_dir`` and list it
-    (as ``current`` unless ``make_current`` is False).
+    (as ``current`` unless ``make_current`` is False; with ``waves``, as the
+    channel's rollout at its first wave).
 
     Raises ``UsageError`` (bad arguments, tag already published),
     ``ReleaseError`` (packing failed), ``ChannelError`` (bad channel.json).
@@ -205,6 +272,14 @@ def publish(
         if not _NAME.fullmatch(name):
             raise UsageError(f"bad channel name {name!r}: letters, digits, '.', '_', '-'")
         channel = Channel(name, (), None)
+    if waves:
+        if channel.rollout is not None:
+            raise UsageError(
+                f"channel {channel.name!r} is rolling out {channel.rollout.tag}; "
+                "finish it (--next-wave) or --halt it first"
+            )
+        if list(waves) != sorted(waves) or waves[-1] != 100 or any(w <= 0 for w in waves):
+            raise UsageError("channel waves are rising percentages ending at 100%")
     if any(e.tag == tag for e in channel.releases):
         raise UsageError(
             f"release {tag!r} is already in channel {channel.name!r}; "
@@ -221,9 +296,41 @@ def publish(
         sign_key=sign_key,
     )
     entry = ChannelEntry(tag, release.info_hash, release.torrent.name, round(time.time(), 3), feed)
-    current = tag if make_current else channel.current
-    write_channel_dir(channel_dir, Channel(channel.name, (*channel.releases, entry), current))
+    current = tag if make_current and not waves else channel.current
+    rollout = Rollout(tag, tuple(waves), 1) if waves else channel.rollout
+    write_channel_dir(
+        channel_dir, Channel(channel.name, (*channel.releases, entry), current, rollout)
+    )
     return release
+
+
+def next_wave(channel_dir: Path) -> Channel:
+    """Open the rollout's next wave; past its last, its release becomes current."""
+    channel = _with_rollout(channel_dir)
+    assert channel.rollout is not None
+    r = channel.rollout
+    if r.wave < len(r.waves):
+        channel = replace(channel, rollout=replace(r, wave=r.wave + 1))
+    else:
+        channel = replace(channel, current=r.tag, rollout=None)
+    write_channel_dir(Path(channel_dir), channel)
+    return channel
+
+
+def halt_rollout(channel_dir: Path) -> Channel:
+    """End the rollout: every host goes (back) to ``current``."""
+    channel = replace(_with_rollout(channel_dir), rollout=None)
+    write_channel_dir(Path(channel_dir), channel)
+    return channel
+
+
+def _with_rollout(channel_dir: Path) -> Channel:
+    channel = read_channel_dir(Path(channel_dir))
+    if channel is None:
+        raise UsageError(f"{channel_dir} holds no {CHANNEL_FILE}")
+    if channel.rollout is None:
+        raise UsageError(f"channel {channel.name!r} has no rollout in progress")
+    return channel
 
 
 def set_current(channel_dir: Path, tag: str) -> Channel:
@@ -239,7 +346,7 @@ def set_current(channel_dir: Path, tag: str) -> Channel:
         raise UsageError(f"channel {channel.name!r} has no release {tag!r} (published: {known})")
     if not (Path(channel_dir) / channel.entry(tag).torrent).is_file():
         raise UsageError(f"release {tag!r}: {channel.entry(tag).torrent} is missing")
-    channel = replace(channel, current=tag)
+    channel = replace(channel, current=tag, rollout=None)  # a rollback ends a rollout
     write_channel_dir(Path(channel_dir), channel)
     return channel
 

@@ -15,6 +15,7 @@
     │   │   └── Refused            well-formed, not served (token, allow-list)
     │   └── StateFileError         unreadable state file (path, reason)
     ├── HookError                  the post-download hook failed (exit status)
+    ├── HealthError                a health check failed or timed out (reason)
     ├── ChannelError               a release channel is unreachable, malformed
     │                              or names a release it does not hold
     ├── RemoteError                a step on a remote host failed (host, step,
@@ -124,6 +125,13 @@ class HookError(RoostError):
         self.command = command
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
+
+
+class HealthError(RoostError):
+    def __init__(self, command: str, reason: str):
+        super().__init__(f"health check {command!r} {reason}")
+        self.command = command
+        self.reason = reason
 
 
 class ChannelError(RoostError):

@@ -33,13 +33,15 @@ saved, and closes the engine.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,7 @@ from roost.channel import (
     channel_base,
     channel_document_url,
     fetch,
+    host_rank,
     parse_channel,
     resolve,
 )
@@ -66,12 +69,14 @@ from roost.engine import Engine, EngineConfig
 from roost.errors import (
     ChannelError,
     DestinationError,
+    HealthError,
     HookError,
     RoostError,
     SignatureError,
     UsageError,
 )
 from roost.peer import Download, PeerConfig, run_hook
+from roost.rollout import DEFAULT_HEALTH_TIMEOUT, run_check
 from roost.signing import NO_KEYS, TrustedKeys
 
 Say = Callable[[str], None]
@@ -95,6 +100,9 @@ class AgentConfig:
     download_timeout: float = 3600.0
     trackers: tuple[str, ...] | None = None
     trusted: TrustedKeys = NO_KEYS  # release signers to accept; empty: any release
+    health: str | None = None  # run after activating; failing switches back
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    host: str = field(default_factory=socket.gethostname)  # this host's name in rollouts
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -227,9 +235,39 @@ class Agent:
 
     def _cycle(self) -> str:
         channel = self._poll()
-        entry = channel.current_entry
+        entry = self._target(channel)
         if entry is None:
             return "empty"
+        outcome = self._apply(entry)
+        self._stage(channel, entry)
+        return outcome
+
+    def _target(self, channel: Channel) -> ChannelEntry | None:
+        """The channel's current release, or the one it rolls out if this
+        host's wave is open."""
+        r = channel.rollout
+        if r is not None and r.includes(host_rank(channel.name, r.tag, self.config.host)):
+            return channel.entry(r.tag)
+        return channel.current_entry
+
+    def _stage(self, channel: Channel, target: ChannelEntry) -> None:
+        """Download and install a rollout's release before this host's wave
+        opens, so that opening it is a switch, not a download."""
+        r = channel.rollout
+        if r is None or r.tag == target.tag:
+            return
+        entry = channel.entry(r.tag)
+        if self.state.info_hash(entry.tag) == entry.info_hash:
+            return
+        try:
+            self._obtain(entry)
+        except RoostError as exc:
+            self.say(f"cannot stage {entry.tag}: {exc}")
+            return
+        self.say(f"staged {entry.tag}: installed, to be activated when its wave reaches this host")
+        self._save()
+
+    def _apply(self, entry: ChannelEntry) -> str:
         rejected = self.state.rejected
         if rejected and (rejected.get("tag"), rejected.get("info_hash")) != (
             entry.tag,
@@ -260,6 +298,11 @@ class Agent:
         except HookError as exc:
             return self._reject(entry, exc, previous)
         self._activate(entry.tag)
+        sick = self._health(entry, path, previous)
+        if sick is not None:
+            if previous:
+                self._activate(previous)
+            return self._reject(entry, sick, previous)
         if previous != entry.tag:
             self.state.previous = previous
         self.state.current = entry.tag
@@ -268,6 +311,15 @@ class Agent:
         self._prune()
         self._update_seeding_stats()
         return "activated"
+
+    def _health(self, entry: ChannelEntry, path: Path, previous: str | None) -> HealthError | None:
+        """Run ``--health`` in the switched-to release; why it failed, or None."""
+        if not self.config.health:
+            return None
+        env = {"ROOST_TAG": entry.tag, "ROOST_PATH": str(path), "ROOST_PREVIOUS": previous or ""}
+        run = run_check(self.config.health, env=env, cwd=path, timeout=self.config.health_timeout)
+        result = asyncio.run(run)
+        return None if result.ok else HealthError(self.config.health, result.reason)
 
     def _reject(self, entry: ChannelEntry, exc: RoostError, previous: str | None) -> str:
         """Keep ``previous`` active and do not retry ``entry`` until the channel moves."""

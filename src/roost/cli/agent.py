@@ -86,6 +86,24 @@ def _register_agent(sub: Any) -> None:
         help="OpenSSH public key file whose release signatures to accept; with it, releases "
         "not signed by a trusted key are rejected before download (repeatable)",
     )
+    p.add_argument(
+        "--health",
+        metavar="CMD",
+        help="run after switching to a release (ROOST_TAG, ROOST_PATH, ROOST_PREVIOUS); "
+        "failing or timing out switches back and rejects the release",
+    )
+    p.add_argument(
+        "--health-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds the health check may run (default 60)",
+    )
+    p.add_argument(
+        "--host-name",
+        help="this host's name, which places it in a channel's rollout waves "
+        "(default: the system's host name)",
+    )
     p.add_argument("--json", action="store_true", help="status: print the state as JSON")
     p.set_defaults(handler=_agent)
 
@@ -113,6 +131,9 @@ def _agent(args: argparse.Namespace) -> int:
         download_timeout=args.download_timeout,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
         trusted=load_trusted(args.trust),
+        health=args.health,
+        health_timeout=args.health_timeout,
+        **({"host": args.host_name} if args.host_name else {}),
     )
     with Agent(config, say=_say) as agent:
         _on_signals(agent.stop)
@@ -176,6 +197,22 @@ def _register_publish(sub: Any) -> None:
     p.add_argument("--piece-size", type=_size, default=None, metavar="SIZE")
     p.add_argument("--no-current", action="store_true", help="publish without making it current")
     p.add_argument("--rollback-to", metavar="TAG", help="make a published release current")
+    p.add_argument(
+        "--waves",
+        metavar="LIST",
+        help="roll the release out in cumulative waves of the agents, percentages ending at "
+        "100%%, e.g. 1%%,10%%,100%%: every agent installs it, those of the open wave activate it",
+    )
+    p.add_argument(
+        "--next-wave",
+        action="store_true",
+        help="open the rollout's next wave (after the last, its release becomes current)",
+    )
+    p.add_argument(
+        "--halt",
+        action="store_true",
+        help="halt the rollout: every agent goes (back) to the current release",
+    )
     p.add_argument("--seed", action="store_true", help="then seed the release until stopped")
     p.add_argument("--listen", default="0.0.0.0", help="with --seed: interface to listen on")
     p.add_argument("--upload-limit", type=_size, default=0, help="with --seed: bytes/s")
@@ -208,9 +245,39 @@ def _feed_url(url: str) -> Any:
     return parsed
 
 
-def _publish(args: argparse.Namespace) -> int:
-    from roost.channel import publish, set_current
+def _channel_waves(text: str) -> tuple[float, ...]:
+    from roost.rollout import parse_waves
 
+    waves = parse_waves(text)
+    if not all(percent for _, percent in waves) or waves[-1][0] != 100:
+        raise UsageError(
+            f"--waves {text!r}: a channel's waves are percentages ending at 100%, "
+            "since agents do not know the fleet's size"
+        )
+    return tuple(value for value, _ in waves)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from roost.channel import halt_rollout, next_wave, publish, set_current
+
+    if args.next_wave or args.halt:
+        if args.source or args.tag or args.rollback_to or (args.next_wave and args.halt):
+            raise UsageError("--next-wave and --halt take no SRC, --tag or --rollback-to")
+        if args.halt:
+            channel = halt_rollout(args.channel_dir)
+            print(f"channel {channel.name}: rollout halted; current is {channel.current}")
+            return 0
+        channel = next_wave(args.channel_dir)
+        if channel.rollout is None:
+            print(f"channel {channel.name}: rollout done; current is now {channel.current}")
+        else:
+            r = channel.rollout
+            print(
+                f"channel {channel.name}: {r.tag} wave {r.wave} of {len(r.waves)} open "
+                f"({r.open_percent:g}% of the agents)"
+            )
+        return 0
+    waves = _channel_waves(args.waves) if args.waves else ()
     if args.rollback_to:
         if args.source or args.tag:
             raise UsageError("--rollback-to takes no SRC or --tag")
@@ -231,8 +298,12 @@ def _publish(args: argparse.Namespace) -> int:
         make_current=not args.no_current,
         feed=_feed_url(args.feed).geturl() if args.feed else None,
         sign_key=args.sign,
+        waves=waves,
     )
-    state = "published" if args.no_current else "published and current"
+    if waves:
+        state = f"published, rolling out to {waves[0]:g}% of the agents"
+    else:
+        state = "published" if args.no_current else "published and current"
     print(f"{release.tag} {state}: {release.torrent} ({release.info_hash})", flush=True)
     if not args.seed:
         return 0
