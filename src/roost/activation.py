@@ -54,6 +54,7 @@ __all__ = [
 
 RELEASES = "releases"
 CURRENT = "current"
+DEFAULT_HEALTH_TIMEOUT = 60.0  # seconds a health check may run (roost.rollout, the agent)
 HISTORY = ".roost-activations.json"
 _HISTORY_KEEP = 50
 

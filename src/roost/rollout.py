@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from roost import activation
+from roost.activation import DEFAULT_HEALTH_TIMEOUT
 from roost.errors import RoostError, UsageError
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "run_rollout",
 ]
 
-DEFAULT_HEALTH_TIMEOUT = 60.0
 _WAVE = re.compile(r"(\d+(?:\.\d+)?)(%?)")
 
 

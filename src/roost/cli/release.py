@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roost.extract import verify_installed
 from roost.release import (
     DEFAULT_OUT_DIR,
     check_signature,
@@ -171,6 +170,8 @@ def _verify(args: argparse.Namespace) -> int:
     trusted = load_trusted(args.trust)
     meta = read_torrent_file(args.torrent)
     signer = check_signature(meta, trusted)
+    from roost.extract import verify_installed
+
     payload = args.payload or args.torrent.parent / meta.name
     verify_installed(args.target, payload, meta)
     by = f", signed by {signer}" if signer else ""

@@ -85,7 +85,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def add_rollout_flags(p: argparse.ArgumentParser) -> None:
     """The wave and health flags of ``roost rollout`` and ``roost deploy``."""
-    from roost.rollout import DEFAULT_HEALTH_TIMEOUT
+    from roost.activation import DEFAULT_HEALTH_TIMEOUT
 
     g = p.add_argument_group("rollout")
     g.add_argument(
