@@ -16,6 +16,7 @@
     │   └── StateFileError         unreadable state file (path, reason)
     ├── HookError                  the post-download hook failed (exit status)
     ├── HealthError                a health check failed or timed out (reason)
+    ├── PeerProtocolError          a malformed ``roost peer --events json`` line
     ├── ChannelError               a release channel is unreachable, malformed
     │                              or names a release it does not hold
     ├── RemoteError                a step on a remote host failed (host, step,
@@ -132,6 +133,10 @@ class HealthError(RoostError):
         super().__init__(f"health check {command!r} {reason}")
         self.command = command
         self.reason = reason
+
+
+class PeerProtocolError(RoostError):
+    pass
 
 
 class ChannelError(RoostError):
