@@ -35,7 +35,7 @@ BASE = Announce(
 
 
 def ann(n: int, **over: object) -> Announce:
-    pid = f"peer-{n:015d}".encode()
+    pid = f"-RO0100-{n:012d}".encode()  # a roost peer: forgotten after peer_timeout
     return dataclasses.replace(BASE, peer_id=pid, port=6000 + n, **over)  # type: ignore[arg-type]
 
 
@@ -131,7 +131,7 @@ def test_ip_param_trusted_or_not() -> None:
 def test_key_protects_peer_id() -> None:
     r = reg()
     r.announce(ann(0, key=b"k1"), "127.0.0.1", 1000)
-    with pytest.raises(Refused, match="another key"):
+    with pytest.raises(Refused, match="in use by another peer"):
         r.announce(ann(0, key=b"k2"), "127.0.0.2", 1001)
     r.announce(ann(0, key=b"k1"), "127.0.0.2", 1001)  # same key, new address: fine
 

@@ -23,8 +23,16 @@ be trusted); a refused announce (token, allow-list) gets 200 and a failure
 reason, as BitTorrent clients expect; an unexpected exception is logged with
 its traceback and answered 500, and the server keeps serving.
 
-A periodic sweep expires silent peers, closes idle connections and saves
-the state file (also saved on ``stop()``).
+Caps: at most ``config.max_connections`` open connections (fewer if the
+open-file limit, raised towards its hard limit at start, is lower): a new
+one beyond that closes the connection that has been quiet longest, so
+accepting never stops. The sweep closes connections quiet for
+``idle_timeout`` and those whose request head has not arrived in full
+within ``request_timeout`` (a slow trickle counts as quiet). Swarms of
+unregistered info-hashes are capped by ``config.max_swarms`` (swarm.py).
+
+A periodic sweep expires silent peers, closes idle and slow connections
+and saves the state file (also saved on ``stop()``).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import importlib
 import ipaddress
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Coroutine
@@ -73,6 +82,20 @@ _OK_CLOSE = (
     b"Connection: close\r\n\r\n"
 )
 _STATUS_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+_BACKLOG = 1024
+_SPARE_FILES = 32  # open files kept for the listener, the state file, logging
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit);
+    return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return wanted if soft == resource.RLIM_INFINITY else soft
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -127,7 +150,16 @@ def parse_info_hash(info_hash_hex: str) -> bytes:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("eof", "ip", "last_active", "parser", "server", "transport", "waiting")
+    __slots__ = (
+        "eof",
+        "head_since",
+        "ip",
+        "last_active",
+        "parser",
+        "server",
+        "transport",
+        "waiting",
+    )
 
     def __init__(self, server: TrackerServer):
         self.server = server
@@ -138,13 +170,21 @@ class _Conn(asyncio.Protocol):
         self.eof = False
         self.ip = ""
         self.last_active = time.monotonic()
+        self.head_since: float | None = None  # first byte of a request head not yet whole
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
-        self.server._conns.add(self)
+        conns = self.server._conns
+        if len(conns) >= self.server.max_connections:
+            # Full: the connection quiet longest makes room (accepting never stops).
+            quiet = min(conns, key=lambda c: c.last_active)
+            conns.discard(quiet)
+            if quiet.transport is not None:
+                quiet.transport.abort()
+        conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._conns.discard(self)
@@ -169,8 +209,10 @@ class _Conn(asyncio.Protocol):
         if transport is None:
             return
         self.last_active = t0 = _monotonic()
+        parser = self.parser
         try:
-            requests = self.parser.feed(data)
+            requests = parser.feed(data)
+            self.head_since = (self.head_since or t0) if parser.pending else None
         except proto.ProtocolError as exc:
             self.server.registry.counters.request("malformed", 0.0)
             transport.write(
@@ -259,6 +301,8 @@ class TrackerServer:
         self._stats_cache = StatusCache(self.config.stats_ttl)
         self._metrics_cache = StatusCache(self.config.stats_ttl)
         self.port = 0
+        # config.max_connections, lowered at start() to what open files allow
+        self.max_connections = self.config.max_connections
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -275,10 +319,16 @@ class TrackerServer:
                     n,
                     cfg.state_file,
                 )
+        files = raise_open_files(cfg.max_connections + _SPARE_FILES)
+        self.max_connections = max(1, min(cfg.max_connections, files - _SPARE_FILES))
+        if self.max_connections < cfg.max_connections:
+            log.warning(
+                "open-file limit %d: serving at most %d connections", files, self.max_connections
+            )
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: _Conn(self), cfg.bind, cfg.port, reuse_address=True, backlog=1024
+                lambda: _Conn(self), cfg.bind, cfg.port, reuse_address=True, backlog=_BACKLOG
             )
         except OSError as exc:
             raise TrackerError(
@@ -363,10 +413,7 @@ class TrackerServer:
                 now = self._clock()
                 if self.registry.expire(now):
                     self._dirty = True
-                idle_before = time.monotonic() - cfg.idle_timeout
-                for conn in [c for c in self._conns if c.last_active < idle_before]:
-                    if conn.transport is not None:
-                        conn.transport.close()
+                self._close_stale(time.monotonic())
                 if self._dirty and now - self._last_save >= cfg.save_every:
                     self.save()
             except TrackerError as exc:
@@ -374,6 +421,18 @@ class TrackerServer:
                 self._last_save = self._clock()
             except Exception:
                 log.exception("tracker sweep failed")
+
+    def _close_stale(self, now: float) -> None:
+        """Close connections idle for ``idle_timeout`` or slower than
+        ``request_timeout`` to send a request head."""
+        idle_before = now - self.config.idle_timeout
+        slow_before = now - self.config.request_timeout
+        for conn in list(self._conns):
+            since = conn.head_since
+            if conn.last_active < idle_before or (since is not None and since < slow_before):
+                self._conns.discard(conn)
+                if conn.transport is not None:
+                    conn.transport.abort()
 
     # -- requests ------------------------------------------------------------
 
@@ -442,6 +501,9 @@ class TrackerServer:
         except Refused as exc:
             counters.announce(a.event, "refused")
             return 200, proto.render_failure(str(exc)), _BENCODE
+        except proto.ProtocolError as exc:
+            counters.announce(a.event, "malformed")
+            return exc.status, proto.render_failure(str(exc)), _BENCODE
         self._dirty = True
         counters.announce(a.event, "ok")
         cfg = self.config
