@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.interop_helpers import (
     free_port,
     procs_in,
     sha256_file,
+    stock_libtorrent_argv,
     swarm_stats,
     transmission_settings,
     wait_for,
@@ -320,5 +322,59 @@ def test_roost_tracker_serves_aria2c_swarm(tmp_path: Path) -> None:
                 procs=procs,
             )
         assert stats["completed"] == leechers
+    finally:
+        tracker.stop()
+
+
+# 5. a stock client's seeder stays in the swarm between its announces (issue 12, class 9)
+
+
+@needs_aria2c
+@needs_mktorrent
+def test_stock_libtorrent_seeder_is_found_by_leechers_joining_later(tmp_path: Path) -> None:
+    """The tracker at its deploy-fast defaults (interval 5 s: roost's peers
+    are forgotten after 15 s). A stock libtorrent seeder announces once and
+    not again for 300 s; leechers that join 20 s later still find it."""
+    tracker = run_tracker_in_thread(TrackerConfig(port=0))
+    try:
+        payload = random_file(tmp_path / "seed" / "artifact.bin", 2 * 1024 * 1024 + 99, seed=5)
+        torrent = tmp_path / "artifact.torrent"
+        mktorrent = [MKTORRENT or "mktorrent", "-a", tracker.announce_url, "-l", "18"]
+        subprocess.run(
+            [*mktorrent, "-o", str(torrent), str(payload)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        ih = info_hash(torrent.read_bytes())
+        want = sha256_file(payload)
+        with procs_in(tmp_path / "logs") as procs:
+            argv = stock_libtorrent_argv(torrent, payload.parent, free_port(), seconds=60)
+            procs.start("libtorrent-seeder", argv)
+            wait_for(
+                "the stock seeder to announce",
+                lambda: (s := swarm_stats(tracker.announce_url, ih)) and s["seeders"],
+                timeout=20,
+                procs=procs,
+            )
+            announced = time.monotonic()
+            time.sleep(max(0.0, announced + 20 - time.monotonic()))
+            stats = swarm_stats(tracker.announce_url, ih)
+            assert stats is not None and stats["seeders"] == 1, stats
+            clients = [
+                procs.start(
+                    f"aria2c-{i}", aria2c_argv(torrent, tmp_path / f"leech-{i}", free_port())
+                )
+                for i in range(2)
+            ]
+            for client in clients:
+                try:
+                    rc = client.wait(timeout=35)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"aria2c leecher stuck\n{procs.describe()}") from None
+                assert rc == 0, procs.describe()
+            for i in range(2):
+                assert sha256_file(tmp_path / f"leech-{i}" / payload.name) == want
+            assert "uploaded=0" not in procs.output("libtorrent-seeder").splitlines()[-1]
     finally:
         tracker.stop()

@@ -6,7 +6,13 @@ and changes nothing (class 5), caps on connections and unknown swarms
 from __future__ import annotations
 
 import http.client
+import random
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -123,3 +129,105 @@ def vars_of(tracker: TrackerHandle, peer_id: bytes) -> tuple[object, ...]:
     p = swarm.get(peer_id)
     assert p is not None
     return (p.ip, p.port, p.compact, p.left, p.uploaded, p.last_seen, p.state, swarm.completed)
+
+
+# class 4: caps and timeouts ------------------------------------------------------
+
+_SMALL_LIMIT = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))  # soft and hard: no way up
+sys.argv = ["roost", "tracker", *sys.argv[1:]]
+runpy.run_module("roost", run_name="__main__")
+"""
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_idle_connections_beyond_the_open_file_limit_do_not_stop_announces(
+    tmp_path: Path,
+) -> None:
+    """At 128 open files, 300 idle connections: every announce is answered,
+    the quietest connections make room, and idle ones are closed."""
+    argv = [sys.executable, "-c", _SMALL_LIMIT, "--port", "0", "--idle-timeout", "2"]
+    log = tmp_path / "tracker.err"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
+    idle: list[socket.socket] = []
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[-1]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        for n in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            if n % 50 == 49:
+                status, d = announce_from(port, "127.0.0.1", n, event="")
+                assert status == 200 and b"interval" in d, d
+        for s in idle:
+            s.settimeout(0.01)
+        evicted = sum(_closed_by_server(s) for s in idle)
+        assert evicted >= 300 - 128  # the cap is under the open-file limit
+        time.sleep(3.5)  # past --idle-timeout and a sweep
+        for s in idle:
+            s.settimeout(1)
+        assert all(_closed_by_server(s) for s in idle)
+        assert announce_from(port, "127.0.0.1", 1)[0] == 200
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    text = log.read_text()
+    assert "open-file limit 128: serving at most 96 connections" in text, text
+    assert "out of system resource" not in text and "Traceback" not in text, text
+
+
+def test_a_request_head_must_arrive_within_the_request_timeout() -> None:
+    config = TrackerConfig(port=0, request_timeout=1.0, idle_timeout=30.0)
+    with run_tracker_in_thread(config) as t:
+        slow = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+        head = f"GET /announce?{query(0)} HTTP/1.1\r\n".encode()
+        started = time.monotonic()
+        try:
+            for byte in head:  # one byte every 0.1 s: never idle, never done
+                slow.sendall(bytes([byte]))
+                time.sleep(0.1)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert time.monotonic() - started < 4
+        slow.settimeout(1)
+        assert _closed_by_server(slow)
+        slow.close()
+        assert announce_from(t.port, "127.0.0.1", 1)[0] == 200
+
+
+def test_a_flood_of_random_info_hashes_stays_within_the_cap() -> None:
+    allowed = bytes(range(20))
+    with run_tracker_in_thread(TrackerConfig(port=0, max_swarms=100)) as t:
+        t.allow(allowed.hex(), "v1")  # registered swarms do not count
+        rng = random.Random(12)
+        conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+        refused = 0
+        for n in range(300):
+            conn.request("GET", f"/announce?{query(n, info_hash=rng.randbytes(20))}")
+            d = bencode.decode(conn.getresponse().read())
+            if b"failure reason" in d:
+                assert d[b"failure reason"].startswith(b"tracker full: 100 swarms"), d
+                refused += 1
+        conn.close()
+        assert refused == 200
+        assert t.call(lambda: len(t.server.registry.swarms)) == 101
+        assert ports_seen(t.port, info_hash=allowed) == []  # still served when full
+        # Forgotten swarms make room again.
+        for later in (10_000, 20_000):  # expired, then no longer listed
+            t.call(lambda later=later: t.server.registry.expire(time.time() + later))
+        status, d = announce_from(t.port, "127.0.0.1", 0, info_hash=rng.randbytes(20))
+        assert status == 200 and b"failure reason" not in d
