@@ -11,11 +11,12 @@ no threads and no per-request allocations beyond the response. All swarm
 state belongs to the loop's thread; other threads go through
 ``TrackerHandle`` which hops onto the loop.
 
-Routes: ``/announce`` and ``/scrape`` (BEP 3/23/7/48); ``/stats.json``,
-``/metrics`` (``roost.tracker.stats``), ``/`` (``roost.tracker.web``: one
-self-contained page, its assets inlined, so there is no ``/static/``),
-imported lazily and 404 while absent, limited to ``config.stats_allow``
-networks when given (others get 403).
+Routes, all in ``handle`` and ``_page``: ``/announce`` and ``/scrape`` (BEP
+3/23/7/48); ``/stats.json``, ``/metrics`` (``roost.tracker.stats``), ``/``
+(``roost.tracker.web``: one self-contained page, its assets inlined, so
+there is no ``/static/``), imported on first use, limited to
+``config.stats_allow`` networks when given (others get 403). The server is
+given its ``Registry`` (swarm.py) or builds an empty one.
 
 Failures: a malformed request gets its 4xx status and a bencoded
 ``failure reason`` (then the connection closes, since the stream can no longer
@@ -40,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import ipaddress
 import logging
 import os
@@ -48,7 +48,6 @@ import resource
 import threading
 import time
 from collections.abc import Coroutine
-from types import ModuleType
 from typing import Any, TypeVar, cast
 
 from roost.errors import Refused, TrackerError
@@ -75,7 +74,8 @@ _BENCODE = "text/plain"
 _JSON = "application/json"
 _METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
-_STATUS_ROUTES = frozenset({"stats", "metrics", "page"})
+_STATUS_PATHS = {"/stats.json": "stats", "/metrics": "metrics", "/": "page", "/index.html": "page"}
+_STATUS_ROUTES = frozenset(_STATUS_PATHS.values())
 _OK_KEEP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
 _OK_CLOSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -282,12 +282,27 @@ class _Conn(asyncio.Protocol):
 
 
 class TrackerServer:
-    """The tracker: ``await start()``, serve, ``await stop()``."""
+    """The tracker: ``await start()``, serve, ``await stop()``.
 
-    def __init__(self, config: TrackerConfig | None = None, *, clock: Any = time.time):
-        self.config = config or TrackerConfig()
+    ``registry``: the swarms to serve (swarm.py), built for ``config``; a
+    new, empty one when not given. Raises ``TrackerError`` when ``registry``
+    was built for another config.
+    """
+
+    def __init__(
+        self,
+        config: TrackerConfig | None = None,
+        *,
+        registry: Registry | None = None,
+        clock: Any = time.time,
+    ):
+        if config is None:
+            config = registry.config if registry is not None else TrackerConfig()
+        if registry is not None and registry.config != config:
+            raise TrackerError("the registry was built for another tracker config")
+        self.config = config
         self._clock = clock
-        self.registry = Registry(self.config, clock())
+        self.registry = registry if registry is not None else Registry(config, clock())
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Conn] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -297,7 +312,6 @@ class TrackerServer:
             parse_network(c, "stats-allow network") for c in self.config.stats_allow
         ]
         self._stats_ok: dict[str, bool] = {}
-        self._modules: dict[str, ModuleType | None] = {}
         self._stats_cache = StatusCache(self.config.stats_ttl)
         self._metrics_cache = StatusCache(self.config.stats_ttl)
         self.port = 0
@@ -532,17 +546,6 @@ class TrackerServer:
         counters.scrape("ok")
         return 200, proto.render_scrape(files), _BENCODE
 
-    def _module(self, name: str) -> ModuleType | None:
-        if name not in self._modules:
-            full = f"roost.tracker.{name}"
-            try:
-                self._modules[name] = importlib.import_module(full)
-            except ModuleNotFoundError as exc:
-                if exc.name != full:
-                    raise
-                self._modules[name] = None
-        return self._modules[name]
-
     def _stats_allowed(self, ip: str) -> bool:
         if not self._stats_nets:
             return True
@@ -560,48 +563,44 @@ class TrackerServer:
     def deferred(self, req: proto.Request, ip: str) -> asyncio.Task[Snapshot] | None:
         """The build a /stats.json request must wait for, or None to answer it now.
 
-        None for other paths, a fresh snapshot, a refused address or a build
-        without stats.py; else the running build (``snapshot.StatusCache``).
+        None for other paths, a fresh snapshot or a refused address; else the
+        running build (``snapshot.StatusCache``).
         """
         if req.path != "/stats.json" or self._stats_cache.fresh() is not None:
             return None
         if not self._stats_allowed(ip):
             return None
-        module = self._module("stats")
-        steps = getattr(module, "stats_json_steps", None) if module is not None else None
-        if steps is None:
-            return None
+        from roost.tracker.stats import stats_json_steps  # see _page
+
         registry, clock = self.registry, self._clock
-        return self._stats_cache.start(lambda: steps(registry, clock()))
+        return self._stats_cache.start(lambda: stats_json_steps(registry, clock()))
 
     def _page(self, path: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str, str]:
-        if path == "/stats.json":
-            target = ("stats", "render_stats_json", _JSON, "stats")
-        elif path == "/metrics":
-            target = ("stats", "render_metrics", _METRICS, "metrics")
-        elif path in ("/", "/index.html"):
-            target = ("web", "render_page", _HTML, "page")
-        else:
+        """The status routes: /stats.json, /metrics, / (and /index.html).
+
+        Their modules are imported on first use, not with the server: stats.py
+        brings prometheus_client, which a tracker nobody looks at never needs.
+        """
+        route = _STATUS_PATHS.get(path)
+        if route is None:
             return 404, proto.render_failure(f"no such path {path[:100]}"), _BENCODE, "other"
-        module_name, func_name, ctype, route = target
         if not self._stats_allowed(ip):
             body = b"forbidden: this network may not read tracker status\n"
             return 403, body, "text/plain", route
-        module = self._module(module_name)
-        func = getattr(module, func_name, None) if module is not None else None
-        if func is None:
-            return 404, b"not available in this build\n", "text/plain", route
         registry, clock = self.registry, self._clock
         if route == "stats":
-            snap = built or self._stats_cache.build(lambda: func(registry, clock()))
-            return 200, snap.body, ctype, route
+            from roost.tracker.stats import render_stats_json
+
+            snap = built or self._stats_cache.build(lambda: render_stats_json(registry, clock()))
+            return 200, snap.body, _JSON, route
         if route == "metrics":
-            snap = self._metrics_cache.build(lambda: func(registry, clock()))
-            return 200, snap.body, ctype, route
-        result = func(registry, clock())
-        if isinstance(result, tuple):
-            result, ctype = result
-        return 200, result, ctype, route
+            from roost.tracker.stats import render_metrics
+
+            snap = self._metrics_cache.build(lambda: render_metrics(registry, clock()))
+            return 200, snap.body, _METRICS, route
+        from roost.tracker.web import render_page
+
+        return 200, render_page(), _HTML, route
 
 
 class TrackerHandle:
@@ -658,9 +657,11 @@ class TrackerHandle:
         self.stop()
 
 
-def run_tracker_in_thread(config: TrackerConfig | None = None) -> TrackerHandle:
+def run_tracker_in_thread(
+    config: TrackerConfig | None = None, *, registry: Registry | None = None
+) -> TrackerHandle:
     """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start."""
-    server = TrackerServer(config)
+    server = TrackerServer(config, registry=registry)
     loop = new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
