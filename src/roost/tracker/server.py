@@ -212,7 +212,11 @@ class _Conn(asyncio.Protocol):
         parser = self.parser
         try:
             requests = parser.feed(data)
-            self.head_since = (self.head_since or t0) if parser.pending else None
+            # When the head now pending began: a completed request restarts the clock.
+            if not parser.pending:
+                self.head_since = None
+            elif requests or self.head_since is None:
+                self.head_since = t0
         except proto.ProtocolError as exc:
             self.server.registry.counters.request("malformed", 0.0)
             transport.write(

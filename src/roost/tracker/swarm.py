@@ -22,10 +22,24 @@ Read API for stats / metrics / the web page (treat it as read-only):
   ``left`` last decreased, else ``first_seen``), ``prev_uploaded``,
   ``prev_downloaded``, ``prev_seen`` (the announce before: rates are the
   deltas), ``events`` (deque of (ts, event), newest last), ``host``,
-  ``dc``, ``rack``, ``state`` ("seeding" | "downloading" | "stopped").
+  ``dc``, ``rack``, ``state`` ("seeding" | "downloading" | "stopped"),
+  ``origin``, ``timeout``, ``interval`` (below).
   ``status_row`` is stats.py's cache of the peer's /stats.json row (valid
   for its state and the swarm's size): whatever changes another field of a
   peer outside ``Registry._update`` must set it to None.
+
+Who may change a peer: peer ids are public, so an announce for a known
+peer id (listed, or stopped and still listed) must carry the ``key`` the
+peer first gave, or, if it gave none, come from the connection address it
+first announced from (``Peer.origin``); others are ``Refused``. Every check
+that can fail runs before anything changes.
+
+How long a silent peer stays (``Peer.timeout``, ``keep_for``): roost's own
+peers ``peer_timeout``; stock clients at least that, and at least their
+longest observed gap between plain announces (``Peer.interval``) plus a
+margin, ``client_interval`` until one is seen. Swarms of info-hashes not on
+the allow-list are capped at ``max_swarms`` (``Registry.unknown`` counts
+them); an announce that would open one more is ``Refused``.
 
 Peer address: the ``ip=`` announce parameter when present and valid and
 ``config.trust_ip_param`` is on (the default: local fleets announce the
@@ -378,12 +392,11 @@ class Registry:
         except (OSError, ValueError) as exc:
             raise ProtocolError(f"cannot hand out address {ip!r}") from exc
         pid = a.peer_id
-        swarm = self.swarms.get(a.info_hash)
-        known = None if swarm is None else swarm.get(pid) or swarm.stopped.get(pid)
+        swarm = self._open_swarm(a.info_hash, a.token, now)  # a new swarm has no one to check
+        peer = swarm.get(pid)
+        known = peer or swarm.stopped.get(pid)
         if known is not None and not _owns(known, a, origin):
             raise Refused("peer id in use by another peer (its key or address differs)")
-        swarm = self._open_swarm(a.info_hash, a.token, now)
-        peer = swarm.get(pid)
         if a.event == "stopped":
             if peer is not None:
                 was_left = peer.left
