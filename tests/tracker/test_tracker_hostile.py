@@ -91,6 +91,20 @@ def test_keyless_peer_is_owned_by_its_first_address(tracker: TrackerHandle) -> N
     assert ports_seen(port) == [6500]
 
 
+def test_ownership_survives_a_restart(tmp_path: Path) -> None:
+    config = TrackerConfig(port=0, state_file=tmp_path / "state.json")
+    with run_tracker_in_thread(config) as t:
+        assert announce_from(t.port, "127.0.0.2", 0, ip="127.0.0.50")[0] == 200
+        assert announce_from(t.port, "127.0.0.1", 1, key="K1")[0] == 200
+    with run_tracker_in_thread(config) as t:
+        for n, extra in ((0, {}), (1, {"key": "K2"})):
+            status, d = announce_from(t.port, "127.0.0.3", n, event="stopped", **extra)
+            assert status == 200 and b"in use by another peer" in d[b"failure reason"]
+        assert sorted(ports_seen(t.port)) == [6000, 6001]
+        assert announce_from(t.port, "127.0.0.2", 0, event="stopped")[0] == 200
+        assert ports_seen(t.port) == [6001]
+
+
 # class 5: one bad value answers 500 and half-updates a peer ---------------------
 
 
