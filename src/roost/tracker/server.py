@@ -29,7 +29,8 @@ open-file limit, raised towards its hard limit at start, is lower): a new
 one beyond that closes the connection that has been quiet longest, so
 accepting never stops. The sweep closes connections quiet for
 ``idle_timeout`` and those whose request head has not arrived in full
-within ``request_timeout`` (a slow trickle counts as quiet). Swarms of
+within ``request_timeout`` (so a head trickled in a byte at a time, which
+is never idle, is cut too). Swarms of
 unregistered info-hashes are capped by ``config.max_swarms`` (swarm.py).
 
 A periodic sweep expires silent peers, closes idle and slow connections
