@@ -178,3 +178,41 @@ def swarm_stats(url: str, info_hash: str) -> dict[str, Any] | None:
         if swarm["info_hash"] == info_hash:
             return swarm
     return None
+
+
+# A stock libtorrent client (qBittorrent's and Deluge's engine): its default
+# settings, so its default announce schedule (min_announce_interval 300 s),
+# with only what a test on one loopback address needs changed: no DHT, LSD
+# or port mapping, and several peers allowed from 127.0.0.1.
+_STOCK_LIBTORRENT = """
+import sys, time
+import libtorrent as lt
+torrent, save_path, port, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+session = lt.session({
+    "listen_interfaces": f"127.0.0.1:{port}",
+    "enable_dht": False, "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+    "allow_multiple_connections_per_ip": True,
+})
+handle = session.add_torrent({"ti": lt.torrent_info(torrent), "save_path": save_path})
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    s = handle.status()
+    print(f"state={s.state} seeding={s.is_seeding} uploaded={s.all_time_upload}", flush=True)
+    time.sleep(1)
+"""
+
+
+def stock_libtorrent_argv(torrent: Path, save_path: Path, port: int, seconds: float) -> list[str]:
+    """A stock libtorrent client that adds ``torrent`` (seeding it when
+    ``save_path`` holds the data) and exits after ``seconds``."""
+    import sys
+
+    return [
+        sys.executable,
+        "-c",
+        _STOCK_LIBTORRENT,
+        str(torrent),
+        str(save_path),
+        str(port),
+        str(seconds),
+    ]

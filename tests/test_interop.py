@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.interop_helpers import (
     free_port,
     procs_in,
     sha256_file,
+    stock_libtorrent_argv,
     swarm_stats,
     transmission_settings,
     wait_for,
@@ -269,21 +271,32 @@ def test_roost_peer_downloads_from_aria2c_seeder(
 # 4. the roost tracker alone, a swarm of aria2c clients ----------------------------
 
 
+def _mktorrent(payload: Path, announce_url: str) -> tuple[Path, str]:
+    """A torrent of ``payload`` made by mktorrent (256 KiB pieces), and its info-hash."""
+    torrent = payload.parent.parent / f"{payload.name}.torrent"
+    mktorrent = [MKTORRENT or "mktorrent", "-a", announce_url, "-l", "18"]
+    subprocess.run(
+        [*mktorrent, "-o", str(torrent), str(payload)], check=True, capture_output=True, timeout=30
+    )
+    return torrent, info_hash(torrent.read_bytes())
+
+
+def _all_finish(procs: Procs, clients: list[subprocess.Popen[bytes]], *, timeout: float) -> None:
+    for client in clients:
+        try:
+            rc = client.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"a client is stuck\n{procs.describe()}") from None
+        assert rc == 0, procs.describe()
+
+
 @needs_aria2c
 @needs_mktorrent
 def test_roost_tracker_serves_aria2c_swarm(tmp_path: Path) -> None:
     tracker = run_tracker_in_thread(TrackerConfig(port=0, interval=2, min_interval=1))
     try:
         payload = random_file(tmp_path / "seed" / "artifact.bin", 4 * 1024 * 1024 + 777, seed=4)
-        torrent = tmp_path / "artifact.torrent"
-        mktorrent = [MKTORRENT or "mktorrent", "-a", tracker.announce_url, "-l", "18"]
-        subprocess.run(
-            [*mktorrent, "-o", str(torrent), str(payload)],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        ih = info_hash(torrent.read_bytes())
+        torrent, ih = _mktorrent(payload, tracker.announce_url)
         want = sha256_file(payload)
         leechers = 3
         with procs_in(tmp_path / "logs") as procs:
@@ -301,12 +314,7 @@ def test_roost_tracker_serves_aria2c_swarm(tmp_path: Path) -> None:
                 )
                 for i in range(leechers)
             ]
-            for client in clients:
-                try:
-                    rc = client.wait(timeout=45)
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"aria2c leecher stuck\n{procs.describe()}") from None
-                assert rc == 0, procs.describe()
+            _all_finish(procs, clients, timeout=45)
             for i in range(leechers):
                 assert sha256_file(tmp_path / f"leech-{i}" / payload.name) == want
             stats = wait_for(
@@ -320,5 +328,50 @@ def test_roost_tracker_serves_aria2c_swarm(tmp_path: Path) -> None:
                 procs=procs,
             )
         assert stats["completed"] == leechers
+    finally:
+        tracker.stop()
+
+
+# 5. a stock client's seeder stays in the swarm between its announces (issue 12, class 9)
+
+
+@needs_aria2c
+@needs_mktorrent
+def test_stock_libtorrent_seeder_is_found_by_leechers_joining_later(tmp_path: Path) -> None:
+    """The tracker at its deploy-fast defaults (interval 5 s: roost's peers
+    are forgotten after 15 s). A stock libtorrent seeder announces once and
+    not again for 300 s; leechers that join 20 s later still find it."""
+    tracker = run_tracker_in_thread(TrackerConfig(port=0))
+    try:
+        payload = random_file(tmp_path / "seed" / "artifact.bin", 2 * 1024 * 1024 + 99, seed=5)
+        torrent, ih = _mktorrent(payload, tracker.announce_url)
+        want = sha256_file(payload)
+        with procs_in(tmp_path / "logs") as procs:
+            argv = stock_libtorrent_argv(torrent, payload.parent, free_port(), seconds=60)
+            procs.start("libtorrent-seeder", argv)
+            wait_for(
+                "the stock seeder to announce",
+                lambda: (s := swarm_stats(tracker.announce_url, ih)) and s["seeders"],
+                timeout=20,
+                procs=procs,
+            )
+            time.sleep(20)  # past the 15 s after which roost's own peers are forgotten
+            stats = swarm_stats(tracker.announce_url, ih)
+            assert stats is not None and stats["seeders"] == 1, stats
+            clients = [
+                procs.start(
+                    f"aria2c-{i}", aria2c_argv(torrent, tmp_path / f"leech-{i}", free_port())
+                )
+                for i in range(2)
+            ]
+            _all_finish(procs, clients, timeout=35)
+            for i in range(2):
+                assert sha256_file(tmp_path / f"leech-{i}" / payload.name) == want
+            wait_for(  # and the data came from the stock seeder
+                "the stock seeder to count its upload",
+                lambda: "uploaded=0" not in procs.output("libtorrent-seeder").splitlines()[-1],
+                timeout=5,
+                procs=procs,
+            )
     finally:
         tracker.stop()

@@ -117,9 +117,11 @@ def _decode(buf: memoryview, pos: int, depth: int) -> tuple[Any, int]:
                 return result, pos + 1
             if not 0x30 <= buf[pos] <= 0x39:
                 raise BencodeError(f"dictionary key at offset {pos} is not a string")
+            key_at = pos
             key, pos = _decode(buf, pos, depth + 1)
             if last is not None and key <= last:
-                raise BencodeError(f"dictionary keys unsorted or repeated at {key!r}")
+                # the offset, not the key: a key may be megabytes of anything
+                raise BencodeError(f"dictionary keys unsorted or repeated at offset {key_at}")
             last = key
             result[key], pos = _decode(buf, pos, depth + 1)
     raise BencodeError(f"unexpected byte {bytes([lead])!r} at offset {pos}")

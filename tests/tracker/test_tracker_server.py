@@ -354,3 +354,17 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
             assert type(loop).__module__.startswith("uvloop")
     finally:
         loop.close()
+
+
+def test_the_server_serves_the_registry_it_is_given() -> None:
+    from roost.tracker.swarm import Registry
+
+    config = TrackerConfig(port=0, interval=5)
+    registry = Registry(config, time.time())
+    registry.allow(IH, time.time(), tag="v7")
+    with run_tracker_in_thread(config, registry=registry) as t:
+        assert t.server.registry is registry
+        announce(t, 0, left=0)
+        assert registry.swarms[IH].num_seeders == 1 and registry.swarms[IH].tag == "v7"
+    with pytest.raises(TrackerError, match="another tracker config"):
+        TrackerServer(TrackerConfig(port=0, interval=9), registry=registry)

@@ -35,7 +35,7 @@ BASE = Announce(
 
 
 def ann(n: int, **over: object) -> Announce:
-    pid = f"peer-{n:015d}".encode()
+    pid = f"-RO0100-{n:012d}".encode()  # a roost peer: forgotten after peer_timeout
     return dataclasses.replace(BASE, peer_id=pid, port=6000 + n, **over)  # type: ignore[arg-type]
 
 
@@ -131,7 +131,7 @@ def test_ip_param_trusted_or_not() -> None:
 def test_key_protects_peer_id() -> None:
     r = reg()
     r.announce(ann(0, key=b"k1"), "127.0.0.1", 1000)
-    with pytest.raises(Refused, match="another key"):
+    with pytest.raises(Refused, match="in use by another peer"):
         r.announce(ann(0, key=b"k2"), "127.0.0.2", 1001)
     r.announce(ann(0, key=b"k1"), "127.0.0.2", 1001)  # same key, new address: fine
 
@@ -211,3 +211,46 @@ def test_counters() -> None:
     assert c.latency_count == 2
     assert c.latency_counts[1] == 1
     assert c.latency_counts[-1] == 1
+
+
+def stock(n: int, **over: object) -> Announce:
+    """An announce of a stock client (qBittorrent's peer id prefix)."""
+    return dataclasses.replace(ann(n, **over), peer_id=f"-qB4500-{n:012d}".encode())
+
+
+def test_stock_clients_stay_for_their_own_interval() -> None:
+    r = reg(interval=5)  # roost's peers: gone after 15 s
+    r.announce(ann(0, left=0), "127.0.0.1", 1000)
+    r.announce(stock(1, left=0), "127.0.0.2", 1000)  # a libtorrent seeder
+    r.announce(stock(2), "127.0.0.3", 1000)  # an rtorrent leecher
+    swarm = r.swarms[IH]
+    assert r.expire(1016) == 1 and ann(0).peer_id in swarm.stopped
+    r.announce(stock(1, left=0, event=""), "127.0.0.2", 1300)  # every 300 s: kept 405 s
+    assert r.expire(1704) == 0
+    # It keeps its longest plain gap: a quick re-announce does not shorten it.
+    r.announce(stock(1, left=0, event=""), "127.0.0.2", 1301)
+    assert r.expire(1705.5) == 0
+    assert r.expire(1707) == 1 and stock(1).peer_id in swarm.stopped
+    # Until a stock client's interval is seen, it is taken as 600 s: kept 780 s.
+    assert r.expire(1779) == 0
+    assert r.expire(1781) == 1
+    assert not swarm.seeders and not swarm.leechers
+
+
+def test_a_late_completed_counts_once() -> None:
+    """rtorrent queues 'completed' for its next announce, 600 s on."""
+    r = reg(interval=5)
+    r.allow(IH, 1000)
+    swarm = r.swarms[IH]
+    r.announce(stock(0), "127.0.0.1", 1000)
+    r.announce(stock(0, left=0, event="completed"), "127.0.0.1", 1600)
+    assert swarm.completed == 1 and stock(0).peer_id in swarm.seeders
+    r.announce(stock(0, left=0, event="completed"), "127.0.0.1", 2200)
+    assert swarm.completed == 1
+    # Even after the tracker forgot it, a late completion counts.
+    r.announce(stock(1), "127.0.0.2", 3000)
+    r.expire(5000)
+    r.expire(7000)
+    assert stock(1).peer_id not in swarm.stopped
+    r.announce(stock(1, left=0, event="completed"), "127.0.0.2", 7001)
+    assert swarm.completed == 2

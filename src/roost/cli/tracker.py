@@ -37,7 +37,44 @@ def register(subparsers: Any) -> None:
         "--peer-timeout",
         type=float,
         default=0.0,
-        help="forget peers silent this long (default 3 x interval)",
+        help="forget roost's peers silent this long (default 3 x interval); "
+        "stock clients are kept at least this long (see --client-interval)",
+    )
+    p.add_argument(
+        "--client-interval",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="announce interval assumed for a stock client until its own is seen; "
+        "it is kept that long plus a quarter and 30 s (default 600, as rtorrent)",
+    )
+    p.add_argument(
+        "--max-swarms",
+        type=int,
+        default=10_000,
+        help="most swarms of info-hashes not on the allow-list; announces for more "
+        "are refused (default 10000)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="most open connections; the quietest is closed to make room "
+        "(default 4096, lowered to fit the open-file limit)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="close a connection silent this long (default 60)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection whose request takes longer to arrive (default 10)",
     )
     p.add_argument("--numwant", type=int, default=50, help="peers handed out by default")
     p.add_argument("--numwant-max", type=int, default=200, help="most peers handed out")
@@ -227,6 +264,11 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str | N
         interval=args.interval,
         min_interval=min_interval,
         peer_timeout=args.peer_timeout,
+        client_interval=args.client_interval,
+        max_swarms=args.max_swarms,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        request_timeout=args.request_timeout,
         numwant_default=args.numwant,
         numwant_max=args.numwant_max,
         state_file=args.state,

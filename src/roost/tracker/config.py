@@ -28,6 +28,16 @@ class TrackerConfig:
     decrease of ``left`` before /stats.json flags a downloading peer as stalled.
     ``stats_ttl``: seconds a rendered /stats.json or /metrics is served again
     before it is rebuilt (``snapshot.py``; 0: rebuilt for every request).
+
+    ``peer_timeout`` is how long roost's own peers stay without announcing;
+    stock clients, which re-announce on their own schedule, stay at least
+    that long and at least their observed interval plus a margin,
+    ``client_interval`` until one is observed (``swarm.keep_for``).
+    Caps: ``max_swarms`` swarms of info-hashes not on the allow-list (more
+    are refused with a failure reason), ``max_connections`` open
+    connections (more are closed at once), ``idle_timeout`` seconds a
+    connection may sit without a byte, ``request_timeout`` seconds a
+    request head may take to arrive in full.
     """
 
     bind: str = "127.0.0.1"
@@ -51,6 +61,10 @@ class TrackerConfig:
     announce_host: str | None = None
     stall_after: float = 30.0
     stats_ttl: float = 1.0
+    client_interval: float = 600.0
+    max_swarms: int = 10_000
+    max_connections: int = 4096
+    request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if self.peer_timeout <= 0:
@@ -64,6 +78,13 @@ class TrackerConfig:
             raise TrackerError(f"bad stats ttl {self.stats_ttl}: need 0 to 60 seconds")
         if not self.stall_after > 0:
             raise TrackerError(f"bad stall-after {self.stall_after}: need a positive number")
+        if not 0 < self.client_interval <= 3600:
+            raise TrackerError(f"bad client interval {self.client_interval}: need 0 to 3600 s")
+        for name in ("max_swarms", "max_connections"):
+            if getattr(self, name) < 1:
+                raise TrackerError(f"bad {name.replace('_', ' ')} {getattr(self, name)}: need >= 1")
+        if not (self.idle_timeout > 0 and self.request_timeout > 0):
+            raise TrackerError("idle and request timeouts must be positive")
         if not 0 <= self.port < 65536:
             raise TrackerError(f"port {self.port} out of range")
         if not 0 < self.numwant_default <= self.numwant_max:

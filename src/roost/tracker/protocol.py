@@ -258,6 +258,20 @@ def _hash20(raw: bytes | None, name: str) -> bytes:
     return raw
 
 
+def _ip(raw: bytes | None) -> str | None:
+    """The ``ip=`` parameter as peers would dial it; None when absent or empty."""
+    if not raw:
+        return None
+    try:
+        addr = ipaddress.ip_address(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("ip is not an IP address") from exc
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        # A zone id names an interface of the sender: meaningless to other peers.
+        raise ProtocolError("ip must not carry an IPv6 zone id (%)")
+    return str(addr)
+
+
 def _label(raw: bytes | None, name: str) -> str | None:
     if raw is None or raw == b"":
         return None
@@ -370,13 +384,7 @@ def parse_announce(query: bytes) -> Announce:
     if compact_b not in (None, b"0", b"1"):
         raise ProtocolError("compact must be 0 or 1")
     no_peer_id_b = get(b"no_peer_id")
-    ip_b = get(b"ip")
-    ip: str | None = None
-    if ip_b:
-        try:
-            ip = str(ipaddress.ip_address(ip_b.decode("ascii")))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError("ip is not an IP address") from exc
+    ip = _ip(get(b"ip"))
     token_b = get(b"token")
     token: str | None = None
     if token_b is not None:
@@ -435,13 +443,7 @@ def _parse_announce_generic(query: bytes) -> Announce:
     if compact_b not in (None, b"0", b"1"):
         raise ProtocolError("compact must be 0 or 1")
     no_peer_id_b = _one(params, b"no_peer_id")
-    ip_b = _one(params, b"ip")
-    ip: str | None = None
-    if ip_b:
-        try:
-            ip = str(ipaddress.ip_address(ip_b.decode("ascii")))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProtocolError("ip is not an IP address") from exc
+    ip = _ip(_one(params, b"ip"))
     token_b = _one(params, b"token")
     token: str | None = None
     if token_b is not None:

@@ -11,11 +11,12 @@ no threads and no per-request allocations beyond the response. All swarm
 state belongs to the loop's thread; other threads go through
 ``TrackerHandle`` which hops onto the loop.
 
-Routes: ``/announce`` and ``/scrape`` (BEP 3/23/7/48); ``/stats.json``,
-``/metrics`` (``roost.tracker.stats``), ``/`` (``roost.tracker.web``: one
-self-contained page, its assets inlined, so there is no ``/static/``),
-imported lazily and 404 while absent, limited to ``config.stats_allow``
-networks when given (others get 403).
+Routes, all in ``handle`` and ``_page``: ``/announce`` and ``/scrape`` (BEP
+3/23/7/48); ``/stats.json``, ``/metrics`` (``roost.tracker.stats``), ``/``
+(``roost.tracker.web``: one self-contained page, its assets inlined, so
+there is no ``/static/``), imported on first use, limited to
+``config.stats_allow`` networks when given (others get 403). The server is
+given its ``Registry`` (swarm.py) or builds an empty one.
 
 Failures: a malformed request gets its 4xx status and a bencoded
 ``failure reason`` (then the connection closes, since the stream can no longer
@@ -23,8 +24,17 @@ be trusted); a refused announce (token, allow-list) gets 200 and a failure
 reason, as BitTorrent clients expect; an unexpected exception is logged with
 its traceback and answered 500, and the server keeps serving.
 
-A periodic sweep expires silent peers, closes idle connections and saves
-the state file (also saved on ``stop()``).
+Caps: at most ``config.max_connections`` open connections (fewer if the
+open-file limit, raised towards its hard limit at start, is lower): a new
+one beyond that closes the connection that has been quiet longest, so
+accepting never stops. The sweep closes connections quiet for
+``idle_timeout`` and those whose request head has not arrived in full
+within ``request_timeout`` (so a head trickled in a byte at a time, which
+is never idle, is cut too). Swarms of
+unregistered info-hashes are capped by ``config.max_swarms`` (swarm.py).
+
+A periodic sweep expires silent peers, closes idle and slow connections
+and saves the state file (also saved on ``stop()``).
 """
 
 from __future__ import annotations
@@ -32,14 +42,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 import ipaddress
 import logging
 import os
+import resource
 import threading
 import time
 from collections.abc import Coroutine
-from types import ModuleType
 from typing import Any, TypeVar, cast
 
 from roost.errors import Refused, TrackerError
@@ -66,13 +75,28 @@ _BENCODE = "text/plain"
 _JSON = "application/json"
 _METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
-_STATUS_ROUTES = frozenset({"stats", "metrics", "page"})
+_STATUS_PATHS = {"/stats.json": "stats", "/metrics": "metrics", "/": "page", "/index.html": "page"}
+_STATUS_ROUTES = frozenset(_STATUS_PATHS.values())
 _OK_KEEP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
 _OK_CLOSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
     b"Connection: close\r\n\r\n"
 )
 _STATUS_HEADERS = (("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"))
+_BACKLOG = 1024
+_SPARE_FILES = 32  # open files kept for the listener, the state file, logging
+
+
+def raise_open_files(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit);
+    return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    return wanted if soft == resource.RLIM_INFINITY else soft
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -127,7 +151,16 @@ def parse_info_hash(info_hash_hex: str) -> bytes:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("eof", "ip", "last_active", "parser", "server", "transport", "waiting")
+    __slots__ = (
+        "eof",
+        "head_since",
+        "ip",
+        "last_active",
+        "parser",
+        "server",
+        "transport",
+        "waiting",
+    )
 
     def __init__(self, server: TrackerServer):
         self.server = server
@@ -138,13 +171,21 @@ class _Conn(asyncio.Protocol):
         self.eof = False
         self.ip = ""
         self.last_active = time.monotonic()
+        self.head_since: float | None = None  # first byte of a request head not yet whole
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
-        self.server._conns.add(self)
+        conns = self.server._conns
+        if len(conns) >= self.server.max_connections:
+            # Full: the connection quiet longest makes room (accepting never stops).
+            quiet = min(conns, key=lambda c: c.last_active)
+            conns.discard(quiet)
+            if quiet.transport is not None:
+                quiet.transport.abort()
+        conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._conns.discard(self)
@@ -169,8 +210,14 @@ class _Conn(asyncio.Protocol):
         if transport is None:
             return
         self.last_active = t0 = _monotonic()
+        parser = self.parser
         try:
-            requests = self.parser.feed(data)
+            requests = parser.feed(data)
+            # When the head now pending began: a completed request restarts the clock.
+            if not parser.pending:
+                self.head_since = None
+            elif requests or self.head_since is None:
+                self.head_since = t0
         except proto.ProtocolError as exc:
             self.server.registry.counters.request("malformed", 0.0)
             transport.write(
@@ -240,12 +287,27 @@ class _Conn(asyncio.Protocol):
 
 
 class TrackerServer:
-    """The tracker: ``await start()``, serve, ``await stop()``."""
+    """The tracker: ``await start()``, serve, ``await stop()``.
 
-    def __init__(self, config: TrackerConfig | None = None, *, clock: Any = time.time):
-        self.config = config or TrackerConfig()
+    ``registry``: the swarms to serve (swarm.py), built for ``config``; a
+    new, empty one when not given. Raises ``TrackerError`` when ``registry``
+    was built for another config.
+    """
+
+    def __init__(
+        self,
+        config: TrackerConfig | None = None,
+        *,
+        registry: Registry | None = None,
+        clock: Any = time.time,
+    ):
+        if config is None:
+            config = registry.config if registry is not None else TrackerConfig()
+        if registry is not None and registry.config != config:
+            raise TrackerError("the registry was built for another tracker config")
+        self.config = config
         self._clock = clock
-        self.registry = Registry(self.config, clock())
+        self.registry = registry if registry is not None else Registry(config, clock())
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[_Conn] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -255,10 +317,11 @@ class TrackerServer:
             parse_network(c, "stats-allow network") for c in self.config.stats_allow
         ]
         self._stats_ok: dict[str, bool] = {}
-        self._modules: dict[str, ModuleType | None] = {}
         self._stats_cache = StatusCache(self.config.stats_ttl)
         self._metrics_cache = StatusCache(self.config.stats_ttl)
         self.port = 0
+        # config.max_connections, lowered at start() to what open files allow
+        self.max_connections = self.config.max_connections
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -275,10 +338,16 @@ class TrackerServer:
                     n,
                     cfg.state_file,
                 )
+        files = raise_open_files(cfg.max_connections + _SPARE_FILES)
+        self.max_connections = max(1, min(cfg.max_connections, files - _SPARE_FILES))
+        if self.max_connections < cfg.max_connections:
+            log.warning(
+                "open-file limit %d: serving at most %d connections", files, self.max_connections
+            )
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: _Conn(self), cfg.bind, cfg.port, reuse_address=True, backlog=1024
+                lambda: _Conn(self), cfg.bind, cfg.port, reuse_address=True, backlog=_BACKLOG
             )
         except OSError as exc:
             raise TrackerError(
@@ -363,10 +432,7 @@ class TrackerServer:
                 now = self._clock()
                 if self.registry.expire(now):
                     self._dirty = True
-                idle_before = time.monotonic() - cfg.idle_timeout
-                for conn in [c for c in self._conns if c.last_active < idle_before]:
-                    if conn.transport is not None:
-                        conn.transport.close()
+                self._close_stale(time.monotonic())
                 if self._dirty and now - self._last_save >= cfg.save_every:
                     self.save()
             except TrackerError as exc:
@@ -374,6 +440,18 @@ class TrackerServer:
                 self._last_save = self._clock()
             except Exception:
                 log.exception("tracker sweep failed")
+
+    def _close_stale(self, now: float) -> None:
+        """Close connections idle for ``idle_timeout`` or slower than
+        ``request_timeout`` to send a request head."""
+        idle_before = now - self.config.idle_timeout
+        slow_before = now - self.config.request_timeout
+        for conn in list(self._conns):
+            since = conn.head_since
+            if conn.last_active < idle_before or (since is not None and since < slow_before):
+                self._conns.discard(conn)
+                if conn.transport is not None:
+                    conn.transport.abort()
 
     # -- requests ------------------------------------------------------------
 
@@ -442,6 +520,9 @@ class TrackerServer:
         except Refused as exc:
             counters.announce(a.event, "refused")
             return 200, proto.render_failure(str(exc)), _BENCODE
+        except proto.ProtocolError as exc:
+            counters.announce(a.event, "malformed")
+            return exc.status, proto.render_failure(str(exc)), _BENCODE
         self._dirty = True
         counters.announce(a.event, "ok")
         cfg = self.config
@@ -470,17 +551,6 @@ class TrackerServer:
         counters.scrape("ok")
         return 200, proto.render_scrape(files), _BENCODE
 
-    def _module(self, name: str) -> ModuleType | None:
-        if name not in self._modules:
-            full = f"roost.tracker.{name}"
-            try:
-                self._modules[name] = importlib.import_module(full)
-            except ModuleNotFoundError as exc:
-                if exc.name != full:
-                    raise
-                self._modules[name] = None
-        return self._modules[name]
-
     def _stats_allowed(self, ip: str) -> bool:
         if not self._stats_nets:
             return True
@@ -498,48 +568,44 @@ class TrackerServer:
     def deferred(self, req: proto.Request, ip: str) -> asyncio.Task[Snapshot] | None:
         """The build a /stats.json request must wait for, or None to answer it now.
 
-        None for other paths, a fresh snapshot, a refused address or a build
-        without stats.py; else the running build (``snapshot.StatusCache``).
+        None for other paths, a fresh snapshot or a refused address; else the
+        running build (``snapshot.StatusCache``).
         """
         if req.path != "/stats.json" or self._stats_cache.fresh() is not None:
             return None
         if not self._stats_allowed(ip):
             return None
-        module = self._module("stats")
-        steps = getattr(module, "stats_json_steps", None) if module is not None else None
-        if steps is None:
-            return None
+        from roost.tracker.stats import stats_json_steps  # see _page
+
         registry, clock = self.registry, self._clock
-        return self._stats_cache.start(lambda: steps(registry, clock()))
+        return self._stats_cache.start(lambda: stats_json_steps(registry, clock()))
 
     def _page(self, path: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str, str]:
-        if path == "/stats.json":
-            target = ("stats", "render_stats_json", _JSON, "stats")
-        elif path == "/metrics":
-            target = ("stats", "render_metrics", _METRICS, "metrics")
-        elif path in ("/", "/index.html"):
-            target = ("web", "render_page", _HTML, "page")
-        else:
+        """The status routes: /stats.json, /metrics, / (and /index.html).
+
+        Their modules are imported on first use, not with the server: stats.py
+        brings prometheus_client, which a tracker nobody looks at never needs.
+        """
+        route = _STATUS_PATHS.get(path)
+        if route is None:
             return 404, proto.render_failure(f"no such path {path[:100]}"), _BENCODE, "other"
-        module_name, func_name, ctype, route = target
         if not self._stats_allowed(ip):
             body = b"forbidden: this network may not read tracker status\n"
             return 403, body, "text/plain", route
-        module = self._module(module_name)
-        func = getattr(module, func_name, None) if module is not None else None
-        if func is None:
-            return 404, b"not available in this build\n", "text/plain", route
         registry, clock = self.registry, self._clock
         if route == "stats":
-            snap = built or self._stats_cache.build(lambda: func(registry, clock()))
-            return 200, snap.body, ctype, route
+            from roost.tracker.stats import render_stats_json
+
+            snap = built or self._stats_cache.build(lambda: render_stats_json(registry, clock()))
+            return 200, snap.body, _JSON, route
         if route == "metrics":
-            snap = self._metrics_cache.build(lambda: func(registry, clock()))
-            return 200, snap.body, ctype, route
-        result = func(registry, clock())
-        if isinstance(result, tuple):
-            result, ctype = result
-        return 200, result, ctype, route
+            from roost.tracker.stats import render_metrics
+
+            snap = self._metrics_cache.build(lambda: render_metrics(registry, clock()))
+            return 200, snap.body, _METRICS, route
+        from roost.tracker.web import render_page
+
+        return 200, render_page(), _HTML, route
 
 
 class TrackerHandle:
@@ -596,9 +662,11 @@ class TrackerHandle:
         self.stop()
 
 
-def run_tracker_in_thread(config: TrackerConfig | None = None) -> TrackerHandle:
+def run_tracker_in_thread(
+    config: TrackerConfig | None = None, *, registry: Registry | None = None
+) -> TrackerHandle:
     """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start."""
-    server = TrackerServer(config)
+    server = TrackerServer(config, registry=registry)
     loop = new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []

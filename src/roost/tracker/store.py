@@ -19,7 +19,7 @@ from typing import Any
 
 from roost._fs import atomic_write
 from roost.errors import StateFileError
-from roost.tracker.swarm import Peer, Registry
+from roost.tracker.swarm import MAX_CLIENT_INTERVAL, Peer, Registry, keep_for
 
 __all__ = ["StateFileError", "dump_state", "load_state", "restore_state", "save_state"]
 
@@ -31,6 +31,7 @@ def _peer_dict(p: Peer) -> dict[str, Any]:
     return {
         "peer_id": p.peer_id.hex(),
         "ip": p.ip,
+        "origin": p.origin,
         "port": p.port,
         "left": p.left,
         "uploaded": p.uploaded,
@@ -45,6 +46,7 @@ def _peer_dict(p: Peer) -> dict[str, Any]:
         "announced_rack": p.announced_rack,
         "key": p.key.hex() if p.key is not None else None,
         "completed": p.completed,
+        "interval": p.interval,
         "events": [[ts, ev] for ts, ev in p.events],
     }
 
@@ -115,10 +117,14 @@ def restore_state(registry: Registry, data: dict[str, Any], path: Path) -> int:
                 token=s.get("token"),
                 size=s.get("size"),
             )
-            swarm.registered = bool(s.get("registered", False))
+            if not s.get("registered", False):
+                swarm.registered = False
+                registry.unknown += 1
             swarm.completed = int(s.get("completed", 0))
             for p in s.get("peers", []):
-                peer = Peer(bytes.fromhex(p["peer_id"]), str(p["ip"]), int(p["port"]), 0.0)
+                ip = str(p["ip"])
+                origin = str(p.get("origin") or ip)
+                peer = Peer(bytes.fromhex(p["peer_id"]), ip, int(p["port"]), 0.0, origin)
                 peer.left = int(p["left"])
                 peer.uploaded = peer.prev_uploaded = int(p["uploaded"])
                 peer.downloaded = peer.prev_downloaded = int(p["downloaded"])
@@ -130,6 +136,8 @@ def restore_state(registry: Registry, data: dict[str, Any], path: Path) -> int:
                 peer.announced_rack = p.get("announced_rack")
                 peer.key = bytes.fromhex(p["key"]) if p.get("key") else None
                 peer.completed = bool(p.get("completed", False))
+                peer.interval = min(float(p.get("interval", 0.0)), MAX_CLIENT_INTERVAL)
+                peer.timeout = keep_for(peer, registry.config)
                 for ts, ev in p.get("events", []):
                     peer.events.append((float(ts), str(ev)))
                 if peer.left == 0:

@@ -22,10 +22,24 @@ Read API for stats / metrics / the web page (treat it as read-only):
   ``left`` last decreased, else ``first_seen``), ``prev_uploaded``,
   ``prev_downloaded``, ``prev_seen`` (the announce before: rates are the
   deltas), ``events`` (deque of (ts, event), newest last), ``host``,
-  ``dc``, ``rack``, ``state`` ("seeding" | "downloading" | "stopped").
+  ``dc``, ``rack``, ``state`` ("seeding" | "downloading" | "stopped"),
+  ``origin``, ``timeout``, ``interval`` (below).
   ``status_row`` is stats.py's cache of the peer's /stats.json row (valid
   for its state and the swarm's size): whatever changes another field of a
   peer outside ``Registry._update`` must set it to None.
+
+Who may change a peer: peer ids are public, so an announce for a known
+peer id (listed, or stopped and still listed) must carry the ``key`` the
+peer first gave, or, if it gave none, come from the connection address it
+first announced from (``Peer.origin``); others are ``Refused``. Every check
+that can fail runs before anything changes.
+
+How long a silent peer stays (``Peer.timeout``, ``keep_for``): roost's own
+peers ``peer_timeout``; stock clients at least that, and at least their
+longest observed gap between plain announces (``Peer.interval``) plus a
+margin, ``client_interval`` until one is seen. Swarms of info-hashes not on
+the allow-list are capped at ``max_swarms`` (``Registry.unknown`` counts
+them); an announce that would open one more is ``Refused``.
 
 Peer address: the ``ip=`` announce parameter when present and valid and
 ``config.trust_ip_param`` is on (the default: local fleets announce the
@@ -45,7 +59,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from roost.errors import Refused
+from roost.errors import ProtocolError, Refused
 from roost.tracker.handout import HandoutIndex, LocalityPolicy
 from roost.tracker.protocol import Announce, compact_address
 
@@ -100,12 +114,14 @@ class Peer:
         "events",
         "first_seen",
         "host",
+        "interval",
         "ip",
         "is_v6",
         "key",
         "last_progress",
         "last_seen",
         "left",
+        "origin",
         "peer_id",
         "port",
         "prev_downloaded",
@@ -115,14 +131,22 @@ class Peer:
         "role",
         "state",
         "status_row",
+        "timeout",
         "uploaded",
     )
 
-    def __init__(self, peer_id: bytes, ip: str, port: int, now: float):
+    def __init__(self, peer_id: bytes, ip: str, port: int, now: float, origin: str = ""):
         self.peer_id = peer_id
         self.ip = ip
         self.port = port
         self.compact, self.is_v6 = compact_address(ip, port)
+        # The connection address of its first announce: what authenticates
+        # its changes when it gave no key (see Registry._owns).
+        self.origin = origin or ip
+        # Seconds it stays in its swarm without announcing (Registry._keep_for)
+        # and the gap between its last two plain announces (0: none seen yet).
+        self.timeout = 0.0
+        self.interval = 0.0
         self.left = 0
         self.uploaded = self.downloaded = 0
         self.prev_uploaded = self.prev_downloaded = 0
@@ -142,8 +166,9 @@ class Peer:
 
     def set_address(self, ip: str, port: int) -> None:
         if ip != self.ip or port != self.port:
+            compact, is_v6 = compact_address(ip, port)  # raises before anything changes
             self.ip, self.port = ip, port
-            self.compact, self.is_v6 = compact_address(ip, port)
+            self.compact, self.is_v6 = compact, is_v6
 
     @property
     def peer_id_hex(self) -> str:
@@ -240,9 +265,44 @@ class Labeler:
 
 
 def _address(remote_ip: str) -> str:
+    """The connection's address as peers dial it: IPv4 unmapped, no IPv6 zone id."""
     if remote_ip.startswith("::ffff:") and "." in remote_ip:
         return remote_ip[7:]
-    return remote_ip
+    return remote_ip.partition("%")[0]
+
+
+def _owns(peer: Peer, a: Announce, origin: str) -> bool:
+    """Whether announce ``a``, arriving from ``origin``, may change ``peer``.
+
+    Peer ids are public (/stats.json), so the id alone proves nothing: a
+    peer that first announced with a ``key`` must give that key; one that
+    gave none must announce from the address it first announced from.
+    """
+    if peer.key is not None:
+        return a.key is not None and hmac.compare_digest(a.key, peer.key)
+    return origin == peer.origin
+
+
+#: Peer ids of roost's own peers (engine.py's ``peer_fingerprint``): they
+#: announce every ``interval`` and are forgotten after ``peer_timeout``.
+ROOST_PEER_ID = b"-RO"
+#: Longest announce gap of a stock client that still keeps it in its swarm.
+MAX_CLIENT_INTERVAL = 3600.0
+
+
+def keep_for(peer: Peer, config: TrackerConfig) -> float:
+    """Seconds ``peer`` stays in its swarm without announcing.
+
+    roost's peers: ``peer_timeout`` (3 x interval), as fast deploys need.
+    Stock clients re-announce on their own schedule, often far slower than
+    the tracker's interval (libtorrent's ``min_announce_interval`` is 300 s,
+    rtorrent's 600 s): their longest observed gap between plain announces,
+    ``client_interval`` until one is seen, plus a quarter and 30 s.
+    """
+    if peer.peer_id.startswith(ROOST_PEER_ID):
+        return config.peer_timeout
+    expected = peer.interval or config.client_interval
+    return max(config.peer_timeout, expected * 1.25 + 30.0)
 
 
 class Registry:
@@ -255,6 +315,7 @@ class Registry:
         self.counters = Counters()
         self.rng = rng or random.Random()
         self.labeler = Labeler(config.dc_prefixes, config.rack_prefixes)
+        self.unknown = 0  # swarms not on the allow-list (capped: config.max_swarms)
 
     # -- access control ------------------------------------------------------
 
@@ -271,6 +332,8 @@ class Registry:
         swarm = self.swarms.get(info_hash)
         if swarm is None:
             swarm = self.swarms[info_hash] = Swarm(info_hash, now, self.config.locality)
+        elif not swarm.registered:
+            self.unknown -= 1
         swarm.registered = True
         if tag is not None:
             swarm.tag = tag
@@ -302,7 +365,13 @@ class Registry:
             if reason is not None:
                 raise Refused(reason)
         if swarm is None:
+            if self.unknown >= cfg.max_swarms:
+                raise Refused(
+                    f"tracker full: {cfg.max_swarms} swarms of unregistered info-hashes "
+                    "(--max-swarms); try again later"
+                )
             swarm = self.swarms[info_hash] = Swarm(info_hash, now, self.config.locality)
+            self.unknown += 1
         return swarm
 
     # -- announce ------------------------------------------------------------
@@ -311,33 +380,42 @@ class Registry:
         """Apply an announce; return (peers to hand out, complete, incomplete).
 
         Raises ``Refused`` for an unknown info-hash (allow-list mode), a
-        missing or wrong token, or a peer id claimed with another ``key``.
+        missing or wrong token, a full tracker (``max_swarms``), or a peer id
+        whose owner this announce cannot prove to be (``_owns``). Nothing
+        changes when it raises.
         """
         cfg = self.config
-        swarm = self._open_swarm(a.info_hash, a.token, now)
-        ip = a.ip if (a.ip is not None and cfg.trust_ip_param) else _address(remote_ip)
+        origin = _address(remote_ip)
+        ip = a.ip if (a.ip is not None and cfg.trust_ip_param) else origin
+        try:  # refuse an address no peer list can carry before anything changes
+            compact_address(ip, a.port)
+        except (OSError, ValueError) as exc:
+            raise ProtocolError(f"cannot hand out address {ip!r}") from exc
         pid = a.peer_id
+        swarm = self._open_swarm(a.info_hash, a.token, now)  # a new swarm has no one to check
         peer = swarm.get(pid)
+        known = peer or swarm.stopped.get(pid)
+        if known is not None and not _owns(known, a, origin):
+            raise Refused("peer id in use by another peer (its key or address differs)")
         if a.event == "stopped":
             if peer is not None:
+                was_left = peer.left
+                self._update(swarm, peer, a, ip, now)
                 swarm.discard(pid)
                 # finished and left at once (aria2c --seed-time=0 sends no "completed")
-                if peer.left > 0 and a.left == 0 and not peer.completed:
+                if was_left > 0 and a.left == 0 and not peer.completed:
                     peer.completed = True
                     swarm.completed += 1
-                self._update(swarm, peer, a, ip, now)
                 peer.state = "stopped"
                 swarm.stopped[pid] = peer
             return [], len(swarm.seeders), len(swarm.leechers)
         if peer is None:
             peer = swarm.stopped.pop(pid, None)
             if peer is None:
-                peer = Peer(pid, ip, a.port, now)
+                peer = Peer(pid, ip, a.port, now, origin)
                 peer.left = a.left
             else:
                 peer.events.clear()
-        elif peer.key is not None and a.key is not None and a.key != peer.key and ip != peer.ip:
-            raise Refused("peer id already in use from another address with another key")
         was_left = peer.left
         self._update(swarm, peer, a, ip, now)
         if a.left == 0:
@@ -366,6 +444,9 @@ class Registry:
             peer.last_progress = now
         peer.left = a.left
         peer.prev_uploaded, peer.prev_downloaded = peer.uploaded, peer.downloaded
+        if not a.event and now > peer.last_seen:  # a plain re-announce: its interval
+            gap = min(now - peer.last_seen, MAX_CLIENT_INTERVAL)
+            peer.interval = max(peer.interval, gap)
         peer.prev_seen = peer.last_seen
         peer.uploaded, peer.downloaded = a.uploaded, a.downloaded
         peer.last_seen = now
@@ -382,6 +463,7 @@ class Registry:
             peer.announced_dc = a.dc
         if a.rack is not None:
             peer.announced_rack = a.rack
+        peer.timeout = keep_for(peer, self.config)
         dc, rack = peer.announced_dc, peer.announced_rack
         if (dc is None or rack is None) and self.labeler:
             pdc, prack = self.labeler.labels(ip)
@@ -416,12 +498,16 @@ class Registry:
     # -- expiry --------------------------------------------------------------
 
     def expire(self, now: float) -> int:
-        """Drop peers silent for ``peer_timeout``; return how many expired."""
+        """Drop peers silent for their ``timeout`` (``keep_for``); return how many.
+
+        Stopped and expired peers stay listed for ``peer_timeout`` more;
+        a swarm not on the allow-list goes when nobody is left in it.
+        """
         cutoff = now - self.config.peer_timeout
         expired = 0
         for h, swarm in list(self.swarms.items()):
             for table in (swarm.seeders, swarm.leechers):
-                for pid in [pid for pid, p in table.items() if p.last_seen < cutoff]:
+                for pid in [pid for pid, p in table.items() if p.last_seen + p.timeout < now]:
                     peer = table[pid]
                     swarm.discard(pid)
                     peer.state = "stopped"
@@ -438,4 +524,5 @@ class Registry:
                 and not swarm.stopped
             ):
                 del self.swarms[h]
+                self.unknown -= 1
         return expired
