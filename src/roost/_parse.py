@@ -10,10 +10,11 @@ this module, which refuses it first if it is
 * nested deeper than ``max_depth`` (``MAX_DEPTH``).
 
 JSON and TOML are checked before parsing by a linear scan that drops strings
-(and TOML comments) with one regular expression and then measures the depth
-of the remaining brackets in C (``itertools.accumulate``). YAML is parsed by
-PyYAML's safe loader with a composer that counts its depth, and that caps how
-many nodes aliases may repeat (the "billion laughs" document).
+(and comments) with one regular expression and then measures the depth of the
+remaining brackets in C (``itertools.accumulate``). YAML gets the same scan
+for its flow collections, then PyYAML's safe loader with a composer that
+counts its depth (block nesting too), and that caps how many nodes aliases
+may repeat (the "billion laughs" document).
 
 Each loader raises the caller's error class (``ConfigError`` for inventories
 and ``roost.toml``, ``ReleaseError`` for manifests, ``ChannelError`` for
@@ -54,6 +55,16 @@ _TOML_SKIP = re.compile(
     r'|"[^"\\\n]*(?:\\[\s\S][^"\\\n]*)*(?:"|$)'
     r"|'[^'\n]*(?:'|$)"
     r"|#[^\n]*",
+    re.MULTILINE,
+)
+# YAML's flow collections ([...], {...}): PyYAML's scanner is quadratic in
+# their depth, so they are measured first too, skipping quoted scalars (on one
+# line) and comments. Brackets in plain scalars (web[1:3]) are counted, but
+# they close; only 100 unclosed ones would be refused.
+_YAML_SKIP = re.compile(
+    r'"[^"\\\n]*(?:\\.[^"\\\n]*)*(?:"|$)'
+    r"|'[^'\n]*(?:'|$)"
+    r"|(?:(?<=\s)|^)#[^\n]*",
     re.MULTILINE,
 )
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
@@ -192,8 +203,10 @@ def compose_yaml(
 ) -> yaml.Node | None:
     """The node tree of the YAML ``data`` (None if empty), for callers that want lines."""
     text = _text(data, name, error, max_bytes)
-    loader = _BoundedLoader(text, max_depth)
+    _check_depth(text, _YAML_SKIP, name, error, max_depth)
+    loader = None
     try:
+        loader = _BoundedLoader(text, max_depth)  # its reader refuses control characters
         return loader.get_single_node()
     except _LimitExceeded as exc:
         raise _error(error, name, exc.line, exc.reason) from None
@@ -204,7 +217,8 @@ def compose_yaml(
     except (yaml.YAMLError, ValueError, RecursionError) as exc:
         raise _error(error, name, None, f"not valid YAML: {exc}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def construct_yaml(node: yaml.Node, name: str, error: type[RoostError] = ConfigError) -> Any:
