@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +43,9 @@ def deep_json(prefix: bytes = b"", suffix: bytes = b"") -> bytes:
     return prefix + b"[" * DEEP + b"]" * DEEP + suffix
 
 
-def hostile_release(tmp_path: Path, manifest: bytes) -> tuple[Path, Path]:
+def hostile_release(
+    tmp_path: Path, manifest: bytes, announce: str = "http://127.0.0.1:1/announce"
+) -> tuple[Path, Path]:
     """A tar release whose last member is ``manifest``, and a torrent that
     authenticates it (so only the manifest's parser stands in the way)."""
     payload = tmp_path / "evil.tar"
@@ -69,8 +71,7 @@ def hostile_release(tmp_path: Path, manifest: bytes) -> tuple[Path, Path]:
         },
     }
     torrent = tmp_path / "evil.torrent"
-    announce = b"http://127.0.0.1:1/announce"
-    torrent.write_bytes(bencode.encode({b"announce": announce, b"info": info}))
+    torrent.write_bytes(bencode.encode({b"announce": announce.encode(), b"info": info}))
     return payload, torrent
 
 
@@ -114,6 +115,80 @@ def test_installing_a_deeply_nested_manifest_writes_nothing(tmp_path: Path) -> N
     assert list(dest.iterdir()) == []
 
 
+@contextlib.contextmanager
+def hostile_swarm(tmp_path: Path) -> Iterator[Path]:
+    """A real tracker and libtorrent seeder serving a release whose manifest is
+    nested 100,000 deep; yields its torrent."""
+    from roost.seeder import SeedConfig, SeederThread
+    from roost.tracker import TrackerConfig, run_tracker_in_thread
+
+    tracker = run_tracker_in_thread(TrackerConfig(port=0, interval=2, min_interval=1))
+    try:
+        seed = tmp_path / "seed"
+        seed.mkdir()
+        manifest = deep_json(b'{"version": 1, "tag": "evil", "entries": ', b"}")
+        _, torrent = hostile_release(seed, manifest, tracker.announce_url)
+        config = SeedConfig(torrent=torrent, payload_dir=seed, listen_interface="127.0.0.1")
+        seeder = SeederThread(config)
+        try:
+            yield torrent
+        finally:
+            seeder.stop()
+    finally:
+        tracker.stop()
+
+
+def test_roost_peer_refuses_a_deeply_nested_manifest_after_the_download(
+    tmp_path: Path, roost_procs: Start
+) -> None:
+    dest = tmp_path / "dest"
+    with hostile_swarm(tmp_path) as torrent:
+        rc, err = run(
+            roost_procs, "peer", str(torrent), "--dest", str(dest), "--temp-path",
+            str(tmp_path / "temp"), "--linger", "0", "--timeout", "60",
+        )  # fmt: skip
+    assert rc != 0
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error" in line]  # after progress lines
+    assert errors == [f"roost: error: {MANIFEST_NAME}:1: nested deeper than 100 levels"], err
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_agent_daemon_survives_a_deeply_nested_release(tmp_path: Path, roost_procs: Start) -> None:
+    channel, dest = tmp_path / "channel", tmp_path / "dest"
+    channel.mkdir()
+    with hostile_swarm(tmp_path) as torrent:
+        (channel / "evil.torrent").write_bytes(torrent.read_bytes())
+        entry = {"tag": "evil", "info_hash": read_torrent_file(torrent).info_hash}
+        entry |= {"torrent": "evil.torrent", "published": 1.0}
+        doc = {"version": 1, "channel": "evil", "releases": [entry], "current": "evil"}
+        (channel / "channel.json").write_text(json.dumps(doc))
+        daemon = roost_procs(
+            "agent", "--channel", str(channel), "--dest", str(dest), "--interval", "0.3",
+            "--listen", "127.0.0.1", "--download-timeout", "30",
+        )  # fmt: skip
+        wait_for_error(dest, "nested deeper than 100 levels")
+        time.sleep(1)  # more polls of the same bad release
+        assert daemon.poll() is None, "the daemon died on a deep release"
+        daemon.send_signal(signal.SIGTERM)
+        _, err = daemon.communicate(timeout=15)
+    assert daemon.returncode == 0
+    assert "Traceback" not in err.decode()
+    assert not (dest / "current").exists()
+
+
+def wait_for_error(dest: Path, needle: str, timeout: float = 30) -> None:
+    """Until the agent's state file records an error containing ``needle``."""
+    state = dest / ".roost-agent.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        doc = json.loads(state.read_text()) if state.exists() else {}
+        if needle in str(doc.get("last_error")) + str(doc.get("rejected")):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the agent never recorded {needle!r}")
+
+
 def test_deep_channel_documents_are_channel_errors() -> None:
     with pytest.raises(ChannelError, match=r"^channel.json:1: nested deeper than 100 levels$"):
         parse_channel(deep_json(b'{"version": 1, "releases": ', b"}"))
@@ -139,15 +214,7 @@ def test_agent_daemon_survives_a_deeply_nested_channel(tmp_path: Path, roost_pro
         "agent", "--channel", str(channel), "--dest", str(dest), "--interval", "0.2",
         "--listen", "127.0.0.1",
     )  # fmt: skip
-    state = dest / ".roost-agent.json"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        text = state.read_text() if state.exists() else "{}"
-        if "nested deeper" in str(json.loads(text or "{}").get("last_error")):
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the agent never recorded the bad channel")
+    wait_for_error(dest, "channel.json:1: nested deeper than 100 levels")
     time.sleep(0.6)  # a few more polls of the same bad document
     assert daemon.poll() is None, "the daemon died on a deep channel"
     daemon.send_signal(signal.SIGTERM)
