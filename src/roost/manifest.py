@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = ".roost-manifest.json"
+#: a manifest is about 140 bytes an entry: this allows some 1.9 million entries
+MAX_MANIFEST = 256 * 1024 * 1024
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -146,7 +148,7 @@ def parse_manifest(data: bytes, name: str = MANIFEST_NAME) -> Manifest:
     ``data`` is bounded in size and nesting (``roost._parse``): a hostile
     manifest is one line of error, never a ``RecursionError``.
     """
-    doc = load_json(data, name, ReleaseError)
+    doc = load_json(data, name, ReleaseError, max_bytes=MAX_MANIFEST)
     if not isinstance(doc, dict) or doc.get("version") != 1:
         raise ReleaseError("manifest: unsupported or missing version")
     tag = doc.get("tag")

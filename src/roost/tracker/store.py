@@ -90,7 +90,7 @@ def load_state(path: Path) -> dict[str, Any] | None:
     except OSError as exc:
         raise StateFileError(path, f"cannot read: {exc.strerror or exc}") from exc
     try:
-        data = load_json(raw, str(path), StateFileError)
+        data = load_json(raw, str(path), StateFileError, max_bytes=1 << 28)  # ~2M peers
     except StateFileError as exc:
         reason = f"corrupt ({exc.reason}); move it away to start empty"
         raise StateFileError(path, reason) from None
