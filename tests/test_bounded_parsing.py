@@ -282,6 +282,8 @@ def test_deep_state_files_are_one_line_errors(tmp_path: Path) -> None:
         ("g.yml", "all:\n  hosts:\n    a:\n    b: {ansible_port: 70000}\n", "g.yml:4:", "70000"),
         ("h.yml", 'all:\n  hosts:\n    "a\\tb":\n', "h.yml:3:", "control or space"),
         ("i.ini", "[web]\nweb[1:5:0]\n", "i.ini:2:", "bad step"),
+        ("l.yml", "all:\n  hosts:\n    web1: {22: x}\n", "l.yml:3:", "22 is not a string"),
+        ("m.yml", "all:\n  vars:\n    1: x\n  hosts: {web1: }\n", "m.yml:3:", "not a string"),
         ("j.ini", "[web]\nw\n[all:children]\nweb\n\nnope\n", "j.ini:6:", "unknown child group"),
         ("k.ini", "[a]\nh\n[a:children]\nb\n[b:children]\nc\n[c:children]\na\n", "k.ini:8:",
          "its own child"),

@@ -538,6 +538,23 @@ def _plain(node: yaml.Node, path: str) -> Any:
     return construct_yaml(node, path)
 
 
+def _vars(node: yaml.Node | None, what: str, path: str) -> dict[str, Any]:
+    """Variables: a YAML mapping (or nothing) whose keys are names."""
+    if node is None:
+        return {}
+    data = _plain(node, path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping", path=path, line=_line(node))
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"{what}: variable name {_short(key)} is not a string", path=path, line=_line(node)
+            )
+    return data
+
+
 def _mapping(node: yaml.Node | None, what: str, path: str) -> list[tuple[str, int, yaml.Node]]:
     if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null")):
         return []
@@ -570,23 +587,11 @@ def parse_yaml(text: str, path: str = "<inventory>") -> _Builder:
         for key, kline, value in _mapping(node, f"group {_short(name)}", path):
             if key == "hosts":
                 for hname, hline, hnode in _mapping(value, f"{name}.hosts", path):
-                    hvars = _plain(hnode, path) if hnode is not None else None
-                    if hvars is None:
-                        hvars = {}
-                    if not isinstance(hvars, dict):
-                        raise ConfigError(
-                            f"host {_short(hname)}: vars must be a mapping",
-                            path=path,
-                            line=_line(hnode),
-                        )
+                    hvars = _vars(hnode, f"host {_short(hname)}: vars", path)
                     for expanded in _expand(hname, path, hline):
                         b.add_host(name, expanded, hvars, hline)
             elif key == "vars":
-                gv = _plain(value, path) or {}
-                if not isinstance(gv, dict):
-                    raise ConfigError(
-                        f"{name}.vars must be a mapping", path=path, line=_line(value)
-                    )
+                gv = _vars(value, f"{_short(name)}.vars", path)
                 b.group_vars.setdefault(name, {}).update(gv)
             elif key == "children":
                 b.children.setdefault(name, [])
@@ -617,12 +622,7 @@ def _read_vars_file(path: Path) -> dict[str, Any]:
     node = _compose(text, str(path))
     if node is None:
         return {}
-    data = _plain(node, str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("variables file must be a YAML mapping", path=str(path), line=1)
-    return data
+    return _vars(node, "variables file", str(path))
 
 
 def _vars_dir(base: Path) -> dict[str, dict[str, Any]]:
