@@ -338,6 +338,22 @@ def test_a_lattice_of_groups_costs_its_size_not_its_paths(tmp_path: Path) -> Non
     assert {"g0a", "g40a", "g40b", "peers"} <= inventory.peers[0].groups
 
 
+@pytest.mark.parametrize("order", ["parents last", "parents first"])
+def test_a_long_chain_of_groups_is_refused_with_its_line(tmp_path: Path, order: str) -> None:
+    """g1 has child g0, g2 has g1, ... 5,000 deep, however the sections are ordered."""
+    steps = range(1, 5000) if order == "parents last" else range(4999, 0, -1)
+    text = "[g0]\nh\n" + "".join(f"[g{i}:children]\ng{i - 1}\n" for i in steps)
+    (tmp_path / "hosts").write_text(text)
+    with pytest.raises(ConfigError, match=r"hosts:\d+: groups nested deeper than 50") as caught:
+        load_inventory(tmp_path / "hosts")
+    line = int(str(caught.value).split(":")[1])
+    assert text.splitlines()[line - 1] in ("g49", "g50")  # the child that made it too deep
+    (tmp_path / "hosts").write_text(
+        "[g0]\nh\n" + "".join(f"[g{i}:children]\ng{i - 1}\n" for i in range(1, 50))
+    )
+    assert [h.name for h in load_inventory(tmp_path / "hosts").hosts] == ["h"]
+
+
 def _parse_seconds(path: Path, text: str) -> float:
     path.write_text(text)
     best = float("inf")

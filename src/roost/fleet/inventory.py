@@ -158,33 +158,38 @@ class _Builder:
                         path=self.path,
                         line=self.child_line.get((parent, kid)),
                     )
-        done: set[str] = set()
+        # Iterative depth-first walk, (group, index of its next child), that
+        # gives each group its height: the longest chain of children below it.
+        height: dict[str, int] = {}
         for top in self.children:
-            # iterative depth-first walk: (group, index of the next child to visit)
+            if top in height:
+                continue
             stack: list[tuple[str, int]] = [(top, 0)]
             on_path = {top}
             while stack:
                 g, i = stack[-1]
-                kids = self.children.get(g, []) if g not in done else []
+                kids = self.children.get(g, [])
                 if i == len(kids):
                     stack.pop()
                     on_path.discard(g)
-                    done.add(g)
+                    deepest = max(kids, key=lambda k: height[k], default=None)
+                    height[g] = 1 + (height[deepest] if deepest is not None else 0)
+                    if height[g] > MAX_GROUP_DEPTH:
+                        raise ConfigError(
+                            f"groups nested deeper than {MAX_GROUP_DEPTH} (group {_short(g)})",
+                            path=self.path,
+                            line=self.child_line.get((g, deepest)) if deepest else None,
+                        )
                     continue
                 stack[-1] = (g, i + 1)
                 kid = kids[i]
-                line = self.child_line.get((g, kid))
                 if kid in on_path:
                     raise ConfigError(
                         f"group {_short(kid)} is its own child (through {_short(g)})",
                         path=self.path,
-                        line=line,
+                        line=self.child_line.get((g, kid)),
                     )
-                if len(stack) > MAX_GROUP_DEPTH:
-                    raise ConfigError(
-                        f"groups nested deeper than {MAX_GROUP_DEPTH}", path=self.path, line=line
-                    )
-                if kid not in done:
+                if kid not in height:
                     stack.append((kid, 0))
                     on_path.add(kid)
 
