@@ -39,7 +39,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["MAX_BYTES", "MAX_DEPTH", "MAX_YAML_ALIASED", "load_json", "load_toml", "load_yaml"]
+__all__ = [
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_YAML_ALIASED",
+    "compose_yaml",
+    "construct_yaml",
+    "load_json",
+    "load_toml",
+    "load_yaml",
+]
 
 #: larger documents are refused before parsing
 MAX_BYTES = 16 * 1024 * 1024
