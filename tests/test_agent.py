@@ -347,7 +347,7 @@ def test_daemon_survives_bad_channel_and_seeds_the_next_host(
     out, _ = daemon.communicate(timeout=15)
     assert daemon.returncode == 0
     lines = out.decode().splitlines()
-    assert sum("error: channel.json is not valid JSON" in line for line in lines) >= 1
+    assert sum("error: channel.json:1: not valid JSON" in line for line in lines) >= 1
     assert lines[-1].endswith("roost agent: stopped")
     resume = dest_a / ".roost-cache" / release.info_hash / f"{release.info_hash}.resume"
     assert resume.is_file()

@@ -250,6 +250,7 @@ def test_fetch_good_document(plain_server: tuple[str, type[_Handler]]) -> None:
     [
         (200, b"<html>not json", "sent bad JSON"),
         (200, b"\xff\xfe", "sent bad JSON"),
+        (200, b"[" * 100_000, r"sent bad JSON: /stats.json:1: nested deeper than 100 levels"),
         (200, b"[1]", "top level is not an object"),
         (404, b"{}", "answered HTTP 404"),
     ],

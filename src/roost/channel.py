@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from roost._fs import atomic_write
+from roost._parse import load_json
 from roost.errors import ChannelError, UsageError
 from roost.release import Release, create_release, validate_tag
 
@@ -112,10 +113,7 @@ class Channel:
 
 def parse_channel(data: bytes) -> Channel:
     """Parse and check ``channel.json``; ``ChannelError`` names what is wrong."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ChannelError(f"channel.json is not valid JSON: {exc}") from None
+    doc = load_json(data, CHANNEL_FILE, ChannelError, max_bytes=MAX_DOCUMENT)
     if not isinstance(doc, dict):
         raise ChannelError("channel.json is not a JSON object")
     if doc.get("version") != FORMAT_VERSION:

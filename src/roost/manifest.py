@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from roost._parse import load_json
 from roost.errors import ReleaseError
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 MANIFEST_NAME = ".roost-manifest.json"
+#: a manifest is about 140 bytes an entry: this allows some 1.9 million entries
+MAX_MANIFEST = 256 * 1024 * 1024
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -139,12 +142,13 @@ class Manifest:
         return (json.dumps(doc, sort_keys=True, separators=(",", ":")) + "\n").encode()
 
 
-def parse_manifest(data: bytes) -> Manifest:
-    """Parse and check a manifest; raises ``ReleaseError`` naming the problem."""
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ReleaseError(f"manifest is not valid JSON: {exc}") from exc
+def parse_manifest(data: bytes, name: str = MANIFEST_NAME) -> Manifest:
+    """Parse and check a manifest; raises ``ReleaseError`` naming the problem.
+
+    ``data`` is bounded in size and nesting (``roost._parse``): a hostile
+    manifest is one line of error, never a ``RecursionError``.
+    """
+    doc = load_json(data, name, ReleaseError, max_bytes=MAX_MANIFEST)
     if not isinstance(doc, dict) or doc.get("version") != 1:
         raise ReleaseError("manifest: unsupported or missing version")
     tag = doc.get("tag")

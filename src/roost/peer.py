@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from roost import procs
 from roost._fs import atomic_write
+from roost._parse import load_json
 from roost.errors import EngineError, HookError, RoostError, UsageError
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ class PeerConfig:
 
     @classmethod
     def from_json(cls, text: str) -> PeerConfig:
-        data = json.loads(text)
+        data = load_json(text, "peer worker config", UsageError)
         for key in ("torrent", "dest", "temp_path"):
             data[key] = Path(data[key])
         if data.get("trackers") is not None:

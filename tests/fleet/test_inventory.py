@@ -160,7 +160,7 @@ def test_plain_list_from_strings() -> None:
         ("i.yml", "all:\n  hostz: {}\n", "i.yml:2:", "unknown key 'hostz'"),
         ("i.yml", "all:\n  hosts: [a, b]\n", "i.yml:2:", "must be a mapping"),
         ("i.yml", "all:\n  hosts:\n    a: 3\n", "i.yml:3:", "vars must be a mapping"),
-        ("i.yml", "all: {\n", "i.yml:2:", "bad YAML"),
+        ("i.yml", "all: {\n", "i.yml:2:", "not valid YAML"),
     ],
 )
 def test_bad_inventories_name_file_and_line(name: str, text: str, where: str, what: str) -> None:
@@ -176,7 +176,7 @@ def test_bad_group_vars_file_named(tmp_path: Path) -> None:
     (tmp_path / "hosts").write_text("a\n")
     (tmp_path / "group_vars").mkdir()
     (tmp_path / "group_vars" / "all.yml").write_text("tag: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"group_vars/all.yml:\d+: bad YAML"):
+    with pytest.raises(ConfigError, match=r"group_vars/all.yml:\d+: not valid YAML"):
         load_inventory(tmp_path / "hosts")
     with pytest.raises(ConfigError, match="cannot read inventory"):
         load_inventory(tmp_path / "missing")
@@ -203,7 +203,7 @@ def test_config_defaults_and_values() -> None:
         ("forks = 0\n", "roost.toml:1:", "at least 1"),
         ('temp_path = "tmp"\n', "roost.toml:1:", "absolute path"),
         ("tracker_port = 99999\n", "roost.toml:1:", "out of range"),
-        ("forks = \n", "roost.toml:1:", "bad TOML"),
+        ("forks = \n", "roost.toml:1:", "not valid TOML"),
         (
             "forks = 9\nbootstrap_direct = 0\n",
             "roost.toml:2:",

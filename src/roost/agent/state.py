@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from roost._fs import atomic_write
+from roost._parse import load_json
 from roost.errors import UsageError
 
 STATE_FILE = ".roost-agent.json"
@@ -42,11 +43,11 @@ class AgentState:
         """The saved state, or a fresh one; ``UsageError`` if it is corrupt."""
         path = Path(dest) / STATE_FILE
         try:
-            doc = json.loads(path.read_text())
+            doc = load_json(path.read_bytes(), str(path), UsageError)
         except FileNotFoundError:
             return cls()
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"agent state {path} is unreadable: {exc}") from None
+        except (OSError, UsageError) as exc:
+            raise UsageError(f"agent state is unreadable: {exc}") from None
         if not isinstance(doc, dict):
             raise UsageError(f"agent state {path} is not a JSON object")
         known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}

@@ -10,13 +10,13 @@ control character or terminal escape reaches the screen.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from roost._parse import load_json
 from roost.errors import TrackerError, UsageError
 
 DEFAULT_TRACKER = "http://127.0.0.1:8998"
@@ -321,9 +321,9 @@ def fetch_stats(url: str, *, timeout: float = FETCH_TIMEOUT) -> tuple[dict[str, 
     if len(body) > MAX_BODY:
         raise TrackerError(f"tracker at {url} sent more than {MAX_BODY} bytes")
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrackerError(f"tracker at {url} sent bad JSON: {exc}") from exc
+        doc = load_json(body, "/stats.json", TrackerError, max_bytes=MAX_BODY)
+    except TrackerError as exc:
+        raise TrackerError(f"tracker at {url} sent bad JSON: {exc}") from None
     return validate_stats(doc), body
 
 

@@ -49,6 +49,7 @@ from pathlib import Path
 
 import roost
 from roost._fs import atomic_write
+from roost._parse import load_json
 from roost.errors import RemoteError, RoostError, UsageError
 from roost.fleet.config import FleetConfig
 from roost.fleet.ssh import Fleet, HostResult, Session
@@ -498,15 +499,16 @@ async def bootstrap(
             continue
         lines = r.value.stdout.strip().splitlines()
         try:
-            info = json.loads(lines[0])
+            info = load_json(lines[0], "probe output", RoostError)
             targets[name] = Target(info["python"], info["impl"], info["machine"], info["libc"])
-        except (ValueError, KeyError, IndexError):
+        except (RoostError, KeyError, IndexError, TypeError):
             fleet.failures.setdefault(name, RemoteError(name, "probe", "cannot read the probe"))
             continue
         if len(lines) > 1:
             try:
-                stamps[name] = json.loads("\n".join(lines[1:])).get("digest", "")
-            except ValueError:
+                stamp = load_json("\n".join(lines[1:]), "stamp", RoostError)
+                stamps[name] = str(stamp.get("digest", ""))
+            except (RoostError, AttributeError):
                 stamps[name] = ""
     sets: dict[str, WheelSet | RoostError] = {}
     for t in {t.key: t for t in targets.values()}.values():
@@ -575,8 +577,9 @@ async def bootstrap(
         cmd = remote.start(RELAY, argv, ready_log=r"at (https?://\S+)", wait=10)
         out = await s.run(cmd, check=False)
         try:
-            url = json.loads(out.stdout.strip().splitlines()[-1]).get("match", "")
-        except (ValueError, IndexError, AttributeError):
+            line = out.stdout.strip().splitlines()[-1]
+            url = str(load_json(line, "relay output", RoostError).get("match", ""))
+        except (RoostError, IndexError, AttributeError):
             url = ""
         if out.exit_status == 0 and url:
             relays.append(s.host.name)

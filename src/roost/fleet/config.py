@@ -28,17 +28,12 @@ Unknown keys raise ``ConfigError`` with the file and line.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from roost._parse import load_toml
 from roost.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -83,10 +78,11 @@ def _line_of(text: str, key: str, table: str | None) -> int | None:
     in_table = table is None
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
-        m = re.match(r"^\[\s*([^\]]+?)\s*\]", line)
+        m = re.match(r"^\[([^\]]*)\]", line)  # not [\s*(.+?)\s*]: linear
         if m:
-            in_table = m.group(1) == table if table else False
-            if table is None and m.group(1) == key:
+            header = m.group(1).strip()
+            in_table = header == table if table else False
+            if table is None and header == key:
                 return n
             continue
         if in_table and re.match(rf"^\"?{re.escape(key)}\"?\s*=", line):
@@ -126,13 +122,7 @@ def _typed(
 
 def parse_config(text: str, path: str = "roost.toml") -> FleetConfig:
     """Parse ``roost.toml`` text. Raises ``ConfigError`` (file, line)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"line (\d+)", str(exc))
-        raise ConfigError(
-            f"bad TOML: {exc}", path=path, line=int(m.group(1)) if m else None
-        ) from None
+    data = load_toml(text, path)  # bounded in size and nesting, errors name the line
     top = _typed(FleetConfig, data, text, path, None)
     ssh = SSHSettings(**_typed(SSHSettings, data.get("ssh", {}), text, path, "ssh"))
     cfg = FleetConfig(**top, ssh=ssh)

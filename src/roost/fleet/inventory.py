@@ -16,19 +16,27 @@ Reads what Murder and ansible-lssd users already have (sans-IO apart from
 Roles come from the groups ``tracker``, ``seeder`` and ``peer`` (plural names
 too). Murder's default: with no such groups every host is a peer, and the first
 peer is also tracker and seeder. Errors raise ``ConfigError`` naming file and line.
+
+Every host is checked as it is read: a name without control characters, an
+address SSH can take (host name or IP), a port in 1-65535. Parsing is linear
+in the text, and bounded: YAML by ``roost._parse`` (size, depth, aliases), a
+range pattern or the whole inventory by ``MAX_HOSTS``, group nesting by
+``MAX_GROUP_DEPTH`` (cycles are named with their line).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import re
-import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from roost._parse import compose_yaml, construct_yaml
 from roost.errors import ConfigError
 
 ROLE_GROUPS = {
@@ -37,6 +45,10 @@ ROLE_GROUPS = {
     "peer": ("peer", "peers"),
 }
 _LABELS = ("datacenter", "rack")
+#: an inventory (or one ``web[a:b]`` pattern) naming more hosts is refused
+MAX_HOSTS = 100_000
+#: ``[group:children]`` chains deeper than this are refused
+MAX_GROUP_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -108,46 +120,109 @@ class _Builder:
         self.host_order: list[str] = []
         self.host_vars: dict[str, dict[str, Any]] = {}
         self.host_line: dict[str, int] = {}
-        self.group_hosts: dict[str, list[str]] = {}
+        # dicts as ordered sets: adding a host is O(1), not a scan of the group
+        self.group_hosts: dict[str, dict[str, None]] = {}
         self.group_vars: dict[str, dict[str, Any]] = {}
         self.children: dict[str, list[str]] = {}
+        self.child_line: dict[tuple[str, str], int] = {}
+        self._members: dict[str, dict[str, None]] = {}
+        self._ancestors: dict[str, list[str]] = {}
+        self._parents: dict[str, list[str]] | None = None
 
     def group(self, name: str) -> None:
-        self.group_hosts.setdefault(name, [])
+        self.group_hosts.setdefault(name, {})
+
+    def add_child(self, parent: str, kid: str, line: int) -> None:
+        self.children.setdefault(parent, []).append(kid)
+        self.child_line.setdefault((parent, kid), line)
 
     def add_host(self, group: str, name: str, hvars: Mapping[str, Any], line: int) -> None:
         if name not in self.host_vars:
+            if len(self.host_order) >= MAX_HOSTS:
+                raise ConfigError(
+                    f"inventory names more than {MAX_HOSTS} hosts", path=self.path, line=line
+                )
             self.host_order.append(name)
             self.host_vars[name] = {}
             self.host_line[name] = line
         self.host_vars[name].update(hvars)
-        members = self.group_hosts.setdefault(group, [])
-        if name not in members:
-            members.append(name)
+        self.group_hosts.setdefault(group, {})[name] = None
+
+    def check_groups(self) -> None:
+        """Refuse unknown child groups, cycles and chains deeper than MAX_GROUP_DEPTH."""
+        for parent, kids in self.children.items():
+            for kid in kids:
+                if kid not in self.group_hosts and kid not in self.children:
+                    raise ConfigError(
+                        f"group {_short(parent)} names unknown child group {_short(kid)}",
+                        path=self.path,
+                        line=self.child_line.get((parent, kid)),
+                    )
+        # Iterative depth-first walk, (group, index of its next child), that
+        # gives each group its height: the longest chain of children below it.
+        height: dict[str, int] = {}
+        for top in self.children:
+            if top in height:
+                continue
+            stack: list[tuple[str, int]] = [(top, 0)]
+            on_path = {top}
+            while stack:
+                g, i = stack[-1]
+                kids = self.children.get(g, [])
+                if i == len(kids):
+                    stack.pop()
+                    on_path.discard(g)
+                    deepest = max(kids, key=lambda k: height[k], default=None)
+                    height[g] = 1 + (height[deepest] if deepest is not None else 0)
+                    if height[g] > MAX_GROUP_DEPTH:
+                        raise ConfigError(
+                            f"groups nested deeper than {MAX_GROUP_DEPTH} (group {_short(g)})",
+                            path=self.path,
+                            line=self.child_line.get((g, deepest)) if deepest else None,
+                        )
+                    continue
+                stack[-1] = (g, i + 1)
+                kid = kids[i]
+                if kid in on_path:
+                    raise ConfigError(
+                        f"group {_short(kid)} is its own child (through {_short(g)})",
+                        path=self.path,
+                        line=self.child_line.get((g, kid)),
+                    )
+                if kid not in height:
+                    stack.append((kid, 0))
+                    on_path.add(kid)
 
     def ancestors(self, group: str) -> list[str]:
-        """Groups whose vars apply through ``group`` (parents first)."""
-        out: list[str] = []
+        """Groups whose vars apply through ``group`` (parents first).
 
-        def visit(g: str, depth: int) -> None:
-            if depth > 50:
-                raise ConfigError(f"group {g!r} is its own child", path=self.path)
+        Memoized, so a lattice of groups costs its size, not its paths; the
+        recursion is bounded by ``check_groups``.
+        """
+        if group in self._ancestors:
+            return self._ancestors[group]
+        if self._parents is None:
+            self._parents = {}
             for parent, kids in self.children.items():
-                if g in kids:
-                    visit(parent, depth + 1)
-                    if parent not in out:
-                        out.append(parent)
+                for kid in dict.fromkeys(kids):
+                    self._parents.setdefault(kid, []).append(parent)
+        out: dict[str, None] = {}
+        for parent in self._parents.get(group, []):
+            out.update(dict.fromkeys(self.ancestors(parent)))
+            out[parent] = None
+        self._ancestors[group] = list(out)
+        return self._ancestors[group]
 
-        visit(group, 0)
-        return out
+    def members(self, group: str) -> list[str]:
+        return list(self._member_set(group))
 
-    def members(self, group: str, depth: int = 0) -> list[str]:
-        if depth > 50:
-            raise ConfigError(f"group {group!r} is its own child", path=self.path)
-        out = list(self.group_hosts.get(group, []))
-        for kid in self.children.get(group, []):
-            out.extend(h for h in self.members(kid, depth + 1) if h not in out)
-        return out
+    def _member_set(self, group: str) -> dict[str, None]:
+        if group not in self._members:
+            out = dict(self.group_hosts.get(group, {}))
+            for kid in self.children.get(group, []):
+                out.update(self._member_set(kid))
+            self._members[group] = out
+        return self._members[group]
 
     def build(
         self,
@@ -155,12 +230,7 @@ class _Builder:
         extra_group_vars: Mapping[str, Mapping[str, Any]],
         extra_host_vars: Mapping[str, Mapping[str, Any]],
     ) -> Inventory:
-        for parent, kids in self.children.items():
-            for kid in kids:
-                if kid not in self.group_hosts and kid not in self.children:
-                    raise ConfigError(
-                        f"group {parent!r} names unknown child group {kid!r}", path=self.path
-                    )
+        self.check_groups()
         gvars = {g: dict(v) for g, v in extra_group_vars.items()}
         for g, v in self.group_vars.items():
             gvars.setdefault(g, {}).update(v)
@@ -171,11 +241,10 @@ class _Builder:
         hosts: dict[str, Host] = {}
         for name in self.host_order:
             merged: dict[str, Any] = dict(gvars.get("all", {}))
-            groups: list[str] = []
+            groups: dict[str, None] = {}
             for g in direct[name]:
-                for a in [*self.ancestors(g), g]:
-                    if a not in groups:
-                        groups.append(a)
+                groups.update(dict.fromkeys(self.ancestors(g)))
+                groups[g] = None
             for g in groups:
                 merged.update(gvars.get(g, {}))
             merged.update(extra_host_vars.get(name, {}))
@@ -186,11 +255,11 @@ class _Builder:
         remote = [h for h in hosts.values() if not h.is_local]
         roles: dict[str, list[Host]] = {}
         for role, names in ROLE_GROUPS.items():
-            found: list[Host] = []
+            found: dict[str, None] = {}
             for g in names:
                 if g in self.group_hosts or g in self.children:
-                    found.extend(hosts[h] for h in self.members(g) if hosts[h] not in found)
-            roles[role] = [h for h in found if not h.is_local]
+                    found.update(dict.fromkeys(self._member_set(g)))
+            roles[role] = [hosts[h] for h in found if not hosts[h].is_local]
         peers = (
             roles["peer"]
             or [h for h in remote if not ({"tracker", "seeder", "trackers", "seeders"} & h.groups)]
@@ -219,20 +288,18 @@ def _make_host(
     )
     user_v = hvars.get("ansible_user") or hvars.get("ansible_ssh_user")
     port_v = hvars.get("ansible_port") or hvars.get("ansible_ssh_port")
-    port: int | None = None
-    if port_v not in (None, ""):
-        try:
-            port = int(str(port_v))
-        except ValueError:
-            raise ConfigError(
-                f"host {name!r}: port {port_v!r} is not a number", path=path, line=line
-            ) from None
-        if not 0 < port < 65536:
-            raise ConfigError(f"host {name!r}: port {port} out of range", path=path, line=line)
-    if "__port" in hvars and port is None:
-        port = int(hvars["__port"])
+    if port_v in (None, ""):
+        port_v = hvars.get("__port")
     if "__user" in hvars and not user_v:
         user_v = hvars["__user"]
+    port: int | None = None
+    if port_v not in (None, ""):
+        port = _port(name, port_v, path, line)
+    reason = _bad_name(name) or _bad_address(address)
+    if reason is None and user_v:
+        reason = _bad_user(str(user_v))
+    if reason:
+        raise ConfigError(f"host {_short(name)}: {reason}", path=path, line=line)
     clean = {k: v for k, v in hvars.items() if not k.startswith("__")}
     return Host(
         name=name,
@@ -244,6 +311,57 @@ def _make_host(
     )
 
 
+_VALUE_COMMENT = re.compile(r"\s[#;]")
+_HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})")
+
+
+def _short(value: object) -> str:
+    """``repr(value)``, cut to 80 characters: a 1 MiB host name stays a readable error."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:76] + "...'"
+
+
+def _port(name: str, value: object, path: str, line: int | None) -> int:
+    text = str(value)
+    if isinstance(value, bool) or not (text.isascii() and text.isdigit()) or len(text) > 5:
+        raise ConfigError(
+            f"host {_short(name)}: port {_short(value)} is not a number", path=path, line=line
+        )
+    port = int(text)
+    if not 0 < port < 65536:
+        raise ConfigError(
+            f"host {_short(name)}: port {port} out of range (1-65535)", path=path, line=line
+        )
+    return port
+
+
+def _bad_name(name: str) -> str | None:
+    if not name.isprintable() or any(c.isspace() for c in name):
+        return "name has a control or space character"
+    if len(name) > 512:
+        return "name is longer than 512 characters"
+    return None
+
+
+def _bad_address(address: str) -> str | None:
+    """Why SSH could not be pointed at ``address`` (a host name or IP), or None."""
+    if _HOSTNAME.fullmatch(address):
+        return None
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return f"address {_short(address)} is not a host name or IP address"
+    return None
+
+
+def _bad_user(user: str) -> str | None:
+    if not user.isprintable() or any(c.isspace() for c in user) or "@" in user:
+        return f"user {_short(user)} has a control, space or '@' character"
+    if user.startswith("-") or len(user) > 256:
+        return f"user {_short(user)} is not a user name"
+    return None
+
+
 # ---------------------------------------------------------------- INI / plain list
 
 _SECTION = re.compile(r"^\[([^\]\s]+)\]\s*$")
@@ -252,44 +370,95 @@ _RANGE = re.compile(r"\[([0-9a-z]+):([0-9a-z]+)(?::([0-9]+))?\]")
 _HOSTPART = re.compile(
     r"^(?:(?P<user>[^@\s]+)@)?"
     r"(?:\[(?P<v6>[0-9A-Fa-f]*:[0-9A-Fa-f:.]*)\]"
-    r"|(?P<host>(?:[^:\s\[\]]|\[[0-9a-z]+:[0-9a-z]+(?::[0-9]+)?\])+))"
+    # unrolled (plain* (range plain*)*), not (plain|range)+: linear on a 1 MiB name
+    r"|(?P<host>(?=[^:\s\]])[^:\s\[\]]*(?:\[[0-9a-z]+:[0-9a-z]+(?::[0-9]+)?\][^:\s\[\]]*)*))"
     r"(?::(?P<port>[0-9]+))?$"
 )
 
 
-def _expand(pattern: str, path: str, line: int) -> list[str]:
-    m = _RANGE.search(pattern)
-    if not m:
-        return [pattern]
-    start, end, step = m.group(1), m.group(2), int(m.group(3) or 1)
-    if start.isdigit() and end.isdigit():
-        width = len(start) if start.startswith("0") else 0
-        values = [str(i).zfill(width) for i in range(int(start), int(end) + 1, step)]
-    elif len(start) == 1 and len(end) == 1 and start.isalpha() and end.isalpha():
-        values = [chr(c) for c in range(ord(start), ord(end) + 1, step)]
-    else:
-        raise ConfigError(f"bad host range {m.group(0)!r}", path=path, line=line)
-    if not values:
-        raise ConfigError(f"empty host range {m.group(0)!r}", path=path, line=line)
-    out: list[str] = []
-    for v in values:
-        out.extend(_expand(pattern[: m.start()] + v + pattern[m.end() :], path, line))
-    return out
+def _expand(pattern: str, path: str, line: int) -> Iterator[str]:
+    """The names ``web[01:20]``-style ranges stand for, lazily, in order.
+
+    The count is known before the first name: more than ``MAX_HOSTS`` is
+    refused, so ``web[0:99999999]`` is an error, not 100 million strings.
+    """
+    pieces: list[Iterable[str]] = []
+    count, pos = 1, 0
+    for m in _RANGE.finditer(pattern):
+        start, end = m.group(1), m.group(2)
+        step = int(m.group(3) or 1) if len(m.group(3) or "") < 10 else 0
+        values: range
+        if start.isdigit() and end.isdigit() and len(start) < 19 and len(end) < 19:
+            values = range(int(start), int(end) + 1, max(step, 1))
+            width = len(start) if start.startswith("0") else 0
+            strings: Iterable[str] = (str(i).zfill(width) for i in values)
+        elif len(start) == 1 and len(end) == 1 and start.isalpha() and end.isalpha():
+            values = range(ord(start), ord(end) + 1, max(step, 1))
+            strings = map(chr, values)
+        else:
+            raise ConfigError(f"bad host range {_short(m.group(0))}", path=path, line=line)
+        if step < 1:
+            raise ConfigError(f"bad step in host range {_short(m.group(0))}", path=path, line=line)
+        if not values:
+            raise ConfigError(f"empty host range {_short(m.group(0))}", path=path, line=line)
+        count *= len(values)
+        if count > MAX_HOSTS:
+            raise ConfigError(
+                f"host pattern {pattern[:80]!r} names more than {MAX_HOSTS} hosts",
+                path=path,
+                line=line,
+            )
+        pieces += [(pattern[pos : m.start()],), strings]
+        pos = m.end()
+    pieces.append((pattern[pos:],))
+    for parts in itertools.product(*pieces):
+        yield "".join(parts)
+
+
+# shlex.split is quadratic in the length of a word (it grows a string one
+# character at a time), 27 s for a 1 MiB line; this is the same POSIX
+# splitting, linear: unquoted text, '...', "..." (backslash escapes " and \),
+# \x outside quotes, and # starting a comment.
+_WORD = re.compile(
+    r"""([^\s'"\\#]+)|'([^']*)'|"([^"\\]*(?:\\[\s\S][^"\\]*)*)"|\\([\s\S])|(\s+)|(#)|(.)""",
+    re.DOTALL,
+)
+_DQ_ESCAPE = re.compile(r'\\([\\"])')
 
 
 def _split_vars(text: str, path: str, line: int) -> list[str]:
-    try:
-        return shlex.split(text, comments=True)
-    except ValueError as exc:
-        raise ConfigError(f"cannot split line: {exc}", path=path, line=line) from None
+    """``text`` split as ``shlex.split(text, comments=True)`` would, in linear time."""
+    words: list[str] = []
+    word: list[str] | None = None
+    for m in _WORD.finditer(text):
+        plain, single, double, escaped, space, comment, stray = m.groups()
+        if space is not None or comment is not None:
+            if word is not None:
+                words.append("".join(word))
+                word = None
+            if comment is not None:
+                break
+            continue
+        if stray is not None:
+            what = "no closing quotation" if stray in "'\"" else "no escaped character"
+            raise ConfigError(f"cannot split line: {what}", path=path, line=line)
+        if word is None:
+            word = []
+        if double is not None:
+            word.append(_DQ_ESCAPE.sub(r"\1", double))
+        else:
+            word.append(plain or single or escaped or "")
+    if word is not None:
+        words.append("".join(word))
+    return words
 
 
 def _kv(token: str, path: str, line: int) -> tuple[str, str]:
     if "=" not in token:
-        raise ConfigError(f"expected key=value, got {token!r}", path=path, line=line)
+        raise ConfigError(f"expected key=value, got {_short(token)}", path=path, line=line)
     key, value = token.split("=", 1)
     if not key or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
-        raise ConfigError(f"bad variable name {key!r}", path=path, line=line)
+        raise ConfigError(f"bad variable name {_short(key)}", path=path, line=line)
     return key, value
 
 
@@ -308,38 +477,45 @@ def parse_ini(text: str, path: str = "<inventory>") -> _Builder:
             kind = kind or "hosts"
             if kind not in ("hosts", "vars", "children"):
                 raise ConfigError(
-                    f"unknown section kind {kind!r} in [{name}]", path=path, line=lineno
+                    f"unknown section kind {_short(kind)} in [{_short(name)}]",
+                    path=path,
+                    line=lineno,
                 )
             if not _GROUP_NAME.match(section):
-                raise ConfigError(f"bad group name {section!r}", path=path, line=lineno)
+                raise ConfigError(f"bad group name {_short(section)}", path=path, line=lineno)
             if kind == "hosts":
                 b.group(section)
             elif kind == "children":
                 b.children.setdefault(section, [])
             continue
         if line.startswith("[") and not _HOSTPART.match(line.split()[0]):
-            raise ConfigError(f"malformed section header {line!r}", path=path, line=lineno)
+            raise ConfigError(f"malformed section header {_short(line)}", path=path, line=lineno)
         tokens = _split_vars(line, path, lineno)
         if not tokens:
             continue
         if kind == "vars":
             key, sep, value = line.partition("=")
             if not sep:
-                raise ConfigError(f"expected key=value, got {line!r}", path=path, line=lineno)
+                raise ConfigError(f"expected key=value, got {_short(line)}", path=path, line=lineno)
             key, _ = _kv(f"{key.strip()}=", path, lineno)
-            value = re.sub(r"\s+[#;].*$", "", value.strip())
+            value = value.strip()
+            comment = _VALUE_COMMENT.search(value)  # a search, not \s+[#;].*$: linear
+            if comment:
+                value = value[: comment.start()].rstrip()
             if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
                 value = value[1:-1]
             b.group_vars.setdefault(section, {})[key] = value
             continue
         if kind == "children":
             if len(tokens) != 1 or not _GROUP_NAME.match(tokens[0]):
-                raise ConfigError(f"expected one group name, got {line!r}", path=path, line=lineno)
-            b.children[section].append(tokens[0])
+                raise ConfigError(
+                    f"expected one group name, got {_short(line)}", path=path, line=lineno
+                )
+            b.add_child(section, tokens[0], lineno)
             continue
         hm = _HOSTPART.match(tokens[0])
         if not hm or "=" in tokens[0]:
-            raise ConfigError(f"bad host {tokens[0]!r}", path=path, line=lineno)
+            raise ConfigError(f"bad host {_short(tokens[0])}", path=path, line=lineno)
         hvars: dict[str, Any] = dict(_kv(t, path, lineno) for t in tokens[1:])
         if hm.group("port"):
             hvars["__port"] = int(hm.group("port"))
@@ -364,17 +540,27 @@ def _line(node: yaml.Node) -> int:
 
 def _plain(node: yaml.Node, path: str) -> Any:
     """A YAML node as plain Python data (scalars typed as YAML 1.1 safe types)."""
-    try:
-        loader = yaml.SafeLoader("")
-        try:
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bad YAML value: {exc}", path=path, line=_line(node)) from None
+    return construct_yaml(node, path)
 
 
-def _mapping(node: yaml.Node | None, what: str, path: str) -> list[tuple[str, yaml.Node]]:
+def _vars(node: yaml.Node | None, what: str, path: str) -> dict[str, Any]:
+    """Variables: a YAML mapping (or nothing) whose keys are names."""
+    if node is None:
+        return {}
+    data = _plain(node, path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a mapping", path=path, line=_line(node))
+    for key in data:
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"{what}: variable name {_short(key)} is not a string", path=path, line=_line(node)
+            )
+    return data
+
+
+def _mapping(node: yaml.Node | None, what: str, path: str) -> list[tuple[str, int, yaml.Node]]:
     if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "~", "null")):
         return []
     if not isinstance(node, yaml.MappingNode):
@@ -383,19 +569,13 @@ def _mapping(node: yaml.Node | None, what: str, path: str) -> list[tuple[str, ya
     for k, v in node.value:
         if not isinstance(k, yaml.ScalarNode):
             raise ConfigError(f"{what}: keys must be names", path=path, line=_line(k))
-        out.append((str(k.value), v))
+        out.append((str(k.value), _line(k), v))
     return out
 
 
 def _compose(text: str, path: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(f"bad YAML: {exc.problem or exc}", path=path, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bad YAML: {exc}", path=path) from None
+    """The YAML node tree, bounded in size, depth and alias expansion (``roost._parse``)."""
+    return compose_yaml(text, path)
 
 
 def parse_yaml(text: str, path: str = "<inventory>") -> _Builder:
@@ -405,43 +585,34 @@ def parse_yaml(text: str, path: str = "<inventory>") -> _Builder:
     if root is None:
         raise ConfigError("inventory is empty", path=path)
 
-    def group(name: str, node: yaml.Node | None, depth: int) -> None:
-        if depth > 50:
-            raise ConfigError("groups nested too deeply", path=path)
+    def group(name: str, node: yaml.Node | None, depth: int, line: int) -> None:
+        if depth > MAX_GROUP_DEPTH:
+            raise ConfigError(f"groups nested deeper than {MAX_GROUP_DEPTH}", path=path, line=line)
         b.group(name)
-        for key, value in _mapping(node, f"group {name!r}", path):
+        for key, kline, value in _mapping(node, f"group {_short(name)}", path):
             if key == "hosts":
-                for hname, hnode in _mapping(value, f"{name}.hosts", path):
-                    hvars = _plain(hnode, path) if hnode is not None else None
-                    if hvars is None:
-                        hvars = {}
-                    if not isinstance(hvars, dict):
-                        raise ConfigError(
-                            f"host {hname!r}: vars must be a mapping", path=path, line=_line(hnode)
-                        )
-                    for expanded in _expand(hname, path, _line(value)):
-                        b.add_host(name, expanded, hvars, _line(value))
+                for hname, hline, hnode in _mapping(value, f"{name}.hosts", path):
+                    hvars = _vars(hnode, f"host {_short(hname)}: vars", path)
+                    for expanded in _expand(hname, path, hline):
+                        b.add_host(name, expanded, hvars, hline)
             elif key == "vars":
-                gv = _plain(value, path) or {}
-                if not isinstance(gv, dict):
-                    raise ConfigError(
-                        f"{name}.vars must be a mapping", path=path, line=_line(value)
-                    )
+                gv = _vars(value, f"{_short(name)}.vars", path)
                 b.group_vars.setdefault(name, {}).update(gv)
             elif key == "children":
-                kids = b.children.setdefault(name, [])
-                for kid, knode in _mapping(value, f"{name}.children", path):
-                    kids.append(kid)
-                    group(kid, knode, depth + 1)
+                b.children.setdefault(name, [])
+                for kid, cline, knode in _mapping(value, f"{name}.children", path):
+                    b.add_child(name, kid, cline)
+                    group(kid, knode, depth + 1, cline)
             else:
                 raise ConfigError(
-                    f"group {name!r}: unknown key {key!r} (expected hosts, vars, children)",
+                    f"group {_short(name)}: unknown key {_short(key)}"
+                    " (expected hosts, vars, children)",
                     path=path,
-                    line=_line(value),
+                    line=kline,
                 )
 
-    for name, node in _mapping(root, "inventory", path):
-        group(name, node, 0)
+    for name, line, node in _mapping(root, "inventory", path):
+        group(name, node, 0, line)
     return b
 
 
@@ -456,12 +627,7 @@ def _read_vars_file(path: Path) -> dict[str, Any]:
     node = _compose(text, str(path))
     if node is None:
         return {}
-    data = _plain(node, str(path))
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("variables file must be a YAML mapping", path=str(path), line=1)
-    return data
+    return _vars(node, "variables file", str(path))
 
 
 def _vars_dir(base: Path) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from roost._fs import atomic_write
+from roost._parse import load_json
 from roost.errors import StateFileError
 from roost.tracker.swarm import MAX_CLIENT_INTERVAL, Peer, Registry, keep_for
 
@@ -91,10 +92,10 @@ def load_state(path: Path) -> dict[str, Any] | None:
     except OSError as exc:
         raise StateFileError(path, f"cannot read: {exc.strerror or exc}") from exc
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = f"corrupt (not JSON: {exc}); move it away to start empty"
-        raise StateFileError(path, reason) from exc
+        data = load_json(raw, str(path), StateFileError, max_bytes=1 << 28)  # ~2M peers
+    except StateFileError as exc:
+        reason = f"corrupt ({exc.reason}); move it away to start empty"
+        raise StateFileError(path, reason) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise StateFileError(path, "not a roost tracker state file")
     if data.get("version") != VERSION:
