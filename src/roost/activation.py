@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from roost._fs import atomic_write
+from roost._parse import load_json
 from roost.errors import DestinationError
 
 __all__ = [
@@ -113,7 +114,8 @@ def installed(dest: Path) -> list[str]:
     ]
 
 
-def _history(dest: Path) -> list[str]:
+def _history(dest: Path) -> list[dict[str, Any]]:
+    """The activations recorded in ``DEST/.roost-activations.json``, oldest first."""
     path = Path(dest) / HISTORY
     try:
         raw = path.read_bytes()
@@ -122,24 +124,20 @@ def _history(dest: Path) -> list[str]:
     except OSError as exc:
         raise DestinationError(f"cannot read {path}: {exc.strerror}") from exc
     try:
-        doc = json.loads(raw[: 1 << 20]) if len(raw) <= 1 << 20 else None
-    except ValueError:
+        doc = load_json(raw, str(path), DestinationError, max_bytes=1 << 20)
+    except DestinationError:
         doc = None
     if not isinstance(doc, dict) or not isinstance(doc.get("activated"), list):
         raise DestinationError(f"{path} is not an activation history; remove it to begin anew")
-    return [
-        e["tag"] for e in doc["activated"] if isinstance(e, dict) and isinstance(e.get("tag"), str)
-    ]
+    return [e for e in doc["activated"] if isinstance(e, dict) and isinstance(e.get("tag"), str)]
 
 
 def _record(dest: Path, tag: str) -> None:
     path = Path(dest) / HISTORY
     try:
-        doc = json.loads(path.read_bytes())
-        entries = doc["activated"] if isinstance(doc, dict) else []
-    except (OSError, ValueError, KeyError):
-        entries = []
-    entries = [e for e in entries if isinstance(e, dict)][-(_HISTORY_KEEP - 1) :]
+        entries = _history(dest)[-(_HISTORY_KEEP - 1) :]
+    except DestinationError:
+        entries = []  # unreadable: begin anew rather than refuse to switch
     entries.append({"tag": tag, "at": round(time.time(), 3)})
     try:
         atomic_write(path, (json.dumps({"activated": entries}, indent=1) + "\n").encode())
@@ -151,7 +149,7 @@ def previous(dest: Path) -> str | None:
     """The release that was current before the current one and is still installed."""
     now = current(dest)
     have = set(installed(dest))
-    for tag in reversed(_history(dest)):
+    for tag in reversed([e["tag"] for e in _history(dest)]):
         if tag != now and tag in have:
             return tag
     return None

@@ -6,12 +6,12 @@ coreutils' ``timeout`` there and by the step's time limit here."""
 
 from __future__ import annotations
 
-import json
 import shlex
 from typing import Any
 
+from roost._parse import load_json
 from roost.activation import RELEASES, Switch
-from roost.errors import RemoteError
+from roost.errors import PeerProtocolError, RemoteError
 from roost.fleet.config import FleetConfig
 from roost.fleet.ssh import Fleet, Session
 from roost.fleet.tasks import Remote
@@ -54,8 +54,14 @@ class SSHRunner:
                 lines = out.stderr.strip().splitlines()
                 last = lines[-1] if lines else f"exit status {out.exit_status}"
                 raise RemoteError(s.host.name, step, last.removeprefix("roost: error: "))
-            doc = json.loads(out.stdout.strip().splitlines()[-1])
-            return Switch(str(doc["tag"]), doc.get("previous"), bool(doc["changed"]))
+            lines = out.stdout.strip().splitlines() or [""]
+            try:
+                doc = load_json(lines[-1], "roost activate's answer", PeerProtocolError)
+                return Switch(str(doc["tag"]), doc.get("previous"), bool(doc["changed"]))
+            except (PeerProtocolError, KeyError, TypeError):
+                raise RemoteError(
+                    s.host.name, step, f"unexpected answer {lines[-1]!r:.200}"
+                ) from None
 
         switch: Switch = await self._on(host, step, fn)
         return switch
