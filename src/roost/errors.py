@@ -16,6 +16,8 @@
     ├── HookError                  the post-download hook failed (exit status)
     ├── ChannelError               a release channel is unreachable, malformed
     │                              or names a release it does not hold
+    ├── FetchError                 an HTTP GET failed, timed out or was too
+    │                              large (url, status)
     ├── RemoteError                a step on a remote host failed (host, step,
     │   │                          exit status, stderr tail)
     │   └── FleetAborted           too many hosts failed (failed, total)
@@ -119,6 +121,16 @@ class HookError(RoostError):
 
 class ChannelError(RoostError):
     pass
+
+
+class FetchError(RoostError):
+    """An HTTP GET failed (``status`` set when the server answered an error)."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None):
+        super().__init__(f"cannot fetch {url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
 
 
 class RemoteError(RoostError):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.cli.core import _seconds, _size
+from roost.cli.origin import add_server_limit_flags, server_limits
 from roost.errors import UsageError
 
 
@@ -248,13 +249,16 @@ def _register_channel(sub: Any) -> None:
     serve.add_argument("directory", type=Path, metavar="DIR")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8999, help="port (0: any)")
+    add_server_limit_flags(serve)
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from roost.channel import ChannelServer
 
-    server = ChannelServer(args.directory, bind=args.bind, port=args.port)
+    server = ChannelServer(
+        args.directory, bind=args.bind, port=args.port, limits=server_limits(args)
+    )
     done = threading.Event()
     _on_signals(done.set)
     server.start()
