@@ -84,6 +84,7 @@ def get(
     target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
     sent = {"User-Agent": f"roost/{__version__}", "Accept-Encoding": "identity"}
     sent.update(headers or {})
+    response: http.client.HTTPResponse | None = None
     try:
         conn.request("GET", target, headers=sent)
         response = conn.getresponse()
@@ -109,6 +110,8 @@ def get(
     except (http.client.HTTPException, ValueError) as exc:
         raise FetchError(url, f"bad HTTP answer: {type(exc).__name__} {exc}".strip()) from None
     finally:
+        if response is not None:
+            response.close()
         conn.close()
 
 

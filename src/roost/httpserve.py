@@ -66,24 +66,30 @@ class DeadlineReader(io.RawIOBase):
 
     Each ``recv`` gets what is left of the time, and once it is gone a read
     raises ``TimeoutError``: a peer that sends one byte a second cannot keep
-    a ``readline`` (or a whole response) going past the deadline. Closing it
-    leaves the socket open (its owner closes that).
+    a ``readline`` (or a whole response) going past the deadline. Like
+    ``sock.makefile("rb")``, it keeps the socket's descriptor open until it
+    is closed itself.
     """
 
     def __init__(self, sock: socket.socket, deadline: float = math.inf):
         super().__init__()
         self._sock = sock
+        self._raw = sock.makefile("rb", buffering=0)
         self.deadline = deadline
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out")
         self._sock.settimeout(None if math.isinf(remaining) else remaining)
-        return self._sock.recv_into(buffer)
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 class BoundedHandler(BaseHTTPRequestHandler):

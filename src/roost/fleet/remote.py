@@ -25,10 +25,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from roost import procs
+from roost import httpfetch, procs
+from roost.errors import FetchError
+
+_READY_MAX = 16 * 1024 * 1024  # a --ready-url answer (e.g. a tracker's /stats.json)
 
 
 def _pid_path(temp: Path, name: str) -> Path:
@@ -80,8 +82,8 @@ def start(
                 "error": f"exited with status {proc.returncode}: {_log_tail(log_path)}",
             }
         if ready_url:
-            with contextlib.suppress(OSError, ValueError):
-                urllib.request.urlopen(ready_url, timeout=1).close()
+            with contextlib.suppress(FetchError):
+                httpfetch.get(ready_url, timeout=1, max_bytes=_READY_MAX)
                 break
         if ready_log:
             found = re.search(ready_log, log_path.read_text(errors="replace"), re.MULTILINE)
