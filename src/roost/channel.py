@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 import threading
 import time
 import urllib.parse
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from roost import httpfetch
-from roost._fs import atomic_write
+from roost._fs import atomic_write, open_regular
 from roost.errors import ChannelError, FetchError, UsageError
 from roost.fileserve import FileRoot, FileServer
 from roost.httpserve import ServerLimits, serve_in_thread, stop_serving
@@ -285,8 +284,7 @@ def fetch(url: str, validator: str | None = None, *, timeout: float = FETCH_TIME
     within ``timeout`` seconds in all and at most :data:`MAX_DOCUMENT` bytes.
 
     Raises ``ChannelError`` naming the URL and what went wrong (a local path
-    that is not a regular file, e.g. a FIFO, is refused without opening it
-    for a writer).
+    that is not a regular file, e.g. a FIFO, is refused without waiting).
     """
     if not _is_http(url):
         path = Path(
@@ -312,23 +310,14 @@ def fetch(url: str, validator: str | None = None, *, timeout: float = FETCH_TIME
 
 def _read_local(url: str, path: Path, validator: str | None) -> Fetched:
     try:
-        # O_NONBLOCK: opening a FIFO does not wait for a writer; it is refused below.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            token = f"{st.st_mtime_ns}-{st.st_size}"
+            if validator is not None and validator == token:
+                return Fetched(None, token)
+            data = f.read(MAX_DOCUMENT + 1)
     except OSError as exc:
         raise ChannelError(f"cannot read {url}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ChannelError(f"cannot read {url}: not a regular file")
-        token = f"{st.st_mtime_ns}-{st.st_size}"
-        if validator is not None and validator == token:
-            return Fetched(None, token)
-        if st.st_size > MAX_DOCUMENT:
-            raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
-        try:
-            data = f.read(MAX_DOCUMENT + 1)
-        except OSError as exc:
-            raise ChannelError(f"cannot read {url}: {exc.strerror or exc}") from None
     if len(data) > MAX_DOCUMENT:
         raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
     return Fetched(data, token)

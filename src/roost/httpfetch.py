@@ -100,6 +100,8 @@ def get(
             body += chunk
             if len(body) > max_bytes:
                 raise FetchError(url, f"it sent more than {max_bytes} bytes")
+        if length is not None and length.isdigit() and len(body) != int(length):
+            raise FetchError(url, f"the answer ended after {len(body)} of {length} bytes")
         return Response(response.status, response.msg, bytes(body))
     except TimeoutError:
         raise FetchError(url, f"timed out after {timeout:g}s") from None
