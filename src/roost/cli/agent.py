@@ -73,6 +73,13 @@ def _register_agent(sub: Any) -> None:
         "--download-timeout", type=_seconds, default=3600.0, help="give up a download after S"
     )
     p.add_argument(
+        "--fetch-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="give up fetching channel.json or a .torrent after S seconds in all (default 10)",
+    )
+    p.add_argument(
         "--tracker-url", action="append", help="announce here instead of the torrents' trackers"
     )
     p.add_argument(
@@ -102,6 +109,7 @@ def _agent(args: argparse.Namespace) -> int:
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
         download_timeout=args.download_timeout,
+        fetch_timeout=args.fetch_timeout,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
     )
     with Agent(config, say=_say) as agent:
@@ -133,7 +141,8 @@ def _status(args: argparse.Namespace) -> int:
     installed = ", ".join(str(e.get("tag")) for e in doc.get("installed") or []) or "none"
     print(f"installed  {installed}")
     for seed in doc.get("seeding") or []:
-        print(f"seeding    {seed['tag']}: {seed['uploaded']} bytes up, {seed['peers']} peers")
+        up, peers = seed.get("uploaded", 0), seed.get("peers", 0)
+        print(f"seeding    {seed['tag']}: {up} bytes up, {peers} peers")
     if doc.get("rejected"):
         print(f"rejected   {doc['rejected'].get('tag')}: {doc['rejected'].get('error')}")
     print(f"last poll  {when(doc.get('last_poll'))}, last success {when(doc.get('last_ok'))}")
