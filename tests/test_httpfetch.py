@@ -45,7 +45,7 @@ def test_a_slow_drip_ends_at_the_deadline_of_the_whole_fetch(script: list[bytes]
         start = time.monotonic()
         with pytest.raises(FetchError, match=r"timed out after 1s") as info:
             httpfetch.get(server.url, timeout=1)
-        assert 0.9 < elapsed(start) < 2
+        assert 0.9 < elapsed(start) < 3
     assert str(info.value).startswith(f"cannot fetch {server.url}: ")
 
 
@@ -104,7 +104,7 @@ def test_channel_fetch_is_conditional_and_bounded(tmp_path: Path) -> None:
         start = time.monotonic()
         with pytest.raises(ChannelError, match=r"^cannot fetch .*: timed out after 1s$"):
             fetch(server.url + "channel.json", timeout=1)
-        assert elapsed(start) < 2
+        assert elapsed(start) < 3
 
 
 def test_channel_fetch_refuses_a_local_fifo_at_once(tmp_path: Path) -> None:

@@ -239,3 +239,32 @@ def test_the_listen_backlog_takes_a_burst(served: Served) -> None:
         ["ss", "-ltnH", f"sport = :{served.port}"], capture_output=True, text=True, check=True
     ).stdout.split()
     assert int(out[2]) >= 128  # Send-Q of a listening socket: its backlog
+
+
+def test_channel_serve_cli_takes_the_limit_flags(tmp_path: Path) -> None:
+    import sys
+
+    root = _make_root(tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "-m", "roost", "channel", "serve", str(root), "--max-connections", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr == "roost: error: --max-connections must be at least 1, got 0\n"
+    argv = ["channel", "serve", str(root), "--port", "0", "--idle-timeout", "0.5"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roost", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().split(" at ")[-1].strip()
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            start = time.monotonic()
+            assert read_all(sock) == b""
+            assert time.monotonic() - start < 3  # closed at the 0.5 s idle timeout, not 60 s
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
