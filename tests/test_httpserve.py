@@ -8,6 +8,7 @@ GET, clients that never read, a connection cap and the listen backlog.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import select
@@ -64,21 +65,23 @@ def _make_root(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture(params=["origin", "channel"])
-def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
-    root = _make_root(tmp_path)
-    if request.param == "origin":
-        origin = OriginServer(OriginConfig(root=root, port=0, limits=LIMITS)).start()
+@contextlib.contextmanager
+def serving(kind: str, root: Path, limits: ServerLimits) -> Iterator[Served]:
+    if kind == "origin":
+        origin = OriginServer(OriginConfig(root=root, port=0, limits=limits)).start()
         try:
             yield Served("origin", root, origin.port, origin._server)
         finally:
             origin.stop()
     else:
-        channel = ChannelServer(root, limits=LIMITS).start()
-        try:
+        with ChannelServer(root, limits=limits) as channel:
             yield Served("channel", root, channel.port, channel._server)
-        finally:
-            channel.stop()
+
+
+@pytest.fixture(params=["origin", "channel"])
+def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
+    with serving(request.param, _make_root(tmp_path), LIMITS) as server:
+        yield server
 
 
 def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
@@ -187,18 +190,25 @@ def test_other_methods_are_refused_and_their_body_is_never_a_request(served: Ser
     assert answer.count(b"HTTP/1.") == 1, answer
 
 
-def test_many_idle_connections_do_not_stop_a_real_get(served: Served) -> None:
-    """Three times the cap of idle connections: the oldest idle ones make room."""
-    idle = [served.connect() for _ in range(3 * LIMITS.max_connections)]
-    try:
-        wait_for(lambda: served.server.evicted >= 2 * LIMITS.max_connections - 5, 5, "evictions")
-        start = time.monotonic()
-        assert served.get("/channel.json") == (200, b'{"ok": true}')
-        assert time.monotonic() - start < 1
-        assert served.server.connections() <= LIMITS.max_connections
-    finally:
-        for sock in idle:
-            sock.close()
+@pytest.mark.parametrize("kind", ["origin", "channel"])
+def test_many_idle_connections_do_not_stop_a_real_get(kind: str, tmp_path: Path) -> None:
+    """Three times the cap of idle connections (that would stay for 30 s):
+    those waiting longest make room, so a real GET is served at once."""
+    limits = ServerLimits(max_connections=20, idle_timeout=30, evict_after=0.2)
+    with serving(kind, _make_root(tmp_path), limits) as served:
+        idle = [served.connect() for _ in range(limits.max_connections)]
+        try:
+            time.sleep(0.3)
+            idle += [served.connect() for _ in range(2 * limits.max_connections)]
+            wait_for(lambda: served.server.evicted >= limits.max_connections, 5, "evictions")
+            time.sleep(0.3)
+            start = time.monotonic()
+            assert served.get("/channel.json") == (200, b'{"ok": true}')
+            assert time.monotonic() - start < 1
+            assert served.server.connections() <= limits.max_connections
+        finally:
+            for sock in idle:
+                sock.close()
 
 
 def test_a_client_that_never_reads_is_cut_at_the_send_timeout(served: Served) -> None:

@@ -7,10 +7,11 @@ client can starve, hang or confuse (:class:`BoundedHTTPServer` with
 :class:`BoundedHandler`, limits in :class:`ServerLimits`):
 
 * **A connection cap.** At ``max_connections`` the accept loop first evicts
-  the oldest connection that has not sent a complete request yet (an idle
-  keep-alive, a client dripping its headers): a real request always gets in
-  while some connection is merely waiting. If every connection is busy
-  answering, the newcomer gets ``503`` and is closed, without a thread.
+  the oldest connection that has waited ``evict_after`` seconds or more
+  without sending a complete request (an idle keep-alive, a client dripping
+  its headers): a real request gets in while some connection merely waits.
+  If none does (every connection busy answering, or a burst just arrived),
+  the newcomer gets ``503`` and is closed, without a thread.
 * **Timeouts per phase.** Between requests a connection may be idle for
   ``idle_timeout``; from its first byte the request line and headers must
   all arrive within ``request_timeout`` (a :class:`DeadlineReader` bounds all
@@ -59,6 +60,7 @@ class ServerLimits:
     idle_timeout: float = 60.0  # between requests on a keep-alive connection
     request_timeout: float = 10.0  # request line and headers, from their first byte
     send_timeout: float = 60.0  # each write of an answer to a client that stopped reading
+    evict_after: float = 1.0  # at the cap, a connection waiting this long may be closed
 
 
 class DeadlineReader(io.RawIOBase):
@@ -168,9 +170,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.request_queue_size = max(limits.backlog, 1)
         self._wrap = wrap
         self._lock = threading.Lock()
-        # Open connections, oldest first: True while it has no complete request
-        # (may be evicted), False while a request is being answered.
-        self._open: dict[Any, bool] = {}
+        # Open connections: since when each has been waiting for a complete
+        # request (oldest first), or None while a request is being answered.
+        self._open: dict[Any, float | None] = {}
         self.refused = 0  # connections answered 503 at the cap
         self.evicted = 0  # waiting connections closed to make room
         super().__init__(address, handler)
@@ -183,7 +185,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         with self._lock:
             room = len(self._open) < self.limits.max_connections or self._evict_one()
             if room:
-                self._open[request] = True
+                self._open[request] = time.monotonic()
             else:
                 self.refused += 1
         if not room:
@@ -197,9 +199,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             raise
 
     def _evict_one(self) -> bool:
-        """Close the oldest waiting connection (lock held); False if none is."""
-        victim = next((conn for conn, waiting in self._open.items() if waiting), None)
-        if victim is None:
+        """Close the oldest connection waiting since ``evict_after`` (lock
+        held); False if there is none."""
+        waiting = ((conn, since) for conn, since in self._open.items() if since is not None)
+        victim, since = next(waiting, (None, math.inf))
+        if victim is None or time.monotonic() - since < self.limits.evict_after:
             return False
         del self._open[victim]
         self.evicted += 1
@@ -222,7 +226,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             if request not in self._open:
                 return False
             del self._open[request]
-            self._open[request] = True
+            self._open[request] = time.monotonic()
             return True
 
     def claim(self, request: Any) -> bool:
@@ -231,7 +235,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         with self._lock:
             if request not in self._open:
                 return False
-            self._open[request] = False
+            self._open[request] = None
             return True
 
     def connections(self) -> int:
