@@ -117,3 +117,33 @@ def test_channel_fetch_refuses_a_local_fifo_at_once(tmp_path: Path) -> None:
     with pytest.raises(ChannelError, match="not a regular file"):
         fetch(str(tmp_path))  # a directory
     assert elapsed(start) < 1
+
+
+def test_the_fleet_readiness_probe_is_bounded_by_its_wait(tmp_path: Path) -> None:
+    """``remote start --ready-url`` against a server dripping its answer: the
+    probe gives up at its own 1 s deadline and the wait ends on time."""
+    import json
+    import subprocess
+    import sys
+
+    helper = [sys.executable, "-m", "roost.fleet.remote"]
+    temp = tmp_path / "temp"
+
+    def start(name: str, url: str, wait: str) -> subprocess.CompletedProcess[str]:
+        argv = [*helper, "start", "--ready-url", url, "--wait", wait, str(temp), name]
+        try:
+            return subprocess.run(
+                [*argv, "--", "sleep", "30"], capture_output=True, text=True, timeout=30
+            )
+        finally:
+            subprocess.run([*helper, "stop", str(temp), name], capture_output=True, timeout=30)
+
+    with ScriptedServer(drip(OK), delay=0.3) as server:
+        started = time.monotonic()
+        out = start("sleeper", server.url, "2")
+        took = elapsed(started)
+    assert out.returncode == 1, out.stderr
+    assert json.loads(out.stdout)["error"] == f"not ready at {server.url}"
+    assert took < 6  # the 2 s wait and one last 1 s probe, not a probe per dripped byte
+    with ScriptedServer([OK]) as server:
+        assert json.loads(start("ready", server.url, "5").stdout)["ok"] is True
