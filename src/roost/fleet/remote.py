@@ -30,8 +30,6 @@ from pathlib import Path
 from roost import httpfetch, procs
 from roost.errors import FetchError
 
-_READY_MAX = 16 * 1024 * 1024  # a --ready-url answer (e.g. a tracker's /stats.json)
-
 
 def _pid_path(temp: Path, name: str) -> Path:
     return temp / "pids" / f"{name}.pid"
@@ -83,7 +81,7 @@ def start(
             }
         if ready_url:
             with contextlib.suppress(FetchError):
-                httpfetch.get(ready_url, timeout=1, max_bytes=_READY_MAX)
+                httpfetch.get(ready_url, timeout=1)
                 break
         if ready_log:
             found = re.search(ready_log, log_path.read_text(errors="replace"), re.MULTILINE)
