@@ -14,6 +14,7 @@ import os
 import select
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -114,11 +115,14 @@ def test_a_symlink_out_of_the_root_is_refused(served: Served, name: str) -> None
 
 
 def test_special_files_are_refused_without_blocking(served: Served) -> None:
-    sock_path = served.root / "sock.json"
+    names = ["fifo.json", "sock.json"]
     listener = socket.socket(socket.AF_UNIX)
-    listener.bind(str(sock_path))
+    listener.bind(str(served.root / "sock.json"))
+    with contextlib.suppress(PermissionError):  # a device node needs root
+        os.mknod(served.root / "zero.tar", stat.S_IFCHR | 0o644, os.makedev(1, 5))
+        names.append("zero.tar")  # /dev/zero: an endless answer if it were served
     try:
-        for name in ("fifo.json", "sock.json"):
+        for name in names:
             start = time.monotonic()
             assert served.get(f"/{name}")[0] == 404, name
             assert time.monotonic() - start < 2, name
