@@ -347,6 +347,36 @@ def test_daemon_survives_hostile_publishes_and_then_activates(
     assert "Traceback" not in out.decode()
 
 
+def test_daemon_retries_a_dripping_channel_and_stops_on_request(tmp_path: Path) -> None:
+    """Each poll of a channel that never finishes its answer ends at the fetch
+    timeout; the daemon logs it, backs off, polls again, and stops when asked."""
+    import threading
+
+    from tests.http_kit import ScriptedServer, drip
+
+    from roost.agent import Agent, AgentConfig
+
+    lines: list[str] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    with ScriptedServer(drip(answer), delay=0.2) as server:
+        config = AgentConfig(
+            channel=server.url,
+            dest=tmp_path / "dest",
+            interval=0.1,
+            fetch_timeout=0.5,
+            listen_interface="127.0.0.1",
+        )
+        with Agent(config, say=lines.append) as agent:
+            thread = threading.Thread(target=agent.run, daemon=True)
+            thread.start()
+            wait_for(lambda: len(lines) >= 3, 10, "three failed polls")
+            agent.stop()
+            thread.join(5)
+            assert not thread.is_alive()
+    assert all("timed out after 0.5s (retrying in" in line for line in lines), lines
+    assert [line.rsplit("retrying in ", 1)[1] for line in lines[:3]] == ["0.1s)", "0.2s)", "0.4s)"]
+
+
 def test_once_gives_up_on_a_dripping_channel_after_its_fetch_timeout(
     tmp_path: Path, roost_procs: Start
 ) -> None:
