@@ -353,6 +353,143 @@ def test_daemon_survives_bad_channel_and_seeds_the_next_host(
     assert resume.is_file()
 
 
+def test_daemon_survives_hostile_publishes_and_then_activates(
+    pub: Publisher, tmp_path: Path, roost_procs: Start
+) -> None:
+    """Nesting deep enough to break a recursive parser, a release whose torrent
+    is a FIFO: each is one log line and a retry, and the daemon lives on."""
+    dest = tmp_path / "host"
+    doc_path = pub.dir / "channel.json"
+    doc_path.write_bytes(b"[" * 100_000)
+    daemon = roost_procs(*agent_args(pub, dest, "--interval", "0.2"), stdout=subprocess.PIPE)
+    wait_for(lambda: (dest / ".roost-agent.json").exists(), 15, "the first poll")
+    first_error = state(dest)["last_error"]
+    assert first_error and "\n" not in first_error
+    assert daemon.poll() is None
+
+    os.mkfifo(pub.dir / "v0.torrent")
+    entry = {"tag": "v0", "info_hash": H1, "torrent": "v0.torrent", "published": 1.0}
+    doc_path.write_text(
+        json.dumps({"version": 1, "channel": "c", "releases": [entry], "current": "v0"})
+    )
+    wait_for(lambda: "v0.torrent" in (state(dest)["last_error"] or ""), 15, "the FIFO's error")
+    assert "HTTP 404" in state(dest)["last_error"]
+    assert daemon.poll() is None
+
+    doc_path.unlink()
+    pub.publish("v1")
+    wait_for(lambda: (dest / "current").is_symlink(), 40, "v1 to be activated")
+    assert state(dest)["last_error"] is None
+
+    daemon.send_signal(signal.SIGTERM)
+    out, _ = daemon.communicate(timeout=15)
+    assert daemon.returncode == 0
+    errors = [line for line in out.decode().splitlines() if " roost agent: error: " in line]
+    assert len(errors) >= 2 and any("v0.torrent" in line for line in errors)
+    assert "Traceback" not in out.decode()
+
+
+def test_daemon_retries_a_dripping_channel_and_stops_on_request(tmp_path: Path) -> None:
+    """Each poll of a channel that never finishes its answer ends at the fetch
+    timeout; the daemon logs it, backs off, polls again, and stops when asked."""
+    import threading
+
+    from tests.http_kit import ScriptedServer, drip
+
+    from roost.agent import Agent, AgentConfig
+
+    lines: list[str] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    with ScriptedServer(drip(answer), delay=0.2) as server:
+        config = AgentConfig(
+            channel=server.url,
+            dest=tmp_path / "dest",
+            interval=0.1,
+            fetch_timeout=0.5,
+            listen_interface="127.0.0.1",
+        )
+        with Agent(config, say=lines.append) as agent:
+            thread = threading.Thread(target=agent.run, daemon=True)
+            thread.start()
+            wait_for(lambda: len(lines) >= 3, 10, "three failed polls")
+            agent.stop()
+            thread.join(5)
+            assert not thread.is_alive()
+    assert all("timed out after 0.5s (retrying in" in line for line in lines), lines
+    assert [line.rsplit("retrying in ", 1)[1] for line in lines[:3]] == ["0.1s)", "0.2s)", "0.4s)"]
+
+
+def test_once_gives_up_on_a_dripping_channel_after_its_fetch_timeout(
+    tmp_path: Path, roost_procs: Start
+) -> None:
+    from tests.http_kit import ScriptedServer, drip, elapsed
+
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+    with ScriptedServer(drip(answer), delay=0.5) as server:  # one byte each 0.5 s
+        start = time.monotonic()
+        rc, _, err = once(
+            roost_procs,
+            "agent",
+            "--once",
+            "--channel",
+            server.url,
+            "--dest",
+            str(tmp_path / "dest"),
+            "--listen",
+            "127.0.0.1",
+            "--fetch-timeout",
+            "2",
+            timeout=30,
+        )
+        took = elapsed(start)
+    assert rc == 1
+    assert err == f"roost: error: cannot fetch {server.url}channel.json: timed out after 2s\n"
+    assert took < 12  # the 2 s fetch plus starting Python and libtorrent
+
+
+def test_once_refuses_a_fifo_channel_at_once(tmp_path: Path, roost_procs: Start) -> None:
+    fifo = tmp_path / "channel.json"
+    os.mkfifo(fifo)
+    rc, _, err = once(
+        roost_procs,
+        "agent",
+        "--once",
+        "--channel",
+        str(fifo),
+        "--dest",
+        str(tmp_path / "d"),
+        "--listen",
+        "127.0.0.1",
+        timeout=30,
+    )
+    assert rc == 1
+    assert err == f"roost: error: cannot read {fifo}: not a regular file\n"
+
+
+@pytest.mark.parametrize(
+    ("installed", "problem"),
+    [
+        ([{"tag": "v1"}], "installed[0] has no 'info_hash' string"),
+        ([{"tag": "v1", "info_hash": H1}, "v2"], "installed[1] is not an object"),
+        ({"v1": H1}, "'installed' is not a list"),
+    ],
+)
+def test_a_malformed_state_file_is_named_in_one_line(
+    tmp_path: Path, roost_procs: Start, installed: object, problem: str
+) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    path = dest / ".roost-agent.json"
+    path.write_text(json.dumps({"current": "v1", "installed": installed}))
+    for args in (
+        ("agent", "--once", "--channel", str(tmp_path / "none"), "--dest", str(dest)),
+        ("agent", "status", "--dest", str(dest)),
+    ):
+        rc, _, err = once(roost_procs, *args, timeout=30)
+        assert rc == 2
+        assert err == f"roost: error: agent state {path} is malformed: {problem}\n"
+
+
 def test_sigterm_mid_download_saves_resume_data_and_a_restart_finishes(
     pub: Publisher, tmp_path: Path, roost_procs: Start
 ) -> None:

@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 
 from roost.errors import UsageError
-from roost.origin import (
+from roost.fileserve import (
     UNSATISFIABLE,
     ByteRange,
-    OriginConfig,
-    OriginServer,
     if_range_matches,
     parse_range,
     resolve_request_path,
 )
+from roost.origin import OriginConfig, OriginServer
 
 SIZE = 1000
 

@@ -3,17 +3,36 @@
 :func:`atomic_write` is the only way roost writes a small file that others
 read (pid files, resume data, state files, channel.json, torrents): readers
 see the old bytes or the new ones, never a part, and after a crash or a
-power loss the path holds one or the other.
+power loss the path holds one or the other. :func:`open_regular` is how
+roost opens a small file others may have put in its way (channel.json, the
+agent's state): a FIFO, device or socket there is refused, never waited on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_directory"]
+__all__ = ["atomic_write", "fsync_directory", "open_regular"]
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file (symlinks followed).
+
+    Raises ``OSError`` as ``open`` does, and with ``strerror`` "not a regular
+    file" for a directory, FIFO, device or socket; opening never waits for a
+    FIFO's writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(fd, "rb")
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> Path:

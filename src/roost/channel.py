@@ -22,30 +22,30 @@ so a reader sees the old document or the new one.
 
 Three layers: the document (:func:`parse_channel` / :func:`render_channel`,
 pure), the publishing side (:func:`publish`, :func:`set_current`), and I/O
-for readers (:func:`fetch`, a conditional GET; :class:`ChannelServer`, a
-small read-only HTTP server for the directory).
+for readers (:func:`fetch`, a bounded conditional GET; :class:`ChannelServer`,
+roost's read-only file server on the directory).
 """
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
-import http.server
 import json
+import os
 import re
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from roost._fs import atomic_write
+from roost import httpfetch
+from roost._fs import atomic_write, open_regular
 from roost._parse import load_json
-from roost.errors import ChannelError, UsageError
+from roost.errors import ChannelError, FetchError, UsageError
+from roost.fileserve import FileRoot, FileServer
+from roost.httpserve import ServerLimits, serve_in_thread, stop_serving
 from roost.release import Release, create_release, validate_tag
 
 CHANNEL_FILE = "channel.json"
@@ -387,145 +387,92 @@ def _is_http(url: str) -> bool:
 
 
 def fetch(url: str, validator: str | None = None, *, timeout: float = FETCH_TIMEOUT) -> Fetched:
-    """GET ``url`` (http, https, file:// or a local path), conditionally.
+    """GET ``url`` (http, https, file:// or a local path), conditionally,
+    within ``timeout`` seconds in all and at most :data:`MAX_DOCUMENT` bytes.
 
-    Raises ``ChannelError`` naming the URL and what went wrong.
+    Raises ``ChannelError`` naming the URL and what went wrong (a local path
+    that is not a regular file, e.g. a FIFO, is refused without waiting).
     """
     if not _is_http(url):
         path = Path(
             urllib.parse.unquote(url[len("file://") :]) if url.startswith("file://") else url
         )
-        try:
-            st = path.stat()
-            token = f"{st.st_mtime_ns}-{st.st_size}"
-            if validator is not None and validator == token:
-                return Fetched(None, token)
-            if st.st_size > MAX_DOCUMENT:
-                raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
-            return Fetched(path.read_bytes(), token)
-        except OSError as exc:
-            raise ChannelError(f"cannot read {url}: {exc.strerror or exc}") from None
-    headers = {"User-Agent": "roost-agent"}
+        return _read_local(url, path, validator)
+    headers = {}
     if validator:
         kind, _, value = validator.partition(":")
         headers["If-None-Match" if kind == "etag" else "If-Modified-Since"] = value
-    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            data = response.read(MAX_DOCUMENT + 1)
-            if len(data) > MAX_DOCUMENT:
-                raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
-            etag = response.headers.get("ETag")
-            modified = response.headers.get("Last-Modified")
-    except urllib.error.HTTPError as exc:
-        if exc.code == 304:
-            return Fetched(None, validator)
-        raise ChannelError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise ChannelError(f"cannot fetch {url}: {reason}") from None
+        response = httpfetch.get(url, timeout=timeout, max_bytes=MAX_DOCUMENT, headers=headers)
+    except FetchError as exc:
+        raise ChannelError(str(exc)) from None
+    if response.status == 304:
+        return Fetched(None, validator)
+    etag = response.headers.get("ETag")
+    modified = response.headers.get("Last-Modified")
     if etag:
-        return Fetched(data, f"etag:{etag}")
-    return Fetched(data, f"modified:{modified}" if modified else None)
+        return Fetched(response.body, f"etag:{etag}")
+    return Fetched(response.body, f"modified:{modified}" if modified else None)
+
+
+def _read_local(url: str, path: Path, validator: str | None) -> Fetched:
+    try:
+        with open_regular(path) as f:
+            st = os.fstat(f.fileno())
+            token = f"{st.st_mtime_ns}-{st.st_size}"
+            if validator is not None and validator == token:
+                return Fetched(None, token)
+            data = f.read(MAX_DOCUMENT + 1)
+    except OSError as exc:
+        raise ChannelError(f"cannot read {url}: {exc.strerror or exc}") from None
+    if len(data) > MAX_DOCUMENT:
+        raise ChannelError(f"{url} is larger than {MAX_DOCUMENT} bytes")
+    return Fetched(data, token)
 
 
 # Serving -----------------------------------------------------------------------
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = "roost-channel"
-    root: Path  # set on the subclass made per server
-
-    def do_HEAD(self) -> None:
-        self._serve(body=False)
-
-    def do_GET(self) -> None:
-        self._serve(body=True)
-
-    def _serve(self, *, body: bool) -> None:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
-        name = path.lstrip("/")
-        # Files directly in the channel directory only: no listing, no
-        # sub-directories, no traversal, no hidden (temporary) files.
-        if not _NAME.fullmatch(name) or ".." in name:
-            self.send_error(404)
-            return
-        file = self.root / name
-        try:
-            st = file.stat()
-            if not file.is_file():
-                raise FileNotFoundError(name)
-        except OSError:
-            self.send_error(404)
-            return
-        etag = f'"{st.st_mtime_ns:x}-{st.st_size:x}"'
-        modified = email.utils.formatdate(st.st_mtime, usegmt=True)
-        if self.headers.get("If-None-Match") == etag:
-            self.send_response(304)
-            self.send_header("ETag", etag)
-            self.end_headers()
-            return
-        try:
-            data = file.read_bytes() if name.endswith((".json", ".torrent")) else None
-        except OSError:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", modified)
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Content-Length", str(st.st_size if data is None else len(data)))
-        self.end_headers()
-        if not body:
-            return
-        if data is not None:
-            self.wfile.write(data)
-            return
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                self.wfile.write(chunk)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 class ChannelServer:
     """Serve a channel directory read-only over HTTP, on its own threads.
 
-    ``port=0`` picks a free port (``.port``); ``.url`` is the channel's URL.
-    Raises ``UsageError`` if the directory is missing or the address is taken.
+    roost's one read-only file server (:mod:`roost.fileserve`) on the files
+    directly in the directory: no listing, no sub-directories, no dot-files,
+    no symlink leading out of it, no FIFO or device; ``ETag`` and ``304``,
+    ``Cache-Control: no-cache``; the bounds of :mod:`roost.httpserve`
+    (``limits``). ``port=0`` picks a free port (``.port``); ``.url`` is the
+    channel's URL. Raises ``UsageError`` if the directory is missing or the
+    address is taken.
     """
 
-    def __init__(self, root: Path, *, bind: str = "127.0.0.1", port: int = 0):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        bind: str = "127.0.0.1",
+        port: int = 0,
+        limits: ServerLimits | None = None,
+    ):
         root = Path(root).absolute()
         if not root.is_dir():
             raise UsageError(f"channel directory {root} does not exist")
-        handler = type("Handler", (_Handler,), {"root": root})
+        files = FileRoot(root.resolve(), flat=True, cache_control="no-cache", name="roost-channel")
         try:
-            self._server = http.server.ThreadingHTTPServer((bind, port), handler)
+            self._server = FileServer((bind, port), files, limits or ServerLimits())
         except OSError as exc:
-            raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror}") from exc
-        self._server.daemon_threads = True
+            raise UsageError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}") from exc
         self.port = int(self._server.server_address[1])
         host = f"[{bind}]" if ":" in bind else bind
         self.url = f"http://{host}:{self.port}/"
         self._thread: threading.Thread | None = None
 
-    def serve_forever(self) -> None:
-        self._server.serve_forever(poll_interval=0.2)
-
     def start(self) -> ChannelServer:
-        self._thread = threading.Thread(
-            target=self.serve_forever, name="roost-channel", daemon=True
-        )
-        self._thread.start()
+        self._thread = serve_in_thread(self._server, "roost-channel")
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
+        stop_serving(self._server, self._thread)
+        self._thread = None
 
     def __enter__(self) -> ChannelServer:
         return self.start()

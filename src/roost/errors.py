@@ -19,6 +19,8 @@
     ├── PeerProtocolError          a malformed ``roost peer --events json`` line
     ├── ChannelError               a release channel is unreachable, malformed
     │                              or names a release it does not hold
+    ├── FetchError                 an HTTP GET failed, timed out or was too
+    │                              large (url, status)
     ├── RemoteError                a step on a remote host failed (host, step,
     │   │                          exit status, stderr tail)
     │   └── FleetAborted           too many hosts failed (failed, total)
@@ -141,6 +143,16 @@ class PeerProtocolError(RoostError):
 
 class ChannelError(RoostError):
     pass
+
+
+class FetchError(RoostError):
+    """An HTTP GET failed (``status`` set when the server answered an error)."""
+
+    def __init__(self, url: str, reason: str, status: int | None = None):
+        super().__init__(f"cannot fetch {url}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.status = status
 
 
 class RemoteError(RoostError):

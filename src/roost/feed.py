@@ -54,13 +54,19 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from roost import __version__
 from roost.errors import UsageError
-from roost.httpserve import TokenBucket, serve_in_thread, stop_serving
+from roost.httpserve import (
+    BoundedHandler,
+    BoundedHTTPServer,
+    ServerLimits,
+    TokenBucket,
+    serve_in_thread,
+    stop_serving,
+)
 
 log = logging.getLogger(__name__)
 
@@ -201,20 +207,14 @@ class _Feed:
 _PATH = re.compile(r"^/feed/v1/([0-9a-f]{40})/(next|got|stats|piece/(\d{1,9}))$")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(BoundedHandler):
     server_version = f"roost-feed/{__version__}"
-    sys_version = ""
     server: _Server
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.idle_timeout)
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
 
     def do_GET(self) -> None:
         target, _, query = self.path.partition("?")
@@ -311,20 +311,12 @@ def _got(query: str) -> list[int]:
     return out
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 1024
-
-    def __init__(self, address: tuple[str, int], rate_limit: int, idle_timeout: float):
+class _Server(BoundedHTTPServer):
+    def __init__(self, address: tuple[str, int], rate_limit: int, limits: ServerLimits):
         self.feeds: dict[str, _Feed] = {}
         self.lock = threading.Lock()
         self.throttle = TokenBucket(rate_limit, burst_seconds=0.125) if rate_limit > 0 else None
-        self.idle_timeout = idle_timeout
-        super().__init__(address, _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("feed: connection from %s ended with an error", client_address, exc_info=True)
+        super().__init__(address, _Handler, limits)
 
 
 class FeedServer:
@@ -351,7 +343,10 @@ class FeedServer:
 
     def start(self) -> FeedServer:
         try:
-            self._server = _Server((self.bind, self._port), self._rate_limit, self._idle_timeout)
+            limits = ServerLimits(
+                max_connections=1024, backlog=1024, idle_timeout=self._idle_timeout
+            )
+            self._server = _Server((self.bind, self._port), self._rate_limit, limits)
         except OSError as exc:
             where = f"{self.bind}:{self._port}"
             raise UsageError(f"feed cannot listen on {where}: {exc.strerror or exc}") from exc

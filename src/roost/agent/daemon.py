@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -56,6 +57,7 @@ from roost.agent.state import (
     lock_destination,
 )
 from roost.channel import (
+    FETCH_TIMEOUT,
     Channel,
     ChannelEntry,
     channel_base,
@@ -80,6 +82,7 @@ from roost.rollout import DEFAULT_HEALTH_TIMEOUT, run_check
 from roost.signing import NO_KEYS, TrustedKeys
 
 Say = Callable[[str], None]
+log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 300.0
 
@@ -98,6 +101,7 @@ class AgentConfig:
     upload_limit: int = 0
     download_limit: int = 0
     download_timeout: float = 3600.0
+    fetch_timeout: float = FETCH_TIMEOUT  # the whole GET of channel.json or a .torrent
     trackers: tuple[str, ...] | None = None
     trusted: TrustedKeys = NO_KEYS  # release signers to accept; empty: any release
     health: str | None = None  # run after activating; failing switches back
@@ -109,6 +113,8 @@ class AgentConfig:
             raise UsageError(f"--interval must be positive, got {self.interval:g}")
         if self.keep < 1:
             raise UsageError(f"--keep must be at least 1, got {self.keep}")
+        if self.fetch_timeout <= 0:
+            raise UsageError(f"--fetch-timeout must be positive, got {self.fetch_timeout:g}")
 
     @property
     def cache(self) -> Path:
@@ -167,20 +173,32 @@ class Agent:
         self._stop.set()
 
     def run(self) -> None:
-        """Poll and apply until :meth:`stop`; failures back off and retry."""
+        """Poll and apply until :meth:`stop`; failures back off and retry.
+
+        Never raises for what a channel or a release holds: a ``RoostError``
+        is one log line; anything else is a bug in roost, but one bad
+        publish must not stop every agent, so it is one line too (with its
+        type) and the agent retries like for any failure."""
         failures = 0
         while not self._stop.is_set():
             try:
                 self.cycle()
-                failures = 0
-                delay = self.config.interval
             except RoostError as exc:
-                if self._stop.is_set():
-                    break
-                failures += 1
-                delay = min(self.config.interval * 2 ** min(failures - 1, 10), MAX_BACKOFF)
-                delay = max(delay, self.config.interval)
-                self.say(f"error: {exc} (retrying in {delay:g}s)")
+                error = str(exc)
+            except Exception as exc:  # a daemon outlives its bugs (see above)
+                log.debug("agent cycle failed", exc_info=True)
+                error = f"unexpected {type(exc).__name__}: {_one_line(exc)}"
+                self._record_error(error)
+            else:
+                failures = 0
+                self._idle(self.config.interval)
+                continue
+            if self._stop.is_set():
+                break
+            failures += 1
+            delay = min(self.config.interval * 2 ** min(failures - 1, 10), MAX_BACKOFF)
+            delay = max(delay, self.config.interval)
+            self.say(f"error: {error} (retrying in {delay:g}s)")
             self._idle(delay)
 
     def _idle(self, seconds: float) -> None:
@@ -199,15 +217,18 @@ class Agent:
                 where = f" ({exc.filename})" if exc.filename else ""
                 raise DestinationError(f"{exc.strerror or exc}{where}") from exc
         except RoostError as exc:
-            self.state.last_error = str(exc)
-            self.state.last_error_at = time.time()
-            self._save()
+            self._record_error(str(exc))
             raise
         self.state.last_ok = time.time()
         if outcome != "rejected":
             self.state.last_error = None
         self._save()
         return outcome
+
+    def _record_error(self, message: str) -> None:
+        self.state.last_error = message
+        self.state.last_error_at = time.time()
+        self._save()
 
     def close(self) -> None:
         """Save resume data, stop seeding, release the destination (also when
@@ -330,11 +351,12 @@ class Agent:
         return "rejected"
 
     def _poll(self) -> Channel:
-        fetched = fetch(channel_document_url(self.config.channel), self._validator)
+        url, timeout = channel_document_url(self.config.channel), self.config.fetch_timeout
+        fetched = fetch(url, self._validator, timeout=timeout)
         if fetched.data is None and self._channel is not None:
             return self._channel
         if fetched.data is None:  # unchanged but nothing cached: ask again in full
-            fetched = fetch(channel_document_url(self.config.channel))
+            fetched = fetch(url, timeout=timeout)
         assert fetched.data is not None
         channel = parse_channel(fetched.data)
         self._channel, self._validator = channel, fetched.validator
@@ -364,7 +386,7 @@ class Agent:
         from roost.release import check_signature, read_torrent
 
         url = resolve(channel_base(self.config.channel), entry.torrent)
-        torrent = fetch(url).data
+        torrent = fetch(url, timeout=self.config.fetch_timeout).data
         assert torrent is not None
         meta = read_torrent(torrent)
         if meta.info_hash != entry.info_hash:
@@ -503,3 +525,8 @@ class Agent:
             self.state.save(self.dest)
         except OSError as exc:
             self.say(f"cannot save {self.dest / STATE_FILE}: {exc.strerror}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + "…" if len(text) > 200 else text

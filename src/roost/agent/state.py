@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost._fs import atomic_write
+from roost._fs import atomic_write, open_regular
 from roost._parse import load_json
 from roost.errors import UsageError
 
@@ -20,6 +20,7 @@ LOCK_FILE = ".roost-agent.lock"
 CACHE_DIR = ".roost-cache"
 RELEASES = "releases"
 CURRENT = "current"
+MAX_STATE = 16 * 1024 * 1024  # a state file larger than this is refused
 
 
 @dataclass
@@ -43,18 +44,24 @@ class AgentState:
         """The saved state, or a fresh one; ``UsageError`` if it is corrupt."""
         path = Path(dest) / STATE_FILE
         try:
-            doc = load_json(path.read_bytes(), str(path), UsageError)
+            with open_regular(path) as f:
+                data = f.read(MAX_STATE + 1)
         except FileNotFoundError:
             return cls()
-        except (OSError, UsageError) as exc:
+        except OSError as exc:
+            raise UsageError(f"agent state {path} is unreadable: {exc.strerror or exc}") from None
+        if len(data) > MAX_STATE:
+            raise UsageError(f"agent state {path} is larger than {MAX_STATE} bytes")
+        try:
+            doc = load_json(data, str(path), UsageError)
+        except UsageError as exc:
             raise UsageError(f"agent state is unreadable: {exc}") from None
         if not isinstance(doc, dict):
             raise UsageError(f"agent state {path} is not a JSON object")
-        known = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
-        try:
-            return cls(**known)
-        except TypeError as exc:
-            raise UsageError(f"agent state {path} is malformed: {exc}") from None
+        problem = _problem(doc)
+        if problem is not None:
+            raise UsageError(f"agent state {path} is malformed: {problem}")
+        return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
 
     def save(self, dest: Path) -> None:
         path = Path(dest) / STATE_FILE
@@ -67,6 +74,36 @@ class AgentState:
     def info_hash(self, tag: str | None) -> str | None:
         entry = self.installed_entry(tag) if tag else None
         return None if entry is None else str(entry["info_hash"])
+
+
+def _problem(doc: dict[str, Any]) -> str | None:
+    """What is wrong with a state document's shape, or None."""
+    for key in ("channel", "current", "previous", "last_error"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            return f"{key!r} is not a string"
+    for key in ("last_error_at", "last_poll", "last_ok"):
+        value = doc.get(key)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            return f"{key!r} is not a number"
+    for key in ("rejected", "last_download"):
+        if doc.get(key) is not None and not isinstance(doc[key], dict):
+            return f"{key!r} is not an object"
+    for key in ("installed", "seeding"):
+        if not isinstance(doc.get(key, []), list):
+            return f"{key!r} is not a list"
+    for i, entry in enumerate(doc.get("installed", [])):
+        if not isinstance(entry, dict):
+            return f"installed[{i}] is not an object"
+        for key in ("tag", "info_hash"):
+            if not isinstance(entry.get(key), str):
+                return f"installed[{i}] has no {key!r} string"
+        installed = entry.get("installed", 0)
+        if not isinstance(installed, int | float) or isinstance(installed, bool):
+            return f"installed[{i}]: 'installed' is not a number"
+    for i, entry in enumerate(doc.get("seeding", [])):
+        if not isinstance(entry, dict) or not isinstance(entry.get("tag"), str):
+            return f"seeding[{i}] is not an object with a 'tag'"
+    return None
 
 
 def lock_destination(path: Path) -> Any:

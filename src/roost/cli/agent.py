@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.cli.core import _seconds, _size
+from roost.cli.origin import add_server_limit_flags, server_limits
 from roost.errors import UsageError
 
 
@@ -70,6 +71,13 @@ def _register_agent(sub: Any) -> None:
     p.add_argument("--download-limit", type=_size, default=0, help="bytes/s; 0 = none")
     p.add_argument(
         "--download-timeout", type=_seconds, default=3600.0, help="give up a download after S"
+    )
+    p.add_argument(
+        "--fetch-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="give up fetching channel.json or a .torrent after S seconds in all (default 10)",
     )
     p.add_argument(
         "--tracker-url", action="append", help="announce here instead of the torrents' trackers"
@@ -129,6 +137,7 @@ def _agent(args: argparse.Namespace) -> int:
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
         download_timeout=args.download_timeout,
+        fetch_timeout=args.fetch_timeout,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
         trusted=load_trusted(args.trust),
         health=args.health,
@@ -164,7 +173,8 @@ def _status(args: argparse.Namespace) -> int:
     installed = ", ".join(str(e.get("tag")) for e in doc.get("installed") or []) or "none"
     print(f"installed  {installed}")
     for seed in doc.get("seeding") or []:
-        print(f"seeding    {seed['tag']}: {seed['uploaded']} bytes up, {seed['peers']} peers")
+        up, peers = seed.get("uploaded", 0), seed.get("peers", 0)
+        print(f"seeding    {seed['tag']}: {up} bytes up, {peers} peers")
     if doc.get("rejected"):
         print(f"rejected   {doc['rejected'].get('tag')}: {doc['rejected'].get('error')}")
     print(f"last poll  {when(doc.get('last_poll'))}, last success {when(doc.get('last_ok'))}")
@@ -337,13 +347,16 @@ def _register_channel(sub: Any) -> None:
     serve.add_argument("directory", type=Path, metavar="DIR")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8999, help="port (0: any)")
+    add_server_limit_flags(serve)
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from roost.channel import ChannelServer
 
-    server = ChannelServer(args.directory, bind=args.bind, port=args.port)
+    server = ChannelServer(
+        args.directory, bind=args.bind, port=args.port, limits=server_limits(args)
+    )
     done = threading.Event()
     _on_signals(done.set)
     server.start()

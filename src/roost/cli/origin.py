@@ -28,9 +28,7 @@ def register(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any)")
     serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate chain (HTTPS)")
     serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key (HTTPS)")
-    serve.add_argument(
-        "--idle-timeout", type=float, default=60.0, help="close idle connections after S seconds"
-    )
+    add_server_limit_flags(serve)
     serve.add_argument(
         "--rate-limit",
         type=_rate,
@@ -46,6 +44,41 @@ def register(sub: Any) -> None:
         help="stop by itself after S seconds (0: serve until stopped)",
     )
     serve.set_defaults(handler=_serve)
+
+
+def add_server_limit_flags(p: argparse.ArgumentParser) -> None:
+    """``--idle-timeout``, ``--max-connections`` (roost origin serve, roost channel serve)."""
+    from roost.httpserve import ServerLimits
+
+    defaults = ServerLimits()
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        metavar="S",
+        help=f"close a connection idle for S seconds (default {defaults.idle_timeout:g}); "
+        f"headers must arrive within {defaults.request_timeout:g}s",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=defaults.max_connections,
+        metavar="N",
+        help=f"at N open connections (default {defaults.max_connections}) close the oldest "
+        "idle one, or answer 503 if none is idle",
+    )
+
+
+def server_limits(args: argparse.Namespace) -> Any:
+    """The ``ServerLimits`` of :func:`add_server_limit_flags`; ``UsageError`` if absurd."""
+    from roost.errors import UsageError
+    from roost.httpserve import ServerLimits
+
+    if args.idle_timeout <= 0:
+        raise UsageError(f"--idle-timeout must be positive, got {args.idle_timeout:g}")
+    if args.max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, got {args.max_connections}")
+    return ServerLimits(idle_timeout=args.idle_timeout, max_connections=args.max_connections)
 
 
 def _rate(text: str) -> int:
@@ -68,8 +101,8 @@ def _serve(args: argparse.Namespace) -> int:
             port=args.port,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
-            idle_timeout=args.idle_timeout,
             rate_limit=args.rate_limit,
+            limits=server_limits(args),
         )
     ).start()
     stop = threading.Event()

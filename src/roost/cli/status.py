@@ -1,6 +1,7 @@
 """``roost status [TRACKER_URL]``: the tracker's swarms in the terminal.
 
-The I/O shell (``fetch_stats``, ``run``) fetches ``/stats.json`` with urllib
+The I/O shell (``fetch_stats``, ``run``) fetches ``/stats.json`` with
+``roost.httpfetch`` (one deadline for the whole fetch, a size cap)
 and prints; the core (``validate_stats``, ``render_status``) is pure: a stats
 document in, lines of text out. Everything a peer announced (host labels,
 addresses) is attacker-controlled and passes through ``_clean`` so that no
@@ -304,22 +305,18 @@ def fetch_stats(url: str, *, timeout: float = FETCH_TIMEOUT) -> tuple[dict[str, 
     Raises ``TrackerError`` when the tracker cannot be reached, answers an
     HTTP error, or sends something that is not the /stats.json shape.
     """
-    import urllib.error  # here, not at module load: every roost command builds this parser
-    import urllib.request
+    from roost import httpfetch  # here, not at module load: every roost command builds this parser
+    from roost.errors import FetchError
 
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read(MAX_BODY + 1)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        raise TrackerError(f"tracker at {url} answered HTTP {exc.code} {exc.reason}") from exc
-    except urllib.error.URLError as exc:
+        response = httpfetch.get(
+            url, timeout=timeout, max_bytes=MAX_BODY, headers={"Accept": "application/json"}
+        )
+    except FetchError as exc:
+        if exc.status is not None:
+            raise TrackerError(f"tracker at {url} answered {exc.reason}") from exc
         raise TrackerError(f"cannot reach tracker at {url}: {exc.reason}") from exc
-    except (OSError, ValueError) as exc:
-        raise TrackerError(f"cannot reach tracker at {url}: {exc}") from exc
-    if len(body) > MAX_BODY:
-        raise TrackerError(f"tracker at {url} sent more than {MAX_BODY} bytes")
+    body = response.body
     try:
         doc = load_json(body, "/stats.json", TrackerError, max_bytes=MAX_BODY)
     except TrackerError as exc:

@@ -25,10 +25,10 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from roost import procs
+from roost import httpfetch, procs
+from roost.errors import FetchError
 
 
 def _pid_path(temp: Path, name: str) -> Path:
@@ -80,8 +80,8 @@ def start(
                 "error": f"exited with status {proc.returncode}: {_log_tail(log_path)}",
             }
         if ready_url:
-            with contextlib.suppress(OSError, ValueError):
-                urllib.request.urlopen(ready_url, timeout=1).close()
+            with contextlib.suppress(FetchError):
+                httpfetch.get(ready_url, timeout=1)
                 break
         if ready_log:
             found = re.search(ready_log, log_path.read_text(errors="replace"), re.MULTILINE)
