@@ -378,8 +378,9 @@ def test_daemon_survives_hostile_publishes_and_then_activates(
 
     doc_path.unlink()
     pub.publish("v1")
-    wait_for(lambda: (dest / "current").is_symlink(), 40, "v1 to be activated")
-    assert state(dest)["last_error"] is None
+    # The state file is saved after the switch: wait for it, not for the symlink.
+    wait_for(lambda: state(dest)["current"] == "v1", 40, "v1 to be activated")
+    assert (dest / "current").is_symlink() and state(dest)["last_error"] is None
 
     daemon.send_signal(signal.SIGTERM)
     out, _ = daemon.communicate(timeout=15)
