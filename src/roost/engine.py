@@ -18,13 +18,18 @@ above this module ever sees a libtorrent type.
 Resume data: :meth:`Engine.save_resume` asks libtorrent for it, waits for the
 answer (buffering other alerts for :meth:`events`) and writes it atomically
 to ``resume_dir/INFOHASH.resume``; :meth:`Engine.add` loads it back, so a
-restarted download skips the re-hash of what it already had.
+restarted download skips the re-hash of what it already had. Resume data
+vouches only for what it lists: the pieces it leaves out (completed after
+the last save, before a SIGKILL) are hashed from the disk at add, and those
+that match are not downloaded again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import hashlib
 import os
 import socket
 import time
@@ -310,11 +315,12 @@ class Engine:
         tid = _hex(info.info_hashes())
         if tid in self._handles:
             raise EngineError("torrent added twice", info_hash=tid)
-        atp = lt.add_torrent_params()
-        if not seed_mode:
-            atp = self._resumed(resume_dir, tid) or atp
+        resumed = None if seed_mode else self._resumed(resume_dir, tid)
+        atp = resumed or lt.add_torrent_params()
         atp.ti = info
         atp.save_path = str(save_path)
+        if resumed is not None:
+            _vouch_for_disk(atp, info, Path(save_path))
         flags = atp.flags
         flags &= ~lt.torrent_flags.paused
         flags &= ~lt.torrent_flags.auto_managed
@@ -373,6 +379,8 @@ class Engine:
             resumed.url_seeds = atp.url_seeds
             atp = resumed
         atp.save_path = str(save_path)
+        if resumed is not None and resumed.ti is not None:
+            _vouch_for_disk(atp, resumed.ti, Path(save_path))
         flags = atp.flags
         flags &= ~lt.torrent_flags.paused
         flags &= ~lt.torrent_flags.auto_managed
@@ -652,6 +660,56 @@ def _free_port(config: EngineConfig) -> int:
             return int(sock.getsockname()[1])
     except OSError:
         return 0  # not an address (an interface name): let libtorrent choose
+
+
+def _vouch_for_disk(atp: Any, info: Any, save_path: Path) -> None:
+    """Mark as had the pieces that resume data does not vouch for but that
+    the files on disk hold, hashed here.
+
+    Resume data is saved every few seconds; a worker killed outright (power
+    cut, OOM killer, SIGKILL) leaves pieces on disk that its last save does
+    not list, and libtorrent trusts resume data over the disk: it would
+    download them again. Without resume data libtorrent checks every piece
+    itself, so only pieces that resume data leaves out are read here, and a
+    piece lying in a hole of the sparse file is skipped unread.
+    """
+    if atp.have_pieces and all(atp.have_pieces):
+        return
+    if info.num_files() != 1:
+        return  # multi-file torrents are refused before download (peer.py)
+    count = info.num_pieces()
+    have = (list(atp.have_pieces) + [False] * count)[:count]
+    found = 0
+    try:
+        fd = os.open(save_path / info.name(), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no file yet: nothing to vouch for
+    try:
+        for piece in (i for i in range(count) if not have[i]):
+            size = info.piece_size(piece)
+            data = _read_unless_hole(fd, piece * info.piece_length(), size)
+            if data is not None and hashlib.sha1(data).digest() == info.hash_for_piece(piece):
+                have[piece] = True
+                found += 1
+    except OSError:
+        pass  # unreadable from here on: what was found so far stands
+    finally:
+        os.close(fd)
+    if found:
+        atp.have_pieces = have
+
+
+def _read_unless_hole(fd: int, offset: int, size: int) -> bytes | None:
+    """``size`` bytes at ``offset``; None if they are short or all a hole."""
+    try:
+        if os.lseek(fd, offset, os.SEEK_DATA) >= offset + size:
+            return None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nothing but a hole from offset on
+            return None
+        # No SEEK_DATA on this file system: read and hash.
+    data = os.pread(fd, size, offset)
+    return data if len(data) == size else None
 
 
 def _alert_tid(alert: object) -> str:
