@@ -4,12 +4,13 @@ Real processes, a real tracker and seeder on 127.0.0.1, real file systems."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,59 @@ def test_sigkilled_peer_restarts_from_what_is_on_disk(
     print(f"{kill}: missing {missing} B, restart downloaded {again} B of {size}")
     assert again <= missing + 0.05 * size, (missing, again, size)
     assert (dest / "t1" / "big.bin").read_bytes() == source.read_bytes()
+
+
+# Item 2: a disk that fills up during the download ------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs of its own (needs root: mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of ``directory``'s file system."""
+    filler = directory / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 65536)
+            f.flush()
+    return filler
+
+
+@pytest.mark.parametrize("mode", ["detached", "foreground"])
+def test_disk_full_during_download_is_one_line_and_leaves_nothing_stale(
+    mode: str, tmp_path: Path, small_tmpfs: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    source = random_file(tmp_path / "src" / "big.bin", 8 * MiB)
+    swarm = make_swarm(source.parent, upload_limit=2 * MiB)
+    info_hash = swarm.release.info_hash  # type: ignore[attr-defined]
+    temp, dest = small_tmpfs / "temp", tmp_path / "dest"
+    extra = ["--foreground"] if mode == "foreground" else []
+    peer = roost_procs(*peer_args(swarm.torrent, dest, temp, "--timeout", "60", *extra))
+    progress_until(peer, 0.1)
+    fill(small_tmpfs)  # another program takes the rest of the disk
+    _out, err = peer.communicate(timeout=60)
+    lines = err.decode().splitlines()
+    assert peer.returncode == 1
+    assert len(lines) == 1, lines
+    assert lines[0] == f"roost: error: no space left on the device of {temp / info_hash}", lines
+    assert not dest.exists()
+    left = sorted(p.name for p in (temp / info_hash).iterdir())
+    print(mode, lines[0], left)
+    assert "worker.pid" not in left and not [n for n in left if n.endswith(".tmp")], left

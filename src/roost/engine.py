@@ -42,7 +42,7 @@ import libtorrent as lt
 
 from roost import __version__
 from roost._fs import atomic_write
-from roost.errors import EngineError
+from roost.errors import DiskFull, EngineError
 
 TorrentId = str  # v1 info-hash, 40 hex digits
 
@@ -103,6 +103,8 @@ class Status:
     is_seeding: bool
     is_finished: bool
     error: str | None
+    #: The OS errno behind ``error`` when it is a system error (ENOSPC...).
+    errno: int | None = None
 
 
 # Events -------------------------------------------------------------------
@@ -123,6 +125,9 @@ class HashFailed:
 class TorrentError:
     info_hash: TorrentId
     message: str
+    #: The OS errno of a file error (ENOSPC: libtorrent retries the write
+    #: forever, the torrent never reports an error of its own).
+    errno: int | None = None
 
 
 @dataclass(frozen=True)
@@ -464,6 +469,7 @@ class Engine:
             is_seeding=bool(st.is_seeding),
             is_finished=bool(st.is_finished),
             error=error,
+            errno=_os_errno(st.errc),
         )
 
     def connect_peer(self, tid: TorrentId, address: str, port: int) -> None:
@@ -555,7 +561,7 @@ class Engine:
         if isinstance(alert, lt.tracker_warning_alert):
             return TrackerProblem(tid, str(alert.tracker_url()), alert.message(), False)
         if isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
-            return TorrentError(tid, alert.message())
+            return TorrentError(tid, alert.message(), _os_errno(alert.error))
         if isinstance(alert, lt.fastresume_rejected_alert):
             return TorrentError(tid, f"resume data rejected, re-checking: {alert.message()}")
         return None
@@ -565,7 +571,8 @@ class Engine:
     def save_resume(self, tid: TorrentId, timeout: float = 10.0) -> Path | None:
         """Write the torrent's resume data atomically; None if it has no resume dir.
 
-        Raises ``EngineError`` if libtorrent fails to produce it in time.
+        Raises ``EngineError`` if libtorrent fails to produce it in time or
+        the file cannot be written, ``DiskFull`` if its device is full.
         """
         resume_dir = self._resume_dirs.get(tid)
         if resume_dir is None:
@@ -579,7 +586,13 @@ class Engine:
         if isinstance(alert, lt.save_resume_data_failed_alert):
             raise EngineError(f"cannot save resume data: {alert.message()}", info_hash=tid)
         data = lt.write_resume_data_buf(alert.params)  # type: ignore[attr-defined]
-        return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+        try:
+            return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise DiskFull(resume_dir) from exc
+            reason = exc.strerror or exc
+            raise EngineError(f"cannot write resume data in {resume_dir}: {reason}") from exc
 
     def flush(self, tid: TorrentId, timeout: float = 60.0) -> None:
         """Wait until every piece received is written to the file.
@@ -710,6 +723,16 @@ def _read_unless_hole(fd: int, offset: int, size: int) -> bytes | None:
         # No SEEK_DATA on this file system: read and hash.
     data = os.pread(fd, size, offset)
     return data if len(data) == size else None
+
+
+def _os_errno(code: Any) -> int | None:
+    """The OS errno of a libtorrent ``error_code``, None for its own errors."""
+    try:
+        if code.value() and code.category().name() in ("system", "generic"):
+            return int(code.value())
+    except (AttributeError, RuntimeError):
+        pass
+    return None
 
 
 def _alert_tid(alert: object) -> str:

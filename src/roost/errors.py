@@ -7,6 +7,7 @@
     │   ├── BencodeError           not valid bencoding (also a ValueError)
     │   └── UnsafeArchiveError     a member would land outside the destination
     ├── DestinationError           destination not empty, not writable, full
+    │   └── DiskFull               no space left where a download or install writes
     ├── VerifyError                extracted tree differs from the manifest
     ├── EngineError                libtorrent refused or failed (info-hash)
     ├── TrackerError               tracker could not start / answered a failure
@@ -70,6 +71,14 @@ class UnsafeArchiveError(ReleaseError):
 
 class DestinationError(RoostError):
     pass
+
+
+class DiskFull(DestinationError):
+    """No space left on the device of ``where`` (download area or destination)."""
+
+    def __init__(self, where: object):
+        super().__init__(f"no space left on the device of {where}")
+        self.where = where
 
 
 class VerifyError(RoostError):

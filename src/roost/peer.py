@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import queue
@@ -47,7 +48,16 @@ from typing import TYPE_CHECKING, Any
 
 from roost import procs
 from roost._fs import atomic_write
-from roost.errors import EngineError, HookError, RoostError, UsageError
+from roost.errors import (
+    DestinationError,
+    DiskFull,
+    EngineError,
+    HookError,
+    ReleaseError,
+    RoostError,
+    UsageError,
+    VerifyError,
+)
 
 if TYPE_CHECKING:
     # The engine (libtorrent) is imported by whoever owns it: the worker, or
@@ -269,7 +279,7 @@ class _Download:
         once when libtorrent reports the torrent finished: on a 2-core
         machine running 64 peers, every wake-up of every peer counts.
         """
-        from roost.engine import Finished
+        from roost.engine import Finished, TorrentError
 
         last_resume = time.monotonic()
         next_tick = 0.0
@@ -278,6 +288,9 @@ class _Download:
             wait = max(0.0, min(PROGRESS_INTERVAL, next_tick - time.monotonic()))
             for event in self.engine.events(wait):
                 finished = finished or isinstance(event, Finished)
+                if isinstance(event, TorrentError) and event.errno == errno.ENOSPC:
+                    self._save_resume_quietly()
+                    raise DiskFull(self.dir)
                 self._relay(event, emit)
             now = time.monotonic()
             if now < next_tick and not finished:
@@ -286,6 +299,8 @@ class _Download:
             status = self.engine.status(self.tid)
             if status.error:
                 self._save_resume_quietly()
+                if status.errno == errno.ENOSPC:
+                    raise DiskFull(self.dir)
                 raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
             self._save_metadata()
             if self.has_metadata and status.is_finished and status.state in ("seeding", "finished"):
@@ -337,7 +352,9 @@ class _Download:
         emit(event)
 
     def _save_resume_quietly(self) -> None:
-        with contextlib.suppress(EngineError):
+        # Resume data only saves a re-hash: failing to write it (a full disk)
+        # must not hide the error being reported.
+        with contextlib.suppress(RoostError):
             self.engine.save_resume(self.tid)
 
     def close(self) -> None:
@@ -397,12 +414,19 @@ def run_worker(config: PeerConfig) -> int:
             download.linger(config.linger, lambda: stop["reason"])
         return 0
     except RoostError as exc:
-        emit({"event": "failed", "error": str(exc)})
+        emit(failed_event(exc))
         return 1
+    except Exception as exc:
+        # A bug: its traceback goes to worker.log, which a full disk may
+        # swallow; the pipe still carries the reason to the front.
+        emit({"event": "failed", "error": f"peer worker crashed: {type(exc).__name__}: {exc}"})
+        raise
     finally:
-        if download is not None:
-            download.close()
-        procs.remove_pid_file(pid_file)
+        try:
+            if download is not None:
+                download.close()
+        finally:
+            procs.remove_pid_file(pid_file)
 
 
 # The front ---------------------------------------------------------------------
@@ -505,6 +529,7 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
 
     threading.Thread(target=read, daemon=True).start()
     error: str | None = None
+    failure: RoostError | None = None
     complete = False
     try:
         while not complete and error is None:
@@ -526,7 +551,8 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
             if kind == "complete":
                 complete = True
             elif kind == "failed":
-                error = str(event.get("error"))
+                failure = error_from_event(event, info_hash)
+                break
             else:
                 relay(event)
                 if (reason := _timed_out(deadline, config)) is not None:
@@ -542,9 +568,35 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                 proc.wait()
         with contextlib.suppress(OSError):
             proc.stdin.close()
+    if failure is not None:
+        raise failure
     if error is not None:
         raise EngineError(error, info_hash=info_hash)
     relay({"event": "complete"})
+
+
+#: The class a worker's error keeps across the pipe, by its kind (classes
+#: whose constructor takes the message alone); any other is an EngineError.
+_WORKER_ERRORS: dict[str, type[RoostError]] = {
+    "DestinationError": DestinationError,
+    "DiskFull": DestinationError,
+    "ReleaseError": ReleaseError,
+    "VerifyError": VerifyError,
+}
+
+
+def failed_event(exc: RoostError) -> dict[str, Any]:
+    """The ``failed`` event for ``exc``; its ``kind`` lets the front re-raise it."""
+    return {"event": "failed", "error": str(exc), "kind": type(exc).__name__}
+
+
+def error_from_event(event: dict[str, Any], info_hash: str) -> RoostError:
+    """The error a worker's ``failed`` event reports, as the front raises it."""
+    message = str(event.get("error"))
+    cls = _WORKER_ERRORS.get(str(event.get("kind")))
+    if cls is not None:
+        return cls(message)
+    return EngineError(message, info_hash=None if info_hash in message else info_hash)
 
 
 class _ForkedWorker:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError, UsageError
-from roost.peer import DEFAULT_TEMP_PATH, PeerConfig, run_peer
+from roost.peer import DEFAULT_TEMP_PATH, PeerConfig, failed_event, run_peer
 
 
 def _size(text: str) -> int:
@@ -295,7 +295,7 @@ def _peer(args: argparse.Namespace) -> int:
         result = run_peer(config, emit)
     except RoostError as exc:
         if as_json:
-            emit({"event": "failed", "error": str(exc)})
+            emit(failed_event(exc))
             emit(
                 {
                     "event": "done",
