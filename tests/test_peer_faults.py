@@ -152,3 +152,53 @@ def test_disk_full_during_download_is_one_line_and_leaves_nothing_stale(
     left = sorted(p.name for p in (temp / info_hash).iterdir())
     print(mode, lines[0], left)
     assert "worker.pid" not in left and not [n for n in left if n.endswith(".tmp")], left
+
+
+# Issue 12, class 10: a foreign multi-file torrent is refused before download ----
+
+
+@pytest.fixture
+def foreign_swarm(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A multi-file torrent made by mktorrent, seeded on an open tracker:
+    (the .torrent, its magnet link)."""
+    from roost.magnet import magnet_uri
+    from roost.seeder import SeedConfig, SeederThread
+    from roost.tracker import TrackerConfig, run_tracker_in_thread
+
+    content = tmp_path / "origin" / "bundle"
+    random_file(content / "a.bin", 3 * MiB, seed=1)
+    random_file(content / "docs" / "b.txt", MiB, seed=2)
+    tracker = run_tracker_in_thread(TrackerConfig(port=0, interval=2, min_interval=1))
+    torrent = tmp_path / "bundle.torrent"
+    made = subprocess.run(
+        ["mktorrent", "-a", tracker.announce_url, "-o", str(torrent), str(content)],
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    seeder = SeederThread(
+        SeedConfig(torrent=torrent, payload_dir=content.parent, listen_interface="127.0.0.1")
+    )
+    meta = read_torrent_file(torrent)
+    try:
+        yield torrent, magnet_uri(meta.info_hash, trackers=[tracker.announce_url])
+    finally:
+        seeder.stop()
+        tracker.stop()
+
+
+@pytest.mark.parametrize("given", ["torrent", "magnet"])
+def test_foreign_multi_file_torrent_is_refused_before_download(
+    given: str, tmp_path: Path, foreign_swarm: tuple[Path, str], roost_procs: Start
+) -> None:
+    torrent, magnet = foreign_swarm
+    temp, dest = tmp_path / "temp", tmp_path / "dest"
+    source = str(torrent) if given == "torrent" else magnet
+    rc, events, err = run(roost_procs, *peer_args(source, dest, temp, "--timeout", "30"))
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 1, lines
+    assert "refusing 'bundle': a multi-file torrent (2 files) made by another tool" in lines[0]
+    assert events[-1]["event"] == "done" and events[-1]["ok"] is False
+    assert events[-1]["down"] < MiB, events[-1]  # refused before the download
+    assert not dest.exists()
+    assert not temp.exists() or not list(temp.iterdir()), list(temp.rglob("*"))

@@ -144,7 +144,14 @@ class TrackerProblem:
     fatal: bool  # an error (True) or a warning (False)
 
 
-Event = Finished | HashFailed | TorrentError | PeerBanned | TrackerProblem
+@dataclass(frozen=True)
+class MetadataReceived:
+    """A magnet's info dict arrived from peers (:meth:`Engine.metadata`)."""
+
+    info_hash: TorrentId
+
+
+Event = Finished | HashFailed | TorrentError | PeerBanned | TrackerProblem | MetadataReceived
 
 _ALERT_MASK = (
     lt.alert.category_t.status_notification
@@ -521,12 +528,14 @@ class Engine:
     def set_upload_limit(self, tid: TorrentId, rate: int) -> None:
         self._handle(tid).set_upload_limit(rate)
 
-    def remove(self, tid: TorrentId) -> None:
+    def remove(self, tid: TorrentId, *, delete_files: bool = False) -> None:
+        """Drop a torrent; ``delete_files`` also deletes what it downloaded."""
         handle = self._handles.pop(tid, None)
         self._resume_dirs.pop(tid, None)
         if handle is not None:
+            flags = lt.session.delete_files if delete_files else 0
             with contextlib.suppress(RuntimeError):
-                self._session.remove_torrent(handle)
+                self._session.remove_torrent(handle, flags)
 
     # Alerts --------------------------------------------------------------
 
@@ -552,6 +561,8 @@ class Engine:
             return None
         if isinstance(alert, lt.torrent_finished_alert):
             return Finished(tid)
+        if isinstance(alert, lt.metadata_received_alert):
+            return MetadataReceived(tid)
         if isinstance(alert, lt.hash_failed_alert):
             return HashFailed(tid, int(alert.piece_index))
         if isinstance(alert, lt.peer_ban_alert):

@@ -36,6 +36,7 @@ import errno
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -188,6 +189,20 @@ def _torrent_bytes(config: PeerConfig) -> bytes | None:
         raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
 
 
+def check_installable(meta: Any) -> None:
+    """Refuse, before anything is downloaded, a torrent roost cannot install.
+
+    The one place this is decided (the front for a .torrent, the worker for a
+    magnet as soon as its metadata arrives): today a multi-file torrent made
+    by another tool. Raises ``ReleaseError``.
+    """
+    if meta.files is not None:
+        raise ReleaseError(
+            f"refusing {meta.name!r}: a multi-file torrent ({len(meta.files)} files) made by"
+            " another tool; roost installs its own releases and single-file torrents"
+        )
+
+
 # The worker: engine owner ------------------------------------------------------
 
 
@@ -241,6 +256,8 @@ class _Download:
                 role="feed" if config.feed else None,
             )
         self.hash_failures = 0
+        #: Refused: close() deletes the torrent's data and the work directory.
+        self.discard = False
         self.feed: FeedClient | None = None
         if config.feed and torrent_bytes is not None:
             self.feed = self._start_feed(config.feed)
@@ -268,6 +285,11 @@ class _Download:
         data = self.engine.metadata(self.tid)
         if data is None:
             return
+        try:
+            check_installable(_read_meta(data))
+        except ReleaseError:
+            self.discard = True  # close() removes what arrived with it
+            raise
         atomic_write(self.config.torrent, data)
         self.has_metadata = True
 
@@ -279,7 +301,7 @@ class _Download:
         once when libtorrent reports the torrent finished: on a 2-core
         machine running 64 peers, every wake-up of every peer counts.
         """
-        from roost.engine import Finished, TorrentError
+        from roost.engine import Finished, MetadataReceived, TorrentError
 
         last_resume = time.monotonic()
         next_tick = 0.0
@@ -291,6 +313,8 @@ class _Download:
                 if isinstance(event, TorrentError) and event.errno == errno.ENOSPC:
                     self._save_resume_quietly()
                     raise DiskFull(self.dir)
+                if isinstance(event, MetadataReceived):
+                    self._save_metadata()  # refused before pieces flow
                 self._relay(event, emit)
             now = time.monotonic()
             if now < next_tick and not finished:
@@ -359,9 +383,14 @@ class _Download:
 
     def close(self) -> None:
         self._stop_feed()
-        self._save_resume_quietly()
+        if self.discard:
+            self.engine.remove(self.tid, delete_files=True)
+        else:
+            self._save_resume_quietly()
         if self.owns_engine:
             self.engine.close()
+        if self.discard:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 #: One download in an engine (public name, for the agent's shared engine).
@@ -459,6 +488,8 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             totals["up"] = int(event.get("up", 0))
         emit(event)
 
+    if torrent_bytes is not None:
+        check_installable(_read_meta(torrent_bytes))
     early = _check_destination(config, torrent_bytes)
     if early is not None:
         # Already there, verified: nothing to download, no hook to run again.
