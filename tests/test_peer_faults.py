@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,100 @@ def test_foreign_multi_file_torrent_is_refused_before_download(
     assert events[-1]["down"] < MiB, events[-1]  # refused before the download
     assert not dest.exists()
     assert not temp.exists() or not list(temp.iterdir()), list(temp.rglob("*"))
+
+
+# Item 6: faults found before the download, and a swarm that cannot finish -------
+
+
+def mount_tmpfs(where: Path, options: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Callable[[Path, str], None]]:
+    """``mount(where, options)``: a tmpfs, unmounted after the test."""
+    done: list[Path] = []
+
+    def mount(where: Path, options: str) -> None:
+        mount_tmpfs(where, options)
+        done.append(where)
+
+    yield mount
+    for where in reversed(done):
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_read_only_destination_is_refused_before_the_download(
+    tmp_path: Path, mounts: Callable[[Path, str], None], make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    source = random_file(tmp_path / "src" / "big.bin", 8 * MiB)
+    swarm = make_swarm(source.parent, upload_limit=2 * MiB)  # a whole download: 4 s
+    dest = tmp_path / "ro"
+    mounts(dest, "ro,size=1m")
+    started = time.monotonic()
+    rc, events, err = run(roost_procs, *peer_args(swarm.torrent, dest, tmp_path / "temp"))
+    lines = err.splitlines()
+    assert rc == 1 and lines == [
+        f"roost: error: destination {dest} is not writable: Read-only file system"
+    ], lines
+    assert time.monotonic() - started < 3
+    assert events[-1]["event"] == "done" and events[-1]["down"] == 0
+    assert not (tmp_path / "temp").exists()
+
+
+def test_download_area_without_room_is_refused_before_the_download(
+    tmp_path: Path, mounts: Callable[[Path, str], None], make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    source = random_file(tmp_path / "src" / "big.bin", 8 * MiB)
+    swarm = make_swarm(source.parent, upload_limit=2 * MiB)
+    temp = tmp_path / "small"
+    mounts(temp, "size=4m")
+    rc, events, err = run(roost_procs, *peer_args(swarm.torrent, tmp_path / "dest", temp))
+    lines = err.splitlines()
+    assert rc == 1 and len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"roost: error: not enough space on the device of {temp} for t1.tar:"
+    )
+    assert "MiB needed, 4.0 MiB free" in lines[0]
+    assert events[-1]["down"] == 0 and os.listdir(temp) == []
+
+
+@pytest.mark.parametrize("web_seed", [False, True])
+def test_swarm_that_lost_its_seed_is_named_or_finished_by_the_web_seed(
+    web_seed: bool, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    from roost.origin import OriginConfig, OriginServer
+
+    source = random_file(tmp_path / "src" / "big.bin", 8 * MiB)
+    swarm = make_swarm(source.parent, upload_limit=1 * MiB)
+    release_dir = swarm.release.payload.parent  # type: ignore[attr-defined]
+    with OriginServer(OriginConfig(root=release_dir, port=0, rate_limit=512 * 1024)) as origin:
+        extra = ["--web-seed", origin.url("")] if web_seed else []
+        args = peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", *extra)
+        peer = roost_procs(*args, "--timeout", "60", "--stall-timeout", "2")
+        progress_until(peer, 0.2)
+        swarm.seeder.stop()  # type: ignore[attr-defined]  # the only seed dies
+        died = time.monotonic()
+        out, err = peer.communicate(timeout=60)
+    events = [json.loads(line) for line in out.decode().splitlines()]
+    if web_seed:
+        assert peer.returncode == 0, err
+        assert (tmp_path / "dest" / "t1" / "big.bin").read_bytes() == source.read_bytes()
+        return
+    lines = err.decode().splitlines()
+    assert peer.returncode == 1 and len(lines) == 1, lines
+    assert time.monotonic() - died < 15  # not the 60 s timeout
+    last = [e for e in events if e["event"] == "progress"][-1]
+    pieces = swarm.release.num_pieces  # type: ignore[attr-defined]
+    missing = int(lines[0].split("swarm cannot finish: ")[1].split()[0])
+    assert f"swarm cannot finish: {missing} of {pieces} pieces are held by nobody" in lines[0]
+    assert abs(missing - (1 - last["progress"]) * pieces) <= 2, (missing, last)

@@ -521,6 +521,22 @@ class Engine:
             if not has and not seen and i not in queued
         ]
 
+    def unavailable_pieces(self, tid: TorrentId) -> tuple[int, int]:
+        """(pieces this torrent lacks that no connected peer has, all its
+        pieces): what only a seed, a web seed or the feed could still give.
+        (0, 0) before a magnet's metadata."""
+        handle = self._handle(tid)
+        try:
+            have = handle.status(lt.status_flags_t.query_pieces).pieces
+            availability = list(handle.piece_availability())
+        except RuntimeError:
+            return 0, 0
+        availability += [0] * (len(have) - len(availability))  # no peers: []
+        held_by_nobody = [
+            not has and not seen for has, seen in zip(have, availability, strict=False)
+        ]
+        return sum(held_by_nobody), len(have)
+
     def reannounce(self, tid: TorrentId) -> None:
         with contextlib.suppress(RuntimeError):
             self._handle(tid).force_reannounce()

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from roost import procs
 from roost._fs import atomic_write
+from roost.checks import StallWatch, check_installable, check_room
 from roost.errors import (
     DestinationError,
     DiskFull,
@@ -71,6 +72,7 @@ Emit = Callable[[dict[str, Any]], None]
 DEFAULT_TEMP_PATH = Path("/tmp/roost")
 PROGRESS_INTERVAL = 0.5
 RESUME_INTERVAL = 5.0
+STALL_TIMEOUT = 30.0
 
 
 def install_flags(
@@ -130,6 +132,9 @@ class PeerConfig:
     #: The origin's feed (``http://HOST:PORT/``): pieces nobody has yet come
     #: from it, one peer each, and this peer relays them (roost.feed).
     feed: str | None = None
+    #: Give up this many seconds after the swarm stopped being able to finish
+    #: (pieces held by nobody, nothing arriving); 0: wait for ``timeout``.
+    stall_timeout: float = STALL_TIMEOUT
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -187,20 +192,6 @@ def _torrent_bytes(config: PeerConfig) -> bytes | None:
         return config.torrent.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
-
-
-def check_installable(meta: Any) -> None:
-    """Refuse, before anything is downloaded, a torrent roost cannot install.
-
-    The one place this is decided (the front for a .torrent, the worker for a
-    magnet as soon as its metadata arrives): today a multi-file torrent made
-    by another tool. Raises ``ReleaseError``.
-    """
-    if meta.files is not None:
-        raise ReleaseError(
-            f"refusing {meta.name!r}: a multi-file torrent ({len(meta.files)} files) made by"
-            " another tool; roost installs its own releases and single-file torrents"
-        )
 
 
 # The worker: engine owner ------------------------------------------------------
@@ -285,11 +276,13 @@ class _Download:
         data = self.engine.metadata(self.tid)
         if data is None:
             return
+        meta = _read_meta(data)
         try:
-            check_installable(_read_meta(data))
+            check_installable(meta)
         except ReleaseError:
             self.discard = True  # close() removes what arrived with it
             raise
+        check_room(meta, self.dir, self.config.dest, tag_directory=self.config.tag_directory)
         atomic_write(self.config.torrent, data)
         self.has_metadata = True
 
@@ -305,6 +298,7 @@ class _Download:
 
         last_resume = time.monotonic()
         next_tick = 0.0
+        stall = StallWatch(self.config.stall_timeout)
         while True:
             finished = False
             wait = max(0.0, min(PROGRESS_INTERVAL, next_tick - time.monotonic()))
@@ -334,7 +328,7 @@ class _Download:
                 self._emit_progress(emit)
                 self._save_resume_quietly()
                 return
-            reason = should_stop()
+            reason = should_stop() or self._cannot_finish(stall, now, status)
             if reason:
                 self._save_resume_quietly()
                 raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
@@ -342,6 +336,13 @@ class _Download:
             if now - last_resume >= RESUME_INTERVAL:
                 last_resume = now
                 self._save_resume_quietly()
+
+    def _cannot_finish(self, stall: StallWatch, now: float, status: Any) -> str | None:
+        """Why the swarm can no longer finish this download, or None."""
+        arrived = status.downloaded + (self.feed.counters.bytes if self.feed else 0)
+        if not self.has_metadata or stall.progressed(now, arrived, status.num_peers):
+            return None
+        return stall.verdict(now, *self.engine.unavailable_pieces(self.tid))
 
     def linger(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
         deadline = time.monotonic() + seconds
@@ -495,6 +496,11 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         # Already there, verified: nothing to download, no hook to run again.
         emit({"event": "installed", "path": str(early), "already": True})
         return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
+    if torrent_bytes is not None:  # a magnet's worker checks once it knows the size
+        meta = _read_meta(torrent_bytes)
+        check_room(
+            meta, work_dir(config, info_hash), config.dest, tag_directory=config.tag_directory
+        )
     download: _Download | None = None
     if config.foreground:
         download = _Download(config, torrent_bytes, info_hash)
