@@ -110,8 +110,9 @@ class StallWatch:
 
     def progressed(self, now: float, done: int, peers: int) -> bool:
         """Record a tick; True if bytes arrived since the last (nothing to judge)."""
+        first_peer = peers > 0 and not self._saw_peer
         self._saw_peer = self._saw_peer or peers > 0
-        if done != self._done or not self._saw_peer:
+        if done != self._done or not self._saw_peer or first_peer:
             self._done = done
             self._since = now
             return True
