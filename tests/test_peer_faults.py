@@ -13,38 +13,20 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.conftest import MakeSwarm, random_file
+from tests.peer_kit import Start, progress_until, run
 
 from roost import procs
 from roost.release import read_torrent_file
 
-Start = Callable[..., subprocess.Popen[bytes]]
 MiB = 1024 * 1024
 
 
 def peer_args(torrent: Path | str, dest: Path, temp: Path, *extra: str) -> list[str]:
     args = ["peer", str(torrent), "--dest", str(dest), "--temp-path", str(temp)]
     return [*args, "--events", "json", "--linger", "0", *extra]
-
-
-def run(start: Start, *args: str, timeout: float = 60) -> tuple[int, list[dict[str, Any]], str]:
-    proc = start(*args)
-    out, err = proc.communicate(timeout=timeout)
-    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    return proc.returncode, events, err.decode()
-
-
-def progress_until(proc: subprocess.Popen[bytes], fraction: float) -> float:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "progress" and event["progress"] >= fraction:
-            return float(event["progress"])
-        assert event["event"] in ("started", "progress", "tracker_warning"), event
-    raise AssertionError("the peer ended before reaching the kill point")
 
 
 def verified_bytes(torrent: Path, payload: Path) -> int:
@@ -57,6 +39,30 @@ def verified_bytes(torrent: Path, payload: Path) -> int:
             if hashlib.sha1(piece).digest() == meta.pieces[20 * i : 20 * i + 20]:
                 good += len(piece)
     return good
+
+
+@pytest.fixture
+def mounts(tmp_path: Path) -> Iterator[Callable[[Path, str], None]]:
+    """``mount(where, options)``: a tmpfs, unmounted after the test (needs
+    root: skipped with the reason otherwise)."""
+    done: list[Path] = []
+
+    def mount(where: Path, options: str) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        where.mkdir(parents=True, exist_ok=True)
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+            capture_output=True,
+            check=False,
+        )
+        if mounted.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+        done.append(where)
+
+    yield mount
+    for where in reversed(done):
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 # Item 1: a SIGKILLed peer restarts from what is on disk --------------------------
@@ -103,23 +109,10 @@ def test_sigkilled_peer_restarts_from_what_is_on_disk(
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 12 MiB tmpfs of its own (needs root: mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    where = tmp_path / "tmpfs"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
+def small_tmpfs(tmp_path: Path, mounts: Callable[[Path, str], None]) -> Path:
+    """A 12 MiB tmpfs of its own."""
+    mounts(tmp_path / "tmpfs", "size=12m")
+    return tmp_path / "tmpfs"
 
 
 def fill(directory: Path) -> Path:
@@ -206,33 +199,6 @@ def test_foreign_multi_file_torrent_is_refused_before_download(
 
 
 # Item 6: faults found before the download, and a swarm that cannot finish -------
-
-
-def mount_tmpfs(where: Path, options: str) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-
-
-@pytest.fixture
-def mounts(tmp_path: Path) -> Iterator[Callable[[Path, str], None]]:
-    """``mount(where, options)``: a tmpfs, unmounted after the test."""
-    done: list[Path] = []
-
-    def mount(where: Path, options: str) -> None:
-        mount_tmpfs(where, options)
-        done.append(where)
-
-    yield mount
-    for where in reversed(done):
-        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_read_only_destination_is_refused_before_the_download(
