@@ -633,7 +633,11 @@ def error_from_event(event: dict[str, Any], info_hash: str) -> RoostError:
     cls = _WORKER_ERRORS.get(str(event.get("kind")))
     if cls is not None:
         return cls(message)
-    return EngineError(message, info_hash=None if info_hash in message else info_hash)
+    if info_hash not in message:
+        return EngineError(message, info_hash=info_hash)
+    error = EngineError(message)  # the worker's message names it already
+    error.info_hash = info_hash
+    return error
 
 
 class _ForkedWorker:
