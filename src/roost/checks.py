@@ -19,13 +19,12 @@ No libtorrent here; the callers pass numbers in.
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from roost.errors import DestinationError, DiskFull, ReleaseError
+from roost.errors import DestinationError, ReleaseError, disk_error
 
 MiB = 1024 * 1024
 
@@ -86,9 +85,7 @@ def _writable(directory: Path, what: str) -> Path:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".roost-probe-", dir=existing))
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DiskFull(existing) from exc
-        raise DestinationError(f"{what} {existing} is not writable: {exc.strerror}") from exc
+        raise disk_error(exc, existing, f"{what} {existing} is not writable") from exc
     return existing
 
 

@@ -42,7 +42,7 @@ import libtorrent as lt
 
 from roost import __version__
 from roost._fs import atomic_write
-from roost.errors import DiskFull, EngineError
+from roost.errors import EngineError, disk_error
 
 TorrentId = str  # v1 info-hash, 40 hex digits
 
@@ -598,8 +598,8 @@ class Engine:
     def save_resume(self, tid: TorrentId, timeout: float = 10.0) -> Path | None:
         """Write the torrent's resume data atomically; None if it has no resume dir.
 
-        Raises ``EngineError`` if libtorrent fails to produce it in time or
-        the file cannot be written, ``DiskFull`` if its device is full.
+        Raises ``EngineError`` if libtorrent fails to produce it in time,
+        ``DestinationError`` (``DiskFull``) if the file cannot be written.
         """
         resume_dir = self._resume_dirs.get(tid)
         if resume_dir is None:
@@ -616,10 +616,7 @@ class Engine:
         try:
             return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise DiskFull(resume_dir) from exc
-            reason = exc.strerror or exc
-            raise EngineError(f"cannot write resume data in {resume_dir}: {reason}") from exc
+            raise disk_error(exc, resume_dir, f"cannot write resume data in {resume_dir}") from exc
 
     def flush(self, tid: TorrentId, timeout: float = 60.0) -> None:
         """Wait until every piece received is written to the file.

@@ -28,6 +28,8 @@ Anything else escaping is a bug and shows its traceback.
 
 from __future__ import annotations
 
+import errno
+
 
 class RoostError(Exception):
     """Base of every error roost reports to a user."""
@@ -79,6 +81,14 @@ class DiskFull(DestinationError):
     def __init__(self, where: object):
         super().__init__(f"no space left on the device of {where}")
         self.where = where
+
+
+def disk_error(exc: OSError, where: object, cannot: str) -> DestinationError:
+    """The error for ``exc`` from writing in ``where``: ``DiskFull`` when the
+    device is full, else ``DestinationError("{cannot}: {reason}")``."""
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(where)
+    return DestinationError(f"{cannot}: {exc.strerror or exc}")
 
 
 class VerifyError(RoostError):

@@ -66,6 +66,7 @@ from roost.errors import (
     RoostError,
     UsageError,
     VerifyError,
+    disk_error,
 )
 
 if TYPE_CHECKING:
@@ -414,7 +415,6 @@ def run_worker(config: PeerConfig) -> int:
     torrent_bytes = _torrent_bytes(config)
     info_hash = _info_hash_of(config, torrent_bytes)
     pid_file = worker_pid_file(config.temp_path, info_hash)
-    procs.write_pid_file(pid_file)
     stop: dict[str, str | None] = {"reason": None}
     completed = threading.Event()
     out_open = True
@@ -438,6 +438,11 @@ def run_worker(config: PeerConfig) -> int:
         if not completed.is_set():
             stop["reason"] = "the peer front process went away"
 
+    try:
+        procs.write_pid_file(pid_file)
+    except OSError as exc:
+        emit(failed_event(disk_error(exc, pid_file.parent, f"cannot write {pid_file}")))
+        return 1
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     threading.Thread(target=watch_front, daemon=True).start()
