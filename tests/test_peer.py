@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from tests.conftest import MakeSwarm, random_file
+from tests.peer_kit import Start, progress_until, run
 from tests.release_kit import make_tree, snapshot
 
 from roost import procs
 
-Start = Callable[..., subprocess.Popen[bytes]]
-
 
 def peer_args(torrent: Path, dest: Path, temp: Path, *extra: str) -> list[str]:
     return ["peer", str(torrent), "--dest", str(dest), "--temp-path", str(temp), *extra]
-
-
-def run(start: Start, *args: str, timeout: float = 60) -> tuple[int, list[dict[str, Any]], str]:
-    proc = start(*args)
-    out, err = proc.communicate(timeout=timeout)
-    events = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
-    return proc.returncode, events, err.decode()
 
 
 def kinds(events: list[dict[str, Any]]) -> list[str]:
@@ -190,16 +180,6 @@ def test_unreadable_torrent_is_a_one_line_error(tmp_path: Path, roost_procs: Sta
     assert not (tmp_path / "d").exists()
 
 
-def _progress_until(proc: subprocess.Popen[bytes], fraction: float) -> float:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "progress" and event["progress"] >= fraction:
-            return float(event["progress"])
-        assert event["event"] in ("started", "progress", "tracker_warning"), event
-    raise AssertionError("the peer ended before reaching the kill point")
-
-
 @pytest.mark.parametrize("mode", ["foreground", "detached"])
 def test_killed_peer_resumes_from_what_it_has(
     mode: str, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
@@ -213,7 +193,7 @@ def test_killed_peer_resumes_from_what_it_has(
     extra = ["--foreground"] if mode == "foreground" else []
 
     first = roost_procs(*args, *extra)
-    reached = _progress_until(first, 0.3)
+    reached = progress_until(first, 0.3)
     first.send_signal(signal.SIGKILL)
     first.wait()
     if mode == "detached":

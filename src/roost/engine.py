@@ -18,13 +18,18 @@ above this module ever sees a libtorrent type.
 Resume data: :meth:`Engine.save_resume` asks libtorrent for it, waits for the
 answer (buffering other alerts for :meth:`events`) and writes it atomically
 to ``resume_dir/INFOHASH.resume``; :meth:`Engine.add` loads it back, so a
-restarted download skips the re-hash of what it already had.
+restarted download skips the re-hash of what it already had. Resume data
+vouches only for what it lists: the pieces it leaves out (completed after
+the last save, before a SIGKILL) are hashed from the disk at add, and those
+that match are not downloaded again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import hashlib
 import os
 import socket
 import time
@@ -37,7 +42,7 @@ import libtorrent as lt
 
 from roost import __version__
 from roost._fs import atomic_write
-from roost.errors import EngineError
+from roost.errors import EngineError, disk_error
 
 TorrentId = str  # v1 info-hash, 40 hex digits
 
@@ -98,6 +103,8 @@ class Status:
     is_seeding: bool
     is_finished: bool
     error: str | None
+    #: The OS errno behind ``error`` when it is a system error (ENOSPC...).
+    errno: int | None = None
 
 
 # Events -------------------------------------------------------------------
@@ -118,6 +125,9 @@ class HashFailed:
 class TorrentError:
     info_hash: TorrentId
     message: str
+    #: The OS errno of a file error (ENOSPC: libtorrent retries the write
+    #: forever, the torrent never reports an error of its own).
+    errno: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,14 @@ class TrackerProblem:
     fatal: bool  # an error (True) or a warning (False)
 
 
-Event = Finished | HashFailed | TorrentError | PeerBanned | TrackerProblem
+@dataclass(frozen=True)
+class MetadataReceived:
+    """A magnet's info dict arrived from peers (:meth:`Engine.metadata`)."""
+
+    info_hash: TorrentId
+
+
+Event = Finished | HashFailed | TorrentError | PeerBanned | TrackerProblem | MetadataReceived
 
 _ALERT_MASK = (
     lt.alert.category_t.status_notification
@@ -310,11 +327,12 @@ class Engine:
         tid = _hex(info.info_hashes())
         if tid in self._handles:
             raise EngineError("torrent added twice", info_hash=tid)
-        atp = lt.add_torrent_params()
-        if not seed_mode:
-            atp = self._resumed(resume_dir, tid) or atp
+        resumed = None if seed_mode else self._resumed(resume_dir, tid)
+        atp = resumed or lt.add_torrent_params()
         atp.ti = info
         atp.save_path = str(save_path)
+        if resumed is not None:
+            _vouch_for_disk(atp, info, Path(save_path))
         flags = atp.flags
         flags &= ~lt.torrent_flags.paused
         flags &= ~lt.torrent_flags.auto_managed
@@ -373,6 +391,8 @@ class Engine:
             resumed.url_seeds = atp.url_seeds
             atp = resumed
         atp.save_path = str(save_path)
+        if resumed is not None and resumed.ti is not None:
+            _vouch_for_disk(atp, resumed.ti, Path(save_path))
         flags = atp.flags
         flags &= ~lt.torrent_flags.paused
         flags &= ~lt.torrent_flags.auto_managed
@@ -456,6 +476,7 @@ class Engine:
             is_seeding=bool(st.is_seeding),
             is_finished=bool(st.is_finished),
             error=error,
+            errno=_os_errno(st.errc),
         )
 
     def connect_peer(self, tid: TorrentId, address: str, port: int) -> None:
@@ -500,6 +521,22 @@ class Engine:
             if not has and not seen and i not in queued
         ]
 
+    def unavailable_pieces(self, tid: TorrentId) -> tuple[int, int]:
+        """(pieces this torrent lacks that no connected peer has, all its
+        pieces): what only a seed, a web seed or the feed could still give.
+        (0, 0) before a magnet's metadata."""
+        handle = self._handle(tid)
+        try:
+            have = handle.status(lt.status_flags_t.query_pieces).pieces
+            availability = list(handle.piece_availability())
+        except RuntimeError:
+            return 0, 0
+        availability += [0] * (len(have) - len(availability))  # no peers: []
+        held_by_nobody = [
+            not has and not seen for has, seen in zip(have, availability, strict=False)
+        ]
+        return sum(held_by_nobody), len(have)
+
     def reannounce(self, tid: TorrentId) -> None:
         with contextlib.suppress(RuntimeError):
             self._handle(tid).force_reannounce()
@@ -507,12 +544,14 @@ class Engine:
     def set_upload_limit(self, tid: TorrentId, rate: int) -> None:
         self._handle(tid).set_upload_limit(rate)
 
-    def remove(self, tid: TorrentId) -> None:
+    def remove(self, tid: TorrentId, *, delete_files: bool = False) -> None:
+        """Drop a torrent; ``delete_files`` also deletes what it downloaded."""
         handle = self._handles.pop(tid, None)
         self._resume_dirs.pop(tid, None)
         if handle is not None:
+            flags = lt.session.delete_files if delete_files else 0
             with contextlib.suppress(RuntimeError):
-                self._session.remove_torrent(handle)
+                self._session.remove_torrent(handle, flags)
 
     # Alerts --------------------------------------------------------------
 
@@ -538,6 +577,8 @@ class Engine:
             return None
         if isinstance(alert, lt.torrent_finished_alert):
             return Finished(tid)
+        if isinstance(alert, lt.metadata_received_alert):
+            return MetadataReceived(tid)
         if isinstance(alert, lt.hash_failed_alert):
             return HashFailed(tid, int(alert.piece_index))
         if isinstance(alert, lt.peer_ban_alert):
@@ -547,7 +588,7 @@ class Engine:
         if isinstance(alert, lt.tracker_warning_alert):
             return TrackerProblem(tid, str(alert.tracker_url()), alert.message(), False)
         if isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
-            return TorrentError(tid, alert.message())
+            return TorrentError(tid, alert.message(), _os_errno(alert.error))
         if isinstance(alert, lt.fastresume_rejected_alert):
             return TorrentError(tid, f"resume data rejected, re-checking: {alert.message()}")
         return None
@@ -557,7 +598,8 @@ class Engine:
     def save_resume(self, tid: TorrentId, timeout: float = 10.0) -> Path | None:
         """Write the torrent's resume data atomically; None if it has no resume dir.
 
-        Raises ``EngineError`` if libtorrent fails to produce it in time.
+        Raises ``EngineError`` if libtorrent fails to produce it in time,
+        ``DestinationError`` (``DiskFull``) if the file cannot be written.
         """
         resume_dir = self._resume_dirs.get(tid)
         if resume_dir is None:
@@ -571,7 +613,10 @@ class Engine:
         if isinstance(alert, lt.save_resume_data_failed_alert):
             raise EngineError(f"cannot save resume data: {alert.message()}", info_hash=tid)
         data = lt.write_resume_data_buf(alert.params)  # type: ignore[attr-defined]
-        return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+        try:
+            return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+        except OSError as exc:
+            raise disk_error(exc, resume_dir, f"cannot write resume data in {resume_dir}") from exc
 
     def flush(self, tid: TorrentId, timeout: float = 60.0) -> None:
         """Wait until every piece received is written to the file.
@@ -652,6 +697,66 @@ def _free_port(config: EngineConfig) -> int:
             return int(sock.getsockname()[1])
     except OSError:
         return 0  # not an address (an interface name): let libtorrent choose
+
+
+def _vouch_for_disk(atp: Any, info: Any, save_path: Path) -> None:
+    """Mark as had the pieces that resume data does not vouch for but that
+    the files on disk hold, hashed here.
+
+    Resume data is saved every few seconds; a worker killed outright (power
+    cut, OOM killer, SIGKILL) leaves pieces on disk that its last save does
+    not list, and libtorrent trusts resume data over the disk: it would
+    download them again. Without resume data libtorrent checks every piece
+    itself, so only pieces that resume data leaves out are read here, and a
+    piece lying in a hole of the sparse file is skipped unread.
+    """
+    if atp.have_pieces and all(atp.have_pieces):
+        return
+    if info.num_files() != 1:
+        return  # multi-file torrents are refused before download (peer.py)
+    count = info.num_pieces()
+    have = (list(atp.have_pieces) + [False] * count)[:count]
+    found = 0
+    try:
+        fd = os.open(save_path / info.name(), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no file yet: nothing to vouch for
+    try:
+        for piece in (i for i in range(count) if not have[i]):
+            size = info.piece_size(piece)
+            data = _read_unless_hole(fd, piece * info.piece_length(), size)
+            if data is not None and hashlib.sha1(data).digest() == info.hash_for_piece(piece):
+                have[piece] = True
+                found += 1
+    except OSError:
+        pass  # unreadable from here on: what was found so far stands
+    finally:
+        os.close(fd)
+    if found:
+        atp.have_pieces = have
+
+
+def _read_unless_hole(fd: int, offset: int, size: int) -> bytes | None:
+    """``size`` bytes at ``offset``; None if they are short or all a hole."""
+    try:
+        if os.lseek(fd, offset, os.SEEK_DATA) >= offset + size:
+            return None
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nothing but a hole from offset on
+            return None
+        # No SEEK_DATA on this file system: read and hash.
+    data = os.pread(fd, size, offset)
+    return data if len(data) == size else None
+
+
+def _os_errno(code: Any) -> int | None:
+    """The OS errno of a libtorrent ``error_code``, None for its own errors."""
+    try:
+        if code.value() and code.category().name() in ("system", "generic"):
+            return int(code.value())
+    except (AttributeError, RuntimeError):
+        pass
+    return None
 
 
 def _alert_tid(alert: object) -> str:

@@ -8,6 +8,7 @@
     │   ├── UnsafeArchiveError     a member would land outside the destination
     │   └── SignatureError         unsigned, untrusted or tampered (info-hash)
     ├── DestinationError           destination not empty, not writable, full
+    │   └── DiskFull               no space left where a download or install writes
     ├── VerifyError                extracted tree differs from the manifest
     ├── EngineError                libtorrent refused or failed (info-hash)
     ├── TrackerError               tracker could not start / answered a failure
@@ -31,6 +32,8 @@ Anything else escaping is a bug and shows its traceback.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class RoostError(Exception):
@@ -83,6 +86,22 @@ class SignatureError(ReleaseError):
 
 class DestinationError(RoostError):
     pass
+
+
+class DiskFull(DestinationError):
+    """No space left on the device of ``where`` (download area or destination)."""
+
+    def __init__(self, where: object):
+        super().__init__(f"no space left on the device of {where}")
+        self.where = where
+
+
+def disk_error(exc: OSError, where: object, cannot: str) -> DestinationError:
+    """The error for ``exc`` from writing in ``where``: ``DiskFull`` when the
+    device is full, else ``DestinationError("{cannot}: {reason}")``."""
+    if exc.errno == errno.ENOSPC:
+        return DiskFull(where)
+    return DestinationError(f"{cannot}: {exc.strerror or exc}")
 
 
 class VerifyError(RoostError):

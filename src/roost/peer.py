@@ -23,7 +23,14 @@ The worker's stdin is a pipe from the front: end-of-file before the download
 completed means the front died (or was killed), and the worker saves its
 resume data and stops, so a killed peer never leaves a download running. A
 restarted peer continues from the pieces it has (resume data skips the
-re-hash; without it libtorrent re-checks the file).
+re-hash; the pieces it does not list, and the whole file without it, are
+hashed from the disk).
+
+Before the download (and for a magnet, when its metadata arrives) the peer
+runs ``roost.checks``: installable, room and writability; during it, a
+``StallWatch`` ends a download the swarm can no longer finish. The worker's
+errors reach the front as ``failed`` events on the pipe (never only in
+``worker.log``, which a full disk cannot take), keeping their class.
 
 ``--foreground`` runs everything in one process (tests, debugging).
 """
@@ -32,9 +39,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,7 +57,18 @@ from typing import TYPE_CHECKING, Any
 from roost import procs
 from roost._fs import atomic_write
 from roost._parse import load_json
-from roost.errors import EngineError, HookError, RoostError, UsageError
+from roost.checks import StallWatch, check_installable, check_room
+from roost.errors import (
+    DestinationError,
+    DiskFull,
+    EngineError,
+    HookError,
+    ReleaseError,
+    RoostError,
+    UsageError,
+    VerifyError,
+    disk_error,
+)
 
 if TYPE_CHECKING:
     # The engine (libtorrent) is imported by whoever owns it: the worker, or
@@ -61,6 +81,7 @@ Emit = Callable[[dict[str, Any]], None]
 DEFAULT_TEMP_PATH = Path("/tmp/roost")
 PROGRESS_INTERVAL = 0.5
 RESUME_INTERVAL = 5.0
+STALL_TIMEOUT = 30.0
 
 
 def install_flags(
@@ -120,6 +141,9 @@ class PeerConfig:
     #: The origin's feed (``http://HOST:PORT/``): pieces nobody has yet come
     #: from it, one peer each, and this peer relays them (roost.feed).
     feed: str | None = None
+    #: Give up this many seconds after the swarm stopped being able to finish
+    #: (pieces held by nobody, nothing arriving); 0: wait for ``timeout``.
+    stall_timeout: float = STALL_TIMEOUT
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -232,6 +256,8 @@ class _Download:
                 role="feed" if config.feed else None,
             )
         self.hash_failures = 0
+        #: Refused: close() deletes the torrent's data and the work directory.
+        self.discard = False
         self.feed: FeedClient | None = None
         if config.feed and torrent_bytes is not None:
             self.feed = self._start_feed(config.feed)
@@ -259,6 +285,13 @@ class _Download:
         data = self.engine.metadata(self.tid)
         if data is None:
             return
+        meta = _read_meta(data)
+        try:
+            check_installable(meta)
+        except ReleaseError:
+            self.discard = True  # close() removes what arrived with it
+            raise
+        check_room(meta, self.dir, self.config.dest, tag_directory=self.config.tag_directory)
         atomic_write(self.config.torrent, data)
         self.has_metadata = True
 
@@ -270,15 +303,21 @@ class _Download:
         once when libtorrent reports the torrent finished: on a 2-core
         machine running 64 peers, every wake-up of every peer counts.
         """
-        from roost.engine import Finished
+        from roost.engine import Finished, MetadataReceived, TorrentError
 
         last_resume = time.monotonic()
         next_tick = 0.0
+        stall = StallWatch(self.config.stall_timeout)
         while True:
             finished = False
             wait = max(0.0, min(PROGRESS_INTERVAL, next_tick - time.monotonic()))
             for event in self.engine.events(wait):
                 finished = finished or isinstance(event, Finished)
+                if isinstance(event, TorrentError) and event.errno == errno.ENOSPC:
+                    self._save_resume_quietly()
+                    raise DiskFull(self.dir)
+                if isinstance(event, MetadataReceived):
+                    self._save_metadata()  # refused before pieces flow
                 self._relay(event, emit)
             now = time.monotonic()
             if now < next_tick and not finished:
@@ -287,6 +326,8 @@ class _Download:
             status = self.engine.status(self.tid)
             if status.error:
                 self._save_resume_quietly()
+                if status.errno == errno.ENOSPC:
+                    raise DiskFull(self.dir)
                 raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
             self._save_metadata()
             if self.has_metadata and status.is_finished and status.state in ("seeding", "finished"):
@@ -300,10 +341,21 @@ class _Download:
             if reason:
                 self._save_resume_quietly()
                 raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
+            reason = self._cannot_finish(stall, now, status)
+            if reason:
+                self._save_resume_quietly()
+                raise EngineError(reason, info_hash=self.tid)
             self._emit_progress(emit, status)
             if now - last_resume >= RESUME_INTERVAL:
                 last_resume = now
                 self._save_resume_quietly()
+
+    def _cannot_finish(self, stall: StallWatch, now: float, status: Any) -> str | None:
+        """Why the swarm can no longer finish this download, or None."""
+        arrived = status.downloaded + (self.feed.counters.bytes if self.feed else 0)
+        if not self.has_metadata or stall.progressed(now, arrived, status.num_peers):
+            return None
+        return stall.verdict(now, *self.engine.unavailable_pieces(self.tid))
 
     def linger(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
         deadline = time.monotonic() + seconds
@@ -338,14 +390,21 @@ class _Download:
         emit(event)
 
     def _save_resume_quietly(self) -> None:
-        with contextlib.suppress(EngineError):
+        # Resume data only saves a re-hash: failing to write it (a full disk)
+        # must not hide the error being reported.
+        with contextlib.suppress(RoostError):
             self.engine.save_resume(self.tid)
 
     def close(self) -> None:
         self._stop_feed()
-        self._save_resume_quietly()
+        if self.discard:
+            self.engine.remove(self.tid, delete_files=True)
+        else:
+            self._save_resume_quietly()
         if self.owns_engine:
             self.engine.close()
+        if self.discard:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 #: One download in an engine (public name, for the agent's shared engine).
@@ -357,7 +416,6 @@ def run_worker(config: PeerConfig) -> int:
     torrent_bytes = _torrent_bytes(config)
     info_hash = _info_hash_of(config, torrent_bytes)
     pid_file = worker_pid_file(config.temp_path, info_hash)
-    procs.write_pid_file(pid_file)
     stop: dict[str, str | None] = {"reason": None}
     completed = threading.Event()
     out_open = True
@@ -381,6 +439,11 @@ def run_worker(config: PeerConfig) -> int:
         if not completed.is_set():
             stop["reason"] = "the peer front process went away"
 
+    try:
+        procs.write_pid_file(pid_file)
+    except OSError as exc:
+        emit(failed_event(disk_error(exc, pid_file.parent, f"cannot write {pid_file}")))
+        return 1
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     threading.Thread(target=watch_front, daemon=True).start()
@@ -398,12 +461,19 @@ def run_worker(config: PeerConfig) -> int:
             download.linger(config.linger, lambda: stop["reason"])
         return 0
     except RoostError as exc:
-        emit({"event": "failed", "error": str(exc)})
+        emit(failed_event(exc))
         return 1
+    except Exception as exc:
+        # A bug: its traceback goes to worker.log, which a full disk may
+        # swallow; the pipe still carries the reason to the front.
+        emit({"event": "failed", "error": f"peer worker crashed: {type(exc).__name__}: {exc}"})
+        raise
     finally:
-        if download is not None:
-            download.close()
-        procs.remove_pid_file(pid_file)
+        try:
+            if download is not None:
+                download.close()
+        finally:
+            procs.remove_pid_file(pid_file)
 
 
 # The front ---------------------------------------------------------------------
@@ -436,11 +506,19 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             totals["up"] = int(event.get("up", 0))
         emit(event)
 
+    # A magnet's worker checks these once the metadata arrives.
+    meta = _read_meta(torrent_bytes) if torrent_bytes is not None else None
+    if meta is not None:
+        check_installable(meta)
     early = _check_destination(config, torrent_bytes)
     if early is not None:
         # Already there, verified: nothing to download, no hook to run again.
         emit({"event": "installed", "path": str(early), "already": True})
         return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
+    if meta is not None:
+        check_room(
+            meta, work_dir(config, info_hash), config.dest, tag_directory=config.tag_directory
+        )
     download: _Download | None = None
     if config.foreground:
         download = _Download(config, torrent_bytes, info_hash)
@@ -453,7 +531,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     else:
         _run_detached(config, info_hash, relay, deadline)
     # A magnet's torrent exists now (the worker wrote it before completing).
-    meta = _read_meta(torrent_bytes if torrent_bytes is not None else config.torrent.read_bytes())
+    meta = meta or _read_meta(config.torrent.read_bytes())
     try:
         path, already = _install(config, meta)
         emit({"event": "installed", "path": str(path), "already": already})
@@ -506,6 +584,7 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
 
     threading.Thread(target=read, daemon=True).start()
     error: str | None = None
+    failure: RoostError | None = None
     complete = False
     try:
         while not complete and error is None:
@@ -527,7 +606,8 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
             if kind == "complete":
                 complete = True
             elif kind == "failed":
-                error = str(event.get("error"))
+                failure = error_from_event(event, info_hash)
+                break
             else:
                 relay(event)
                 if (reason := _timed_out(deadline, config)) is not None:
@@ -543,9 +623,39 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                 proc.wait()
         with contextlib.suppress(OSError):
             proc.stdin.close()
+    if failure is not None:
+        raise failure
     if error is not None:
         raise EngineError(error, info_hash=info_hash)
     relay({"event": "complete"})
+
+
+#: The class a worker's error keeps across the pipe, by its kind (classes
+#: whose constructor takes the message alone); any other is an EngineError.
+_WORKER_ERRORS: dict[str, type[RoostError]] = {
+    "DestinationError": DestinationError,
+    "DiskFull": DestinationError,
+    "ReleaseError": ReleaseError,
+    "VerifyError": VerifyError,
+}
+
+
+def failed_event(exc: RoostError) -> dict[str, Any]:
+    """The ``failed`` event for ``exc``; its ``kind`` lets the front re-raise it."""
+    return {"event": "failed", "error": str(exc), "kind": type(exc).__name__}
+
+
+def error_from_event(event: dict[str, Any], info_hash: str) -> RoostError:
+    """The error a worker's ``failed`` event reports, as the front raises it."""
+    message = str(event.get("error"))
+    cls = _WORKER_ERRORS.get(str(event.get("kind")))
+    if cls is not None:
+        return cls(message)
+    if info_hash not in message:
+        return EngineError(message, info_hash=info_hash)
+    error = EngineError(message)  # the worker's message names it already
+    error.info_hash = info_hash
+    return error
 
 
 class _ForkedWorker:

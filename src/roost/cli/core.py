@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError, UsageError
-from roost.peer import DEFAULT_TEMP_PATH, PeerConfig, run_peer
+from roost.peer import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig, failed_event, run_peer
 
 
 def _size(text: str) -> int:
@@ -194,6 +194,14 @@ def _register_peer(sub: Any) -> None:
         metavar="URL",
         help="the origin's feed (roost seed --feed-port): pieces nobody has yet come from it",
     )
+    p.add_argument(
+        "--stall-timeout",
+        type=_seconds,
+        default=STALL_TIMEOUT,
+        metavar="SECONDS",
+        help="give up once pieces are held by nobody and nothing arrived for this long"
+        f" (default {STALL_TIMEOUT:g}; 0: wait for --timeout)",
+    )
     p.add_argument("--events", choices=("text", "json"), default="text", help="output format")
     from roost.cli.origin import add_dht_flags, add_web_seed_flags
 
@@ -263,6 +271,7 @@ def _peer(args: argparse.Namespace) -> int:
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
         foreground=args.foreground,
         feed=args.feed,
+        stall_timeout=args.stall_timeout,
     )
     as_json = args.events == "json"
     started = time.monotonic()
@@ -295,7 +304,7 @@ def _peer(args: argparse.Namespace) -> int:
         result = run_peer(config, emit)
     except RoostError as exc:
         if as_json:
-            emit({"event": "failed", "error": str(exc)})
+            emit(failed_event(exc))
             emit(
                 {
                     "event": "done",

@@ -1,0 +1,128 @@
+"""What a peer checks before and during a download, so a fault is named early.
+
+Before (as soon as the torrent's metadata is known: at once for a .torrent,
+on arrival for a magnet link):
+
+* :func:`check_installable`: the one place that refuses a torrent roost
+  cannot install (today: a multi-file torrent made by another tool);
+* :func:`check_room`: the download area and the destination are writable
+  (a probe directory is made and removed in the nearest existing ancestor)
+  and their devices have room for what is still to be written.
+
+During: :class:`StallWatch` says when the swarm can no longer finish: pieces
+this peer lacks are held by no connected peer, and nothing arrived (from
+peers, web seeds or the feed) for a while. libtorrent uses web seeds all
+along, so a working web seed keeps bytes arriving and never stalls.
+
+No libtorrent here; the callers pass numbers in.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from roost.errors import DestinationError, ReleaseError, disk_error
+
+MiB = 1024 * 1024
+
+
+def check_installable(meta: Any) -> None:
+    """Refuse, before anything is downloaded, a torrent roost cannot install.
+
+    ``meta`` is a ``roost.release.TorrentMeta``. The big-builds work makes
+    multi-file torrents installable by lifting the refusal here. Raises
+    ``ReleaseError``.
+    """
+    if meta.files is not None:
+        raise ReleaseError(
+            f"refusing {meta.name!r}: a multi-file torrent ({len(meta.files)} files) made by"
+            " another tool; roost installs its own releases and single-file torrents"
+        )
+
+
+def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool) -> None:
+    """Check that ``download_dir`` (``TEMP/INFOHASH``) and ``dest`` can take
+    ``meta``'s payload: writable, and enough free space for the bytes still
+    to download plus the installed copy (both on one device when they share
+    it). Writes nothing that stays. Raises ``DestinationError`` naming the
+    directory and what is wrong."""
+    # The directory the installer creates its staging area in (extract._target).
+    as_file = meta.kind != "tar" and not tag_directory
+    install_parent = Path(dest) if tag_directory or as_file else Path(dest).parent
+    temp = _writable(Path(download_dir), "download area")
+    target = _writable(install_parent.absolute(), "destination")
+    payload = Path(download_dir) / meta.name
+    try:
+        allocated = os.stat(payload).st_blocks * 512
+    except OSError:
+        allocated = 0
+    left = max(0, meta.length - allocated)
+    if os.stat(temp).st_dev == os.stat(target).st_dev:
+        needs = {temp: left + meta.length}
+    else:
+        needs = {temp: left, target: meta.length}
+    for where, need in needs.items():
+        st = os.statvfs(where)
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise DestinationError(
+                f"not enough space on the device of {where} for {meta.name}:"
+                f" {need / MiB:.1f} MiB needed, {free / MiB:.1f} MiB free"
+            )
+
+
+def _writable(directory: Path, what: str) -> Path:
+    """The nearest existing ancestor of ``directory`` (itself included),
+    once a directory was made and removed in it."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DestinationError(f"{what} {directory}: {existing} is not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".roost-probe-", dir=existing))
+    except OSError as exc:
+        raise disk_error(exc, existing, f"{what} {existing} is not writable") from exc
+    return existing
+
+
+class StallWatch:
+    """Decides when a download can no longer finish.
+
+    Fed once a tick with the bytes done, the peers connected and the pieces
+    held by nobody; answers the reason once ``window`` seconds passed with
+    pieces held by nobody and no byte arriving. Not before this peer saw a
+    peer at all (a tracker slow to answer is not a dead swarm). ``window``
+    <= 0: never.
+    """
+
+    def __init__(self, window: float):
+        self.window = window
+        self._done = -1
+        self._since = 0.0
+        self._saw_peer = False
+
+    def progressed(self, now: float, done: int, peers: int) -> bool:
+        """Record a tick; True if bytes arrived since the last (nothing to judge)."""
+        first_peer = peers > 0 and not self._saw_peer
+        self._saw_peer = self._saw_peer or peers > 0
+        if done != self._done or not self._saw_peer or first_peer:
+            self._done = done
+            self._since = now
+            return True
+        return False
+
+    def verdict(self, now: float, unavailable: int, pieces: int) -> str | None:
+        """After a tick without progress: why the swarm cannot finish, or None."""
+        if not unavailable:
+            self._since = now
+            return None
+        if self.window <= 0 or now - self._since < self.window:
+            return None
+        return (
+            f"swarm cannot finish: {unavailable} of {pieces} pieces are held by nobody"
+            f" (nothing arrived for {self.window:g}s)"
+        )
