@@ -12,7 +12,7 @@ import pytest
 from tests.release_kit import build_tar, entry, member, snapshot
 
 from roost.errors import DestinationError
-from roost.extract import _remove_tree, check_destination, install_release
+from roost.extract import _remove_tree, check_destination, install_release, verify_installed
 from roost.installed import read_record, record_path, run_hook_once
 from roost.release import create_release, read_torrent
 
@@ -55,6 +55,7 @@ def test_setid_bits_are_stripped_by_default_and_the_rerun_knows_the_tree(
     found = check_destination(meta, dest)
     assert found is not None and found.already_installed
     assert install_release(rel.payload, meta, dest).already_installed
+    verify_installed(result.path, rel.payload, meta)  # stripped is still the release
     # A tree changed since is not taken for the release.
     (result.path / "plain.txt").write_text("changed\n")
     with pytest.raises(DestinationError, match="is not empty"):

@@ -646,10 +646,15 @@ def installed_difference(target: Path, manifest: Manifest) -> str | None:
 def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
     """Check an installed tree (or file) against the release's manifest.
 
-    Raises ``VerifyError`` naming the first difference."""
+    A tree installed with its setuid/setgid/sticky bits stripped (the
+    default) holds the release as well. Raises ``VerifyError`` naming the
+    first difference."""
     plan = load_plan(Path(payload), meta)
     target = Path(target)
-    problem = _mismatch(target, plan, as_file=plan.single and not target.is_dir())
+    as_file = plan.single and not target.is_dir()
+    problem = _mismatch(target, plan, as_file=as_file)
+    if problem and _mismatch(target, _stripped(plan), as_file=as_file) is None:
+        problem = None
     if problem:
         raise VerifyError(problem)
 
