@@ -38,7 +38,7 @@ from roost import procs
 from roost._fs import atomic_write
 from roost.errors import UsageError
 
-__all__ = ["Ledger", "Reaped", "default_run_dir", "reap"]
+__all__ = ["Ledger", "Reaped", "begin", "default_run_dir", "reap"]
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,24 @@ def reap(run_dir: Path) -> Reaped:
             removed += 1
         with contextlib.suppress(OSError):
             path.unlink()
-        log.info(
-            "cleaned up after run %s (dead): %d processes, %d directories, %d bytes",
-            path.name, stopped, removed, freed,
-        )  # fmt: skip
         total = Reaped(
             total.ledgers + 1, total.processes + stopped, total.dirs + removed, total.bytes + freed
         )
     return total
+
+
+def begin(run_dir: Path | None, name: str) -> Ledger:
+    """Clean up after dead runs (one warning line if there were any), then
+    open this run's ledger; ``run_dir`` None: :func:`default_run_dir`.
+    Raises ``UsageError`` or ``OSError``."""
+    run_dir = run_dir or default_run_dir()
+    reaped = reap(run_dir)
+    if reaped.ledgers:
+        log.warning(
+            "removed what %d killed deploy(s) left: %d processes, %d directories, %.1f MiB",
+            reaped.ledgers, reaped.processes, reaped.dirs, reaped.bytes / (1 << 20),
+        )  # fmt: skip
+    return Ledger(run_dir, name)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import queue
 import shutil
 import subprocess
@@ -45,8 +44,6 @@ from roost.tracker import TrackerConfig, run_tracker_in_thread
 
 DEFAULT_HOSTS = 4
 MAX_HOSTS = 256
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,14 +120,7 @@ def deploy_local(
         raise UsageError(f"--local wants 1 to {MAX_HOSTS} hosts, not {config.hosts}")
     if not Path(config.source).exists():
         raise UsageError(f"source {config.source} does not exist")
-    run_dir = config.run_dir or ledger.default_run_dir()
-    reaped = ledger.reap(run_dir)
-    if reaped.ledgers:
-        log.warning(
-            "removed what %d killed deploy(s) left: %d processes, %d directories, %.1f MiB",
-            reaped.ledgers, reaped.processes, reaped.dirs, reaped.bytes / (1 << 20),
-        )  # fmt: skip
-    records = ledger.Ledger(run_dir, "deploy-local")
+    records = ledger.begin(config.run_dir, "deploy-local")
     root = records.make_dir(Path(tempfile.gettempdir()), "roost-local-")
     hosts: list[_Host] = []
     tracker = seeder = None

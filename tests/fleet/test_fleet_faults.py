@@ -56,10 +56,10 @@ def _inventory(root: Path, f: SshdFleet) -> Path:
     return path
 
 
-def _start(f: SshdFleet, *args: str) -> subprocess.Popen[str]:
+def _start(f: SshdFleet, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "roost", *args],
-        env=f.env(),
+        env={**f.env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -81,7 +81,12 @@ def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
     args = ["deploy", str(src), "-i", str(inv), "--tag", "K1", "--dest", "/opt/kill"]
     args += ["--wheel-cache", str(wheel_cache), "--linger", "1"]
     args += ["--hook", 'echo "$ROOST_PATH" >> /opt/kill/hooks.log']
-    proc = _start(f, *args)
+    # The controller's temp and run directories, to see what it leaves.
+    tmp, run = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    run.mkdir()
+    env = {"TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
+    proc = _start(f, *args, env=env)
     releases = [h.path("/opt/kill/K1") for h in f.hosts]
     deadline = time.monotonic() + 300
     while not any(r.is_dir() for r in releases):
@@ -92,12 +97,16 @@ def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
     proc.communicate(timeout=30)
     installed = sum(r.is_dir() for r in releases)
     time.sleep(1)  # what was in flight on the hosts lands, or dies of the broken pipe
+    left = [p.name for p in tmp.iterdir()]
+    assert [n[:13] for n in left] == ["roost-deploy-"]  # the release, on the controller
 
     logs = [h.path("/opt/kill/hooks.log") for h in f.hosts]
     before = [len(p.read_text().splitlines()) if p.exists() else 0 for p in logs]
-    rerun = _start(f, *args, "--json")
+    rerun = _start(f, *args, "--json", env=env)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out + err
+    assert "removed what 1 killed deploy(s) left" in err
+    assert list(tmp.iterdir()) == [] and list((run / "roost").iterdir()) == []
     summary = json.loads(out)
     assert summary["hosts_ok"] == len(f.hosts)
     counts = [p.read_text().splitlines() for p in logs]
