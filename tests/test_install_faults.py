@@ -97,32 +97,34 @@ def _deep_members(depth: int, part: str) -> tuple[list, list]:
     return members, entries
 
 
+def _install_fails(tmp_path: Path, members: list, entries: list, match: str) -> Path:
+    """Install a hand-made tar that must fail with one line matching ``match``;
+    the destination it was given."""
+    (tmp_path / "pay").mkdir()
+    meta = build_tar(tmp_path / "pay" / "r.tar", members, entries)
+    dest = tmp_path / "dest"
+    with pytest.raises(DestinationError, match=match) as info:
+        install_release(tmp_path / "pay" / "r.tar", meta, dest)
+    assert "\n" not in str(info.value)
+    return dest
+
+
 def test_a_path_longer_than_path_max_is_refused_before_anything_is_written(
     tmp_path: Path,
 ) -> None:
     members, entries = _deep_members(24, "d" * 200)  # 24 * 201 characters
-    (tmp_path / "pay").mkdir()
-    meta = build_tar(tmp_path / "pay" / "deep.tar", members, entries)
-    dest = tmp_path / "dest"
-    with pytest.raises(DestinationError, match="longer than PATH_MAX") as info:
-        install_release(tmp_path / "pay" / "deep.tar", meta, dest)
-    assert "\n" not in str(info.value)
+    dest = _install_fails(tmp_path, members, entries, "longer than PATH_MAX")
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
 def test_a_failed_install_removes_its_staging_tree(tmp_path: Path) -> None:
     # A name past NAME_MAX: the kernel refuses it mid-install, after the
-    # staging tree below it was written.
+    # staging tree above it was written.
     members, entries = _deep_members(10, "d" * 200)
     long_name = members[-1].name + "/" + "x" * 300
     members.append((member(long_name), b"data"))
     entries.append(entry(long_name, data=b"data"))
-    (tmp_path / "pay").mkdir()
-    meta = build_tar(tmp_path / "pay" / "long.tar", members, entries)
-    dest = tmp_path / "dest"
-    with pytest.raises(DestinationError, match="File name too long") as info:
-        install_release(tmp_path / "pay" / "long.tar", meta, dest)
-    assert "\n" not in str(info.value)
+    dest = _install_fails(tmp_path, members, entries, "File name too long")
     assert list(dest.iterdir()) == []
 
 
