@@ -2,10 +2,11 @@
 
 A ``roost deploy --local`` makes work directories (the release in the temp
 directory, the hosts' downloads in /dev/shm) and starts processes (the
-hosts' peers, which start lingering workers). It removes them when it ends;
-a SIGKILL or a power loss ends it without that. So before making each
-directory, and as soon as it started each process, the run writes it down
-in its ledger: ``RUN_DIR/NAME-PID-START.json`` (atomically), owned by the
+hosts' peers, which start lingering workers); a ``roost deploy -i`` makes
+one (the release, the seeder's log) and starts the controller's seeder.
+It removes them when it ends; a SIGKILL or a power loss ends it without
+that. So before making each directory, and as soon as it started each
+process, the run writes it down in its ledger: ``RUN_DIR/NAME-PID-START.json`` (atomically), owned by the
 run's ``(pid, start time)`` (``roost.procs``).
 
 The next run calls :func:`reap` first: every ledger whose owner is gone (no
@@ -133,8 +134,8 @@ def reap(run_dir: Path) -> Reaped:
             log.warning("ignoring the unreadable run record %s", path)
             continue
         pid, started = doc["owner"]
-        if procs.alive(pid) and procs.start_time(pid) == started:
-            continue  # its run is still going
+        if procs.alive(pid) and started in (0, procs.start_time(pid)):
+            continue  # its run is still going (0: no /proc, the pid alone tells)
         records = [(int(p), int(s)) for p, s in doc["processes"]]
         running = [(p, s) for p, s in records if procs.start_time(p) == s and procs.alive(p)]
         procs.stop_recorded(running)
