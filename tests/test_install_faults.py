@@ -171,6 +171,20 @@ def test_a_symlinked_empty_destination_is_installed_into(tmp_path: Path) -> None
     assert again.already_installed and again.path == real
 
 
+def test_a_symlink_where_a_file_release_goes_is_named_as_such(tmp_path: Path) -> None:
+    app = tmp_path / "build" / "tool"
+    app.parent.mkdir()
+    app.write_bytes(b"tool\n")
+    rel = create_release(app, "f1", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tool").symlink_to("/opt/tools/tool")
+    with pytest.raises(DestinationError, match=r"tool is a symlink \(to /opt/tools/tool\)"):
+        check_destination(meta, bin_dir, tag_directory=False)
+    assert os.readlink(bin_dir / "tool") == "/opt/tools/tool"
+
+
 def test_a_dangling_symlink_destination_is_refused_with_its_reason(tmp_path: Path) -> None:
     src = _setid_tree(tmp_path / "src")
     rel = create_release(src, "v1", tmp_path / "out", announce=[])

@@ -39,6 +39,7 @@ Nothing is ever written outside the destination (and, with
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -366,9 +367,7 @@ def check_destination(
         raise _dest_error(exc, target) from exc
     if clean:
         return None
-    raise DestinationError(
-        f"destination {target} is not empty (clean it, or pass --clean to replace it)"
-    )
+    raise _occupied_error(target)
 
 
 def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid: bool) -> bool:
@@ -415,9 +414,7 @@ def _install(
             log.info("%s already holds release %s", target, plan.manifest.tag)
             return InstallResult(target, True)
         if not clean:
-            raise DestinationError(
-                f"destination {target} is not empty (clean it, or pass --clean to replace it)"
-            )
+            raise _occupied_error(target)
     staging = Path(_make_staging(target, file=as_file))
     try:
         _write_members(payload, plan, staging, as_file=as_file)
@@ -449,6 +446,20 @@ def _dest_error(exc: OSError, where: Path) -> DestinationError:
     if exc.errno == errno.ENOSPC:
         return DestinationError(f"no space left on the device of {where}")
     return DestinationError(f"cannot install into {where}: {exc.strerror or exc}")
+
+
+def _occupied_error(target: Path) -> DestinationError:
+    """The true reason ``target`` cannot take the release without ``clean``."""
+    what = "is not empty"
+    with contextlib.suppress(OSError):
+        st = os.lstat(target)
+        if stat.S_ISLNK(st.st_mode):
+            what = f"is a symlink (to {os.readlink(target)})"
+        elif not stat.S_ISDIR(st.st_mode):
+            what = "is a file" if stat.S_ISREG(st.st_mode) else "is a special file"
+    return DestinationError(
+        f"destination {target} {what} (clean it, or pass --clean to replace it)"
+    )
 
 
 def _occupied(target: Path) -> bool:

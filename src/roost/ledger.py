@@ -6,8 +6,9 @@ hosts' peers, which start lingering workers); a ``roost deploy -i`` makes
 one (the release, the seeder's log) and starts the controller's seeder.
 It removes them when it ends; a SIGKILL or a power loss ends it without
 that. So before making each directory, and as soon as it started each
-process, the run writes it down in its ledger: ``RUN_DIR/NAME-PID-START.json`` (atomically), owned by the
-run's ``(pid, start time)`` (``roost.procs``).
+process, the run writes it down in its ledger,
+``RUN_DIR/NAME-PID-START.json`` (atomically), owned by the run's
+``(pid, start time)`` (``roost.procs``).
 
 The next run calls :func:`reap` first: every ledger whose owner is gone (no
 such pid, a zombie, or the pid reused: another start time) is cleaned by its
