@@ -3,17 +3,22 @@ symlinked destinations, the record beside a release and its hook once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from tests.release_kit import build_tar, entry, member, snapshot
 
-from roost.errors import DestinationError
+from roost.errors import DestinationError, HookError
 from roost.extract import _remove_tree, check_destination, install_release, verify_installed
-from roost.installed import read_record, record_path, run_hook_once
+from roost.installed import run_hook_once
 from roost.release import create_release, read_torrent
 
 
@@ -166,7 +171,7 @@ def test_a_symlinked_empty_destination_is_installed_into(tmp_path: Path) -> None
     result = install_release(rel.payload, meta, link, tag_directory=False, keep_setid=True)
     assert result.path == real and link.is_symlink() and os.readlink(link) == str(real)
     assert snapshot(real) == snapshot(src)
-    assert sorted(p.name for p in real.parent.iterdir()) == [".empty.roost.json", "empty"]
+    assert sorted(p.name for p in real.parent.iterdir()) == [".empty.roost", "empty"]
     again = install_release(rel.payload, meta, link, tag_directory=False, keep_setid=True)
     assert again.already_installed and again.path == real
 
@@ -212,5 +217,45 @@ def test_hook_runs_once_even_when_two_runs_race(tmp_path: Path) -> None:
     for t in threads:
         t.join(10)
     assert log.read_text() == "run\n" and sorted(ran) == [False, False, True]
-    assert read_record(target) == {"manifest_sha256": None, "tree_sha256": None, "hooks": [hook]}
-    assert record_path(target) == tmp_path / ".v1.roost.json"
+    assert [p.name[:5] for p in (tmp_path / ".v1.roost").iterdir()] == ["hook-"]
+
+
+def test_a_peer_killed_while_its_hook_runs_does_not_make_it_run_twice(tmp_path: Path) -> None:
+    """The peer dies (SIGKILL) in the middle of the hook; the hook finishes
+    and records itself; the re-run waits for it, then does not run it."""
+    target = tmp_path / "v1"
+    target.mkdir()
+    log = tmp_path / "hook.log"
+    hook = f"sleep 0.5; echo chatty >&2; echo run >> {log}"
+    code = (
+        "import sys; from pathlib import Path; from roost.installed import run_hook_once; "
+        f"run_hook_once(sys.argv[1], tag='v1', path=Path({str(target)!r}), info_hash='0' * 40)"
+    )
+    peer = subprocess.Popen([sys.executable, "-c", code, hook])
+    deadline = time.monotonic() + 10
+    while not (tmp_path / ".v1.roost").exists():
+        assert time.monotonic() < deadline and peer.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.1)  # the hook is running
+    peer.kill()
+    peer.wait()
+    assert not log.exists()
+    assert run_hook_once(hook, tag="v1", path=target, info_hash="0" * 40) is False
+    assert log.read_text() == "run\n"
+
+
+def test_a_daemon_started_by_a_failed_hook_does_not_hold_the_next_run(tmp_path: Path) -> None:
+    target = tmp_path / "v1"
+    target.mkdir()
+    pid_file = tmp_path / "daemon.pid"
+    hook = f"sleep 20 & echo $! > {pid_file}; exit 3"
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(HookError, match="exited with status 3"):
+                run_hook_once(hook, tag="v1", path=target, info_hash="0" * 40)
+            assert time.monotonic() - started < 5  # not waiting for the daemon
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -54,7 +54,7 @@ def test_peer_installs_a_byte_identical_tree(
     assert events[-1]["ok"] is True and events[-1]["down"] >= swarm.release.total_size  # type: ignore[attr-defined]
     assert events[-2]["path"] == str(dest / "t1")
     assert snapshot(dest / "t1") == snapshot(tree, skip_git=True)
-    assert sorted(os.listdir(dest)) == [".t1.roost.json", "t1"]  # no staging left behind
+    assert sorted(os.listdir(dest)) == [".t1.roost", "t1"]  # no staging left behind
 
 
 def test_peer_returns_while_a_detached_worker_lingers(

@@ -65,7 +65,7 @@ from roost.channel import (
 )
 from roost.engine import Engine, EngineConfig
 from roost.errors import ChannelError, DestinationError, HookError, RoostError, UsageError
-from roost.installed import record_path, run_hook, run_hook_once
+from roost.installed import remove_records, run_hook, run_hook_once
 from roost.peer import Download, PeerConfig
 
 Say = Callable[[str], None]
@@ -453,8 +453,7 @@ class Agent:
 
     def _remove_release(self, tag: str) -> bool:
         target = self.dest / RELEASES / tag
-        with contextlib.suppress(OSError):
-            record_path(target).unlink(missing_ok=True)
+        remove_records(target)
         if not target.exists() and not target.is_symlink():
             return True
         doomed = self.dest / RELEASES / f".{tag}.roost-pruning-{os.getpid()}"
