@@ -82,3 +82,14 @@ def test_a_directory_is_recorded_before_it_is_made(tmp_path: Path) -> None:
 
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
+
+
+def test_a_work_directory_that_cannot_be_made_is_one_line_and_not_recorded(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "file").write_text("not a directory\n")
+    records = ledger.Ledger(tmp_path / "run", "t")
+    with pytest.raises(UsageError, match=r"cannot create a work directory in .*file: "):
+        records.make_dir(tmp_path / "file", "roost-x-")
+    assert json.loads(records.path.read_text())["dirs"] == []
+    records.close()

@@ -84,18 +84,25 @@ class Ledger:
         self._save()
 
     def make_dir(self, parent: Path, prefix: str) -> Path:
-        """A new directory ``parent/PREFIXrandom`` (0700), recorded first."""
-        Path(parent).mkdir(parents=True, exist_ok=True)
+        """A new directory ``parent/PREFIXrandom`` (0700), recorded first.
+        Raises ``UsageError`` (cannot create it) or ``OSError`` (ledger)."""
         dirs: list[str] = self._doc["dirs"]
         while True:
             path = Path(parent).absolute() / f"{prefix}{secrets.token_hex(6)}"
             dirs.append(str(path))
             self._save()
             try:
+                Path(parent).mkdir(parents=True, exist_ok=True)
                 os.mkdir(path, 0o700)
                 return path
             except FileExistsError:  # not ours: forget it, draw another name
                 dirs.remove(str(path))
+            except OSError as exc:
+                dirs.remove(str(path))
+                self._save()
+                raise UsageError(
+                    f"cannot create a work directory in {parent}: {exc.strerror or exc}"
+                ) from exc
 
     def add_process(self, pid: int) -> None:
         """Record a process just started (with its start time)."""

@@ -121,11 +121,11 @@ def deploy_local(
     if not Path(config.source).exists():
         raise UsageError(f"source {config.source} does not exist")
     records = ledger.begin(config.run_dir, "deploy-local")
-    root = records.make_dir(Path(tempfile.gettempdir()), "roost-local-")
     hosts: list[_Host] = []
     tracker = seeder = None
-    hosts_root = root
+    root = hosts_root = None
     try:
+        root = hosts_root = records.make_dir(Path(tempfile.gettempdir()), "roost-local-")
         tracker = run_tracker_in_thread(
             TrackerConfig(
                 bind="127.0.0.1", port=0, interval=2, min_interval=1, allow_list_only=True
@@ -192,8 +192,9 @@ def deploy_local(
             seeder.stop()
         if tracker is not None:
             tracker.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(hosts_root, ignore_errors=True)
+        for made in (root, hosts_root):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
         records.close()
 
 
