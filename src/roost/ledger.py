@@ -95,10 +95,10 @@ class Ledger:
                 Path(parent).mkdir(parents=True, exist_ok=True)
                 os.mkdir(path, 0o700)
                 return path
-            except FileExistsError:  # not ours: forget it, draw another name
-                dirs.remove(str(path))
             except OSError as exc:
                 dirs.remove(str(path))
+                if isinstance(exc, FileExistsError) and exc.filename == str(path):
+                    continue  # not ours: draw another name
                 self._save()
                 raise UsageError(
                     f"cannot create a work directory in {parent}: {exc.strerror or exc}"
