@@ -129,7 +129,7 @@ def test_a_failed_install_removes_its_staging_tree(tmp_path: Path) -> None:
     long_name = members[-1].name + "/" + "x" * 300
     members.append((member(long_name), b"data"))
     entries.append(entry(long_name, data=b"data"))
-    dest = _install_fails(tmp_path, members, entries, "File name too long")
+    dest = _install_fails(tmp_path, members, entries, r"File name too long \(d{38}\.\.\.x{38}\)")
     assert list(dest.iterdir()) == []
 
 

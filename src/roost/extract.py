@@ -288,9 +288,10 @@ def install_release(
         plan = _stripped(plan)
     target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
     longest = max((m.name for m in plan.members), key=len, default="")
-    if len(os.fsencode(target / longest)) >= _PATH_MAX:
+    if (size := len(os.fsencode(target / longest))) >= _PATH_MAX:
         raise DestinationError(
-            f"{longest[:60]}...: {target / longest} would be longer than PATH_MAX ({_PATH_MAX})"
+            f"{_short(longest)}: would be a path of {size} bytes in {target}, "
+            f"longer than PATH_MAX ({_PATH_MAX})"
         )
     try:
         result = _install(Path(payload), plan, target, as_file=as_file, clean=clean)
@@ -445,7 +446,13 @@ def _make_staging(target: Path, *, file: bool) -> str:
 def _dest_error(exc: OSError, where: Path) -> DestinationError:
     if exc.errno == errno.ENOSPC:
         return DestinationError(f"no space left on the device of {where}")
-    return DestinationError(f"cannot install into {where}: {exc.strerror or exc}")
+    name = exc.filename if isinstance(exc.filename, str) else ""
+    member = "" if not name or name.startswith("/") else f" ({_short(name)})"
+    return DestinationError(f"cannot install into {where}: {exc.strerror or exc}{member}")
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else f"{name[:38]}...{name[-38:]}"
 
 
 def _occupied_error(target: Path) -> DestinationError:
