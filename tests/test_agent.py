@@ -185,7 +185,7 @@ def test_install_switch_and_rollback_without_download(
     assert state(dest)["last_download"]["tag"] == "v2"  # the last download stays v2's
     assert hook_runs(log)[-1]["ROOST_TAG"] == "v1"
     assert hook_runs(log)[-1]["ROOST_PREVIOUS"] == "v2"
-    assert sorted(os.listdir(dest / "releases")) == ["v1", "v2"]
+    assert sorted(os.listdir(dest / "releases")) == [".v1.roost", ".v2.roost", "v1", "v2"]
 
     # Nothing changed: nothing happens (the hook does not run again).
     runs = len(hook_runs(log))
@@ -289,7 +289,8 @@ def test_prune_keeps_n_releases_never_current_or_previous(
         pub.publish(tag)
         rc, _, err = once(roost_procs, *agent_args(pub, dest, "--once", "--keep", "3"))
         assert rc == 0, err
-    assert sorted(os.listdir(dest / "releases")) == ["v2", "v3", "v4"]
+    records = [".v2.roost", ".v3.roost", ".v4.roost"]
+    assert sorted(os.listdir(dest / "releases")) == [*records, "v2", "v3", "v4"]
     # Roll back to v2, then forward to a new v5 with --keep 1: current and
     # previous are kept whatever --keep says.
     set_current(pub.dir, "v2")
@@ -297,7 +298,7 @@ def test_prune_keeps_n_releases_never_current_or_previous(
     set_current(pub.dir, "v5")
     rc, _, err = once(roost_procs, *agent_args(pub, dest, "--once", "--keep", "1"))
     assert rc == 0, err
-    assert sorted(os.listdir(dest / "releases")) == ["v4", "v5"]
+    assert sorted(os.listdir(dest / "releases")) == [".v4.roost", ".v5.roost", "v4", "v5"]
     assert [e["tag"] for e in state(dest)["installed"]] == ["v4", "v5"]
     # Only the current and previous payloads are kept for seeding.
     assert len(os.listdir(dest / ".roost-cache")) == 2

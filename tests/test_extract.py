@@ -51,7 +51,7 @@ def test_round_trip_is_identical(src: Path, tmp_path: Path, release) -> None:
     assert snapshot(dest / "v1") == snapshot(src, skip_git=True)
     assert (os.stat(dest / "v1").st_mode & 0o7777) == (os.stat(src).st_mode & 0o7777)
     assert not (dest / "v1" / ".roost-manifest.json").exists()
-    assert sorted(p.name for p in dest.iterdir()) == ["v1"]
+    assert sorted(p.name for p in dest.iterdir()) == [".v1.roost", "v1"]
     verify_installed(dest / "v1", rel.payload, meta)
 
 
@@ -90,7 +90,7 @@ def test_non_empty_target_refused_then_cleaned(src: Path, tmp_path: Path, releas
     result = install_release(rel.payload, meta, tmp_path / "dest", clean=True)
     assert not result.already_installed
     assert snapshot(old) == snapshot(src, skip_git=True)
-    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["v1"]
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == [".v1.roost", "v1"]
 
 
 def test_no_tag_directory_clean(src: Path, tmp_path: Path, release) -> None:
@@ -103,7 +103,7 @@ def test_no_tag_directory_clean(src: Path, tmp_path: Path, release) -> None:
     assert listing(dest) == {"other"}
     install_release(rel.payload, meta, dest, tag_directory=False, clean=True)
     assert snapshot(dest) == snapshot(src, skip_git=True)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["app", "out", "src"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".app.roost", "app", "out", "src"]
 
 
 def test_empty_existing_target_is_used(src: Path, tmp_path: Path, release) -> None:
@@ -131,14 +131,24 @@ def test_file_release(tmp_path: Path) -> None:
     (flat / "neighbour").write_text("kept")
     result = install_release(rel.payload, meta, flat, tag_directory=False)
     assert result.path == flat / "app.bin" and (flat / "app.bin").read_bytes() == app.read_bytes()
-    assert listing(flat) == {"neighbour", "app.bin"}
+    assert listing(flat) == {
+        "neighbour",
+        "app.bin",
+        ".app.bin.roost",
+        ".app.bin.roost/install.json",
+    }
     assert install_release(rel.payload, meta, flat, tag_directory=False).already_installed
     (flat / "app.bin").write_bytes(b"other")
-    with pytest.raises(DestinationError, match="not empty"):
+    with pytest.raises(DestinationError, match=r"app\.bin is a file"):
         install_release(rel.payload, meta, flat, tag_directory=False)
     install_release(rel.payload, meta, flat, tag_directory=False, clean=True)
     assert (flat / "app.bin").read_bytes() == app.read_bytes()
-    assert listing(flat) == {"neighbour", "app.bin"}
+    assert listing(flat) == {
+        "neighbour",
+        "app.bin",
+        ".app.bin.roost",
+        ".app.bin.roost/install.json",
+    }
 
 
 # ------------------------------------------------------------- refusals

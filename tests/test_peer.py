@@ -44,7 +44,7 @@ def test_peer_installs_a_byte_identical_tree(
     assert events[-1]["ok"] is True and events[-1]["down"] >= swarm.release.total_size  # type: ignore[attr-defined]
     assert events[-2]["path"] == str(dest / "t1")
     assert snapshot(dest / "t1") == snapshot(tree, skip_git=True)
-    assert sorted(os.listdir(dest)) == ["t1"]  # no staging left behind
+    assert sorted(os.listdir(dest)) == [".t1.roost", "t1"]  # no staging left behind
 
 
 def test_peer_returns_while_a_detached_worker_lingers(
@@ -105,22 +105,23 @@ def test_installed_release_is_recognised_without_a_swarm(
     tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
 ) -> None:
     """A re-run on a host that holds the release needs no seeder, no cache and
-    runs no hook again: the tree itself proves what it holds."""
+    runs no hook again: the tree itself proves what it holds, its record that
+    the hook ran."""
     swarm = make_swarm(tree)
     dest = tmp_path / "dest"
-    args = peer_args(swarm.torrent, dest, tmp_path / "temp", "--events", "json", "--linger", "0")
-    rc, _, err = run(roost_procs, *args)
-    assert rc == 0, err
-    swarm.seeder.stop()  # type: ignore[attr-defined]
     marker = tmp_path / "hook-ran"
+    hook = ("--hook", f"echo ran >> {marker}")
+    args = peer_args(swarm.torrent, dest, tmp_path / "temp", "--events", "json", "--linger", "0")
+    rc, _, err = run(roost_procs, *args, *hook)
+    assert rc == 0, err
+    assert marker.read_text() == "ran\n"
+    swarm.seeder.stop()  # type: ignore[attr-defined]
     fresh = peer_args(swarm.torrent, dest, tmp_path / "fresh-temp", "--events", "json")
-    rc, events, err = run(
-        roost_procs, *fresh, "--timeout", "20", "--hook", f"touch {marker}", timeout=30
-    )
+    rc, events, err = run(roost_procs, *fresh, "--timeout", "20", *hook, timeout=30)
     assert rc == 0, err
     assert kinds(events) == ["installed", "done"]
     assert events[1]["already"] is True and events[-1]["down"] == 0  # events[0]: started
-    assert not marker.exists()
+    assert marker.read_text() == "ran\n"
 
     # One byte changed in the tree: it no longer holds the release, and the
     # peer refuses it as an occupied destination, still without downloading.

@@ -36,6 +36,7 @@ from typing import Any
 from roost._fs import atomic_write
 from roost._parse import load_json
 from roost.errors import DestinationError
+from roost.installed import remove_records
 
 __all__ = [
     "CURRENT",
@@ -193,9 +194,10 @@ def rollback(dest: Path, to: str | None = None) -> Switch:
 
 
 def remove_release(dest: Path, tag: str) -> None:
-    """Remove ``DEST/releases/TAG``: renamed aside first, so a half-removed
-    tree is never visible under its tag."""
+    """Remove ``DEST/releases/TAG`` and its install records: renamed aside
+    first, so a half-removed tree is never visible under its tag."""
     target = Path(dest) / RELEASES / tag
+    remove_records(target)
     if not target.exists() and not target.is_symlink():
         return
     doomed = target.parent / f".{tag}.roost-pruning-{os.getpid()}"

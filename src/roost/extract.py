@@ -23,7 +23,15 @@ Theory of operation, in four steps:
    ``clean`` the old tree is renamed aside first and deleted only once the
    new one is in place; the parent directory is then fsynced, so after a
    power loss the target holds the old release or all of the new one. On
-   any failure the staging directory is removed.
+   any failure the staging directory is removed (by directory descriptors,
+   so a tree deeper than PATH_MAX goes too). Last, the record beside the
+   target is written (``roost.installed``: what was installed, which hooks
+   ran).
+
+Setuid, setgid and sticky bits in a release are stripped unless
+``keep_setid``: a release's modes are the packer's, not the host's policy.
+A target that is a symlink is followed: the release goes into the directory
+it names (the link stays), so ``DEST -> /data/app`` installs into /data/app.
 
 Nothing is ever written outside the destination (and, with
 ``tag_directory=False``, the staging sibling of it).
@@ -31,6 +39,8 @@ Nothing is ever written outside the destination (and, with
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -51,6 +61,7 @@ from roost.errors import (
     VerifyError,
 )
 from roost.hashing import copy_and_hash, fsync_directory, sha256_range, sync_filesystem
+from roost.installed import read_record, write_record
 from roost.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -74,6 +85,8 @@ log = logging.getLogger(__name__)
 
 _WRITERS = min(4, os.cpu_count() or 1)  # files written at once
 _WINDOW = 64  # files queued ahead of the writers
+_SETID = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+_PATH_MAX = 4096  # Linux's; a longer path is unusable by most tools
 
 
 @dataclass(frozen=True)
@@ -255,12 +268,14 @@ def install_release(
     *,
     tag_directory: bool = True,
     clean: bool = False,
+    keep_setid: bool = False,
 ) -> InstallResult:
-    """Install ``payload`` at ``dest/TAG`` (or ``dest``) atomically.
+    """Install ``payload`` at ``dest/TAG`` (or ``dest``) atomically, setuid,
+    setgid and sticky bits stripped unless ``keep_setid``.
 
     Raises ``UnsafeArchiveError`` or ``VerifyError`` (bad payload, before
     anything is written), ``DestinationError`` (target occupied without
-    ``clean``, or not writable), ``ReleaseError``.
+    ``clean``, or not writable, or a path in it too long), ``ReleaseError``.
     """
     tag = meta.tag or meta.name  # a torrent made by another tool: its file name
     if tag_directory:
@@ -269,25 +284,69 @@ def install_release(
         except UsageError as exc:
             raise ReleaseError(f"cannot use {tag!r} as a directory name: {exc}") from None
     plan = load_plan(Path(payload), meta)
+    if not keep_setid:
+        plan = _stripped(plan)
     target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
+    longest = max((m.name for m in plan.members), key=len, default="")
+    if (size := len(os.fsencode(target / longest))) >= _PATH_MAX:
+        raise DestinationError(
+            f"{_short(longest)}: would be a path of {size} bytes in {target}, "
+            f"longer than PATH_MAX ({_PATH_MAX})"
+        )
     try:
-        return _install(Path(payload), plan, target, as_file=as_file, clean=clean)
+        result = _install(Path(payload), plan, target, as_file=as_file, clean=clean)
+        if not result.already_installed:
+            tree = None if as_file else hashlib.sha256(plan.manifest.encode()).hexdigest()
+            write_record(target, manifest_sha256=meta.manifest_sha256, tree_sha256=tree)
+        return result
     except OSError as exc:
         raise _dest_error(exc, target) from exc
 
 
+def _stripped(plan: Plan) -> Plan:
+    """The plan with setuid/setgid/sticky bits off every file and directory."""
+
+    def strip(kind: str, mode: int) -> int:
+        return mode if kind == "symlink" else mode & ~_SETID
+
+    members = tuple(dataclasses.replace(m, mode=strip(m.kind, m.mode)) for m in plan.members)
+    entries = tuple(
+        dataclasses.replace(e, mode=strip(e.type, e.mode)) for e in plan.manifest.entries
+    )
+    manifest = dataclasses.replace(
+        plan.manifest, entries=entries, root_mode=plan.manifest.root_mode & ~_SETID
+    )
+    return Plan(manifest, members, plan.single)
+
+
 def _target(meta: TorrentMeta, dest: Path, *, tag_directory: bool) -> tuple[Path, bool]:
-    """Where a release lands, and whether that is the file itself."""
+    """Where a release lands, and whether that is the file itself. A target
+    that is a symlink is replaced by the path it resolves to (the release
+    goes into the directory the link names); a dangling one is refused with
+    ``DestinationError``."""
     tag = meta.tag or meta.name
     dest = dest.absolute()
     as_file = meta.kind != "tar" and not tag_directory  # a file release, or a foreign one
     if as_file:
         return dest / meta.name, True
-    return (dest / tag if tag_directory else dest), False
+    target = dest / tag if tag_directory else dest
+    if target.is_symlink():
+        resolved = target.resolve()
+        if not resolved.is_dir():
+            raise DestinationError(
+                f"destination {target} is a symlink to {resolved}, which is not a directory"
+            )
+        return resolved, False
+    return target, False
 
 
 def check_destination(
-    meta: TorrentMeta, dest: Path, *, tag_directory: bool = True, clean: bool = False
+    meta: TorrentMeta,
+    dest: Path,
+    *,
+    tag_directory: bool = True,
+    clean: bool = False,
+    keep_setid: bool = False,
 ) -> InstallResult | None:
     """Judge the destination before anything is downloaded.
 
@@ -303,28 +362,37 @@ def check_destination(
     try:
         if not _occupied(target):
             return None
-        if _holds_release(target, meta, as_file=as_file):
+        if _holds_release(target, meta, as_file=as_file, keep_setid=keep_setid):
             return InstallResult(target, True)
     except OSError as exc:
         raise _dest_error(exc, target) from exc
     if clean:
         return None
-    raise DestinationError(
-        f"destination {target} is not empty (clean it, or pass --clean to replace it)"
-    )
+    raise _occupied_error(target)
 
 
-def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool) -> bool:
+def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid: bool) -> bool:
     if meta.kind == "tar":
-        tag = meta.tag or meta.name
-        return tree_manifest_sha256(target, tag) == meta.manifest_sha256
+        tree = tree_manifest_sha256(target, meta.tag or meta.name)
+        if tree == meta.manifest_sha256:
+            return True
+        # Installed with its setuid/setgid bits stripped: the record names
+        # the tree's own manifest (the tree is still read and hashed).
+        record = read_record(target) or {}
+        return (
+            not keep_setid
+            and tree is not None
+            and record.get("manifest_sha256") == meta.manifest_sha256
+            and record.get("tree_sha256") == tree
+        )
     path = target if as_file else target / meta.name
     if not as_file and [e.name for e in os.scandir(target)] != [meta.name]:
         return False
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         return False
-    if meta.file_mode is not None and stat.S_IMODE(st.st_mode) != meta.file_mode:
+    mode = meta.file_mode if keep_setid or meta.file_mode is None else meta.file_mode & ~_SETID
+    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
         return False
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     try:
@@ -347,9 +415,7 @@ def _install(
             log.info("%s already holds release %s", target, plan.manifest.tag)
             return InstallResult(target, True)
         if not clean:
-            raise DestinationError(
-                f"destination {target} is not empty (clean it, or pass --clean to replace it)"
-            )
+            raise _occupied_error(target)
     staging = Path(_make_staging(target, file=as_file))
     try:
         _write_members(payload, plan, staging, as_file=as_file)
@@ -380,7 +446,27 @@ def _make_staging(target: Path, *, file: bool) -> str:
 def _dest_error(exc: OSError, where: Path) -> DestinationError:
     if exc.errno == errno.ENOSPC:
         return DestinationError(f"no space left on the device of {where}")
-    return DestinationError(f"cannot install into {where}: {exc.strerror or exc}")
+    name = exc.filename if isinstance(exc.filename, str) else ""
+    member = "" if not name or name.startswith("/") else f" ({_short(name)})"
+    return DestinationError(f"cannot install into {where}: {exc.strerror or exc}{member}")
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else f"{name[:38]}...{name[-38:]}"
+
+
+def _occupied_error(target: Path) -> DestinationError:
+    """The true reason ``target`` cannot take the release without ``clean``."""
+    what = "is not empty"
+    with contextlib.suppress(OSError):
+        st = os.lstat(target)
+        if stat.S_ISLNK(st.st_mode):
+            what = f"is a symlink (to {os.readlink(target)})"
+        elif not stat.S_ISDIR(st.st_mode):
+            what = "is a file" if stat.S_ISREG(st.st_mode) else "is a special file"
+    return DestinationError(
+        f"destination {target} {what} (clean it, or pass --clean to replace it)"
+    )
 
 
 def _occupied(target: Path) -> bool:
@@ -507,7 +593,14 @@ def _swap(new: Path, target: Path, *, clean: bool) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a file or tree, read-only directories included."""
+    """Remove a file or tree, read-only directories and paths deeper than
+    PATH_MAX included.
+
+    Walked by directory descriptors, one open at a time (a deep tree would
+    exhaust the descriptors, and recursion the stack, as ``shutil.rmtree``
+    does): down into a child by its name, back up by ``..``, checked to be
+    the directory we came from."""
+    path = Path(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -515,15 +608,48 @@ def _remove_tree(path: Path) -> None:
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(path)
         return
-    os.chmod(path, 0o700)
-    with os.scandir(path) as it:
-        entries = list(it)
-    for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            _remove_tree(Path(entry.path))
-        else:
-            os.unlink(entry.path)
-    os.rmdir(path)
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    top = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = -1
+    try:
+        fd = os.open(path.name, flags, dir_fd=top)
+        # One frame per directory open on the way down: its name, its
+        # (dev, ino), and its subdirectories still to remove.
+        stack: list[tuple[str, tuple[int, int], list[str]]] = []
+        name = path.name
+        while True:
+            here = os.fstat(fd)
+            os.fchmod(fd, 0o700)
+            subdirs = []
+            with os.scandir(fd) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+            stack.append((name, (here.st_dev, here.st_ino), subdirs))
+            while stack and not stack[-1][2]:
+                done, _, _ = stack.pop()
+                if not stack:
+                    os.close(fd)
+                    fd = -1
+                    os.rmdir(done, dir_fd=top)
+                    return
+                up = os.open("..", flags, dir_fd=fd)
+                os.close(fd)
+                fd = up
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino) != stack[-1][1]:
+                    raise OSError(errno.ESTALE, "directory moved while being removed", done)
+                os.rmdir(done, dir_fd=fd)
+            name = stack[-1][2].pop()
+            child = os.open(name, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.close(top)
 
 
 # ------------------------------------------------------------------- verify
@@ -538,10 +664,15 @@ def installed_difference(target: Path, manifest: Manifest) -> str | None:
 def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
     """Check an installed tree (or file) against the release's manifest.
 
-    Raises ``VerifyError`` naming the first difference."""
+    A tree installed with its setuid/setgid/sticky bits stripped (the
+    default) holds the release as well. Raises ``VerifyError`` naming the
+    first difference."""
     plan = load_plan(Path(payload), meta)
     target = Path(target)
-    problem = _mismatch(target, plan, as_file=plan.single and not target.is_dir())
+    as_file = plan.single and not target.is_dir()
+    problem = _mismatch(target, plan, as_file=as_file)
+    if problem and _mismatch(target, _stripped(plan), as_file=as_file) is None:
+        problem = None
     if problem:
         raise VerifyError(problem)
 

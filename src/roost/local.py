@@ -12,6 +12,10 @@ At the end every process this deploy started is stopped: the peer fronts by
 their pid, the lingering peer workers by the pid files under their temp
 paths. Temp paths are removed (the release too, unless ``out_dir`` was
 given).
+
+A deploy killed before that end (SIGKILL) leaves them behind; so each one
+writes its work directories and peer pids in its ledger (``roost.ledger``)
+before making them, and begins by cleaning what dead deploys' ledgers name.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost import procs
+from roost import ledger, procs
 from roost.errors import RoostError, UsageError
 from roost.peer import install_flags
 from roost.progress import FleetProgress
@@ -66,6 +70,9 @@ class LocalDeployConfig:
     #: The origin hands each piece to one peer over its feed (roost.feed);
     #: off: the origin is a plain BitTorrent seeder.
     feed: bool = True
+    keep_setid: bool = False
+    #: where this deploy's ledger goes (``roost.ledger``); None: per user
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -94,6 +101,7 @@ def peer_command(
         timeout=config.timeout,
         upload_limit=config.upload_limit,
         download_limit=config.download_limit,
+        keep_setid=config.keep_setid,
     )
     return cmd + list(config.extra_peer_args)
 
@@ -112,11 +120,12 @@ def deploy_local(
         raise UsageError(f"--local wants 1 to {MAX_HOSTS} hosts, not {config.hosts}")
     if not Path(config.source).exists():
         raise UsageError(f"source {config.source} does not exist")
-    root = Path(tempfile.mkdtemp(prefix="roost-local-"))
+    records = ledger.begin(config.run_dir, "deploy-local")
     hosts: list[_Host] = []
     tracker = seeder = None
-    hosts_root = root
+    root = hosts_root = None
     try:
+        root = hosts_root = records.make_dir(Path(tempfile.gettempdir()), "roost-local-")
         tracker = run_tracker_in_thread(
             TrackerConfig(
                 bind="127.0.0.1", port=0, interval=2, min_interval=1, allow_list_only=True
@@ -145,7 +154,7 @@ def deploy_local(
         if config.work_dir is not None or _ram_has_room(config.hosts * release.total_size):
             parent = config.work_dir or Path("/dev/shm")
             parent.mkdir(parents=True, exist_ok=True)
-            hosts_root = Path(tempfile.mkdtemp(prefix="roost-local-", dir=parent))
+            hosts_root = records.make_dir(parent, "roost-local-")
         names = [f"host-{k}" for k in range(1, config.hosts + 1)]
         fleet = FleetProgress(names, release.total_size, time.monotonic())
         events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
@@ -157,6 +166,7 @@ def deploy_local(
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
+            records.add_process(proc.pid)
             host = _Host(name, dest, temp, proc)
             hosts.append(host)
             _start_readers(host, events)
@@ -182,8 +192,10 @@ def deploy_local(
             seeder.stop()
         if tracker is not None:
             tracker.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(hosts_root, ignore_errors=True)
+        for made in (root, hosts_root):
+            if made is not None:
+                shutil.rmtree(made, ignore_errors=True)
+        records.close()
 
 
 def _ram_has_room(size: int) -> bool:

@@ -62,13 +62,13 @@ from roost.errors import (
     DestinationError,
     DiskFull,
     EngineError,
-    HookError,
     ReleaseError,
     RoostError,
     UsageError,
     VerifyError,
     disk_error,
 )
+from roost.installed import run_hook_once
 
 if TYPE_CHECKING:
     # The engine (libtorrent) is imported by whoever owns it: the worker, or
@@ -93,6 +93,7 @@ def install_flags(
     timeout: float | None = None,
     upload_limit: int = 0,
     download_limit: int = 0,
+    keep_setid: bool = False,
 ) -> list[str]:
     """The ``roost peer`` flags for these install options (pure): how the
     local fleet and the SSH fleet hand their options to each host's peer."""
@@ -109,6 +110,8 @@ def install_flags(
         flags += ["--upload-limit", str(upload_limit)]
     if download_limit:
         flags += ["--download-limit", str(download_limit)]
+    if keep_setid:
+        flags.append("--keep-setid")
     return flags
 
 
@@ -144,6 +147,8 @@ class PeerConfig:
     #: Give up this many seconds after the swarm stopped being able to finish
     #: (pieces held by nobody, nothing arriving); 0: wait for ``timeout``.
     stall_timeout: float = STALL_TIMEOUT
+    #: keep the release's setuid/setgid/sticky bits (stripped by default)
+    keep_setid: bool = False
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -512,8 +517,12 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         check_installable(meta)
     early = _check_destination(config, torrent_bytes)
     if early is not None:
-        # Already there, verified: nothing to download, no hook to run again.
+        # Already there, verified: nothing to download; the hook only if it
+        # never succeeded there (an install in the moment a run died).
         emit({"event": "installed", "path": str(early), "already": True})
+        if config.hook:
+            meta = _read_meta(torrent_bytes or b"")
+            run_hook_once(config.hook, tag=meta.tag or meta.name, path=early, info_hash=info_hash)
         return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
     if meta is not None:
         check_room(
@@ -536,7 +545,8 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         path, already = _install(config, meta)
         emit({"event": "installed", "path": str(path), "already": already})
         if config.hook:
-            run_hook(config.hook, tag=meta.tag or meta.name, path=path, info_hash=meta.info_hash)
+            tag = meta.tag or meta.name
+            run_hook_once(config.hook, tag=tag, path=path, info_hash=meta.info_hash)
     finally:
         if download is not None:
             if config.linger > 0:
@@ -743,6 +753,7 @@ def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path 
         config.dest,
         tag_directory=config.tag_directory,
         clean=config.clean,
+        keep_setid=config.keep_setid,
     )
     return None if found is None else found.path
 
@@ -752,7 +763,12 @@ def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
 
     payload = work_dir(config, meta.info_hash) / meta.name
     result = install_release(
-        payload, meta, config.dest, tag_directory=config.tag_directory, clean=config.clean
+        payload,
+        meta,
+        config.dest,
+        tag_directory=config.tag_directory,
+        clean=config.clean,
+        keep_setid=config.keep_setid,
     )
     return _installed_path(result)
 
@@ -765,34 +781,6 @@ def _installed_path(result: Any) -> tuple[Path, bool]:
     if isinstance(result, tuple):
         return Path(result[0]), bool(result[1])
     return Path(result.path), bool(getattr(result, "already_installed", False))
-
-
-def run_hook(
-    command: str,
-    *,
-    tag: str,
-    path: Path,
-    info_hash: str,
-    extra_env: dict[str, str] | None = None,
-) -> None:
-    """Run ``command`` through the shell with ROOST_TAG/PATH/INFO_HASH set
-    (plus ``extra_env``, e.g. the agent's ROOST_PREVIOUS).
-
-    Raises ``HookError`` naming the exit status and the tail of stderr.
-    """
-    env = dict(os.environ, ROOST_TAG=tag, ROOST_PATH=str(path), ROOST_INFO_HASH=info_hash)
-    env.update(extra_env or {})
-    proc = subprocess.run(
-        command,
-        shell=True,
-        env=env,
-        cwd=path if path.is_dir() else None,
-        capture_output=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        tail = proc.stderr.decode(errors="replace")[-2000:]
-        raise HookError(command, proc.returncode, tail)
 
 
 def main(argv: list[str] | None = None) -> int:

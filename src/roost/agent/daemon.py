@@ -16,7 +16,9 @@ reconciles the host with the channel's ``current`` release:
    reading) and install it atomically at ``DEST/releases/TAG``
    (``roost.extract.install_release``);
 4. run the hook (``ROOST_TAG``, ``ROOST_PATH``, ``ROOST_INFO_HASH``,
-   ``ROOST_PREVIOUS``) in the release's directory; if it fails the release is
+   ``ROOST_PREVIOUS``) in the release's directory, on every activation, but
+   once only per install (``roost.installed``): an agent killed between the
+   hook and the switch does not run it twice; if it fails the release is
    *rejected*: the old one stays active and the agent does not retry it until
    the channel's current changes;
 5. activate: the symlink ``DEST/current.tmp -> releases/TAG`` is renamed over
@@ -77,7 +79,8 @@ from roost.errors import (
     SignatureError,
     UsageError,
 )
-from roost.peer import Download, PeerConfig, run_hook
+from roost.installed import run_hook, run_hook_once
+from roost.peer import Download, PeerConfig
 from roost.rollout import DEFAULT_HEALTH_TIMEOUT, run_check
 from roost.signing import NO_KEYS, TrustedKeys
 
@@ -107,6 +110,8 @@ class AgentConfig:
     health: str | None = None  # run after activating; failing switches back
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     host: str = field(default_factory=socket.gethostname)  # this host's name in rollouts
+    #: keep the releases' setuid/setgid/sticky bits (stripped by default)
+    keep_setid: bool = False
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -301,6 +306,7 @@ class Agent:
         if rejected:
             self._update_seeding_stats()
             return "rejected"
+        rollback = self._installed_before(entry)
         previous = self.state.current
         try:
             path = self._obtain(entry)
@@ -309,7 +315,7 @@ class Agent:
         try:
             if self.config.hook:
                 env = {"ROOST_PREVIOUS": previous or "", "ROOST_CHANNEL": self.config.channel}
-                run_hook(
+                (run_hook if rollback else run_hook_once)(
                     self.config.hook,
                     tag=entry.tag,
                     path=path,
@@ -368,12 +374,17 @@ class Agent:
         link = self.dest / CURRENT
         return link.is_symlink() and os.readlink(link) == f"{RELEASES}/{entry.tag}"
 
+    def _installed_before(self, entry: ChannelEntry) -> bool:
+        """Installed and recorded in the state by an earlier, whole cycle."""
+        target = self.dest / RELEASES / entry.tag
+        return self.state.info_hash(entry.tag) == entry.info_hash and target.is_dir()
+
     def _obtain(self, entry: ChannelEntry) -> Path:
         """The installed tree of ``entry``, downloading it if needed."""
         target = self.dest / RELEASES / entry.tag
         known = self.state.info_hash(entry.tag)
-        if known == entry.info_hash and target.is_dir():
-            return target  # installed before: a rollback needs no download
+        if self._installed_before(entry):
+            return target  # a rollback needs no download
         if known is not None and known != entry.info_hash and entry.tag == self.state.current:
             raise ChannelError(
                 f"release {entry.tag} was republished with other content "
@@ -416,7 +427,9 @@ class Agent:
         download.run_until_complete(emit, should_stop)
         status = self.engine.status(entry.info_hash)
         payload = self.config.cache / entry.info_hash / meta.name
-        result = install_release(payload, meta, self.dest / RELEASES, clean=True)
+        result = install_release(
+            payload, meta, self.dest / RELEASES, clean=True, keep_setid=self.config.keep_setid
+        )
         self.state.installed = [e for e in self.state.installed if e.get("tag") != entry.tag]
         self.state.installed.append(
             {"tag": entry.tag, "info_hash": entry.info_hash, "installed": round(time.time(), 3)}

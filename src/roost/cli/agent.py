@@ -83,6 +83,11 @@ def _register_agent(sub: Any) -> None:
         "--tracker-url", action="append", help="announce here instead of the torrents' trackers"
     )
     p.add_argument(
+        "--keep-setid",
+        action="store_true",
+        help="keep the releases' setuid, setgid and sticky bits (stripped by default)",
+    )
+    p.add_argument(
         "--once", action="store_true", help="one poll-and-apply, then exit (non-zero on failure)"
     )
     p.add_argument(
@@ -130,6 +135,7 @@ def _agent(args: argparse.Namespace) -> int:
         interval=args.interval,
         keep=args.keep,
         hook=args.hook,
+        keep_setid=args.keep_setid,
         temp_path=args.temp_path,
         listen_interface=args.listen,
         listen_port=args.port,

@@ -220,7 +220,8 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
         "--no-tag-directory",
         dest="tag_directory",
         action="store_false",
-        help="install into DEST itself, not DEST/TAG",
+        help="install into DEST itself, not DEST/TAG (a symlink there is followed: "
+        "the release goes into the directory it names)",
     )
     p.add_argument(
         "--clean",
@@ -234,6 +235,11 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_seconds, help="give up after this many seconds")
     p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
     p.add_argument("--download-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
+    p.add_argument(
+        "--keep-setid",
+        action="store_true",
+        help="keep the release's setuid, setgid and sticky bits (stripped by default)",
+    )
 
 
 def _peer(args: argparse.Namespace) -> int:
@@ -259,6 +265,7 @@ def _peer(args: argparse.Namespace) -> int:
         dest=args.dest,
         tag_directory=args.tag_directory,
         clean=args.clean,
+        keep_setid=args.keep_setid,
         linger=args.linger,
         hook=args.hook,
         temp_path=args.temp_path,
@@ -406,6 +413,7 @@ def _deploy(args: argparse.Namespace) -> int:
         hook=args.hook,
         clean=args.clean,
         tag_directory=args.tag_directory,
+        keep_setid=args.keep_setid,
         out_dir=args.out,
         work_dir=args.work_dir,
         piece_size=args.piece_size,

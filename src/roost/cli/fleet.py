@@ -421,6 +421,7 @@ async def _v_peer(
         linger=args.linger,
         hook=args.hook,
         timeout=args.timeout,
+        keep_setid=args.keep_setid,
     )
 
     def on_event(host: str, event: dict[str, Any]) -> None:
@@ -550,6 +551,9 @@ def register(sub: Any) -> None:
     p.add_argument("--linger", type=float, default=30.0, help="seed this long after (s)")
     p.add_argument("--hook", help="shell command run after install")
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
+    p.add_argument(
+        "--keep-setid", action="store_true", help="keep setuid/setgid/sticky bits (stripped)"
+    )
     _verb_parser(
         fsub,
         "stop-all-peering",
@@ -605,6 +609,7 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         timeout=args.timeout or None,
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
+        keep_setid=args.keep_setid,
     )
     return DeployPlan(
         source=Path(args.source),

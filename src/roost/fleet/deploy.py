@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from roost import ledger
 from roost.errors import FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
@@ -71,6 +72,8 @@ class DeployPlan:
     #: as ansible-lssd's full_deploy.yml does with seeder_files_path
     seeder_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: where this deploy's ledger goes (``roost.ledger``); None: per user
+    run_dir: Path | None = None
 
 
 def _controller_seed(
@@ -143,7 +146,10 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
     inv, cfg = plan.inventory, plan.cfg
     token = secrets.token_hex(12)
     url = tasks.announce_url(inv, cfg, token)
-    work = Path(tempfile.mkdtemp(prefix="roost-deploy-"))
+    # The release and the seeder's log; a killed deploy's are removed by the
+    # next one, by its ledger.
+    records = ledger.begin(plan.run_dir, "deploy-fleet")
+    work = records.make_dir(Path(tempfile.gettempdir()), "roost-deploy-")
     out_dir = plan.out_dir or work
     out_dir.mkdir(parents=True, exist_ok=True)
     release: _Release | None = None
@@ -248,6 +254,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 plan.super_seed,
                 feed_port,
             )
+            records.add_process(seed_proc.pid)
             if feed_port is not None:
                 feed_url = _http_url(addr, feed_port)
             await asyncio.sleep(0.5)
@@ -320,10 +327,10 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             "cleanup_errors": [str(e) for e in stop_errors.values()],
         }
     )
-    if plan.out_dir is None:
-        import shutil
+    import shutil
 
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # with --out, the release is elsewhere
+    records.close()
     return summary
 
 

@@ -326,6 +326,7 @@ class PeerOptions:
     download_limit: int = 0
     #: the origin's feed (``roost peer --feed``), None: BitTorrent only
     feed: str | None = None
+    keep_setid: bool = False
 
 
 async def peer(
@@ -362,6 +363,7 @@ async def peer(
                 timeout=opts.timeout,
                 upload_limit=opts.upload_limit,
                 download_limit=opts.download_limit,
+                keep_setid=opts.keep_setid,
             ),
             *(["--feed", opts.feed] if opts.feed else []),
         ]

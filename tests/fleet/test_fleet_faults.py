@@ -1,0 +1,141 @@
+"""``roost deploy -i`` over real sshd hosts, in faults: the controller
+SIGKILLed as the first release appears and re-run (every hook exactly once,
+the hosts byte-identical), and one host's destination on a full disk (named
+with a one-line reason while the others finish).
+
+The hosts are sshd on loopback ports, each in its own mount namespace with
+its own /tmp and /opt (no network namespaces: they collide between runs on
+one machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.sshd_harness import SshdFleet
+
+pytestmark = pytest.mark.timeout(400)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[SshdFleet]:
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip(
+            "hosts with their own /opt and /tmp (and a tmpfs in one) need root, unshare, nsenter"
+        )
+    f = SshdFleet(3, mode="loopback").up()
+    try:
+        yield f
+    finally:
+        f.down()
+
+
+def _build(root: Path) -> Path:
+    src = root / "build"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "app").write_bytes(b"#!/bin/sh\necho app\n")
+    (src / "bin" / "app").chmod(0o755)
+    (src / "data.bin").write_bytes(os.urandom(3 << 20))
+    return src
+
+
+def _inventory(root: Path, f: SshdFleet) -> Path:
+    path = root / "inventory.ini"
+    lines = "\n".join(f.inventory_line(h) for h in f.hosts)
+    path.write_text(f"[tracker]\n{f.inventory_line(f.hosts[0])}\n\n[peer]\n{lines}\n")
+    return path
+
+
+def _start(f: SshdFleet, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "roost", *args],
+        env={**f.env(), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _in_host(f: SshdFleet, index: int, *argv: str) -> None:
+    """Run ``argv`` in host ``index``'s mount namespace (its own /opt)."""
+    pid = f.hosts[index].holder_pid
+    assert pid is not None
+    subprocess.run(["nsenter", "-t", str(pid), "-m", "--", *argv], check=True)
+
+
+def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
+    fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+) -> None:
+    f = fleet
+    src, inv = _build(tmp_path), _inventory(tmp_path, f)
+    args = ["deploy", str(src), "-i", str(inv), "--tag", "K1", "--dest", "/opt/kill"]
+    args += ["--wheel-cache", str(wheel_cache), "--linger", "1"]
+    args += ["--hook", 'echo "$ROOST_PATH" >> /opt/kill/hooks.log']
+    # The controller's temp and run directories, to see what it leaves.
+    tmp, run = tmp_path / "tmp", tmp_path / "run"
+    tmp.mkdir()
+    run.mkdir()
+    env = {"TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
+    proc = _start(f, *args, env=env)
+    releases = [h.path("/opt/kill/K1") for h in f.hosts]
+    deadline = time.monotonic() + 300
+    while not any(r.is_dir() for r in releases):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    installed = sum(r.is_dir() for r in releases)
+    time.sleep(1)  # what was in flight on the hosts lands, or dies of the broken pipe
+    left = [p.name for p in tmp.iterdir()]
+    assert [n[:13] for n in left] == ["roost-deploy-"]  # the release, on the controller
+
+    logs = [h.path("/opt/kill/hooks.log") for h in f.hosts]
+    before = [len(p.read_text().splitlines()) if p.exists() else 0 for p in logs]
+    rerun = _start(f, *args, "--json", env=env)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out + err
+    assert "removed what 1 killed deploy(s) left" in err
+    assert list(tmp.iterdir()) == [] and list((run / "roost").iterdir()) == []
+    summary = json.loads(out)
+    assert summary["hosts_ok"] == len(f.hosts)
+    counts = [p.read_text().splitlines() for p in logs]
+    print(f"installed at the kill: {installed}; hooks before the re-run {before}, after {counts}")
+    assert counts == [["/opt/kill/K1"]] * len(f.hosts)  # every host exactly once
+    for r in releases:
+        assert (r / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
+        assert (r / "bin" / "app").read_bytes() == (src / "bin" / "app").read_bytes()
+
+
+def test_one_host_with_a_full_disk_is_named_while_the_others_finish(
+    fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+) -> None:
+    f = fleet
+    _in_host(f, 1, "sh", "-c", "mkdir -p /opt/full && mount -t tmpfs -o size=1m t /opt/full")
+    src, inv = _build(tmp_path), _inventory(tmp_path, f)
+    args = ["deploy", str(src), "-i", str(inv), "--tag", "F1", "--dest", "/opt/full"]
+    args += ["--wheel-cache", str(wheel_cache), "--linger", "0", "--json"]
+    run = _start(f, *args)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 1, out + err
+    hosts = {h["name"]: h for h in json.loads(out)["hosts"]}
+    full = f.hosts[1].name
+    print(f"{full}: {hosts[full]['error']}")
+    assert not hosts[full]["ok"]
+    assert hosts[full]["error"] == "no space left on the device of /opt/full/F1"
+    for h in (f.hosts[0], f.hosts[2]):
+        assert hosts[h.name]["ok"], hosts[h.name]
+        got = h.path("/opt/full/F1") / "data.bin"
+        assert got.read_bytes() == (src / "data.bin").read_bytes()
+    # Nothing half-written left on the full host: no staging tree, no release.
+    assert list(f.hosts[1].path("/opt/full").iterdir()) == []

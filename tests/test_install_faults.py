@@ -1,0 +1,261 @@
+"""Install faults: setuid bits, paths past PATH_MAX, staging that must go,
+symlinked destinations, the record beside a release and its hook once."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from tests.release_kit import build_tar, entry, member, snapshot
+
+from roost.errors import DestinationError, HookError
+from roost.extract import _remove_tree, check_destination, install_release, verify_installed
+from roost.installed import run_hook_once
+from roost.release import create_release, read_torrent
+
+
+def _setid_tree(root: Path) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "su").write_bytes(b"#!/bin/sh\necho root\n")
+    (root / "bin" / "group").write_bytes(b"g\n")
+    (root / "shared").mkdir()
+    (root / "plain.txt").write_text("plain\n")
+    os.chmod(root / "bin" / "su", 0o4755)
+    os.chmod(root / "bin" / "group", 0o2755)
+    os.chmod(root / "shared", 0o7777)
+    os.chmod(root, 0o2755)
+    return root
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): stat.S_IMODE(p.lstat().st_mode)
+        for p in [root, *root.rglob("*")]
+        if not p.is_symlink()
+    }
+
+
+def test_setid_bits_are_stripped_by_default_and_the_rerun_knows_the_tree(
+    tmp_path: Path,
+) -> None:
+    src = _setid_tree(tmp_path / "src")
+    rel = create_release(src, "v1", tmp_path / "out", announce=[])
+    meta = read_torrent(rel.torrent.read_bytes())
+    dest = tmp_path / "dest"
+    result = install_release(rel.payload, meta, dest)
+    modes = _modes(result.path)
+    assert modes == {".": 0o755, "bin": 0o755, "bin/su": 0o755, "bin/group": 0o755,
+                     "shared": 0o777, "plain.txt": 0o644}  # fmt: skip
+    # The tree is no longer byte-for-byte the release's manifest, yet a re-run
+    # knows it (the record names the tree as installed) before downloading,
+    # and after: no "not empty".
+    found = check_destination(meta, dest)
+    assert found is not None and found.already_installed
+    assert install_release(rel.payload, meta, dest).already_installed
+    verify_installed(result.path, rel.payload, meta)  # stripped is still the release
+    # A tree changed since is not taken for the release.
+    (result.path / "plain.txt").write_text("changed\n")
+    with pytest.raises(DestinationError, match="is not empty"):
+        check_destination(meta, dest)
+
+
+def test_keep_setid_installs_the_modes_as_given(tmp_path: Path) -> None:
+    src = _setid_tree(tmp_path / "src")
+    rel = create_release(src, "v1", tmp_path / "out", announce=[])
+    meta = read_torrent(rel.torrent.read_bytes())
+    result = install_release(rel.payload, meta, tmp_path / "dest", keep_setid=True)
+    assert _modes(result.path) == _modes(src)
+    assert _modes(result.path)["shared"] == 0o7777
+    found = check_destination(meta, tmp_path / "dest", keep_setid=True)
+    assert found is not None and found.already_installed
+
+
+def test_setid_file_release_is_stripped(tmp_path: Path) -> None:
+    app = tmp_path / "build" / "tool"
+    app.parent.mkdir()
+    app.write_bytes(b"\x7fELF" + os.urandom(4096))
+    os.chmod(app, 0o6755)
+    rel = create_release(app, "f1", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    dest = tmp_path / "dest"
+    result = install_release(rel.payload, meta, dest)
+    assert stat.S_IMODE((dest / "f1" / "tool").stat().st_mode) == 0o755
+    assert check_destination(meta, dest) is not None
+    assert install_release(rel.payload, meta, dest).already_installed
+    assert result.path == dest / "f1"
+
+
+def _deep_members(depth: int, part: str) -> tuple[list, list]:
+    members, entries, name = [], [], ""
+    for _ in range(depth):
+        name = f"{name}/{part}" if name else part
+        members.append(member(name, b"5", mode=0o755))
+        entries.append(entry(name, "dir", 0o755))
+    return members, entries
+
+
+def _install_fails(tmp_path: Path, members: list, entries: list, match: str) -> Path:
+    """Install a hand-made tar that must fail with one line matching ``match``;
+    the destination it was given."""
+    (tmp_path / "pay").mkdir()
+    meta = build_tar(tmp_path / "pay" / "r.tar", members, entries)
+    dest = tmp_path / "dest"
+    with pytest.raises(DestinationError, match=match) as info:
+        install_release(tmp_path / "pay" / "r.tar", meta, dest)
+    assert "\n" not in str(info.value)
+    return dest
+
+
+def test_a_path_longer_than_path_max_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    members, entries = _deep_members(24, "d" * 200)  # 24 * 201 characters
+    dest = _install_fails(tmp_path, members, entries, "longer than PATH_MAX")
+    assert not dest.exists() or list(dest.iterdir()) == []
+
+
+def test_a_failed_install_removes_its_staging_tree(tmp_path: Path) -> None:
+    # A name past NAME_MAX: the kernel refuses it mid-install, after the
+    # staging tree above it was written.
+    members, entries = _deep_members(10, "d" * 200)
+    long_name = members[-1].name + "/" + "x" * 300
+    members.append((member(long_name), b"data"))
+    entries.append(entry(long_name, data=b"data"))
+    dest = _install_fails(tmp_path, members, entries, r"File name too long \(d{38}\.\.\.x{38}\)")
+    assert list(dest.iterdir()) == []
+
+
+def test_remove_tree_removes_a_tree_deeper_than_path_max(tmp_path: Path) -> None:
+    """Deeper than PATH_MAX, deeper than the recursion limit, with read-only
+    directories and files on the way: all gone, one descriptor at a time."""
+    top = tmp_path / "staging"
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for level in range(2500):  # 2500 * 2 characters > PATH_MAX; > recursion limit
+            os.mkdir("d", dir_fd=fd)
+            if level % 500 == 0:
+                file_fd = os.open("f", os.O_WRONLY | os.O_CREAT, 0o400, dir_fd=fd)
+                os.write(file_fd, b"x" * 1000)
+                os.close(file_fd)
+                os.mkdir("side", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            if level % 700 == 0:
+                os.fchmod(fd, 0o500)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    _remove_tree(top)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symlinked_empty_destination_is_installed_into(tmp_path: Path) -> None:
+    src = _setid_tree(tmp_path / "src")
+    rel = create_release(src, "v1", tmp_path / "out", announce=[])
+    meta = read_torrent(rel.torrent.read_bytes())
+    real = tmp_path / "real" / "empty"
+    real.mkdir(parents=True)
+    link = tmp_path / "dest" / "host-1"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    assert check_destination(meta, link, tag_directory=False) is None
+    result = install_release(rel.payload, meta, link, tag_directory=False, keep_setid=True)
+    assert result.path == real and link.is_symlink() and os.readlink(link) == str(real)
+    assert snapshot(real) == snapshot(src)
+    assert sorted(p.name for p in real.parent.iterdir()) == [".empty.roost", "empty"]
+    again = install_release(rel.payload, meta, link, tag_directory=False, keep_setid=True)
+    assert again.already_installed and again.path == real
+
+
+def test_a_symlink_where_a_file_release_goes_is_named_as_such(tmp_path: Path) -> None:
+    app = tmp_path / "build" / "tool"
+    app.parent.mkdir()
+    app.write_bytes(b"tool\n")
+    rel = create_release(app, "f1", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tool").symlink_to("/opt/tools/tool")
+    with pytest.raises(DestinationError, match=r"tool is a symlink \(to /opt/tools/tool\)"):
+        check_destination(meta, bin_dir, tag_directory=False)
+    assert os.readlink(bin_dir / "tool") == "/opt/tools/tool"
+
+
+def test_a_dangling_symlink_destination_is_refused_with_its_reason(tmp_path: Path) -> None:
+    src = _setid_tree(tmp_path / "src")
+    rel = create_release(src, "v1", tmp_path / "out", announce=[])
+    meta = read_torrent(rel.torrent.read_bytes())
+    link = tmp_path / "host-1"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DestinationError, match=r"is a symlink to .*nowhere, which is not a dir"):
+        check_destination(meta, link, tag_directory=False)
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_hook_runs_once_even_when_two_runs_race(tmp_path: Path) -> None:
+    target = tmp_path / "v1"
+    target.mkdir()
+    log = tmp_path / "hook.log"
+    hook = f"echo run >> {log}; sleep 0.3"
+    ran: list[bool] = []
+
+    def one() -> None:
+        ran.append(run_hook_once(hook, tag="v1", path=target, info_hash="0" * 40))
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert log.read_text() == "run\n" and sorted(ran) == [False, False, True]
+    assert [p.name[:5] for p in (tmp_path / ".v1.roost").iterdir()] == ["hook-"]
+
+
+def test_a_peer_killed_while_its_hook_runs_does_not_make_it_run_twice(tmp_path: Path) -> None:
+    """The peer dies (SIGKILL) in the middle of the hook; the hook finishes
+    and records itself; the re-run waits for it, then does not run it."""
+    target = tmp_path / "v1"
+    target.mkdir()
+    log = tmp_path / "hook.log"
+    hook = f"sleep 0.5; echo chatty >&2; echo run >> {log}"
+    code = (
+        "import sys; from pathlib import Path; from roost.installed import run_hook_once; "
+        f"run_hook_once(sys.argv[1], tag='v1', path=Path({str(target)!r}), info_hash='0' * 40)"
+    )
+    peer = subprocess.Popen([sys.executable, "-c", code, hook])
+    deadline = time.monotonic() + 10
+    while not (tmp_path / ".v1.roost").exists():
+        assert time.monotonic() < deadline and peer.poll() is None
+        time.sleep(0.01)
+    time.sleep(0.1)  # the hook is running
+    peer.kill()
+    peer.wait()
+    assert not log.exists()
+    assert run_hook_once(hook, tag="v1", path=target, info_hash="0" * 40) is False
+    assert log.read_text() == "run\n"
+
+
+def test_a_daemon_started_by_a_failed_hook_does_not_hold_the_next_run(tmp_path: Path) -> None:
+    target = tmp_path / "v1"
+    target.mkdir()
+    pid_file = tmp_path / "daemon.pid"
+    hook = f"sleep 20 & echo $! > {pid_file}; exit 3"
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(HookError, match="exited with status 3"):
+                run_hook_once(hook, tag="v1", path=target, info_hash="0" * 40)
+            assert time.monotonic() - started < 5  # not waiting for the daemon
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
