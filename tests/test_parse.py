@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from roost._parse import MAX_DEPTH, load_json, load_toml, load_yaml
+from roost._parse import MAX_DEPTH, load_json, load_toml
+from roost._yaml import load_yaml
 from roost.errors import ChannelError, ConfigError, ReleaseError, StateFileError
 
 

@@ -39,9 +39,10 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from roost.limits import ServerLimits
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
     b"Retry-After: 1\r\nConnection: close\r\n\r\n"
 )
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """How much any client may take of a server (seconds, connections)."""
-
-    max_connections: int = 512
-    backlog: int = 128
-    idle_timeout: float = 60.0  # between requests on a keep-alive connection
-    request_timeout: float = 10.0  # request line and headers, from their first byte
-    send_timeout: float = 60.0  # each write of an answer to a client that stopped reading
-    evict_after: float = 1.0  # at the cap, a connection waiting this long may be closed
 
 
 class DeadlineReader(io.RawIOBase):

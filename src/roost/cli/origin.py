@@ -48,7 +48,7 @@ def register(sub: Any) -> None:
 
 def add_server_limit_flags(p: argparse.ArgumentParser) -> None:
     """``--idle-timeout``, ``--max-connections`` (roost origin serve, roost channel serve)."""
-    from roost.httpserve import ServerLimits
+    from roost.limits import ServerLimits
 
     defaults = ServerLimits()
     p.add_argument(
@@ -72,7 +72,7 @@ def add_server_limit_flags(p: argparse.ArgumentParser) -> None:
 def server_limits(args: argparse.Namespace) -> Any:
     """The ``ServerLimits`` of :func:`add_server_limit_flags`; ``UsageError`` if absurd."""
     from roost.errors import UsageError
-    from roost.httpserve import ServerLimits
+    from roost.limits import ServerLimits
 
     if args.idle_timeout <= 0:
         raise UsageError(f"--idle-timeout must be positive, got {args.idle_timeout:g}")

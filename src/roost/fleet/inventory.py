@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from roost._parse import compose_yaml, construct_yaml
+from roost._yaml import compose_yaml, construct_yaml
 from roost.errors import ConfigError
 
 ROLE_GROUPS = {
