@@ -88,7 +88,13 @@ def test_prune_keeps_current_and_previous(tmp_path: Path) -> None:
     assert activation.installed(dest) == ["v1", "v2", "v5"]
     assert activation.prune(dest, keep=0) == ["v5"]
     assert activation.installed(dest) == ["v1", "v2"]
-    assert not [p for p in (dest / "releases").iterdir() if p.name.startswith(".")]
+    # Nothing half-removed is left, and the pruned releases' records went too.
+    assert sorted(p.name for p in (dest / "releases").iterdir()) == [
+        ".v1.roost",
+        ".v2.roost",
+        "v1",
+        "v2",
+    ]
 
 
 def test_cli_on_a_local_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,3 +121,12 @@ def test_cli_on_a_local_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (dest / "host-1" / "current" / "version").read_text() == "one\n"
     assert main(["rollback", "--dest", str(dest / "host-2"), "--to", "v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["changed"] is False
+
+
+def test_activate_with_keep_prunes(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    for tag in ("v1", "v2", "v3", "v4"):
+        _install(tmp_path, dest, tag, f"{tag}\n")
+    activation.activate(dest, "v3")
+    activation.activate(dest, "v4", keep=2)  # current v4 and previous v3
+    assert activation.installed(dest) == ["v3", "v4"]

@@ -101,7 +101,7 @@ def test_foreground_tracker_saves_state_on_sigterm(tmp_path: Path) -> None:
         (["--stats-ttl", "-1"], "bad stats ttl"),
         (["--cross-dc", "-1"], "cross_dc_min"),
         (["--allow-list", "/nonexistent/allow"], "cannot read allow-list"),
-        (["--state", "{state}"], "not JSON"),
+        (["--state", "{state}"], "not valid JSON"),
         (["--allow-list", "{bad_allow}"], ":2: "),
         (["--locality", "{bad_locality}"], "bad field"),
     ],
