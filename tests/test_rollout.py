@@ -138,3 +138,53 @@ def test_activate_failure_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert "host-1  wave 1  FAILED activate: release v3 is not installed in" in out
     assert "halted at wave 1 of 1" in out
+
+
+def test_deploy_activate_in_waves_halts_and_rolls_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """roost deploy --activate on the local fleet: v1 everywhere, then v2
+    distributed to every host but halted at wave 2 by a failing health check,
+    wave 1 switched back; nothing downloaded by the switches."""
+    src = tmp_path / "build"
+    src.mkdir()
+    (src / "version").write_text("v1\n")
+    dest = tmp_path / "fleet"
+    base = ["deploy", str(src), "--local", "3", "--dest", str(dest), "--linger", "0"]
+    assert main([*base, "--tag", "v1", "--activate", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["rollout"]["ok"] and doc["rollout"]["waves"] == [
+        ["host-1", "host-2", "host-3"]
+    ]
+    for i in (1, 2, 3):
+        assert (dest / f"host-{i}" / "current" / "version").read_text() == "v1\n"
+    (src / "version").write_text("v2\n")
+    (dest / "host-2" / "SICK").touch()
+    argv = [*base, "--tag", "v2", "--activate", "--waves", "1,2,100%", "--rollback-on-fail"]
+    assert main([*argv, "--health", "test ! -e ../../SICK"]) == 1
+    out = capsys.readouterr().out
+    assert "host-1  wave 1  v1 -> v2  health ok  rolled back to v1" in out
+    assert "host-2  wave 2  v1 -> v2  health FAILED exited with status 1" in out
+    assert "host-3  not reached" in out
+    assert "rollout of v2 halted at wave 2 of 3" in out
+    for i in (1, 2, 3):
+        host = dest / f"host-{i}"
+        assert activation.current(host) == "v1"
+        assert (host / "releases" / "v2" / "version").read_text() == "v2\n"  # distributed
+    # Now roll forward by hand, then back: no download, one rename per host.
+    assert main(["activate", "v2", "--dest", str(dest), "--local", "3", "--keep", "2"]) == 0
+    assert main(["rollback", "--dest", str(dest), "--local", "3"]) == 0
+    assert "host-3  v2 -> v1" in capsys.readouterr().out
+
+
+def test_deploy_activation_flags_are_checked_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["deploy", str(tmp_path), "--tag", "v1", "--local", "1", "--dest", str(tmp_path / "d")]
+    assert main([*base, "--waves", "1,100%"]) == 2
+    assert "need --activate" in capsys.readouterr().err
+    assert main([*base, "--activate", "--no-tag-directory"]) == 2
+    assert "drop --no-tag-directory" in capsys.readouterr().err
+    assert main([*base, "--activate", "--waves", "0"]) == 2
+    assert "bad wave" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -160,9 +160,16 @@ def releases(dest: Path) -> Releases:
     return Releases(str(dest), current(dest), previous(dest), tuple(installed(dest)))
 
 
-def activate(dest: Path, tag: str) -> Switch:
-    """Make ``DEST/releases/TAG`` the current release, atomically."""
-    dest = Path(dest)
+def activate(dest: Path, tag: str, *, keep: int | None = None) -> Switch:
+    """Make ``DEST/releases/TAG`` the current release, atomically; then, with
+    ``keep``, :func:`prune` to that many releases."""
+    switch = _switch(Path(dest), tag)
+    if keep is not None:
+        prune(dest, keep)
+    return switch
+
+
+def _switch(dest: Path, tag: str) -> Switch:
     target = dest / RELEASES / tag
     if "/" in tag or tag in ("", ".", "..") or not target.is_dir() or target.is_symlink():
         raise DestinationError(f"release {tag} is not installed in {dest / RELEASES}")

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from roost import ledger, procs
+from roost.activation import RELEASES
 from roost.errors import RoostError, UsageError
 from roost.peer import install_flags
 from roost.progress import FleetProgress
@@ -70,6 +71,14 @@ class LocalDeployConfig:
     #: The origin hands each piece to one peer over its feed (roost.feed);
     #: off: the origin is a plain BitTorrent seeder.
     feed: bool = True
+    #: install into DEST/host-K/releases/TAG, for ``roost.activation`` to
+    #: switch DEST/host-K/current afterwards (``roost deploy --activate``)
+    activate: bool = False
+
+    def host_dest(self, name: str) -> Path:
+        """Where host ``name`` installs: DEST/NAME, or DEST/NAME/releases."""
+        return Path(self.dest) / name / (RELEASES if self.activate else "")
+
     keep_setid: bool = False
     #: where this deploy's ledger goes (``roost.ledger``); None: per user
     run_dir: Path | None = None
@@ -159,7 +168,7 @@ def deploy_local(
         fleet = FleetProgress(names, release.total_size, time.monotonic())
         events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         for name in names:
-            dest, temp = Path(config.dest) / name, hosts_root / name
+            dest, temp = config.host_dest(name), hosts_root / name
             proc = subprocess.Popen(
                 peer_command(config, release.torrent, dest, temp, feed_url),
                 stdin=subprocess.DEVNULL,

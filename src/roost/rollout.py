@@ -231,14 +231,22 @@ async def run_check(
 
 
 class LocalRunner:
-    """A local fleet: host NAME is the destination ``root/NAME``."""
+    """Destinations on this machine (a local fleet): host NAME is ``dests[NAME]``.
+    With ``keep``, each activation prunes to that many releases."""
 
-    def __init__(self, dests: dict[str, Path], *, timeout: float = DEFAULT_HEALTH_TIMEOUT):
+    def __init__(
+        self,
+        dests: dict[str, Path],
+        *,
+        timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        keep: int | None = None,
+    ):
         self.dests = dests
         self.timeout = timeout
+        self.keep = keep
 
     async def activate(self, host: str, tag: str) -> activation.Switch:
-        return await asyncio.to_thread(activation.activate, self.dests[host], tag)
+        return await asyncio.to_thread(activation.activate, self.dests[host], tag, keep=self.keep)
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult:
         path = self.dests[host] / activation.RELEASES / env["ROOST_TAG"]

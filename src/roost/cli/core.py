@@ -381,7 +381,9 @@ def _register_deploy(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     from roost.cli.fleet import add_deploy_flags
+    from roost.cli.releases import add_deploy_activation_flags
 
+    add_deploy_activation_flags(p)
     add_deploy_flags(p)
     p.set_defaults(handler=_deploy)
 
@@ -399,8 +401,11 @@ def _deploy(args: argparse.Namespace) -> int:
         raise UsageError("--tag is required (e.g. --tag v42)")
     if args.dest is None:
         raise UsageError("--dest is required: each local host installs into DEST/host-K/TAG")
+    from roost.cli.releases import deploy_waves, local_rollout, print_rollout_hosts
     from roost.local import DEFAULT_HOSTS, LocalDeployConfig, deploy_local
     from roost.progress import TerminalDisplay, render_live, render_summary
+
+    waves = deploy_waves(args)
 
     config = LocalDeployConfig(
         source=args.source,
@@ -421,6 +426,7 @@ def _deploy(args: argparse.Namespace) -> int:
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
         feed=args.feed,
+        activate=args.activate,
     )
     display = TerminalDisplay(sys.stderr)
     title = f"roost deploy {args.tag}"
@@ -429,10 +435,13 @@ def _deploy(args: argparse.Namespace) -> int:
         display.update(render_live(fleet, now, title), now, force=final)
 
     summary = deploy_local(config, on_update)
+    if waves is not None:
+        local_rollout(args, summary, waves)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         print("\n".join(render_summary(summary)))
+        print_rollout_hosts(summary)
         copies = summary["seeder"]["bytes_up"] / max(1, summary["size"])
         print(f"origin uploaded {copies:.2f} copies of {summary['size']} bytes")
     return 0 if summary["ok"] else 1

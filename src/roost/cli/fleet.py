@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from roost.activation import RELEASES
 from roost.errors import UsageError
 
 if TYPE_CHECKING:
@@ -599,9 +600,11 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
             raise UsageError("seeder:PATH is packed and seeded on the seeder: drop --seed-from")
     elif not Path(args.source).exists():
         raise UsageError(f"source {args.source} does not exist")
+    dest = str(dest).rstrip("/") or "/"
     peer = tasks.PeerOptions(
         tag=str(tag),
-        dest=str(dest),
+        # --activate: DEST/releases/TAG, switched by DEST/current afterwards
+        dest=f"{dest}/{RELEASES}" if getattr(args, "activate", False) else dest,
         tag_directory=args.tag_directory,
         clean=args.clean,
         linger=args.linger,
@@ -632,9 +635,11 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
 def deploy_main(args: argparse.Namespace) -> int:
     import asyncio
 
+    from roost.cli.releases import deploy_waves, print_rollout_hosts
     from roost.fleet.deploy import run_deploy
     from roost.progress import TerminalDisplay, render_live, render_summary
 
+    waves = deploy_waves(args)
     plan = plan_from_args(args)
     display = TerminalDisplay(sys.stderr)
     title = f"roost deploy {plan.tag} ({len(plan.inventory.peers)} hosts)"
@@ -649,13 +654,38 @@ def deploy_main(args: argparse.Namespace) -> int:
         page = tracker_page(plan.inventory, plan.cfg)
         print(f"swarm page (from this machine): {page}", file=sys.stderr)
     summary = asyncio.run(run_deploy(plan, on_update))
+    if waves is not None:
+        asyncio.run(_fleet_rollout(args, plan, summary, waves))
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         for line in render_summary(summary):
             print(line)
+        print_rollout_hosts(summary)
         if summary.get("aborted"):
             print(f"aborted: {summary['aborted']}")
         for err in summary.get("cleanup_errors") or []:
             print(f"clean-up: {err}")
     return 0 if summary["ok"] else 1
+
+
+async def _fleet_rollout(
+    args: argparse.Namespace, plan: DeployPlan, summary: dict[str, Any], waves: Any
+) -> None:
+    """``roost deploy -i --activate``: switch the installed hosts wave by wave."""
+    import dataclasses
+
+    from roost.cli.releases import merge_rollout, rollout_limit, rollout_options
+    from roost.fleet.rollout import SSHRunner
+    from roost.fleet.ssh import Fleet
+    from roost.rollout import run_rollout
+
+    ok = {h["name"] for h in summary["hosts"] if h["ok"]}
+    hosts = [h for h in plan.inventory.peers if h.name in ok]
+    base = plan.peer.dest.removesuffix(f"/{RELEASES}")
+    ssh = dataclasses.replace(plan.ssh, max_fail_percent=100.0)
+    async with Fleet(hosts, ssh) as fleet:
+        runner = SSHRunner(fleet, plan.cfg, base, timeout=args.health_timeout, keep=args.keep)
+        options = rollout_options(args, rollout_limit(args))
+        result = await run_rollout(runner, [h.name for h in hosts], plan.tag, waves, **options)
+    merge_rollout(summary, result)

@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("tag", metavar="TAG")
+    add_keep_flag(p)
     _common(p)
     p.set_defaults(handler=lambda a: _main(a, "activate"))
 
@@ -83,6 +84,21 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_fleet_flags(p)
 
 
+def add_keep_flag(p: argparse.ArgumentParser) -> None:
+    def at_least_one(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"--keep wants a whole number >= 1, not {text!r}")
+        return int(text)
+
+    p.add_argument(
+        "--keep",
+        type=at_least_one,
+        metavar="N",
+        help="after switching, remove all but the newest N releases (never the current "
+        "or the previous one)",
+    )
+
+
 def add_rollout_flags(p: argparse.ArgumentParser) -> None:
     """The wave and health flags of ``roost rollout`` and ``roost deploy``."""
     from roost.activation import DEFAULT_HEALTH_TIMEOUT
@@ -115,13 +131,13 @@ def add_rollout_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def one(verb: str, dest: Path, tag: str | None = None) -> dict[str, Any]:
+def one(verb: str, dest: Path, tag: str | None = None, keep: int | None = None) -> dict[str, Any]:
     """Run ``verb`` on one destination; its result as a JSON-able dict."""
     if verb == "releases":
         return {"ok": True, **activation.releases(dest).to_json()}
     if verb == "activate":
         assert tag is not None
-        switch = activation.activate(dest, tag)
+        switch = activation.activate(dest, tag, keep=keep)
     else:
         switch = activation.rollback(dest, tag)
     return {"ok": True, "tag": switch.tag, "previous": switch.previous, "changed": switch.changed}
@@ -141,13 +157,14 @@ def describe(verb: str, result: dict[str, Any]) -> str:
 
 def _main(args: argparse.Namespace, verb: str) -> int:
     tag = getattr(args, "tag", None) or getattr(args, "to", None)
+    keep = getattr(args, "keep", None)
     remote = args.inventory is not None or args.hosts is not None
     if remote and args.local is not None:
         raise UsageError("pass --local N or -i INVENTORY, not both")
     if remote:
         return _fleet(args, verb, tag)
     if args.local is None:
-        result = one(verb, args.dest, tag)
+        result = one(verb, args.dest, tag, keep)
         print(json.dumps(result) if args.json else describe(verb, result))
         return 0
     if args.local < 1:
@@ -156,7 +173,7 @@ def _main(args: argparse.Namespace, verb: str) -> int:
     for n in range(1, args.local + 1):
         name = f"host-{n}"
         try:
-            rows.append({"host": name, **one(verb, args.dest / name, tag)})
+            rows.append({"host": name, **one(verb, args.dest / name, tag, keep)})
         except RoostError as exc:
             rows.append({"host": name, "ok": False, "error": str(exc)})
     return _print_rows(rows, args.json, lambda r: describe(verb, r))
@@ -189,6 +206,8 @@ def _fleet(args: argparse.Namespace, verb: str, tag: str | None) -> int:
     options = ssh_options(args, cfg)
     argv = [verb, *([tag] if verb == "activate" and tag else [])]
     argv += ["--dest", str(args.dest), *(["--to", tag] if verb == "rollback" and tag else [])]
+    if getattr(args, "keep", None) is not None:
+        argv += ["--keep", str(args.keep)]
 
     async def main() -> int:
         async with Fleet(inv.peers, options) as fleet:
@@ -222,11 +241,11 @@ def _rollout_main(args: argparse.Namespace) -> int:
     n = args.local if args.local is not None else 0
     dests = {f"host-{i}": args.dest / f"host-{i}" for i in range(1, n + 1)} or {"local": args.dest}
     runner = LocalRunner(dests, timeout=args.health_timeout)
-    run = run_rollout(runner, list(dests), args.tag, waves, **_rollout_options(args, limit))
+    run = run_rollout(runner, list(dests), args.tag, waves, **rollout_options(args, limit))
     return print_rollout(asyncio.run(run), args.json)
 
 
-def _rollout_options(args: argparse.Namespace, limit: float) -> dict[str, Any]:
+def rollout_options(args: argparse.Namespace, limit: float) -> dict[str, Any]:
     return {
         "health": args.health,
         "max_fail_percent": limit,
@@ -241,27 +260,44 @@ def _say_wave(number: int, wave: list[str], failed: int) -> None:
 
 def print_rollout(result: Any, as_json: bool) -> int:
     """Print a ``roost.rollout.Rollout``; the exit status (1 if it halted)."""
+    doc = result.to_json()
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
-        return 0 if result.ok else 1
-    width = max((len(h) for h in result.hosts), default=4)
-    for h in result.hosts.values():
-        if h.wave is None:
-            text = "not reached"
-        elif h.error:
-            text = f"wave {h.wave}  FAILED {h.error}"
-        else:
-            text = f"wave {h.wave}  {h.previous or 'nothing'} -> {result.tag}"
-            if h.health is not None:
-                text += "  health ok" if h.health == "ok" else f"  health FAILED {h.health}"
-        if h.rolled_back:
-            text += f"  rolled back to {h.previous}"
-        print(f"{h.host:<{width}}  {text}")
-    if result.ok:
-        print(f"rolled out {result.tag} in {len(result.waves)} waves in {result.seconds:.1f} s")
+        print(json.dumps(doc, indent=2))
     else:
-        print(f"rollout of {result.tag} halted at wave {result.halted_at} of {len(result.waves)}")
+        print("\n".join(rollout_lines(doc)))
     return 0 if result.ok else 1
+
+
+def print_rollout_hosts(summary: dict[str, Any]) -> None:
+    """After a deploy's summary: its rollout, if it had one."""
+    if summary.get("rollout"):
+        print("\n".join(rollout_lines(summary["rollout"])))
+
+
+def rollout_lines(doc: dict[str, Any]) -> list[str]:
+    """A rollout (``Rollout.to_json()``) as lines: one per host, then the outcome."""
+    hosts = doc["hosts"]
+    width = max((len(h["host"]) for h in hosts), default=4)
+    lines = []
+    for h in hosts:
+        if h["wave"] is None:
+            text = "not reached"
+        elif h["error"]:
+            text = f"wave {h['wave']}  FAILED {h['error']}"
+        else:
+            text = f"wave {h['wave']}  {h['previous'] or 'nothing'} -> {doc['tag']}"
+            if h["health"] is not None:
+                ok = h["health"] == "ok"
+                text += "  health ok" if ok else f"  health FAILED {h['health']}"
+        if h["rolled_back"]:
+            text += f"  rolled back to {h['previous']}"
+        lines.append(f"{h['host']:<{width}}  {text}")
+    waves = len(doc["waves"])
+    if doc["ok"]:
+        lines.append(f"rolled out {doc['tag']} in {waves} waves in {doc['seconds']:.1f} s")
+    else:
+        lines.append(f"rollout of {doc['tag']} halted at wave {doc['halted_at']} of {waves}")
+    return lines
 
 
 def _rollout_fleet(args: argparse.Namespace, waves: Any, limit: float) -> int:
@@ -281,8 +317,71 @@ def _rollout_fleet(args: argparse.Namespace, waves: Any, limit: float) -> int:
         async with Fleet(inv.peers, ssh) as fleet:
             runner = SSHRunner(fleet, cfg, str(args.dest), timeout=args.health_timeout)
             hosts = [h.name for h in inv.peers]
-            options = _rollout_options(args, limit)
+            options = rollout_options(args, limit)
             result = await run_rollout(runner, hosts, args.tag, waves, **options)
         return print_rollout(result, args.json)
 
     return asyncio.run(main())
+
+
+# roost deploy --activate ---------------------------------------------------------
+
+
+def add_deploy_activation_flags(p: argparse.ArgumentParser) -> None:
+    """``roost deploy``'s activation flags: --activate, --keep and the rollout's."""
+    p.add_argument(
+        "--activate",
+        action="store_true",
+        help="install into DEST/releases/TAG and then switch DEST/current to it (one atomic "
+        "rename per host; --waves to do it wave by wave)",
+    )
+    add_keep_flag(p)
+    add_rollout_flags(p)
+
+
+def deploy_waves(args: argparse.Namespace) -> Any:
+    """The waves of ``roost deploy --activate``, checked before anything is
+    downloaded; None without --activate."""
+    from roost.rollout import parse_waves
+
+    if not args.activate:
+        if args.health or args.waves != "100%" or args.rollback_on_fail or args.keep is not None:
+            raise UsageError("--waves, --health, --rollback-on-fail and --keep need --activate")
+        return None
+    if not args.tag_directory:
+        raise UsageError("--activate installs into DEST/releases/TAG: drop --no-tag-directory")
+    return parse_waves(args.waves)
+
+
+def rollout_limit(args: argparse.Namespace) -> float:
+    return args.max_fail_percent if args.max_fail_percent is not None else 0.0
+
+
+def local_rollout(args: argparse.Namespace, summary: dict[str, Any], waves: Any) -> None:
+    """Activate a local deploy's installed hosts wave by wave (into ``summary``)."""
+    import asyncio
+
+    from roost.rollout import LocalRunner, run_rollout
+
+    hosts = [h["name"] for h in summary["hosts"] if h["ok"]]
+    dests = {name: Path(args.dest) / name for name in hosts}
+    runner = LocalRunner(dests, timeout=args.health_timeout, keep=args.keep)
+    options = rollout_options(args, rollout_limit(args))
+    merge_rollout(summary, asyncio.run(run_rollout(runner, hosts, args.tag, waves, **options)))
+
+
+def merge_rollout(summary: dict[str, Any], result: Any) -> None:
+    """Fold a ``roost.rollout.Rollout`` into a deploy's summary: each host's
+    wave and health, the rollout itself, and ok only if it did not halt."""
+    summary["rollout"] = result.to_json()
+    for h in summary["hosts"]:
+        r = result.hosts.get(h["name"])
+        if r is None:
+            continue
+        h.update(wave=r.wave, health=r.health, rolled_back=r.rolled_back)
+        if not r.ok:
+            h["ok"] = False
+            h["error"] = r.error or f"health check {r.health}"
+    summary["hosts_ok"] = sum(1 for h in summary["hosts"] if h["ok"])
+    summary["hosts_failed"] = len(summary["hosts"]) - summary["hosts_ok"]
+    summary["ok"] = bool(summary["ok"]) and result.ok

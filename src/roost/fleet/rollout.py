@@ -28,11 +28,13 @@ class SSHRunner:
         dest: str,
         *,
         timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        keep: int | None = None,
     ):
         self.fleet = fleet
         self.remote = Remote(cfg)
         self.dest = dest.rstrip("/") or "/"
         self.timeout = timeout
+        self.keep = keep
         self.hosts = {h.name: h for h in fleet.hosts}
 
     async def _on(self, host: str, step: str, fn: Any, timeout: float | None = None) -> Any:
@@ -46,7 +48,8 @@ class SSHRunner:
         return result.value
 
     async def _switch(self, host: str, step: str, tag: str) -> Switch:
-        command = self.remote.roost("activate", tag, "--dest", self.dest, "--json")
+        keep = ["--keep", str(self.keep)] if self.keep is not None and step == "activate" else []
+        command = self.remote.roost("activate", tag, "--dest", self.dest, *keep, "--json")
 
         async def fn(s: Session) -> Switch:
             out = await s.run(command, check=False)
