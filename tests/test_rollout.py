@@ -153,9 +153,11 @@ def test_deploy_activate_in_waves_halts_and_rolls_back(
     base = ["deploy", str(src), "--local", "3", "--dest", str(dest), "--linger", "0"]
     assert main([*base, "--tag", "v1", "--activate", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["ok"] and doc["rollout"]["ok"] and doc["rollout"]["waves"] == [
-        ["host-1", "host-2", "host-3"]
-    ]
+    assert (
+        doc["ok"]
+        and doc["rollout"]["ok"]
+        and doc["rollout"]["waves"] == [["host-1", "host-2", "host-3"]]
+    )
     for i in (1, 2, 3):
         assert (dest / f"host-{i}" / "current" / "version").read_text() == "v1\n"
     (src / "version").write_text("v2\n")

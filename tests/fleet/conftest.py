@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,3 +35,18 @@ def sshd_fleet(request: pytest.FixtureRequest) -> Iterator[SshdFleet]:
         yield fleet
     finally:
         fleet.down()
+
+
+@pytest.fixture(scope="module")
+def loopback_fleet() -> Iterator[SshdFleet]:
+    """Three sshd hosts on loopback ports, each in its own mount namespace
+    (own /opt and /tmp; no network namespaces, which collide between runs)."""
+    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
+        pytest.skip(
+            "hosts with their own /opt and /tmp (and a tmpfs in one) need root, unshare, nsenter"
+        )
+    f = SshdFleet(3, mode="loopback").up()
+    try:
+        yield f
+    finally:
+        f.down()

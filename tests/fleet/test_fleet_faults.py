@@ -12,72 +12,23 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fleet.fleet_kit import build_tree, in_host, inventory, start
 from fleet.sshd_harness import SshdFleet
 
 pytestmark = pytest.mark.timeout(400)
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[SshdFleet]:
-    if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
-        pytest.skip(
-            "hosts with their own /opt and /tmp (and a tmpfs in one) need root, unshare, nsenter"
-        )
-    f = SshdFleet(3, mode="loopback").up()
-    try:
-        yield f
-    finally:
-        f.down()
-
-
-def _build(root: Path) -> Path:
-    src = root / "build"
-    (src / "bin").mkdir(parents=True)
-    (src / "bin" / "app").write_bytes(b"#!/bin/sh\necho app\n")
-    (src / "bin" / "app").chmod(0o755)
-    (src / "data.bin").write_bytes(os.urandom(3 << 20))
-    return src
-
-
-def _inventory(root: Path, f: SshdFleet) -> Path:
-    path = root / "inventory.ini"
-    lines = "\n".join(f.inventory_line(h) for h in f.hosts)
-    path.write_text(f"[tracker]\n{f.inventory_line(f.hosts[0])}\n\n[peer]\n{lines}\n")
-    return path
-
-
-def _start(f: SshdFleet, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "roost", *args],
-        env={**f.env(), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _in_host(f: SshdFleet, index: int, *argv: str) -> None:
-    """Run ``argv`` in host ``index``'s mount namespace (its own /opt)."""
-    pid = f.hosts[index].holder_pid
-    assert pid is not None
-    subprocess.run(["nsenter", "-t", str(pid), "-m", "--", *argv], check=True)
-
-
 def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
-    fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+    loopback_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
 ) -> None:
-    f = fleet
-    src, inv = _build(tmp_path), _inventory(tmp_path, f)
+    f = loopback_fleet
+    src, inv = build_tree(tmp_path), inventory(tmp_path, f)
     args = ["deploy", str(src), "-i", str(inv), "--tag", "K1", "--dest", "/opt/kill"]
     args += ["--wheel-cache", str(wheel_cache), "--linger", "1"]
     args += ["--hook", 'echo "$ROOST_PATH" >> /opt/kill/hooks.log']
@@ -86,7 +37,7 @@ def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
     tmp.mkdir()
     run.mkdir()
     env = {"TMPDIR": str(tmp), "XDG_RUNTIME_DIR": str(run)}
-    proc = _start(f, *args, env=env)
+    proc = start(f, *args, env=env)
     releases = [h.path("/opt/kill/K1") for h in f.hosts]
     deadline = time.monotonic() + 300
     while not any(r.is_dir() for r in releases):
@@ -102,7 +53,7 @@ def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
 
     logs = [h.path("/opt/kill/hooks.log") for h in f.hosts]
     before = [len(p.read_text().splitlines()) if p.exists() else 0 for p in logs]
-    rerun = _start(f, *args, "--json", env=env)
+    rerun = start(f, *args, "--json", env=env)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out + err
     assert "removed what 1 killed deploy(s) left" in err
@@ -118,14 +69,14 @@ def test_controller_killed_as_a_release_appears_then_rerun_runs_each_hook_once(
 
 
 def test_one_host_with_a_full_disk_is_named_while_the_others_finish(
-    fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
+    loopback_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
 ) -> None:
-    f = fleet
-    _in_host(f, 1, "sh", "-c", "mkdir -p /opt/full && mount -t tmpfs -o size=1m t /opt/full")
-    src, inv = _build(tmp_path), _inventory(tmp_path, f)
+    f = loopback_fleet
+    in_host(f, 1, "sh", "-c", "mkdir -p /opt/full && mount -t tmpfs -o size=1m t /opt/full")
+    src, inv = build_tree(tmp_path), inventory(tmp_path, f)
     args = ["deploy", str(src), "-i", str(inv), "--tag", "F1", "--dest", "/opt/full"]
     args += ["--wheel-cache", str(wheel_cache), "--linger", "0", "--json"]
-    run = _start(f, *args)
+    run = start(f, *args)
     out, err = run.communicate(timeout=300)
     assert run.returncode == 1, out + err
     hosts = {h["name"]: h for h in json.loads(out)["hosts"]}
