@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -158,3 +159,37 @@ def test_cli_create_sign_verify(
     capsys.readouterr()
     assert main(["sign", torrent, "--key", str(tmp_path / "nokey")]) == 2
     assert "signing key" in capsys.readouterr().err
+
+
+def test_local_deploy_signed_and_trusted(
+    tmp_path: Path, src: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each host's peer checks the signature before it downloads: signed by
+    the trusted key, every host installs; unsigned, every host refuses."""
+    owner, stranger = keys
+    dest = tmp_path / "fleet"
+    base = ["deploy", str(src), "--local", "2", "--dest", str(dest), "--linger", "0", "--json"]
+    trust = ["--trust", f"{owner}.pub"]
+    assert main([*base, "--tag", "v1", "--sign", str(owner), *trust]) == 0
+    assert json.loads(capsys.readouterr().out)["hosts_ok"] == 2
+    assert main([*base, "--tag", "v2", *trust]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    for host in doc["hosts"]:
+        assert "is unsigned and signed releases are required" in host["error"]
+        assert host["bytes_down"] == 0
+        assert not (dest / host["name"] / "v2").exists()
+    assert main([*base, "--tag", "v3", "--sign", str(stranger), *trust]) == 1
+    assert "which is not trusted" in json.loads(capsys.readouterr().out)["hosts"][0]["error"]
+    bad = tmp_path / "bad.pub"
+    bad.write_text("nonsense\n")
+    assert main([*base, "--tag", "v4", "--trust", str(bad)]) == 2
+    assert "bad.pub:1: not an OpenSSH public key" in capsys.readouterr().err
+
+
+def test_peer_with_trust_refuses_a_magnet(
+    tmp_path: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    magnet = "magnet:?xt=urn:btih:" + "a" * 40 + "&tr=http://127.0.0.1:9/announce"
+    argv = ["peer", magnet, "--dest", str(tmp_path / "d"), "--temp-path", str(tmp_path / "t")]
+    assert main([*argv, "--trust", f"{keys[0]}.pub", "--foreground", "--timeout", "5"]) == 2
+    assert "a magnet link carries no signature" in capsys.readouterr().err

@@ -80,6 +80,10 @@ class LocalDeployConfig:
         return Path(self.dest) / name / (RELEASES if self.activate else "")
 
     keep_setid: bool = False
+    #: OpenSSH public key files each peer trusts (``roost peer --trust``)
+    trust: tuple[str, ...] = ()
+    #: SSH key to sign the release with (``roost create --sign``)
+    sign_key: Path | None = None
     #: where this deploy's ledger goes (``roost.ledger``); None: per user
     run_dir: Path | None = None
 
@@ -111,6 +115,7 @@ def peer_command(
         upload_limit=config.upload_limit,
         download_limit=config.download_limit,
         keep_setid=config.keep_setid,
+        trust=config.trust,
     )
     return cmd + list(config.extra_peer_args)
 
@@ -148,6 +153,7 @@ def deploy_local(
             announce=[tracker.announce_url],
             is_file=config.is_file,
             piece_size=config.piece_size,
+            sign_key=config.sign_key,
         )
         tracker.allow(release.info_hash, config.tag, size=release.total_size)
         seeder = SeederThread(

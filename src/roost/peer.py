@@ -94,6 +94,7 @@ def install_flags(
     upload_limit: int = 0,
     download_limit: int = 0,
     keep_setid: bool = False,
+    trust: tuple[str, ...] = (),
 ) -> list[str]:
     """The ``roost peer`` flags for these install options (pure): how the
     local fleet and the SSH fleet hand their options to each host's peer."""
@@ -112,6 +113,8 @@ def install_flags(
         flags += ["--download-limit", str(download_limit)]
     if keep_setid:
         flags.append("--keep-setid")
+    for key in trust:
+        flags += ["--trust", key]
     return flags
 
 
@@ -149,6 +152,8 @@ class PeerConfig:
     stall_timeout: float = STALL_TIMEOUT
     #: keep the release's setuid/setgid/sticky bits (stripped by default)
     keep_setid: bool = False
+    #: OpenSSH public key files: refuse releases none of them signed
+    trust: tuple[str, ...] = ()
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -161,7 +166,7 @@ class PeerConfig:
             data[key] = Path(data[key])
         if data.get("trackers") is not None:
             data["trackers"] = tuple(data["trackers"])
-        for key in ("web_seeds", "dht_bootstrap"):
+        for key in ("web_seeds", "dht_bootstrap", "trust"):
             data[key] = tuple(data.get(key) or ())
         return cls(**data)
 
@@ -490,6 +495,18 @@ def _read_meta(torrent_bytes: bytes) -> Any:
     return read_torrent(torrent_bytes)
 
 
+def _check_trusted(config: PeerConfig, meta: Any) -> None:
+    """With ``--trust``: refuse, before a byte is downloaded, a release that no
+    trusted key signed (``roost.signing``). A magnet carries no signature."""
+    from roost.release import check_signature
+    from roost.signing import load_trusted
+
+    trusted = load_trusted(config.trust)
+    if meta is None:
+        raise UsageError("--trust needs the release's .torrent: a magnet link carries no signature")
+    check_signature(meta, trusted)
+
+
 def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     """Download, install, run the hook; lingering continues detached.
 
@@ -513,6 +530,8 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
 
     # A magnet's worker checks these once the metadata arrives.
     meta = _read_meta(torrent_bytes) if torrent_bytes is not None else None
+    if config.trust:
+        _check_trusted(config, meta)
     if meta is not None:
         check_installable(meta)
     early = _check_destination(config, torrent_bytes)

@@ -240,6 +240,15 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the release's setuid, setgid and sticky bits (stripped by default)",
     )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="OpenSSH public key file (with -i: a path on the hosts) whose release "
+        "signatures to accept; releases no such key signed are refused before the "
+        "download (repeatable)",
+    )
 
 
 def _peer(args: argparse.Namespace) -> int:
@@ -266,6 +275,7 @@ def _peer(args: argparse.Namespace) -> int:
         tag_directory=args.tag_directory,
         clean=args.clean,
         keep_setid=args.keep_setid,
+        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
         linger=args.linger,
         hook=args.hook,
         temp_path=args.temp_path,
@@ -363,6 +373,12 @@ def _register_deploy(sub: Any) -> None:
     _add_install_flags(p)
     p.add_argument("--out", type=Path, help="keep the release (.torrent, tar) here")
     p.add_argument(
+        "--sign",
+        type=Path,
+        metavar="KEY",
+        help="sign the release with this SSH key (see roost create --sign)",
+    )
+    p.add_argument(
         "--work-dir",
         type=Path,
         help="local fleet: where the hosts' download areas go (default: RAM if room)",
@@ -406,6 +422,9 @@ def _deploy(args: argparse.Namespace) -> int:
     from roost.progress import TerminalDisplay, render_live, render_summary
 
     waves = deploy_waves(args)
+    from roost.signing import load_trusted
+
+    load_trusted(args.trust)  # this machine's hosts: checked before anything is packed
 
     config = LocalDeployConfig(
         source=args.source,
@@ -419,6 +438,8 @@ def _deploy(args: argparse.Namespace) -> int:
         clean=args.clean,
         tag_directory=args.tag_directory,
         keep_setid=args.keep_setid,
+        sign_key=args.sign,
+        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
         out_dir=args.out,
         work_dir=args.work_dir,
         piece_size=args.piece_size,

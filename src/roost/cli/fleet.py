@@ -423,6 +423,7 @@ async def _v_peer(
         hook=args.hook,
         timeout=args.timeout,
         keep_setid=args.keep_setid,
+        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
     )
 
     def on_event(host: str, event: dict[str, Any]) -> None:
@@ -555,6 +556,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--keep-setid", action="store_true", help="keep setuid/setgid/sticky bits (stripped)"
     )
+    p.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="public key file on the hosts whose release signatures their peers accept "
+        "(repeatable; unsigned releases are then refused)",
+    )
     _verb_parser(
         fsub,
         "stop-all-peering",
@@ -598,6 +607,8 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
             )
         if getattr(args, "seed_from", None) == "controller":
             raise UsageError("seeder:PATH is packed and seeded on the seeder: drop --seed-from")
+        if args.sign is not None:
+            raise UsageError("--sign signs a release made here; sign seeder:PATH releases there")
     elif not Path(args.source).exists():
         raise UsageError(f"source {args.source} does not exist")
     dest = str(dest).rstrip("/") or "/"
@@ -613,6 +624,7 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
         keep_setid=args.keep_setid,
+        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
     )
     return DeployPlan(
         source=Path(args.source),
@@ -629,6 +641,7 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         out_dir=args.out,
         piece_size=args.piece_size,
         seeder_path=seeder_path,
+        sign_key=args.sign,
     )
 
 

@@ -71,6 +71,7 @@ class DeployPlan:
     #: a path on the seeder host (``seeder:PATH``): packed and seeded there,
     #: as ansible-lssd's full_deploy.yml does with seeder_files_path
     seeder_path: str | None = None
+    sign_key: Path | None = None  # sign the release made on this machine
     extra: dict[str, Any] = field(default_factory=dict)
     #: where this deploy's ledger goes (``roost.ledger``); None: per user
     run_dir: Path | None = None
@@ -162,6 +163,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             announce=[url],
             is_file=plan.is_file,
             piece_size=plan.piece_size,
+            sign_key=plan.sign_key,
         )
         release = _Release(made.torrent, made.info_hash, made.total_size, made.payload)
     seed_from = "seeder" if plan.seeder_path is not None else plan.seed_from

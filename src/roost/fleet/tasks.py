@@ -327,6 +327,8 @@ class PeerOptions:
     #: the origin's feed (``roost peer --feed``), None: BitTorrent only
     feed: str | None = None
     keep_setid: bool = False
+    #: public key files *on the hosts* their peers trust (``roost peer --trust``)
+    trust: tuple[str, ...] = ()
 
 
 async def peer(
@@ -364,6 +366,7 @@ async def peer(
                 upload_limit=opts.upload_limit,
                 download_limit=opts.download_limit,
                 keep_setid=opts.keep_setid,
+                trust=opts.trust,
             ),
             *(["--feed", opts.feed] if opts.feed else []),
         ]
