@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from tests.release_kit import make_tree, snapshot
 
+from roost import events
 from roost.progress import FleetProgress, TerminalDisplay, render_live, render_summary
 
 Start = Callable[..., subprocess.Popen[bytes]]
@@ -174,18 +175,22 @@ def test_seeder_path_mistakes_are_one_line(
 # The sans-IO progress model ------------------------------------------------------
 
 
+def _progress(progress: float, down: int = 0, rate_down: int = 0) -> events.Progress:
+    return events.Progress(progress=progress, down=down, up=0, rate_down=rate_down, peers=0)
+
+
 def test_fleet_progress_model() -> None:
     fleet = FleetProgress(["a", "b", "c"], total_size=1000, now=0.0)
     assert fleet.counts()["waiting"] == 3 and fleet.eta() is None
-    fleet.apply("a", {"event": "progress", "progress": 0.5, "down": 500, "rate_down": 100}, 1.0)
-    fleet.apply("b", {"event": "progress", "progress": 0.0, "down": 0, "rate_down": 100}, 1.0)
+    fleet.apply("a", _progress(0.5, down=500, rate_down=100), 1.0)
+    fleet.apply("b", _progress(0.0, rate_down=100), 1.0)
     assert fleet.rate() == 200
     assert fleet.eta() == pytest.approx((500 + 1000 + 1000) / 200)
-    fleet.apply("a", {"event": "complete"}, 2.0)
-    fleet.apply("a", {"event": "installed", "path": "/d/a/t"}, 2.0)
-    fleet.apply("a", {"event": "done", "ok": True, "down": 1000, "up": 300}, 2.5)
-    fleet.apply("b", {"event": "failed", "error": "disk full"}, 3.0)
-    fleet.apply("b", {"event": "done", "ok": False}, 3.0)  # keeps the first error
+    fleet.apply("a", events.Complete(), 2.0)
+    fleet.apply("a", events.Installed(path="/d/a/t"), 2.0)
+    fleet.apply("a", events.Done(ok=True, seconds=2.5, down=1000, up=300), 2.5)
+    fleet.apply("b", events.Failed(error="disk full"), 3.0)
+    fleet.apply("b", events.Done(ok=False, seconds=3, down=0, up=0), 3.0)  # keeps the first error
     assert fleet.counts() == {
         "waiting": 1,
         "downloading": 0,
@@ -218,11 +223,10 @@ def test_fleet_progress_model() -> None:
 
 def test_a_peer_the_tracker_turns_away_says_so() -> None:
     fleet = FleetProgress(["a"], total_size=1000, now=0.0)
-    fleet.apply("a", {"event": "progress", "progress": 0.0, "peers": 0}, 1.0)
-    warning = {"event": "tracker_warning", "url": "http://t/announce", "message": "bad token"}
-    fleet.apply("a", warning, 1.5)
+    fleet.apply("a", _progress(0.0), 1.0)
+    fleet.apply("a", events.TrackerWarning(url="http://t/announce", message="bad token"), 1.5)
     assert "tracker: bad token" in render_live(fleet, 2.0)[1]
-    fleet.apply("a", {"event": "failed", "error": "timed out after 600s"}, 600.0)
+    fleet.apply("a", events.Failed(error="timed out after 600s"), 600.0)
     error = fleet.summary(600.0)["hosts"][0]["error"]
     assert error == "timed out after 600s (last tracker: bad token)"
 
@@ -230,7 +234,7 @@ def test_a_peer_the_tracker_turns_away_says_so() -> None:
 def test_live_display_of_a_big_fleet_shows_only_active_hosts() -> None:
     names = [f"h{k}" for k in range(100)]
     fleet = FleetProgress(names, 10, 0.0)
-    fleet.apply("h7", {"event": "progress", "progress": 0.2}, 1.0)
+    fleet.apply("h7", _progress(0.2), 1.0)
     lines = render_live(fleet, 1.0)
     assert len(lines) == 2 and "h7" in lines[1]
 

@@ -41,6 +41,7 @@ __all__ = [
     "Progress",
     "Started",
     "TrackerWarning",
+    "as_dict",
     "dump",
     "load",
 ]
@@ -133,14 +134,19 @@ Event = (
 _KINDS: dict[str, type[_Event]] = {cls.name: cls for cls in typing.get_args(Event)}
 
 
-def dump(event: Event) -> str:
-    """One JSON line (without the newline); None fields are left out."""
+def as_dict(event: Event) -> dict[str, Any]:
+    """The event as its JSON object (``{"event": NAME, ...}``); None fields left out."""
     doc: dict[str, Any] = {"event": event.name}
     for f in dataclasses.fields(event):
         value = getattr(event, f.name)
         if value is not None:
             doc[f.name] = value
-    return json.dumps(doc, separators=(",", ":"))
+    return doc
+
+
+def dump(event: Event) -> str:
+    """One JSON line (without the newline)."""
+    return json.dumps(as_dict(event), separators=(",", ":"))
 
 
 def load(line: str | bytes) -> Event | None:

@@ -21,7 +21,6 @@ before making them, and begins by cleaning what dead deploys' ledgers name.
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import shutil
 import subprocess
@@ -34,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost import ledger, procs
+from roost import events, ledger, procs
 from roost.activation import RELEASES
-from roost.errors import RoostError, UsageError
+from roost.errors import PeerProtocolError, RoostError, UsageError
 from roost.peer import install_flags
 from roost.progress import FleetProgress
 from roost.release import create_release, validate_tag
@@ -172,7 +171,7 @@ def deploy_local(
             hosts_root = records.make_dir(parent, "roost-local-")
         names = [f"host-{k}" for k in range(1, config.hosts + 1)]
         fleet = FleetProgress(names, release.total_size, time.monotonic())
-        events: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        queued: queue.Queue[_Item] = queue.Queue()
         for name in names:
             dest, temp = config.host_dest(name), hosts_root / name
             proc = subprocess.Popen(
@@ -184,8 +183,8 @@ def deploy_local(
             records.add_process(proc.pid)
             host = _Host(name, dest, temp, proc)
             hosts.append(host)
-            _start_readers(host, events)
-        _watch(fleet, hosts, events, config.timeout, on_update)
+            _start_readers(host, queued)
+        _watch(fleet, hosts, queued, config.timeout, on_update)
         summary = fleet.summary(time.monotonic())
         summary["tag"] = config.tag
         summary["info_hash"] = release.info_hash
@@ -227,18 +226,22 @@ def _ram_has_room(size: int) -> bool:
     return size * 1.2 + (1 << 30) < free and size * 2 + (1 << 30) < available
 
 
-def _start_readers(host: _Host, events: queue.Queue[tuple[str, dict[str, Any]]]) -> None:
+#: what a host's reader puts on the queue: an event, or None when its peer exited
+_Item = tuple[str, "events.Event | None"]
+
+
+def _start_readers(host: _Host, queued: queue.Queue[_Item]) -> None:
     def read_stdout() -> None:
         assert host.proc.stdout is not None
         with host.proc.stdout:
             for line in host.proc.stdout:
                 try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    events.put((host.name, event))
-        events.put((host.name, {"event": "_exit"}))
+                    event = events.load(line)
+                except PeerProtocolError:
+                    continue  # not an event (the peer's text goes to stderr)
+                if event is not None:
+                    queued.put((host.name, event))
+        queued.put((host.name, None))
 
     def read_stderr() -> None:
         assert host.proc.stderr is not None
@@ -255,7 +258,7 @@ def _start_readers(host: _Host, events: queue.Queue[tuple[str, dict[str, Any]]])
 def _watch(
     fleet: FleetProgress,
     hosts: list[_Host],
-    events: queue.Queue[tuple[str, dict[str, Any]]],
+    queued: queue.Queue[_Item],
     timeout: float | None,
     on_update: Callable[[FleetProgress, float, bool], None] | None,
 ) -> None:
@@ -264,11 +267,12 @@ def _watch(
     deadline = None if not timeout else fleet.started + timeout + 10
     while len(exited) < len(hosts):
         try:
-            name, event = events.get(timeout=0.2)
+            item: _Item | None = queued.get(timeout=0.2)
         except queue.Empty:
-            name, event = "", {}
+            item = None  # nothing arrived: only the clock moved
         now = time.monotonic()
-        if event.get("event") == "_exit":
+        name, event = item if item is not None else ("", None)
+        if item is not None and event is None:
             exited.add(name)
             host = by_name[name]
             status = host.proc.wait()
@@ -276,7 +280,7 @@ def _watch(
                 tail = host.stderr_tail[-1] if host.stderr_tail else ""
                 error = tail.removeprefix("roost: error: ") or f"peer exited with status {status}"
                 fleet.fail(name, error, now)
-        elif name:
+        elif event is not None:
             fleet.apply(name, event, now)
         if deadline is not None and now > deadline:
             for host in hosts:

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from roost import procs
+from roost import events, procs
 from roost._fs import atomic_write
 from roost._parse import load_json
 from roost.checks import StallWatch, check_installable, check_room
@@ -62,6 +62,7 @@ from roost.errors import (
     DestinationError,
     DiskFull,
     EngineError,
+    PeerProtocolError,
     ReleaseError,
     RoostError,
     UsageError,
@@ -76,7 +77,7 @@ if TYPE_CHECKING:
     from roost.engine import Engine
     from roost.feed import FeedClient
 
-Emit = Callable[[dict[str, Any]], None]
+Emit = Callable[[events.Event], None]
 
 DEFAULT_TEMP_PATH = Path("/tmp/roost")
 PROGRESS_INTERVAL = 0.5
@@ -377,27 +378,25 @@ class _Download:
 
         if isinstance(event, HashFailed):
             self.hash_failures += 1
-            emit({"event": "hash_failed", "piece": event.piece})
+            emit(events.HashFailed(piece=event.piece))
         elif isinstance(event, PeerBanned):
-            emit({"event": "peer_banned", "address": event.address})
+            emit(events.PeerBanned(address=event.address))
         elif isinstance(event, TrackerProblem):
-            emit({"event": "tracker_warning", "url": event.url, "message": event.message})
+            emit(events.TrackerWarning(url=event.url, message=event.message))
 
     def _emit_progress(self, emit: Emit, st: Any = None) -> None:
         st = st or self.engine.status(self.tid)
-        event = {
-            "event": "progress",
-            "progress": round(st.progress, 4),
-            "down": st.downloaded,
-            "up": st.uploaded,
-            "rate_down": st.rate_down,
-            "peers": st.num_peers,
-        }
-        if self.feed is not None:
-            fed = self.feed.counters.bytes
-            event["down"] = st.downloaded + fed
-            event["feed"] = fed
-        emit(event)
+        fed = self.feed.counters.bytes if self.feed is not None else None
+        emit(
+            events.Progress(
+                progress=round(st.progress, 4),
+                down=st.downloaded + (fed or 0),
+                up=st.uploaded,
+                rate_down=st.rate_down,
+                peers=st.num_peers,
+                feed=fed,
+            )
+        )
 
     def _save_resume_quietly(self) -> None:
         # Resume data only saves a re-hash: failing to write it (a full disk)
@@ -430,12 +429,12 @@ def run_worker(config: PeerConfig) -> int:
     completed = threading.Event()
     out_open = True
 
-    def emit(event: dict[str, Any]) -> None:
+    def emit(event: events.Event) -> None:
         nonlocal out_open
         if not out_open:
             return
         try:
-            sys.stdout.write(json.dumps(event) + "\n")
+            sys.stdout.write(events.dump(event) + "\n")
             sys.stdout.flush()
         except (BrokenPipeError, OSError):
             out_open = False
@@ -462,7 +461,7 @@ def run_worker(config: PeerConfig) -> int:
         download = _Download(config, torrent_bytes, info_hash)
         download.run_until_complete(emit, lambda: stop["reason"])
         completed.set()
-        emit({"event": "complete"})
+        emit(events.Complete())
         # The front exits after installing; stop writing into its pipe.
         out_open = False
         with contextlib.suppress(OSError):
@@ -476,7 +475,7 @@ def run_worker(config: PeerConfig) -> int:
     except Exception as exc:
         # A bug: its traceback goes to worker.log, which a full disk may
         # swallow; the pipe still carries the reason to the front.
-        emit({"event": "failed", "error": f"peer worker crashed: {type(exc).__name__}: {exc}"})
+        emit(events.Failed(error=f"peer worker crashed: {type(exc).__name__}: {exc}"))
         raise
     finally:
         try:
@@ -522,10 +521,9 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     procs.stop_by_pid_file(worker_pid_file(config.temp_path, info_hash))
     totals = {"down": 0, "up": 0}
 
-    def relay(event: dict[str, Any]) -> None:
-        if event.get("event") == "progress":
-            totals["down"] = int(event.get("down", 0))
-            totals["up"] = int(event.get("up", 0))
+    def relay(event: events.Event) -> None:
+        if isinstance(event, events.Progress):
+            totals["down"], totals["up"] = event.down, event.up
         emit(event)
 
     # A magnet's worker checks these once the metadata arrives.
@@ -538,7 +536,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     if early is not None:
         # Already there, verified: nothing to download; the hook only if it
         # never succeeded there (an install in the moment a run died).
-        emit({"event": "installed", "path": str(early), "already": True})
+        emit(events.Installed(path=str(early), already=True))
         if config.hook:
             meta = _read_meta(torrent_bytes or b"")
             run_hook_once(config.hook, tag=meta.tag or meta.name, path=early, info_hash=info_hash)
@@ -555,14 +553,14 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         except BaseException:
             download.close()
             raise
-        relay({"event": "complete"})
+        relay(events.Complete())
     else:
         _run_detached(config, info_hash, relay, deadline)
     # A magnet's torrent exists now (the worker wrote it before completing).
     meta = meta or _read_meta(config.torrent.read_bytes())
     try:
         path, already = _install(config, meta)
-        emit({"event": "installed", "path": str(path), "already": already})
+        emit(events.Installed(path=str(path), already=already))
         if config.hook:
             tag = meta.tag or meta.name
             run_hook_once(config.hook, tag=tag, path=path, info_hash=meta.info_hash)
@@ -628,16 +626,15 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                 error = f"peer worker exited with status {status} (see {wdir / 'worker.log'})"
                 break
             try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            kind = event.get("event")
-            if kind == "complete":
+                event = events.load(line)
+            except PeerProtocolError:
+                continue  # not an event: a stray line from the worker
+            if isinstance(event, events.Complete):
                 complete = True
-            elif kind == "failed":
+            elif isinstance(event, events.Failed):
                 failure = error_from_event(event, info_hash)
                 break
-            else:
+            elif event is not None:
                 relay(event)
                 if (reason := _timed_out(deadline, config)) is not None:
                     error = reason
@@ -656,7 +653,7 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
         raise failure
     if error is not None:
         raise EngineError(error, info_hash=info_hash)
-    relay({"event": "complete"})
+    relay(events.Complete())
 
 
 #: The class a worker's error keeps across the pipe, by its kind (classes
@@ -669,15 +666,15 @@ _WORKER_ERRORS: dict[str, type[RoostError]] = {
 }
 
 
-def failed_event(exc: RoostError) -> dict[str, Any]:
+def failed_event(exc: RoostError) -> events.Failed:
     """The ``failed`` event for ``exc``; its ``kind`` lets the front re-raise it."""
-    return {"event": "failed", "error": str(exc), "kind": type(exc).__name__}
+    return events.Failed(error=str(exc), kind=type(exc).__name__)
 
 
-def error_from_event(event: dict[str, Any], info_hash: str) -> RoostError:
+def error_from_event(event: events.Failed, info_hash: str) -> RoostError:
     """The error a worker's ``failed`` event reports, as the front raises it."""
-    message = str(event.get("error"))
-    cls = _WORKER_ERRORS.get(str(event.get("kind")))
+    message = event.error
+    cls = _WORKER_ERRORS.get(event.kind or "")
     if cls is not None:
         return cls(message)
     if info_hash not in message:

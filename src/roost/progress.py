@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from roost import events
+
 WAITING, DOWNLOADING, INSTALLING, DONE, FAILED = (
     "waiting",
     "downloading",
@@ -70,38 +72,33 @@ class FleetProgress:
         self.total_size = total_size
         self.started = now
 
-    def apply(self, host: str, event: dict[str, Any], now: float) -> None:
+    def apply(self, host: str, event: events.Event, now: float) -> None:
         """Fold one peer-protocol event into the host's state."""
         h = self.hosts[host]
         if h.state in (DONE, FAILED):
             return
-        kind = event.get("event")
         if h.started is None:
             h.started = now
-        if kind == "progress":
+        if isinstance(event, events.Progress):
             h.state = DOWNLOADING
-            h.progress = float(event.get("progress", h.progress))
-            h.down = int(event.get("down", h.down))
-            h.up = int(event.get("up", h.up))
-            h.rate_down = int(event.get("rate_down", 0))
-            h.peers = int(event.get("peers", h.peers))
-        elif kind == "hash_failed":
+            h.progress, h.down, h.up = event.progress, event.down, event.up
+            h.rate_down, h.peers = event.rate_down, event.peers
+        elif isinstance(event, events.HashFailed):
             h.hash_failures += 1
-        elif kind == "tracker_warning":
-            h.warning = f"tracker: {event.get('message') or 'no reason given'}"
-        elif kind == "complete":
+        elif isinstance(event, events.TrackerWarning):
+            h.warning = f"tracker: {event.message or 'no reason given'}"
+        elif isinstance(event, events.Complete):
             h.state, h.progress, h.rate_down, h.downloaded = INSTALLING, 1.0, 0, now
-        elif kind == "installed":
-            h.path = event.get("path")
-        elif kind == "failed":
-            self.fail(host, str(event.get("error") or "failed"), now)
-        elif kind == "done":
-            h.down = int(event.get("down", h.down))
-            h.up = int(event.get("up", h.up))
-            if event.get("ok"):
+        elif isinstance(event, events.Installed):
+            h.path = event.path
+        elif isinstance(event, events.Failed):
+            self.fail(host, event.error or "failed", now)
+        elif isinstance(event, events.Done):
+            h.down, h.up = event.down, event.up
+            if event.ok:
                 h.state, h.progress, h.finished, h.rate_down = DONE, 1.0, now, 0
             else:
-                self.fail(host, h.error or str(event.get("error") or "failed"), now)
+                self.fail(host, h.error or "failed", now)
 
     def fail(self, host: str, error: str, now: float) -> None:
         h = self.hosts[host]

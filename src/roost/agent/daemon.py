@@ -46,9 +46,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from roost import activation
+from roost import activation, events
 from roost.agent.state import (
     CACHE_DIR,
     CURRENT,
@@ -412,9 +411,10 @@ class Agent:
         deadline = started + self.config.download_timeout
         peers = 0
 
-        def emit(event: dict[str, Any]) -> None:
+        def emit(event: events.Event) -> None:
             nonlocal peers
-            peers = max(peers, int(event.get("peers", 0)))
+            if isinstance(event, events.Progress):
+                peers = max(peers, event.peers)
 
         def should_stop() -> str | None:
             if self._stop.is_set():

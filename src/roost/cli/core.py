@@ -9,6 +9,7 @@ runs it (``roost.fleet.deploy.run_deploy``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from roost import events
 from roost.errors import RoostError, UsageError
 from roost.peer import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig, failed_event, run_peer
 
@@ -294,54 +296,40 @@ def _peer(args: argparse.Namespace) -> int:
     started = time.monotonic()
     last = {"down": 0, "up": 0, "shown": 0.0}
 
-    def emit(event: dict[str, Any]) -> None:
-        if event.get("event") == "progress":
-            last["down"], last["up"] = event.get("down", 0), event.get("up", 0)
+    def emit(event: events.Event) -> None:
+        if isinstance(event, events.Progress):
+            last["down"], last["up"] = event.down, event.up
         if as_json:
-            event = {**event, "t": round(time.monotonic() - started, 3)}
-            sys.stdout.write(json.dumps(event) + "\n")
+            event = dataclasses.replace(event, t=round(time.monotonic() - started, 3))
+            sys.stdout.write(events.dump(event) + "\n")
             sys.stdout.flush()
-        elif event.get("event") == "progress" and time.monotonic() - last["shown"] >= 2:
+        elif isinstance(event, events.Progress) and time.monotonic() - last["shown"] >= 2:
             last["shown"] = time.monotonic()
             print(
-                f"{event['progress'] * 100:5.1f}%  {event.get('rate_down', 0) / 1e6:.1f} MB/s  "
-                f"{event.get('peers', 0)} peers",
+                f"{event.progress * 100:5.1f}%  {event.rate_down / 1e6:.1f} MB/s  "
+                f"{event.peers} peers",
                 file=sys.stderr,
                 flush=True,
             )
-        elif event.get("event") == "hash_failed":
-            print(f"piece {event.get('piece')} failed its hash check", file=sys.stderr)
-        elif event.get("event") == "installed":
-            word = "already installed at" if event.get("already") else "installed at"
-            print(f"{word} {event['path']}", flush=True)
+        elif isinstance(event, events.HashFailed):
+            print(f"piece {event.piece} failed its hash check", file=sys.stderr)
+        elif isinstance(event, events.Installed):
+            word = "already installed at" if event.already else "installed at"
+            print(f"{word} {event.path}", flush=True)
 
     if as_json:
-        emit({"event": "started", "at": round(time.time(), 3)})
+        emit(events.Started(at=round(time.time(), 3)))
     try:
         result = run_peer(config, emit)
     except RoostError as exc:
         if as_json:
             emit(failed_event(exc))
-            emit(
-                {
-                    "event": "done",
-                    "ok": False,
-                    "seconds": round(time.monotonic() - started, 3),
-                    "down": last["down"],
-                    "up": last["up"],
-                }
-            )
+            seconds = round(time.monotonic() - started, 3)
+            emit(events.Done(ok=False, seconds=seconds, down=int(last["down"]), up=int(last["up"])))
         raise
     if as_json:
-        emit(
-            {
-                "event": "done",
-                "ok": True,
-                "seconds": round(result.seconds, 3),
-                "down": result.down,
-                "up": result.up,
-            }
-        )
+        seconds = round(result.seconds, 3)
+        emit(events.Done(ok=True, seconds=seconds, down=result.down, up=result.up))
     return 0
 
 

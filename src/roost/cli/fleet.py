@@ -426,9 +426,11 @@ async def _v_peer(
         trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
     )
 
-    def on_event(host: str, event: dict[str, Any]) -> None:
-        if event.get("event") in ("installed", "failed", "done") and not args.json:
-            print(f"{host}: {json.dumps(event)}", file=sys.stderr)
+    from roost import events
+
+    def on_event(host: str, event: events.Event) -> None:
+        if isinstance(event, events.Installed | events.Failed | events.Done) and not args.json:
+            print(f"{host}: {events.dump(event)}", file=sys.stderr)
 
     return await tasks.peer(fleet, cfg, list(inv.peers), torrent, opts, on_event)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost import ledger
+from roost import events, ledger
 from roost.errors import FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
@@ -265,8 +265,8 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 fail_all(f"seeding on the controller failed: {tail}", "seed")
                 raise _Stop
 
-        def on_event(host: str, event: dict[str, Any]) -> None:
-            if event.get("event") == "installed" and event.get("already"):
+        def on_event(host: str, event: events.Event) -> None:
+            if isinstance(event, events.Installed) and event.already:
                 already.add(host)
             progress.apply(host, event, time.monotonic())
 

@@ -23,14 +23,15 @@ what is not running reports "not running", never an error.
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RemoteError
+from roost import events
+from roost._parse import load_json
+from roost.errors import PeerProtocolError, RemoteError
 from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
@@ -92,8 +93,8 @@ class Remote:
 def _json_result(s: Session, text: str) -> dict[str, Any]:
     for line in reversed(text.strip().splitlines()):
         try:
-            data = json.loads(line)
-        except ValueError:
+            data = load_json(line, f"{s.host.name}'s answer", PeerProtocolError)
+        except PeerProtocolError:
             continue
         if isinstance(data, dict):
             if not data.get("ok", True):
@@ -337,10 +338,11 @@ async def peer(
     hosts: Sequence[Host],
     torrent: Path,
     opts: PeerOptions,
-    on_event: Callable[[str, dict[str, Any]], None],
+    on_event: Callable[[str, events.Event], None],
 ) -> dict[str, HostResult[dict[str, Any]]]:
     """Upload ``torrent`` and run ``roost peer --events json`` on every host at
-    once, passing each JSON line to ``on_event(host, event)`` (Murder peer)."""
+    once, passing each event to ``on_event(host, event)`` (Murder peer); a
+    host's result is its ``done`` event as a JSON object."""
     r = Remote(cfg)
     remote_torrent = f"{r.torrents}/{opts.tag}.torrent"
 
@@ -370,23 +372,26 @@ async def peer(
             ),
             *(["--feed", opts.feed] if opts.feed else []),
         ]
-        last: dict[str, Any] = {}
+        done: events.Done | None = None
+        reason: str | None = None
 
         def line(text: str) -> None:
+            nonlocal done, reason
             try:
-                event = json.loads(text)
-            except ValueError:
-                return
-            if isinstance(event, dict):
-                if event.get("event") in ("done", "failed"):
-                    last.update(event)
+                event = events.load(text)
+            except PeerProtocolError:
+                return  # not an event: a line of the shell or of ssh
+            if isinstance(event, events.Done):
+                done = event
+            elif isinstance(event, events.Failed):
+                reason = event.error
+            if event is not None:
                 on_event(s.host.name, event)
 
         cmd = r.helper("exec", r.temp, f"peer-{opts.tag}", "--", cfg.remote_roost, *argv)
         result = await s.stream(cmd, line, check=False)
-        if last.get("event") == "done" and last.get("ok"):
-            return last
-        reason = last.get("error")
+        if done is not None and done.ok:
+            return events.as_dict(done)
         if not reason:
             err = result.stderr.strip().splitlines()
             reason = err[-1] if err else f"peer exited with status {result.exit_status}"
