@@ -259,3 +259,41 @@ def test_a_daemon_started_by_a_failed_hook_does_not_hold_the_next_run(tmp_path: 
     finally:
         with contextlib.suppress(OSError, ValueError):
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_hanging_hook_is_killed_at_its_time_limit_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A hook that never ends fails its host after --hook-timeout, with the
+    hook and the time named, and nothing it started keeps running; the hook
+    is not recorded as done, so a re-run tries it again."""
+    import json
+
+    from roost.cli import main
+
+    src = tmp_path / "build"
+    src.mkdir()
+    (src / "f").write_text("x\n")
+    pids = tmp_path / "pids"
+    first = tmp_path / "first"
+    hook = f"test -e {first} || {{ touch {first}; sleep 60 & echo $! >> {pids}; wait; }}; "
+    hook += f"echo ran >> {tmp_path / 'ran'}"
+    argv = ["deploy", str(src), "--tag", "v1", "--local", "1", "--dest", str(tmp_path / "d")]
+    started = time.monotonic()
+    assert main([*argv, "--hook", hook, "--hook-timeout", "1", "--linger", "0", "--json"]) == 1
+    assert time.monotonic() - started < 60
+    host = json.loads(capsys.readouterr().out)["hosts"][0]
+    assert host["error"] == f"hook {hook!r} timed out after 1s"
+    for pid in map(int, pids.read_text().split()):
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the hook's child {pid} outlived its time limit")
+    assert not (tmp_path / "ran").exists()
+    # Not recorded as done: the re-run runs the same hook again (it ends this time).
+    assert main([*argv, "--hook", hook, "--linger", "0"]) == 0
+    assert (tmp_path / "ran").read_text() == "ran\n"

@@ -141,9 +141,14 @@ class StateFileError(TrackerError):
 
 
 class HookError(RoostError):
-    def __init__(self, command: str, exit_status: int, stderr_tail: str = ""):
+    def __init__(
+        self, command: str, exit_status: int, stderr_tail: str = "", *, timeout: float | None = None
+    ):
         tail = f": {stderr_tail.strip().splitlines()[-1]}" if stderr_tail.strip() else ""
-        super().__init__(f"hook {command!r} exited with status {exit_status}{tail}")
+        if timeout is not None:
+            super().__init__(f"hook {command!r} timed out after {timeout:g}s{tail}")
+        else:
+            super().__init__(f"hook {command!r} exited with status {exit_status}{tail}")
         self.command = command
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail

@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 _MAX_RECORD = 1 << 20
+#: seconds a hook may run before it is killed and reported (``--hook-timeout``)
+HOOK_TIMEOUT = 600.0
 
 
 def state_dir(target: Path) -> Path:
@@ -100,6 +103,7 @@ def run_hook_once(
     path: Path,
     info_hash: str,
     extra_env: dict[str, str] | None = None,
+    timeout: float | None = HOOK_TIMEOUT,
 ) -> bool:
     """Run ``command`` for the release at ``path`` unless it already
     succeeded on this install; record it once it has. Returns whether it ran.
@@ -115,7 +119,7 @@ def run_hook_once(
             return False
         done.parent.mkdir(mode=0o755, exist_ok=True)
         argv = ["/bin/sh", "-c", _ONCE, "roost-hook", command, str(done)]
-        _run(argv, command, tag, path, info_hash, extra_env, lock=lock_fd)
+        _run(argv, command, tag, path, info_hash, extra_env, timeout, lock=lock_fd)
         return True
 
 
@@ -136,6 +140,7 @@ def run_hook(
     path: Path,
     info_hash: str,
     extra_env: dict[str, str] | None = None,
+    timeout: float | None = HOOK_TIMEOUT,
 ) -> None:
     """Run ``command`` through the shell with ROOST_TAG/PATH/INFO_HASH set
     (plus ``extra_env``, e.g. the agent's ROOST_PREVIOUS), in the release's
@@ -143,7 +148,7 @@ def run_hook(
 
     Raises ``HookError`` naming the exit status and the tail of stderr.
     """
-    _run(["/bin/sh", "-c", command], command, tag, Path(path), info_hash, extra_env)
+    _run(["/bin/sh", "-c", command], command, tag, Path(path), info_hash, extra_env, timeout)
 
 
 def _run(
@@ -153,23 +158,37 @@ def _run(
     path: Path,
     info_hash: str,
     extra_env: dict[str, str] | None,
+    timeout: float | None,
     lock: int | None = None,
 ) -> None:
     """``lock``: the shell's stdin (held until it exits). The stderr goes to
     an unlinked file, not a pipe: a hook whose peer was killed is not killed
-    by SIGPIPE, nor does the peer wait for daemons the hook started."""
+    by SIGPIPE, nor does the peer wait for daemons the hook started. A hook
+    still running after ``timeout`` seconds is killed, its whole process
+    group, and reported as timed out."""
     env = dict(os.environ, ROOST_TAG=tag, ROOST_PATH=str(path), ROOST_INFO_HASH=info_hash)
     env.update(extra_env or {})
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
             env=env,
             cwd=path if path.is_dir() else None,
             stdin=subprocess.DEVNULL if lock is None else lock,
             stdout=subprocess.DEVNULL,
             stderr=err,
-            check=False,
+            start_new_session=True,
         )
-        if proc.returncode != 0:
-            err.seek(max(0, os.fstat(err.fileno()).st_size - 2000))
-            raise HookError(command, proc.returncode, err.read().decode(errors="replace"))
+        try:
+            returncode = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise HookError(command, -1, _tail(err), timeout=timeout) from None
+        if returncode != 0:
+            raise HookError(command, returncode, _tail(err))
+
+
+def _tail(err: Any) -> str:
+    err.seek(max(0, os.fstat(err.fileno()).st_size - 2000))
+    return str(err.read().decode(errors="replace"))

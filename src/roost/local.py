@@ -36,6 +36,7 @@ from typing import Any
 from roost import events, ledger, procs
 from roost.activation import RELEASES
 from roost.errors import PeerProtocolError, RoostError, UsageError
+from roost.installed import HOOK_TIMEOUT
 from roost.peer import install_flags
 from roost.progress import FleetProgress
 from roost.release import create_release, validate_tag
@@ -81,6 +82,7 @@ class LocalDeployConfig:
     keep_setid: bool = False
     #: OpenSSH public key files each peer trusts (``roost peer --trust``)
     trust: tuple[str, ...] = ()
+    hook_timeout: float = HOOK_TIMEOUT
     #: SSH key to sign the release with (``roost create --sign``)
     sign_key: Path | None = None
     #: where this deploy's ledger goes (``roost.ledger``); None: per user
@@ -115,6 +117,7 @@ def peer_command(
         download_limit=config.download_limit,
         keep_setid=config.keep_setid,
         trust=config.trust,
+        hook_timeout=config.hook_timeout,
     )
     return cmd + list(config.extra_peer_args)
 

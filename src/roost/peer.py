@@ -69,7 +69,7 @@ from roost.errors import (
     VerifyError,
     disk_error,
 )
-from roost.installed import run_hook_once
+from roost.installed import HOOK_TIMEOUT, run_hook_once
 
 if TYPE_CHECKING:
     # The engine (libtorrent) is imported by whoever owns it: the worker, or
@@ -96,6 +96,7 @@ def install_flags(
     download_limit: int = 0,
     keep_setid: bool = False,
     trust: tuple[str, ...] = (),
+    hook_timeout: float = HOOK_TIMEOUT,
 ) -> list[str]:
     """The ``roost peer`` flags for these install options (pure): how the
     local fleet and the SSH fleet hand their options to each host's peer."""
@@ -116,6 +117,8 @@ def install_flags(
         flags.append("--keep-setid")
     for key in trust:
         flags += ["--trust", key]
+    if hook and hook_timeout != HOOK_TIMEOUT:
+        flags += ["--hook-timeout", f"{hook_timeout:g}"]
     return flags
 
 
@@ -155,6 +158,8 @@ class PeerConfig:
     keep_setid: bool = False
     #: OpenSSH public key files: refuse releases none of them signed
     trust: tuple[str, ...] = ()
+    #: seconds the hook may run before it is killed and the host fails
+    hook_timeout: float = HOOK_TIMEOUT
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -539,7 +544,13 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         emit(events.Installed(path=str(early), already=True))
         if config.hook:
             meta = _read_meta(torrent_bytes or b"")
-            run_hook_once(config.hook, tag=meta.tag or meta.name, path=early, info_hash=info_hash)
+            run_hook_once(
+                config.hook,
+                tag=meta.tag or meta.name,
+                path=early,
+                info_hash=info_hash,
+                timeout=config.hook_timeout,
+            )
         return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
     if meta is not None:
         check_room(
@@ -563,7 +574,13 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         emit(events.Installed(path=str(path), already=already))
         if config.hook:
             tag = meta.tag or meta.name
-            run_hook_once(config.hook, tag=tag, path=path, info_hash=meta.info_hash)
+            run_hook_once(
+                config.hook,
+                tag=tag,
+                path=path,
+                info_hash=meta.info_hash,
+                timeout=config.hook_timeout,
+            )
     finally:
         if download is not None:
             if config.linger > 0:

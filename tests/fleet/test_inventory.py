@@ -217,3 +217,10 @@ def test_bad_config(text: str, where: str, what: str) -> None:
         parse_config(text)
     assert str(err.value).startswith(where), str(err.value)
     assert what in str(err.value)
+
+
+def test_roost_toml_trust_is_a_list_of_key_paths() -> None:
+    cfg = parse_config('trust = ["/etc/roost/release.pub", "/etc/roost/next.pub"]\n')
+    assert cfg.trust == ("/etc/roost/release.pub", "/etc/roost/next.pub")
+    with pytest.raises(ConfigError, match=r"roost.toml:2: trust must be a list of strings"):
+        parse_config('forks = 3\ntrust = "/etc/roost/release.pub"\n')

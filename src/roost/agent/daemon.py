@@ -78,7 +78,7 @@ from roost.errors import (
     SignatureError,
     UsageError,
 )
-from roost.installed import run_hook, run_hook_once
+from roost.installed import HOOK_TIMEOUT, run_hook, run_hook_once
 from roost.peer import Download, PeerConfig
 from roost.rollout import DEFAULT_HEALTH_TIMEOUT, run_check
 from roost.signing import NO_KEYS, TrustedKeys
@@ -111,6 +111,7 @@ class AgentConfig:
     host: str = field(default_factory=socket.gethostname)  # this host's name in rollouts
     #: keep the releases' setuid/setgid/sticky bits (stripped by default)
     keep_setid: bool = False
+    hook_timeout: float = HOOK_TIMEOUT  # seconds; a hook still running is killed
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -320,6 +321,7 @@ class Agent:
                     path=path,
                     info_hash=entry.info_hash,
                     extra_env=env,
+                    timeout=self.config.hook_timeout,
                 )
         except HookError as exc:
             return self._reject(entry, exc, previous)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roost.cli.core import _seconds, _size
+from roost.cli.core import _seconds, _size, add_hook_timeout_flag
 from roost.cli.origin import add_server_limit_flags, server_limits
 from roost.errors import UsageError
 
@@ -61,6 +61,7 @@ def _register_agent(sub: Any) -> None:
     p.add_argument("--interval", type=_seconds, default=10.0, help="seconds between polls")
     p.add_argument("--keep", type=int, default=3, help="installed releases to keep (>= 1)")
     p.add_argument("--hook", metavar="CMD", help="run before activating (ROOST_TAG, ROOST_PATH, …)")
+    add_hook_timeout_flag(p)
     p.add_argument(
         "--temp-path", type=Path, help="downloads and seeded payloads (default DEST/.roost-cache)"
     )
@@ -148,6 +149,7 @@ def _agent(args: argparse.Namespace) -> int:
         trusted=load_trusted(args.trust),
         health=args.health,
         health_timeout=args.health_timeout,
+        hook_timeout=args.hook_timeout,
         **({"host": args.host_name} if args.host_name else {}),
     )
     with Agent(config, say=_say) as agent:

@@ -217,6 +217,19 @@ def _register_peer(sub: Any) -> None:
     p.set_defaults(handler=_peer)
 
 
+def add_hook_timeout_flag(p: argparse.ArgumentParser) -> None:
+    from roost.installed import HOOK_TIMEOUT
+
+    p.add_argument(
+        "--hook-timeout",
+        type=_seconds,
+        default=HOOK_TIMEOUT,
+        metavar="S",
+        help=f"kill a hook still running after S seconds, failing the host "
+        f"(default {HOOK_TIMEOUT:g})",
+    )
+
+
 def _add_install_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-tag-directory",
@@ -234,6 +247,7 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
         "--linger", type=_seconds, default=30.0, help="seconds to keep seeding after (default 30)"
     )
     p.add_argument("--hook", help="shell command run after install (ROOST_TAG, ROOST_PATH, ...)")
+    add_hook_timeout_flag(p)
     p.add_argument("--timeout", type=_seconds, help="give up after this many seconds")
     p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
     p.add_argument("--download-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
@@ -278,6 +292,7 @@ def _peer(args: argparse.Namespace) -> int:
         clean=args.clean,
         keep_setid=args.keep_setid,
         trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
+        hook_timeout=args.hook_timeout,
         linger=args.linger,
         hook=args.hook,
         temp_path=args.temp_path,
@@ -428,6 +443,7 @@ def _deploy(args: argparse.Namespace) -> int:
         keep_setid=args.keep_setid,
         sign_key=args.sign,
         trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
+        hook_timeout=args.hook_timeout,
         out_dir=args.out,
         work_dir=args.work_dir,
         piece_size=args.piece_size,

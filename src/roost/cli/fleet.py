@@ -424,6 +424,7 @@ async def _v_peer(
         timeout=args.timeout,
         keep_setid=args.keep_setid,
         trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
+        hook_timeout=args.hook_timeout,
     )
 
     from roost import events
@@ -554,6 +555,9 @@ def register(sub: Any) -> None:
     p.add_argument("--clean", action="store_true", help="replace a non-empty destination")
     p.add_argument("--linger", type=float, default=30.0, help="seed this long after (s)")
     p.add_argument("--hook", help="shell command run after install")
+    from roost.cli.core import add_hook_timeout_flag
+
+    add_hook_timeout_flag(p)
     p.add_argument("--timeout", type=float, help="give up after this many seconds")
     p.add_argument(
         "--keep-setid", action="store_true", help="keep setuid/setgid/sticky bits (stripped)"
@@ -626,7 +630,8 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
         keep_setid=args.keep_setid,
-        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
+        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()) or cfg.trust,
+        hook_timeout=args.hook_timeout,
     )
     return DeployPlan(
         source=Path(args.source),

@@ -12,6 +12,7 @@ Example::
     forks = 100
     bootstrap_direct = 8   # hosts the controller sends wheels to at once
     bootstrap_relay = 4    # hosts each bootstrapped host passes them on to (0: off)
+    trust = ["/etc/roost/release.pub"]  # the hosts' peers refuse releases it did not sign
 
     [ssh]
     config = "~/.ssh/config"
@@ -63,6 +64,9 @@ class FleetConfig:
     wheel_cache: str | None = None
     bootstrap_direct: int = 8
     bootstrap_relay: int = 4
+    #: public key files on the hosts whose release signatures their peers
+    #: accept (``roost peer --trust``); empty: any release
+    trust: tuple[str, ...] = ()
     ssh: SSHSettings = field(default_factory=SSHSettings)
 
     @property
@@ -104,6 +108,11 @@ def _typed(
             continue
         default = known[key].default
         expected: tuple[type, ...]
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{name} must be a list of strings", path=path, line=where)
+            out[key] = tuple(value)
+            continue
         if isinstance(default, bool):
             expected = (bool,)
         elif isinstance(default, int):

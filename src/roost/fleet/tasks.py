@@ -35,6 +35,7 @@ from roost.errors import PeerProtocolError, RemoteError
 from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
+from roost.installed import HOOK_TIMEOUT
 from roost.peer import install_flags
 
 q = shlex.quote
@@ -330,6 +331,7 @@ class PeerOptions:
     keep_setid: bool = False
     #: public key files *on the hosts* their peers trust (``roost peer --trust``)
     trust: tuple[str, ...] = ()
+    hook_timeout: float = HOOK_TIMEOUT
 
 
 async def peer(
@@ -369,6 +371,7 @@ async def peer(
                 download_limit=opts.download_limit,
                 keep_setid=opts.keep_setid,
                 trust=opts.trust,
+                hook_timeout=opts.hook_timeout,
             ),
             *(["--feed", opts.feed] if opts.feed else []),
         ]
