@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from roost import events
 from roost.engine import Engine, EngineConfig
 from roost.errors import EngineError, UsageError
 from roost.magnet import magnet_uri, parse_magnet
@@ -162,8 +163,8 @@ def test_peers_share_pieces_from_a_slow_origin(tmp_path: Path, release) -> None:
         results: dict[str, Any] = {}
         half = threading.Event()
 
-        def on_event(event: dict[str, Any]) -> None:
-            if event.get("event") == "progress" and event["progress"] >= 0.5:
+        def on_event(event: events.Event) -> None:
+            if isinstance(event, events.Progress) and event.progress >= 0.5:
                 half.set()
 
         def run(name: str, linger: float) -> None:
