@@ -294,7 +294,7 @@ def rollout_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"{h['host']:<{width}}  {text}")
     waves = len(doc["waves"])
     if doc["ok"]:
-        lines.append(f"rolled out {doc['tag']} in {waves} waves in {doc['seconds']:.1f} s")
+        lines.append(f"rolled out {doc['tag']} in {waves} waves in {doc['seconds']:.2f} s")
     else:
         lines.append(f"rollout of {doc['tag']} halted at wave {doc['halted_at']} of {waves}")
     return lines
