@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.proc_kit import assert_all_gone
 from tests.release_kit import build_tar, entry, member, snapshot
 
 from roost.errors import DestinationError, HookError
@@ -284,15 +285,7 @@ def test_a_hanging_hook_is_killed_at_its_time_limit_and_reported(
     assert time.monotonic() - started < 60
     host = json.loads(capsys.readouterr().out)["hosts"][0]
     assert host["error"] == f"hook {hook!r} timed out after 1s"
-    for pid in map(int, pids.read_text().split()):
-        for _ in range(50):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"the hook's child {pid} outlived its time limit")
+    assert_all_gone(pids, "the hook")  # its whole process group was killed
     assert not (tmp_path / "ran").exists()
     # Not recorded as done: the re-run runs the same hook again (it ends this time).
     assert main([*argv, "--hook", hook, "--linger", "0"]) == 0

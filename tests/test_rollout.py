@@ -4,11 +4,11 @@ that halts at wave 2 and rolls wave 1 back, and a hanging check bounded."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
+from tests.proc_kit import assert_all_gone
 
 from roost import activation
 from roost.cli import main
@@ -121,15 +121,7 @@ def test_hanging_health_check_is_bounded(
     assert time.monotonic() - started < 20
     doc = json.loads(capsys.readouterr().out)
     assert {h["health"] for h in doc["hosts"]} == {"timed out after 1s"}
-    for pid in map(int, pids.read_text().split()):  # the whole group was killed
-        for _ in range(50):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"health check's child {pid} still runs")
+    assert_all_gone(pids, "the health check")  # its whole process group was killed
 
 
 def test_activate_failure_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
