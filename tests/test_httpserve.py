@@ -247,7 +247,7 @@ def test_at_the_cap_with_every_connection_busy_a_newcomer_gets_503(tmp_path: Pat
                 sock.close()
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss: apt-get install iproute2")
 def test_the_listen_backlog_takes_a_burst(served: Served) -> None:
     out = subprocess.run(
         ["ss", "-ltnH", f"sport = :{served.port}"], capture_output=True, text=True, check=True

@@ -49,7 +49,7 @@ def mounts(tmp_path: Path) -> Iterator[Callable[[Path, str], None]]:
 
     def mount(where: Path, options: str) -> None:
         if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root")
+            pytest.skip("mounting a tmpfs needs root: run the tests as root (sudo ./scripts/test)")
         where.mkdir(parents=True, exist_ok=True)
         mounted = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
@@ -57,7 +57,10 @@ def mounts(tmp_path: Path) -> Iterator[Callable[[Path, str], None]]:
             check=False,
         )
         if mounted.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+            pytest.skip(
+                f"cannot mount a tmpfs ({mounted.stderr.decode().strip()}): run as root where "
+                "mount(2) is allowed (a container needs CAP_SYS_ADMIN)"
+            )
         done.append(where)
 
     yield mount

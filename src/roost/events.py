@@ -132,6 +132,9 @@ Event = (
     | Done
 )
 _KINDS: dict[str, type[_Event]] = {cls.name: cls for cls in typing.get_args(Event)}
+_HINTS: dict[type[_Event], dict[str, Any]] = {
+    cls: typing.get_type_hints(cls) for cls in _KINDS.values()
+}
 
 
 def as_dict(event: Event) -> dict[str, Any]:
@@ -168,18 +171,8 @@ def load(line: str | bytes) -> Event | None:
             if f.default is dataclasses.MISSING:
                 raise PeerProtocolError(f"peer event {cls.name!r} has no {f.name!r}")
             continue
-        values[f.name] = _checked(cls.name, f.name, doc[f.name], _hints(cls)[f.name])
+        values[f.name] = _checked(cls.name, f.name, doc[f.name], _HINTS[cls][f.name])
     return cls(**values)  # type: ignore[return-value]
-
-
-def _hints(cls: type[_Event]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
-
-
-_HINTS: dict[type[_Event], dict[str, Any]] = {}
 
 
 def _checked(kind: str, field: str, value: Any, hint: Any) -> Any:

@@ -43,7 +43,9 @@ def loopback_fleet() -> Iterator[SshdFleet]:
     (own /opt and /tmp; no network namespaces, which collide between runs)."""
     if os.geteuid() != 0 or not (shutil.which("unshare") and shutil.which("nsenter")):
         pytest.skip(
-            "hosts with their own /opt and /tmp (and a tmpfs in one) need root, unshare, nsenter"
+            "hosts with their own /opt and /tmp (and a tmpfs in one) need root and "
+            "unshare/nsenter: run the tests as root (sudo ./scripts/test) with util-linux "
+            "installed (apt-get install util-linux)"
         )
     f = SshdFleet(3, mode="loopback").up()
     try:

@@ -18,6 +18,7 @@ from typing import Any
 
 from roost.cli.core import _seconds, _size, add_hook_timeout_flag
 from roost.cli.origin import add_server_limit_flags, server_limits
+from roost.cli.release import add_sign_flag, add_trust_flag
 from roost.errors import UsageError
 
 
@@ -91,15 +92,7 @@ def _register_agent(sub: Any) -> None:
     p.add_argument(
         "--once", action="store_true", help="one poll-and-apply, then exit (non-zero on failure)"
     )
-    p.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="KEY",
-        help="OpenSSH public key file whose release signatures to accept; with it, releases "
-        "not signed by a trusted key are rejected before download (repeatable)",
-    )
+    add_trust_flag(p)
     p.add_argument(
         "--health",
         metavar="CMD",
@@ -240,12 +233,7 @@ def _register_publish(sub: Any) -> None:
         help="the origin's feed agents take pieces from (http://HOST:PORT/, recorded in the "
         "channel); with --seed it is served on that port",
     )
-    p.add_argument(
-        "--sign",
-        type=Path,
-        metavar="KEY",
-        help="SSH key to sign the release with (see roost create --sign)",
-    )
+    add_sign_flag(p)
     p.set_defaults(handler=_publish)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from roost import events
+from roost.cli.release import add_sign_flag, add_trust_flag
 from roost.errors import RoostError, UsageError
 from roost.peer import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig, failed_event, run_peer
 
@@ -181,6 +182,7 @@ def _register_peer(sub: Any) -> None:
     p.add_argument("torrent", help="the release's .torrent, or a magnet link")
     p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG")
     _add_install_flags(p)
+    add_trust_flag(p)
     p.add_argument(
         "--temp-path",
         type=Path,
@@ -255,15 +257,6 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
         "--keep-setid",
         action="store_true",
         help="keep the release's setuid, setgid and sticky bits (stripped by default)",
-    )
-    p.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="OpenSSH public key file (with -i: a path on the hosts) whose release "
-        "signatures to accept; releases no such key signed are refused before the "
-        "download (repeatable)",
     )
 
 
@@ -374,13 +367,9 @@ def _register_deploy(sub: Any) -> None:
     )
     where.add_argument("-i", "--inventory", type=Path, help="deploy to an inventory's hosts")
     _add_install_flags(p)
+    add_trust_flag(p, on_hosts=True)
     p.add_argument("--out", type=Path, help="keep the release (.torrent, tar) here")
-    p.add_argument(
-        "--sign",
-        type=Path,
-        metavar="KEY",
-        help="sign the release with this SSH key (see roost create --sign)",
-    )
+    add_sign_flag(p)
     p.add_argument(
         "--work-dir",
         type=Path,

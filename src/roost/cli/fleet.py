@@ -73,20 +73,22 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
     g.add_argument("--wheel-cache", help="controller's wheel cache (default ~/.cache/roost/wheels)")
     g.add_argument(
         "--bootstrap-direct",
-        type=_at_least(1),
+        type=at_least(1),
         metavar="N",
         help="bootstrap: hosts this machine sends the wheels to at once (default 8)",
     )
     g.add_argument(
         "--bootstrap-relay",
-        type=_at_least(0),
+        type=at_least(0),
         metavar="N",
         help="bootstrap: each host that has roost passes the wheels on to N others at a "
         "time over HTTP, checked by sha256 (default 4; 0: all from this machine)",
     )
 
 
-def _at_least(low: int) -> Callable[[str], int]:
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -562,14 +564,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--keep-setid", action="store_true", help="keep setuid/setgid/sticky bits (stripped)"
     )
-    p.add_argument(
-        "--trust",
-        action="append",
-        default=[],
-        metavar="KEY",
-        help="public key file on the hosts whose release signatures their peers accept "
-        "(repeatable; unsigned releases are then refused)",
-    )
+    from roost.cli.release import add_trust_flag
+
+    add_trust_flag(p, on_hosts=True)
     _verb_parser(
         fsub,
         "stop-all-peering",
@@ -693,19 +690,12 @@ async def _fleet_rollout(
     args: argparse.Namespace, plan: DeployPlan, summary: dict[str, Any], waves: Any
 ) -> None:
     """``roost deploy -i --activate``: switch the installed hosts wave by wave."""
-    import dataclasses
-
-    from roost.cli.releases import merge_rollout, rollout_limit, rollout_options
-    from roost.fleet.rollout import SSHRunner
-    from roost.fleet.ssh import Fleet
-    from roost.rollout import run_rollout
+    from roost.cli.releases import merge_rollout, run_ssh_rollout
 
     ok = {h["name"] for h in summary["hosts"] if h["ok"]}
     hosts = [h for h in plan.inventory.peers if h.name in ok]
     base = plan.peer.dest.removesuffix(f"/{RELEASES}")
-    ssh = dataclasses.replace(plan.ssh, max_fail_percent=100.0)
-    async with Fleet(hosts, ssh) as fleet:
-        runner = SSHRunner(fleet, plan.cfg, base, timeout=args.health_timeout, keep=args.keep)
-        options = rollout_options(args, rollout_limit(args))
-        result = await run_rollout(runner, [h.name for h in hosts], plan.tag, waves, **options)
+    result = await run_ssh_rollout(
+        args, hosts, plan.cfg, plan.ssh, base, plan.tag, waves, keep=args.keep
+    )
     merge_rollout(summary, result)

@@ -24,9 +24,23 @@ _SIGN_HELP = (
     "is in ssh-agent); the signature covers the info-hash, the tag and the manifest"
 )
 _TRUST_HELP = (
-    "OpenSSH public key file (one key per line) whose signatures to accept; with it, "
-    "unsigned or otherwise signed releases are refused (repeatable)"
+    "OpenSSH public key file (one key per line) whose release signatures to accept; with it, "
+    "unsigned or otherwise signed releases are refused, before any download (repeatable)"
 )
+
+
+def add_sign_flag(p: argparse.ArgumentParser, flag: str = "--sign") -> None:
+    """The signing key of ``roost create``, ``sign``, ``deploy`` and ``publish``."""
+    p.add_argument(flag, type=Path, default=None, metavar="KEY", help=_SIGN_HELP)
+
+
+def add_trust_flag(p: argparse.ArgumentParser, *, on_hosts: bool = False) -> None:
+    """``--trust KEY`` (repeatable) of every command that takes a release in;
+    ``on_hosts``: the paths name files on the inventory's hosts."""
+    where = " (with -i: a path on the hosts)" if on_hosts else ""
+    p.add_argument(
+        "--trust", action="append", default=[], type=Path, metavar="KEY", help=_TRUST_HELP + where
+    )
 
 
 def register(sub: Any) -> None:
@@ -73,7 +87,7 @@ def register(sub: Any) -> None:
         help="HTTP(S) origin holding the payload (BEP 19 web seed, repeatable)",
     )
     create.add_argument("--private", action="store_true", help="set the private flag (no DHT/PEX)")
-    create.add_argument("--sign", type=Path, default=None, metavar="KEY", help=_SIGN_HELP)
+    add_sign_flag(create)
     create.add_argument("--json", action="store_true", help="print a JSON summary")
     create.set_defaults(handler=_create)
 
@@ -107,9 +121,7 @@ def register(sub: Any) -> None:
         metavar="P",
         help="the release's payload (default: beside the torrent, under its name)",
     )
-    verify.add_argument(
-        "--trust", action="append", default=[], type=Path, metavar="KEY", help=_TRUST_HELP
-    )
+    add_trust_flag(verify)
     verify.set_defaults(handler=_verify)
 
 

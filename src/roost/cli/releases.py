@@ -85,14 +85,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_keep_flag(p: argparse.ArgumentParser) -> None:
-    def at_least_one(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"--keep wants a whole number >= 1, not {text!r}")
-        return int(text)
+    from roost.cli.fleet import at_least
 
     p.add_argument(
         "--keep",
-        type=at_least_one,
+        type=at_least(1),
         metavar="N",
         help="after switching, remove all but the newest N releases (never the current "
         "or the previous one)",
@@ -158,10 +155,7 @@ def describe(verb: str, result: dict[str, Any]) -> str:
 def _main(args: argparse.Namespace, verb: str) -> int:
     tag = getattr(args, "tag", None) or getattr(args, "to", None)
     keep = getattr(args, "keep", None)
-    remote = args.inventory is not None or args.hosts is not None
-    if remote and args.local is not None:
-        raise UsageError("pass --local N or -i INVENTORY, not both")
-    if remote:
+    if _remote(args):
         return _fleet(args, verb, tag)
     if args.local is None:
         result = one(verb, args.dest, tag, keep)
@@ -229,23 +223,27 @@ def _fleet(args: argparse.Namespace, verb: str, tag: str | None) -> int:
 def _rollout_main(args: argparse.Namespace) -> int:
     import asyncio
 
-    from roost.rollout import LocalRunner, parse_waves, run_rollout
+    from roost.rollout import parse_waves
 
     waves = parse_waves(args.waves)
+    if _remote(args):
+        return asyncio.run(_rollout_fleet(args, waves))
+    n = args.local if args.local is not None else 0
+    dests = {f"host-{i}": args.dest / f"host-{i}" for i in range(1, n + 1)} or {"local": args.dest}
+    return print_rollout(run_local_rollout(args, dests, args.tag, waves), args.json)
+
+
+def _remote(args: argparse.Namespace) -> bool:
+    """Whether the hosts are an inventory's (-i/--hosts), not this machine's."""
     remote = args.inventory is not None or args.hosts is not None
     if remote and args.local is not None:
         raise UsageError("pass --local N or -i INVENTORY, not both")
+    return remote
+
+
+def rollout_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``run_rollout``'s options from the rollout flags (add_rollout_flags)."""
     limit = args.max_fail_percent if args.max_fail_percent is not None else 0.0
-    if remote:
-        return _rollout_fleet(args, waves, limit)
-    n = args.local if args.local is not None else 0
-    dests = {f"host-{i}": args.dest / f"host-{i}" for i in range(1, n + 1)} or {"local": args.dest}
-    runner = LocalRunner(dests, timeout=args.health_timeout)
-    run = run_rollout(runner, list(dests), args.tag, waves, **rollout_options(args, limit))
-    return print_rollout(asyncio.run(run), args.json)
-
-
-def rollout_options(args: argparse.Namespace, limit: float) -> dict[str, Any]:
     return {
         "health": args.health,
         "max_fail_percent": limit,
@@ -300,28 +298,51 @@ def rollout_lines(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _rollout_fleet(args: argparse.Namespace, waves: Any, limit: float) -> int:
+async def _rollout_fleet(args: argparse.Namespace, waves: Any) -> int:
+    from roost.cli.fleet import fleet_config, load_inv, ssh_options
+
+    inv = load_inv(args)
+    cfg = fleet_config(args)
+    ssh = ssh_options(args, cfg)
+    result = await run_ssh_rollout(args, inv.peers, cfg, ssh, str(args.dest), args.tag, waves)
+    return print_rollout(result, args.json)
+
+
+def run_local_rollout(
+    args: argparse.Namespace, dests: dict[str, Path], tag: str, waves: Any, keep: int | None = None
+) -> Any:
+    """Roll ``tag`` out over destinations on this machine (host name -> DEST)."""
     import asyncio
+
+    from roost.rollout import LocalRunner, run_rollout
+
+    runner = LocalRunner(dests, timeout=args.health_timeout, keep=keep)
+    return asyncio.run(run_rollout(runner, list(dests), tag, waves, **rollout_options(args)))
+
+
+async def run_ssh_rollout(
+    args: argparse.Namespace,
+    hosts: Any,
+    cfg: Any,
+    ssh: Any,
+    dest: str,
+    tag: str,
+    waves: Any,
+    keep: int | None = None,
+) -> Any:
+    """Roll ``tag`` out over SSH ``hosts`` (``roost.fleet.rollout.SSHRunner``); the
+    rollout has its own failure gate, so the fleet's abort threshold is off."""
     import dataclasses
 
-    from roost.cli.fleet import fleet_config, load_inv, ssh_options
     from roost.fleet.rollout import SSHRunner
     from roost.fleet.ssh import Fleet
     from roost.rollout import run_rollout
 
-    inv = load_inv(args)
-    cfg = fleet_config(args)
-    ssh = dataclasses.replace(ssh_options(args, cfg), max_fail_percent=100.0)
-
-    async def main() -> int:
-        async with Fleet(inv.peers, ssh) as fleet:
-            runner = SSHRunner(fleet, cfg, str(args.dest), timeout=args.health_timeout)
-            hosts = [h.name for h in inv.peers]
-            options = rollout_options(args, limit)
-            result = await run_rollout(runner, hosts, args.tag, waves, **options)
-        return print_rollout(result, args.json)
-
-    return asyncio.run(main())
+    hosts = list(hosts)
+    async with Fleet(hosts, dataclasses.replace(ssh, max_fail_percent=100.0)) as fleet:
+        runner = SSHRunner(fleet, cfg, dest, timeout=args.health_timeout, keep=keep)
+        names = [h.name for h in hosts]
+        return await run_rollout(runner, names, tag, waves, **rollout_options(args))
 
 
 # roost deploy --activate ---------------------------------------------------------
@@ -353,21 +374,10 @@ def deploy_waves(args: argparse.Namespace) -> Any:
     return parse_waves(args.waves)
 
 
-def rollout_limit(args: argparse.Namespace) -> float:
-    return args.max_fail_percent if args.max_fail_percent is not None else 0.0
-
-
 def local_rollout(args: argparse.Namespace, summary: dict[str, Any], waves: Any) -> None:
     """Activate a local deploy's installed hosts wave by wave (into ``summary``)."""
-    import asyncio
-
-    from roost.rollout import LocalRunner, run_rollout
-
-    hosts = [h["name"] for h in summary["hosts"] if h["ok"]]
-    dests = {name: Path(args.dest) / name for name in hosts}
-    runner = LocalRunner(dests, timeout=args.health_timeout, keep=args.keep)
-    options = rollout_options(args, rollout_limit(args))
-    merge_rollout(summary, asyncio.run(run_rollout(runner, hosts, args.tag, waves, **options)))
+    dests = {h["name"]: Path(args.dest) / h["name"] for h in summary["hosts"] if h["ok"]}
+    merge_rollout(summary, run_local_rollout(args, dests, args.tag, waves, keep=args.keep))
 
 
 def merge_rollout(summary: dict[str, Any], result: Any) -> None:
