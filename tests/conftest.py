@@ -108,7 +108,7 @@ MakeSwarm = Callable[..., Swarm]
 
 @pytest.fixture
 def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
-    """``make_swarm(source, tag="t1", upload_limit=0, is_file=False)``: create
+    """``make_swarm(source, tag="t1", upload_limit=0, is_file=False, tar=True)``: create
     the release, start an allow-list tracker and a seeder; all stopped after."""
     from roost.release import create_release
     from roost.seeder import SeedConfig, SeederThread
@@ -124,6 +124,7 @@ def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
         is_file: bool = False,
         piece_size: int | None = None,
         feed: bool = False,
+        tar: bool = True,
     ) -> Swarm:
         tracker = run_tracker_in_thread(
             TrackerConfig(port=0, interval=2, min_interval=1, allow_list_only=True)
@@ -136,12 +137,12 @@ def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
             announce=[tracker.announce_url],
             is_file=is_file,
             piece_size=piece_size,
+            tar=tar,
         )
         tracker.allow(release.info_hash, tag)
         seeder = SeederThread(
-            SeedConfig(
-                torrent=release.torrent,
-                payload_dir=release.payload.parent,
+            SeedConfig.of(
+                release,
                 upload_limit=upload_limit,
                 listen_interface="127.0.0.1",
                 feed_port=0 if feed else None,

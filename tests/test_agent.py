@@ -86,12 +86,7 @@ class Publisher:
         )
         if seed:
             self.seeders[tag] = SeederThread(
-                SeedConfig(
-                    torrent=release.torrent,
-                    payload_dir=release.payload.parent,
-                    listen_interface="127.0.0.1",
-                    feed_port=feed_port,
-                )
+                SeedConfig.of(release, listen_interface="127.0.0.1", feed_port=feed_port)
             )
         return release
 
@@ -503,13 +498,11 @@ def test_sigterm_mid_download_saves_resume_data_and_a_restart_finishes(
     release = publish(source, "v1", pub.dir, announce=[pub.tracker.announce_url])
     from roost.seeder import SeedConfig, SeederThread
 
-    pub.seeders["v1"] = SeederThread(
-        SeedConfig(release.torrent, release.payload.parent, listen_interface="127.0.0.1")
-    )
+    pub.seeders["v1"] = SeederThread(SeedConfig.of(release, listen_interface="127.0.0.1"))
     slow = agent_args(pub, dest, "--interval", "0.5", "--download-limit", "256K")
     daemon = roost_procs(*slow)
     work = dest / ".roost-cache" / release.info_hash
-    wait_for(lambda: (work / "v1.tar").exists(), 15, "the download to start")
+    wait_for(lambda: (work / "v1" / "blob.bin").exists(), 15, "the download to start")
     time.sleep(1.5)
     daemon.send_signal(signal.SIGTERM)
     out, err = daemon.communicate(timeout=15)

@@ -10,6 +10,7 @@ import pytest
 
 from roost.checks import StallWatch, check_installable, check_room
 from roost.errors import DestinationError, ReleaseError
+from roost.layout import TorrentFile
 from roost.release import TorrentMeta
 
 
@@ -46,10 +47,11 @@ def test_stall_window_zero_never_gives_up() -> None:
     assert watch.verdict(1000, 5, 5) is None
 
 
-def test_multi_file_torrent_is_not_installable() -> None:
+def test_multi_file_torrents_are_installable_unless_a_path_is_unsafe() -> None:
     check_installable(meta(10))
-    with pytest.raises(ReleaseError, match=r"multi-file torrent \(2 files\)"):
-        check_installable(meta(10, files=(("a", 5), ("b/c", 5))))
+    check_installable(meta(10, files=(TorrentFile("a", 5), TorrentFile("b/c", 5))))
+    with pytest.raises(ReleaseError, match=r"its file '../c' contains a '..' component"):
+        check_installable(meta(10, files=(TorrentFile("a", 5), TorrentFile("../c", 5))))
 
 
 def test_room_counts_what_is_left_to_download_and_the_installed_copy(tmp_path: Path) -> None:

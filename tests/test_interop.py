@@ -73,11 +73,25 @@ def tracker() -> Iterator[TrackerHandle]:
 # 1. aria2c <- roost seeder --------------------------------------------------------
 
 
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``root`` (``.git*`` and links
+    left out: what a client downloads of a tree release)."""
+    return {
+        str(p.relative_to(root)): sha256_file(p)
+        for p in root.rglob("*")
+        if p.is_file()
+        and not p.is_symlink()
+        and not any(part.startswith(".git") for part in p.relative_to(root).parts)
+    }
+
+
 @needs_aria2c
-def test_aria2c_downloads_from_roost_seeder(tmp_path: Path, make_swarm: MakeSwarm) -> None:
-    swarm = make_swarm(_source(tmp_path / "src"), "v1")
+@pytest.mark.parametrize("tar", [True, False], ids=["tar", "tree"])
+def test_aria2c_downloads_from_roost_seeder(
+    tmp_path: Path, make_swarm: MakeSwarm, tar: bool
+) -> None:
+    swarm = make_swarm(_source(tmp_path / "src"), "v1", tar=tar)
     release = swarm.release
-    want = sha256_file(release.payload)  # type: ignore[attr-defined]
     download = tmp_path / "aria2c"
     with procs_in(tmp_path / "logs") as procs:
         client = procs.start("aria2c", aria2c_argv(swarm.torrent, download, free_port()))
@@ -86,10 +100,18 @@ def test_aria2c_downloads_from_roost_seeder(tmp_path: Path, make_swarm: MakeSwar
         except subprocess.TimeoutExpired:
             raise AssertionError(f"aria2c did not finish\n{procs.describe()}") from None
         assert rc == 0, procs.describe()
-    got = download / release.payload.name  # type: ignore[attr-defined]
-    assert sha256_file(got) == want
+    payload = release.payload  # type: ignore[attr-defined]
+    if tar:
+        got = download / payload.name
+        assert sha256_file(got) == sha256_file(payload)
+        size = got.stat().st_size
+    else:  # a tree release: the build's files, each in its place
+        got = download / "v1"
+        assert file_digests(got) == file_digests(payload)
+        assert not (got / ".pad").exists()  # BEP 47 pads are not written
+        size = sum(p.stat().st_size for p in got.rglob("*") if p.is_file())
     snap = swarm.seeder.seeder.snapshot()  # type: ignore[attr-defined]
-    assert snap.uploaded >= got.stat().st_size  # it came from the roost seeder
+    assert snap.uploaded >= size  # it came from the roost seeder
     stats = swarm_stats(swarm.tracker.announce_url, release.info_hash)  # type: ignore[attr-defined]
     assert stats is not None and stats["completed"] == 1
 
@@ -188,33 +210,29 @@ def test_transmission_downloads_from_roost_seeder(tmp_path: Path) -> None:
                 _source(tmp_path / "src"), "v2", tmp_path / "out", announce=[tracker.announce_url]
             )
             tracker.allow(release.info_hash, "v2")
-            seeder = SeederThread(
-                SeedConfig(
-                    torrent=release.torrent,
-                    payload_dir=release.payload.parent,
-                    listen_interface=addr,
-                )
-            )
+            seeder = SeederThread(SeedConfig.of(release, listen_interface=addr))
             config, download, done = tmp_path / "tr-config", tmp_path / "tr-down", tmp_path / "done"
             download.mkdir()
             transmission_settings(config, port=51413)
             finish = tmp_path / "finished.sh"
             finish.write_text(f'#!/bin/sh\necho "$TR_TORRENT_NAME" > {done}\n')
             finish.chmod(0o755)
-            want = sha256_file(release.payload)
-            got = download / release.payload.name
+            want = file_digests(release.payload)  # a tree release: the build's files
+            got = download / release.tag
             argv = [TRANSMISSION or "transmission-cli", "-g", str(config), "-w", str(download)]
             argv += ["-f", str(finish), str(release.torrent)]
             with procs_in(tmp_path / "logs") as procs:
                 procs.start("transmission-cli", argv, popen=host.popen)
                 wait_for(
                     "transmission-cli to finish",
-                    lambda: done.exists() and got.is_file() and sha256_file(got) == want,
+                    lambda: done.exists() and file_digests(got) == want,
                     timeout=45,
                     procs=procs,
                 )
-            assert done.read_text().strip() == release.payload.name
-            assert seeder.seeder.snapshot().uploaded >= release.total_size
+            assert done.read_text().strip() == release.tag
+            assert seeder.seeder.snapshot().uploaded >= sum(
+                p.stat().st_size for p in got.rglob("*")
+            )
             stats = swarm_stats(tracker.announce_url, release.info_hash)
             assert stats is not None
             addresses = {p["address"] for p in stats["peers"]}
@@ -240,7 +258,9 @@ def test_roost_peer_downloads_from_aria2c_seeder(
     tmp_path: Path, tracker: TrackerHandle, clean_env: dict[str, str]
 ) -> None:
     tree = _source(tmp_path / "src")
-    release = create_release(tree, "v3", tmp_path / "out", announce=[tracker.announce_url])
+    release = create_release(
+        tree, "v3", tmp_path / "out", tar=True, announce=[tracker.announce_url]
+    )
     tracker.allow(release.info_hash, "v3")
     dest = tmp_path / "dest"
     with procs_in(tmp_path / "logs") as procs:

@@ -208,6 +208,7 @@ def test_fleet_progress_model() -> None:
         "seconds": 2.5,
         "download_seconds": 2.0,
         "bytes_down": 1000,
+        "bytes_reused": 0,
         "bytes_up": 300,
         "path": "/d/a/t",
         "error": None,

@@ -106,7 +106,7 @@ def _peer(tmp: Path, name: str, torrent: Path, **kw: Any) -> PeerConfig:
 @pytest.fixture
 def release(tmp_path: Path):
     src = _make_tree(tmp_path, 3 * 1024 * 1024 + 1234)
-    rel = create_release(src, "v1", tmp_path / "out", announce=[], piece_size=256 * 1024)
+    rel = create_release(src, "v1", tmp_path / "out", tar=True, announce=[], piece_size=256 * 1024)
     return src, rel
 
 
@@ -210,7 +210,7 @@ def test_create_prints_magnet_and_peer_takes_it(tmp_path: Path) -> None:
     src = _make_tree(tmp_path, 700_000)
     with run_tracker_in_thread(TrackerConfig(port=0, interval=1, min_interval=1)) as tracker:
         created = _roost(
-            "create", str(src), "--tag", "v2", "--out", str(tmp_path / "out"),
+            "create", str(src), "--tag", "v2", "--out", str(tmp_path / "out"), "--tar",
             "--tracker", tracker.announce_url, "--json",
         )  # fmt: skip
         assert created.returncode == 0, created.stderr
@@ -310,7 +310,7 @@ def test_two_datacenters_fill_from_one_https_origin(tmp_path: Path) -> None:
     src = _make_tree(tmp_path, size)
     out = tmp_path / "out"
     # No url-list and no tracker in the torrent: each DC adds its own at run time.
-    rel = create_release(src, "v3", out, announce=[])
+    rel = create_release(src, "v3", out, tar=True, announce=[])
     roost = [sys.executable, "-m", "roost"]
     with Lab(6, prefix="rmdc", subnet="198.19.40.0/24", state_dir=tmp_path / "lab") as lab:
         cert, key = make_cert(tmp_path, lab.controller_address)

@@ -114,7 +114,9 @@ def test_parse_size_refuses(text: str) -> None:
 def test_bad_piece_size_refused(tmp_path: Path, size: int) -> None:
     make_tree(tmp_path / "src")
     with pytest.raises(UsageError, match="bad piece size"):
-        create_release(tmp_path / "src", "v1", tmp_path / "out", announce=[], piece_size=size)
+        create_release(
+            tmp_path / "src", "v1", tmp_path / "out", tar=True, announce=[], piece_size=size
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -127,8 +129,8 @@ def tree(tmp_path: Path) -> Path:
 
 
 def test_tar_is_deterministic(tree: Path, tmp_path: Path) -> None:
-    one = create_release(tree, "v1", tmp_path / "a", announce=ANNOUNCE)
-    two = create_release(tree, "v1", tmp_path / "b", announce=ANNOUNCE)
+    one = create_release(tree, "v1", tmp_path / "a", tar=True, announce=ANNOUNCE)
+    two = create_release(tree, "v1", tmp_path / "b", tar=True, announce=ANNOUNCE)
     assert one.info_hash == two.info_hash
     assert one.payload.read_bytes() == two.payload.read_bytes()
     assert one.torrent.read_bytes() == two.torrent.read_bytes()
@@ -137,12 +139,12 @@ def test_tar_is_deterministic(tree: Path, tmp_path: Path) -> None:
     assert one.total_size == one.payload.stat().st_size
     assert one.total_size % tarfile.RECORDSIZE == 0
     (tree / "bin" / "run").write_text("changed\n")
-    three = create_release(tree, "v1", tmp_path / "c", announce=ANNOUNCE)
+    three = create_release(tree, "v1", tmp_path / "c", tar=True, announce=ANNOUNCE)
     assert three.info_hash != one.info_hash
 
 
 def test_tar_members_git_excluded_and_attributes_kept(tree: Path, tmp_path: Path) -> None:
-    release = create_release(tree, "v1", tmp_path / "out", announce=ANNOUNCE)
+    release = create_release(tree, "v1", tmp_path / "out", tar=True, announce=ANNOUNCE)
     with tarfile.open(release.payload) as archive:
         members = archive.getmembers()
         manifest_bytes = archive.extractfile(members[-1]).read()  # type: ignore[union-attr]
@@ -178,7 +180,7 @@ def test_tar_members_git_excluded_and_attributes_kept(tree: Path, tmp_path: Path
 def test_gnu_tar_reads_the_payload(tree: Path, tmp_path: Path) -> None:
     import subprocess
 
-    release = create_release(tree, "v1", tmp_path / "out", announce=[])
+    release = create_release(tree, "v1", tmp_path / "out", tar=True, announce=[])
     out = subprocess.run(
         ["tar", "-tf", str(release.payload)], capture_output=True, text=True, check=True
     )
@@ -194,6 +196,7 @@ def test_torrent_matches_libtorrent(tree: Path, tmp_path: Path) -> None:
         web_seeds=["https://origin.example/releases/"],
         private=True,
         piece_size=64 * KiB,
+        tar=True,
     )
     data = release.torrent.read_bytes()
     info = lt.torrent_info(lt.bdecode(data))
@@ -261,15 +264,15 @@ def _nothing_in(out: Path) -> bool:
 
 def test_missing_source(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
-        create_release(tmp_path / "nope", "v1", tmp_path / "out", announce=[])
+        create_release(tmp_path / "nope", "v1", tmp_path / "out", tar=True, announce=[])
     assert not (tmp_path / "out").exists()
 
 
 def test_out_dir_inside_source(tree: Path) -> None:
     with pytest.raises(UsageError, match="inside the source"):
-        create_release(tree, "v1", tree / "releases", announce=[])
+        create_release(tree, "v1", tree / "releases", tar=True, announce=[])
     with pytest.raises(UsageError, match="inside the source"):
-        create_release(tree, "v1", tree, announce=[])
+        create_release(tree, "v1", tree, tar=True, announce=[])
     assert not (tree / "releases").exists()
 
 
@@ -277,14 +280,16 @@ def test_source_special_file(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / "fifo")
     for is_file in (False, True):
         with pytest.raises(UsageError, match="fifo"):
-            create_release(tmp_path / "fifo", "v1", tmp_path / "out", announce=[], is_file=is_file)
+            create_release(
+                tmp_path / "fifo", "v1", tmp_path / "out", tar=True, announce=[], is_file=is_file
+            )
     assert not (tmp_path / "out").exists()
 
 
 def test_file_needs_flag_and_content(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x")
     with pytest.raises(UsageError, match="pass --file"):
-        create_release(tmp_path / "f", "v1", tmp_path / "out", announce=[])
+        create_release(tmp_path / "f", "v1", tmp_path / "out", tar=True, announce=[])
     (tmp_path / "e").write_bytes(b"")
     with pytest.raises(UsageError, match="empty"):
         create_release(tmp_path / "e", "v1", tmp_path / "out", announce=[], is_file=True)
@@ -310,7 +315,7 @@ def test_symlink_leaving_the_tree_is_refused(tmp_path: Path, link: str, target: 
     (src / "sub").mkdir(parents=True)
     os.symlink(target, src / link)
     with pytest.raises(ReleaseError, match="leaves the release"):
-        create_release(src, "v1", tmp_path / "out", announce=[])
+        create_release(src, "v1", tmp_path / "out", tar=True, announce=[])
     assert _nothing_in(tmp_path / "out")
 
 
@@ -319,20 +324,20 @@ def test_special_file_inside_and_reserved_name(tmp_path: Path) -> None:
     src.mkdir()
     os.mkfifo(src / "pipe")
     with pytest.raises(ReleaseError, match="special file"):
-        create_release(src, "v1", tmp_path / "out", announce=[])
+        create_release(src, "v1", tmp_path / "out", tar=True, announce=[])
     os.unlink(src / "pipe")
     (src / MANIFEST_NAME).write_text("{}")
     with pytest.raises(ReleaseError, match="reserves"):
-        create_release(src, "v1", tmp_path / "out", announce=[])
+        create_release(src, "v1", tmp_path / "out", tar=True, announce=[])
     assert _nothing_in(tmp_path / "out")  # no half-written temporaries
 
 
 @pytest.mark.parametrize("url", ["ftp://x/announce", "127.0.0.1:8998", "http://", "http://a b/"])
 def test_bad_urls_refused(tree: Path, tmp_path: Path, url: str) -> None:
     with pytest.raises(UsageError, match="URL"):
-        create_release(tree, "v1", tmp_path / "out", announce=[url])
+        create_release(tree, "v1", tmp_path / "out", tar=True, announce=[url])
     with pytest.raises(UsageError, match="web seed"):
-        create_release(tree, "v1", tmp_path / "out", announce=[], web_seeds=[url])
+        create_release(tree, "v1", tmp_path / "out", tar=True, announce=[], web_seeds=[url])
 
 
 def test_link_escapes_follows_chains() -> None:
@@ -414,7 +419,8 @@ def test_read_foreign_torrents() -> None:
         "files": [{"length": 10000, "path": ["a", "b.txt"]}, {"length": 10000, "path": ["c"]}],
     }
     meta = read_torrent(_torrent(multi))
-    assert meta.length == 20000 and meta.files == (("a/b.txt", 10000), ("c", 10000))
+    assert meta.length == 20000 and meta.files is not None
+    assert [(f.path, f.length) for f in meta.files] == [("a/b.txt", 10000), ("c", 10000)]
 
 
 # ----------------------------------------------------------------- CLI
@@ -432,7 +438,11 @@ def test_cli_create_and_json(
     assert main([*argv, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["info_hash"] == read_torrent((out / "v3.torrent").read_bytes()).info_hash
-    assert doc["kind"] == "tar" and doc["pieces"] * doc["piece_size"] >= doc["size"]
+    assert doc["kind"] == "tree" and doc["pieces"] * doc["piece_size"] >= doc["size"]
+    assert doc["payload"] == str(tree.resolve())  # hashed in place
+    assert main([*argv, "--json", "--tar"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "tar" and doc["payload"] == str(out / "v3.tar")
     assert Path("/tmp/roost") == DEFAULT_OUT_DIR
 
 
@@ -501,7 +511,9 @@ def test_pieces_hashed_while_writing_match_a_second_pass(tmp_path: Path) -> None
     (src / "b-big").write_bytes(os.urandom(9 * MiB + 5))  # copy_file_range in chunks
     (src / "c-small").write_bytes(os.urandom(70_000))
     for piece in (16 * KiB, 256 * KiB, 16 * MiB):
-        release = create_release(src, "v1", tmp_path / "out", announce=[], piece_size=piece)
+        release = create_release(
+            src, "v1", tmp_path / "out", tar=True, announce=[], piece_size=piece
+        )
         meta = read_torrent(release.torrent.read_bytes())
         assert meta.pieces == hash_pieces(release.payload, piece)[0]
         assert meta.num_pieces == -(-release.payload.stat().st_size // piece)
@@ -547,8 +559,10 @@ PINNED = {
 
 def test_outputs_are_pinned(tmp_path: Path) -> None:
     src = _fixed_tree(tmp_path / "src")
-    one = create_release(src, "pin", tmp_path / "a", announce=ANNOUNCE, piece_size=64 * KiB)
-    two = create_release(src, "pin", tmp_path / "b", announce=ANNOUNCE)
+    one = create_release(
+        src, "pin", tmp_path / "a", tar=True, announce=ANNOUNCE, piece_size=64 * KiB
+    )
+    two = create_release(src, "pin", tmp_path / "b", tar=True, announce=ANNOUNCE)
     assert two.piece_size == 16 * KiB  # the default for this size
     got = {
         "tar_sha256": hashlib.sha256(one.payload.read_bytes()).hexdigest(),
@@ -582,9 +596,11 @@ def test_kernel_copy_and_buffered_copy_give_the_same_release(tmp_path: Path) -> 
         for path in [there / "src", *sorted((there / "src").rglob("*"))]:
             st = os.lstat(here / path.relative_to(there / "src"))
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-        across = create_release(there / "src", "pin", tmp_path / "across", announce=ANNOUNCE)
+        across = create_release(
+            there / "src", "pin", tmp_path / "across", tar=True, announce=ANNOUNCE
+        )
     finally:
         shutil.rmtree(there)
-    same = create_release(here, "pin", tmp_path / "same", announce=ANNOUNCE)
+    same = create_release(here, "pin", tmp_path / "same", tar=True, announce=ANNOUNCE)
     assert across.info_hash == same.info_hash == PINNED["info_hash_16k"]
     assert across.payload.read_bytes() == same.payload.read_bytes()

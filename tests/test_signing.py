@@ -87,7 +87,7 @@ def test_tampered_torrent_is_refused(tmp_path: Path, src: Path, keys: tuple[Path
     """Changing what the info dict says (here the manifest's sha256, as a
     tampered manifest would need) changes the info-hash the signature named."""
     owner, _ = keys
-    release = create_release(src, "v1", tmp_path / "out", announce=[], sign_key=owner)
+    release = create_release(src, "v1", tmp_path / "out", announce=[], sign_key=owner, tar=True)
     top = bencode.decode(release.torrent.read_bytes())
     top[b"info"][b"x-roost"][b"manifest-sha256"] = b"0" * 64
     release.torrent.write_bytes(bencode.encode(top))

@@ -255,6 +255,7 @@ def publish(
     feed: str | None = None,
     sign_key: Path | None = None,
     waves: Sequence[float] = (),
+    tar: bool = False,
 ) -> Release:
     """Create release ``tag`` from ``source`` in ``channel_dir`` and list it
     (as ``current`` unless ``make_current`` is False; with ``waves``, as the
@@ -292,6 +293,7 @@ def publish(
         piece_size=piece_size,
         web_seeds=web_seeds,
         sign_key=sign_key,
+        tar=tar,
     )
     entry = ChannelEntry(tag, release.info_hash, release.torrent.name, round(time.time(), 3), feed)
     current = tag if make_current and not waves else channel.current

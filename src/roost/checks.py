@@ -32,15 +32,18 @@ MiB = 1024 * 1024
 def check_installable(meta: Any) -> None:
     """Refuse, before anything is downloaded, a torrent roost cannot install.
 
-    ``meta`` is a ``roost.release.TorrentMeta``. The big-builds work makes
-    multi-file torrents installable by lifting the refusal here. Raises
-    ``ReleaseError``.
+    ``meta`` is a ``roost.release.TorrentMeta``: a multi-file torrent whose
+    file list extraction would refuse (absolute or ``..`` paths, names not
+    normalised, duplicates, a file where a directory must be, BEP 47
+    symlinks). Raises ``ReleaseError`` naming the file.
     """
-    if meta.files is not None:
-        raise ReleaseError(
-            f"refusing {meta.name!r}: a multi-file torrent ({len(meta.files)} files) made by"
-            " another tool; roost installs its own releases and single-file torrents"
-        )
+    if meta.files is None:
+        return
+    from roost.layout import unsafe_file_list
+
+    bad = unsafe_file_list(meta.files)
+    if bad is not None:
+        raise ReleaseError(f"refusing {meta.name!r}: its file {bad[0]!r} {bad[1]}")
 
 
 def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool) -> None:
@@ -50,20 +53,17 @@ def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool
     it). Writes nothing that stays. Raises ``DestinationError`` naming the
     directory and what is wrong."""
     # The directory the installer creates its staging area in (extract._target).
-    as_file = meta.kind != "tar" and not tag_directory
+    as_file = meta.files is None and meta.kind != "tar" and not tag_directory
     install_parent = Path(dest) if tag_directory or as_file else Path(dest).parent
     temp = _writable(Path(download_dir), "download area")
     target = _writable(install_parent.absolute(), "destination")
     payload = Path(download_dir) / meta.name
-    try:
-        allocated = os.stat(payload).st_blocks * 512
-    except OSError:
-        allocated = 0
-    left = max(0, meta.length - allocated)
+    size = meta.data_length  # BEP 47 pads never reach the disk
+    left = max(0, size - _allocated(payload))
     if os.stat(temp).st_dev == os.stat(target).st_dev:
-        needs = {temp: left + meta.length}
+        needs = {temp: left + size}
     else:
-        needs = {temp: left, target: meta.length}
+        needs = {temp: left, target: size}
     for where, need in needs.items():
         st = os.statvfs(where)
         free = st.f_bavail * st.f_frsize
@@ -72,6 +72,20 @@ def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool
                 f"not enough space on the device of {where} for {meta.name}:"
                 f" {need / MiB:.1f} MiB needed, {free / MiB:.1f} MiB free"
             )
+
+
+def _allocated(path: Path) -> int:
+    """Bytes already on disk under ``path`` (a file, or a download's tree)."""
+    try:
+        if not path.is_dir():
+            return os.stat(path).st_blocks * 512
+        return sum(
+            os.lstat(Path(top) / name).st_blocks * 512
+            for top, _, names in os.walk(path)
+            for name in names
+        )
+    except OSError:
+        return 0
 
 
 def _writable(directory: Path, what: str) -> Path:

@@ -243,6 +243,8 @@ class Engine:
             os.environ["SSL_CERT_FILE"] = self.config.ca_file
         self._handles: dict[TorrentId, lt.torrent_handle] = {}
         self._resume_dirs: dict[TorrentId, Path] = {}
+        #: piece length and total size of each torrent (add_piece's padding)
+        self._geometry: dict[TorrentId, tuple[int, int]] = {}
         self._pending: list[Event] = []
         self._closed = False
         # Port 0 on an unspecified address: libtorrent binds every interface
@@ -301,10 +303,17 @@ class Engine:
         upload_limit: int = 0,
         download_limit: int = 0,
         role: str | None = None,
+        files_root: Path | None = None,
+        have: Sequence[int] = (),
     ) -> TorrentId:
         """Add a torrent, started (never paused, never auto-managed).
 
-        ``trackers`` replaces the torrent's own announce list. ``role``
+        ``files_root``: a multi-file torrent's files are read and written
+        under this directory instead of ``save_path/NAME`` (a tree release
+        seeded in place). ``have``: pieces the caller vouches are on disk
+        already (the files it pre-filled, whose sha256 matched the
+        authenticated manifest); without resume data they are trusted, not
+        re-hashed. ``trackers`` replaces the torrent's own announce list. ``role``
         (``origin``/``feed``, roost.feed) is added to every announce URL as
         ``role=...`` so roost's tracker never pairs an origin with its feed
         peers. Raises ``EngineError`` for a torrent libtorrent cannot read or
@@ -331,6 +340,13 @@ class Engine:
         atp = resumed or lt.add_torrent_params()
         atp.ti = info
         atp.save_path = str(save_path)
+        if files_root is not None:
+            atp.renamed_files = _rooted_files(decoded, Path(files_root))
+        if have and resumed is None and not seed_mode:
+            marks = [False] * info.num_pieces()
+            for piece in have:
+                marks[piece] = True
+            atp.have_pieces = marks
         if resumed is not None:
             _vouch_for_disk(atp, info, Path(save_path))
         flags = atp.flags
@@ -359,6 +375,7 @@ class Engine:
         except (RuntimeError, OSError, TypeError, ValueError) as exc:
             raise EngineError(f"cannot add torrent: {exc}", info_hash=tid) from exc
         self._handles[tid] = handle
+        self._geometry[tid] = (info.piece_length(), info.total_size())
         if resume_dir is not None:
             self._resume_dirs[tid] = Path(resume_dir)
         return tid
@@ -497,6 +514,10 @@ class Engine:
         if handle is None:
             return
         try:
+            length, total = self._geometry.get(tid, (0, 0))
+            size = min(length, total - index * length)
+            if len(data) < size:  # the rest is a BEP 47 pad: zeros, not sent
+                data = bytes(data) + bytes(size - len(data))
             handle.add_piece(index, bytes(data), 0)
         except (RuntimeError, TypeError, ValueError) as exc:
             raise EngineError(f"cannot add piece {index}: {exc}", info_hash=tid) from exc
@@ -548,6 +569,7 @@ class Engine:
         """Drop a torrent; ``delete_files`` also deletes what it downloaded."""
         handle = self._handles.pop(tid, None)
         self._resume_dirs.pop(tid, None)
+        self._geometry.pop(tid, None)
         if handle is not None:
             flags = lt.session.delete_files if delete_files else 0
             with contextlib.suppress(RuntimeError):
@@ -697,6 +719,21 @@ def _free_port(config: EngineConfig) -> int:
             return int(sock.getsockname()[1])
     except OSError:
         return 0  # not an address (an interface name): let libtorrent choose
+
+
+def _rooted_files(decoded: Any, root: Path) -> dict[int, str]:
+    """Each real file of a multi-file torrent at ``root/PATH`` (absolute:
+    libtorrent then ignores the save path), pads left alone. Read from the
+    bdecoded torrent (libtorrent's file_storage accessors are deprecated in
+    these bindings); its files keep their listed order and indices."""
+    info = decoded.get(b"info", {}) if isinstance(decoded, dict) else {}
+    renamed = {}
+    for index, entry in enumerate(info.get(b"files") or []):
+        if b"p" in entry.get(b"attr", b""):
+            continue
+        parts = [os.fsdecode(part) for part in entry.get(b"path", [])]
+        renamed[index] = str(root.joinpath(*parts))
+    return renamed
 
 
 def _vouch_for_disk(atp: Any, info: Any, save_path: Path) -> None:

@@ -74,6 +74,17 @@ class Progress(_Event):
 
 
 @dataclass(frozen=True)
+class Reused(_Event):
+    """Files of an earlier installed release put in place of a download
+    (their sha256 matched the new manifest), before any byte arrived."""
+
+    name: ClassVar[str] = "reused"
+    bytes: int  # what need not be downloaded
+    files: int
+    rejected: int = 0  # files whose bytes on disk no longer matched their record
+
+
+@dataclass(frozen=True)
 class HashFailed(_Event):
     name: ClassVar[str] = "hash_failed"
     piece: int
@@ -118,10 +129,12 @@ class Done(_Event):
     seconds: float
     down: int
     up: int
+    reused: int = 0  # bytes taken from an earlier release instead of downloaded
 
 
 Event = (
     Started
+    | Reused
     | Progress
     | HashFailed
     | PeerBanned

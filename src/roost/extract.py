@@ -62,6 +62,7 @@ from roost.errors import (
 )
 from roost.hashing import copy_and_hash, fsync_directory, sha256_range, sync_filesystem
 from roost.installed import read_record, write_record
+from roost.layout import unsafe_file_list
 from roost.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -76,7 +77,9 @@ __all__ = [
     "InstallResult",
     "check_destination",
     "install_release",
+    "install_target",
     "installed_difference",
+    "is_single_file",
     "load_plan",
     "verify_installed",
 ]
@@ -113,6 +116,8 @@ class _Member:
     mtime: float | None = None
     link: str = ""
     sha256: str | None = None
+    #: a multi-file download: the file's path under the payload directory
+    source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def load_plan(payload: Path, meta: TorrentMeta) -> Plan:
     """Check a payload against its torrent; raises ``UnsafeArchiveError``,
     ``VerifyError`` or ``ReleaseError``. Writes nothing."""
     if meta.files is not None:
-        raise ReleaseError(f"{meta.name}: multi-file torrents cannot be installed by roost")
+        return _plan_files(Path(payload), meta)
     try:
         size = os.stat(payload).st_size
     except OSError as exc:
@@ -146,6 +151,63 @@ def load_plan(payload: Path, meta: TorrentMeta) -> Plan:
     member = _Member(meta.name, "file", 0, size, mode, None, "", meta.manifest_sha256)
     manifest = Manifest(meta.tag or meta.name, (entry,), 0o755)
     return Plan(manifest, (member,), single=True)
+
+
+def _plan_files(payload: Path, meta: TorrentMeta) -> Plan:
+    """A multi-file download (a directory): a tree release's manifest, or a
+    foreign torrent's file list (directories implied, mode 0644, 0755 for
+    BEP 47 ``x``; its pieces were verified by the engine)."""
+    assert meta.files is not None
+    bad = unsafe_file_list(meta.files)
+    if bad is not None:
+        raise UnsafeArchiveError(*bad)
+    if meta.manifest is not None:
+        manifest = parse_manifest(meta.manifest)
+    else:
+        manifest = _foreign_manifest(meta)
+    symlinks = {e.path: e.target or "" for e in manifest.entries if e.type == "symlink"}
+    resolved: dict[str, object] = {}
+    members = []
+    for e in manifest.entries:
+        if e.type == "symlink":
+            target = e.target or ""
+            if target.startswith("/"):
+                raise UnsafeArchiveError(e.path, f"is a symlink to the absolute path {target!r}")
+            if link_escapes(e.path, target, symlinks, resolved):
+                raise UnsafeArchiveError(e.path, f"is a symlink to {target!r}, outside the release")
+            members.append(_Member(e.path, "symlink", mode=e.mode, mtime=e.mtime, link=target))
+        elif e.type == "dir":
+            members.append(_Member(e.path, "dir", mode=e.mode, mtime=e.mtime))
+        else:
+            members.append(
+                _Member(e.path, "file", 0, e.size, e.mode, e.mtime, "", e.sha256, source=e.path)
+            )
+    for m in members:
+        if m.kind == "file" and m.size:
+            try:
+                size = os.lstat(payload / m.name).st_size
+            except OSError as exc:
+                raise VerifyError(f"{payload / m.name} cannot be read: {exc.strerror}") from exc
+            if size != m.size:
+                raise VerifyError(f"{payload / m.name} is {size} bytes, the torrent says {m.size}")
+    return Plan(manifest, tuple(members))
+
+
+def _foreign_manifest(meta: TorrentMeta) -> Manifest:
+    entries: list[ManifestEntry] = []
+    dirs: set[str] = set()
+    for f in meta.files or ():
+        if f.is_pad:
+            continue
+        parts = f.path.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in dirs:
+                dirs.add(parent)
+                entries.append(ManifestEntry(parent, "dir", 0o755))
+        mode = 0o755 if "x" in f.attr else 0o644
+        entries.append(ManifestEntry(f.path, "file", mode, size=f.length))
+    return Manifest(meta.name, tuple(entries), 0o755)
 
 
 def _plan_tar(payload: Path, meta: TorrentMeta) -> Plan:
@@ -252,10 +314,7 @@ def _check_against_manifest(members: list[_Member], manifest: Manifest) -> None:
 
 
 def _with_sha(member: _Member, sha256: str | None) -> _Member:
-    return _Member(
-        member.name, member.kind, member.offset, member.size, member.mode, member.mtime,
-        member.link, sha256,
-    )  # fmt: skip
+    return dataclasses.replace(member, sha256=sha256)
 
 
 # ------------------------------------------------------------------ install
@@ -296,8 +355,11 @@ def install_release(
     try:
         result = _install(Path(payload), plan, target, as_file=as_file, clean=clean)
         if not result.already_installed:
-            tree = None if as_file else hashlib.sha256(plan.manifest.encode()).hexdigest()
-            write_record(target, manifest_sha256=meta.manifest_sha256, tree_sha256=tree)
+            data = None if as_file else plan.manifest.encode()
+            tree = None if data is None else hashlib.sha256(data).hexdigest()
+            write_record(
+                target, manifest_sha256=meta.manifest_sha256, tree_sha256=tree, manifest=data
+            )
         return result
     except OSError as exc:
         raise _dest_error(exc, target) from exc
@@ -319,6 +381,17 @@ def _stripped(plan: Plan) -> Plan:
     return Plan(manifest, members, plan.single)
 
 
+def is_single_file(meta: TorrentMeta) -> bool:
+    """A release that installs as one file: ``file`` kind, or a foreign
+    single-file torrent (with ``--no-tag-directory`` it lands at DEST/NAME)."""
+    return meta.files is None and meta.kind != "tar"
+
+
+def install_target(meta: TorrentMeta, dest: Path, *, tag_directory: bool = True) -> Path:
+    """Where ``meta`` would be installed under ``dest`` (links resolved)."""
+    return _target(meta, Path(dest), tag_directory=tag_directory)[0]
+
+
 def _target(meta: TorrentMeta, dest: Path, *, tag_directory: bool) -> tuple[Path, bool]:
     """Where a release lands, and whether that is the file itself. A target
     that is a symlink is replaced by the path it resolves to (the release
@@ -326,7 +399,7 @@ def _target(meta: TorrentMeta, dest: Path, *, tag_directory: bool) -> tuple[Path
     ``DestinationError``."""
     tag = meta.tag or meta.name
     dest = dest.absolute()
-    as_file = meta.kind != "tar" and not tag_directory  # a file release, or a foreign one
+    as_file = is_single_file(meta) and not tag_directory
     if as_file:
         return dest / meta.name, True
     target = dest / tag if tag_directory else dest
@@ -372,6 +445,11 @@ def check_destination(
 
 
 def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid: bool) -> bool:
+    if meta.manifest is not None:  # a tree release: its manifest is at hand
+        plan = Plan(parse_manifest(meta.manifest), ())
+        if _mismatch(target, plan, as_file=False) is None:
+            return True
+        return not keep_setid and _mismatch(target, _stripped(plan), as_file=False) is None
     if meta.kind == "tar":
         tree = tree_manifest_sha256(target, meta.tag or meta.name)
         if tree == meta.manifest_sha256:
@@ -540,13 +618,30 @@ def _write_tree(src: int, top: int, members: tuple[_Member, ...]) -> None:
 
 
 def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
+    """Write one file; ``src`` is the payload (a tar or a file) or, for a
+    member with a ``source``, the download directory holding it."""
+    if member.source is not None:
+        if not member.size:
+            src = -1
+        else:
+            src = os.open(member.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+        try:
+            _write_file(src, dataclasses.replace(member, source=None), name, top)
+        finally:
+            if src >= 0:
+                os.close(src)
+        return
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, 0o600, dir_fd=top)
     try:
         # A fresh O_EXCL file receiving exactly ``size`` bytes: its size is
         # right; the digest is of the bytes written (read back after a
         # kernel copy when payload and destination share a file system).
-        digest = copy_and_hash(src, member.offset, member.size, fd, writeback=True, read_back=True)
+        digest = (
+            copy_and_hash(src, member.offset, member.size, fd, writeback=True, read_back=True)
+            if member.size
+            else hashlib.sha256().hexdigest()
+        )
         if member.sha256 is not None and digest != member.sha256:
             raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
         os.fchmod(fd, member.mode)
@@ -667,7 +762,10 @@ def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
     A tree installed with its setuid/setgid/sticky bits stripped (the
     default) holds the release as well. Raises ``VerifyError`` naming the
     first difference."""
-    plan = load_plan(Path(payload), meta)
+    if meta.manifest is not None:  # a tree release: the torrent holds the manifest
+        plan = Plan(parse_manifest(meta.manifest), ())
+    else:
+        plan = load_plan(Path(payload), meta)
     target = Path(target)
     as_file = plan.single and not target.is_dir()
     problem = _mismatch(target, plan, as_file=as_file)

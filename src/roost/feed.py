@@ -67,6 +67,7 @@ from roost.httpserve import (
     serve_in_thread,
     stop_serving,
 )
+from roost.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -168,20 +169,28 @@ class Dispatcher:
 
 @dataclass(frozen=True)
 class FeedSource:
-    """One torrent's payload as the feed serves it (a single-file torrent)."""
+    """One torrent's payload as the feed serves it: a single file at
+    ``path``, or with ``layout`` a tree release whose files are under
+    ``path`` (each piece is then a prefix of one file's bytes; the pad that
+    ends it is not sent, the receiver adds the zeros: ``Engine.add_piece``)."""
 
     info_hash: str
     path: Path
     piece_length: int
     total_size: int
+    layout: Layout | None = None
 
     @property
     def num_pieces(self) -> int:
         return -(-self.total_size // self.piece_length)
 
-    def extent(self, piece: int) -> tuple[int, int]:
+    def extent(self, piece: int) -> tuple[Path, int, int]:
+        """The file holding piece ``piece``'s bytes, their offset and length."""
+        if self.layout is not None:
+            index, offset, length = self.layout.piece_extent(piece)
+            return self.path / self.layout.files[index].path, offset, length
         start = piece * self.piece_length
-        return start, min(self.piece_length, self.total_size - start)
+        return self.path, start, min(self.piece_length, self.total_size - start)
 
 
 class _Feed:
@@ -239,7 +248,7 @@ class _Handler(BoundedHandler):
             return
         now = time.monotonic()
         with self.server.lock:
-            for got in _got(query):
+            for got in _got(query, feed.source.num_pieces):
                 feed.dispatcher.confirm(got, now)
             grant = feed.dispatcher.next(now) if match.group(2) == "next" else DONE
         if isinstance(grant, str):
@@ -248,9 +257,9 @@ class _Handler(BoundedHandler):
         self._send_piece(feed, grant)
 
     def _send_piece(self, feed: _Feed, piece: int) -> None:
-        start, length = feed.source.extent(piece)
+        path, start, length = feed.source.extent(piece)
         try:
-            f = open(feed.source.path, "rb")  # noqa: SIM115 - closed below
+            f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError:
             self._empty(503)
             return
@@ -301,14 +310,47 @@ class _Handler(BoundedHandler):
         self.end_headers()
 
 
-def _got(query: str) -> list[int]:
+def _got(query: str, num_pieces: int) -> list[int]:
+    """The pieces a ``got=`` list names: ``i`` or ``i-j`` (inclusive), comma
+    separated; out-of-range and malformed parts are ignored."""
     out: list[int] = []
     for key, value in urllib.parse.parse_qsl(query):
-        if key == "got":
-            for part in value.split(","):
-                if part.isdigit() and len(part) < 10:
-                    out.append(int(part))
+        if key != "got":
+            continue
+        for part in value.split(","):
+            first, dash, last = part.partition("-")
+            if not (first.isdigit() and len(first) < 10):
+                continue
+            if not dash:
+                out.append(int(first))
+            elif last.isdigit() and len(last) < 10:
+                out.extend(range(int(first), min(int(last), num_pieces - 1) + 1))
     return out
+
+
+def _chunks(parts: list[str], size: int) -> list[str]:
+    """``parts`` joined by commas into strings of about ``size`` at most."""
+    out: list[str] = []
+    for part in parts:
+        if out and len(out[-1]) + len(part) < size:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
+
+
+def piece_ranges(pieces: Sequence[int]) -> list[str]:
+    """``got=`` parts for sorted ``pieces``: runs as ``i-j``."""
+    parts: list[str] = []
+    start = prev = None
+    for piece in [*pieces, None]:
+        if piece is not None and prev is not None and piece == prev + 1:
+            prev = piece
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = piece
+    return parts
 
 
 class _Server(BoundedHTTPServer):
@@ -434,7 +476,11 @@ class FeedClient:
         repair_after: float = 3.0,
         timeout: float = 30.0,
         download_limit: int = 0,
+        have: Sequence[int] = (),
     ):
+        """``have``: pieces this peer holds already (pre-filled from an
+        earlier release); they are confirmed to the feed first, so it never
+        sends them, to anyone: the peers that hold them serve them."""
         parsed = parse_feed_url(url)
         assert parsed.hostname is not None
         self.host = parsed.hostname
@@ -454,6 +500,7 @@ class FeedClient:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._have = _chunks(piece_ranges(sorted(have)), 4000)
 
     def start(self) -> FeedClient:
         for k in range(self.connections):
@@ -499,6 +546,7 @@ class FeedClient:
             try:
                 if pipe is None:
                     pipe = self._connect()
+                    self._confirm_have(pipe)
                 while pipe.inflight < self.depth:
                     query = f"?got={','.join(map(str, got))}" if got else ""
                     pipe.send(f"{self.base}/next{query}")
@@ -532,6 +580,13 @@ class FeedClient:
                     while pipe.inflight:
                         pipe.read()
             pipe.close()
+
+    def _confirm_have(self, pipe: _Pipe) -> None:
+        with self._lock:
+            chunks, self._have = self._have, []
+        for chunk in chunks:
+            pipe.send(f"{self.base}/got?got={chunk}")
+            pipe.read()
 
     def _repair(self) -> None:
         """After the feed is done: fetch by index what nobody can give us."""

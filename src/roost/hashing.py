@@ -293,10 +293,14 @@ class PieceStream:
         return b"".join(self._digests)
 
 
-def hash_pieces(path: Path, piece_size: int, *, with_sha256: bool = False) -> tuple[bytes, str]:
+def hash_pieces(
+    path: Path, piece_size: int, *, with_sha256: bool = False, pad_last: bool = False
+) -> tuple[bytes, str]:
     """SHA-1 of every piece of ``path`` (concatenated) and, if asked, the
     sha256 of the whole file (else ""), in two threads. ``OSError`` if the
-    file shrinks meanwhile.
+    file shrinks meanwhile. With ``pad_last`` a short last piece is hashed
+    with zeros up to ``piece_size``: the file is followed by a BEP 47 pad
+    file in a multi-file torrent (``roost.layout``).
 
     Here each thread reads its own copy of the bytes: from the page cache a
     read costs ~0.12 s/GiB and leaves the data hot in the hashing core's
@@ -315,6 +319,9 @@ def hash_pieces(path: Path, piece_size: int, *, with_sha256: bool = False) -> tu
             for index in range(first, min(first + group, count)):
                 want = min(piece_size, size - index * piece_size)
                 _read_into(fd, view[:want], index * piece_size)
+                if pad_last and want < piece_size:
+                    view[want:] = bytes(piece_size - want)
+                    want = piece_size
                 out.append(hashlib.sha1(view[:want]).digest())
             return b"".join(out)
 

@@ -40,8 +40,10 @@ from typing import Any
 
 from roost._fs import atomic_write
 from roost.errors import HookError
+from roost.manifest import MAX_MANIFEST
 
 __all__ = [
+    "installed_manifest",
     "read_record",
     "remove_records",
     "run_hook",
@@ -71,14 +73,34 @@ def read_record(target: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_record(target: Path, *, manifest_sha256: str | None, tree_sha256: str | None) -> None:
+def write_record(
+    target: Path,
+    *,
+    manifest_sha256: str | None,
+    tree_sha256: str | None,
+    manifest: bytes | None = None,
+) -> None:
     """Fresh records for a release just installed at ``target`` (no hook
-    has run on it). Raises ``OSError``."""
+    has run on it); ``manifest``: the tree's manifest as installed, which a
+    later release's download reuses unchanged files by (``roost.prefill``).
+    Raises ``OSError``."""
     where = state_dir(target)
     remove_records(target)
     where.mkdir(mode=0o755)
+    if manifest is not None:
+        atomic_write(where / "manifest.json", manifest)
     doc = {"manifest_sha256": manifest_sha256, "tree_sha256": tree_sha256}
     atomic_write(where / "install.json", json.dumps(doc, sort_keys=True).encode() + b"\n")
+
+
+def installed_manifest(target: Path) -> bytes | None:
+    """The manifest ``target``'s release was installed with, if on record."""
+    try:
+        with open(state_dir(target) / "manifest.json", "rb") as f:
+            data = f.read(MAX_MANIFEST + 1)
+    except OSError:
+        return None
+    return data if len(data) <= MAX_MANIFEST else None
 
 
 def remove_records(target: Path) -> None:

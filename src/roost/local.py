@@ -54,6 +54,7 @@ class LocalDeployConfig:
     dest: Path
     hosts: int = DEFAULT_HOSTS
     is_file: bool = False
+    tar: bool = False  # pack a directory into TAG.tar instead of a tree release
     linger: float = 30.0
     timeout: float | None = None
     hook: str | None = None
@@ -156,12 +157,12 @@ def deploy_local(
             is_file=config.is_file,
             piece_size=config.piece_size,
             sign_key=config.sign_key,
+            tar=config.tar,
         )
         tracker.allow(release.info_hash, config.tag, size=release.total_size)
         seeder = SeederThread(
-            SeedConfig(
-                torrent=release.torrent,
-                payload_dir=release.payload.parent,
+            SeedConfig.of(
+                release,
                 super_seeding=config.super_seed,
                 listen_interface="127.0.0.1",
                 feed_port=0 if config.feed else None,
@@ -173,7 +174,7 @@ def deploy_local(
             parent.mkdir(parents=True, exist_ok=True)
             hosts_root = records.make_dir(parent, "roost-local-")
         names = [f"host-{k}" for k in range(1, config.hosts + 1)]
-        fleet = FleetProgress(names, release.total_size, time.monotonic())
+        fleet = FleetProgress(names, release.size, time.monotonic())
         queued: queue.Queue[_Item] = queue.Queue()
         for name in names:
             dest, temp = config.host_dest(name), hosts_root / name

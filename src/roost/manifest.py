@@ -1,7 +1,8 @@
 """The release manifest and what packing and extraction share.
 
-The manifest lists every entry of a tar release (type, mode, size and sha256
-of files, target of symlinks); its own sha256 is in the torrent's info dict,
+The manifest lists every entry of a release (type, mode, size and sha256
+of files, target of symlinks; the mtime too in a tree release, whose files
+travel without tar headers); its own sha256 is in the torrent's info dict,
 so it is authenticated by the info-hash. Also here: the path-safety rules
 (``unsafe_name_reason``, ``link_escapes``) applied both when a release is
 packed and when it is extracted.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from roost._parse import load_json
@@ -112,9 +113,13 @@ class ManifestEntry:
     size: int = 0
     sha256: str | None = None
     target: str | None = None
+    #: whole seconds; tree releases carry it (a tar's is in its headers)
+    mtime: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "type": self.type, "mode": self.mode}
+        if self.mtime is not None:
+            out["mtime"] = self.mtime
         if self.type == "file":
             out["size"] = self.size
             out["sha256"] = self.sha256
@@ -177,6 +182,16 @@ def is_mode(value: object) -> bool:
 
 
 def _parse_entry(item: object) -> ManifestEntry:
+    entry = _parse_kind(item)
+    mtime = item.get("mtime") if isinstance(item, dict) else None
+    if mtime is None:
+        return entry
+    if not isinstance(mtime, int) or isinstance(mtime, bool) or not -(2**62) < mtime < 2**62:
+        raise ReleaseError(f"manifest: bad mtime for {entry.path!r}")
+    return replace(entry, mtime=mtime)
+
+
+def _parse_kind(item: object) -> ManifestEntry:
     if not isinstance(item, dict) or not isinstance(item.get("path"), str):
         raise ReleaseError("manifest: entry without a path")
     path = item["path"]

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     # --foreground. The front process never needs it.
     from roost.engine import Engine
     from roost.feed import FeedClient
+    from roost.prefill import Prefill
 
 Emit = Callable[[events.Event], None]
 
@@ -186,6 +187,7 @@ class PeerResult:
     down: int
     up: int
     error: str | None = None
+    reused: int = 0  # bytes taken from an earlier release instead of downloaded
 
 
 def work_dir(config: PeerConfig, info_hash: str) -> Path:
@@ -253,6 +255,7 @@ class _Download:
             )
         )
         self.has_metadata = torrent_bytes is not None
+        self.reused = self._prefill(torrent_bytes)
         if torrent_bytes is None:
             assert config.magnet is not None
             self.tid = self.engine.add_magnet(
@@ -270,6 +273,7 @@ class _Download:
                 trackers=config.trackers,
                 web_seeds=config.web_seeds,
                 role="feed" if config.feed else None,
+                have=self.reused.pieces if self.reused else (),
             )
         self.hash_failures = 0
         #: Refused: close() deletes the torrent's data and the work directory.
@@ -277,6 +281,24 @@ class _Download:
         self.feed: FeedClient | None = None
         if config.feed and torrent_bytes is not None:
             self.feed = self._start_feed(config.feed)
+
+    def _prefill(self, torrent_bytes: bytes | None) -> Prefill | None:
+        """A tree release downloaded afresh starts from the unchanged files
+        of the releases installed beside its target (roost.prefill)."""
+        if torrent_bytes is None:
+            return None
+        meta = _read_meta(torrent_bytes)
+        root = self.dir / meta.name
+        if meta.manifest is None or root.exists() or any(self.dir.glob("*.resume")):
+            return None
+        from roost.extract import install_target
+        from roost.prefill import prefill
+
+        try:
+            target = install_target(meta, self.config.dest, tag_directory=self.config.tag_directory)
+        except RoostError:
+            return None  # the install names the destination's problem
+        return prefill(meta, root, target)
 
     def _start_feed(self, url: str) -> FeedClient:
         from roost.feed import FeedClient
@@ -288,6 +310,7 @@ class _Download:
             add_piece=lambda index, data: engine.add_piece(tid, index, data),
             orphans=lambda: engine.orphan_pieces(tid),
             download_limit=self.config.download_limit,
+            have=self.reused.pieces if self.reused else (),
         ).start()
 
     def _stop_feed(self) -> None:
@@ -324,6 +347,9 @@ class _Download:
         last_resume = time.monotonic()
         next_tick = 0.0
         stall = StallWatch(self.config.stall_timeout)
+        if self.reused is not None and (self.reused.files or self.reused.rejected):
+            r = self.reused
+            emit(events.Reused(bytes=r.bytes, files=r.files, rejected=r.rejected))
         while True:
             finished = False
             wait = max(0.0, min(PROGRESS_INTERVAL, next_tick - time.monotonic()))
@@ -524,11 +550,13 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     info_hash = _info_hash_of(config, torrent_bytes)
     deadline = started + config.timeout if config.timeout else None
     procs.stop_by_pid_file(worker_pid_file(config.temp_path, info_hash))
-    totals = {"down": 0, "up": 0}
+    totals = {"down": 0, "up": 0, "reused": 0}
 
     def relay(event: events.Event) -> None:
         if isinstance(event, events.Progress):
             totals["down"], totals["up"] = event.down, event.up
+        elif isinstance(event, events.Reused):
+            totals["reused"] = event.bytes
         emit(event)
 
     # A magnet's worker checks these once the metadata arrives.
@@ -587,7 +615,9 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
                 download.linger(config.linger, lambda: None)
             download.close()
     seconds = time.monotonic() - started
-    return PeerResult(True, path, already, seconds, totals["down"], totals["up"])
+    return PeerResult(
+        True, path, already, seconds, totals["down"], totals["up"], reused=totals["reused"]
+    )
 
 
 def _timed_out(deadline: float | None, config: PeerConfig) -> str | None:

@@ -32,6 +32,7 @@ class HostProgress:
     progress: float = 0.0
     down: int = 0
     up: int = 0
+    reused: int = 0  # bytes taken from an earlier release instead of downloaded
     rate_down: int = 0
     peers: int = 0
     hash_failures: int = 0
@@ -59,6 +60,7 @@ class HostProgress:
                 None if self.downloaded is None else round(self.downloaded - origin, 3)
             ),
             "bytes_down": self.down,
+            "bytes_reused": self.reused,
             "bytes_up": self.up,
             "path": self.path,
             "error": self.error,
@@ -85,6 +87,8 @@ class FleetProgress:
             h.rate_down, h.peers = event.rate_down, event.peers
         elif isinstance(event, events.HashFailed):
             h.hash_failures += 1
+        elif isinstance(event, events.Reused):
+            h.reused = event.bytes
         elif isinstance(event, events.TrackerWarning):
             h.warning = f"tracker: {event.message or 'no reason given'}"
         elif isinstance(event, events.Complete):
@@ -94,7 +98,7 @@ class FleetProgress:
         elif isinstance(event, events.Failed):
             self.fail(host, event.error or "failed", now)
         elif isinstance(event, events.Done):
-            h.down, h.up = event.down, event.up
+            h.down, h.up, h.reused = event.down, event.up, event.reused or h.reused
             if event.ok:
                 h.state, h.progress, h.finished, h.rate_down = DONE, 1.0, now, 0
             else:
@@ -203,7 +207,8 @@ def render_live(
 
 def render_summary(summary: dict[str, Any]) -> list[str]:
     """The per-host table printed at the end of a deploy (from ``summary``)."""
-    rows = [("host", "result", "seconds", "down", "up", "error")]
+    reused = any(h.get("bytes_reused") for h in summary["hosts"])
+    rows: list[tuple[str, ...]] = [("host", "result", "seconds", "down", "reused", "up", "error")]
     for h in summary["hosts"]:
         rows.append(
             (
@@ -211,13 +216,17 @@ def render_summary(summary: dict[str, Any]) -> list[str]:
                 "ok" if h["ok"] else "FAILED",
                 "-" if h["seconds"] is None else f"{h['seconds']:.1f}",
                 human_bytes(h["bytes_down"]),
+                human_bytes(h.get("bytes_reused") or 0),
                 human_bytes(h["bytes_up"]),
                 h["error"] or "",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    if not reused:  # the column only when an earlier release was reused
+        rows = [row[:4] + row[5:] for row in rows]
+    n = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(n)]
     out = [
-        "  ".join([*(row[i].ljust(widths[i]) for i in range(5)), row[5]]).rstrip() for row in rows
+        "  ".join([*(row[i].ljust(widths[i]) for i in range(n)), row[n]]).rstrip() for row in rows
     ]
     out.append(
         f"{summary['hosts_ok']} of {len(summary['hosts'])} hosts ok, "

@@ -42,6 +42,7 @@ from roost import __version__, bencode, signing
 from roost._fs import atomic_write
 from roost.errors import ReleaseError, UsageError
 from roost.hashing import TarWriter, hash_pieces, sha256_range
+from roost.layout import Layout, TorrentFile, padded_files, unsafe_file_list
 from roost.manifest import (
     HEX64,
     MANIFEST_NAME,
@@ -49,6 +50,7 @@ from roost.manifest import (
     ManifestEntry,
     is_mode,
     link_escapes,
+    parse_manifest,
 )
 
 __all__ = [
@@ -179,6 +181,19 @@ def _walk(root: Path, directory: Path | None = None, prefix: str = "") -> Iterat
             raise ReleaseError(f"{path} is a special file (device, fifo or socket)")
 
 
+def _items(source: Path) -> list[_Item]:
+    """The tree's entries in release order; symlinks leaving it refused."""
+    items = list(_walk(source))
+    links = {it.rel: it.target or "" for it in items if it.kind == "symlink"}
+    resolved: dict[str, object] = {}
+    for rel, target in links.items():
+        if link_escapes(rel, target, links, resolved):
+            raise ReleaseError(
+                f"{source / rel}: symlink to {target!r} leaves the release; roost refuses it"
+            )
+    return items
+
+
 def _tar_header(item: _Item) -> bytes:
     info = tarfile.TarInfo(item.rel)
     info.mode = stat.S_IMODE(item.st.st_mode)
@@ -204,14 +219,7 @@ def _pack(
     """Write the tar to ``out``; return manifest, total size, piece size and
     the piece hashes, computed while writing (the layout, hence the total
     and the piece size, is known before the first byte is written)."""
-    items = list(_walk(source))
-    links = {it.rel: it.target or "" for it in items if it.kind == "symlink"}
-    resolved: dict[str, object] = {}
-    for rel, target in links.items():
-        if link_escapes(rel, target, links, resolved):
-            raise ReleaseError(
-                f"{source / rel}: symlink to {target!r} leaves the release; roost refuses it"
-            )
+    items = _items(source)
     headers = [_tar_header(item) for item in items]
     entries = [_entry(item, "0" * 64) for item in items]
     root_mode = stat.S_IMODE(source.stat().st_mode)
@@ -254,16 +262,64 @@ def _pack(
     return manifest, total, size, pieces
 
 
-def _entry(item: _Item, digest: str) -> ManifestEntry:
+def _entry(item: _Item, digest: str, *, mtime: bool = False) -> ManifestEntry:
     mode = stat.S_IMODE(item.st.st_mode)
+    when = int(item.st.st_mtime) if mtime else None
     if item.kind == "file":
-        return ManifestEntry(item.rel, "file", mode, size=item.st.st_size, sha256=digest)
+        return ManifestEntry(
+            item.rel, "file", mode, size=item.st.st_size, sha256=digest, mtime=when
+        )
     if item.kind == "dir":
-        return ManifestEntry(item.rel, "dir", mode)
-    return ManifestEntry(item.rel, "symlink", mode, target=item.target)
+        return ManifestEntry(item.rel, "dir", mode, mtime=when)
+    return ManifestEntry(item.rel, "symlink", mode, target=item.target, mtime=when)
 
 
-def tree_manifest_sha256(root: Path, tag: str) -> str | None:
+def _tree(
+    source: Path, tag: str, piece_size: int | None
+) -> tuple[Manifest, list[TorrentFile], int, bytes]:
+    """Hash the build tree in place for a tree release: the manifest (with
+    mtimes), the torrent's file list (BEP 47 pads), the piece size and the
+    piece hashes. Nothing is copied: every file is read once per hash."""
+    items = _items(source)
+    files = [it for it in items if it.kind == "file"]
+    size = piece_size or _tree_piece_size([it.st.st_size for it in files])
+    layout = padded_files(((it.rel, it.st.st_size) for it in files), size)
+    digests: list[str] = []
+    pieces: list[bytes] = []
+    for index, item in enumerate(files):
+        last = index == len(files) - 1
+        hashed, digest = _hash_in_place(item, size, pad_last=not last)
+        pieces.append(hashed)
+        digests.append(digest)
+    found = iter(digests)
+    entries = [_entry(it, next(found) if it.kind == "file" else "", mtime=True) for it in items]
+    manifest = Manifest(tag, tuple(entries), stat.S_IMODE(source.stat().st_mode))
+    return manifest, layout, size, b"".join(pieces)
+
+
+def _tree_piece_size(sizes: Sequence[int]) -> int:
+    """Smallest power of two in [16 KiB, 16 MiB] giving at most ~2000
+    pieces beyond one a file (each file starts a piece of its own)."""
+    size = MIN_PIECE
+    while size < MAX_PIECE and sum(-(-n // size) for n in sizes) > TARGET_PIECES + len(sizes):
+        size *= 2
+    return size
+
+
+def _hash_in_place(item: _Item, piece_size: int, *, pad_last: bool) -> tuple[bytes, str]:
+    if not item.st.st_size:
+        return b"", hashlib.sha256().hexdigest()
+    try:
+        pieces, digest = hash_pieces(item.path, piece_size, with_sha256=True, pad_last=pad_last)
+        after = os.lstat(item.path)
+    except OSError as exc:
+        raise ReleaseError(f"cannot read {item.path}: {exc.strerror or exc}") from exc
+    if (after.st_size, after.st_mtime_ns) != (item.st.st_size, item.st.st_mtime_ns):
+        raise ReleaseError(f"{item.path} changed while it was being hashed")
+    return pieces, digest
+
+
+def tree_manifest_sha256(root: Path, tag: str, *, mtimes: bool = False) -> str | None:
     """sha256 of the manifest the tree at ``root`` would have as release ``tag``.
 
     Packing is deterministic, so an installed tree that still holds a release
@@ -282,7 +338,7 @@ def tree_manifest_sha256(root: Path, tag: str) -> str | None:
                     digest = sha256_range(fd, 0, item.st.st_size)
                 finally:
                     os.close(fd)
-            entries.append(_entry(item, digest))
+            entries.append(_entry(item, digest, mtime=mtimes))
     except (ReleaseError, OSError):
         return None
     return hashlib.sha256(Manifest(tag, tuple(entries), root_mode).encode()).hexdigest()
@@ -318,13 +374,20 @@ def _add_member(tar: TarWriter, item: _Item) -> Any:
 @dataclass(frozen=True)
 class Release:
     tag: str
-    kind: str  # "tar" | "file"
+    kind: str  # "tree" | "tar" | "file"
+    #: TAG.tar; the file itself; for a tree, the source directory (seeded in place)
     payload: Path
     torrent: Path
     info_hash: str
-    total_size: int
+    total_size: int  # the torrent's length (a tree's BEP 47 pads included)
     piece_size: int
     num_pieces: int
+    data_size: int = -1  # bytes of the files themselves; -1: total_size
+
+    @property
+    def size(self) -> int:
+        """What a host receives and installs: the files' bytes."""
+        return self.total_size if self.data_size < 0 else self.data_size
 
 
 def _check_announce(urls: Sequence[str], what: str) -> list[str]:
@@ -368,9 +431,13 @@ def create_release(
     web_seeds: Sequence[str] = (),
     private: bool = False,
     sign_key: Path | None = None,
+    tar: bool = False,
 ) -> Release:
-    """Pack ``source`` and write ``out_dir/TAG.torrent`` (and ``TAG.tar``);
-    with ``sign_key``, the torrent carries an SSH signature (``roost.signing``).
+    """Write ``out_dir/TAG.torrent`` for ``source``: a directory becomes a
+    tree release (a multi-file torrent over the tree itself, hashed in
+    place, nothing copied) or with ``tar`` a ``TAG.tar``; a file
+    (``is_file``) is its own payload. With ``sign_key``, the torrent
+    carries an SSH signature (``roost.signing``).
 
     Raises ``UsageError`` for bad arguments, ``ReleaseError`` if packing fails.
     """
@@ -388,6 +455,7 @@ def create_release(
     except OSError as exc:
         raise UsageError(f"cannot create output directory {out_dir}: {exc.strerror}") from exc
     temps: list[Path] = []
+    tree = None
     try:
         if is_file:
             payload = source
@@ -400,22 +468,29 @@ def create_release(
                 raise ReleaseError(f"{payload} changed while it was being hashed")
             kind = "file"
         else:
+            tree = None if tar else _tree(source, tag, piece_size)
+            kind = "tree" if tree is not None and _has_bytes(tree[1]) else "tar"
+        if kind == "tree":
+            assert tree is not None
+            manifest, files, size, pieces = tree
+            manifest_data = manifest.encode()
+            manifest_sha = hashlib.sha256(manifest_data).hexdigest()
+            total = sum(f.length for f in files)
+            payload = source
+        elif kind == "tar":  # asked for, or a tree without a byte to put in a torrent
             tmp_tar = _temp_in(out_dir, f".{tag}.tar.", temps)
             manifest, total, size, pieces = _pack(source, tag, tmp_tar, piece_size)
             manifest_sha = hashlib.sha256(manifest.encode()).hexdigest()
-            kind = "tar"
             payload = out_dir / f"{tag}.tar"
         x_roost: dict[str, Any] = {"v": 1, "tag": tag, "kind": kind}
         x_roost["manifest-sha256"] = manifest_sha
         if is_file:
             x_roost["mode"] = stat.S_IMODE(source.stat().st_mode)
-        info: dict[str, Any] = {
-            "name": payload.name,
-            "length": total,
-            "piece length": size,
-            "pieces": pieces,
-            "x-roost": x_roost,
-        }
+        info: dict[str, Any] = {"name": payload.name, "length": total}
+        if kind == "tree":
+            x_roost["manifest"] = manifest_data
+            info = {"name": tag, "files": [_file_dict(f) for f in files]}
+        info.update({"piece length": size, "pieces": pieces, "x-roost": x_roost})
         if private:
             info["private"] = 1
         meta: dict[str, Any] = {"created by": f"roost {__version__}", "info": info}
@@ -433,7 +508,7 @@ def create_release(
         tmp_torrent = _temp_in(out_dir, f".{tag}.torrent.", temps)
         tmp_torrent.write_bytes(torrent_bytes)
         torrent = out_dir / f"{tag}.torrent"
-        if not is_file:
+        if kind == "tar":
             os.replace(temps[0], payload)
         os.replace(tmp_torrent, torrent)
         temps.clear()
@@ -451,7 +526,19 @@ def create_release(
         total_size=total,
         piece_size=size,
         num_pieces=len(pieces) // 20,
+        data_size=sum(f.length for f in files if not f.is_pad) if kind == "tree" else -1,
     )
+
+
+def _has_bytes(files: Sequence[TorrentFile]) -> bool:
+    return any(f.length for f in files)
+
+
+def _file_dict(f: TorrentFile) -> dict[str, Any]:
+    out: dict[str, Any] = {"length": f.length, "path": f.path.split("/")}
+    if f.attr:
+        out["attr"] = f.attr
+    return out
 
 
 def _temp_in(directory: Path, prefix: str, temps: list[Path]) -> Path:
@@ -479,13 +566,29 @@ class TorrentMeta:
     kind: str | None = None
     manifest_sha256: str | None = None
     file_mode: int | None = None
-    files: tuple[tuple[str, int], ...] | None = None  # multi-file torrents only
+    files: tuple[TorrentFile, ...] | None = None  # multi-file torrents only, pads included
     pieces: bytes = field(default=b"", repr=False)
     signature: bytes | None = field(default=None, repr=False)  # x-roost-sig, outside info
+    #: a tree release's manifest (x-roost ``manifest``; its sha256 checked)
+    manifest: bytes | None = field(default=None, repr=False)
 
     @property
     def is_roost(self) -> bool:
         return self.kind is not None
+
+    @property
+    def layout(self) -> Layout | None:
+        """Where a multi-file torrent's bytes are (None for a single file)."""
+        if self.files is None:
+            return None
+        return Layout(self.piece_size, self.files)
+
+    @property
+    def data_length(self) -> int:
+        """Bytes that land on disk: the length without BEP 47 pad files."""
+        if self.files is None:
+            return self.length
+        return sum(f.length for f in self.files if not f.is_pad)
 
 
 def read_torrent_file(path: Path) -> TorrentMeta:
@@ -525,7 +628,7 @@ def read_torrent(data: bytes) -> TorrentMeta:
             raise ReleaseError("torrent length is not a positive integer")
     elif isinstance(info.get(b"files"), list):
         files = tuple(_file_entry(f) for f in info[b"files"])
-        length = sum(size for _, size in files)
+        length = sum(f.length for f in files)
     else:
         raise ReleaseError("torrent has neither length nor files (v2-only torrents unsupported)")
     if len(pieces) // 20 != -(-length // piece_size):
@@ -569,7 +672,7 @@ def _with_x_roost(meta: TorrentMeta, x: object) -> TorrentMeta:
     except UsageError as exc:
         raise ReleaseError(f"torrent x-roost: {exc}") from None
     kind = _text(x.get(b"kind"), "x-roost kind")
-    if kind not in ("tar", "file"):
+    if kind not in ("tar", "file", "tree"):
         raise ReleaseError(f"torrent x-roost kind {kind!r} is unknown")
     digest = _text(x.get(b"manifest-sha256"), "x-roost manifest-sha256")
     if not HEX64.fullmatch(digest):
@@ -577,9 +680,35 @@ def _with_x_roost(meta: TorrentMeta, x: object) -> TorrentMeta:
     mode = x.get(b"mode")
     if mode is not None and not is_mode(mode):
         raise ReleaseError("torrent x-roost mode is not a file mode")
+    if kind == "tree":
+        return _tree_meta(replace(meta, tag=tag, kind=kind, manifest_sha256=digest), x)
     if meta.files is not None:
-        raise ReleaseError("torrent x-roost on a multi-file torrent")
+        raise ReleaseError(f"torrent x-roost kind {kind!r} on a multi-file torrent")
     return replace(meta, tag=tag, kind=kind, manifest_sha256=digest, file_mode=mode)
+
+
+def _tree_meta(meta: TorrentMeta, x: dict[bytes, Any]) -> TorrentMeta:
+    """A tree release: its manifest is in the info dict, hashes to
+    ``manifest-sha256`` and lists exactly the torrent's files, in order,
+    each starting on a piece boundary (BEP 47 pads)."""
+    data = x.get(b"manifest")
+    if meta.files is None or not isinstance(data, bytes):
+        raise ReleaseError("torrent x-roost tree release without files or manifest")
+    if hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
+        raise ReleaseError("torrent x-roost manifest does not match its manifest-sha256")
+    manifest = parse_manifest(data)
+    if manifest.tag != meta.tag or meta.name != meta.tag:
+        raise ReleaseError("torrent x-roost manifest is not for this tag")
+    if (bad := unsafe_file_list(meta.files)) is not None:
+        raise ReleaseError(f"torrent file {bad[0]!r} {bad[1]}")
+    listed = [(e.path, e.size) for e in manifest.entries if e.type == "file"]
+    if listed != [(f.path, f.length) for f in meta.files if not f.is_pad]:
+        raise ReleaseError("torrent files are not the manifest's files")
+    layout = meta.layout
+    assert layout is not None
+    if not layout.aligned:
+        raise ReleaseError("torrent files of a tree release do not start on piece boundaries")
+    return replace(meta, manifest=data)
 
 
 def check_signature(meta: TorrentMeta, trusted: signing.TrustedKeys) -> str | None:
@@ -627,7 +756,7 @@ def _posint(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _file_entry(entry: object) -> tuple[str, int]:
+def _file_entry(entry: object) -> TorrentFile:
     length = entry.get(b"length") if isinstance(entry, dict) else None
     if not isinstance(entry, dict) or not isinstance(length, int) or length < 0:
         raise ReleaseError("torrent files entry without a length")
@@ -635,4 +764,5 @@ def _file_entry(entry: object) -> tuple[str, int]:
     if not isinstance(parts, list) or not parts:
         raise ReleaseError("torrent files entry without a path")
     path = "/".join(_text(p, "file path") for p in parts)
-    return path, entry[b"length"]
+    attr = entry.get(b"attr", b"")
+    return TorrentFile(path, length, _text(attr, "file attr") if attr else "")

@@ -15,11 +15,12 @@ threads read :meth:`Seeder.snapshot` and call :meth:`Seeder.stop`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from roost.engine import Engine, EngineConfig, HashFailed, TorrentError, TrackerProblem
 from roost.errors import RoostError, UsageError
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 class SeedConfig:
     torrent: Path
     payload_dir: Path  # the directory holding the payload under the torrent's name
+    #: a tree release's directory, seeded in place whatever its name (the
+    #: build tree ``roost create`` hashed); None: ``payload_dir/NAME``
+    tree: Path | None = None
     trackers: tuple[str, ...] | None = None  # replace the torrent's announce list
     upload_limit: int = 0
     super_seeding: bool = False
@@ -52,6 +56,13 @@ class SeedConfig:
     feed_port: int | None = None
     feed_bind: str | None = None
 
+    @classmethod
+    def of(cls, release: Any, **settings: Any) -> SeedConfig:
+        """Seed ``release`` (a ``roost.release.Release`` just made) where it
+        lies: a tree release from its build tree, a tar or file beside it."""
+        tree = release.payload if release.kind == "tree" else None
+        return cls(release.torrent, release.payload.parent, tree=tree, **settings)
+
 
 @dataclass(frozen=True)
 class SeedSnapshot:
@@ -62,6 +73,30 @@ class SeedSnapshot:
     seeding: bool
     hash_failures: int
     feed_sent: int = 0  # bytes the feed served
+
+
+def tree_for(meta: Any, *, payload: Path | None, from_dir: Path | None) -> Path:
+    """A multi-file torrent's directory, checked: ``--payload DIR`` (any
+    name: a tree release is seeded from its build tree) or ``--from DIR``
+    (then ``DIR/NAME``). ``UsageError`` if it or a file is missing or of the
+    wrong size (seed_mode trusts the files, so the cheap checks are here)."""
+    if (payload is None) == (from_dir is None):
+        raise UsageError("give exactly one of --payload DIR or --from DIR")
+    root = payload if payload is not None else Path(from_dir or ".") / meta.name
+    if not root.is_dir():
+        raise UsageError(f"payload {root} is not a directory ({meta.name!r} has many files)")
+    for f in meta.files:
+        if f.is_pad:
+            continue
+        try:
+            size = os.stat(root / f.path).st_size
+        except OSError as exc:
+            raise UsageError(f"payload {root / f.path}: {exc.strerror}") from None
+        if size != f.length:
+            raise UsageError(
+                f"payload {root / f.path} has {size} bytes, the torrent says {f.length}"
+            )
+    return root
 
 
 def payload_dir_for(
@@ -95,21 +130,40 @@ def _num_pieces(torrent_bytes: bytes) -> int:
 
 
 def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
-    """The origin's feed for a single-file release; ``UsageError`` otherwise."""
+    """The origin's feed for a single-file or tree release; ``UsageError``
+    for a multi-file torrent whose files do not start on piece boundaries."""
     from roost.feed import FeedServer, FeedSource
     from roost.release import read_torrent
 
     meta = read_torrent(torrent_bytes)
-    if meta.files is not None:
-        raise UsageError("the feed serves single-file releases only (roost create makes those)")
-    bind = config.feed_bind or config.listen_interface
-    server = FeedServer(bind, config.feed_port or 0, rate_limit=config.upload_limit).start()
-    server.add(
-        FeedSource(
-            meta.info_hash, Path(config.payload_dir) / meta.name, meta.piece_size, meta.length
+    layout = meta.layout
+    if layout is not None and not layout.aligned:
+        raise UsageError(
+            "the feed serves single-file and tree releases only (roost create makes those)"
         )
-    )
+    bind = config.feed_bind or config.listen_interface
+    root = _payload(config, meta.name)
+    server = FeedServer(bind, config.feed_port or 0, rate_limit=config.upload_limit).start()
+    server.add(FeedSource(meta.info_hash, root, meta.piece_size, meta.length, layout))
     return server
+
+
+def _check_payload(config: SeedConfig, torrent_bytes: bytes) -> None:
+    """seed_mode trusts the payload: refuse one that is not there at all
+    (a tree release looked for under ``payload_dir/NAME``, say)."""
+    from roost.release import read_torrent
+
+    try:
+        meta = read_torrent(torrent_bytes)
+    except RoostError:
+        return  # the engine names what is wrong with it
+    path = _payload(config, meta.name)
+    if meta.files is not None and not path.is_dir():
+        raise UsageError(f"payload {path} is not a directory ({meta.name!r} has many files)")
+
+
+def _payload(config: SeedConfig, name: str) -> Path:
+    return config.tree if config.tree is not None else Path(config.payload_dir) / name
 
 
 class Seeder:
@@ -130,6 +184,7 @@ class Seeder:
                 upload_slots=config.upload_slots,
             )
         )
+        _check_payload(config, torrent_bytes)
         # libtorrent's super-seeding starts by offering each peer two pieces it
         # lacks; with a single piece it never offers any and the swarm stalls.
         self.super_seeding = config.super_seeding and _num_pieces(torrent_bytes) >= 2
@@ -142,6 +197,7 @@ class Seeder:
                 super_seeding=self.super_seeding,
                 trackers=config.trackers,
                 role="origin" if config.feed_port is not None else None,
+                files_root=config.tree,
             )
             if config.feed_port is not None:
                 self.feed = _start_feed(config, torrent_bytes)

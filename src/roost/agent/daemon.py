@@ -439,6 +439,7 @@ class Agent:
         self.state.last_download = {
             "tag": entry.tag,
             "bytes": status.downloaded,
+            "reused": download.reused.bytes if download.reused else 0,
             "seconds": round(time.monotonic() - started, 3),
             "peers": peers,
         }
@@ -475,7 +476,7 @@ class Agent:
         try:
             torrent = (self.config.cache / info_hash / "release.torrent").read_bytes()
             meta = read_torrent(torrent)
-            if not (self.config.cache / info_hash / meta.name).is_file():
+            if not (self.config.cache / info_hash / meta.name).exists():
                 return
             self._add(tag, info_hash, torrent)
         except (OSError, RoostError) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 from roost.cli.core import _seconds, _size, add_hook_timeout_flag
 from roost.cli.origin import add_server_limit_flags, server_limits
-from roost.cli.release import add_sign_flag, add_trust_flag
+from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
 from roost.errors import UsageError
 
 
@@ -205,6 +205,7 @@ def _register_publish(sub: Any) -> None:
     p.add_argument("--tracker", action="append", default=[], metavar="URL", help="announce URL")
     p.add_argument("--web-seed", action="append", default=[], metavar="URL", help="BEP 19 origin")
     p.add_argument("--file", dest="is_file", action="store_true", help="SRC is a single file")
+    add_tar_flag(p)
     p.add_argument("--piece-size", type=_size, default=None, metavar="SIZE")
     p.add_argument("--no-current", action="store_true", help="publish without making it current")
     p.add_argument("--rollback-to", metavar="TAG", help="make a published release current")
@@ -305,6 +306,7 @@ def _publish(args: argparse.Namespace) -> int:
         feed=_feed_url(args.feed).geturl() if args.feed else None,
         sign_key=args.sign,
         waves=waves,
+        tar=args.tar,
     )
     if waves:
         state = f"published, rolling out to {waves[0]:g}% of the agents"
@@ -316,9 +318,8 @@ def _publish(args: argparse.Namespace) -> int:
     from roost.seeder import SeedConfig, Seeder
 
     seeder = Seeder(
-        SeedConfig(
-            torrent=release.torrent,
-            payload_dir=release.payload.parent,
+        SeedConfig.of(
+            release,
             upload_limit=args.upload_limit,
             listen_interface=args.listen,
             feed_port=_feed_url(args.feed).port if args.feed else None,

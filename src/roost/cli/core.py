@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from roost import events
-from roost.cli.release import add_sign_flag, add_trust_flag
+from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
 from roost.errors import RoostError, UsageError
 from roost.peer import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig, failed_event, run_peer
 
@@ -58,7 +58,9 @@ def _register_seed(sub: Any) -> None:
     p = sub.add_parser("seed", help="seed a release until stopped (Murder start_seeding)")
     p.add_argument("torrent", type=Path, help="the release's .torrent")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--payload", type=Path, help="the payload file (TAG.tar or the file)")
+    src.add_argument(
+        "--payload", type=Path, help="the payload: TAG.tar, the file, or a tree release's directory"
+    )
     src.add_argument("--from", dest="from_dir", type=Path, help="directory holding the payload")
     p.add_argument(
         "--tracker-url", action="append", help="announce here instead of the torrent's trackers"
@@ -116,19 +118,25 @@ def _stop_when_orphaned(stop: Callable[[], None]) -> None:
 def _seed(args: argparse.Namespace) -> int:
     from roost import procs
     from roost.release import read_torrent
-    from roost.seeder import SeedConfig, Seeder, payload_dir_for
+    from roost.seeder import SeedConfig, Seeder, payload_dir_for, tree_for
 
     try:
         meta = read_torrent(args.torrent.read_bytes())
     except OSError as exc:
         raise UsageError(f"cannot read torrent {args.torrent}: {exc.strerror}") from exc
-    payload_dir = payload_dir_for(
-        meta.name, meta.length, payload=args.payload, from_dir=args.from_dir
-    )
+    tree = None
+    if meta.files is not None:
+        tree = tree_for(meta, payload=args.payload, from_dir=args.from_dir)
+        payload_dir = tree.parent
+    else:
+        payload_dir = payload_dir_for(
+            meta.name, meta.length, payload=args.payload, from_dir=args.from_dir
+        )
     seeder = Seeder(
         SeedConfig(
             torrent=args.torrent,
             payload_dir=payload_dir,
+            tree=tree,
             trackers=tuple(args.tracker_url) if args.tracker_url else None,
             upload_limit=args.upload_limit,
             super_seeding=args.super_seed,
@@ -321,6 +329,12 @@ def _peer(args: argparse.Namespace) -> int:
             )
         elif isinstance(event, events.HashFailed):
             print(f"piece {event.piece} failed its hash check", file=sys.stderr)
+        elif isinstance(event, events.Reused):
+            changed = f", {event.rejected} changed on disk" if event.rejected else ""
+            print(
+                f"reused {event.bytes} bytes ({event.files} files) of an earlier release{changed}",
+                flush=True,
+            )
         elif isinstance(event, events.Installed):
             word = "already installed at" if event.already else "installed at"
             print(f"{word} {event.path}", flush=True)
@@ -337,7 +351,11 @@ def _peer(args: argparse.Namespace) -> int:
         raise
     if as_json:
         seconds = round(result.seconds, 3)
-        emit(events.Done(ok=True, seconds=seconds, down=result.down, up=result.up))
+        emit(
+            events.Done(
+                ok=True, seconds=seconds, down=result.down, up=result.up, reused=result.reused
+            )
+        )
     return 0
 
 
@@ -352,12 +370,14 @@ def _register_deploy(sub: Any) -> None:
     p.add_argument(
         "source",
         type=Path,
-        help="directory (packed as a tar) or file (--file); with -i also seeder:PATH, "
+        help="directory (a tree release; --tar: packed as a tar) or file (--file); with -i "
+        "also seeder:PATH, "
         "a path on the inventory's seeder (seeder: alone: its seeder_files_path)",
     )
     p.add_argument("--tag", help="release name, e.g. v42 (with -i: default group_vars tag)")
     p.add_argument("--dest", type=Path, help="install into DEST/TAG on each host")
     p.add_argument("--file", dest="is_file", action="store_true", help="ship SRC as one file")
+    add_tar_flag(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "--local",
@@ -424,6 +444,7 @@ def _deploy(args: argparse.Namespace) -> int:
         dest=args.dest,
         hosts=DEFAULT_HOSTS if args.local is None else args.local,
         is_file=args.is_file,
+        tar=args.tar,
         linger=args.linger,
         timeout=args.timeout or None,
         hook=args.hook,

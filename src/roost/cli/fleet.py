@@ -638,6 +638,7 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         ssh=ssh_options(args, cfg),
         peer=peer,
         is_file=args.is_file,
+        tar=bool(getattr(args, "tar", False)),
         seed_from=getattr(args, "seed_from", None) or ("seeder" if seeder_path else "controller"),
         super_seed=bool(getattr(args, "super_seed", False)),
         feed=bool(getattr(args, "feed", True)),

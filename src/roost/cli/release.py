@@ -43,14 +43,26 @@ def add_trust_flag(p: argparse.ArgumentParser, *, on_hosts: bool = False) -> Non
     )
 
 
+def add_tar_flag(p: argparse.ArgumentParser) -> None:
+    """``--tar`` of every command that makes a release from a directory."""
+    p.add_argument(
+        "--tar",
+        action="store_true",
+        help="pack the directory into TAG.tar (one file; for clients that need one) instead "
+        "of a multi-file torrent over the tree itself",
+    )
+
+
 def register(sub: Any) -> None:
     create = sub.add_parser(
         "create",
-        help="pack a directory (or take a file) and write its .torrent",
+        help="hash a directory (or a file) in place and write its .torrent",
         description=(
-            "Pack SRC into OUT/TAG.tar (uncompressed, .git* skipped, modes and mtimes kept, "
-            "with a manifest of sha256s) or, with --file, take SRC as is; then write "
-            "OUT/TAG.torrent announcing to the given trackers."
+            "Write OUT/TAG.torrent for SRC, announcing to the given trackers: a directory "
+            "becomes a multi-file torrent over the tree itself (hashed in place, nothing "
+            "copied; each file starts on a piece boundary, BEP 47 pads; .git* skipped; "
+            "modes, mtimes and sha256s in its manifest), or with --tar is packed into "
+            "OUT/TAG.tar first; with --file, SRC is a single file, taken as is."
         ),
     )
     create.add_argument("source", type=Path, metavar="SRC", help="directory (or file with --file)")
@@ -58,6 +70,7 @@ def register(sub: Any) -> None:
     create.add_argument(
         "--file", dest="is_file", action="store_true", help="SRC is a single file, shipped as is"
     )
+    add_tar_flag(create)
     create.add_argument(
         "--tracker",
         action="append",
@@ -70,7 +83,7 @@ def register(sub: Any) -> None:
         type=Path,
         default=DEFAULT_OUT_DIR,
         metavar="DIR",
-        help=f"where TAG.tar and TAG.torrent go (default {DEFAULT_OUT_DIR})",
+        help=f"where TAG.torrent (and TAG.tar) go (default {DEFAULT_OUT_DIR})",
     )
     create.add_argument(
         "--piece-size",
@@ -137,11 +150,13 @@ def _create(args: argparse.Namespace) -> int:
         web_seeds=args.web_seed,
         private=args.private,
         sign_key=args.sign,
+        tar=args.tar,
     )
     seconds = time.monotonic() - started
     from roost.magnet import magnet_uri
 
-    magnet = magnet_uri(release.info_hash, release.payload.name, args.tracker, args.web_seed)
+    name = release.tag if release.kind == "tree" else release.payload.name
+    magnet = magnet_uri(release.info_hash, name, args.tracker, args.web_seed)
     if args.json:
         doc = {
             "tag": release.tag,
@@ -163,7 +178,7 @@ def _create(args: argparse.Namespace) -> int:
     print(f"torrent    {release.torrent}")
     print(f"payload    {release.payload}")
     print(f"info-hash  {release.info_hash}")
-    print(f"size       {release.total_size} bytes ({_human(release.total_size)})")
+    print(f"size       {release.size} bytes ({_human(release.size)}) in {release.kind}")
     print(f"pieces     {release.num_pieces} x {_human(release.piece_size)}")
     print(f"magnet     {magnet}")
     if args.sign is not None:

@@ -61,6 +61,9 @@ class DeployPlan:
     ssh: SSHOptions
     peer: tasks.PeerOptions
     is_file: bool = False
+    #: a directory as TAG.tar (always when a seeder host seeds it: Murder's
+    #: releases/TAG.tar layout there) instead of a tree release
+    tar: bool = False
     seed_from: str = "controller"
     super_seed: bool = False
     #: the origin hands each piece to one host over its feed (roost.feed)
@@ -164,8 +167,9 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             is_file=plan.is_file,
             piece_size=plan.piece_size,
             sign_key=plan.sign_key,
+            tar=plan.tar or plan.seed_from == "seeder",
         )
-        release = _Release(made.torrent, made.info_hash, made.total_size, made.payload)
+        release = _Release(made.torrent, made.info_hash, made.size, made.payload)
     seed_from = "seeder" if plan.seeder_path is not None else plan.seed_from
     peers = list(inv.peers)
     now = time.monotonic()
@@ -371,7 +375,7 @@ async def _create_on_seeder(
     if not result.ok or result.value is None:
         return None
     meta = read_torrent_file(Path(result.value["torrent"]))
-    return _Release(Path(result.value["torrent"]), meta.info_hash, meta.length, None)
+    return _Release(Path(result.value["torrent"]), meta.info_hash, meta.data_length, None)
 
 
 async def _local_address(s: Any) -> str:

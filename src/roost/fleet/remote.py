@@ -151,7 +151,7 @@ def clean(temp: Path) -> dict:
 
 
 def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
-    """Whether ``target`` already holds exactly the release (tar kind), judged
+    """Whether ``target`` already holds exactly the release (tar or tree), judged
     by the release's manifest shipped beside the torrent: no download needed."""
     import hashlib
 
@@ -163,7 +163,9 @@ def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
     try:
         meta = read_torrent(torrent.read_bytes())
         data = manifest_path.read_bytes()
-        if meta.kind != "tar" or hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
+        if meta.kind not in ("tar", "tree") or (
+            hashlib.sha256(data).hexdigest() != meta.manifest_sha256
+        ):
             return {"ok": True, "installed": False, "why": "no usable manifest"}
         manifest = parse_manifest(data)
     except (OSError, RoostError) as exc:

@@ -215,8 +215,9 @@ async def create(
     tracker: str | None = None,
     piece_size: int | None = None,
 ) -> dict[str, HostResult[dict[str, Any]]]:
-    """``roost create`` on the seeder from a path there, then fetch the .torrent
-    (Murder create_torrent + download_torrent)."""
+    """``roost create`` on the seeder from a path there (a directory packed
+    into ``releases/TAG.tar``), then fetch the .torrent (Murder
+    create_torrent + download_torrent)."""
     r = Remote(cfg)
     argv = [
         files_path,
@@ -228,8 +229,8 @@ async def create(
         tracker or announce_url(inv, cfg),
         "--json",
     ]
-    if is_file:
-        argv.append("--file")
+    # Murder's layout on the seeder: releases/TAG.tar, seeded --from there
+    argv.append("--file" if is_file else "--tar")
     if piece_size:
         argv += ["--piece-size", str(piece_size)]
     src = files_path
