@@ -210,7 +210,7 @@ def test_an_agent_takes_its_pieces_from_the_channels_feed(
     assert snapshot(dest / "current") == snapshot(pub.root / "src-v1", skip_git=True)
     seeder = pub.seeders["v1"].seeder
     stats = seeder.feed.stats(seeder.info_hash)
-    assert stats.done and stats.bytes_sent == release.total_size  # one copy, from the feed
+    assert stats.done and stats.bytes_sent == release.size  # one copy (pads unsent), from the feed
     assert seeder.snapshot().uploaded == 0  # and none from the BitTorrent seeder
 
 
@@ -643,7 +643,7 @@ def test_channel_round_trip_and_publishing_rules(tmp_path: Path) -> None:
         set_current(tmp_path / "ch", "v7")
     with pytest.raises(UsageError, match=r"holds no channel\.json"):
         set_current(tmp_path / "empty", "v1")
-    assert sorted(os.listdir(tmp_path / "ch")) == ["channel.json", "v1.tar", "v1.torrent"]
+    assert sorted(os.listdir(tmp_path / "ch")) == ["channel.json", "v1.torrent"]  # a tree
 
 
 def test_channel_server_serves_files_only(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from typing import Any
 from roost import __version__, bencode, signing
 from roost._fs import atomic_write
 from roost.errors import ReleaseError, UsageError
-from roost.hashing import TarWriter, hash_pieces, sha256_range
+from roost.hashing import TarWriter, hash_file, hash_pieces, sha256_range
 from roost.layout import Layout, TorrentFile, padded_files, unsafe_file_list
 from roost.manifest import (
     HEX64,
@@ -284,13 +285,21 @@ def _tree(
     files = [it for it in items if it.kind == "file"]
     size = piece_size or _tree_piece_size([it.st.st_size for it in files])
     layout = padded_files(((it.rel, it.st.st_size) for it in files), size)
-    digests: list[str] = []
-    pieces: list[bytes] = []
-    for index, item in enumerate(files):
-        last = index == len(files) - 1
-        hashed, digest = _hash_in_place(item, size, pad_last=not last)
-        pieces.append(hashed)
-        digests.append(digest)
+    # Small files side by side in a pool (one pass each); a big one on its
+    # own, its SHA-1s and sha256 in two threads (hash_pieces).
+    with ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(_hash_in_place, it, size, pad_last=k < len(files) - 1, one_pass=True)
+            if it.st.st_size < _BIG_FILE
+            else None
+            for k, it in enumerate(files)
+        ]
+        hashed = [
+            f.result() if f is not None else _hash_in_place(it, size, pad_last=k < len(files) - 1)
+            for k, (it, f) in enumerate(zip(files, futures, strict=True))
+        ]
+    pieces = [p for p, _ in hashed]
+    digests = [d for _, d in hashed]
     found = iter(digests)
     entries = [_entry(it, next(found) if it.kind == "file" else "", mtime=True) for it in items]
     manifest = Manifest(tag, tuple(entries), stat.S_IMODE(source.stat().st_mode))
@@ -306,11 +315,21 @@ def _tree_piece_size(sizes: Sequence[int]) -> int:
     return size
 
 
-def _hash_in_place(item: _Item, piece_size: int, *, pad_last: bool) -> tuple[bytes, str]:
+_BIG_FILE = 64 << 20
+
+
+def _hash_in_place(
+    item: _Item, piece_size: int, *, pad_last: bool, one_pass: bool = False
+) -> tuple[bytes, str]:
     if not item.st.st_size:
         return b"", hashlib.sha256().hexdigest()
     try:
-        pieces, digest = hash_pieces(item.path, piece_size, with_sha256=True, pad_last=pad_last)
+        if one_pass:
+            pieces, digest = hash_file(item.path, piece_size, pad_last=pad_last)
+        else:
+            pieces, digest = hash_pieces(
+                item.path, piece_size, with_sha256=True, pad_last=pad_last
+            )
         after = os.lstat(item.path)
     except OSError as exc:
         raise ReleaseError(f"cannot read {item.path}: {exc.strerror or exc}") from exc

@@ -85,7 +85,7 @@ def test_one_host_with_a_full_disk_is_named_while_the_others_finish(
     assert not hosts[full]["ok"]
     # Found before the download: the check of room on the destination's device.
     assert hosts[full]["error"].startswith(
-        "not enough space on the device of /opt/full for F1.tar: 3.0 MiB needed, "
+        "not enough space on the device of /opt/full for F1: 3.0 MiB needed, "
     ), hosts[full]["error"]
     assert hosts[full]["bytes_down"] == 0
     for h in (f.hosts[0], f.hosts[2]):

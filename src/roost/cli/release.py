@@ -164,7 +164,8 @@ def _create(args: argparse.Namespace) -> int:
             "torrent": str(release.torrent),
             "payload": str(release.payload),
             "info_hash": release.info_hash,
-            "size": release.total_size,
+            "size": release.size,  # the files' bytes
+            "length": release.total_size,  # the torrent's (BEP 47 pads included)
             "piece_size": release.piece_size,
             "pieces": release.num_pieces,
             "seconds": round(seconds, 3),
