@@ -327,9 +327,7 @@ def _hash_in_place(
         if one_pass:
             pieces, digest = hash_file(item.path, piece_size, pad_last=pad_last)
         else:
-            pieces, digest = hash_pieces(
-                item.path, piece_size, with_sha256=True, pad_last=pad_last
-            )
+            pieces, digest = hash_pieces(item.path, piece_size, with_sha256=True, pad_last=pad_last)
         after = os.lstat(item.path)
     except OSError as exc:
         raise ReleaseError(f"cannot read {item.path}: {exc.strerror or exc}") from exc
