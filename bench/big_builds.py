@@ -64,6 +64,10 @@ if TYPE_CHECKING:
     from roost.lab.netns import Host, Lab
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import tools  # noqa: E402  (bench/tools.py: the lab helpers bench/run.py uses)
+
 MIB = 1 << 20
 GIB = 1 << 30
 # the announce URL written into every torrent; nothing announces to it
@@ -606,10 +610,10 @@ def _lab_origin(origin: Host, d: LabDeploy, torrent: str, payload: str) -> None:
 
     bind = ["--bind", origin.address, "--port", str(d.TRACKER_PORT)]
     start([*ROOST, "tracker", *bind], "tracker.log")
-    _wait_port(origin.address, d.TRACKER_PORT)
+    tools.wait_port(origin.address, d.TRACKER_PORT)
     seed = [*ROOST, "seed", torrent, "--payload", payload, "--announce-ip", origin.address]
     start([*seed, "--feed-port", str(d.FEED_PORT)], "seeder.log")
-    _wait_port(origin.address, d.FEED_PORT)
+    tools.wait_port(origin.address, d.FEED_PORT)
 
 
 def _peer_command(origin: Host, host: Host, d: LabDeploy, torrent: str, dest: str) -> str:
@@ -689,20 +693,6 @@ def _last_line(host: Host, d: LabDeploy) -> str:
         lines = host.path(f"/tmp/bigbench/{d.tag}/stderr.log").read_text().strip().splitlines()
         return lines[-1] if lines else ""
     return ""
-
-
-def _wait_port(address: str, port: int, timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((address, port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"big_builds: nothing listens on {address}:{port}") from None
-            time.sleep(0.05)
 
 
 def _kill_group(proc: subprocess.Popen[Any]) -> None:
