@@ -169,6 +169,18 @@ def test_install_switch_and_rollback_without_download(
     assert (dest / "current" / "version.txt").read_text() == "v2\n"
     assert hook_runs(log)[-1]["ROOST_PREVIOUS"] == "v1"
     assert state(dest)["previous"] == "v1"
+    # v2 started from v1's files that did not change (issue 14's incremental deploys)
+    v1, v2 = pub.root / "src-v1", pub.root / "src-v2"
+    same = sum(
+        f.stat().st_size
+        for f in v2.rglob("*")
+        if f.is_file()
+        and not f.is_symlink()
+        and ".git" not in str(f.relative_to(v2))
+        and (v1 / f.relative_to(v2)).is_file()
+        and (v1 / f.relative_to(v2)).read_bytes() == f.read_bytes()
+    )
+    assert same > 0 and state(dest)["last_download"]["reused"] == same
 
     # Rollback: nothing seeds any more, so a download could not succeed.
     pub.stop_seeding()
