@@ -170,9 +170,8 @@ def foreign_swarm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tu
     torrent = tmp_path / "bundle.torrent"
     maker = request.param
     if shutil.which(maker) is None:
-        pytest.skip(
-            f"{maker} not installed (apt-get install {maker.split('-')[0]}; scripts/install does)"
-        )
+        package = {"mktorrent": "mktorrent", "transmission-create": "transmission-cli"}[maker]
+        pytest.skip(f"{maker} not installed (apt-get install {package}; scripts/install does)")
     argv = {
         "mktorrent": ["mktorrent", "-a", tracker.announce_url, "-o", str(torrent), str(content)],
         # a client's torrent maker (transmission's)

@@ -53,7 +53,7 @@ def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool
     it). Writes nothing that stays. Raises ``DestinationError`` naming the
     directory and what is wrong."""
     # The directory the installer creates its staging area in (extract._target).
-    as_file = meta.files is None and meta.kind != "tar" and not tag_directory
+    as_file = meta.single_file and not tag_directory
     install_parent = Path(dest) if tag_directory or as_file else Path(dest).parent
     temp = _writable(Path(download_dir), "download area")
     target = _writable(install_parent.absolute(), "destination")

@@ -79,7 +79,6 @@ __all__ = [
     "install_release",
     "install_target",
     "installed_difference",
-    "is_single_file",
     "load_plan",
     "verify_installed",
 ]
@@ -161,20 +160,14 @@ def _plan_files(payload: Path, meta: TorrentMeta) -> Plan:
     bad = unsafe_file_list(meta.files)
     if bad is not None:
         raise UnsafeArchiveError(*bad)
-    if meta.manifest is not None:
-        manifest = parse_manifest(meta.manifest)
-    else:
-        manifest = _foreign_manifest(meta)
+    manifest = meta.tree_manifest or _foreign_manifest(meta)
     symlinks = {e.path: e.target or "" for e in manifest.entries if e.type == "symlink"}
     resolved: dict[str, object] = {}
     members = []
     for e in manifest.entries:
         if e.type == "symlink":
             target = e.target or ""
-            if target.startswith("/"):
-                raise UnsafeArchiveError(e.path, f"is a symlink to the absolute path {target!r}")
-            if link_escapes(e.path, target, symlinks, resolved):
-                raise UnsafeArchiveError(e.path, f"is a symlink to {target!r}, outside the release")
+            _check_symlink(e.path, target, symlinks, resolved)
             members.append(_Member(e.path, "symlink", mode=e.mode, mtime=e.mtime, link=target))
         elif e.type == "dir":
             members.append(_Member(e.path, "dir", mode=e.mode, mtime=e.mtime))
@@ -191,6 +184,16 @@ def _plan_files(payload: Path, meta: TorrentMeta) -> Plan:
             if size != m.size:
                 raise VerifyError(f"{payload / m.name} is {size} bytes, the torrent says {m.size}")
     return Plan(manifest, tuple(members))
+
+
+def _check_symlink(
+    name: str, target: str, symlinks: dict[str, str], resolved: dict[str, object]
+) -> None:
+    """A symlink of a release stays inside it (``UnsafeArchiveError``)."""
+    if target.startswith("/"):
+        raise UnsafeArchiveError(name, f"is a symlink to the absolute path {target!r}")
+    if link_escapes(name, target, symlinks, resolved):
+        raise UnsafeArchiveError(name, f"is a symlink to {target!r}, outside the release")
 
 
 def _foreign_manifest(meta: TorrentMeta) -> Manifest:
@@ -260,10 +263,7 @@ def _check_members(infos: list[tarfile.TarInfo], length: int) -> list[_Member]:
             target = info.linkname
             if not target or "\x00" in target:
                 raise UnsafeArchiveError(name, "is a symlink with an empty target")
-            if target.startswith("/"):
-                raise UnsafeArchiveError(name, f"is a symlink to the absolute path {target!r}")
-            if link_escapes(name, target, symlinks, resolved):
-                raise UnsafeArchiveError(name, f"is a symlink to {target!r}, outside the release")
+            _check_symlink(name, target, symlinks, resolved)
             member = _Member(name, "symlink", mode=mode, mtime=info.mtime, link=target)
         elif info.islnk():
             target = info.linkname
@@ -381,12 +381,6 @@ def _stripped(plan: Plan) -> Plan:
     return Plan(manifest, members, plan.single)
 
 
-def is_single_file(meta: TorrentMeta) -> bool:
-    """A release that installs as one file: ``file`` kind, or a foreign
-    single-file torrent (with ``--no-tag-directory`` it lands at DEST/NAME)."""
-    return meta.files is None and meta.kind != "tar"
-
-
 def install_target(meta: TorrentMeta, dest: Path, *, tag_directory: bool = True) -> Path:
     """Where ``meta`` would be installed under ``dest`` (links resolved)."""
     return _target(meta, Path(dest), tag_directory=tag_directory)[0]
@@ -399,7 +393,7 @@ def _target(meta: TorrentMeta, dest: Path, *, tag_directory: bool) -> tuple[Path
     ``DestinationError``."""
     tag = meta.tag or meta.name
     dest = dest.absolute()
-    as_file = is_single_file(meta) and not tag_directory
+    as_file = meta.single_file and not tag_directory
     if as_file:
         return dest / meta.name, True
     target = dest / tag if tag_directory else dest
@@ -445,8 +439,8 @@ def check_destination(
 
 
 def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid: bool) -> bool:
-    if meta.manifest is not None:  # a tree release: its manifest is at hand
-        plan = Plan(parse_manifest(meta.manifest), ())
+    if meta.tree_manifest is not None:  # a tree release: its manifest is at hand
+        plan = Plan(meta.tree_manifest, ())
         if _mismatch(target, plan, as_file=False) is None:
             return True
         return not keep_setid and _mismatch(target, _stripped(plan), as_file=False) is None
@@ -620,17 +614,17 @@ def _write_tree(src: int, top: int, members: tuple[_Member, ...]) -> None:
 def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
     """Write one file; ``src`` is the payload (a tar or a file) or, for a
     member with a ``source``, the download directory holding it."""
-    if member.source is not None:
-        if not member.size:
-            src = -1
-        else:
-            src = os.open(member.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
-        try:
-            _write_file(src, dataclasses.replace(member, source=None), name, top)
-        finally:
-            if src >= 0:
-                os.close(src)
-        return
+    own = None
+    if member.source is not None and member.size:
+        own = os.open(member.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+    try:
+        _write_bytes(src if own is None else own, member, name, top)
+    finally:
+        if own is not None:
+            os.close(own)
+
+
+def _write_bytes(src: int, member: _Member, name: str, top: int | None) -> None:
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, 0o600, dir_fd=top)
     try:
@@ -762,8 +756,8 @@ def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
     A tree installed with its setuid/setgid/sticky bits stripped (the
     default) holds the release as well. Raises ``VerifyError`` naming the
     first difference."""
-    if meta.manifest is not None:  # a tree release: the torrent holds the manifest
-        plan = Plan(parse_manifest(meta.manifest), ())
+    if meta.tree_manifest is not None:  # a tree release: the torrent holds the manifest
+        plan = Plan(meta.tree_manifest, ())
     else:
         plan = load_plan(Path(payload), meta)
     target = Path(target)

@@ -81,18 +81,18 @@ def prefill(meta: object, root: Path, target: Path) -> Prefill:
     download's ``TEMP/INFOHASH/NAME``), which holds nothing yet. ``meta`` is
     a tree release's ``TorrentMeta``; anything else gets nothing."""
     result = Prefill()
-    data = getattr(meta, "manifest", None)
+    manifest = getattr(meta, "tree_manifest", None)
     layout = getattr(meta, "layout", None)
-    if data is None or layout is None:
+    if manifest is None or layout is None:
         return result
     sources: dict[str, Path] = {}
-    for where, manifest in earlier_releases(target):
-        for entry in manifest.entries:
+    for where, earlier in earlier_releases(target):
+        for entry in earlier.entries:
             if entry.type == "file" and entry.size and entry.sha256 not in sources:
                 sources[str(entry.sha256)] = where / entry.path
     if not sources:
         return result
-    wanted = {e.path: e for e in parse_manifest(data).entries if e.type == "file"}
+    wanted = {e.path: e for e in manifest.entries if e.type == "file"}
     for index in layout.data_files():
         f = layout.files[index]
         want = wanted.get(f.path)

@@ -27,6 +27,7 @@ and ``ReleaseError`` for anything that cannot be packed or read.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -593,6 +594,17 @@ class TorrentMeta:
     def is_roost(self) -> bool:
         return self.kind is not None
 
+    @functools.cached_property
+    def tree_manifest(self) -> Manifest | None:
+        """A tree release's manifest, parsed once (checked by read_torrent)."""
+        return None if self.manifest is None else parse_manifest(self.manifest)
+
+    @property
+    def single_file(self) -> bool:
+        """Installs as one file: a ``file`` release or a foreign single-file
+        torrent (with ``--no-tag-directory`` it lands at DEST/NAME)."""
+        return self.files is None and self.kind != "tar"
+
     @property
     def layout(self) -> Layout | None:
         """Where a multi-file torrent's bytes are (None for a single file)."""
@@ -713,7 +725,9 @@ def _tree_meta(meta: TorrentMeta, x: dict[bytes, Any]) -> TorrentMeta:
         raise ReleaseError("torrent x-roost tree release without files or manifest")
     if hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
         raise ReleaseError("torrent x-roost manifest does not match its manifest-sha256")
-    manifest = parse_manifest(data)
+    meta = replace(meta, manifest=data)
+    manifest = meta.tree_manifest
+    assert manifest is not None and meta.files is not None
     if manifest.tag != meta.tag or meta.name != meta.tag:
         raise ReleaseError("torrent x-roost manifest is not for this tag")
     if (bad := unsafe_file_list(meta.files)) is not None:
@@ -725,7 +739,7 @@ def _tree_meta(meta: TorrentMeta, x: dict[bytes, Any]) -> TorrentMeta:
     assert layout is not None
     if not layout.aligned:
         raise ReleaseError("torrent files of a tree release do not start on piece boundaries")
-    return replace(meta, manifest=data)
+    return meta
 
 
 def check_signature(meta: TorrentMeta, trusted: signing.TrustedKeys) -> str | None:
