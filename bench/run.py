@@ -132,6 +132,19 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
     return rows
 
 
+def _compile_roost() -> None:
+    """Byte-compile roost as an installed copy is (pip compiles a wheel at
+    install; bootstrap installs one on every host). From a checkout, under
+    PYTHONDONTWRITEBYTECODE, every peer would compile roost's modules again
+    at start, ~0.1 CPU-s each, all hosts at once on this machine's 2 cores:
+    a cost no real fleet pays (bench/NOTES.md "Start-up")."""
+    import compileall
+
+    import roost
+
+    compileall.compile_dir(str(Path(roost.__file__).parent), quiet=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="CI smoke: 4 hosts, 4 MiB, 200 Mbit/s")
@@ -180,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(scratch == Path(m) or Path(m) in scratch.parents for m in ("/tmp", "/opt")):
         raise SystemExit(f"bench: --scratch {scratch} must be outside /tmp and /opt (per-host)")
     started = time.time()
+    _compile_roost()
     fleet = run_fleet(args, scenarios) if args.tools else []
     hot: list[dict] = []
     if "none" not in hot_names:

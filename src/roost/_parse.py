@@ -33,11 +33,6 @@ from typing import Any
 
 from roost.errors import ConfigError, RoostError, StateFileError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
@@ -137,6 +132,12 @@ def load_toml(
     max_depth: int = MAX_DEPTH,
 ) -> dict[str, Any]:
     """Parse TOML ``data`` from ``name``; raises ``error`` naming ``name`` and line."""
+    # Imported here: every command loads this module, few read TOML.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
     text = _text(data, name, error, max_bytes)
     _check_depth(text, _TOML_SKIP, name, error, max_depth)
     try:

@@ -522,6 +522,17 @@ class Engine:
         except (RuntimeError, TypeError, ValueError) as exc:
             raise EngineError(f"cannot add piece {index}: {exc}", info_hash=tid) from exc
 
+    def missing_pieces(self, tid: TorrentId) -> list[int]:
+        """Pieces this torrent does not have yet (sorted)."""
+        handle = self._handles.get(tid)
+        if handle is None:
+            return []
+        try:
+            have = handle.status(lt.status_flags_t.query_pieces).pieces
+        except RuntimeError:
+            return []
+        return [i for i, has in enumerate(have) if not has]
+
     def orphan_pieces(self, tid: TorrentId) -> list[int]:
         """Pieces this torrent lacks that no connected peer has and that are
         not being downloaded: what only the origin can still give."""

@@ -145,9 +145,18 @@ Event = (
     | Done
 )
 _KINDS: dict[str, type[_Event]] = {cls.name: cls for cls in typing.get_args(Event)}
-_HINTS: dict[type[_Event], dict[str, Any]] = {
-    cls: typing.get_type_hints(cls) for cls in _KINDS.values()
-}
+
+
+_HINTS: dict[str, dict[str, Any]] = {}
+
+
+def _hints(cls: type[_Event]) -> dict[str, Any]:
+    """``cls``'s field types, resolved when first loaded (not at import: every
+    peer imports this module, few load events)."""
+    hints = _HINTS.get(cls.name)
+    if hints is None:
+        hints = _HINTS[cls.name] = typing.get_type_hints(cls)
+    return hints
 
 
 def as_dict(event: Event) -> dict[str, Any]:
@@ -184,7 +193,7 @@ def load(line: str | bytes) -> Event | None:
             if f.default is dataclasses.MISSING:
                 raise PeerProtocolError(f"peer event {cls.name!r} has no {f.name!r}")
             continue
-        values[f.name] = _checked(cls.name, f.name, doc[f.name], _HINTS[cls][f.name])
+        values[f.name] = _checked(cls.name, f.name, doc[f.name], _hints(cls)[f.name])
     return cls(**values)  # type: ignore[return-value]
 
 

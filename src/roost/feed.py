@@ -22,13 +22,19 @@ The feed does that over plain HTTP beside the seeder:
   connection, so the origin never waits for a round trip, nor for a busy
   peer to be scheduled, between two pieces; TCP's flow control does the
   rest: a peer whose downlink is crowded drains slower, asks less often and
-  so is given fewer pieces.
+  so is given fewer pieces. Once every piece has left the origin, its link
+  would idle while the last pieces are relayed; a peer then says what it
+  still lacks (``lack=``) and is sent the most recently handed-out piece of
+  those, within a budget of ``tail_share`` of the pieces (the tail: the last
+  hop of the relay pipeline is skipped for the pieces that are slowest to
+  spread).
 * :class:`FeedServer` serves ``GET /feed/v1/<info-hash>/next`` (a piece, or
   ``204`` with ``X-Roost-Feed: wait`` / ``done``), ``/got`` (confirmations
   only: a peer that completes says what it received last), ``/piece/<i>``
   (one piece by index, for repairs) and ``/stats``, with ``sendfile`` from
   the payload and an optional upload cap.
-* :class:`FeedClient` runs in the peer next to libtorrent: it hands each
+* :class:`~roost.feedclient.FeedClient` (its own module, so that a peer
+  never imports the HTTP server) runs in the peer next to libtorrent: it hands each
   piece to the engine (``add_piece``), which hashes it, announces it and
   serves it to the swarm like any other piece. Once the feed is ``done``
   the client only repairs: a piece the peer still lacks, that no connected
@@ -52,28 +58,28 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from roost import __version__
 from roost.errors import UsageError
+from roost.feedclient import API, DONE, WAIT
 from roost.httpserve import (
     BoundedHandler,
     BoundedHTTPServer,
     ServerLimits,
-    TokenBucket,
     serve_in_thread,
     stop_serving,
 )
 from roost.layout import Layout
+from roost.limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
-API = "/feed/v1"
-WAIT = "wait"
-DONE = "done"
+#: The tail's budget: second copies of at most this share of the pieces.
+TAIL_SHARE = 0.05
 
 
 # Sans-IO: who gets which piece -------------------------------------------------
@@ -86,6 +92,7 @@ class FeedStats:
     confirmed: int  # pieces received by some peer
     reassigned: int  # given again because their first peer never confirmed
     repairs: int  # served by index (``/piece/<i>``)
+    tail: int  # second copies sent to peers that still lacked them at the end
     bytes_sent: int
     done: bool
 
@@ -102,11 +109,19 @@ class Dispatcher:
     transfers confirmed so far.
     """
 
-    def __init__(self, num_pieces: int, *, reassign_after: float = 3.0):
+    def __init__(
+        self, num_pieces: int, *, reassign_after: float = 3.0, tail_share: float = TAIL_SHARE
+    ):
         if num_pieces < 1:
             raise ValueError("a feed needs at least one piece")
         self.num_pieces = num_pieces
         self.reassign_after = reassign_after
+        #: second copies the tail may still send (a share of the pieces)
+        self.tail_budget = int(num_pieces * tail_share)
+        self._handed = [0] * num_pieces  # piece -> order of its last hand-out (0: never)
+        self._holder: list[object] = [None] * num_pieces  # piece -> whom it was handed to
+        self._order = 0
+        self.tail_sent = 0
         self._unsent: deque[int] = deque(range(num_pieces))
         self._assigned: dict[int, float] = {}  # piece -> when it was handed out
         self._confirmed = bytearray(num_pieces)
@@ -141,19 +156,46 @@ class Dispatcher:
         with contextlib.suppress(ValueError):
             self._unsent.remove(piece)
 
-    def next(self, now: float) -> int | str:
+    def next(self, now: float, lack: Iterable[int] = (), asker: object = None) -> int | str:
         """The piece to send to this asker, or ``WAIT`` (pieces are on their
-        way to others, ask again) or ``DONE`` (every piece was received)."""
+        way to others, ask again) or ``DONE`` (every piece was received).
+
+        ``lack``: pieces the asker still lacks. Once every piece has been
+        handed out (received or not), the asker gets the most recently
+        handed-out of those (the one least likely to have reached it through
+        the swarm yet), while the tail budget lasts; never one handed to the
+        same ``asker`` (it may still be on its way there)."""
         if self.done:
-            return DONE
+            tail = self._tail(lack, asker)
+            return DONE if tail == WAIT else tail
         if not self._unsent:
             self._reap(now)
         if not self._unsent:
-            return WAIT
+            return self._tail(lack, asker)
         piece = self._unsent.popleft()
         self._assigned[piece] = now
         self.dispatched += 1
+        self._order += 1
+        self._handed[piece] = self._order
+        self._holder[piece] = asker
         return piece
+
+    def _tail(self, lack: Iterable[int], asker: object) -> int | str:
+        if self.tail_sent >= self.tail_budget:
+            return WAIT
+        best, best_order = -1, 0
+        for piece in lack:
+            if (
+                0 <= piece < self.num_pieces
+                and self._handed[piece] > best_order
+                and (asker is None or self._holder[piece] != asker)
+            ):
+                best, best_order = piece, self._handed[piece]
+        if best < 0:
+            return WAIT
+        self._handed[best] = 0  # sent twice now: not again, to anyone
+        self.tail_sent += 1
+        return best
 
     def _reap(self, now: float) -> None:
         limit = self.timeout()
@@ -208,12 +250,13 @@ class _Feed:
             d.confirmed,
             d.reassigned,
             self.repairs,
+            d.tail_sent,
             self.bytes_sent,
             d.done,
         )
 
 
-_PATH = re.compile(r"^/feed/v1/([0-9a-f]{40})/(next|got|stats|piece/(\d{1,9}))$")
+_PATH = re.compile(rf"^{API}/([0-9a-f]{{40}})/(next|got|stats|piece/(\d{{1,9}}))$")
 
 
 class _Handler(BoundedHandler):
@@ -250,7 +293,11 @@ class _Handler(BoundedHandler):
         with self.server.lock:
             for got in _got(query, feed.source.num_pieces):
                 feed.dispatcher.confirm(got, now)
-            grant = feed.dispatcher.next(now) if match.group(2) == "next" else DONE
+            if match.group(2) == "next":
+                lack = _got(query, feed.source.num_pieces, "lack")
+                grant = feed.dispatcher.next(now, lack, asker=self.client_address)
+            else:
+                grant = DONE
         if isinstance(grant, str):
             self._empty(204, {"X-Roost-Feed": grant})
             return
@@ -310,12 +357,13 @@ class _Handler(BoundedHandler):
         self.end_headers()
 
 
-def _got(query: str, num_pieces: int) -> list[int]:
-    """The pieces a ``got=`` list names: ``i`` or ``i-j`` (inclusive), comma
-    separated; out-of-range and malformed parts are ignored."""
+def _got(query: str, num_pieces: int, name: str = "got") -> list[int]:
+    """The pieces a ``got=`` (or ``lack=``) list names: ``i`` or ``i-j``
+    (inclusive), comma separated; out-of-range and malformed parts are
+    ignored."""
     out: list[int] = []
     for key, value in urllib.parse.parse_qsl(query):
-        if key != "got":
+        if key != name:
             continue
         for part in value.split(","):
             first, dash, last = part.partition("-")
@@ -326,31 +374,6 @@ def _got(query: str, num_pieces: int) -> list[int]:
             elif last.isdigit() and len(last) < 10:
                 out.extend(range(int(first), min(int(last), num_pieces - 1) + 1))
     return out
-
-
-def _chunks(parts: list[str], size: int) -> list[str]:
-    """``parts`` joined by commas into strings of about ``size`` at most."""
-    out: list[str] = []
-    for part in parts:
-        if out and len(out[-1]) + len(part) < size:
-            out[-1] += "," + part
-        else:
-            out.append(part)
-    return out
-
-
-def piece_ranges(pieces: Sequence[int]) -> list[str]:
-    """``got=`` parts for sorted ``pieces``: runs as ``i-j``."""
-    parts: list[str] = []
-    start = prev = None
-    for piece in [*pieces, None]:
-        if piece is not None and prev is not None and piece == prev + 1:
-            prev = piece
-            continue
-        if start is not None:
-            parts.append(str(start) if start == prev else f"{start}-{prev}")
-        start = prev = piece
-    return parts
 
 
 class _Server(BoundedHTTPServer):
@@ -428,242 +451,3 @@ class FeedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-# The peer's side ---------------------------------------------------------------
-
-
-@dataclass
-class FeedCounters:
-    pieces: int = 0  # pieces received from the feed
-    bytes: int = 0
-    repairs: int = 0
-    errors: int = 0
-    last_error: str | None = None
-
-
-def parse_feed_url(url: str) -> urllib.parse.SplitResult:
-    """``url`` split; ``UsageError`` unless it is ``http://HOST[:PORT]/``."""
-    parsed = urllib.parse.urlsplit(url)
-    try:
-        parsed.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parsed = parsed._replace(scheme="")
-    if parsed.scheme != "http" or not parsed.hostname:
-        raise UsageError(f"feed URL must be http://HOST:PORT/, not {url!r}")
-    return parsed
-
-
-class FeedClient:
-    """Pulls pieces from an origin's feed into the engine, on worker threads.
-
-    ``add_piece(index, data)`` and ``orphans()`` are the engine's (both safe
-    to call from these threads); ``orphans()`` lists the pieces this peer
-    lacks that no connected peer has and that are not being downloaded.
-    Errors talking to the feed are counted and retried with backoff, never
-    raised: the swarm (and the origin's seeder) may still deliver.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        info_hash: str,
-        *,
-        add_piece: Callable[[int, bytes], None],
-        orphans: Callable[[], Sequence[int]],
-        connections: int = 1,
-        depth: int = 2,
-        repair_after: float = 3.0,
-        timeout: float = 30.0,
-        download_limit: int = 0,
-        have: Sequence[int] = (),
-    ):
-        """``have``: pieces this peer holds already (pre-filled from an
-        earlier release); they are confirmed to the feed first, so it never
-        sends them, to anyone: the peers that hold them serve them."""
-        parsed = parse_feed_url(url)
-        assert parsed.hostname is not None
-        self.host = parsed.hostname
-        self.port = parsed.port or 80
-        self.base = f"{parsed.path.rstrip('/')}{API}/{info_hash}"
-        self.add_piece = add_piece
-        self.orphans = orphans
-        self.connections = connections
-        self.depth = depth
-        self.repair_after = repair_after
-        self.timeout = timeout
-        self.counters = FeedCounters()
-        self._throttle = (
-            TokenBucket(download_limit, burst_seconds=0.125) if download_limit > 0 else None
-        )
-        self._stop = threading.Event()
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._have = _chunks(piece_ranges(sorted(have)), 4000)
-
-    def start(self) -> FeedClient:
-        for k in range(self.connections):
-            t = threading.Thread(target=self._pull, name=f"roost-feed-{k}", daemon=True)
-            t.start()
-            self._threads.append(t)
-        t = threading.Thread(target=self._repair, name="roost-feed-repair", daemon=True)
-        t.start()
-        self._threads.append(t)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(2)
-
-    def _connect(self) -> _Pipe:
-        return _Pipe(self.host, self.port, self.timeout)
-
-    def _failed(self, exc: BaseException) -> None:
-        with self._lock:
-            self.counters.errors += 1
-            self.counters.last_error = str(exc) or type(exc).__name__
-
-    def _received(self, piece: int, data: bytes, *, repair: bool = False) -> None:
-        if self._throttle is not None:
-            self._throttle.take(len(data))
-        self.add_piece(piece, data)
-        with self._lock:
-            self.counters.pieces += 1
-            self.counters.bytes += len(data)
-            if repair:
-                self.counters.repairs += 1
-
-    def _pull(self) -> None:
-        """Ask for the next piece until the feed is done (or we are stopped),
-        with ``depth`` asks always on the wire: the origin never waits for a
-        round trip, nor for this process to be scheduled, between pieces."""
-        pipe: _Pipe | None = None
-        got: list[int] = []
-        backoff = 0.2
-        while not self._stop.is_set() and not self._done.is_set():
-            try:
-                if pipe is None:
-                    pipe = self._connect()
-                    self._confirm_have(pipe)
-                while pipe.inflight < self.depth:
-                    query = f"?got={','.join(map(str, got))}" if got else ""
-                    pipe.send(f"{self.base}/next{query}")
-                    got = []
-                status, headers, body = pipe.read()
-                backoff = 0.2
-            except (OSError, ValueError) as exc:
-                self._failed(exc)
-                if pipe is not None:
-                    pipe.close()
-                    pipe = None
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            piece = headers.get("x-roost-piece", "")
-            state = headers.get("x-roost-feed", "")
-            if status == 200 and piece.isdigit():
-                self._received(int(piece), body)
-                got.append(int(piece))
-            elif status == 204 and state == DONE:
-                self._done.set()
-            elif status == 204:
-                self._stop.wait(0.2)
-            else:  # not a feed for this torrent (404), or broken: give up on it
-                self._failed(RuntimeError(f"feed answered HTTP {status}"))
-                self._done.set()
-        if pipe is not None:
-            if got:  # what we received since the last ask: or it is sent again
-                with contextlib.suppress(OSError, ValueError):
-                    pipe.send(f"{self.base}/got?got={','.join(map(str, got))}")
-                    while pipe.inflight:
-                        pipe.read()
-            pipe.close()
-
-    def _confirm_have(self, pipe: _Pipe) -> None:
-        with self._lock:
-            chunks, self._have = self._have, []
-        for chunk in chunks:
-            pipe.send(f"{self.base}/got?got={chunk}")
-            pipe.read()
-
-    def _repair(self) -> None:
-        """After the feed is done: fetch by index what nobody can give us."""
-        first_seen: dict[int, float] = {}
-        pipe: _Pipe | None = None
-        while not self._stop.wait(0.5):
-            if not self._done.is_set():
-                continue
-            now = time.monotonic()
-            orphans = set(self.orphans())
-            first_seen = {p: first_seen.get(p, now) for p in orphans}
-            due = sorted(p for p, t in first_seen.items() if now - t >= self.repair_after)
-            for piece in due:
-                if self._stop.is_set():
-                    break
-                try:
-                    if pipe is None:
-                        pipe = self._connect()
-                    pipe.send(f"{self.base}/piece/{piece}")
-                    status, _, body = pipe.read()
-                except (OSError, ValueError) as exc:
-                    self._failed(exc)
-                    if pipe is not None:
-                        pipe.close()
-                        pipe = None
-                    break
-                if status == 200:
-                    self._received(piece, body, repair=True)
-                    first_seen.pop(piece, None)
-        if pipe is not None:
-            pipe.close()
-
-
-class _Pipe:
-    """One keep-alive HTTP/1.1 connection whose GETs are pipelined: sent
-    before the answers to earlier ones are read (RFC 9112 §9.3.2; the feed's
-    answers come back in order). Raises ``OSError`` (the network) or
-    ``ValueError`` (an answer that is not HTTP)."""
-
-    MAX_BODY = 64 * 1024 * 1024
-
-    def __init__(self, host: str, port: int, timeout: float):
-        self.host = host
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
-        self.inflight = 0
-
-    def send(self, path: str) -> None:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-        self.inflight += 1
-
-    def read(self) -> tuple[int, dict[str, str], bytes]:
-        """The next answer: status, headers (lower-case names), body."""
-        line = self.rfile.readline(4096)
-        if not line:
-            raise ConnectionResetError("the feed closed the connection")
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP answer: {line[:60]!r}")
-        headers: dict[str, str] = {}
-        for _ in range(100):
-            raw = self.rfile.readline(8192)
-            if raw in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = raw.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        length = int(headers.get("content-length", "0") or "0")
-        if not 0 <= length <= self.MAX_BODY:
-            raise ValueError(f"answer of {length} bytes")
-        body = self.rfile.read(length) if length else b""
-        if len(body) != length:
-            raise ConnectionResetError("the feed closed the connection mid-answer")
-        self.inflight -= 1
-        return int(parts[1]), headers, body
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.rfile.close()
-            self.sock.close()

@@ -20,7 +20,7 @@ these, so both refuse the same things the same way:
   RFC 9110 allows; ``ETag`` and ``Last-Modified`` on every answer, and a
   matching ``If-None-Match`` -> ``304``;
 * bodies go out with ``sendfile`` (a send loop under TLS), or in chunks
-  through a :class:`~roost.httpserve.TokenBucket` when upload is capped.
+  through a :class:`~roost.limits.TokenBucket` when upload is capped.
 
 The pure parts (:func:`parse_range`, :func:`resolve_request_path`) have no
 I/O and are tested with tables. Every server counts what it serves
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roost.httpserve import BoundedHandler, BoundedHTTPServer, ServerLimits, TokenBucket
+from roost.httpserve import BoundedHandler, BoundedHTTPServer, ServerLimits
+from roost.limits import TokenBucket
 
 log = logging.getLogger(__name__)
 

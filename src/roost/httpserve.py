@@ -24,8 +24,8 @@ client can starve, hang or confuse (:class:`BoundedHTTPServer` with
 * **A real backlog** (``backlog``, 128+), so a burst of connects is queued,
   not dropped.
 
-Also a :class:`TokenBucket` for upload caps, and running a server in a
-background thread (:func:`serve_in_thread`, :func:`stop_serving`).
+Also running a server in a background thread (:func:`serve_in_thread`,
+:func:`stop_serving`); the upload cap's token bucket is in ``roost.limits``.
 """
 
 from __future__ import annotations
@@ -238,28 +238,6 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
-
-
-class TokenBucket:
-    """Bytes/s shared by every thread that calls :meth:`take`; bursts of up to
-    ``burst_seconds`` of the rate. ``take`` sleeps the caller as needed."""
-
-    def __init__(self, rate: int, *, burst_seconds: float = 0.25):
-        self.rate = rate
-        self.burst = rate * burst_seconds
-        self._lock = threading.Lock()
-        self._allowance = 0.0
-        self._last = time.monotonic()
-
-    def take(self, n: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            self._allowance = min(self.burst, self._allowance + (now - self._last) * self.rate)
-            self._last = now
-            self._allowance -= n
-            wait = -self._allowance / self.rate if self._allowance < 0 else 0.0
-        if wait > 0:
-            time.sleep(wait)
 
 
 def serve_in_thread(server: ThreadingHTTPServer, name: str) -> threading.Thread:

@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     # The engine (libtorrent) is imported by whoever owns it: the worker, or
     # --foreground. The front process never needs it.
     from roost.engine import Engine
-    from roost.feed import FeedClient
+    from roost.feedclient import FeedClient
     from roost.prefill import Prefill
 
 Emit = Callable[[events.Event], None]
@@ -301,7 +301,7 @@ class _Download:
         return prefill(meta, root, target)
 
     def _start_feed(self, url: str) -> FeedClient:
-        from roost.feed import FeedClient
+        from roost.feedclient import FeedClient
 
         engine, tid = self.engine, self.tid
         return FeedClient(
@@ -309,6 +309,7 @@ class _Download:
             tid,
             add_piece=lambda index, data: engine.add_piece(tid, index, data),
             orphans=lambda: engine.orphan_pieces(tid),
+            lacking=lambda: engine.missing_pieces(tid),
             download_limit=self.config.download_limit,
             have=self.reused.pieces if self.reused else (),
         ).start()

@@ -33,7 +33,36 @@ _AREAS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: The area that registers each command. ``roost CMD ...`` builds CMD's
+#: parser alone (the area's ``COMMANDS[CMD]``, else its ``register``): a
+#: peer, started on every host at once, imports and builds nothing of the
+#: other commands (tests/test_cli_imports.py keeps this table true).
+COMMAND_AREAS = {
+    "tracker": "tracker",
+    "create": "release",
+    "sign": "release",
+    "verify": "release",
+    "seed": "core",
+    "peer": "core",
+    "deploy": "core",
+    "bootstrap": "fleet",
+    "fleet": "fleet",
+    "releases": "releases",
+    "activate": "releases",
+    "rollback": "releases",
+    "rollout": "releases",
+    "status": "status",
+    "lab": "lab",
+    "agent": "agent",
+    "publish": "agent",
+    "channel": "agent",
+    "origin": "origin",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """roost's parser: every command's, or with ``command`` (one of
+    :data:`COMMAND_AREAS`) only that one's."""
     parser = argparse.ArgumentParser(
         prog="roost",
         description=(
@@ -46,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (repeatable)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    if command is not None:
+        module = importlib.import_module(f"roost.cli.{COMMAND_AREAS[command]}")
+        commands = getattr(module, "COMMANDS", {})
+        if command in commands:
+            commands[command](sub)
+        else:
+            module.register(sub)
+        return parser
     for area in _AREAS:
         try:
             module = importlib.import_module(f"roost.cli.{area}")
@@ -57,8 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names, if its first word is one (top-level
+    options take no value, so the first word that is not one is it)."""
+    for word in argv:
+        if word in ("-h", "--help", "--version"):
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMAND_AREAS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="roost: %(levelname)s %(name)s: %(message)s")

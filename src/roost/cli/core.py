@@ -46,9 +46,8 @@ def _seconds(text: str) -> float:
 
 
 def register(sub: Any) -> None:
-    _register_seed(sub)
-    _register_peer(sub)
-    _register_deploy(sub)
+    for add in COMMANDS.values():
+        add(sub)
 
 
 # roost seed --------------------------------------------------------------------
@@ -273,7 +272,7 @@ def _peer(args: argparse.Namespace) -> int:
     from roost.peer import magnet_torrent_path
 
     if args.feed:
-        from roost.feed import parse_feed_url
+        from roost.feedclient import parse_feed_url
 
         parse_feed_url(args.feed)  # refused now, not after the download started
     magnet = args.torrent if is_magnet(args.torrent) else None
@@ -480,3 +479,11 @@ def _deploy(args: argparse.Namespace) -> int:
         copies = summary["seeder"]["bytes_up"] / max(1, summary["size"])
         print(f"origin uploaded {copies:.2f} copies of {summary['size']} bytes")
     return 0 if summary["ok"] else 1
+
+
+#: Each command's registration, for ``roost CMD`` building CMD's parser alone.
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "seed": _register_seed,
+    "peer": _register_peer,
+    "deploy": _register_deploy,
+}

@@ -1,0 +1,302 @@
+"""The peer's side of the origin's feed (roost.feed): :class:`FeedClient`
+pulls the pieces the origin hands this peer and gives them to libtorrent,
+which relays them to the swarm.
+
+Also the feed's wire vocabulary, shared with the server: the path prefix,
+the ``X-Roost-Feed`` states and the ``got=``/``lack=`` piece ranges. A
+module of its own so that a peer, which starts by the hundred at once,
+imports neither ``http.server`` nor the origin's code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from roost.errors import UsageError
+from roost.limits import TokenBucket
+
+API = "/feed/v1"
+WAIT = "wait"
+DONE = "done"
+
+
+@dataclass
+class FeedCounters:
+    pieces: int = 0  # pieces received from the feed
+    bytes: int = 0
+    repairs: int = 0
+    errors: int = 0
+    last_error: str | None = None
+
+
+def parse_feed_url(url: str) -> urllib.parse.SplitResult:
+    """``url`` split; ``UsageError`` unless it is ``http://HOST[:PORT]/``."""
+    parsed = urllib.parse.urlsplit(url)
+    try:
+        parsed.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parsed = parsed._replace(scheme="")
+    if parsed.scheme != "http" or not parsed.hostname:
+        raise UsageError(f"feed URL must be http://HOST:PORT/, not {url!r}")
+    return parsed
+
+
+class FeedClient:
+    """Pulls pieces from an origin's feed into the engine, on worker threads.
+
+    ``add_piece(index, data)`` and ``orphans()`` are the engine's (both safe
+    to call from these threads); ``orphans()`` lists the pieces this peer
+    lacks that no connected peer has and that are not being downloaded.
+    Errors talking to the feed are counted and retried with backoff, never
+    raised: the swarm (and the origin's seeder) may still deliver.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        info_hash: str,
+        *,
+        add_piece: Callable[[int, bytes], None],
+        orphans: Callable[[], Sequence[int]],
+        lacking: Callable[[], Sequence[int]] | None = None,
+        connections: int = 1,
+        depth: int = 2,
+        repair_after: float = 3.0,
+        timeout: float = 30.0,
+        download_limit: int = 0,
+        have: Sequence[int] = (),
+    ):
+        """``have``: pieces this peer holds already (pre-filled from an
+        earlier release); they are confirmed to the feed first, so it never
+        sends them, to anyone: the peers that hold them serve them."""
+        parsed = parse_feed_url(url)
+        assert parsed.hostname is not None
+        self.host = parsed.hostname
+        self.port = parsed.port or 80
+        self.base = f"{parsed.path.rstrip('/')}{API}/{info_hash}"
+        self.add_piece = add_piece
+        self.orphans = orphans
+        self.lacking = lacking
+        self._tail = False  # the feed has handed out every piece: say what we lack
+        self._fed: set[int] = set()  # pieces the feed gave us (lacking until hashed)
+        self.connections = connections
+        self.depth = depth
+        self.repair_after = repair_after
+        self.timeout = timeout
+        self.counters = FeedCounters()
+        self._throttle = (
+            TokenBucket(download_limit, burst_seconds=0.125) if download_limit > 0 else None
+        )
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._have = _chunks(piece_ranges(sorted(have)), 4000)
+
+    def start(self) -> FeedClient:
+        for k in range(self.connections):
+            t = threading.Thread(target=self._pull, name=f"roost-feed-{k}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._repair, name="roost-feed-repair", daemon=True)
+        t.start()
+        self._threads.append(t)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(2)
+
+    def _connect(self) -> _Pipe:
+        return _Pipe(self.host, self.port, self.timeout)
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.counters.errors += 1
+            self.counters.last_error = str(exc) or type(exc).__name__
+
+    def _received(self, piece: int, data: bytes, *, repair: bool = False) -> None:
+        if self._throttle is not None:
+            self._throttle.take(len(data))
+        self.add_piece(piece, data)
+        with self._lock:
+            self._fed.add(piece)
+            self.counters.pieces += 1
+            self.counters.bytes += len(data)
+            if repair:
+                self.counters.repairs += 1
+
+    def _pull(self) -> None:
+        """Ask for the next piece until the feed is done (or we are stopped),
+        with ``depth`` asks always on the wire: the origin never waits for a
+        round trip, nor for this process to be scheduled, between pieces."""
+        pipe: _Pipe | None = None
+        got: list[int] = []
+        backoff = 0.2
+        while not self._stop.is_set() and not self._done.is_set():
+            try:
+                if pipe is None:
+                    pipe = self._connect()
+                    self._confirm_have(pipe)
+                while pipe.inflight < self.depth:
+                    pipe.send(f"{self.base}/next{self._query(got)}")
+                    got = []
+                status, headers, body = pipe.read()
+                backoff = 0.2
+            except (OSError, ValueError) as exc:
+                self._failed(exc)
+                if pipe is not None:
+                    pipe.close()
+                    pipe = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            piece = headers.get("x-roost-piece", "")
+            state = headers.get("x-roost-feed", "")
+            if status == 200 and piece.isdigit():
+                self._received(int(piece), body)
+                got.append(int(piece))
+            elif status == 204 and not self._tail and self.lacking is not None:
+                self._tail = True  # every piece is out: ask again, saying what we lack
+            elif status == 204 and state == DONE:
+                self._done.set()
+            elif status == 204:
+                self._stop.wait(0.2)
+            else:  # not a feed for this torrent (404), or broken: give up on it
+                self._failed(RuntimeError(f"feed answered HTTP {status}"))
+                self._done.set()
+        if pipe is not None:
+            if got:  # what we received since the last ask: or it is sent again
+                with contextlib.suppress(OSError, ValueError):
+                    pipe.send(f"{self.base}/got?got={','.join(map(str, got))}")
+                    while pipe.inflight:
+                        pipe.read()
+            pipe.close()
+
+    def _query(self, got: list[int]) -> str:
+        parts = [f"got={','.join(map(str, got))}"] if got else []
+        if self._tail and self.lacking is not None:
+            with self._lock:
+                lack = [p for p in self.lacking() if p not in self._fed]
+            if lack:
+                parts.append(f"lack={_chunks(piece_ranges(lack), 2000)[0]}")
+        return f"?{'&'.join(parts)}" if parts else ""
+
+    def _confirm_have(self, pipe: _Pipe) -> None:
+        with self._lock:
+            chunks, self._have = self._have, []
+        for chunk in chunks:
+            pipe.send(f"{self.base}/got?got={chunk}")
+            pipe.read()
+
+    def _repair(self) -> None:
+        """After the feed is done: fetch by index what nobody can give us."""
+        first_seen: dict[int, float] = {}
+        pipe: _Pipe | None = None
+        while not self._stop.wait(0.5):
+            if not self._done.is_set():
+                continue
+            now = time.monotonic()
+            orphans = set(self.orphans())
+            first_seen = {p: first_seen.get(p, now) for p in orphans}
+            due = sorted(p for p, t in first_seen.items() if now - t >= self.repair_after)
+            for piece in due:
+                if self._stop.is_set():
+                    break
+                try:
+                    if pipe is None:
+                        pipe = self._connect()
+                    pipe.send(f"{self.base}/piece/{piece}")
+                    status, _, body = pipe.read()
+                except (OSError, ValueError) as exc:
+                    self._failed(exc)
+                    if pipe is not None:
+                        pipe.close()
+                        pipe = None
+                    break
+                if status == 200:
+                    self._received(piece, body, repair=True)
+                    first_seen.pop(piece, None)
+        if pipe is not None:
+            pipe.close()
+
+
+class _Pipe:
+    """One keep-alive HTTP/1.1 connection whose GETs are pipelined: sent
+    before the answers to earlier ones are read (RFC 9112 §9.3.2; the feed's
+    answers come back in order). Raises ``OSError`` (the network) or
+    ``ValueError`` (an answer that is not HTTP)."""
+
+    MAX_BODY = 64 * 1024 * 1024
+
+    def __init__(self, host: str, port: int, timeout: float):
+        self.host = host
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
+        self.inflight = 0
+
+    def send(self, path: str) -> None:
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        self.inflight += 1
+
+    def read(self) -> tuple[int, dict[str, str], bytes]:
+        """The next answer: status, headers (lower-case names), body."""
+        line = self.rfile.readline(4096)
+        if not line:
+            raise ConnectionResetError("the feed closed the connection")
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {line[:60]!r}")
+        headers: dict[str, str] = {}
+        for _ in range(100):
+            raw = self.rfile.readline(8192)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0") or "0")
+        if not 0 <= length <= self.MAX_BODY:
+            raise ValueError(f"answer of {length} bytes")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise ConnectionResetError("the feed closed the connection mid-answer")
+        self.inflight -= 1
+        return int(parts[1]), headers, body
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.rfile.close()
+            self.sock.close()
+
+
+def _chunks(parts: list[str], size: int) -> list[str]:
+    """``parts`` joined by commas into strings of about ``size`` at most."""
+    out: list[str] = []
+    for part in parts:
+        if out and len(out[-1]) + len(part) < size:
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
+
+
+def piece_ranges(pieces: Sequence[int]) -> list[str]:
+    """``got=`` parts for sorted ``pieces``: runs as ``i-j``."""
+    parts: list[str] = []
+    start = prev = None
+    for piece in [*pieces, None]:
+        if piece is not None and prev is not None and piece == prev + 1:
+            prev = piece
+            continue
+        if start is not None:
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+        start = prev = piece
+    return parts
