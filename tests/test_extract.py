@@ -17,8 +17,10 @@ import pytest
 from release_kit import build_tar, entry, listing, make_tree, member, snapshot
 from roost.cli import main
 from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
-from roost.extract import install_release, installed_difference, load_plan, verify_installed
+from roost.extract import install_release
+from roost.installplan import load_plan
 from roost.release import Release, TorrentMeta, create_release, read_torrent
+from roost.verify import installed_difference, verify_installed
 
 
 @pytest.fixture

@@ -19,9 +19,10 @@ from tests.release_kit import make_tree, snapshot
 from roost import bencode
 from roost.checks import check_installable
 from roost.errors import ReleaseError, UnsafeArchiveError
-from roost.extract import install_release, verify_installed
+from roost.extract import install_release
 from roost.layout import Layout, TorrentFile, padded_files, unsafe_file_list
 from roost.release import create_release, read_torrent, read_torrent_file
+from roost.verify import verify_installed
 
 Start = Callable[..., subprocess.Popen[bytes]]
 KIB = 1024

@@ -2,17 +2,19 @@
 
 Theory of operation, in four steps:
 
-1. **Plan** (nothing written yet). For a tar release every member header is
-   read and checked: no absolute path, no ``..``, normalised names, no
-   duplicates, no member below a symlink, no device or fifo, symlinks that
-   stay inside the tree once resolved (chains included), hard links only to
-   earlier regular members. The manifest (last member) must hash to the
-   ``manifest-sha256`` of the torrent's info dict, and the members must be
-   exactly its entries, same types, modes, sizes and link targets. Refusals
-   raise ``UnsafeArchiveError``; disagreements raise ``VerifyError``.
-2. **Compare.** A target that already holds exactly the manifest is left
-   alone (``already_installed``): re-running a deploy is idempotent. Any
-   other non-empty target raises ``DestinationError`` unless ``clean``.
+1. **Plan** (nothing written yet; ``roost.installplan``). For a tar
+   release every member header is read and checked: no absolute path, no
+   ``..``, normalised names, no duplicates, no member below a symlink, no
+   device or fifo, symlinks that stay inside the tree once resolved (chains
+   included), hard links only to earlier regular members. The manifest
+   (last member) must hash to the ``manifest-sha256`` of the torrent's info
+   dict, and the members must be exactly its entries, same types, modes,
+   sizes and link targets. Refusals raise ``UnsafeArchiveError``;
+   disagreements raise ``VerifyError``.
+2. **Compare** (``roost.verify``). A target that already holds exactly the
+   manifest is left alone (``already_installed``): re-running a deploy is
+   idempotent. Any other non-empty target raises ``DestinationError`` unless
+   ``clean``.
 3. **Stage.** Members are written into a hidden staging directory beside the
    target (same file system), several files at once in worker threads, each
    file's bytes read once, hashed and written, the sha256 checked against
@@ -40,13 +42,11 @@ Nothing is ever written outside the destination (and, with
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import logging
 import os
 import stat
-import tarfile
 import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,38 +56,26 @@ from pathlib import Path
 from roost.errors import (
     DestinationError,
     ReleaseError,
-    UnsafeArchiveError,
     UsageError,
     VerifyError,
 )
 from roost.hashing import copy_and_hash, fsync_directory, sha256_range, sync_filesystem
 from roost.installed import read_record, write_record
-from roost.layout import unsafe_file_list
-from roost.manifest import (
-    MANIFEST_NAME,
-    Manifest,
-    ManifestEntry,
-    link_escapes,
-    parse_manifest,
-    unsafe_name_reason,
-)
+from roost.installplan import SETID, Member, Plan, load_plan, stripped
 from roost.release import TorrentMeta, tree_manifest_sha256, validate_tag
+from roost.verify import mismatch
 
 __all__ = [
     "InstallResult",
     "check_destination",
     "install_release",
     "install_target",
-    "installed_difference",
-    "load_plan",
-    "verify_installed",
 ]
 
 log = logging.getLogger(__name__)
 
 _WRITERS = min(4, os.cpu_count() or 1)  # files written at once
 _WINDOW = 64  # files queued ahead of the writers
-_SETID = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 _PATH_MAX = 4096  # Linux's; a longer path is unusable by most tools
 
 
@@ -103,218 +91,6 @@ class InstallResult:
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
-
-
-@dataclass(frozen=True)
-class _Member:
-    name: str
-    kind: str  # file | dir | symlink | hardlink
-    offset: int = 0
-    size: int = 0
-    mode: int = 0o644
-    mtime: float | None = None
-    link: str = ""
-    sha256: str | None = None
-    #: a multi-file download: the file's path under the payload directory
-    source: str | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a payload will install: the manifest and where each member's
-    bytes are. ``single`` is set for a file release (kind ``file``)."""
-
-    manifest: Manifest
-    members: tuple[_Member, ...]
-    single: bool = False
-
-
-# --------------------------------------------------------------------- plan
-
-
-def load_plan(payload: Path, meta: TorrentMeta) -> Plan:
-    """Check a payload against its torrent; raises ``UnsafeArchiveError``,
-    ``VerifyError`` or ``ReleaseError``. Writes nothing."""
-    if meta.files is not None:
-        return _plan_files(Path(payload), meta)
-    try:
-        size = os.stat(payload).st_size
-    except OSError as exc:
-        raise VerifyError(f"payload {payload} cannot be read: {exc.strerror}") from exc
-    if size != meta.length:
-        raise VerifyError(f"payload {payload} is {size} bytes, the torrent says {meta.length}")
-    if meta.kind == "tar":
-        return _plan_tar(Path(payload), meta)
-    mode = meta.file_mode if meta.file_mode is not None else 0o644
-    entry = ManifestEntry(meta.name, "file", mode, size=size, sha256=meta.manifest_sha256)
-    member = _Member(meta.name, "file", 0, size, mode, None, "", meta.manifest_sha256)
-    manifest = Manifest(meta.tag or meta.name, (entry,), 0o755)
-    return Plan(manifest, (member,), single=True)
-
-
-def _plan_files(payload: Path, meta: TorrentMeta) -> Plan:
-    """A multi-file download (a directory): a tree release's manifest, or a
-    foreign torrent's file list (directories implied, mode 0644, 0755 for
-    BEP 47 ``x``; its pieces were verified by the engine)."""
-    assert meta.files is not None
-    bad = unsafe_file_list(meta.files)
-    if bad is not None:
-        raise UnsafeArchiveError(*bad)
-    manifest = meta.tree_manifest or _foreign_manifest(meta)
-    symlinks = {e.path: e.target or "" for e in manifest.entries if e.type == "symlink"}
-    resolved: dict[str, object] = {}
-    members = []
-    for e in manifest.entries:
-        if e.type == "symlink":
-            target = e.target or ""
-            _check_symlink(e.path, target, symlinks, resolved)
-            members.append(_Member(e.path, "symlink", mode=e.mode, mtime=e.mtime, link=target))
-        elif e.type == "dir":
-            members.append(_Member(e.path, "dir", mode=e.mode, mtime=e.mtime))
-        else:
-            members.append(
-                _Member(e.path, "file", 0, e.size, e.mode, e.mtime, "", e.sha256, source=e.path)
-            )
-    for m in members:
-        if m.kind == "file" and m.size:
-            try:
-                size = os.lstat(payload / m.name).st_size
-            except OSError as exc:
-                raise VerifyError(f"{payload / m.name} cannot be read: {exc.strerror}") from exc
-            if size != m.size:
-                raise VerifyError(f"{payload / m.name} is {size} bytes, the torrent says {m.size}")
-    return Plan(manifest, tuple(members))
-
-
-def _check_symlink(
-    name: str, target: str, symlinks: dict[str, str], resolved: dict[str, object]
-) -> None:
-    """A symlink of a release stays inside it (``UnsafeArchiveError``)."""
-    if target.startswith("/"):
-        raise UnsafeArchiveError(name, f"is a symlink to the absolute path {target!r}")
-    if link_escapes(name, target, symlinks, resolved):
-        raise UnsafeArchiveError(name, f"is a symlink to {target!r}, outside the release")
-
-
-def _foreign_manifest(meta: TorrentMeta) -> Manifest:
-    entries: list[ManifestEntry] = []
-    dirs: set[str] = set()
-    for f in meta.files or ():
-        if f.is_pad:
-            continue
-        parts = f.path.split("/")
-        for depth in range(1, len(parts)):
-            parent = "/".join(parts[:depth])
-            if parent not in dirs:
-                dirs.add(parent)
-                entries.append(ManifestEntry(parent, "dir", 0o755))
-        mode = 0o755 if "x" in f.attr else 0o644
-        entries.append(ManifestEntry(f.path, "file", mode, size=f.length))
-    return Manifest(meta.name, tuple(entries), 0o755)
-
-
-def _plan_tar(payload: Path, meta: TorrentMeta) -> Plan:
-    try:
-        with tarfile.open(payload, "r:") as archive:
-            infos = archive.getmembers()
-            if not infos or infos[-1].name != MANIFEST_NAME or not infos[-1].isreg():
-                raise VerifyError(f"{payload}: the last member is not {MANIFEST_NAME}")
-            handle = archive.extractfile(infos[-1])
-            data = handle.read() if handle else b""
-    except tarfile.TarError as exc:
-        raise VerifyError(f"{payload} is not a valid tar: {exc}") from exc
-    except OSError as exc:
-        raise VerifyError(f"payload {payload} cannot be read: {exc}") from exc
-    if hashlib.sha256(data).hexdigest() != meta.manifest_sha256:
-        raise VerifyError(f"{payload}: manifest does not match the torrent's manifest-sha256")
-    manifest = parse_manifest(data)
-    if manifest.tag != meta.tag:
-        raise VerifyError(f"{payload}: manifest tag {manifest.tag!r} is not {meta.tag!r}")
-    members = _check_members(infos[:-1], meta.length)
-    _check_against_manifest(members, manifest)
-    return Plan(manifest, tuple(members))
-
-
-def _check_members(infos: list[tarfile.TarInfo], length: int) -> list[_Member]:
-    symlinks = {i.name: i.linkname for i in infos if i.issym()}
-    resolved: dict[str, object] = {}
-    seen: dict[str, str] = {}
-    members = []
-    for info in infos:
-        name = info.name
-        reason = unsafe_name_reason(name)
-        if reason:
-            raise UnsafeArchiveError(name, reason)
-        if name == MANIFEST_NAME:
-            raise UnsafeArchiveError(name, "repeats the manifest's name")
-        if name in seen:
-            raise UnsafeArchiveError(name, "appears twice")
-        # The parent must be an earlier directory member; by induction so are
-        # all ancestors, so nothing is ever written through a symlink.
-        parent = name.rpartition("/")[0]
-        if parent and seen.get(parent) != "dir":
-            if parent in symlinks:
-                raise UnsafeArchiveError(name, f"lies below the symlink {parent!r}")
-            raise UnsafeArchiveError(name, f"does not follow a directory member {parent!r}")
-        mode = stat.S_IMODE(info.mode)
-        if info.ischr() or info.isblk() or info.isfifo():
-            raise UnsafeArchiveError(name, "is a device or fifo")
-        if info.issym():
-            target = info.linkname
-            if not target or "\x00" in target:
-                raise UnsafeArchiveError(name, "is a symlink with an empty target")
-            _check_symlink(name, target, symlinks, resolved)
-            member = _Member(name, "symlink", mode=mode, mtime=info.mtime, link=target)
-        elif info.islnk():
-            target = info.linkname
-            if unsafe_name_reason(target) or seen.get(target) != "file":
-                raise UnsafeArchiveError(
-                    name, f"is a hard link to {target!r}, not an earlier file of the release"
-                )
-            member = _Member(name, "hardlink", mode=mode, mtime=info.mtime, link=target)
-        elif info.isdir():
-            member = _Member(name, "dir", mode=mode, mtime=info.mtime)
-        elif info.isreg() and not info.issparse():
-            if info.offset_data + info.size > length:
-                raise VerifyError(f"{name}: data runs past the end of the payload")
-            member = _Member(name, "file", info.offset_data, info.size, mode, info.mtime)
-        else:
-            raise UnsafeArchiveError(name, f"has an unsupported type {info.type!r}")
-        seen[name] = "file" if member.kind in ("file", "hardlink") else member.kind
-        members.append(member)
-    return members
-
-
-def _check_against_manifest(members: list[_Member], manifest: Manifest) -> None:
-    entries = manifest.by_path()
-    sizes: dict[str, int] = {}
-    for i, member in enumerate(members):
-        entry = entries.get(member.name)
-        if entry is None:
-            raise UnsafeArchiveError(member.name, "is not in the manifest")
-        kind = "file" if member.kind == "hardlink" else member.kind
-        size = sizes[member.link] if member.kind == "hardlink" else member.size
-        sizes[member.name] = size
-        problem = None
-        if entry.type != kind:
-            problem = f"type {kind} in the archive, {entry.type} in the manifest"
-        elif kind != "symlink" and entry.mode != member.mode:
-            problem = f"mode {member.mode:o} in the archive, {entry.mode:o} in the manifest"
-        elif kind == "file" and entry.size != size:
-            problem = f"size {size} in the archive, {entry.size} in the manifest"
-        elif kind == "symlink" and entry.target != member.link:
-            problem = "symlink target differs from the manifest"
-        if problem:
-            raise VerifyError(f"{member.name}: {problem}")
-        if kind == "file":
-            members[i] = _with_sha(member, entry.sha256)
-    missing = sorted(set(entries) - {m.name for m in members})
-    if missing:
-        raise VerifyError(f"{missing[0]}: in the manifest but not in the archive")
-
-
-def _with_sha(member: _Member, sha256: str | None) -> _Member:
-    return dataclasses.replace(member, sha256=sha256)
 
 
 # ------------------------------------------------------------------ install
@@ -344,7 +120,7 @@ def install_release(
             raise ReleaseError(f"cannot use {tag!r} as a directory name: {exc}") from None
     plan = load_plan(Path(payload), meta)
     if not keep_setid:
-        plan = _stripped(plan)
+        plan = stripped(plan)
     target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
     longest = max((m.name for m in plan.members), key=len, default="")
     if (size := len(os.fsencode(target / longest))) >= _PATH_MAX:
@@ -363,22 +139,6 @@ def install_release(
         return result
     except OSError as exc:
         raise _dest_error(exc, target) from exc
-
-
-def _stripped(plan: Plan) -> Plan:
-    """The plan with setuid/setgid/sticky bits off every file and directory."""
-
-    def strip(kind: str, mode: int) -> int:
-        return mode if kind == "symlink" else mode & ~_SETID
-
-    members = tuple(dataclasses.replace(m, mode=strip(m.kind, m.mode)) for m in plan.members)
-    entries = tuple(
-        dataclasses.replace(e, mode=strip(e.type, e.mode)) for e in plan.manifest.entries
-    )
-    manifest = dataclasses.replace(
-        plan.manifest, entries=entries, root_mode=plan.manifest.root_mode & ~_SETID
-    )
-    return Plan(manifest, members, plan.single)
 
 
 def install_target(meta: TorrentMeta, dest: Path, *, tag_directory: bool = True) -> Path:
@@ -441,9 +201,9 @@ def check_destination(
 def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid: bool) -> bool:
     if meta.tree_manifest is not None:  # a tree release: its manifest is at hand
         plan = Plan(meta.tree_manifest, ())
-        if _mismatch(target, plan, as_file=False) is None:
+        if mismatch(target, plan, as_file=False) is None:
             return True
-        return not keep_setid and _mismatch(target, _stripped(plan), as_file=False) is None
+        return not keep_setid and mismatch(target, stripped(plan), as_file=False) is None
     if meta.kind == "tar":
         tree = tree_manifest_sha256(target, meta.tag or meta.name)
         if tree == meta.manifest_sha256:
@@ -463,7 +223,7 @@ def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         return False
-    mode = meta.file_mode if keep_setid or meta.file_mode is None else meta.file_mode & ~_SETID
+    mode = meta.file_mode if keep_setid or meta.file_mode is None else meta.file_mode & ~SETID
     if mode is not None and stat.S_IMODE(st.st_mode) != mode:
         return False
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -483,7 +243,7 @@ def _install(
     if not target.parent.is_dir():
         raise DestinationError(f"destination {target.parent} is not a directory")
     if _occupied(target):
-        if _mismatch(target, plan, as_file=as_file) is None:
+        if mismatch(target, plan, as_file=as_file) is None:
             log.info("%s already holds release %s", target, plan.manifest.tag)
             return InstallResult(target, True)
         if not clean:
@@ -576,7 +336,7 @@ def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool) -> N
         os.close(src)
 
 
-def _write_tree(src: int, top: int, members: tuple[_Member, ...]) -> None:
+def _write_tree(src: int, top: int, members: tuple[Member, ...]) -> None:
     """Directories and symlinks here, in archive order (a directory comes
     before its contents); files in worker threads (copy and sha256 drop the
     GIL, so two files move at once); hard links once every file exists.
@@ -611,7 +371,7 @@ def _write_tree(src: int, top: int, members: tuple[_Member, ...]) -> None:
         os.link(member.link, member.name, src_dir_fd=top, dst_dir_fd=top, follow_symlinks=False)
 
 
-def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
+def _write_file(src: int, member: Member, name: str, top: int | None) -> None:
     """Write one file; ``src`` is the payload (a tar or a file) or, for a
     member with a ``source``, the download directory holding it."""
     own = None
@@ -624,7 +384,7 @@ def _write_file(src: int, member: _Member, name: str, top: int | None) -> None:
             os.close(own)
 
 
-def _write_bytes(src: int, member: _Member, name: str, top: int | None) -> None:
+def _write_bytes(src: int, member: Member, name: str, top: int | None) -> None:
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(name, flags, 0o600, dir_fd=top)
     try:
@@ -739,103 +499,3 @@ def _remove_tree(path: Path) -> None:
         if fd >= 0:
             os.close(fd)
         os.close(top)
-
-
-# ------------------------------------------------------------------- verify
-
-
-def installed_difference(target: Path, manifest: Manifest) -> str | None:
-    """The first way the tree at ``target`` differs from ``manifest`` (extra,
-    missing, type, mode, size, sha256), or None if it holds exactly it."""
-    return _mismatch(Path(target), Plan(manifest, ()), as_file=False)
-
-
-def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
-    """Check an installed tree (or file) against the release's manifest.
-
-    A tree installed with its setuid/setgid/sticky bits stripped (the
-    default) holds the release as well. Raises ``VerifyError`` naming the
-    first difference."""
-    if meta.tree_manifest is not None:  # a tree release: the torrent holds the manifest
-        plan = Plan(meta.tree_manifest, ())
-    else:
-        plan = load_plan(Path(payload), meta)
-    target = Path(target)
-    as_file = plan.single and not target.is_dir()
-    problem = _mismatch(target, plan, as_file=as_file)
-    if problem and _mismatch(target, _stripped(plan), as_file=as_file) is None:
-        problem = None
-    if problem:
-        raise VerifyError(problem)
-
-
-def _mismatch(target: Path, plan: Plan, *, as_file: bool) -> str | None:
-    """The first way ``target`` differs from the plan, or None."""
-    if as_file:
-        try:
-            return _entry_mismatch(target, plan.manifest.entries[0], str(target))
-        except OSError as exc:
-            return f"{target}: cannot read: {exc.strerror}"
-    entries = plan.manifest.by_path()
-    try:
-        found = _scan(target)
-        return _tree_mismatch(target, found, entries)
-    except OSError as exc:
-        return f"{target}: cannot read: {exc.strerror}"
-
-
-def _tree_mismatch(
-    target: Path, found: dict[str, os.stat_result], entries: dict[str, ManifestEntry]
-) -> str | None:
-    extra = sorted(set(found) - set(entries))
-    if extra:
-        return f"{target / extra[0]}: not in the release"
-    for path in entries:
-        if path not in found:
-            return f"{target / path}: missing"
-    for path, entry in entries.items():
-        problem = _entry_mismatch(target / path, entry, str(target / path))
-        if problem:
-            return problem
-    return None
-
-
-def _scan(root: Path, prefix: str = "") -> dict[str, os.stat_result]:
-    found = {}
-    with os.scandir(root) as it:
-        for entry in it:
-            rel = prefix + entry.name
-            found[rel] = entry.stat(follow_symlinks=False)
-            if entry.is_dir(follow_symlinks=False):
-                found.update(_scan(Path(entry.path), rel + "/"))
-    return found
-
-
-def _entry_mismatch(path: Path, entry: ManifestEntry, name: str) -> str | None:
-    try:
-        st = os.lstat(path)
-    except OSError as exc:
-        return f"{name}: {exc.strerror}"
-    if entry.type == "symlink":
-        if not stat.S_ISLNK(st.st_mode) or os.readlink(path) != entry.target:
-            return f"{name}: not the symlink the manifest lists"
-        return None
-    if entry.type == "dir":
-        ok = stat.S_ISDIR(st.st_mode)
-    else:
-        ok = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
-    if not ok:
-        return f"{name}: type or size differs from the manifest"
-    if stat.S_IMODE(st.st_mode) != entry.mode:
-        return f"{name}: mode {stat.S_IMODE(st.st_mode):o}, the manifest says {entry.mode:o}"
-    if entry.type == "file" and entry.sha256 and _sha256_file(path) != entry.sha256:
-        return f"{name}: sha256 differs from the manifest"
-    return None
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -198,7 +198,7 @@ def _verify(args: argparse.Namespace) -> int:
     trusted = load_trusted(args.trust)
     meta = read_torrent_file(args.torrent)
     signer = check_signature(meta, trusted)
-    from roost.extract import verify_installed
+    from roost.verify import verify_installed
 
     payload = args.payload or args.torrent.parent / meta.name
     verify_installed(args.target, payload, meta)

@@ -156,9 +156,9 @@ def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
     import hashlib
 
     from roost.errors import RoostError
-    from roost.extract import installed_difference
     from roost.manifest import parse_manifest
     from roost.release import read_torrent
+    from roost.verify import installed_difference
 
     try:
         meta = read_torrent(torrent.read_bytes())
