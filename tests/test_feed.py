@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import MakeSwarm, random_file
 
 from roost.feed import TAIL_SHARE, Dispatcher, FeedServer, FeedSource
-from roost.feedclient import DONE, WAIT, FeedClient
+from roost.feedclient import DONE, LATER, WAIT, FeedClient
 
 Start = Callable[..., subprocess.Popen[bytes]]
 KIB = 1024
@@ -85,6 +85,26 @@ def test_the_tail_never_sends_a_piece_back_to_whom_it_was_handed() -> None:
         d.next(0.0, asker="a" if k == 39 else "b")
     assert d.next(0.1, lack=[39, 12], asker="a") == 12  # 39 may still be on its way to a
     assert d.next(0.1, lack=[39], asker="c") == 39
+
+
+def test_a_peer_well_over_its_share_waits_while_the_others_catch_up() -> None:
+    d = Dispatcher(100)
+    assert [d.next(0.0, asker="early") for _ in range(20)] == list(range(20))  # alone: all
+    assert d.next(0.1, asker="late") == 20  # a second peer asks...
+    assert d.next(0.1, asker="early") == LATER  # ...and the early one waits its turn
+    for _ in range(9):
+        d.next(0.2, asker="late")
+    # 10 handed to late, 20 to early: the mean is 15, early is within 1.25 x 15 + 4
+    assert d.next(0.3, asker="early") == 30
+    assert d.held_back == 1
+
+
+def test_only_peers_asking_now_count_towards_the_share() -> None:
+    d = Dispatcher(100)
+    d.next(0.0, asker="gone")
+    for k in range(30):
+        assert d.next(2.0 + k * 0.01, asker="busy") == k + 1  # "gone" asked > 1 s ago
+    assert d.next(2.5, asker=None) == 31  # an asker nobody knows is never held back
 
 
 def test_the_tail_waits_while_pieces_were_never_sent() -> None:

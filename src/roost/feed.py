@@ -65,7 +65,7 @@ from typing import Any
 
 from roost import __version__
 from roost.errors import UsageError
-from roost.feedclient import API, DONE, WAIT
+from roost.feedclient import API, DONE, LATER, WAIT
 from roost.httpserve import (
     BoundedHandler,
     BoundedHTTPServer,
@@ -80,6 +80,11 @@ log = logging.getLogger(__name__)
 
 #: The tail's budget: second copies of at most this share of the pieces.
 TAIL_SHARE = 0.05
+#: A peer handed more than SHARE_SLACK x the mean share (+ SHARE_PIECES) of
+#: the peers that asked in the last ACTIVE_AFTER seconds is told LATER.
+SHARE_SLACK = 1.25
+SHARE_PIECES = 4
+ACTIVE_AFTER = 1.0
 
 
 # Sans-IO: who gets which piece -------------------------------------------------
@@ -91,6 +96,7 @@ class FeedStats:
     dispatched: int  # pieces handed out by ``next`` (re-dispatches included)
     confirmed: int  # pieces received by some peer
     reassigned: int  # given again because their first peer never confirmed
+    held_back: int  # asks told LATER: that peer had well over its share
     repairs: int  # served by index (``/piece/<i>``)
     tail: int  # second copies sent to peers that still lacked them at the end
     bytes_sent: int
@@ -130,6 +136,9 @@ class Dispatcher:
         self._samples = 0
         self.dispatched = 0
         self.reassigned = 0
+        self._shares: dict[object, int] = {}  # asker -> pieces handed to it
+        self._seen: dict[object, float] = {}  # asker -> when it last asked
+        self.held_back = 0
 
     @property
     def confirmed(self) -> int:
@@ -172,13 +181,34 @@ class Dispatcher:
             self._reap(now)
         if not self._unsent:
             return self._tail(lack, asker)
+        if self._over_share(asker, now):
+            self.held_back += 1
+            return LATER
         piece = self._unsent.popleft()
         self._assigned[piece] = now
         self.dispatched += 1
         self._order += 1
         self._handed[piece] = self._order
         self._holder[piece] = asker
+        if asker is not None:
+            self._shares[asker] = self._shares.get(asker, 0) + 1
         return piece
+
+    def _over_share(self, asker: object, now: float) -> bool:
+        """Whether ``asker`` was handed well over the mean share of the peers
+        asking now: then the next pieces go to the others. Every piece a
+        peer is handed it must relay to all the others; a peer that started
+        early (alone with the origin for a moment) or whose feed connection
+        runs faster would otherwise carry more than its uplink can, starve
+        its own downloads behind its uploads and finish last."""
+        if asker is None:
+            return False
+        self._seen[asker] = now
+        active = [a for a, t in self._seen.items() if now - t <= ACTIVE_AFTER]
+        if len(active) < 2:
+            return False
+        mean = sum(self._shares.get(a, 0) for a in active) / len(active)
+        return self._shares.get(asker, 0) > SHARE_SLACK * mean + SHARE_PIECES
 
     def _tail(self, lack: Iterable[int], asker: object) -> int | str:
         if self.tail_sent >= self.tail_budget:
@@ -249,6 +279,7 @@ class _Feed:
             d.dispatched,
             d.confirmed,
             d.reassigned,
+            d.held_back,
             self.repairs,
             d.tail_sent,
             self.bytes_sent,

@@ -24,6 +24,8 @@ from roost.limits import TokenBucket
 API = "/feed/v1"
 WAIT = "wait"
 DONE = "done"
+#: this peer was handed well over its share: others first, ask again soon
+LATER = "later"
 
 
 @dataclass
@@ -163,6 +165,8 @@ class FeedClient:
             if status == 200 and piece.isdigit():
                 self._received(int(piece), body)
                 got.append(int(piece))
+            elif status == 204 and state == LATER:
+                self._stop.wait(0.05)
             elif status == 204 and not self._tail and self.lacking is not None:
                 self._tail = True  # every piece is out: ask again, saying what we lack
             elif status == 204 and state == DONE:
