@@ -37,7 +37,7 @@ from roost import events, ledger, procs
 from roost.activation import RELEASES
 from roost.errors import PeerProtocolError, RoostError, UsageError
 from roost.installed import HOOK_TIMEOUT
-from roost.peer import install_flags
+from roost.peer.config import install_flags
 from roost.progress import FleetProgress
 from roost.release import create_release, validate_tag
 from roost.seeder import SeedConfig, SeederThread

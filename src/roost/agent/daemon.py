@@ -79,7 +79,8 @@ from roost.errors import (
     UsageError,
 )
 from roost.installed import HOOK_TIMEOUT, run_hook, run_hook_once
-from roost.peer import Download, PeerConfig
+from roost.peer.config import PeerConfig
+from roost.peer.download import Download
 from roost.rollout import DEFAULT_HEALTH_TIMEOUT, run_check
 from roost.signing import NO_KEYS, TrustedKeys
 

@@ -22,7 +22,9 @@ from typing import Any
 from roost import events
 from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
 from roost.errors import RoostError, UsageError
-from roost.peer import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig, failed_event, run_peer
+from roost.peer.config import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig
+from roost.peer.front import run_peer
+from roost.peer.worker import failed_event
 
 
 def _size(text: str) -> int:
@@ -269,7 +271,7 @@ def _add_install_flags(p: argparse.ArgumentParser) -> None:
 
 def _peer(args: argparse.Namespace) -> int:
     from roost.magnet import is_magnet, parse_magnet
-    from roost.peer import magnet_torrent_path
+    from roost.peer.config import magnet_torrent_path
 
     if args.feed:
         from roost.feedclient import parse_feed_url

@@ -36,7 +36,7 @@ from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
 from roost.installed import HOOK_TIMEOUT
-from roost.peer import install_flags
+from roost.peer.config import install_flags
 
 q = shlex.quote
 

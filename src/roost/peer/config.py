@@ -1,0 +1,172 @@
+"""What the peer's parts share: its config (``PeerConfig``, and
+``install_flags``, the ``roost peer`` flags that carry it), its result, where
+a download lies under TEMP, the torrent's bytes and metadata (roost.peer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from roost import events
+from roost._parse import load_json
+from roost.errors import UsageError
+from roost.installed import HOOK_TIMEOUT
+
+Emit = Callable[[events.Event], None]
+
+DEFAULT_TEMP_PATH = Path("/tmp/roost")
+PROGRESS_INTERVAL = 0.5
+RESUME_INTERVAL = 5.0
+STALL_TIMEOUT = 30.0
+
+
+def install_flags(
+    *,
+    linger: float,
+    tag_directory: bool = True,
+    clean: bool = False,
+    hook: str | None = None,
+    timeout: float | None = None,
+    upload_limit: int = 0,
+    download_limit: int = 0,
+    keep_setid: bool = False,
+    trust: tuple[str, ...] = (),
+    hook_timeout: float = HOOK_TIMEOUT,
+) -> list[str]:
+    """The ``roost peer`` flags for these install options (pure): how the
+    local fleet and the SSH fleet hand their options to each host's peer."""
+    flags = ["--linger", f"{linger:g}"]
+    if not tag_directory:
+        flags.append("--no-tag-directory")
+    if clean:
+        flags.append("--clean")
+    if hook:
+        flags += ["--hook", hook]
+    if timeout:
+        flags += ["--timeout", f"{timeout:g}"]
+    if upload_limit:
+        flags += ["--upload-limit", str(upload_limit)]
+    if download_limit:
+        flags += ["--download-limit", str(download_limit)]
+    if keep_setid:
+        flags.append("--keep-setid")
+    for key in trust:
+        flags += ["--trust", key]
+    if hook and hook_timeout != HOOK_TIMEOUT:
+        flags += ["--hook-timeout", f"{hook_timeout:g}"]
+    return flags
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    torrent: Path
+    dest: Path
+    tag_directory: bool = True
+    clean: bool = False
+    linger: float = 30.0
+    hook: str | None = None
+    temp_path: Path = DEFAULT_TEMP_PATH
+    announce_ip: str | None = None
+    listen_interface: str = "0.0.0.0"
+    listen_port: int = 0
+    upload_limit: int = 0
+    download_limit: int = 0
+    timeout: float | None = None
+    trackers: tuple[str, ...] | None = None
+    foreground: bool = False
+    #: BEP 19 web seeds (HTTP(S) origins) added to the torrent's own.
+    web_seeds: tuple[str, ...] = ()
+    verify_https: bool = True
+    ca_file: str | None = None
+    #: A magnet link instead of a .torrent: ``torrent`` is then where the
+    #: metadata fetched from peers is written (``magnet_torrent_path``).
+    magnet: str | None = None
+    dht: bool = False
+    dht_bootstrap: tuple[str, ...] = ()
+    #: The origin's feed (``http://HOST:PORT/``): pieces nobody has yet come
+    #: from it, one peer each, and this peer relays them (roost.feed).
+    feed: str | None = None
+    #: Give up this many seconds after the swarm stopped being able to finish
+    #: (pieces held by nobody, nothing arriving); 0: wait for ``timeout``.
+    stall_timeout: float = STALL_TIMEOUT
+    #: keep the release's setuid/setgid/sticky bits (stripped by default)
+    keep_setid: bool = False
+    #: OpenSSH public key files: refuse releases none of them signed
+    trust: tuple[str, ...] = ()
+    #: seconds the hook may run before it is killed and the host fails
+    hook_timeout: float = HOOK_TIMEOUT
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> PeerConfig:
+        data = load_json(text, "peer worker config", UsageError)
+        for key in ("torrent", "dest", "temp_path"):
+            data[key] = Path(data[key])
+        if data.get("trackers") is not None:
+            data["trackers"] = tuple(data["trackers"])
+        for key in ("web_seeds", "dht_bootstrap", "trust"):
+            data[key] = tuple(data.get(key) or ())
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    ok: bool
+    path: Path | None
+    already_installed: bool
+    seconds: float
+    down: int
+    up: int
+    error: str | None = None
+    reused: int = 0  # bytes taken from an earlier release instead of downloaded
+
+
+def work_dir(config: PeerConfig, info_hash: str) -> Path:
+    return config.temp_path / info_hash
+
+
+def worker_pid_file(temp_path: Path, info_hash: str) -> Path:
+    return temp_path / info_hash / "worker.pid"
+
+
+def magnet_torrent_path(temp_path: Path, info_hash: str) -> Path:
+    """Where a magnet peer writes the torrent once its metadata arrived."""
+    return temp_path / info_hash / "metadata.torrent"
+
+
+def _info_hash_of(config: PeerConfig, torrent_bytes: bytes | None) -> str:
+    if config.magnet:
+        from roost.magnet import parse_magnet
+
+        return parse_magnet(config.magnet).info_hash
+    return str(_read_meta(torrent_bytes or b"").info_hash)
+
+
+def _torrent_bytes(config: PeerConfig) -> bytes | None:
+    """The .torrent's bytes; None for a magnet (its metadata comes later)."""
+    if config.magnet:
+        return None
+    try:
+        return config.torrent.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
+
+
+def _read_meta(torrent_bytes: bytes) -> Any:
+    from roost.release import read_torrent
+
+    return read_torrent(torrent_bytes)
+
+
+def _timed_out(deadline: float | None, config: PeerConfig) -> str | None:
+    if deadline is not None and time.monotonic() > deadline:
+        return f"timed out after {config.timeout:g}s"
+    return None

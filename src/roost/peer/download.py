@@ -1,0 +1,260 @@
+"""One download in one engine (``Download``): the core of the worker, of
+``--foreground`` and of the agent's shared engine (roost.peer). The engine
+(libtorrent) is imported here lazily, when a download starts."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from roost import events
+from roost._fs import atomic_write
+from roost.checks import StallWatch, check_installable, check_room
+from roost.errors import DiskFull, EngineError, ReleaseError, RoostError
+from roost.peer.config import (
+    PROGRESS_INTERVAL,
+    RESUME_INTERVAL,
+    Emit,
+    PeerConfig,
+    _read_meta,
+    work_dir,
+)
+
+if TYPE_CHECKING:
+    # The engine (libtorrent) is imported by whoever owns it: the worker, or
+    # --foreground. The front process never needs it.
+    from roost.engine import Engine
+    from roost.feedclient import FeedClient
+    from roost.prefill import Prefill
+
+
+class _Download:
+    """One download in one engine; the worker's (or foreground's) core."""
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        torrent_bytes: bytes | None,
+        info_hash: str,
+        engine: Engine | None = None,
+    ):
+        """``engine``: share a long-lived engine (the agent's); not closed here."""
+        from roost.engine import Engine, EngineConfig
+
+        self.config = config
+        self.dir = work_dir(config, info_hash)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.owns_engine = engine is None
+        self.engine = engine or Engine(
+            EngineConfig(
+                listen_interface=config.listen_interface,
+                listen_port=config.listen_port,
+                announce_ip=config.announce_ip,
+                upload_limit=config.upload_limit,
+                download_limit=config.download_limit,
+                verify_https=config.verify_https,
+                ca_file=config.ca_file,
+                dht=config.dht,
+                dht_bootstrap=config.dht_bootstrap,
+            )
+        )
+        self.has_metadata = torrent_bytes is not None
+        self.reused = self._prefill(torrent_bytes)
+        if torrent_bytes is None:
+            assert config.magnet is not None
+            self.tid = self.engine.add_magnet(
+                config.magnet,
+                self.dir,
+                resume_dir=self.dir,
+                web_seeds=config.web_seeds,
+                trackers=config.trackers,
+            )
+        else:
+            self.tid = self.engine.add(
+                torrent_bytes,
+                self.dir,
+                resume_dir=self.dir,
+                trackers=config.trackers,
+                web_seeds=config.web_seeds,
+                role="feed" if config.feed else None,
+                have=self.reused.pieces if self.reused else (),
+            )
+        self.hash_failures = 0
+        #: Refused: close() deletes the torrent's data and the work directory.
+        self.discard = False
+        self.feed: FeedClient | None = None
+        if config.feed and torrent_bytes is not None:
+            self.feed = self._start_feed(config.feed)
+
+    def _prefill(self, torrent_bytes: bytes | None) -> Prefill | None:
+        """A tree release downloaded afresh starts from the unchanged files
+        of the releases installed beside its target (roost.prefill)."""
+        if torrent_bytes is None:
+            return None
+        meta = _read_meta(torrent_bytes)
+        root = self.dir / meta.name
+        if meta.manifest is None or root.exists() or any(self.dir.glob("*.resume")):
+            return None
+        from roost.extract import install_target
+        from roost.prefill import prefill
+
+        try:
+            target = install_target(meta, self.config.dest, tag_directory=self.config.tag_directory)
+        except RoostError:
+            return None  # the install names the destination's problem
+        return prefill(meta, root, target)
+
+    def _start_feed(self, url: str) -> FeedClient:
+        from roost.feedclient import FeedClient
+
+        engine, tid = self.engine, self.tid
+        return FeedClient(
+            url,
+            tid,
+            add_piece=lambda index, data: engine.add_piece(tid, index, data),
+            orphans=lambda: engine.orphan_pieces(tid),
+            lacking=lambda: engine.missing_pieces(tid),
+            download_limit=self.config.download_limit,
+            have=self.reused.pieces if self.reused else (),
+        ).start()
+
+    def _stop_feed(self) -> None:
+        if self.feed is not None:
+            self.feed.stop()
+
+    def _save_metadata(self) -> None:
+        """Magnet: write the torrent (info dict from peers) where the front reads it."""
+        if self.has_metadata:
+            return
+        data = self.engine.metadata(self.tid)
+        if data is None:
+            return
+        meta = _read_meta(data)
+        try:
+            check_installable(meta)
+        except ReleaseError:
+            self.discard = True  # close() removes what arrived with it
+            raise
+        check_room(meta, self.dir, self.config.dest, tag_directory=self.config.tag_directory)
+        atomic_write(self.config.torrent, data)
+        self.has_metadata = True
+
+    def run_until_complete(self, emit: Emit, should_stop: Callable[[], str | None]) -> None:
+        """Download; raise ``EngineError`` on a torrent error or a stop request.
+
+        The loop sleeps in libtorrent's ``wait_for_alert`` (no busy polling)
+        and reads the torrent's status once per ``PROGRESS_INTERVAL``, or at
+        once when libtorrent reports the torrent finished: on a 2-core
+        machine running 64 peers, every wake-up of every peer counts.
+        """
+        from roost.engine import Finished, MetadataReceived, TorrentError
+
+        last_resume = time.monotonic()
+        next_tick = 0.0
+        stall = StallWatch(self.config.stall_timeout)
+        if self.reused is not None and (self.reused.files or self.reused.rejected):
+            r = self.reused
+            emit(events.Reused(bytes=r.bytes, files=r.files, rejected=r.rejected))
+        while True:
+            finished = False
+            wait = max(0.0, min(PROGRESS_INTERVAL, next_tick - time.monotonic()))
+            for event in self.engine.events(wait):
+                finished = finished or isinstance(event, Finished)
+                if isinstance(event, TorrentError) and event.errno == errno.ENOSPC:
+                    self._save_resume_quietly()
+                    raise DiskFull(self.dir)
+                if isinstance(event, MetadataReceived):
+                    self._save_metadata()  # refused before pieces flow
+                self._relay(event, emit)
+            now = time.monotonic()
+            if now < next_tick and not finished:
+                continue
+            next_tick = now + PROGRESS_INTERVAL
+            status = self.engine.status(self.tid)
+            if status.error:
+                self._save_resume_quietly()
+                if status.errno == errno.ENOSPC:
+                    raise DiskFull(self.dir)
+                raise EngineError(f"download failed: {status.error}", info_hash=self.tid)
+            self._save_metadata()
+            if self.has_metadata and status.is_finished and status.state in ("seeding", "finished"):
+                # Finished means hashed; the file may still lack the last writes.
+                self._stop_feed()
+                self.engine.flush(self.tid)
+                self._emit_progress(emit)
+                self._save_resume_quietly()
+                return
+            reason = should_stop()
+            if reason:
+                self._save_resume_quietly()
+                raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
+            reason = self._cannot_finish(stall, now, status)
+            if reason:
+                self._save_resume_quietly()
+                raise EngineError(reason, info_hash=self.tid)
+            self._emit_progress(emit, status)
+            if now - last_resume >= RESUME_INTERVAL:
+                last_resume = now
+                self._save_resume_quietly()
+
+    def _cannot_finish(self, stall: StallWatch, now: float, status: Any) -> str | None:
+        """Why the swarm can no longer finish this download, or None."""
+        arrived = status.downloaded + (self.feed.counters.bytes if self.feed else 0)
+        if not self.has_metadata or stall.progressed(now, arrived, status.num_peers):
+            return None
+        return stall.verdict(now, *self.engine.unavailable_pieces(self.tid))
+
+    def linger(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and not should_stop():
+            self.engine.events(min(left, 1.0))
+
+    def _relay(self, event: object, emit: Emit) -> None:
+        from roost.engine import HashFailed, PeerBanned, TrackerProblem
+
+        if isinstance(event, HashFailed):
+            self.hash_failures += 1
+            emit(events.HashFailed(piece=event.piece))
+        elif isinstance(event, PeerBanned):
+            emit(events.PeerBanned(address=event.address))
+        elif isinstance(event, TrackerProblem):
+            emit(events.TrackerWarning(url=event.url, message=event.message))
+
+    def _emit_progress(self, emit: Emit, st: Any = None) -> None:
+        st = st or self.engine.status(self.tid)
+        fed = self.feed.counters.bytes if self.feed is not None else None
+        emit(
+            events.Progress(
+                progress=round(st.progress, 4),
+                down=st.downloaded + (fed or 0),
+                up=st.uploaded,
+                rate_down=st.rate_down,
+                peers=st.num_peers,
+                feed=fed,
+            )
+        )
+
+    def _save_resume_quietly(self) -> None:
+        # Resume data only saves a re-hash: failing to write it (a full disk)
+        # must not hide the error being reported.
+        with contextlib.suppress(RoostError):
+            self.engine.save_resume(self.tid)
+
+    def close(self) -> None:
+        self._stop_feed()
+        if self.discard:
+            self.engine.remove(self.tid, delete_files=True)
+        else:
+            self._save_resume_quietly()
+        if self.owns_engine:
+            self.engine.close()
+        if self.discard:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+#: One download in an engine (public name, for the agent's shared engine).
+Download = _Download

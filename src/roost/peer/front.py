@@ -1,0 +1,164 @@
+"""The front, what ``roost peer`` runs (``run_peer``): read the torrent,
+check it, hand the download to the worker (or run it in this process with
+``--foreground``), install, run the hook (roost.peer)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from roost import events, procs
+from roost.checks import check_installable, check_room
+from roost.errors import UsageError
+from roost.installed import run_hook_once
+from roost.peer.config import (
+    Emit,
+    PeerConfig,
+    PeerResult,
+    _info_hash_of,
+    _read_meta,
+    _timed_out,
+    _torrent_bytes,
+    work_dir,
+    worker_pid_file,
+)
+from roost.peer.download import _Download
+from roost.peer.worker import _run_detached
+
+
+def _check_trusted(config: PeerConfig, meta: Any) -> None:
+    """With ``--trust``: refuse, before a byte is downloaded, a release that no
+    trusted key signed (``roost.signing``). A magnet carries no signature."""
+    from roost.release import check_signature
+    from roost.signing import load_trusted
+
+    trusted = load_trusted(config.trust)
+    if meta is None:
+        raise UsageError("--trust needs the release's .torrent: a magnet link carries no signature")
+    check_signature(meta, trusted)
+
+
+def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
+    """Download, install, run the hook; lingering continues detached.
+
+    Emits the events of the peer process protocol (ARCHITECTURE.md). Raises
+    ``RoostError`` subclasses: ``UsageError`` (no torrent), ``EngineError``
+    (download failed or timed out), ``DestinationError``/``VerifyError``/
+    ``UnsafeArchiveError`` from installing, ``HookError``.
+    """
+    started = time.monotonic()
+    torrent_bytes = _torrent_bytes(config)
+    info_hash = _info_hash_of(config, torrent_bytes)
+    deadline = started + config.timeout if config.timeout else None
+    procs.stop_by_pid_file(worker_pid_file(config.temp_path, info_hash))
+    totals = {"down": 0, "up": 0, "reused": 0}
+
+    def relay(event: events.Event) -> None:
+        if isinstance(event, events.Progress):
+            totals["down"], totals["up"] = event.down, event.up
+        elif isinstance(event, events.Reused):
+            totals["reused"] = event.bytes
+        emit(event)
+
+    # A magnet's worker checks these once the metadata arrives.
+    meta = _read_meta(torrent_bytes) if torrent_bytes is not None else None
+    if config.trust:
+        _check_trusted(config, meta)
+    if meta is not None:
+        check_installable(meta)
+    early = _check_destination(config, torrent_bytes)
+    if early is not None:
+        # Already there, verified: nothing to download; the hook only if it
+        # never succeeded there (an install in the moment a run died).
+        emit(events.Installed(path=str(early), already=True))
+        if config.hook:
+            meta = _read_meta(torrent_bytes or b"")
+            run_hook_once(
+                config.hook,
+                tag=meta.tag or meta.name,
+                path=early,
+                info_hash=info_hash,
+                timeout=config.hook_timeout,
+            )
+        return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
+    if meta is not None:
+        check_room(
+            meta, work_dir(config, info_hash), config.dest, tag_directory=config.tag_directory
+        )
+    download: _Download | None = None
+    if config.foreground:
+        download = _Download(config, torrent_bytes, info_hash)
+        try:
+            download.run_until_complete(relay, lambda: _timed_out(deadline, config))
+        except BaseException:
+            download.close()
+            raise
+        relay(events.Complete())
+    else:
+        _run_detached(config, info_hash, relay, deadline)
+    # A magnet's torrent exists now (the worker wrote it before completing).
+    meta = meta or _read_meta(config.torrent.read_bytes())
+    try:
+        path, already = _install(config, meta)
+        emit(events.Installed(path=str(path), already=already))
+        if config.hook:
+            tag = meta.tag or meta.name
+            run_hook_once(
+                config.hook,
+                tag=tag,
+                path=path,
+                info_hash=meta.info_hash,
+                timeout=config.hook_timeout,
+            )
+    finally:
+        if download is not None:
+            if config.linger > 0:
+                download.linger(config.linger, lambda: None)
+            download.close()
+    seconds = time.monotonic() - started
+    return PeerResult(
+        True, path, already, seconds, totals["down"], totals["up"], reused=totals["reused"]
+    )
+
+
+def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path | None:
+    """Before downloading: the installed path if the release is already there;
+    ``DestinationError`` if the destination is taken and ``--clean`` is off."""
+    from roost.extract import check_destination
+
+    if torrent_bytes is None:  # a magnet: the manifest hash comes with the metadata
+        return None
+    found = check_destination(
+        _read_meta(torrent_bytes),
+        config.dest,
+        tag_directory=config.tag_directory,
+        clean=config.clean,
+        keep_setid=config.keep_setid,
+    )
+    return None if found is None else found.path
+
+
+def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
+    from roost.extract import install_release
+
+    payload = work_dir(config, meta.info_hash) / meta.name
+    result = install_release(
+        payload,
+        meta,
+        config.dest,
+        tag_directory=config.tag_directory,
+        clean=config.clean,
+        keep_setid=config.keep_setid,
+    )
+    return _installed_path(result)
+
+
+def _installed_path(result: Any) -> tuple[Path, bool]:
+    """``install_release`` returns the path (or an object with ``path`` and
+    ``already_installed``); accept both."""
+    if isinstance(result, Path):
+        return result, False
+    if isinstance(result, tuple):
+        return Path(result[0]), bool(result[1])
+    return Path(result.path), bool(getattr(result, "already_installed", False))
