@@ -761,7 +761,7 @@ def _vouch_for_disk(atp: Any, info: Any, save_path: Path) -> None:
     if atp.have_pieces and all(atp.have_pieces):
         return
     if info.num_files() != 1:
-        return  # single-file only: a tree release restarted re-checks its files itself
+        return  # single-file only: a multi-file download fetches those pieces again
     count = info.num_pieces()
     have = (list(atp.have_pieces) + [False] * count)[:count]
     found = 0
