@@ -107,6 +107,14 @@ def test_only_peers_asking_now_count_towards_the_share() -> None:
     assert d.next(2.5, asker=None) == 31  # an asker nobody knows is never held back
 
 
+def test_a_peer_silent_for_a_while_keeps_its_share_when_it_asks_again() -> None:
+    d = Dispatcher(100)
+    for _ in range(20):
+        d.next(0.0, asker="early")
+    assert d.next(5.0, asker="late") == 20  # early is silent (reading a piece, say)
+    assert d.next(5.0, asker="early") == LATER  # back: its 20 pieces still count
+
+
 def test_the_tail_waits_while_pieces_were_never_sent() -> None:
     d = Dispatcher(3)
     assert d.next(0.0, lack=[0, 1, 2]) == 0  # unsent pieces first, lack or not

@@ -138,6 +138,8 @@ class Dispatcher:
         self.reassigned = 0
         self._shares: dict[object, int] = {}  # asker -> pieces handed to it
         self._seen: dict[object, float] = {}  # asker -> when it last asked
+        self._shared = 0  # pieces handed to the askers in _seen (those asking now)
+        self._pruned = 0.0  # when _seen last lost its silent askers
         self.held_back = 0
 
     @property
@@ -190,8 +192,9 @@ class Dispatcher:
         self._order += 1
         self._handed[piece] = self._order
         self._holder[piece] = asker
-        if asker is not None:
+        if asker is not None:  # in _seen: _over_share registered it
             self._shares[asker] = self._shares.get(asker, 0) + 1
+            self._shared += 1
         return piece
 
     def _over_share(self, asker: object, now: float) -> bool:
@@ -203,11 +206,17 @@ class Dispatcher:
         its own downloads behind its uploads and finish last."""
         if asker is None:
             return False
+        if asker not in self._seen:  # (back) among the askers: its share counts again
+            self._shared += self._shares.get(asker, 0)
         self._seen[asker] = now
-        active = [a for a, t in self._seen.items() if now - t <= ACTIVE_AFTER]
-        if len(active) < 2:
+        if now - self._pruned >= ACTIVE_AFTER / 10:  # a scan at most ten times a second
+            self._pruned = now
+            for gone in [a for a, t in self._seen.items() if now - t > ACTIVE_AFTER]:
+                del self._seen[gone]
+                self._shared -= self._shares.get(gone, 0)
+        if len(self._seen) < 2:
             return False
-        mean = sum(self._shares.get(a, 0) for a in active) / len(active)
+        mean = self._shared / len(self._seen)
         return self._shares.get(asker, 0) > SHARE_SLACK * mean + SHARE_PIECES
 
     def _tail(self, lack: Iterable[int], asker: object) -> int | str:
