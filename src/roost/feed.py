@@ -29,7 +29,7 @@ The feed does that over plain HTTP beside the seeder:
   hop of the relay pipeline is skipped for the pieces that are slowest to
   spread).
 * :class:`FeedServer` serves ``GET /feed/v1/<info-hash>/next`` (a piece, or
-  ``204`` with ``X-Roost-Feed: wait`` / ``done``), ``/got`` (confirmations
+  ``204`` with ``X-Roost-Feed: wait`` / ``later`` / ``done``), ``/got`` (confirmations
   only: a peer that completes says what it received last), ``/piece/<i>``
   (one piece by index, for repairs) and ``/stats``, with ``sendfile`` from
   the payload and an optional upload cap.

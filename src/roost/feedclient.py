@@ -187,8 +187,9 @@ class FeedClient:
     def _query(self, got: list[int]) -> str:
         parts = [f"got={','.join(map(str, got))}"] if got else []
         if self._tail and self.lacking is not None:
+            missing = self.lacking()  # the engine's, not under our lock
             with self._lock:
-                lack = [p for p in self.lacking() if p not in self._fed]
+                lack = [p for p in missing if p not in self._fed]
             if lack:
                 parts.append(f"lack={_chunks(piece_ranges(lack), 2000)[0]}")
         return f"?{'&'.join(parts)}" if parts else ""
