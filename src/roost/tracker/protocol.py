@@ -21,6 +21,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from urllib.parse import unquote_to_bytes
@@ -240,16 +241,6 @@ def _one(params: dict[bytes, list[bytes]], name: bytes) -> bytes | None:
     return values[0]
 
 
-def _int(params: dict[bytes, list[bytes]], name: bytes, default: int | None) -> int | None:
-    raw = _one(params, name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 20:
-        # Some clients send negative 'left' for unknown sizes; refuse cleanly.
-        raise ProtocolError(f"parameter {name.decode()} is not a non-negative integer")
-    return int(raw)
-
-
 def _hash20(raw: bytes | None, name: str) -> bytes:
     if raw is None:
         raise ProtocolError(f"missing {name}")
@@ -335,6 +326,18 @@ def _split_announce(query: bytes) -> tuple[dict[bytes, bytes], set[bytes] | None
     return params, dups
 
 
+def _refusing(params: dict[bytes, bytes], dups: set[bytes]) -> Callable[[bytes], bytes | None]:
+    """``params.get`` that refuses a repeated key when its field is read, so a
+    query's first error is named in field order whether or not a key repeats."""
+
+    def get(key: bytes) -> bytes | None:
+        if key in dups:
+            raise ProtocolError(f"parameter {key.decode()} given more than once")
+        return params.get(key)
+
+    return get
+
+
 def _num(raw: bytes | None, name: str, default: int | None) -> int | None:
     if raw is None:
         return default
@@ -347,14 +350,13 @@ def _num(raw: bytes | None, name: str, default: int | None) -> int | None:
 def parse_announce(query: bytes) -> Announce:
     """Parse an announce query string; raise ``ProtocolError`` if malformed.
 
-    Hot path: one pass over the query, no per-parameter lists; the checks
-    and their messages (and their order) are those of ``parse_query`` + the
-    per-field rules.
+    The one announce parser, and a hot path: one pass over the query, no
+    per-parameter lists. Values are decoded by ``parse_query``'s rules; the
+    fields are checked in a fixed order and the first bad one is named (a
+    key given twice is refused when its field is read).
     """
     params, dups = _split_announce(query)
-    if dups is not None:  # rare: the generic path names the first duplicate as always
-        return _parse_announce_generic(query)
-    get = params.get
+    get = params.get if dups is None else _refusing(params, dups)
     info_hash = get(b"info_hash")
     if info_hash is None or len(info_hash) != 20:
         info_hash = _hash20(info_hash, "info_hash")
@@ -411,64 +413,6 @@ def parse_announce(query: bytes) -> Announce:
         dc=_label(dc_b, "dc") if dc_b else None,
         rack=_label(rack_b, "rack") if rack_b else None,
         role=_role(get(b"role")),
-    )
-
-
-def _parse_announce_generic(query: bytes) -> Announce:
-    """``parse_announce`` by the book (``parse_query``); used when a key repeats."""
-    params = parse_query(query)
-    info_hash = _hash20(_one(params, b"info_hash"), "info_hash")
-    peer_id = _hash20(_one(params, b"peer_id"), "peer_id")
-    port = _int(params, b"port", None)
-    if port is None:
-        raise ProtocolError("missing port")
-    if not 0 < port < 65536:
-        raise ProtocolError(f"port {port} out of range")
-    uploaded = _int(params, b"uploaded", 0) or 0
-    downloaded = _int(params, b"downloaded", 0) or 0
-    left = _int(params, b"left", None)
-    if left is None:
-        raise ProtocolError("missing left")
-    event_b = _one(params, b"event") or b""
-    try:
-        event = event_b.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError("unknown event") from exc
-    if event == "empty":
-        event = ""
-    if event not in EVENTS:
-        raise ProtocolError(f"unknown event {event[:20]!r}")
-    numwant = _int(params, b"numwant", None)
-    compact_b = _one(params, b"compact")
-    if compact_b not in (None, b"0", b"1"):
-        raise ProtocolError("compact must be 0 or 1")
-    no_peer_id_b = _one(params, b"no_peer_id")
-    ip = _ip(_one(params, b"ip"))
-    token_b = _one(params, b"token")
-    token: str | None = None
-    if token_b is not None:
-        try:
-            token = token_b.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise ProtocolError("token is not ASCII") from exc
-    return Announce(
-        info_hash=info_hash,
-        peer_id=peer_id,
-        port=port,
-        uploaded=uploaded,
-        downloaded=downloaded,
-        left=left,
-        event=event,
-        numwant=numwant,
-        compact=compact_b != b"0",
-        no_peer_id=no_peer_id_b not in (None, b"0"),
-        ip=ip,
-        key=_one(params, b"key"),
-        token=token,
-        host=_label(_one(params, b"host"), "host"),
-        dc=_label(_one(params, b"dc"), "dc"),
-        rack=_label(_one(params, b"rack"), "rack"),
-        role=_role(_one(params, b"role")),
     )
 
 
