@@ -210,6 +210,7 @@ def test_agent_daemon_survives_a_deeply_nested_channel(tmp_path: Path, roost_pro
     assert rc != 0
     assert_one_line(err, "channel.json:1: nested deeper than 100 levels")
 
+    (dest / ".roost-agent.json").unlink()  # wait below for the daemon's own record of it
     daemon = roost_procs(
         "agent", "--channel", str(channel), "--dest", str(dest), "--interval", "0.2",
         "--listen", "127.0.0.1",
