@@ -19,7 +19,7 @@ from roost.engine import Engine, EngineConfig
 from roost.errors import EngineError, UsageError
 from roost.magnet import magnet_uri, parse_magnet
 from roost.origin import OriginConfig, OriginServer
-from roost.peer import PeerConfig, run_peer
+from roost.peer import InstallOptions, PeerConfig, run_peer
 from roost.release import create_release, read_torrent_file
 from roost.seeder import SeedConfig, SeederThread
 from roost.tracker import TrackerConfig
@@ -91,15 +91,17 @@ def _same_tree(a: Path, b: Path) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
-def _peer(tmp: Path, name: str, torrent: Path, **kw: Any) -> PeerConfig:
-    settings: dict[str, Any] = {"linger": 0, "timeout": 60, **kw}
+def _peer(
+    tmp: Path, name: str, torrent: Path, *, linger: float = 0, timeout: float = 60, **kw: Any
+) -> PeerConfig:
     return PeerConfig(
         torrent=torrent,
         dest=tmp / name / "dest",
+        install=InstallOptions(linger=linger, timeout=timeout),
         temp_path=tmp / name / "temp",
         listen_interface="127.0.0.1",
         foreground=True,
-        **settings,
+        **kw,
     )
 
 

@@ -36,8 +36,7 @@ from typing import Any
 from roost import events, ledger, procs
 from roost.activation import RELEASES
 from roost.errors import PeerProtocolError, RoostError, UsageError
-from roost.installed import HOOK_TIMEOUT
-from roost.peer.config import install_flags
+from roost.peer.config import InstallOptions
 from roost.progress import FleetProgress
 from roost.release import create_release, validate_tag
 from roost.seeder import SeedConfig, SeederThread
@@ -55,11 +54,8 @@ class LocalDeployConfig:
     hosts: int = DEFAULT_HOSTS
     is_file: bool = False
     tar: bool = False  # pack a directory into TAG.tar instead of a tree release
-    linger: float = 30.0
-    timeout: float | None = None
-    hook: str | None = None
-    clean: bool = False
-    tag_directory: bool = True
+    #: how each host installs (handed to its peer as ``roost peer`` flags)
+    install: InstallOptions = field(default_factory=InstallOptions)
     out_dir: Path | None = None
     piece_size: int | None = None
     super_seed: bool = False
@@ -80,10 +76,6 @@ class LocalDeployConfig:
         """Where host ``name`` installs: DEST/NAME, or DEST/NAME/releases."""
         return Path(self.dest) / name / (RELEASES if self.activate else "")
 
-    keep_setid: bool = False
-    #: OpenSSH public key files each peer trusts (``roost peer --trust``)
-    trust: tuple[str, ...] = ()
-    hook_timeout: float = HOOK_TIMEOUT
     #: SSH key to sign the release with (``roost create --sign``)
     sign_key: Path | None = None
     #: where this deploy's ledger goes (``roost.ledger``); None: per user
@@ -108,17 +100,8 @@ def peer_command(
     cmd += ["--listen", "127.0.0.1"]
     if feed:
         cmd += ["--feed", feed]
-    cmd += install_flags(
-        linger=config.linger,
-        tag_directory=config.tag_directory,
-        clean=config.clean,
-        hook=config.hook,
-        timeout=config.timeout,
-        upload_limit=config.upload_limit,
-        download_limit=config.download_limit,
-        keep_setid=config.keep_setid,
-        trust=config.trust,
-        hook_timeout=config.hook_timeout,
+    cmd += config.install.flags(
+        upload_limit=config.upload_limit, download_limit=config.download_limit
     )
     return cmd + list(config.extra_peer_args)
 
@@ -188,7 +171,7 @@ def deploy_local(
             host = _Host(name, dest, temp, proc)
             hosts.append(host)
             _start_readers(host, queued)
-        _watch(fleet, hosts, queued, config.timeout, on_update)
+        _watch(fleet, hosts, queued, config.install.timeout, on_update)
         summary = fleet.summary(time.monotonic())
         summary["tag"] = config.tag
         summary["info_hash"] = release.info_hash

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from roost.cli.core import _seconds, _size, add_hook_timeout_flag
+from roost.cli.flags import add_hook_timeout_flag, seconds, size
 from roost.cli.origin import add_server_limit_flags, server_limits
 from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
+from roost.cli.signals import StopOnSignals
 from roost.errors import UsageError
 
 
@@ -31,15 +31,6 @@ def register(sub: Any) -> None:
 def _say(line: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
     print(f"{stamp} roost agent: {line}", flush=True)
-
-
-def _on_signals(stop: Any) -> None:
-    def handler(_signum: int, _frame: object) -> None:
-        stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
 
 
 # roost agent -------------------------------------------------------------------
@@ -59,7 +50,7 @@ def _register_agent(sub: Any) -> None:
     p.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     p.add_argument("--channel", metavar="URL", help="channel directory URL, file:// URL or path")
     p.add_argument("--dest", type=Path, required=True, help="e.g. /opt/app")
-    p.add_argument("--interval", type=_seconds, default=10.0, help="seconds between polls")
+    p.add_argument("--interval", type=seconds, default=10.0, help="seconds between polls")
     p.add_argument("--keep", type=int, default=3, help="installed releases to keep (>= 1)")
     p.add_argument("--hook", metavar="CMD", help="run before activating (ROOST_TAG, ROOST_PATH, …)")
     add_hook_timeout_flag(p)
@@ -69,14 +60,14 @@ def _register_agent(sub: Any) -> None:
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
     p.add_argument("--announce-ip", help="the address other hosts reach this one at")
-    p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s; 0 = none")
-    p.add_argument("--download-limit", type=_size, default=0, help="bytes/s; 0 = none")
+    p.add_argument("--upload-limit", type=size, default=0, help="bytes/s; 0 = none")
+    p.add_argument("--download-limit", type=size, default=0, help="bytes/s; 0 = none")
     p.add_argument(
-        "--download-timeout", type=_seconds, default=3600.0, help="give up a download after S"
+        "--download-timeout", type=seconds, default=3600.0, help="give up a download after S"
     )
     p.add_argument(
         "--fetch-timeout",
-        type=_seconds,
+        type=seconds,
         default=10.0,
         metavar="S",
         help="give up fetching channel.json or a .torrent after S seconds in all (default 10)",
@@ -101,7 +92,7 @@ def _register_agent(sub: Any) -> None:
     )
     p.add_argument(
         "--health-timeout",
-        type=_seconds,
+        type=seconds,
         default=60.0,
         metavar="S",
         help="seconds the health check may run (default 60)",
@@ -123,6 +114,7 @@ def _agent(args: argparse.Namespace) -> int:
 
     if not args.channel:
         raise UsageError("roost agent needs --channel URL")
+    signals = StopOnSignals()  # before the engine starts: a stop during start-up is clean
     config = AgentConfig(
         channel=args.channel,
         dest=args.dest,
@@ -146,7 +138,7 @@ def _agent(args: argparse.Namespace) -> int:
         **({"host": args.host_name} if args.host_name else {}),
     )
     with Agent(config, say=_say) as agent:
-        _on_signals(agent.stop)
+        signals.forward(agent.stop)
         if args.once:
             outcome = agent.cycle()
             _say(f"{outcome}: current {agent.state.current or 'none'}")
@@ -206,7 +198,7 @@ def _register_publish(sub: Any) -> None:
     p.add_argument("--web-seed", action="append", default=[], metavar="URL", help="BEP 19 origin")
     p.add_argument("--file", dest="is_file", action="store_true", help="SRC is a single file")
     add_tar_flag(p)
-    p.add_argument("--piece-size", type=_size, default=None, metavar="SIZE")
+    p.add_argument("--piece-size", type=size, default=None, metavar="SIZE")
     p.add_argument("--no-current", action="store_true", help="publish without making it current")
     p.add_argument("--rollback-to", metavar="TAG", help="make a published release current")
     p.add_argument(
@@ -227,7 +219,7 @@ def _register_publish(sub: Any) -> None:
     )
     p.add_argument("--seed", action="store_true", help="then seed the release until stopped")
     p.add_argument("--listen", default="0.0.0.0", help="with --seed: interface to listen on")
-    p.add_argument("--upload-limit", type=_size, default=0, help="with --seed: bytes/s")
+    p.add_argument("--upload-limit", type=size, default=0, help="with --seed: bytes/s")
     p.add_argument(
         "--feed",
         metavar="URL",
@@ -317,6 +309,7 @@ def _publish(args: argparse.Namespace) -> int:
         return 0
     from roost.seeder import SeedConfig, Seeder
 
+    signals = StopOnSignals()
     seeder = Seeder(
         SeedConfig.of(
             release,
@@ -325,7 +318,7 @@ def _publish(args: argparse.Namespace) -> int:
             feed_port=_feed_url(args.feed).port if args.feed else None,
         )
     )
-    _on_signals(seeder.stop)
+    signals.forward(seeder.stop)
     print(f"seeding {release.tag} on port {seeder.port}", flush=True)
     seeder.run()
     return 0
@@ -351,11 +344,11 @@ def _register_channel(sub: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from roost.channel import ChannelServer
 
+    done = threading.Event()
+    StopOnSignals().forward(done.set)
     server = ChannelServer(
         args.directory, bind=args.bind, port=args.port, limits=server_limits(args)
     )
-    done = threading.Event()
-    _on_signals(done.set)
     server.start()
     print(f"serving {args.directory} at {server.url}", flush=True)
     try:

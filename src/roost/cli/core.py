@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import signal
 import sys
 import threading
 import time
@@ -20,31 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from roost import events
+from roost.cli.flags import add_install_flags, install_options, seconds, size
 from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
+from roost.cli.signals import StopOnSignals
 from roost.errors import RoostError, UsageError
 from roost.peer.config import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig
 from roost.peer.front import run_peer
 from roost.peer.worker import failed_event
-
-
-def _size(text: str) -> int:
-    """argparse type: a byte count such as 10M, 1.5G or 1048576 (bytes/s for rates)."""
-    from roost.release import parse_size
-
-    try:
-        return parse_size(text)
-    except RoostError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"negative seconds: {text!r}")
-    return value
 
 
 def register(sub: Any) -> None:
@@ -66,7 +47,7 @@ def _register_seed(sub: Any) -> None:
     p.add_argument(
         "--tracker-url", action="append", help="announce here instead of the torrent's trackers"
     )
-    p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s (e.g. 50M); 0 = none")
+    p.add_argument("--upload-limit", type=size, default=0, help="bytes/s (e.g. 50M); 0 = none")
     p.add_argument("--super-seed", action="store_true", help="hand out each piece once (origin)")
     p.add_argument(
         "--upload-slots",
@@ -121,6 +102,7 @@ def _seed(args: argparse.Namespace) -> int:
     from roost.release import read_torrent
     from roost.seeder import SeedConfig, Seeder, payload_dir_for, tree_for
 
+    signals = StopOnSignals()
     try:
         meta = read_torrent(args.torrent.read_bytes())
     except OSError as exc:
@@ -152,7 +134,7 @@ def _seed(args: argparse.Namespace) -> int:
             feed_bind=args.feed_bind,
         )
     )
-    _stop_on_signals(seeder.stop)
+    signals.forward(seeder.stop)
     if args.exit_with_parent:
         _stop_when_orphaned(seeder.stop)
     if args.pid_file:
@@ -174,15 +156,6 @@ def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signals(stop: Any) -> None:
-    def handler(_signum: int, _frame: object) -> None:
-        stop()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
-
 # roost peer --------------------------------------------------------------------
 
 
@@ -190,7 +163,7 @@ def _register_peer(sub: Any) -> None:
     p = sub.add_parser("peer", help="download, verify and install a release, then seed it a while")
     p.add_argument("torrent", help="the release's .torrent, or a magnet link")
     p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG")
-    _add_install_flags(p)
+    add_install_flags(p)
     add_trust_flag(p)
     p.add_argument(
         "--temp-path",
@@ -209,7 +182,7 @@ def _register_peer(sub: Any) -> None:
     )
     p.add_argument(
         "--stall-timeout",
-        type=_seconds,
+        type=seconds,
         default=STALL_TIMEOUT,
         metavar="SECONDS",
         help="give up once pieces are held by nobody and nothing arrived for this long"
@@ -226,47 +199,6 @@ def _register_peer(sub: Any) -> None:
         help="one process: download, install, then linger before returning",
     )
     p.set_defaults(handler=_peer)
-
-
-def add_hook_timeout_flag(p: argparse.ArgumentParser) -> None:
-    from roost.installed import HOOK_TIMEOUT
-
-    p.add_argument(
-        "--hook-timeout",
-        type=_seconds,
-        default=HOOK_TIMEOUT,
-        metavar="S",
-        help=f"kill a hook still running after S seconds, failing the host "
-        f"(default {HOOK_TIMEOUT:g})",
-    )
-
-
-def _add_install_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--no-tag-directory",
-        dest="tag_directory",
-        action="store_false",
-        help="install into DEST itself, not DEST/TAG (a symlink there is followed: "
-        "the release goes into the directory it names)",
-    )
-    p.add_argument(
-        "--clean",
-        action="store_true",
-        help="replace a non-empty destination (unsafe_please_delete)",
-    )
-    p.add_argument(
-        "--linger", type=_seconds, default=30.0, help="seconds to keep seeding after (default 30)"
-    )
-    p.add_argument("--hook", help="shell command run after install (ROOST_TAG, ROOST_PATH, ...)")
-    add_hook_timeout_flag(p)
-    p.add_argument("--timeout", type=_seconds, help="give up after this many seconds")
-    p.add_argument("--upload-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
-    p.add_argument("--download-limit", type=_size, default=0, help="bytes/s per host; 0 = none")
-    p.add_argument(
-        "--keep-setid",
-        action="store_true",
-        help="keep the release's setuid, setgid and sticky bits (stripped by default)",
-    )
 
 
 def _peer(args: argparse.Namespace) -> int:
@@ -290,20 +222,13 @@ def _peer(args: argparse.Namespace) -> int:
         dht=args.dht or bool(args.dht_bootstrap),
         dht_bootstrap=tuple(args.dht_bootstrap),
         dest=args.dest,
-        tag_directory=args.tag_directory,
-        clean=args.clean,
-        keep_setid=args.keep_setid,
-        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
-        hook_timeout=args.hook_timeout,
-        linger=args.linger,
-        hook=args.hook,
+        install=install_options(args),
         temp_path=args.temp_path,
         announce_ip=args.announce_ip,
         listen_interface=args.listen,
         listen_port=args.port,
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
-        timeout=args.timeout or None,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
         foreground=args.foreground,
         feed=args.feed,
@@ -387,7 +312,7 @@ def _register_deploy(sub: Any) -> None:
         help="embedded local fleet of N hosts, each in DEST/host-K (default when no -i: 4)",
     )
     where.add_argument("-i", "--inventory", type=Path, help="deploy to an inventory's hosts")
-    _add_install_flags(p)
+    add_install_flags(p)
     add_trust_flag(p, on_hosts=True)
     p.add_argument("--out", type=Path, help="keep the release (.torrent, tar) here")
     add_sign_flag(p)
@@ -396,7 +321,7 @@ def _register_deploy(sub: Any) -> None:
         type=Path,
         help="local fleet: where the hosts' download areas go (default: RAM if room)",
     )
-    p.add_argument("--piece-size", type=_size, help="override the chosen piece size")
+    p.add_argument("--piece-size", type=size, help="override the chosen piece size")
     p.add_argument(
         "--super-seed",
         action="store_true",
@@ -446,15 +371,8 @@ def _deploy(args: argparse.Namespace) -> int:
         hosts=DEFAULT_HOSTS if args.local is None else args.local,
         is_file=args.is_file,
         tar=args.tar,
-        linger=args.linger,
-        timeout=args.timeout or None,
-        hook=args.hook,
-        clean=args.clean,
-        tag_directory=args.tag_directory,
-        keep_setid=args.keep_setid,
+        install=install_options(args),
         sign_key=args.sign,
-        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
-        hook_timeout=args.hook_timeout,
         out_dir=args.out,
         work_dir=args.work_dir,
         piece_size=args.piece_size,

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost.activation import RELEASES
+from roost.cli.flags import add_install_flags, install_options
 from roost.errors import UsageError
 
 if TYPE_CHECKING:
@@ -419,14 +420,9 @@ async def _v_peer(
     opts = tasks.PeerOptions(
         tag=tag,
         dest=str(dest),
-        tag_directory=args.tag_directory,
-        clean=args.clean,
-        linger=args.linger,
-        hook=args.hook,
-        timeout=args.timeout,
-        keep_setid=args.keep_setid,
-        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()),
-        hook_timeout=args.hook_timeout,
+        install=install_options(args, trust=cfg.trust),
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
     )
 
     from roost import events
@@ -553,18 +549,9 @@ def register(sub: Any) -> None:
     p.add_argument("--dest", help="install into DEST/TAG (default destination_path)")
     p.add_argument("--torrent", help="local .torrent (default /tmp/roost/torrents/TAG.torrent)")
     p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--no-tag-directory", dest="tag_directory", action="store_false")
-    p.add_argument("--clean", action="store_true", help="replace a non-empty destination")
-    p.add_argument("--linger", type=float, default=30.0, help="seed this long after (s)")
-    p.add_argument("--hook", help="shell command run after install")
-    from roost.cli.core import add_hook_timeout_flag
-
-    add_hook_timeout_flag(p)
-    p.add_argument("--timeout", type=float, help="give up after this many seconds")
-    p.add_argument(
-        "--keep-setid", action="store_true", help="keep setuid/setgid/sticky bits (stripped)"
-    )
     from roost.cli.release import add_trust_flag
+
+    add_install_flags(p)
 
     add_trust_flag(p, on_hosts=True)
     _verb_parser(
@@ -619,16 +606,9 @@ def plan_from_args(args: argparse.Namespace) -> DeployPlan:
         tag=str(tag),
         # --activate: DEST/releases/TAG, switched by DEST/current afterwards
         dest=f"{dest}/{RELEASES}" if getattr(args, "activate", False) else dest,
-        tag_directory=args.tag_directory,
-        clean=args.clean,
-        linger=args.linger,
-        hook=args.hook,
-        timeout=args.timeout or None,
+        install=install_options(args, trust=cfg.trust),
         upload_limit=args.upload_limit,
         download_limit=args.download_limit,
-        keep_setid=args.keep_setid,
-        trust=tuple(str(k) for k in getattr(args, "trust", None) or ()) or cfg.trust,
-        hook_timeout=args.hook_timeout,
     )
     return DeployPlan(
         source=Path(args.source),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import threading
 from pathlib import Path
 from typing import Any
+
+from roost.cli.signals import StopOnSignals
 
 
 def register(sub: Any) -> None:
@@ -94,6 +95,8 @@ def _rate(text: str) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from roost.origin import OriginConfig, OriginServer
 
+    stop = threading.Event()
+    StopOnSignals().forward(stop.set)
     server = OriginServer(
         OriginConfig(
             root=args.root,
@@ -105,13 +108,6 @@ def _serve(args: argparse.Namespace) -> int:
             limits=server_limits(args),
         )
     ).start()
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     if args.lifetime > 0:
         timer = threading.Timer(args.lifetime, stop.set)
         timer.daemon = True

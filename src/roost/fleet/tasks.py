@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,7 @@ from roost.errors import PeerProtocolError, RemoteError
 from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
-from roost.installed import HOOK_TIMEOUT
-from roost.peer.config import install_flags
+from roost.peer.config import InstallOptions
 
 q = shlex.quote
 
@@ -320,19 +319,12 @@ async def stop_seeding(
 class PeerOptions:
     tag: str
     dest: str
-    tag_directory: bool = True
-    clean: bool = False
-    linger: float = 30.0
-    hook: str | None = None
-    timeout: float | None = None
+    #: how each host installs; its ``trust`` names key files *on the hosts*
+    install: InstallOptions = field(default_factory=InstallOptions)
     upload_limit: int = 0
     download_limit: int = 0
     #: the origin's feed (``roost peer --feed``), None: BitTorrent only
     feed: str | None = None
-    keep_setid: bool = False
-    #: public key files *on the hosts* their peers trust (``roost peer --trust``)
-    trust: tuple[str, ...] = ()
-    hook_timeout: float = HOOK_TIMEOUT
 
 
 async def peer(
@@ -362,18 +354,7 @@ async def peer(
             r.temp,
             "--announce-ip",
             s.peer_address,
-            *install_flags(
-                linger=opts.linger,
-                tag_directory=opts.tag_directory,
-                clean=opts.clean,
-                hook=opts.hook,
-                timeout=opts.timeout,
-                upload_limit=opts.upload_limit,
-                download_limit=opts.download_limit,
-                keep_setid=opts.keep_setid,
-                trust=opts.trust,
-                hook_timeout=opts.hook_timeout,
-            ),
+            *opts.install.flags(upload_limit=opts.upload_limit, download_limit=opts.download_limit),
             *(["--feed", opts.feed] if opts.feed else []),
         ]
         done: events.Done | None = None
@@ -407,7 +388,7 @@ async def peer(
             stderr_tail=result.stderr[-2000:],
         )
 
-    timeout = (opts.timeout + 60) if opts.timeout else fleet.options.step_timeout
+    timeout = (opts.install.timeout + 60) if opts.install.timeout else fleet.options.step_timeout
     return await fleet.each("peer", fn, hosts=hosts, timeout=timeout)
 
 

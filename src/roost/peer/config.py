@@ -1,5 +1,5 @@
-"""What the peer's parts share: its config (``PeerConfig``, and
-``install_flags``, the ``roost peer`` flags that carry it), its result, where
+"""What the peer's parts share: its config (``PeerConfig``, with the
+``InstallOptions`` every deploy hands to each host's peer), its result, where
 a download lies under TEMP, the torrent's bytes and metadata (roost.peer)."""
 
 from __future__ import annotations
@@ -25,58 +25,65 @@ RESUME_INTERVAL = 5.0
 STALL_TIMEOUT = 30.0
 
 
-def install_flags(
-    *,
-    linger: float,
-    tag_directory: bool = True,
-    clean: bool = False,
-    hook: str | None = None,
-    timeout: float | None = None,
-    upload_limit: int = 0,
-    download_limit: int = 0,
-    keep_setid: bool = False,
-    trust: tuple[str, ...] = (),
-    hook_timeout: float = HOOK_TIMEOUT,
-) -> list[str]:
-    """The ``roost peer`` flags for these install options (pure): how the
-    local fleet and the SSH fleet hand their options to each host's peer."""
-    flags = ["--linger", f"{linger:g}"]
-    if not tag_directory:
-        flags.append("--no-tag-directory")
-    if clean:
-        flags.append("--clean")
-    if hook:
-        flags += ["--hook", hook]
-    if timeout:
-        flags += ["--timeout", f"{timeout:g}"]
-    if upload_limit:
-        flags += ["--upload-limit", str(upload_limit)]
-    if download_limit:
-        flags += ["--download-limit", str(download_limit)]
-    if keep_setid:
-        flags.append("--keep-setid")
-    for key in trust:
-        flags += ["--trust", key]
-    if hook and hook_timeout != HOOK_TIMEOUT:
-        flags += ["--hook-timeout", f"{hook_timeout:g}"]
-    return flags
+@dataclass(frozen=True)
+class InstallOptions:
+    """How a host's peer installs a release and how long it runs: one set,
+    read from the install flags (``roost peer``, ``roost deploy``, ``roost
+    fleet peer``) and handed to every host's peer as :meth:`flags`."""
+
+    #: install into DEST/TAG; off: into DEST itself
+    tag_directory: bool = True
+    #: replace a non-empty destination
+    clean: bool = False
+    #: keep the release's setuid/setgid/sticky bits (stripped by default)
+    keep_setid: bool = False
+    #: OpenSSH public key files: refuse releases none of them signed
+    trust: tuple[str, ...] = ()
+    #: shell command run after the install
+    hook: str | None = None
+    #: seconds the hook may run before it is killed and the host fails
+    hook_timeout: float = HOOK_TIMEOUT
+    #: seconds to keep seeding after the install
+    linger: float = 30.0
+    #: give up after this many seconds; None: never
+    timeout: float | None = None
+
+    def flags(self, *, upload_limit: int = 0, download_limit: int = 0) -> list[str]:
+        """The ``roost peer`` flags for these options and these rates (pure):
+        how the local fleet and the SSH fleet hand them to each host's peer."""
+        flags = ["--linger", f"{self.linger:g}"]
+        if not self.tag_directory:
+            flags.append("--no-tag-directory")
+        if self.clean:
+            flags.append("--clean")
+        if self.hook:
+            flags += ["--hook", self.hook]
+        if self.timeout:
+            flags += ["--timeout", f"{self.timeout:g}"]
+        if upload_limit:
+            flags += ["--upload-limit", str(upload_limit)]
+        if download_limit:
+            flags += ["--download-limit", str(download_limit)]
+        if self.keep_setid:
+            flags.append("--keep-setid")
+        for key in self.trust:
+            flags += ["--trust", key]
+        if self.hook and self.hook_timeout != HOOK_TIMEOUT:
+            flags += ["--hook-timeout", f"{self.hook_timeout:g}"]
+        return flags
 
 
 @dataclass(frozen=True)
 class PeerConfig:
     torrent: Path
     dest: Path
-    tag_directory: bool = True
-    clean: bool = False
-    linger: float = 30.0
-    hook: str | None = None
+    install: InstallOptions = InstallOptions()
     temp_path: Path = DEFAULT_TEMP_PATH
     announce_ip: str | None = None
     listen_interface: str = "0.0.0.0"
     listen_port: int = 0
     upload_limit: int = 0
     download_limit: int = 0
-    timeout: float | None = None
     trackers: tuple[str, ...] | None = None
     foreground: bool = False
     #: BEP 19 web seeds (HTTP(S) origins) added to the torrent's own.
@@ -94,12 +101,6 @@ class PeerConfig:
     #: Give up this many seconds after the swarm stopped being able to finish
     #: (pieces held by nobody, nothing arriving); 0: wait for ``timeout``.
     stall_timeout: float = STALL_TIMEOUT
-    #: keep the release's setuid/setgid/sticky bits (stripped by default)
-    keep_setid: bool = False
-    #: OpenSSH public key files: refuse releases none of them signed
-    trust: tuple[str, ...] = ()
-    #: seconds the hook may run before it is killed and the host fails
-    hook_timeout: float = HOOK_TIMEOUT
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -112,9 +113,11 @@ class PeerConfig:
             data[key] = Path(data[key])
         if data.get("trackers") is not None:
             data["trackers"] = tuple(data["trackers"])
-        for key in ("web_seeds", "dht_bootstrap", "trust"):
+        for key in ("web_seeds", "dht_bootstrap"):
             data[key] = tuple(data.get(key) or ())
-        return cls(**data)
+        install = dict(data.pop("install", None) or {})
+        install["trust"] = tuple(install.get("trust") or ())
+        return cls(install=InstallOptions(**install), **data)
 
 
 @dataclass(frozen=True)
@@ -168,5 +171,5 @@ def _read_meta(torrent_bytes: bytes) -> Any:
 
 def _timed_out(deadline: float | None, config: PeerConfig) -> str | None:
     if deadline is not None and time.monotonic() > deadline:
-        return f"timed out after {config.timeout:g}s"
+        return f"timed out after {config.install.timeout:g}s"
     return None

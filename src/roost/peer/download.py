@@ -103,7 +103,9 @@ class _Download:
         from roost.prefill import prefill
 
         try:
-            target = install_target(meta, self.config.dest, tag_directory=self.config.tag_directory)
+            target = install_target(
+                meta, self.config.dest, tag_directory=self.config.install.tag_directory
+            )
         except RoostError:
             return None  # the install names the destination's problem
         return prefill(meta, root, target)
@@ -139,7 +141,9 @@ class _Download:
         except ReleaseError:
             self.discard = True  # close() removes what arrived with it
             raise
-        check_room(meta, self.dir, self.config.dest, tag_directory=self.config.tag_directory)
+        check_room(
+            meta, self.dir, self.config.dest, tag_directory=self.config.install.tag_directory
+        )
         atomic_write(self.config.torrent, data)
         self.has_metadata = True
 

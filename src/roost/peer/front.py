@@ -33,7 +33,7 @@ def _check_trusted(config: PeerConfig, meta: Any) -> None:
     from roost.release import check_signature
     from roost.signing import load_trusted
 
-    trusted = load_trusted(config.trust)
+    trusted = load_trusted(config.install.trust)
     if meta is None:
         raise UsageError("--trust needs the release's .torrent: a magnet link carries no signature")
     check_signature(meta, trusted)
@@ -50,7 +50,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     started = time.monotonic()
     torrent_bytes = _torrent_bytes(config)
     info_hash = _info_hash_of(config, torrent_bytes)
-    deadline = started + config.timeout if config.timeout else None
+    deadline = started + config.install.timeout if config.install.timeout else None
     procs.stop_by_pid_file(worker_pid_file(config.temp_path, info_hash))
     totals = {"down": 0, "up": 0, "reused": 0}
 
@@ -63,7 +63,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
 
     # A magnet's worker checks these once the metadata arrives.
     meta = _read_meta(torrent_bytes) if torrent_bytes is not None else None
-    if config.trust:
+    if config.install.trust:
         _check_trusted(config, meta)
     if meta is not None:
         check_installable(meta)
@@ -72,19 +72,22 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
         # Already there, verified: nothing to download; the hook only if it
         # never succeeded there (an install in the moment a run died).
         emit(events.Installed(path=str(early), already=True))
-        if config.hook:
+        if config.install.hook:
             meta = _read_meta(torrent_bytes or b"")
             run_hook_once(
-                config.hook,
+                config.install.hook,
                 tag=meta.tag or meta.name,
                 path=early,
                 info_hash=info_hash,
-                timeout=config.hook_timeout,
+                timeout=config.install.hook_timeout,
             )
         return PeerResult(True, early, True, time.monotonic() - started, 0, 0)
     if meta is not None:
         check_room(
-            meta, work_dir(config, info_hash), config.dest, tag_directory=config.tag_directory
+            meta,
+            work_dir(config, info_hash),
+            config.dest,
+            tag_directory=config.install.tag_directory,
         )
     download: _Download | None = None
     if config.foreground:
@@ -102,19 +105,19 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     try:
         path, already = _install(config, meta)
         emit(events.Installed(path=str(path), already=already))
-        if config.hook:
+        if config.install.hook:
             tag = meta.tag or meta.name
             run_hook_once(
-                config.hook,
+                config.install.hook,
                 tag=tag,
                 path=path,
                 info_hash=meta.info_hash,
-                timeout=config.hook_timeout,
+                timeout=config.install.hook_timeout,
             )
     finally:
         if download is not None:
-            if config.linger > 0:
-                download.linger(config.linger, lambda: None)
+            if config.install.linger > 0:
+                download.linger(config.install.linger, lambda: None)
             download.close()
     seconds = time.monotonic() - started
     return PeerResult(
@@ -132,9 +135,9 @@ def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path 
     found = check_destination(
         _read_meta(torrent_bytes),
         config.dest,
-        tag_directory=config.tag_directory,
-        clean=config.clean,
-        keep_setid=config.keep_setid,
+        tag_directory=config.install.tag_directory,
+        clean=config.install.clean,
+        keep_setid=config.install.keep_setid,
     )
     return None if found is None else found.path
 
@@ -147,9 +150,9 @@ def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
         payload,
         meta,
         config.dest,
-        tag_directory=config.tag_directory,
-        clean=config.clean,
-        keep_setid=config.keep_setid,
+        tag_directory=config.install.tag_directory,
+        clean=config.install.clean,
+        keep_setid=config.install.keep_setid,
     )
     return _installed_path(result)
 

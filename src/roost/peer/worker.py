@@ -85,8 +85,8 @@ def run_worker(config: PeerConfig) -> int:
         out_open = False
         with contextlib.suppress(OSError):
             sys.stdout.close()
-        if config.linger > 0:
-            download.linger(config.linger, lambda: stop["reason"])
+        if config.install.linger > 0:
+            download.linger(config.install.linger, lambda: stop["reason"])
         return 0
     except RoostError as exc:
         emit(failed_event(exc))

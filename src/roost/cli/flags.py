@@ -1,0 +1,94 @@
+"""Flag types and flag groups that several commands share.
+
+The install flags are one group, read into one :class:`InstallOptions`:
+``roost peer``, ``roost deploy`` (local and ``-i``) and ``roost fleet peer``
+take the same words with the same meaning, and a deploy hands them on to each
+host's peer with :meth:`InstallOptions.flags`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from roost.errors import RoostError
+from roost.installed import HOOK_TIMEOUT
+from roost.peer.config import InstallOptions
+
+
+def size(text: str) -> int:
+    """argparse type: a byte count such as 10M, 1.5G or 1048576 (bytes/s for rates)."""
+    from roost.release import parse_size
+
+    try:
+        return parse_size(text)
+    except RoostError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def seconds(text: str) -> float:
+    """argparse type: a non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"negative seconds: {text!r}")
+    return value
+
+
+def add_hook_timeout_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--hook-timeout",
+        type=seconds,
+        default=HOOK_TIMEOUT,
+        metavar="S",
+        help=f"kill a hook still running after S seconds, failing the host "
+        f"(default {HOOK_TIMEOUT:g})",
+    )
+
+
+def add_install_flags(p: argparse.ArgumentParser) -> None:
+    """How a host installs a release, how long its peer runs and how fast it
+    may go (``--trust`` is ``roost.cli.release.add_trust_flag``: its help
+    says where the keys are read)."""
+    p.add_argument(
+        "--no-tag-directory",
+        dest="tag_directory",
+        action="store_false",
+        help="install into DEST itself, not DEST/TAG (a symlink there is followed: "
+        "the release goes into the directory it names)",
+    )
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="replace a non-empty destination (unsafe_please_delete)",
+    )
+    p.add_argument(
+        "--linger", type=seconds, default=30.0, help="seconds to keep seeding after (default 30)"
+    )
+    p.add_argument("--hook", help="shell command run after install (ROOST_TAG, ROOST_PATH, ...)")
+    add_hook_timeout_flag(p)
+    p.add_argument("--timeout", type=seconds, help="give up after this many seconds")
+    p.add_argument("--upload-limit", type=size, default=0, help="bytes/s per host; 0 = none")
+    p.add_argument("--download-limit", type=size, default=0, help="bytes/s per host; 0 = none")
+    p.add_argument(
+        "--keep-setid",
+        action="store_true",
+        help="keep the release's setuid, setgid and sticky bits (stripped by default)",
+    )
+
+
+def install_options(args: argparse.Namespace, *, trust: tuple[str, ...] = ()) -> InstallOptions:
+    """The :class:`InstallOptions` that :func:`add_install_flags` (and
+    ``--trust``) parsed; ``trust``: the keys to use when no ``--trust`` was given."""
+    given = tuple(str(k) for k in getattr(args, "trust", None) or ())
+    return InstallOptions(
+        tag_directory=args.tag_directory,
+        clean=args.clean,
+        keep_setid=args.keep_setid,
+        trust=given or trust,
+        hook=args.hook,
+        hook_timeout=args.hook_timeout,
+        linger=args.linger,
+        timeout=args.timeout or None,
+    )

@@ -1,0 +1,47 @@
+"""SIGTERM and SIGINT as a clean stop, for every long-running command.
+
+A service manager may stop a command while it is still starting (importing
+libtorrent, opening its session, binding its sockets). :class:`StopOnSignals`
+is created first thing in the command and catches those signals at once; the
+command then hands it the stop call of what it runs (:meth:`forward`). A
+signal that came in between is kept and delivered on the spot, so the command
+still ends through its own clean path, with exit status 0, instead of dying
+of the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+
+
+class StopOnSignals:
+    """SIGTERM/SIGINT → the forwarded stop call, kept until there is one."""
+
+    def __init__(self) -> None:
+        self._stop: Callable[[], None] | None = None
+        self._pending = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, _signum: int, _frame: object) -> None:
+        # Runs on the main thread between bytecodes: no lock (it could be
+        # held by the very code it interrupted).
+        stop = self._stop
+        if stop is None:
+            self._pending = True
+        else:
+            stop()
+
+    def forward(self, stop: Callable[[], None]) -> None:
+        """From now on a signal calls ``stop``; one that already came calls it now."""
+        self._stop = stop
+        if self._pending:
+            stop()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal came before anything was forwarded."""
+        return self._pending
