@@ -31,13 +31,13 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from roost import procs
 from roost._fs import atomic_write
 from roost.errors import HookError
 from roost.manifest import MAX_MANIFEST
@@ -203,8 +203,7 @@ def _run(
         try:
             returncode = proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            procs.kill_group(proc.pid)
             proc.wait()
             raise HookError(command, -1, _tail(err), timeout=timeout) from None
         if returncode != 0:

@@ -185,7 +185,7 @@ def deploy_local(
         if seeder is not None:
             seeder.seeder.stop()  # it winds down while the peers stop
         for host in hosts:
-            _kill(host.proc)
+            procs.stop_child(host.proc, grace=15)
         # The lingering workers (their pid files are under the hosts' temp paths).
         with contextlib.suppress(RoostError):
             procs.stop_all([f for host in hosts for f in procs.pid_files(host.temp)])
@@ -273,18 +273,8 @@ def _watch(
             for host in hosts:
                 if host.name not in exited:
                     fleet.fail(host.name, f"timed out after {timeout:g}s", now)
-                    _kill(host.proc)
+                    procs.stop_child(host.proc, grace=15)
         if on_update is not None:
             on_update(fleet, now, False)
     if on_update is not None:
         on_update(fleet, time.monotonic(), True)
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

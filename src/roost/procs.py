@@ -1,4 +1,5 @@
-"""Pid files for the processes roost starts, and stopping them by pid file.
+"""Pid files for the processes roost starts, and stopping processes: by pid
+file, by recorded identity, or a child roost holds (:func:`stop_child`).
 
 roost never stops a process by matching its name (Murder's ``pkill -f
 murder_client`` would kill a neighbour's deploy too). Every long-lived roost
@@ -18,9 +19,11 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 from roost._fs import atomic_write
 from roost.errors import RoostError
@@ -150,6 +153,39 @@ def _signal_quietly(pid: int, sig: int, group: bool) -> None:
             return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+class Child(Protocol):
+    """What :func:`stop_child` needs of a child (``subprocess.Popen``, the
+    peer's worker handle)."""
+
+    def poll(self) -> int | None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def stop_child(proc: Child | None, *, grace: float = 10.0) -> None:
+    """Stop a child this process started and still holds: SIGTERM, then
+    SIGKILL if it still runs after ``grace`` seconds; reaped either way.
+    One that already ended (or None) is left as it is."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL the process group ``pid`` leads (a hook or health command run
+    with ``start_new_session``: its children go with it); gone already: fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -24,18 +24,16 @@ result is one :class:`HostRollout` per host, in a :class:`Rollout`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import re
-import signal
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from roost import activation
+from roost import activation, procs
 from roost.activation import DEFAULT_HEALTH_TIMEOUT
 from roost.errors import RoostError, UsageError
 
@@ -218,8 +216,7 @@ async def run_check(
     try:
         _, err = await asyncio.wait_for(proc.communicate(), timeout)
     except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        procs.kill_group(proc.pid)
         await proc.wait()
         return HealthResult(False, f"timed out after {timeout:g}s", time.monotonic() - started)
     seconds = time.monotonic() - started

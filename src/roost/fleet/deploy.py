@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost import events, ledger
+from roost import events, ledger, procs
 from roost.errors import FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
@@ -126,17 +126,6 @@ def _free_port(address: str) -> int:
 
 def _http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-
-
-def _stop_proc(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dict[str, Any]:
@@ -294,7 +283,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-        _stop_proc(seed_proc)
+        procs.stop_child(seed_proc)
         # clean-up reaches the tracker and seeder even if they failed a step
         cleanup_failures = dict(fleet.failures)
         fleet.failures.clear()
