@@ -121,6 +121,13 @@ def test_cli_on_a_local_fleet(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (dest / "host-1" / "current" / "version").read_text() == "one\n"
     assert main(["rollback", "--dest", str(dest / "host-2"), "--to", "v1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["changed"] is False
+    # --json answers a refusal on stdout too (the fleet's rollout reads it
+    # there), besides the one line on stderr
+    assert main(["activate", "v2", "--dest", str(dest / "host-2"), "--json"]) == 1
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["ok"] is False and doc["error"].startswith("release v2 is not installed in")
+    assert captured.err == f"roost: error: {doc['error']}\n"
 
 
 def test_activate_with_keep_prunes(tmp_path: Path) -> None:

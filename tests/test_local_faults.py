@@ -148,3 +148,26 @@ def test_a_host_whose_destination_is_a_symlink_to_an_empty_dir_installs_there(
     expected = snapshot(source, skip_git=True)
     assert snapshot(real) == expected and snapshot(dest / "host-2") == expected
     assert os.readlink(dest / "host-1") == str(real)  # the link stays, the tree is behind it
+
+
+def test_a_peer_that_dies_without_a_failed_event_fails_its_host_with_its_status(
+    tmp_path: Path,
+) -> None:
+    from roost.local import LocalDeployConfig, deploy_local
+
+    build = make_tree(tmp_path / "build")
+    config = LocalDeployConfig(
+        source=build,
+        tag="t1",
+        dest=tmp_path / "dest",
+        hosts=1,
+        work_dir=tmp_path / "work",
+        run_dir=tmp_path / "run",
+        extra_peer_args=("--no-such-flag",),  # argparse exits 2 before any event
+    )
+    summary = deploy_local(config)
+    assert summary["ok"] is False
+    [host] = summary["hosts"]
+    expected = "peer exited with status 2: roost: error: unrecognized arguments: --no-such-flag"
+    assert host["error"] == expected, host
+    assert not (tmp_path / "dest" / "host-1" / "t1").exists()

@@ -192,6 +192,8 @@ class RemoteError(RoostError):
         super().__init__(f"{host}: {step}: {message}")
         self.host = host
         self.step = step
+        #: what went wrong, without the host and step (the summary's reason)
+        self.reason = message
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
 

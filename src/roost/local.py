@@ -264,9 +264,10 @@ def _watch(
             host = by_name[name]
             status = host.proc.wait()
             if fleet.hosts[name].state != "done":
-                tail = host.stderr_tail[-1] if host.stderr_tail else ""
-                error = tail.removeprefix("roost: error: ") or f"peer exited with status {status}"
-                fleet.fail(name, error, now)
+                # It died without a failed event (those come first and win):
+                # its last line on stderr is the context, not the reason.
+                tail = f": {host.stderr_tail[-1]}" if host.stderr_tail else ""
+                fleet.fail(name, f"peer exited with status {status}{tail}", now)
         elif event is not None:
             fleet.apply(name, event, now)
         if deadline is not None and now > deadline:

@@ -158,7 +158,12 @@ def _main(args: argparse.Namespace, verb: str) -> int:
     if _remote(args):
         return _fleet(args, verb, tag)
     if args.local is None:
-        result = one(verb, args.dest, tag, keep)
+        try:
+            result = one(verb, args.dest, tag, keep)
+        except RoostError as exc:
+            if args.json:  # the error as a field, for roost.fleet.rollout to read
+                print(json.dumps({"ok": False, "error": str(exc)}))
+            raise
         print(json.dumps(result) if args.json else describe(verb, result))
         return 0
     if args.local < 1:

@@ -174,7 +174,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
         t = time.monotonic()
         for name, err in fleet.failures.items():
             if name in progress.hosts:
-                progress.fail(name, f"{err.step}: {err.args[0].split(': ', 2)[-1]}", t)
+                progress.fail(name, f"{err.step}: {err.reason}", t)
                 steps.setdefault(name, err.step)
 
     async def tick() -> None:
@@ -199,7 +199,7 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             release = await _create_on_seeder(fleet, plan, url, out_dir)
             if release is None:
                 err = fleet.failures.get(inv.seeder.name)
-                reason = err.args[0].split(": ", 2)[-1] if err else "failed"
+                reason = err.reason if err else "failed"
                 fail_all(f"seeder {reason}", "create")
                 raise _Stop
             progress.total_size = release.total_size

@@ -53,18 +53,21 @@ class SSHRunner:
 
         async def fn(s: Session) -> Switch:
             out = await s.run(command, check=False)
-            if out.exit_status != 0:
-                lines = out.stderr.strip().splitlines()
-                last = lines[-1] if lines else f"exit status {out.exit_status}"
-                raise RemoteError(s.host.name, step, last.removeprefix("roost: error: "))
-            lines = out.stdout.strip().splitlines() or [""]
+            last = (out.stdout.strip().splitlines() or [""])[-1]
             try:
-                doc = load_json(lines[-1], "roost activate's answer", PeerProtocolError)
-                return Switch(str(doc["tag"]), doc.get("previous"), bool(doc["changed"]))
-            except (PeerProtocolError, KeyError, TypeError):
-                raise RemoteError(
-                    s.host.name, step, f"unexpected answer {lines[-1]!r:.200}"
-                ) from None
+                doc = load_json(last, "roost activate's answer", PeerProtocolError)
+            except PeerProtocolError:
+                doc = None
+            if out.exit_status != 0:
+                if isinstance(doc, dict) and doc.get("error"):
+                    raise RemoteError(s.host.name, step, str(doc["error"]))
+                # no answer on stdout: its last line on stderr is the context
+                err = out.stderr.strip().splitlines()
+                tail = f": {err[-1]}" if err else ""
+                raise RemoteError(s.host.name, step, f"exit status {out.exit_status}{tail}")
+            if not (isinstance(doc, dict) and "tag" in doc and "changed" in doc):
+                raise RemoteError(s.host.name, step, f"unexpected answer {last!r:.200}")
+            return Switch(str(doc["tag"]), doc.get("previous"), bool(doc["changed"]))
 
         switch: Switch = await self._on(host, step, fn)
         return switch
