@@ -11,12 +11,15 @@ allocations beyond the response. All swarm state belongs to the loop's
 thread; other threads go through ``TrackerHandle`` (``thread.py``), which
 hops onto the loop.
 
-Routes, all in ``handle`` and ``_page``: ``/announce`` and ``/scrape`` (BEP
+Routes, all in ``ROUTES`` (path -> route, also the request counter's
+label) and dispatched by ``handle``: ``/announce`` and ``/scrape`` (BEP
 3/23/7/48); ``/stats.json``, ``/metrics`` (``roost.tracker.stats``), ``/``
-(``roost.tracker.web``: one self-contained page, its assets inlined, so
-there is no ``/static/``), imported on first use, limited to
+and ``/index.html`` (``roost.tracker.web``: one self-contained page, its
+assets inlined, so there is no ``/static/``); any other path is a 404. The
+status routes' modules are imported on first use and limited to
 ``config.stats_allow`` networks when given (others get 403). The server is
-given its ``Registry`` (swarm.py) or builds an empty one.
+given the ``Registry`` (swarm.py) it serves: ``run_tracker_in_thread`` and
+``roost tracker`` build it.
 
 Failures: a malformed request gets its 4xx status and a bencoded
 ``failure reason`` (then the connection closes, since the stream can no longer
@@ -58,6 +61,7 @@ from roost.tracker.store import load_state, restore_state, save_state
 from roost.tracker.swarm import Registry
 
 __all__ = [
+    "ROUTES",
     "TrackerConfig",
     "TrackerServer",
     "new_event_loop",
@@ -73,8 +77,16 @@ _BENCODE = "text/plain"
 _JSON = "application/json"
 _METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
-_STATUS_PATHS = {"/stats.json": "stats", "/metrics": "metrics", "/": "page", "/index.html": "page"}
-_STATUS_ROUTES = frozenset(_STATUS_PATHS.values())
+#: Every path the tracker serves and its route; any other path is a 404 ("other").
+ROUTES = {
+    "/announce": "announce",
+    "/scrape": "scrape",
+    "/stats.json": "stats",
+    "/metrics": "metrics",
+    "/": "page",
+    "/index.html": "page",
+}
+_STATUS_ROUTES = frozenset(("stats", "metrics", "page"))  # stats_allow applies
 _OK_KEEP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
 _OK_CLOSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -151,25 +163,17 @@ def parse_info_hash(info_hash_hex: str) -> bytes:
 class TrackerServer:
     """The tracker: ``await start()``, serve, ``await stop()``.
 
-    ``registry``: the swarms to serve (swarm.py), built for ``config``; a
-    new, empty one when not given. Raises ``TrackerError`` when ``registry``
-    was built for another config.
+    ``registry``: the swarms to serve (swarm.py), built for ``config``
+    (``Registry(config, now)`` for an empty one). Raises ``TrackerError``
+    when ``registry`` was built for another config.
     """
 
-    def __init__(
-        self,
-        config: TrackerConfig | None = None,
-        *,
-        registry: Registry | None = None,
-        clock: Any = time.time,
-    ):
-        if config is None:
-            config = registry.config if registry is not None else TrackerConfig()
-        if registry is not None and registry.config != config:
+    def __init__(self, config: TrackerConfig, registry: Registry, *, clock: Any = time.time):
+        if registry.config != config:
             raise TrackerError("the registry was built for another tracker config")
         self.config = config
         self._clock = clock
-        self.registry = registry if registry is not None else Registry(config, clock())
+        self.registry = registry
         self._server: asyncio.base_events.Server | None = None
         self.conns: set[Connection] = set()  # open, for the sweep and stop()
         self._sweeper: asyncio.Task[None] | None = None
@@ -335,12 +339,11 @@ class TrackerServer:
         if t0 is None:
             t0 = _monotonic()
         path = req.path
+        route = ROUTES.get(path, "other")
         keep = req.keep_alive
         counters = self.registry.counters
-        route = "other"
         try:
-            if path == "/announce":
-                route = "announce"
+            if route == "announce":
                 status, body, ctype = self._announce(req.query, ip)
                 if status == 200 and req.method == "GET":  # the hot path: a prebuilt head
                     response = (
@@ -348,11 +351,13 @@ class TrackerServer:
                     ) % len(body) + body  # fmt: skip
                     counters.request(route, _monotonic() - t0)
                     return response, keep
-            elif path == "/scrape":
-                route = "scrape"
+            elif route == "scrape":
                 status, body, ctype = self._scrape(req.query)
+            elif route == "other":
+                status, ctype = 404, _BENCODE
+                body = proto.render_failure(f"no such path {path[:100]}")
             else:
-                status, body, ctype, route = self._page(path, ip, built)
+                status, body, ctype = self._status(route, ip, built)
         except Exception:
             log.exception("tracker failed on %s %s", req.method, req.path)
             status, body, ctype = 500, proto.render_failure("internal tracker error"), _BENCODE
@@ -437,34 +442,31 @@ class TrackerServer:
             return None
         if not self._stats_allowed(ip):
             return None
-        from roost.tracker.stats import stats_json_steps  # see _page
+        from roost.tracker.stats import stats_json_steps  # see _status
 
         registry, clock = self.registry, self._clock
         return self._stats_cache.start(lambda: stats_json_steps(registry, clock()))
 
-    def _page(self, path: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str, str]:
-        """The status routes: /stats.json, /metrics, / (and /index.html).
+    def _status(self, route: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str]:
+        """The status routes: ``stats`` (/stats.json), ``metrics`` (/metrics),
+        ``page`` (/ and /index.html).
 
         Their modules are imported on first use, not with the server: stats.py
         brings prometheus_client, which a tracker nobody looks at never needs.
         """
-        route = _STATUS_PATHS.get(path)
-        if route is None:
-            return 404, proto.render_failure(f"no such path {path[:100]}"), _BENCODE, "other"
         if not self._stats_allowed(ip):
-            body = b"forbidden: this network may not read tracker status\n"
-            return 403, body, "text/plain", route
+            return 403, b"forbidden: this network may not read tracker status\n", "text/plain"
         registry, clock = self.registry, self._clock
         if route == "stats":
             from roost.tracker.stats import render_stats_json
 
             snap = built or self._stats_cache.build(lambda: render_stats_json(registry, clock()))
-            return 200, snap.body, _JSON, route
+            return 200, snap.body, _JSON
         if route == "metrics":
             from roost.tracker.stats import render_metrics
 
             snap = self._metrics_cache.build(lambda: render_metrics(registry, clock()))
-            return 200, snap.body, _METRICS, route
+            return 200, snap.body, _METRICS
         from roost.tracker.web import render_page
 
-        return 200, render_page(), _HTML, route
+        return 200, render_page(), _HTML

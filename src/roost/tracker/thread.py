@@ -1,6 +1,7 @@
 """A tracker on its own thread and event loop, for callers that are not asyncio.
 
-``run_tracker_in_thread`` starts a ``TrackerServer`` on a daemon thread (its
+``run_tracker_in_thread`` is a composition root: it builds the ``Registry``
+when not given one, starts a ``TrackerServer`` on a daemon thread (its
 loop: ``server.new_event_loop``) and returns once the server listens, or
 raises what ``start`` raised. The ``TrackerHandle`` it returns hops every
 call onto that loop, since all swarm state belongs to the loop's thread.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 from roost.tracker.config import TrackerConfig
@@ -76,8 +78,17 @@ class TrackerHandle:
 def run_tracker_in_thread(
     config: TrackerConfig | None = None, *, registry: Registry | None = None
 ) -> TrackerHandle:
-    """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start."""
-    server = TrackerServer(config, registry=registry)
+    """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start.
+
+    ``registry``: the swarms to serve, built for ``config`` (which defaults
+    to the registry's, else to ``TrackerConfig()``); a new, empty one when
+    not given.
+    """
+    if config is None:
+        config = registry.config if registry is not None else TrackerConfig()
+    if registry is None:
+        registry = Registry(config, time.time())
+    server = TrackerServer(config, registry)
     loop = new_event_loop()
     started = threading.Event()
     failure: list[BaseException] = []
