@@ -10,15 +10,33 @@ call onto that loop, since all swarm state belongs to the loop's thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 from roost.tracker.config import TrackerConfig
 from roost.tracker.server import TrackerServer, new_event_loop
 from roost.tracker.swarm import Registry
 
 __all__ = ["TrackerHandle", "run_tracker_in_thread"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _on_loop(
+    method: Callable[Concatenate[TrackerServer, P], T],
+) -> Callable[Concatenate[TrackerHandle, P], T]:
+    """A ``TrackerServer`` method as a ``TrackerHandle`` one: the same call,
+    made on the tracker's loop (``TrackerHandle.call``)."""
+
+    @functools.wraps(method)
+    def on_loop(handle: TrackerHandle, *args: P.args, **kwargs: P.kwargs) -> T:
+        return handle.call(method, handle.server, *args, **kwargs)
+
+    return on_loop
 
 
 class TrackerHandle:
@@ -42,22 +60,15 @@ class TrackerHandle:
     def announce_url_with_token(self, token: str | None) -> str:
         return self.server.announce_url_with_token(token)
 
-    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run ``fn(*args, **kwargs)`` on the tracker's loop; return its result."""
 
-        async def run() -> Any:
+        async def run() -> T:
             return fn(*args, **kwargs)
 
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
 
-    def allow(
-        self,
-        info_hash_hex: str,
-        tag: str | None = None,
-        token: str | None = None,
-        size: int | None = None,
-    ) -> None:
-        self.call(self.server.allow, info_hash_hex, tag, token, size)
+    allow = _on_loop(TrackerServer.allow)
 
     def stop(self) -> None:
         if not self._thread.is_alive():
