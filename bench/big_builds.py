@@ -483,7 +483,7 @@ def bench_install(
     """``install_release`` on the tree release laid out as its download
     (``DIR/TAG/...``, as a peer has it) and on the tar release's TAG.tar."""
     from roost.extract import install_release
-    from roost.release import read_torrent_file
+    from roost.metainfo import read_torrent_file
 
     download = work / "download" / tree_torrent.stem
     shutil.copytree(tree.path, download)

@@ -168,7 +168,7 @@ def bench_extract(
 ) -> list[dict[str, Any]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from roost.extract import install_release
-    from roost.release import read_torrent_file
+    from roost.metainfo import read_torrent_file
 
     work = Path(tempfile.mkdtemp(prefix="roost-extract-", dir=scratch))
     shm = Path(tempfile.mkdtemp(prefix="roost-extract-", dir=dest_dir))

@@ -11,7 +11,7 @@ import stat
 import tarfile
 from pathlib import Path
 
-from roost.release import TorrentMeta
+from roost.metainfo import TorrentMeta
 
 MTIME = 1_600_000_000
 

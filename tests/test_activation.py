@@ -13,7 +13,8 @@ from roost import activation
 from roost.cli import main
 from roost.errors import DestinationError
 from roost.extract import install_release
-from roost.release import create_release, read_torrent_file
+from roost.metainfo import read_torrent_file
+from roost.release import create_release
 
 
 def _install(tmp_path: Path, dest: Path, tag: str, text: str) -> Path:

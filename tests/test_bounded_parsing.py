@@ -32,7 +32,7 @@ from roost.extract import install_release
 from roost.fleet.config import load_config
 from roost.fleet.inventory import _split_vars, load_inventory
 from roost.manifest import MANIFEST_NAME
-from roost.release import read_torrent_file
+from roost.metainfo import read_torrent_file
 from roost.tracker.store import load_state
 
 Start = Callable[..., subprocess.Popen[bytes]]

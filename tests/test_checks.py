@@ -11,7 +11,7 @@ import pytest
 from roost.checks import StallWatch, check_installable, check_room
 from roost.errors import DestinationError, ReleaseError
 from roost.layout import TorrentFile
-from roost.release import TorrentMeta
+from roost.metainfo import TorrentMeta
 
 
 def meta(length: int, *, files: tuple[tuple[str, int], ...] | None = None) -> TorrentMeta:

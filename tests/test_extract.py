@@ -19,7 +19,8 @@ from roost.cli import main
 from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
 from roost.extract import install_release
 from roost.installplan import load_plan
-from roost.release import Release, TorrentMeta, create_release, read_torrent
+from roost.metainfo import TorrentMeta, read_torrent
+from roost.release import Release, create_release
 from roost.verify import installed_difference, verify_installed
 
 
@@ -443,7 +444,7 @@ _TRACED = """
 import sys
 from pathlib import Path
 from roost.extract import install_release
-from roost.release import read_torrent
+from roost.metainfo import read_torrent
 meta = read_torrent(Path(sys.argv[2]).read_bytes())
 install_release(Path(sys.argv[1]), meta, Path(sys.argv[3]), clean=True)
 """

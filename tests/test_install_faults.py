@@ -20,7 +20,8 @@ from tests.release_kit import build_tar, entry, member, snapshot
 from roost.errors import DestinationError, HookError
 from roost.extract import _remove_tree, check_destination, install_release
 from roost.installed import run_hook_once
-from roost.release import create_release, read_torrent
+from roost.metainfo import read_torrent
+from roost.release import create_release
 from roost.verify import verify_installed
 
 

@@ -18,12 +18,12 @@ from roost import events
 from roost.engine import Engine, EngineConfig
 from roost.errors import EngineError, UsageError
 from roost.magnet import magnet_uri, parse_magnet
+from roost.metainfo import read_torrent_file
 from roost.origin import OriginConfig, OriginServer
 from roost.peer import InstallOptions, PeerConfig, run_peer
-from roost.release import create_release, read_torrent_file
+from roost.release import create_release
 from roost.seeder import SeedConfig, SeederThread
-from roost.tracker import TrackerConfig
-from roost.tracker.server import run_tracker_in_thread
+from roost.tracker import TrackerConfig, run_tracker_in_thread
 from test_origin import make_cert
 
 HEX = "0123456789abcdef0123456789abcdef01234567"

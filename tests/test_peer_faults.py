@@ -21,7 +21,7 @@ from tests.conftest import MakeSwarm, random_file
 from tests.peer_kit import Start, progress_until, run
 
 from roost import procs
-from roost.release import read_torrent_file
+from roost.metainfo import read_torrent_file
 
 MiB = 1024 * 1024
 

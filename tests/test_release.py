@@ -18,14 +18,8 @@ from roost.cli import main
 from roost.errors import ReleaseError, UsageError
 from roost.hashing import PieceStream, copy_and_hash, hash_pieces
 from roost.manifest import MANIFEST_NAME, link_escapes, parse_manifest
-from roost.release import (
-    DEFAULT_OUT_DIR,
-    choose_piece_size,
-    create_release,
-    parse_size,
-    read_torrent,
-    validate_tag,
-)
+from roost.metainfo import read_torrent, validate_tag
+from roost.release import DEFAULT_OUT_DIR, choose_piece_size, create_release, parse_size
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 ANNOUNCE = ["http://127.0.0.1:8998/announce", "http://127.0.0.2:8998/announce"]

@@ -14,7 +14,8 @@ from roost import activation
 from roost.cli import main
 from roost.errors import UsageError
 from roost.extract import install_release
-from roost.release import create_release, read_torrent_file
+from roost.metainfo import read_torrent_file
+from roost.release import create_release
 from roost.rollout import parse_waves, plan_waves
 
 HOSTS = [f"h{i}" for i in range(1, 11)]

@@ -12,7 +12,8 @@ import pytest
 from roost import bencode, signing
 from roost.cli import main
 from roost.errors import SignatureError, UsageError
-from roost.release import check_signature, create_release, read_torrent_file, sign_torrent
+from roost.metainfo import check_signature, read_torrent_file, sign_torrent
+from roost.release import create_release
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ssh-keygen") is None,

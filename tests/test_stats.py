@@ -16,8 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import info_hash, make_torrent, random_file
 
+from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 from roost.tracker.protocol import parse_announce
-from roost.tracker.server import TrackerConfig, TrackerHandle, run_tracker_in_thread
 from roost.tracker.stats import (
     METRICS_CONTENT_TYPE,
     build_stats,

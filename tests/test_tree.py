@@ -21,7 +21,8 @@ from roost.checks import check_installable
 from roost.errors import ReleaseError, UnsafeArchiveError
 from roost.extract import install_release
 from roost.layout import Layout, TorrentFile, padded_files, unsafe_file_list
-from roost.release import create_release, read_torrent, read_torrent_file
+from roost.metainfo import read_torrent, read_torrent_file
+from roost.release import create_release
 from roost.verify import verify_installed
 
 Start = Callable[..., subprocess.Popen[bytes]]

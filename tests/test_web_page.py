@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from tests.test_stats import IH, IH2, query
 
-from roost.tracker.server import TrackerConfig, TrackerHandle, run_tracker_in_thread
+from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 from roost.tracker.web import PAGE_CONTENT_TYPE, load_assets, page_csp, render_page
 
 CHROMIUM = Path("/usr/bin/chromium")

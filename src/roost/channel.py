@@ -46,7 +46,8 @@ from roost._parse import load_json
 from roost.errors import ChannelError, FetchError, UsageError
 from roost.fileserve import FileRoot, FileServer
 from roost.httpserve import ServerLimits, serve_in_thread, stop_serving
-from roost.release import Release, create_release, validate_tag
+from roost.metainfo import validate_tag
+from roost.release import Release, create_release
 
 CHANNEL_FILE = "channel.json"
 FORMAT_VERSION = 1

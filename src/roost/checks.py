@@ -32,7 +32,7 @@ MiB = 1024 * 1024
 def check_installable(meta: Any) -> None:
     """Refuse, before anything is downloaded, a torrent roost cannot install.
 
-    ``meta`` is a ``roost.release.TorrentMeta``: a multi-file torrent whose
+    ``meta`` is a ``roost.metainfo.TorrentMeta``: a multi-file torrent whose
     file list extraction would refuse (absolute or ``..`` paths, names not
     normalised, duplicates, a file where a directory must be, BEP 47
     symlinks). Raises ``ReleaseError`` naming the file.

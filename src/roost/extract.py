@@ -62,7 +62,8 @@ from roost.errors import (
 from roost.hashing import copy_and_hash, fsync_directory, sha256_range, sync_filesystem
 from roost.installed import read_record, write_record
 from roost.installplan import SETID, Member, Plan, load_plan, stripped
-from roost.release import TorrentMeta, tree_manifest_sha256, validate_tag
+from roost.metainfo import TorrentMeta, validate_tag
+from roost.release import tree_manifest_sha256
 from roost.verify import mismatch
 
 __all__ = [

@@ -32,7 +32,7 @@ from roost.manifest import (
     parse_manifest,
     unsafe_name_reason,
 )
-from roost.release import TorrentMeta
+from roost.metainfo import TorrentMeta
 
 __all__ = ["SETID", "Member", "Plan", "load_plan", "stripped"]
 

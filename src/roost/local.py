@@ -36,9 +36,10 @@ from typing import Any
 from roost import events, ledger, procs
 from roost.activation import RELEASES
 from roost.errors import PeerProtocolError, RoostError, UsageError
+from roost.metainfo import validate_tag
 from roost.peer.config import InstallOptions
 from roost.progress import FleetProgress
-from roost.release import create_release, validate_tag
+from roost.release import create_release
 from roost.seeder import SeedConfig, SeederThread
 from roost.tracker import TrackerConfig, run_tracker_in_thread
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from roost.errors import VerifyError
 from roost.installplan import Plan, load_plan, stripped
 from roost.manifest import Manifest, ManifestEntry
-from roost.release import TorrentMeta
+from roost.metainfo import TorrentMeta
 
 __all__ = ["installed_difference", "mismatch", "verify_installed"]
 

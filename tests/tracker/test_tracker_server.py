@@ -23,6 +23,7 @@ from roost.tracker import (
     TrackerServer,
     run_tracker_in_thread,
 )
+from roost.tracker.swarm import Registry
 
 IH = bytes.fromhex("aa" * 20)
 IH2 = bytes.fromhex("bb" * 20)
@@ -294,7 +295,8 @@ def test_port_in_use_is_a_tracker_error(tracker: TrackerHandle) -> None:
 
 def test_asyncio_api_embedded(tmp_path: Path) -> None:
     async def main() -> tuple[str, bytes]:
-        async with TrackerServer(TrackerConfig(port=0, state_file=tmp_path / "s")) as server:
+        config = TrackerConfig(port=0, state_file=tmp_path / "s")
+        async with TrackerServer(config, Registry(config, time.time())) as server:
             url = server.announce_url
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(f"GET /announce?{query(0)} HTTP/1.0\r\n\r\n".encode())
@@ -357,8 +359,6 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_server_serves_the_registry_it_is_given() -> None:
-    from roost.tracker.swarm import Registry
-
     config = TrackerConfig(port=0, interval=5)
     registry = Registry(config, time.time())
     registry.allow(IH, time.time(), tag="v7")

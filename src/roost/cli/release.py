@@ -9,14 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roost.release import (
-    DEFAULT_OUT_DIR,
-    check_signature,
-    create_release,
-    parse_size,
-    read_torrent_file,
-    sign_torrent,
-)
+from roost.metainfo import check_signature, read_torrent_file, sign_torrent
+from roost.release import DEFAULT_OUT_DIR, create_release, parse_size
 from roost.signing import load_trusted
 
 _SIGN_HELP = (

@@ -296,10 +296,12 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config: Any, allows: list[tuple[str, str | None, str | None]]) -> int:
     import asyncio
+    import time
 
     from roost.tracker import TrackerServer
+    from roost.tracker.swarm import Registry
 
-    server = TrackerServer(config)
+    server = TrackerServer(config, Registry(config, time.time()))
     await server.start()
     for h, tag, token in allows:
         server.allow(h, tag=tag, token=token)

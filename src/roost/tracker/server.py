@@ -2,21 +2,24 @@
 
 Theory of operation
 -------------------
-Each TCP connection is an ``asyncio.Protocol`` holding a sans-IO
-``RequestParser``. Bytes arrive, complete request heads come out (pipelined
-and keep-alive requests included), each is routed synchronously and its
-response written at once: the announce path is parse query -> update the
-``Registry`` -> pick peers (``handout``) -> render bencode, with no awaits,
-no threads and no per-request allocations beyond the response. All swarm
-state belongs to the loop's thread; other threads go through
-``TrackerHandle`` which hops onto the loop.
+Each TCP connection is a ``Connection`` (``http.py``: the framing, the
+pipelining, the deferred /stats.json). Each complete request it reads is
+routed here, synchronously, and its response written at once: the announce
+path is parse query -> update the ``Registry`` -> pick peers (``handout``)
+-> render bencode, with no awaits, no threads and no per-request
+allocations beyond the response. All swarm state belongs to the loop's
+thread; other threads go through ``TrackerHandle`` (``thread.py``), which
+hops onto the loop.
 
-Routes, all in ``handle`` and ``_page``: ``/announce`` and ``/scrape`` (BEP
+Routes, all in ``ROUTES`` (path -> route, also the request counter's
+label) and dispatched by ``handle``: ``/announce`` and ``/scrape`` (BEP
 3/23/7/48); ``/stats.json``, ``/metrics`` (``roost.tracker.stats``), ``/``
-(``roost.tracker.web``: one self-contained page, its assets inlined, so
-there is no ``/static/``), imported on first use, limited to
+and ``/index.html`` (``roost.tracker.web``: one self-contained page, its
+assets inlined, so there is no ``/static/``); any other path is a 404. The
+status routes' modules are imported on first use and limited to
 ``config.stats_allow`` networks when given (others get 403). The server is
-given its ``Registry`` (swarm.py) or builds an empty one.
+given the ``Registry`` (swarm.py) it serves: ``run_tracker_in_thread`` and
+``roost tracker`` build it.
 
 Failures: a malformed request gets its 4xx status and a bencoded
 ``failure reason`` (then the connection closes, since the stream can no longer
@@ -41,12 +44,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import logging
 import os
 import resource
-import threading
 import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar, cast
@@ -54,17 +55,18 @@ from typing import Any, TypeVar, cast
 from roost.errors import Refused, TrackerError
 from roost.tracker import protocol as proto
 from roost.tracker.config import TrackerConfig, parse_network
+from roost.tracker.http import Connection
 from roost.tracker.snapshot import Snapshot, StatusCache
 from roost.tracker.store import load_state, restore_state, save_state
 from roost.tracker.swarm import Registry
 
 __all__ = [
+    "ROUTES",
     "TrackerConfig",
-    "TrackerHandle",
     "TrackerServer",
     "new_event_loop",
+    "parse_info_hash",
     "run_loop",
-    "run_tracker_in_thread",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,8 +77,16 @@ _BENCODE = "text/plain"
 _JSON = "application/json"
 _METRICS = "text/plain; version=0.0.4; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
-_STATUS_PATHS = {"/stats.json": "stats", "/metrics": "metrics", "/": "page", "/index.html": "page"}
-_STATUS_ROUTES = frozenset(_STATUS_PATHS.values())
+#: Every path the tracker serves and its route; any other path is a 404 ("other").
+ROUTES = {
+    "/announce": "announce",
+    "/scrape": "scrape",
+    "/stats.json": "stats",
+    "/metrics": "metrics",
+    "/": "page",
+    "/index.html": "page",
+}
+_STATUS_ROUTES = frozenset(("stats", "metrics", "page"))  # stats_allow applies
 _OK_KEEP = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
 _OK_CLOSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -150,166 +160,22 @@ def parse_info_hash(info_hash_hex: str) -> bytes:
     return raw
 
 
-class _Conn(asyncio.Protocol):
-    __slots__ = (
-        "eof",
-        "head_since",
-        "ip",
-        "last_active",
-        "parser",
-        "server",
-        "transport",
-        "waiting",
-    )
-
-    def __init__(self, server: TrackerServer):
-        self.server = server
-        self.parser = proto.RequestParser()
-        self.transport: asyncio.Transport | None = None
-        # Requests behind a response being built (snapshot.py); None when none is.
-        self.waiting: list[proto.Request] | None = None
-        self.eof = False
-        self.ip = ""
-        self.last_active = time.monotonic()
-        self.head_since: float | None = None  # first byte of a request head not yet whole
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.ip = peer[0] if peer else ""
-        conns = self.server._conns
-        if len(conns) >= self.server.max_connections:
-            # Full: the connection quiet longest makes room (accepting never stops).
-            quiet = min(conns, key=lambda c: c.last_active)
-            conns.discard(quiet)
-            if quiet.transport is not None:
-                quiet.transport.abort()
-        conns.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server._conns.discard(self)
-        self.transport = None
-
-    def eof_received(self) -> bool | None:
-        if self.waiting is None:
-            return None  # the transport closes itself
-        self.eof = True  # answer the requests already read, then close (_built)
-        return True
-
-    def pause_writing(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.transport is not None and self.waiting is None:
-            self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is None:
-            return
-        self.last_active = t0 = _monotonic()
-        parser = self.parser
-        try:
-            requests = parser.feed(data)
-            # When the head now pending began: a completed request restarts the clock.
-            if not parser.pending:
-                self.head_since = None
-            elif requests or self.head_since is None:
-                self.head_since = t0
-        except proto.ProtocolError as exc:
-            self.server.registry.counters.request("malformed", 0.0)
-            transport.write(
-                proto.http_response(exc.status, proto.render_failure(str(exc)), keep_alive=False)
-            )
-            transport.close()
-            return
-        if self.waiting is not None:  # answered in order, after the one being built
-            self.waiting.extend(requests)
-            return
-        if len(requests) == 1 and requests[0].path != "/stats.json":
-            response, keep = self.server.handle(requests[0], self.ip, t0)
-            transport.write(response)
-            if not keep:
-                transport.close()
-            return
-        self._serve(requests, t0)
-
-    def _serve(self, requests: list[proto.Request], t0: float) -> None:
-        """Answer ``requests`` in order; one write (one syscall) for a pipelined batch.
-
-        A /stats.json whose snapshot must be built is answered when the build
-        ends (``_built``); reading pauses and the requests after it wait.
-        """
-        transport = self.transport
-        if transport is None:
-            return
-        out: list[bytes] = []
-        for i, req in enumerate(requests):
-            build = self.server.deferred(req, self.ip)
-            if build is not None:
-                if out:
-                    transport.write(b"".join(out))
-                self.waiting = list(requests[i + 1 :])
-                transport.pause_reading()
-                build.add_done_callback(functools.partial(self._built, req, t0))
-                return
-            response, keep = self.server.handle(req, self.ip, t0)
-            out.append(response)
-            if not keep:
-                transport.write(b"".join(out))
-                transport.close()
-                return
-        if out:
-            transport.write(b"".join(out))
-
-    def _built(self, req: proto.Request, t0: float, task: asyncio.Task[Snapshot]) -> None:
-        waiting, self.waiting = self.waiting or [], None
-        if task.cancelled():
-            return
-        failed = task.exception()  # retrieved even if the client is gone
-        transport = self.transport
-        if transport is None:
-            return
-        # A failed build is tried again synchronously: a bug then gets its 500.
-        built = None if failed is not None else task.result()
-        response, keep = self.server.handle(req, self.ip, t0, built=built)
-        transport.write(response)
-        if not keep:
-            transport.close()
-            return
-        transport.resume_reading()
-        if waiting:
-            self._serve(waiting, t0)
-        if self.eof and self.waiting is None and self.transport is not None:
-            self.transport.close()
-
-
 class TrackerServer:
     """The tracker: ``await start()``, serve, ``await stop()``.
 
-    ``registry``: the swarms to serve (swarm.py), built for ``config``; a
-    new, empty one when not given. Raises ``TrackerError`` when ``registry``
-    was built for another config.
+    ``registry``: the swarms to serve (swarm.py), built for ``config``
+    (``Registry(config, now)`` for an empty one). Raises ``TrackerError``
+    when ``registry`` was built for another config.
     """
 
-    def __init__(
-        self,
-        config: TrackerConfig | None = None,
-        *,
-        registry: Registry | None = None,
-        clock: Any = time.time,
-    ):
-        if config is None:
-            config = registry.config if registry is not None else TrackerConfig()
-        if registry is not None and registry.config != config:
+    def __init__(self, config: TrackerConfig, registry: Registry, *, clock: Any = time.time):
+        if registry.config != config:
             raise TrackerError("the registry was built for another tracker config")
         self.config = config
         self._clock = clock
-        self.registry = registry if registry is not None else Registry(config, clock())
+        self.registry = registry
         self._server: asyncio.base_events.Server | None = None
-        self._conns: set[_Conn] = set()
+        self.conns: set[Connection] = set()  # open, for the sweep and stop()
         self._sweeper: asyncio.Task[None] | None = None
         self._dirty = False
         self._last_save = 0.0
@@ -347,7 +213,7 @@ class TrackerServer:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: _Conn(self), cfg.bind, cfg.port, reuse_address=True, backlog=_BACKLOG
+                lambda: Connection(self), cfg.bind, cfg.port, reuse_address=True, backlog=_BACKLOG
             )
         except OSError as exc:
             raise TrackerError(
@@ -368,7 +234,7 @@ class TrackerServer:
             self._sweeper = None
         if self._server is not None:
             self._server.close()
-            for conn in list(self._conns):
+            for conn in list(self.conns):
                 if conn.transport is not None:
                     conn.transport.close()
             await self._server.wait_closed()
@@ -446,10 +312,10 @@ class TrackerServer:
         ``request_timeout`` to send a request head."""
         idle_before = now - self.config.idle_timeout
         slow_before = now - self.config.request_timeout
-        for conn in list(self._conns):
+        for conn in list(self.conns):
             since = conn.head_since
             if conn.last_active < idle_before or (since is not None and since < slow_before):
-                self._conns.discard(conn)
+                self.conns.discard(conn)
                 if conn.transport is not None:
                     conn.transport.abort()
 
@@ -473,12 +339,11 @@ class TrackerServer:
         if t0 is None:
             t0 = _monotonic()
         path = req.path
+        route = ROUTES.get(path, "other")
         keep = req.keep_alive
         counters = self.registry.counters
-        route = "other"
         try:
-            if path == "/announce":
-                route = "announce"
+            if route == "announce":
                 status, body, ctype = self._announce(req.query, ip)
                 if status == 200 and req.method == "GET":  # the hot path: a prebuilt head
                     response = (
@@ -486,11 +351,13 @@ class TrackerServer:
                     ) % len(body) + body  # fmt: skip
                     counters.request(route, _monotonic() - t0)
                     return response, keep
-            elif path == "/scrape":
-                route = "scrape"
+            elif route == "scrape":
                 status, body, ctype = self._scrape(req.query)
+            elif route == "other":
+                status, ctype = 404, _BENCODE
+                body = proto.render_failure(f"no such path {path[:100]}")
             else:
-                status, body, ctype, route = self._page(path, ip, built)
+                status, body, ctype = self._status(route, ip, built)
         except Exception:
             log.exception("tracker failed on %s %s", req.method, req.path)
             status, body, ctype = 500, proto.render_failure("internal tracker error"), _BENCODE
@@ -575,121 +442,31 @@ class TrackerServer:
             return None
         if not self._stats_allowed(ip):
             return None
-        from roost.tracker.stats import stats_json_steps  # see _page
+        from roost.tracker.stats import stats_json_steps  # see _status
 
         registry, clock = self.registry, self._clock
         return self._stats_cache.start(lambda: stats_json_steps(registry, clock()))
 
-    def _page(self, path: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str, str]:
-        """The status routes: /stats.json, /metrics, / (and /index.html).
+    def _status(self, route: str, ip: str, built: Snapshot | None) -> tuple[int, bytes, str]:
+        """The status routes: ``stats`` (/stats.json), ``metrics`` (/metrics),
+        ``page`` (/ and /index.html).
 
         Their modules are imported on first use, not with the server: stats.py
         brings prometheus_client, which a tracker nobody looks at never needs.
         """
-        route = _STATUS_PATHS.get(path)
-        if route is None:
-            return 404, proto.render_failure(f"no such path {path[:100]}"), _BENCODE, "other"
         if not self._stats_allowed(ip):
-            body = b"forbidden: this network may not read tracker status\n"
-            return 403, body, "text/plain", route
+            return 403, b"forbidden: this network may not read tracker status\n", "text/plain"
         registry, clock = self.registry, self._clock
         if route == "stats":
             from roost.tracker.stats import render_stats_json
 
             snap = built or self._stats_cache.build(lambda: render_stats_json(registry, clock()))
-            return 200, snap.body, _JSON, route
+            return 200, snap.body, _JSON
         if route == "metrics":
             from roost.tracker.stats import render_metrics
 
             snap = self._metrics_cache.build(lambda: render_metrics(registry, clock()))
-            return 200, snap.body, _METRICS, route
+            return 200, snap.body, _METRICS
         from roost.tracker.web import render_page
 
-        return 200, render_page(), _HTML, route
-
-
-class TrackerHandle:
-    """A tracker running on its own thread and loop, for non-asyncio callers."""
-
-    def __init__(
-        self, server: TrackerServer, loop: asyncio.AbstractEventLoop, thread: threading.Thread
-    ):
-        self.server = server
-        self._loop = loop
-        self._thread = thread
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def announce_url(self) -> str:
-        return self.server.announce_url
-
-    def announce_url_with_token(self, token: str | None) -> str:
-        return self.server.announce_url_with_token(token)
-
-    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run ``fn(*args, **kwargs)`` on the tracker's loop; return its result."""
-
-        async def run() -> Any:
-            return fn(*args, **kwargs)
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout=30)
-
-    def allow(
-        self,
-        info_hash_hex: str,
-        tag: str | None = None,
-        token: str | None = None,
-        size: int | None = None,
-    ) -> None:
-        self.call(self.server.allow, info_hash_hex, tag, token, size)
-
-    def stop(self) -> None:
-        if not self._thread.is_alive():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout=30)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=30)
-
-    def __enter__(self) -> TrackerHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def run_tracker_in_thread(
-    config: TrackerConfig | None = None, *, registry: Registry | None = None
-) -> TrackerHandle:
-    """Start a tracker on a daemon thread; raise ``TrackerError`` if it cannot start."""
-    server = TrackerServer(config, registry=registry)
-    loop = new_event_loop()
-    started = threading.Event()
-    failure: list[BaseException] = []
-
-    def main() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_until_complete(server.start())
-        except BaseException as exc:
-            failure.append(exc)
-            started.set()
-            loop.close()
-            return
-        started.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=main, name="roost-tracker", daemon=True)
-    thread.start()
-    started.wait()
-    if failure:
-        thread.join()
-        raise failure[0]
-    return TrackerHandle(server, loop, thread)
+        return 200, render_page(), _HTML
