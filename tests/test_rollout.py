@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.proc_kit import assert_all_gone
 
 from roost import activation
 from roost.cli import main
@@ -16,6 +15,7 @@ from roost.errors import UsageError
 from roost.extract import install_release
 from roost.release import create_release, read_torrent_file
 from roost.rollout import parse_waves, plan_waves
+from tests.proc_kit import assert_all_gone
 
 HOSTS = [f"h{i}" for i in range(1, 11)]
 
