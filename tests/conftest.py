@@ -1,6 +1,6 @@
-"""Shared fixtures: random payloads, hand-made torrents, a live swarm
-(embedded tracker + seeder on 127.0.0.1), roost subprocesses and their
-clean-up."""
+"""Shared fixtures: a random payload, a live swarm (embedded tracker +
+seeder on 127.0.0.1), roost subprocesses and their clean-up. Plain helpers
+live in modules (tests/swarm_kit.py and the other *_kit.py), not here."""
 
 from __future__ import annotations
 
@@ -8,25 +8,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-
-def random_file(path: Path, size: int, seed: int = 0) -> Path:
-    """``size`` pseudo-random bytes at ``path`` (fast, reproducible)."""
-    import random
-
-    rng = random.Random(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(rng.randbytes(n))
-            left -= n
-    return path
+from tests.swarm_kit import MakeSwarm, Swarm, random_file
 
 
 @pytest.fixture
@@ -41,69 +27,7 @@ def clean_env() -> Iterator[dict[str, str]]:
     yield {k: v for k, v in os.environ.items() if not k.startswith("ROOST_")}
 
 
-def make_torrent(
-    payload: Path,
-    *,
-    piece_size: int = 256 * 1024,
-    announce: tuple[str, ...] = (),
-) -> bytes:
-    """A v1 single-file .torrent of ``payload`` (independent of roost.release)."""
-    import hashlib
-
-    from roost import bencode
-
-    pieces = bytearray()
-    with open(payload, "rb") as f:
-        while chunk := f.read(piece_size):
-            pieces += hashlib.sha1(chunk).digest()
-    info = {
-        b"name": payload.name.encode(),
-        b"length": payload.stat().st_size,
-        b"piece length": piece_size,
-        b"pieces": bytes(pieces),
-    }
-    meta: dict[bytes, object] = {b"info": info}
-    if announce:
-        meta[b"announce"] = announce[0].encode()
-        meta[b"announce-list"] = [[url.encode()] for url in announce]
-    return bencode.encode(meta)
-
-
-def info_hash(torrent: bytes) -> str:
-    import hashlib
-
-    from roost import bencode
-
-    return hashlib.sha1(bencode.encode(bencode.decode(torrent)[b"info"])).hexdigest()
-
-
 # A live swarm: tracker + seeder in this process --------------------------------
-
-
-@dataclass
-class Swarm:
-    source: Path
-    release: object  # roost.release.Release
-    tracker: object  # roost.tracker.TrackerHandle
-    seeder: object  # roost.seeder.SeederThread
-
-    @property
-    def torrent(self) -> Path:
-        return self.release.torrent  # type: ignore[attr-defined, no-any-return]
-
-    @property
-    def feed_url(self) -> str:
-        url = self.seeder.seeder.feed_url()  # type: ignore[attr-defined]
-        assert url is not None, "make_swarm(..., feed=True)"
-        return str(url)
-
-    def feed_stats(self) -> object:
-        """The origin feed's FeedStats (roost.feed)."""
-        seeder = self.seeder.seeder  # type: ignore[attr-defined]
-        return seeder.feed.stats(seeder.info_hash)
-
-
-MakeSwarm = Callable[..., Swarm]
 
 
 @pytest.fixture

@@ -4,9 +4,11 @@ scripted bytes, ``delay`` seconds apart (a slow drip), on 127.0.0.1:0."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class ScriptedServer:
@@ -71,3 +73,18 @@ def drip(response: bytes) -> list[bytes]:
 
 def elapsed(since: float) -> float:
     return time.monotonic() - since
+
+
+def make_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``host`` (IP SAN) made with the openssl CLI."""
+    cert, key = directory / "origin.pem", directory / "origin.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=roost-origin",
+            "-addext", f"subjectAltName=IP:{host}",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key

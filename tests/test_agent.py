@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.release_kit import make_tree, snapshot
 
 from roost.channel import (
     Channel,
@@ -36,6 +35,7 @@ from roost.channel import (
     set_current,
 )
 from roost.errors import ChannelError, UsageError
+from tests.release_kit import make_tree, snapshot
 
 Start = Callable[..., subprocess.Popen[bytes]]
 H1 = "a" * 40
@@ -403,9 +403,8 @@ def test_daemon_retries_a_dripping_channel_and_stops_on_request(tmp_path: Path) 
     timeout; the daemon logs it, backs off, polls again, and stops when asked."""
     import threading
 
-    from tests.http_kit import ScriptedServer, drip
-
     from roost.agent import Agent, AgentConfig
+    from tests.http_kit import ScriptedServer, drip
 
     lines: list[str] = []
     answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
@@ -502,7 +501,7 @@ def test_a_malformed_state_file_is_named_in_one_line(
 def test_sigterm_mid_download_saves_resume_data_and_a_restart_finishes(
     pub: Publisher, tmp_path: Path, roost_procs: Start
 ) -> None:
-    from tests.conftest import random_file
+    from tests.swarm_kit import random_file
 
     dest = tmp_path / "dest"
     source = pub.source("big")

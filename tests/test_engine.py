@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.conftest import make_torrent
 
 from roost.engine import (
     Engine,
@@ -17,6 +16,7 @@ from roost.engine import (
     settings_pack,
 )
 from roost.errors import EngineError
+from tests.swarm_kit import make_torrent
 
 LOOPBACK = EngineConfig(listen_interface="127.0.0.1")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from release_kit import build_tar, entry, listing, make_tree, member, snapshot
 from roost.cli import main
 from roost.errors import DestinationError, ReleaseError, UnsafeArchiveError, VerifyError
 from roost.extract import install_release
@@ -22,6 +21,7 @@ from roost.installplan import load_plan
 from roost.metainfo import TorrentMeta, read_torrent
 from roost.release import Release, create_release
 from roost.verify import installed_difference, verify_installed
+from tests.release_kit import build_tar, entry, listing, make_tree, member, snapshot
 
 
 @pytest.fixture
@@ -386,7 +386,7 @@ def test_swap_never_replaces_a_tree_filled_meanwhile(tmp_path: Path) -> None:
 
 
 def test_foreign_single_file_torrent(tmp_path: Path) -> None:
-    from release_kit import meta_for
+    from tests.release_kit import meta_for
 
     (tmp_path / "dl").mkdir()
     payload = tmp_path / "dl" / "disk image.iso"

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import MakeSwarm, random_file
 
 from roost.feed import TAIL_SHARE, Dispatcher, FeedServer, FeedSource
 from roost.feedclient import DONE, LATER, WAIT, FeedClient
+from tests.swarm_kit import MakeSwarm, random_file
 
 Start = Callable[..., subprocess.Popen[bytes]]
 KIB = 1024

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.http_kit import ScriptedServer, drip, elapsed
 
 from roost import httpfetch
 from roost.channel import ChannelServer, fetch
 from roost.errors import ChannelError, FetchError
+from tests.http_kit import ScriptedServer, drip, elapsed
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nETag: "e1"\r\n\r\nhello'
 

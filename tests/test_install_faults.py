@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.proc_kit import assert_all_gone
-from tests.release_kit import build_tar, entry, member, snapshot
 
 from roost.errors import DestinationError, HookError
 from roost.extract import _remove_tree, check_destination, install_release
@@ -23,6 +21,8 @@ from roost.installed import run_hook_once
 from roost.metainfo import read_torrent
 from roost.release import create_release
 from roost.verify import verify_installed
+from tests.proc_kit import assert_all_gone
+from tests.release_kit import build_tar, entry, member, snapshot
 
 
 def _setid_tree(root: Path) -> Path:

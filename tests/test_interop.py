@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import MakeSwarm, info_hash, random_file
+
+from roost.errors import LabError
+from roost.feed import TAIL_SHARE
+from roost.lab.netns import Lab
+from roost.release import create_release
+from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 from tests.interop_helpers import (
     ARIA2C,
     MKTORRENT,
@@ -39,12 +44,7 @@ from tests.interop_helpers import (
     wait_for,
 )
 from tests.release_kit import make_tree, snapshot
-
-from roost.errors import LabError
-from roost.feed import TAIL_SHARE
-from roost.lab.netns import Lab
-from roost.release import create_release
-from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
+from tests.swarm_kit import MakeSwarm, info_hash, random_file
 
 needs_aria2c = pytest.mark.skipif(ARIA2C is None, reason="aria2c not installed")
 needs_transmission = pytest.mark.skipif(

@@ -15,31 +15,7 @@ import pytest
 
 from roost.errors import LabError
 from roost.lab.netns import Lab, needed_paths, parse_rate, teardown
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _netns_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "not root: network namespaces need root"
-    if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "iproute2 (ip, tc) not installed"
-    probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"'ip netns' unavailable: {probe.stderr.strip()}"
-    return None
-
-
-_skip = _netns_usable()
-netns = pytest.mark.skipif(_skip is not None, reason=_skip or "")
-
-
-def _leftovers(prefix: str) -> list[str]:
-    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    found = [line.split()[0] for line in ns.splitlines() if line.startswith(f"{prefix}-")]
-    found += [line.split()[1] for line in links.splitlines() if f" {prefix}-" in line]
-    return found
+from tests.lab_kit import ROOT, leftovers, netns
 
 
 def _serve_and_fetch(lab: Lab, size: int, server_i: int = 2, client_i: int = 0) -> str:
@@ -133,8 +109,8 @@ def test_lab_hosts_talk_through_shaped_links_and_leave_nothing(tmp_path: Path) -
         out = lab.hosts[0].run(["cat", "/tmp/marker"], capture_output=True, text=True)
         assert out.stdout == "one\n"
         sleeper = lab.hosts[1].popen(["sleep", "300"])
-        assert len(_leftovers(prefix)) == 5  # sw, h1-h3, the controller's veth
-    assert _leftovers(prefix) == []
+        assert len(leftovers(prefix)) == 5  # sw, h1-h3, the controller's veth
+    assert leftovers(prefix) == []
     assert sleeper.poll() is not None
     assert list(tmp_path.iterdir()) == []
 
@@ -166,7 +142,7 @@ def test_shared_paths_stay_visible_read_only_under_private_mounts() -> None:
                 h.run(f"echo {h.name} > /tmp/mine", check=True)  # /tmp itself is writable
                 assert h.path("/tmp/mine").read_text() == f"{h.name}\n"
             assert not (shared / "src" / "new").exists()
-        assert _leftovers("rltest5") == []
+        assert leftovers("rltest5") == []
         assert list(state.iterdir()) == []  # the stash directory is gone too
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -187,7 +163,7 @@ def test_says_before_any_host_starts_when_roost_is_out_of_the_hosts_sight(
             [sys.executable, "-c", "import roost"], cwd="/", capture_output=True, text=True
         )
         assert got.returncode != 0
-    assert _leftovers("rltest6") == []
+    assert leftovers("rltest6") == []
 
 
 @netns
@@ -208,7 +184,7 @@ def test_teardown_after_a_crash_kills_only_recorded_processes(tmp_path: Path) ->
             Lab(2, prefix=prefix, subnet="198.19.9.0/24", state_dir=tmp_path).up()
         removed = teardown(prefix, state_dir=tmp_path)
         assert f"{prefix}-sw" in removed and f"{prefix}-c" in removed
-        assert _leftovers(prefix) == []
+        assert leftovers(prefix) == []
         assert orphan.wait(timeout=5) is not None
         time.sleep(0.2)
         assert outsider.poll() is None
@@ -226,7 +202,7 @@ def test_refuses_subnet_already_routed(tmp_path: Path) -> None:
         pytest.raises(LabError, match="overlaps the route"),
     ):
         Lab(1, prefix="rltest4", subnet="198.19.10.0/25", state_dir=tmp_path).up()
-    assert _leftovers("rltest3") == [] and _leftovers("rltest4") == []
+    assert leftovers("rltest3") == [] and leftovers("rltest4") == []
 
 
 @netns
@@ -250,7 +226,7 @@ def test_cli_up_run_down(tmp_path: Path) -> None:
     finally:
         down = cli("down", "--name", "rltest5")
     assert down.returncode == 0 and "rltest5-sw" in down.stdout
-    assert _leftovers("rltest5") == []
+    assert leftovers("rltest5") == []
 
 
 @netns
@@ -295,7 +271,7 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert rows["roost"]["origin_copies"] < 1.5, rows["roost"]
     assert "| roost | 4 | 4 MiB |" in (out / "results.md").read_text()
     assert (out / "completion.png").stat().st_size > 1000
-    assert _leftovers("rlsmoke") == []
+    assert leftovers("rlsmoke") == []
 
 
 @netns
@@ -309,7 +285,7 @@ def test_delay_needs_netem_or_installs_it(tmp_path: Path) -> None:
         assert "netem" in lab.qdiscs(lab.hosts[0])
     finally:
         lab.down()
-    assert _leftovers("rltest7") == []
+    assert leftovers("rltest7") == []
 
 
 def test_refuses_bad_datacenters() -> None:
@@ -361,6 +337,6 @@ def test_two_datacenters_joined_by_a_shaped_link(tmp_path: Path) -> None:
         assert f"dev {prefix}-c" in probe.stdout.decode()
         again = Lab.attach(prefix, state_dir=tmp_path)
         assert again.host("h4").dc == "dc2" and again.inter_dc_rate_mbit == 20
-        assert len(_leftovers(prefix)) == 6
-    assert _leftovers(prefix) == []
+        assert len(leftovers(prefix)) == 6
+    assert leftovers(prefix) == []
     assert list(tmp_path.iterdir()) == []

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.release_kit import make_tree, snapshot
 
 from roost import events
 from roost.progress import FleetProgress, TerminalDisplay, render_live, render_summary
+from tests.release_kit import make_tree, snapshot
 
 Start = Callable[..., subprocess.Popen[bytes]]
 

@@ -14,9 +14,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.release_kit import make_tree, snapshot
-
 from roost import procs
+from tests.release_kit import make_tree, snapshot
 
 
 def _env(tmp_path: Path) -> dict[str, str]:

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from test_lab import ROOT, _leftovers, netns
+from tests.lab_kit import ROOT, leftovers, netns
 
 
 @netns
@@ -52,4 +52,4 @@ def test_locality_bench_quick_smoke(tmp_path: Path) -> None:
         assert r["inter_dc_copies"] >= 0.95
     md = (out / "locality.md").read_text()
     assert "| private locality |" in md and "| public no-locality |" in md
-    assert _leftovers("rllocsmoke") == []
+    assert leftovers("rllocsmoke") == []

@@ -24,7 +24,7 @@ from roost.peer import InstallOptions, PeerConfig, run_peer
 from roost.release import create_release
 from roost.seeder import SeedConfig, SeederThread
 from roost.tracker import TrackerConfig, run_tracker_in_thread
-from test_origin import make_cert
+from tests.http_kit import make_cert
 
 HEX = "0123456789abcdef0123456789abcdef01234567"
 

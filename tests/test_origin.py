@@ -23,6 +23,7 @@ from roost.fileserve import (
     resolve_request_path,
 )
 from roost.origin import OriginConfig, OriginServer
+from tests.http_kit import make_cert
 
 SIZE = 1000
 
@@ -254,21 +255,6 @@ def test_bad_config(tmp_path: Path) -> None:
         pytest.raises(UsageError, match="cannot listen"),
     ):
         OriginServer(OriginConfig(root=tmp_path, port=first.port)).start()
-
-
-def make_cert(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    """A self-signed certificate for ``host`` (IP SAN) made with the openssl CLI."""
-    cert, key = directory / "origin.pem", directory / "origin.key"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-keyout", str(key), "-out", str(cert), "-subj", "/CN=roost-origin",
-            "-addext", f"subjectAltName=IP:{host}",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def test_https(tmp_path: Path) -> None:

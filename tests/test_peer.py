@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import MakeSwarm, random_file
-from tests.peer_kit import Start, progress_until, run
-from tests.release_kit import make_tree, snapshot
 
 from roost import procs
+from tests.peer_kit import Start, progress_until, run
+from tests.release_kit import make_tree, snapshot
+from tests.swarm_kit import MakeSwarm, random_file
 
 
 def peer_args(torrent: Path, dest: Path, temp: Path, *extra: str) -> list[str]:

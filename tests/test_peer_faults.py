@@ -17,11 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import MakeSwarm, random_file
-from tests.peer_kit import Start, progress_until, run
 
 from roost import procs
 from roost.metainfo import read_torrent_file
+from tests.peer_kit import Start, progress_until, run
+from tests.swarm_kit import MakeSwarm, random_file
 
 MiB = 1024 * 1024
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import libtorrent as lt
 import pytest
 
-from release_kit import MTIME, make_tree
 from roost import bencode
 from roost.cli import main
 from roost.errors import ReleaseError, UsageError
@@ -20,6 +19,7 @@ from roost.hashing import PieceStream, copy_and_hash, hash_pieces
 from roost.manifest import MANIFEST_NAME, link_escapes, parse_manifest
 from roost.metainfo import read_torrent, validate_tag
 from roost.release import DEFAULT_OUT_DIR, choose_piece_size, create_release, parse_size
+from tests.release_kit import MTIME, make_tree
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 ANNOUNCE = ["http://127.0.0.1:8998/announce", "http://127.0.0.2:8998/announce"]

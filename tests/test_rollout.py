@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.proc_kit import assert_all_gone
 
 from roost import activation
 from roost.cli import main
@@ -17,6 +16,7 @@ from roost.extract import install_release
 from roost.metainfo import read_torrent_file
 from roost.release import create_release
 from roost.rollout import parse_waves, plan_waves
+from tests.proc_kit import assert_all_gone
 
 HOSTS = [f"h{i}" for i in range(1, 11)]
 

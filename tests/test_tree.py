@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.conftest import random_file
-from tests.release_kit import make_tree, snapshot
 
 from roost import bencode
 from roost.checks import check_installable
@@ -24,6 +22,8 @@ from roost.layout import Layout, TorrentFile, padded_files, unsafe_file_list
 from roost.metainfo import read_torrent, read_torrent_file
 from roost.release import create_release
 from roost.verify import verify_installed
+from tests.release_kit import make_tree, snapshot
+from tests.swarm_kit import random_file
 
 Start = Callable[..., subprocess.Popen[bytes]]
 KIB = 1024

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sshd_harness import SshdFleet, netns_usable
+from tests.fleet.sshd_harness import SshdFleet, netns_usable
 
 
 @pytest.fixture(scope="session")

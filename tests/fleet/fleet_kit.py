@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleet.sshd_harness import SshdFleet
+from tests.fleet.sshd_harness import SshdFleet
 
 
 def build_tree(root: Path) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sshd_harness import SshdFleet, SshHost
+from tests.fleet.sshd_harness import SshdFleet, SshHost
 
 pytestmark = pytest.mark.timeout(300)
 

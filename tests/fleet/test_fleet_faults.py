@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.fleet_kit import build_tree, in_host, inventory, start
-from fleet.sshd_harness import SshdFleet
+from tests.fleet.fleet_kit import build_tree, in_host, inventory, start
+from tests.fleet.sshd_harness import SshdFleet
 
 pytestmark = pytest.mark.timeout(400)
 

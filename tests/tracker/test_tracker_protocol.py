@@ -7,10 +7,10 @@ from urllib.parse import quote_from_bytes
 
 import pytest
 
-from announce_oracle import parse_announce_by_the_book
 from roost import bencode
 from roost.tracker import protocol as proto
 from roost.tracker.protocol import HandoutPeer, ProtocolError, RequestParser
+from tests.tracker.oracles import parse_announce_by_the_book
 
 IH = bytes(range(20))
 PID = b"-RO0100-" + b"\x00\xff%&=+ ?#abc"
@@ -290,7 +290,7 @@ def _outcome(parse, query: bytes) -> object:
 
 def test_announce_parser_agrees_with_the_book() -> None:
     """The one-pass parser gives the same Announce, or the same error, as the
-    by-the-book oracle (tests/announce_oracle.py), repeated keys included."""
+    by-the-book oracle (tests/tracker/oracles.py), repeated keys included."""
     rng = random.Random(11)
     pieces = [
         f"info_hash={q(IH)}", "info_hash=" + "".join(f"%{b:02X}" for b in IH),

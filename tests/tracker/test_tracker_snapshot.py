@@ -11,18 +11,18 @@ import time
 from collections.abc import Generator, Iterator
 
 import pytest
-from tests.tracker.test_tracker_server import (
+
+from roost import bencode
+from roost.errors import TrackerError
+from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
+from roost.tracker.snapshot import StatusCache
+from tests.tracker.tracker_kit import (
     get,
     pid,
     query,
     raw_exchange,
     split_responses,
 )
-
-from roost import bencode
-from roost.errors import TrackerError
-from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
-from roost.tracker.snapshot import StatusCache
 
 # ------------------------------------------------------------- StatusCache
 

@@ -36,7 +36,7 @@ _AREAS = (
 #: The area that registers each command. ``roost CMD ...`` builds CMD's
 #: parser alone (the area's ``COMMANDS[CMD]``, else its ``register``): a
 #: peer, started on every host at once, imports and builds nothing of the
-#: other commands (tests/test_cli_imports.py keeps this table true).
+#: other commands (tests/cli/test_cli_imports.py keeps this table true).
 COMMAND_AREAS = {
     "tracker": "tracker",
     "create": "release",

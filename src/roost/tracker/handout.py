@@ -36,8 +36,8 @@ leave (O(1) each; O(rack) when a gateway leaves). A handout then draws from
 the bags of each tier instead of scanning the swarm: O(numwant + racks of
 the requester's datacenter), plus O(racks) for a gateway's cross-datacenter
 tier. Scanning every peer per announce capped a 2,000-peer labelled swarm
-at ~870 announces/s (bench/NOTES.md). ``choose_peers`` is the same policy
-over plain sequences (it builds a throw-away index).
+at ~870 announces/s (bench/NOTES.md). tests/tracker/oracles.py has the
+same policy over plain sequences (``choose_peers``, a throw-away index).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Candidate", "HandoutIndex", "LocalityPolicy", "choose_peers", "dc_gateways"]
+__all__ = ["Candidate", "HandoutIndex", "LocalityPolicy", "dc_gateways"]
 
 
 class Candidate(Protocol):
@@ -382,27 +382,3 @@ class HandoutIndex(Generic[C]):
         for tier in range(4):
             take(tier, numwant - len(out))
         return out
-
-
-def choose_peers(
-    requester: Candidate,
-    requester_is_seeder: bool,
-    seeders: Sequence[C],
-    leechers: Sequence[C],
-    numwant: int,
-    rng: random.Random,
-    policy: LocalityPolicy = LocalityPolicy(),
-) -> list[C]:
-    """Up to ``numwant`` peers for ``requester``, best first.
-
-    ``seeders`` and ``leechers`` may contain the requester; it is skipped.
-    Builds a ``HandoutIndex`` (O(swarm)): a tracker keeps one per swarm.
-    """
-    index: HandoutIndex[C] = HandoutIndex(policy)
-    for p in seeders:
-        index.place(p, True)
-    for p in leechers:
-        index.place(p, False)
-    if requester.peer_id not in index:
-        index.place(requester, requester_is_seeder)  # type: ignore[arg-type]
-    return index.choose(requester, requester_is_seeder, numwant, rng)

@@ -17,7 +17,7 @@ event loop, it cost ~80 ms per 10,000 peers, and every browser tab and
   ago; all of them are answered when it ends. So every response is read
   from the registry by a build that started at most ``ttl`` before the
   request arrived: an announce is visible to any request made ``ttl`` after
-  it (tests/test_stats.py checks this and the build count).
+  it (tests/tracker/test_stats.py checks this and the build count).
 * **Built in steps on the loop.** ``stats.stats_json_steps`` yields every few
   hundred peers; ``start`` drives it as an asyncio task that gives the loop
   back between steps, so an announce waits for one step (~3 ms) instead of

@@ -5,8 +5,10 @@ Theory of operation
 Everything here is a pure function of the tracker's ``Registry`` (see
 ``swarm.py`` for its read API) and the current time: nothing is counted on the
 announce path by this module. The server keeps plain counters
-(``registry.counters``) and peer records; at request time ``build_stats``
-walks them into the /stats.json document (schema in docs/ARCHITECTURE.md) and
+(``registry.counters``) and peer records; at request time
+``stats_json_steps`` writes them into the /stats.json document a few hundred
+peers at a time (schema in docs/ARCHITECTURE.md; the same document as a
+plain dict, the tests' oracle, is tests/tracker/oracles.py) and
 ``render_metrics`` exposes them through a prometheus-client ``Collector``
 registered in a fresh ``CollectorRegistry`` (no global registry, so several
 trackers in one process never mix).
@@ -53,12 +55,13 @@ __all__ = [
     "METRICS_CONTENT_TYPE",
     "STATS_CONTENT_TYPE",
     "TrackerCollector",
-    "build_stats",
+    "peer_progress",
     "peer_rates",
     "render_metrics",
     "render_stats_json",
     "stats_json_steps",
     "swarm_size",
+    "tracker_head",
 ]
 
 STATS_CONTENT_TYPE = "application/json"
@@ -101,7 +104,7 @@ def peer_rates(peer: Peer, now: float, interval: float) -> tuple[float, float]:
     return down, up
 
 
-def _progress(peer: Peer, size: int | None) -> float | None:
+def peer_progress(peer: Peer, size: int | None) -> float | None:
     """1.0 for a seeder, the fraction done when the size is known, else None."""
     if peer.left == 0:
         return 1.0
@@ -110,70 +113,7 @@ def _progress(peer: Peer, size: int | None) -> float | None:
     return None
 
 
-def _peer_doc(
-    peer: Peer, size: int | None, now: float, interval: float, stall_after: float
-) -> dict[str, Any]:
-    progress = _progress(peer, size)
-    rate_down, rate_up = peer_rates(peer, now, interval)
-    return {
-        "peer_id": peer.peer_id.hex(),
-        "address": peer.ip,
-        "port": peer.port,
-        "host": peer.host,
-        "datacenter": peer.dc,
-        "rack": peer.rack,
-        "left": peer.left,
-        "uploaded": peer.uploaded,
-        "downloaded": peer.downloaded,
-        "progress": progress,
-        "state": peer.state,
-        "first_seen": round(peer.first_seen, 3),
-        "last_seen": round(peer.last_seen, 3),
-        "last_progress": round(peer.last_progress, 3),
-        "stalled": peer.state == "downloading" and now - peer.last_progress >= stall_after,
-        "rate_down": round(rate_down, 1),
-        "rate_up": round(rate_up, 1),
-    }
-
-
-def _swarm_doc(swarm: Swarm, now: float, interval: float, stall_after: float) -> dict[str, Any]:
-    size = swarm_size(swarm)
-    peers = [_peer_doc(p, size, now, interval, stall_after) for p in swarm.peers()]
-    return {
-        "info_hash": swarm.info_hash_hex,
-        "tag": swarm.tag,
-        "seeders": swarm.num_seeders,
-        "leechers": swarm.num_leechers,
-        "completed": swarm.completed,
-        "size": size,
-        "rate_down": round(sum(p["rate_down"] for p in peers), 1),
-        "rate_up": round(sum(p["rate_up"] for p in peers), 1),
-        "stalled": sum(1 for p in peers if p["stalled"]),
-        "peers": peers,
-    }
-
-
-def build_stats(
-    registry: Registry, now: float, *, stall_after: float | None = None
-) -> dict[str, Any]:
-    """The /stats.json document (a plain dict) of ``registry`` at ``now``.
-
-    Swarms sorted by tag then info-hash; peers by host label then address.
-    Pure: reads the registry, changes nothing, raises nothing of its own.
-    """
-    cfg = registry.config
-    interval = float(cfg.interval)
-    stall = stall_after_of(registry, stall_after)
-    swarms = sorted(registry.swarms.values(), key=lambda s: (s.tag or "", s.info_hash_hex))
-    docs = []
-    for swarm in swarms:
-        doc = _swarm_doc(swarm, now, interval, stall)
-        doc["peers"].sort(key=lambda p: (p["host"] or "", p["address"], p["port"]))
-        docs.append(doc)
-    return {"tracker": _tracker_head(registry, now, stall), "swarms": docs}
-
-
-def _tracker_head(registry: Registry, now: float, stall: float) -> dict[str, Any]:
+def tracker_head(registry: Registry, now: float, stall: float) -> dict[str, Any]:
     """The document's ``tracker`` object."""
     return {
         "version": __version__,
@@ -186,11 +126,11 @@ def _tracker_head(registry: Registry, now: float, stall: float) -> dict[str, Any
 
 
 def render_stats_json(registry: Registry, now: float, *, stall_after: float | None = None) -> bytes:
-    """``build_stats`` as compact JSON, the /stats.json body.
+    """The /stats.json body: compact JSON of the registry at ``now``.
 
     ASCII only, and ``<``, ``>``, ``&`` escaped as ``\\u003c`` ...: peer labels can
     never read as markup, even to a browser sniffing the body. The same bytes as
-    ``json.dumps(build_stats(...), separators=(",", ":"))`` with those escapes,
+    ``json.dumps`` of the plain document (tests/tracker/oracles.py) with those escapes,
     written by ``stats_json_steps`` run to the end.
     """
     steps = stats_json_steps(registry, now, stall_after=stall_after)
@@ -229,8 +169,8 @@ def _jnum(value: float | None) -> str:
 def _peer_row(
     peer: Peer, size: int | None, now: float, interval: float, is_stalled: bool
 ) -> tuple[str, float, float]:
-    """A peer's JSON object (what ``_peer_doc`` holds) and its two rates."""
-    progress = _progress(peer, size)
+    """A peer's JSON object and its two rates."""
+    progress = peer_progress(peer, size)
     rate_down, rate_up = peer_rates(peer, now, interval)
     rate_down, rate_up = round(rate_down, 1), round(rate_up, 1)
     row = (
@@ -269,7 +209,7 @@ def stats_json_steps(
     interval = float(cfg.interval)
     stall = stall_after_of(registry, stall_after)
     live_for = 2 * interval + 1  # as in peer_rates
-    head = _tracker_head(registry, now, stall)
+    head = tracker_head(registry, now, stall)
     out = [b'{"tracker":', _dumps(head).encode(), b',"swarms":[']
     swarms = sorted(registry.swarms.values(), key=lambda s: (s.tag or "", s.info_hash_hex))
     key_step = 8 * step

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.test_stats import IH, IH2, query
 
 from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 from roost.tracker.web import PAGE_CONTENT_TYPE, load_assets, page_csp, render_page
+from tests.tracker.stats_kit import IH, IH2, query
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "web-page.png"
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "web-page.png"
 SIZE = 64 * 1024 * 1024
 EVIL = '<img src=x onerror="alert(1)">'
 STALL = 3.0
@@ -259,7 +259,7 @@ def test_live_page_in_chromium(tracker: TrackerHandle, tmp_path: Path) -> None:
             browser.close()
     assert shot.stat().st_size > 10_000
     # README's picture is refreshed on request only, so a test run leaves the
-    # working tree clean: ROOST_UPDATE_SCREENSHOT=1 pytest tests/test_web_page.py
+    # working tree clean: ROOST_UPDATE_SCREENSHOT=1 pytest tests/tracker/test_web_page.py
     if os.environ.get("ROOST_UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)

@@ -1,13 +1,13 @@
 """Benchmark (not a test): ``roost deploy -i`` to N emulated sshd hosts vs
 ``roost deploy --local N`` with the same artifact.
 
-    python tests/fleet/bench_deploy.py [--hosts 8] [--size-mib 64]
+    python bench/fleet_deploy.py [--hosts 8] [--size-mib 64]
 
 With ``--bootstrap-only``, times a forced ``roost bootstrap`` with wheel relays
 off and on instead, the controller's own link shaped to ``--controller-mbit``
 (the case relays are for: one controller, many hosts):
 
-    python tests/fleet/bench_deploy.py --bootstrap-only --hosts 8 --controller-mbit 50
+    python bench/fleet_deploy.py --bootstrap-only --hosts 8 --controller-mbit 50
 
 Needs root (network namespaces). Prints one JSON object with the times.
 """
@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fleet.sshd_harness import SshdFleet
+from tests.fleet.sshd_harness import SshdFleet
 
 
 def _artifact(root: Path, size_mib: int) -> Path:

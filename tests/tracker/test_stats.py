@@ -14,49 +14,19 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import info_hash, make_torrent, random_file
 
 from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 from roost.tracker.protocol import parse_announce
 from roost.tracker.stats import (
     METRICS_CONTENT_TYPE,
-    build_stats,
     render_metrics,
     render_stats_json,
     stats_json_steps,
 )
 from roost.tracker.swarm import Registry
-
-T0 = 1_700_000_000.0
-IH = bytes(range(20))
-IH2 = bytes(range(20, 40))
-STATS_TTL = 0.25  # the real tracker's snapshot lifetime in these tests
-
-
-def query(
-    peer: bytes,
-    left: int,
-    *,
-    ih: bytes = IH,
-    down: int = 0,
-    up: int = 0,
-    event: str | None = None,
-    port: int = 6881,
-    **labels: str,
-) -> bytes:
-    q: dict[str, Any] = {
-        "info_hash": ih,
-        "peer_id": peer.ljust(20, b"-"),
-        "port": port,
-        "uploaded": up,
-        "downloaded": down,
-        "left": left,
-        "compact": 1,
-    }
-    if event:
-        q["event"] = event
-    q.update(labels)
-    return urllib.parse.urlencode(q, quote_via=urllib.parse.quote).encode()
+from tests.swarm_kit import info_hash, make_torrent, random_file
+from tests.tracker.oracles import build_stats
+from tests.tracker.stats_kit import IH, IH2, STATS_TTL, T0, query
 
 
 def announce(reg: Registry, now: float, peer: bytes, left: int, **kw: Any) -> None:

@@ -338,9 +338,8 @@ def test_bad_watch_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_cli_status_against_a_real_tracker(capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.test_stats import IH, query
-
     from roost.tracker import TrackerConfig, run_tracker_in_thread
+    from tests.tracker.stats_kit import IH, query
 
     handle = run_tracker_in_thread(TrackerConfig(port=0, interval=1, min_interval=0))
     try:
