@@ -374,7 +374,7 @@ def deploy_row(name: str, summary: dict[str, Any], run: Run) -> dict[str, Any]:
     down = [h["bytes_down"] for h in hosts] or [0]
     reused = [h.get("bytes_reused") or 0 for h in hosts] or [0]
     size = summary.get("size") or 1
-    origin_up = summary.get("seeder", {}).get("bytes_up", 0)
+    origin_up = (summary.get("seeder") or {}).get("bytes_up", 0)
     errors = sorted({h["error"] for h in hosts if h.get("error")})
     return {
         "deploy": name,

@@ -202,7 +202,7 @@ def test_fleet_progress_model() -> None:
     fleet.fail("c", "peer exited with status 1", 4.0)
     assert fleet.finished and not fleet.ok
     summary = fleet.summary(5.0)
-    assert summary["hosts"][0] == {
+    assert summary.hosts[0].to_json() == {
         "name": "a",
         "ok": True,
         "seconds": 2.5,
@@ -213,8 +213,11 @@ def test_fleet_progress_model() -> None:
         "path": "/d/a/t",
         "error": None,
         "warning": None,
+        "step": None,
+        "address": None,
+        "already_installed": False,
     }
-    assert summary["hosts"][1]["error"] == "disk full"
+    assert summary.hosts[1].error == "disk full"
     table = render_summary(summary)
     assert table[-1] == "1 of 3 hosts ok, 2 failed, in 5.0s"
     live = render_live(fleet, 5.0, "deploy t")
@@ -228,7 +231,7 @@ def test_a_peer_the_tracker_turns_away_says_so() -> None:
     fleet.apply("a", events.TrackerWarning(url="http://t/announce", message="bad token"), 1.5)
     assert "tracker: bad token" in render_live(fleet, 2.0)[1]
     fleet.apply("a", events.Failed(error="timed out after 600s"), 600.0)
-    error = fleet.summary(600.0)["hosts"][0]["error"]
+    error = fleet.summary(600.0).hosts[0].error
     assert error == "timed out after 600s (last tracker: bad token)"
 
 

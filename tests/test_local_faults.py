@@ -165,8 +165,9 @@ def test_a_peer_that_dies_without_a_failed_event_fails_its_host_with_its_status(
         extra_peer_args=("--no-such-flag",),  # argparse exits 2 before any event
     )
     summary = deploy_local(config)
-    assert summary["ok"] is False
-    [host] = summary["hosts"]
+    assert summary.ok is False
+    [host] = summary.to_json()["hosts"]
+    assert host["step"] == "peer"
     expected = "peer exited with status 2: roost: error: unrecognized arguments: --no-such-flag"
     assert host["error"] == expected, host
     assert not (tmp_path / "dest" / "host-1" / "t1").exists()

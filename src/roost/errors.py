@@ -25,6 +25,9 @@
     ├── RemoteError                a step on a remote host failed (host, step,
     │   │                          exit status, stderr tail)
     │   └── FleetAborted           too many hosts failed (failed, total)
+    ├── DeployStopped              a deploy cannot go on: its tracker or origin
+    │                              is down (step, reason); every host still
+    │                              running fails with it (roost.deploy)
     └── LabError                   emulated fleet could not be built
 
 The CLI prints ``str(error)`` of a RoostError on one line and exits non-zero.
@@ -209,6 +212,20 @@ class FleetAborted(RemoteError):
         )
         self.failed = failed
         self.total = total
+
+
+class DeployStopped(RoostError):
+    """A deploy's tracker or origin could not start: no host can finish.
+
+    Raised by a deploy runner (roost.deploy); the driver fails every host
+    not yet finished with ``reason`` at ``step``. ``aborted``: the fleet's
+    own abort (``--max-fail-percent``), reported as the summary's."""
+
+    def __init__(self, step: str, reason: str, *, aborted: str | None = None):
+        super().__init__(f"{step}: {reason}")
+        self.step = step
+        self.reason = reason
+        self.aborted = aborted
 
 
 class LabError(RoostError):

@@ -20,8 +20,8 @@ before making them, and begins by cleaning what dead deploys' ledgers name.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import queue
 import shutil
 import subprocess
 import sys
@@ -31,17 +31,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from roost import events, ledger, procs
+from roost import deploy, events, ledger, procs
 from roost.activation import RELEASES
+from roost.deploy import OnUpdate
 from roost.errors import PeerProtocolError, RoostError, UsageError
 from roost.metainfo import validate_tag
 from roost.peer.config import InstallOptions
-from roost.progress import FleetProgress
-from roost.release import create_release
+from roost.progress import DeploySummary, OriginBytes
+from roost.release import Release, create_release
 from roost.seeder import SeedConfig, SeederThread
-from roost.tracker import TrackerConfig, run_tracker_in_thread
+from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 
 DEFAULT_HOSTS = 4
 MAX_HOSTS = 256
@@ -107,36 +107,51 @@ def peer_command(
     return cmd + list(config.extra_peer_args)
 
 
-def deploy_local(
-    config: LocalDeployConfig,
-    on_update: Callable[[FleetProgress, float, bool], None] | None = None,
-) -> dict[str, Any]:
-    """Run the deploy; return the summary (``FleetProgress.summary`` plus the
-    release and the seeder's upload). ``on_update(fleet, now, final)`` is
-    called as events arrive (the display). Raises ``UsageError`` for bad
-    arguments and whatever creating the release raises; host failures are
-    reported in the summary, not raised."""
-    validate_tag(config.tag)
-    if not 1 <= config.hosts <= MAX_HOSTS:
-        raise UsageError(f"--local wants 1 to {MAX_HOSTS} hosts, not {config.hosts}")
-    if not Path(config.source).exists():
-        raise UsageError(f"source {config.source} does not exist")
-    records = ledger.begin(config.run_dir, "deploy-local")
-    hosts: list[_Host] = []
-    tracker = seeder = None
-    root = hosts_root = None
-    try:
-        root = hosts_root = records.make_dir(Path(tempfile.gettempdir()), "roost-local-")
-        tracker = run_tracker_in_thread(
+def deploy_local(config: LocalDeployConfig, on_update: OnUpdate | None = None) -> DeploySummary:
+    """Run the deploy (``roost.deploy.run`` over a :class:`LocalRunner`);
+    its summary. ``on_update(fleet, now, final)`` is called as events arrive
+    (the display). Raises ``UsageError`` for bad arguments and whatever
+    creating the release raises; host failures are in the summary."""
+    return asyncio.run(deploy.run(LocalRunner(config), on_update))
+
+
+class LocalRunner:
+    """A deploy's steps on this machine: an embedded tracker and seeder, and
+    one ``roost peer`` process per host (``roost.deploy.DeployRunner``)."""
+
+    def __init__(self, config: LocalDeployConfig):
+        validate_tag(config.tag)
+        if not 1 <= config.hosts <= MAX_HOSTS:
+            raise UsageError(f"--local wants 1 to {MAX_HOSTS} hosts, not {config.hosts}")
+        if not Path(config.source).exists():
+            raise UsageError(f"source {config.source} does not exist")
+        self.config = config
+        self.hosts = [f"host-{k}" for k in range(1, config.hosts + 1)]
+        self._records: ledger.Ledger | None = None
+        self._made: list[Path] = []  # work directories, removed at the end
+        self._tracker: TrackerHandle | None = None
+        self._seeder: SeederThread | None = None
+        self._origin: OriginBytes | None = None
+        self._peers: list[_Host] = []
+        self._release: Release | None = None
+
+    async def prepare(self, report: deploy.Report) -> tuple[deploy.ReleaseInfo, str | None]:
+        return await asyncio.to_thread(self._prepare)
+
+    def _prepare(self) -> tuple[deploy.ReleaseInfo, str | None]:
+        config = self.config
+        self._records = records = ledger.begin(config.run_dir, "deploy-local")
+        root = records.make_dir(Path(tempfile.gettempdir()), "roost-local-")
+        self._made.append(root)
+        self._tracker = tracker = run_tracker_in_thread(
             TrackerConfig(
                 bind="127.0.0.1", port=0, interval=2, min_interval=1, allow_list_only=True
             )
         )
-        out_dir = config.out_dir or root / "release"
-        release = create_release(
+        self._release = release = create_release(
             Path(config.source),
             config.tag,
-            out_dir,
+            config.out_dir or root / "release",
             announce=[tracker.announce_url],
             is_file=config.is_file,
             piece_size=config.piece_size,
@@ -144,7 +159,7 @@ def deploy_local(
             tar=config.tar,
         )
         tracker.allow(release.info_hash, config.tag, size=release.total_size)
-        seeder = SeederThread(
+        self._seeder = seeder = SeederThread(
             SeedConfig.of(
                 release,
                 super_seeding=config.super_seed,
@@ -152,52 +167,72 @@ def deploy_local(
                 feed_port=0 if config.feed else None,
             )
         )
-        feed_url = seeder.seeder.feed_url()
+        self._hosts_root = root
         if config.work_dir is not None or _ram_has_room(config.hosts * release.total_size):
             parent = config.work_dir or Path("/dev/shm")
             parent.mkdir(parents=True, exist_ok=True)
-            hosts_root = records.make_dir(parent, "roost-local-")
-        names = [f"host-{k}" for k in range(1, config.hosts + 1)]
-        fleet = FleetProgress(names, release.size, time.monotonic())
-        queued: queue.Queue[_Item] = queue.Queue()
-        for name in names:
-            dest, temp = config.host_dest(name), hosts_root / name
+            self._hosts_root = records.make_dir(parent, "roost-local-")
+            self._made.append(self._hosts_root)
+        info = deploy.ReleaseInfo(release.torrent, release.info_hash, release.size)
+        return info, seeder.seeder.feed_url()
+
+    async def run_peers(
+        self, release: deploy.ReleaseInfo, feed: str | None, report: deploy.Report
+    ) -> None:
+        assert self._records is not None
+        loop = asyncio.get_running_loop()
+        queued: asyncio.Queue[_Item] = asyncio.Queue()
+
+        def put(item: _Item) -> None:
+            loop.call_soon_threadsafe(queued.put_nowait, item)
+
+        for name in self.hosts:
+            dest, temp = self.config.host_dest(name), self._hosts_root / name
             proc = subprocess.Popen(
-                peer_command(config, release.torrent, dest, temp, feed_url),
+                peer_command(self.config, release.torrent, dest, temp, feed),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
             )
-            records.add_process(proc.pid)
+            self._records.add_process(proc.pid)
             host = _Host(name, dest, temp, proc)
-            hosts.append(host)
-            _start_readers(host, queued)
-        _watch(fleet, hosts, queued, config.install.timeout, on_update)
-        summary = fleet.summary(time.monotonic())
-        summary["tag"] = config.tag
-        summary["info_hash"] = release.info_hash
-        summary["dest"] = str(config.dest)
-        snap = seeder.snapshot()
-        summary["seeder"] = {"bytes_up": snap.uploaded + snap.feed_sent, "feed_up": snap.feed_sent}
-        if config.out_dir:
-            summary["torrent"] = str(release.torrent)
-        return summary
-    finally:
+            self._peers.append(host)
+            _start_readers(host, put)
+        await _watch(self._peers, queued, self.config.install.timeout, report)
+
+    def poll(self, report: deploy.Report) -> None:
+        pass  # every failure is reported as it happens
+
+    async def stop(self) -> list[str]:
+        await asyncio.to_thread(self._stop)
+        return []
+
+    def _stop(self) -> None:
+        seeder = self._seeder
         if seeder is not None:
+            snap = seeder.snapshot()
+            self._origin = OriginBytes(snap.uploaded + snap.feed_sent, snap.feed_sent)
             seeder.seeder.stop()  # it winds down while the peers stop
-        for host in hosts:
+        for host in self._peers:
             procs.stop_child(host.proc, grace=15)
         # The lingering workers (their pid files are under the hosts' temp paths).
         with contextlib.suppress(RoostError):
-            procs.stop_all([f for host in hosts for f in procs.pid_files(host.temp)])
+            procs.stop_all([f for host in self._peers for f in procs.pid_files(host.temp)])
         if seeder is not None:
             seeder.stop()
-        if tracker is not None:
-            tracker.stop()
-        for made in (root, hosts_root):
-            if made is not None:
-                shutil.rmtree(made, ignore_errors=True)
-        records.close()
+        if self._tracker is not None:
+            self._tracker.stop()
+        for made in self._made:
+            shutil.rmtree(made, ignore_errors=True)
+        if self._records is not None:
+            self._records.close()
+
+    def describe(self, summary: DeploySummary) -> None:
+        summary.tag = self.config.tag
+        summary.dest = str(self.config.dest)
+        summary.seeder = self._origin
+        if self.config.out_dir and self._release is not None:
+            summary.torrent = str(self._release.torrent)
 
 
 def _ram_has_room(size: int) -> bool:
@@ -218,7 +253,7 @@ def _ram_has_room(size: int) -> bool:
 _Item = tuple[str, "events.Event | None"]
 
 
-def _start_readers(host: _Host, queued: queue.Queue[_Item]) -> None:
+def _start_readers(host: _Host, put: Callable[[_Item], None]) -> None:
     def read_stdout() -> None:
         assert host.proc.stdout is not None
         with host.proc.stdout:
@@ -228,8 +263,8 @@ def _start_readers(host: _Host, queued: queue.Queue[_Item]) -> None:
                 except PeerProtocolError:
                     continue  # not an event (the peer's text goes to stderr)
                 if event is not None:
-                    queued.put((host.name, event))
-        queued.put((host.name, None))
+                    put((host.name, event))
+        put((host.name, None))
 
     def read_stderr() -> None:
         assert host.proc.stderr is not None
@@ -243,40 +278,31 @@ def _start_readers(host: _Host, queued: queue.Queue[_Item]) -> None:
     threading.Thread(target=read_stderr, daemon=True).start()
 
 
-def _watch(
-    fleet: FleetProgress,
-    hosts: list[_Host],
-    queued: queue.Queue[_Item],
-    timeout: float | None,
-    on_update: Callable[[FleetProgress, float, bool], None] | None,
+async def _watch(
+    hosts: list[_Host], queued: asyncio.Queue[_Item], timeout: float | None, report: deploy.Report
 ) -> None:
+    """Until every host's peer has exited: its events to ``report``, and its
+    exit, when it came without a final event, as its failure."""
     by_name = {h.name: h for h in hosts}
     exited: set[str] = set()
-    deadline = None if not timeout else fleet.started + timeout + 10
+    deadline = None if not timeout else report.progress.started + timeout + 10
     while len(exited) < len(hosts):
         try:
-            item: _Item | None = queued.get(timeout=0.2)
-        except queue.Empty:
-            item = None  # nothing arrived: only the clock moved
-        now = time.monotonic()
-        name, event = item if item is not None else ("", None)
-        if item is not None and event is None:
+            name, event = await asyncio.wait_for(queued.get(), 0.2)
+        except asyncio.TimeoutError:
+            name, event = "", None  # nothing arrived: only the clock moved
+        if name and event is None:
             exited.add(name)
             host = by_name[name]
-            status = host.proc.wait()
-            if fleet.hosts[name].state != "done":
-                # It died without a failed event (those come first and win):
-                # its last line on stderr is the context, not the reason.
-                tail = f": {host.stderr_tail[-1]}" if host.stderr_tail else ""
-                fleet.fail(name, f"peer exited with status {status}{tail}", now)
+            status = await asyncio.to_thread(host.proc.wait)
+            # It died without a failed event (those come first and win): its
+            # last line on stderr is the context, not the reason.
+            tail = f": {host.stderr_tail[-1]}" if host.stderr_tail else ""
+            report.fail(name, f"peer exited with status {status}{tail}")
         elif event is not None:
-            fleet.apply(name, event, now)
-        if deadline is not None and now > deadline:
+            report.event(name, event)
+        if deadline is not None and time.monotonic() > deadline:
             for host in hosts:
                 if host.name not in exited:
-                    fleet.fail(host.name, f"timed out after {timeout:g}s", now)
-                    procs.stop_child(host.proc, grace=15)
-        if on_update is not None:
-            on_update(fleet, now, False)
-    if on_update is not None:
-        on_update(fleet, time.monotonic(), True)
+                    report.fail(host.name, f"timed out after {timeout:g}s")
+                    await asyncio.to_thread(procs.stop_child, host.proc, grace=15)

@@ -1,17 +1,20 @@
 """Fleet progress: a sans-IO model of a deploy, and its renderings.
 
-:class:`FleetProgress` takes the peer protocol's events (dicts, see
-ARCHITECTURE.md) per host, with the time passed in, and answers: how many
-hosts wait, download, are done or failed; the aggregate rate; an ETA; the
-per-host summary. ``render_live`` and ``render_summary`` turn it into lines
-of text (pure); :class:`TerminalDisplay` is the thin I/O shell that redraws
-them in place on a TTY, or prints a plain line now and then otherwise.
+:class:`FleetProgress` takes the peer protocol's events (``roost.events``)
+per host, with the time passed in, and answers: how many hosts wait,
+download, are done or failed; the aggregate rate; an ETA; the summary
+(:class:`DeploySummary`, one :class:`HostSummary` per host: the same record
+for a local fleet and for an inventory's hosts). ``render_live`` and
+``render_summary`` turn it into lines of text (pure); :class:`TerminalDisplay`
+is the thin I/O shell that redraws them in place on a TTY, or prints a plain
+line now and then otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from roost import events
@@ -50,21 +53,129 @@ class HostProgress:
     def seconds(self, origin: float) -> float | None:
         return None if self.finished is None else self.finished - origin
 
-    def summary(self, origin: float) -> dict[str, Any]:
+    def summary(self, origin: float) -> HostSummary:
         seconds = self.seconds(origin)
-        return {
-            "name": self.name,
-            "ok": self.ok,
-            "seconds": None if seconds is None else round(seconds, 3),
-            "download_seconds": (
+        return HostSummary(
+            name=self.name,
+            ok=self.ok,
+            seconds=None if seconds is None else round(seconds, 3),
+            download_seconds=(
                 None if self.downloaded is None else round(self.downloaded - origin, 3)
             ),
-            "bytes_down": self.down,
-            "bytes_reused": self.reused,
-            "bytes_up": self.up,
-            "path": self.path,
-            "error": self.error,
-            "warning": self.warning,
+            bytes_down=self.down,
+            bytes_reused=self.reused,
+            bytes_up=self.up,
+            path=self.path,
+            error=self.error,
+            warning=self.warning,
+        )
+
+
+@dataclass
+class HostSummary:
+    """One host's line of a deploy's summary (``--json``: ``to_json``)."""
+
+    name: str
+    ok: bool
+    seconds: float | None  # from the deploy's start to the host's end
+    download_seconds: float | None  # from the deploy's start to the download's end
+    bytes_down: int
+    bytes_reused: int  # taken from an earlier release instead of downloaded
+    bytes_up: int
+    path: str | None  # where the release was installed
+    error: str | None
+    warning: str | None  # the tracker's last complaint, if any
+    #: the step that failed (``peer``, ``bootstrap``, ...; None when ok)
+    step: str | None = None
+    #: the address roost reached the host at (SSH); None on a local fleet
+    address: str | None = None
+    #: the host held the verified release already (a re-run)
+    already_installed: bool = False
+    #: the rollout's wave, health check and roll-back (``--activate``)
+    wave: int | None = None
+    health: str | None = None
+    rolled_back: bool = False
+
+    def to_json(self, *, rollout: bool = False) -> dict[str, Any]:
+        doc = dataclasses.asdict(self)
+        if not rollout:
+            for key in ("wave", "health", "rolled_back"):
+                del doc[key]
+        return doc
+
+
+@dataclass
+class OriginBytes:
+    """What the origin uploaded: over BitTorrent and its feed together, and the feed's part."""
+
+    bytes_up: int
+    feed_up: int
+
+
+@dataclass
+class DeploySummary:
+    """A deploy's outcome: every host's, and the deploy's own (``--json``: ``to_json``).
+
+    The same record for a local fleet and for an inventory's hosts; what only
+    one of them knows is None on the other (``dest``, ``seeder``, ``torrent``
+    locally; ``tracker``, ``seed_from`` over SSH)."""
+
+    seconds: float
+    size: int
+    hosts: list[HostSummary]
+    tag: str | None = None
+    info_hash: str | None = None
+    #: the local fleet's destination root
+    dest: str | None = None
+    #: what the local origin uploaded
+    seeder: OriginBytes | None = None
+    #: the release's .torrent, when kept (``--out``)
+    torrent: str | None = None
+    #: the SSH fleet's tracker host, and where the origin seeded from
+    tracker: str | None = None
+    seed_from: str | None = None
+    #: why the deploy stopped before every host ran (``--max-fail-percent``)
+    aborted: str | None = None
+    #: what failed to stop afterwards (tracker, seeder)
+    cleanup_errors: list[str] = field(default_factory=list)
+    #: the rollout (``Rollout.to_json()``) of ``--activate``, and whether it held
+    rollout: dict[str, Any] | None = None
+    rollout_ok: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return all(h.ok for h in self.hosts) and self.rollout_ok
+
+    @property
+    def hosts_ok(self) -> int:
+        return sum(1 for h in self.hosts if h.ok)
+
+    @property
+    def hosts_failed(self) -> int:
+        return len(self.hosts) - self.hosts_ok
+
+    def host(self, name: str) -> HostSummary:
+        return next(h for h in self.hosts if h.name == name)
+
+    def to_json(self) -> dict[str, Any]:
+        rollout = self.rollout is not None
+        return {
+            "ok": self.ok,
+            "seconds": self.seconds,
+            "size": self.size,
+            "hosts_ok": self.hosts_ok,
+            "hosts_failed": self.hosts_failed,
+            "hosts": [h.to_json(rollout=rollout) for h in self.hosts],
+            "tag": self.tag,
+            "info_hash": self.info_hash,
+            "dest": self.dest,
+            "seeder": None if self.seeder is None else dataclasses.asdict(self.seeder),
+            "torrent": self.torrent,
+            "tracker": self.tracker,
+            "seed_from": self.seed_from,
+            "aborted": self.aborted,
+            "cleanup_errors": list(self.cleanup_errors),
+            **({"rollout": self.rollout} if rollout else {}),
         }
 
 
@@ -143,16 +254,13 @@ class FleetProgress:
             return 0.0
         return left / rate if rate > 0 else None
 
-    def summary(self, now: float) -> dict[str, Any]:
-        hosts = [h.summary(self.started) for h in self.hosts.values()]
-        return {
-            "ok": self.ok,
-            "seconds": round(now - self.started, 3),
-            "size": self.total_size,
-            "hosts_ok": sum(1 for h in hosts if h["ok"]),
-            "hosts_failed": sum(1 for h in hosts if not h["ok"]),
-            "hosts": hosts,
-        }
+    def summary(self, now: float) -> DeploySummary:
+        """The hosts' summary at ``now``; the deploy adds what it knows."""
+        return DeploySummary(
+            seconds=round(now - self.started, 3),
+            size=self.total_size,
+            hosts=[h.summary(self.started) for h in self.hosts.values()],
+        )
 
 
 # Rendering (pure) -------------------------------------------------------------
@@ -205,20 +313,20 @@ def render_live(
     return lines
 
 
-def render_summary(summary: dict[str, Any]) -> list[str]:
+def render_summary(summary: DeploySummary) -> list[str]:
     """The per-host table printed at the end of a deploy (from ``summary``)."""
-    reused = any(h.get("bytes_reused") for h in summary["hosts"])
+    reused = any(h.bytes_reused for h in summary.hosts)
     rows: list[tuple[str, ...]] = [("host", "result", "seconds", "down", "reused", "up", "error")]
-    for h in summary["hosts"]:
+    for h in summary.hosts:
         rows.append(
             (
-                str(h["name"]),
-                "ok" if h["ok"] else "FAILED",
-                "-" if h["seconds"] is None else f"{h['seconds']:.1f}",
-                human_bytes(h["bytes_down"]),
-                human_bytes(h.get("bytes_reused") or 0),
-                human_bytes(h["bytes_up"]),
-                h["error"] or "",
+                h.name,
+                "ok" if h.ok else "FAILED",
+                "-" if h.seconds is None else f"{h.seconds:.1f}",
+                human_bytes(h.bytes_down),
+                human_bytes(h.bytes_reused),
+                human_bytes(h.bytes_up),
+                h.error or "",
             )
         )
     if not reused:  # the column only when an earlier release was reused
@@ -229,8 +337,8 @@ def render_summary(summary: dict[str, Any]) -> list[str]:
         "  ".join([*(row[i].ljust(widths[i]) for i in range(n)), row[n]]).rstrip() for row in rows
     ]
     out.append(
-        f"{summary['hosts_ok']} of {len(summary['hosts'])} hosts ok, "
-        f"{summary['hosts_failed']} failed, in {summary['seconds']:.1f}s"
+        f"{summary.hosts_ok} of {len(summary.hosts)} hosts ok, "
+        f"{summary.hosts_failed} failed, in {summary.seconds:.1f}s"
     )
     return out
 

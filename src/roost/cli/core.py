@@ -392,13 +392,14 @@ def _deploy(args: argparse.Namespace) -> int:
     if waves is not None:
         local_rollout(args, summary, waves)
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.to_json(), indent=2))
     else:
         print("\n".join(render_summary(summary)))
         print_rollout_hosts(summary)
-        copies = summary["seeder"]["bytes_up"] / max(1, summary["size"])
-        print(f"origin uploaded {copies:.2f} copies of {summary['size']} bytes")
-    return 0 if summary["ok"] else 1
+        if summary.seeder is not None:
+            copies = summary.seeder.bytes_up / max(1, summary.size)
+            print(f"origin uploaded {copies:.2f} copies of {summary.size} bytes")
+    return 0 if summary.ok else 1
 
 
 #: Each command's registration, for ``roost CMD`` building CMD's parser alone.

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from roost.fleet.deploy import DeployPlan
     from roost.fleet.inventory import Inventory
     from roost.fleet.ssh import Fleet, HostResult, SSHOptions
+    from roost.progress import DeploySummary
 
 
 def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> None:
@@ -655,25 +656,25 @@ def deploy_main(args: argparse.Namespace) -> int:
     if waves is not None:
         asyncio.run(_fleet_rollout(args, plan, summary, waves))
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps(summary.to_json(), indent=2, default=str))
     else:
         for line in render_summary(summary):
             print(line)
         print_rollout_hosts(summary)
-        if summary.get("aborted"):
-            print(f"aborted: {summary['aborted']}")
-        for err in summary.get("cleanup_errors") or []:
+        if summary.aborted:
+            print(f"aborted: {summary.aborted}")
+        for err in summary.cleanup_errors:
             print(f"clean-up: {err}")
-    return 0 if summary["ok"] else 1
+    return 0 if summary.ok else 1
 
 
 async def _fleet_rollout(
-    args: argparse.Namespace, plan: DeployPlan, summary: dict[str, Any], waves: Any
+    args: argparse.Namespace, plan: DeployPlan, summary: DeploySummary, waves: Any
 ) -> None:
     """``roost deploy -i --activate``: switch the installed hosts wave by wave."""
     from roost.cli.releases import merge_rollout, run_ssh_rollout
 
-    ok = {h["name"] for h in summary["hosts"] if h["ok"]}
+    ok = {h.name for h in summary.hosts if h.ok}
     hosts = [h for h in plan.inventory.peers if h.name in ok]
     base = plan.peer.dest.removesuffix(f"/{RELEASES}")
     result = await run_ssh_rollout(

@@ -8,10 +8,13 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost import activation
 from roost.errors import RoostError, UsageError
+
+if TYPE_CHECKING:
+    from roost.progress import DeploySummary
 
 
 def register(sub: Any) -> None:
@@ -271,10 +274,10 @@ def print_rollout(result: Any, as_json: bool) -> int:
     return 0 if result.ok else 1
 
 
-def print_rollout_hosts(summary: dict[str, Any]) -> None:
+def print_rollout_hosts(summary: DeploySummary) -> None:
     """After a deploy's summary: its rollout, if it had one."""
-    if summary.get("rollout"):
-        print("\n".join(rollout_lines(summary["rollout"])))
+    if summary.rollout:
+        print("\n".join(rollout_lines(summary.rollout)))
 
 
 def rollout_lines(doc: dict[str, Any]) -> list[str]:
@@ -379,24 +382,22 @@ def deploy_waves(args: argparse.Namespace) -> Any:
     return parse_waves(args.waves)
 
 
-def local_rollout(args: argparse.Namespace, summary: dict[str, Any], waves: Any) -> None:
+def local_rollout(args: argparse.Namespace, summary: DeploySummary, waves: Any) -> None:
     """Activate a local deploy's installed hosts wave by wave (into ``summary``)."""
-    dests = {h["name"]: Path(args.dest) / h["name"] for h in summary["hosts"] if h["ok"]}
+    dests = {h.name: Path(args.dest) / h.name for h in summary.hosts if h.ok}
     merge_rollout(summary, run_local_rollout(args, dests, args.tag, waves, keep=args.keep))
 
 
-def merge_rollout(summary: dict[str, Any], result: Any) -> None:
+def merge_rollout(summary: DeploySummary, result: Any) -> None:
     """Fold a ``roost.rollout.Rollout`` into a deploy's summary: each host's
     wave and health, the rollout itself, and ok only if it did not halt."""
-    summary["rollout"] = result.to_json()
-    for h in summary["hosts"]:
-        r = result.hosts.get(h["name"])
+    summary.rollout = result.to_json()
+    summary.rollout_ok = result.ok
+    for h in summary.hosts:
+        r = result.hosts.get(h.name)
         if r is None:
             continue
-        h.update(wave=r.wave, health=r.health, rolled_back=r.rolled_back)
+        h.wave, h.health, h.rolled_back = r.wave, r.health, r.rolled_back
         if not r.ok:
-            h["ok"] = False
-            h["error"] = r.error or f"health check {r.health}"
-    summary["hosts_ok"] = sum(1 for h in summary["hosts"] if h["ok"])
-    summary["hosts_failed"] = len(summary["hosts"]) - summary["hosts_ok"]
-    summary["ok"] = bool(summary["ok"]) and result.ok
+            h.ok = False
+            h.error = r.error or f"health check {r.health}"

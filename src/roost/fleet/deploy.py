@@ -27,29 +27,26 @@ release (the peer reports them installed) and completes only the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost import events, ledger, procs
-from roost.errors import FleetAborted, RemoteError, RoostError
+from roost import deploy, events, ledger, procs
+from roost.deploy import OnUpdate
+from roost.errors import DeployStopped, FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
 from roost.fleet.config import FleetConfig
 from roost.fleet.inventory import Inventory
 from roost.fleet.ssh import Fleet, SSHOptions
-from roost.progress import FleetProgress
-
-OnUpdate = Callable[[FleetProgress, float, bool], None]
+from roost.progress import DeploySummary
 
 
 @dataclass(frozen=True)
@@ -128,81 +125,77 @@ def _http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dict[str, Any]:
-    """Execute ``plan``; returns the summary (``ok``, ``hosts`` with reasons).
+async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> DeploySummary:
+    """Execute ``plan`` (``roost.deploy.run`` over an :class:`SSHRunner`);
+    its summary (``ok``, ``hosts`` with their step and reason).
 
     Raises ``RoostError`` only for what stops the whole deploy before any host
     is touched (bad source, tag); host failures are in the summary.
     """
-    from roost.release import create_release
+    return await deploy.run(SSHRunner(plan), on_update)
 
-    inv, cfg = plan.inventory, plan.cfg
-    token = secrets.token_hex(12)
-    url = tasks.announce_url(inv, cfg, token)
-    # The release and the seeder's log; a killed deploy's are removed by the
-    # next one, by its ledger.
-    records = ledger.begin(plan.run_dir, "deploy-fleet")
-    work = records.make_dir(Path(tempfile.gettempdir()), "roost-deploy-")
-    out_dir = plan.out_dir or work
-    out_dir.mkdir(parents=True, exist_ok=True)
-    release: _Release | None = None
-    if plan.seeder_path is None:
-        made = await asyncio.to_thread(
-            create_release,
-            plan.source,
-            plan.tag,
-            out_dir,
-            announce=[url],
-            is_file=plan.is_file,
-            piece_size=plan.piece_size,
-            sign_key=plan.sign_key,
-            tar=plan.tar or plan.seed_from == "seeder",
-        )
-        release = _Release(made.torrent, made.info_hash, made.size, made.payload)
-    seed_from = "seeder" if plan.seeder_path is not None else plan.seed_from
-    peers = list(inv.peers)
-    now = time.monotonic()
-    progress = FleetProgress([h.name for h in peers], release.total_size if release else 0, now)
-    steps: dict[str, str] = {}
-    already: set[str] = set()
-    aborted: str | None = None
-    seed_proc: subprocess.Popen[bytes] | None = None
-    fleet = Fleet(inv.remote_hosts, plan.ssh)
-    ticker: asyncio.Task[None] | None = None
 
-    def sync_failures(final: bool = False) -> None:
-        t = time.monotonic()
-        for name, err in fleet.failures.items():
-            if name in progress.hosts:
-                progress.fail(name, f"{err.step}: {err.reason}", t)
-                steps.setdefault(name, err.step)
+class SSHRunner:
+    """A deploy's steps on an inventory's hosts, over one SSH connection per
+    host (``roost.deploy.DeployRunner``; the steps: the module's docstring)."""
 
-    async def tick() -> None:
-        while True:
-            await asyncio.sleep(0.2)
-            sync_failures()
-            if on_update:
-                on_update(progress, time.monotonic(), False)
+    def __init__(self, plan: DeployPlan):
+        self.plan = plan
+        inv = plan.inventory
+        self.hosts = [h.name for h in inv.peers]
+        self.seed_from = "seeder" if plan.seeder_path is not None else plan.seed_from
+        self.fleet = Fleet(inv.remote_hosts, plan.ssh)
+        self._already: set[str] = set()
+        self._seed_proc: subprocess.Popen[bytes] | None = None
+        self._records: ledger.Ledger | None = None
+        self._work: Path | None = None
 
-    def fail_all(reason: str, step: str) -> None:
-        t = time.monotonic()
-        for name in progress.hosts:
-            progress.fail(name, reason, t)
-            steps.setdefault(name, step)
+    async def prepare(self, report: deploy.Report) -> tuple[deploy.ReleaseInfo, str | None]:
+        from roost.release import create_release
 
-    try:
-        ticker = asyncio.ensure_future(tick())
-        if plan.do_bootstrap:
-            await bootstrap(fleet, cfg)
-        sync_failures()
-        if release is None:
-            release = await _create_on_seeder(fleet, plan, url, out_dir)
+        plan, fleet = self.plan, self.fleet
+        inv, cfg = plan.inventory, plan.cfg
+        url = tasks.announce_url(inv, cfg, token := secrets.token_hex(12))
+        # The release and the seeder's log; a killed deploy's are removed by
+        # the next one, by its ledger.
+        self._records = records = ledger.begin(plan.run_dir, "deploy-fleet")
+        self._work = work = records.make_dir(Path(tempfile.gettempdir()), "roost-deploy-")
+        out_dir = plan.out_dir or work
+        out_dir.mkdir(parents=True, exist_ok=True)
+        release: _Release | None = None
+        if plan.seeder_path is None:
+            made = await asyncio.to_thread(
+                create_release,
+                plan.source,
+                plan.tag,
+                out_dir,
+                announce=[url],
+                is_file=plan.is_file,
+                piece_size=plan.piece_size,
+                sign_key=plan.sign_key,
+                tar=plan.tar or plan.seed_from == "seeder",
+            )
+            release = _Release(made.torrent, made.info_hash, made.size, made.payload)
+            report.progress.total_size = release.total_size
+        try:
+            if plan.do_bootstrap:
+                await bootstrap(fleet, cfg)
+            self.poll(report)
             if release is None:
-                err = fleet.failures.get(inv.seeder.name)
-                reason = err.reason if err else "failed"
-                fail_all(f"seeder {reason}", "create")
-                raise _Stop
-            progress.total_size = release.total_size
+                release = await _create_on_seeder(fleet, plan, url, out_dir)
+                if release is None:
+                    err = fleet.failures.get(inv.seeder.name)
+                    raise DeployStopped("create", f"seeder {err.reason if err else 'failed'}")
+                report.progress.total_size = release.total_size
+            feed = await self._start_origin(release, token, work)
+        except FleetAborted as exc:
+            raise DeployStopped("aborted", f"not run: {exc}", aborted=str(exc)) from exc
+        return deploy.ReleaseInfo(release.torrent, release.info_hash, release.total_size), feed
+
+    async def _start_origin(self, release: _Release, token: str, work: Path) -> str | None:
+        """The tracker on the tracker host, then the origin; its feed's URL."""
+        plan, fleet = self.plan, self.fleet
+        inv, cfg = plan.inventory, plan.cfg
         # the address the hosts see the controller at: the SSH connection's own end
         seen = await fleet.each("controller-address", _local_address, hosts=[inv.tracker])
         addr = seen[inv.tracker.name].value if seen[inv.tracker.name].ok else None
@@ -216,10 +209,8 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
             stats_allow=[_host_cidr(addr)] if addr else [],
         )
         if not tr[inv.tracker.name].ok:
-            fail_all(f"tracker {tr[inv.tracker.name].reason}", "start-tracker")
-            raise _Stop
-        feed_url: str | None = None
-        if seed_from == "seeder":
+            raise DeployStopped("start-tracker", f"tracker {tr[inv.tracker.name].reason}")
+        if self.seed_from == "seeder":
             sr = await tasks.start_seeding(
                 fleet,
                 inv,
@@ -230,107 +221,88 @@ async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> dic
                 super_seed=plan.super_seed,
                 feed_port=cfg.feed_port if plan.feed else None,
             )
-            if plan.feed:
-                feed_url = _http_url(inv.seeder.address, cfg.feed_port)
             if not sr[inv.seeder.name].ok:
-                fail_all(f"seeder {sr[inv.seeder.name].reason}", "start-seeding")
-                raise _Stop
-        else:
-            if not addr:
-                fail_all("cannot learn the controller's address as hosts see it", "seed")
-                raise _Stop
-            assert release.payload is not None  # packed here: seeder:PATH seeds there
-            feed_port = _free_port(addr) if plan.feed else None
-            seed_proc = _controller_seed(
-                release.torrent,
-                release.payload,
-                addr,
-                work / "seed.log",
-                plan.super_seed,
-                feed_port,
-            )
-            records.add_process(seed_proc.pid)
-            if feed_port is not None:
-                feed_url = _http_url(addr, feed_port)
-            await asyncio.sleep(0.5)
-            if seed_proc.poll() is not None:
-                tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
-                fail_all(f"seeding on the controller failed: {tail}", "seed")
-                raise _Stop
+                raise DeployStopped("start-seeding", f"seeder {sr[inv.seeder.name].reason}")
+            return _http_url(inv.seeder.address, cfg.feed_port) if plan.feed else None
+        if not addr:
+            raise DeployStopped("seed", "cannot learn the controller's address as hosts see it")
+        assert release.payload is not None  # packed here: seeder:PATH seeds there
+        feed_port = _free_port(addr) if plan.feed else None
+        self._seed_proc = seed_proc = _controller_seed(
+            release.torrent,
+            release.payload,
+            addr,
+            work / "seed.log",
+            plan.super_seed,
+            feed_port,
+        )
+        assert self._records is not None
+        self._records.add_process(seed_proc.pid)
+        await asyncio.sleep(0.5)
+        if seed_proc.poll() is not None:
+            tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
+            raise DeployStopped("seed", f"seeding on the controller failed: {tail}")
+        return _http_url(addr, feed_port) if feed_port is not None else None
 
+    async def run_peers(
+        self, release: deploy.ReleaseInfo, feed: str | None, report: deploy.Report
+    ) -> None:
         def on_event(host: str, event: events.Event) -> None:
             if isinstance(event, events.Installed) and event.already:
-                already.add(host)
-            progress.apply(host, event, time.monotonic())
+                self._already.add(host)
+            report.event(host, event)
 
-        opts = dataclasses.replace(plan.peer, feed=feed_url)
-        await tasks.peer(
-            fleet,
-            cfg,
-            [h for h in peers if h.name not in fleet.failures],
-            release.torrent,
-            opts,
-            on_event,
-        )
-        sync_failures()
-    except _Stop:
-        pass
-    except FleetAborted as exc:
-        aborted = str(exc)
-        fail_all(f"not run: {exc}", "aborted")
-    finally:
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-        procs.stop_child(seed_proc)
+        plan = self.plan
+        try:
+            await tasks.peer(
+                self.fleet,
+                plan.cfg,
+                [h for h in plan.inventory.peers if h.name not in self.fleet.failures],
+                release.torrent,
+                dataclasses.replace(plan.peer, feed=feed),
+                on_event,
+            )
+        except FleetAborted as exc:
+            raise DeployStopped("aborted", f"not run: {exc}", aborted=str(exc)) from exc
+        self.poll(report)
+
+    def poll(self, report: deploy.Report) -> None:
+        """The fleet's failures so far, into the report (step: reason)."""
+        for name, err in self.fleet.failures.items():
+            report.fail(name, f"{err.step}: {err.reason}", err.step)
+
+    async def stop(self) -> list[str]:
+        """Seeder and tracker stopped, the connections closed, the work
+        directory removed; what failed to stop."""
+        procs.stop_child(self._seed_proc)
+        fleet, plan = self.fleet, self.plan
         # clean-up reaches the tracker and seeder even if they failed a step
-        cleanup_failures = dict(fleet.failures)
+        failures = dict(fleet.failures)
         fleet.failures.clear()
         try:
-            if seed_from == "seeder":
-                await tasks.stop_seeding(fleet, inv, cfg, tag=plan.tag)
-            await tasks.stop_tracker(fleet, inv, cfg)
+            if self.seed_from == "seeder":
+                await tasks.stop_seeding(fleet, plan.inventory, plan.cfg, tag=plan.tag)
+            await tasks.stop_tracker(fleet, plan.inventory, plan.cfg)
         except RoostError:
             pass
-        stop_errors = dict(fleet.failures)
+        errors = [str(e) for e in fleet.failures.values()]
         fleet.failures.clear()
-        fleet.failures.update(cleanup_failures)
+        fleet.failures.update(failures)
         await fleet.close()
-    sync_failures(final=True)
-    now = time.monotonic()
-    # hosts that never reported an end: their peer stopped without a final event
-    for name, h in progress.hosts.items():
-        if h.state not in ("done", "failed"):
-            progress.fail(name, "peer ended without reporting", now)
-    if on_update:
-        on_update(progress, now, True)
-    summary = progress.summary(now)
-    addresses = {h.name: h.address for h in inv.remote_hosts}
-    for h in summary["hosts"]:
-        h["address"] = addresses.get(h["name"])
-        h["already_installed"] = h["name"] in already
-        if not h["ok"]:
-            h["step"] = steps.get(h["name"], "peer")
-    summary.update(
-        {
-            "tag": plan.tag,
-            "info_hash": release.info_hash if release else None,
-            "tracker": inv.tracker.name,
-            "seed_from": seed_from,
-            "aborted": aborted,
-            "cleanup_errors": [str(e) for e in stop_errors.values()],
-        }
-    )
-    import shutil
+        if self._work is not None:
+            shutil.rmtree(self._work, ignore_errors=True)  # with --out, the release is elsewhere
+        if self._records is not None:
+            self._records.close()
+        return errors
 
-    shutil.rmtree(work, ignore_errors=True)  # with --out, the release is elsewhere
-    records.close()
-    return summary
-
-
-class _Stop(Exception):
-    """Internal: the deploy cannot go on (tracker or origin down)."""
+    def describe(self, summary: DeploySummary) -> None:
+        addresses = {h.name: h.address for h in self.plan.inventory.remote_hosts}
+        for h in summary.hosts:
+            h.address = addresses.get(h.name)
+            h.already_installed = h.name in self._already
+        summary.tag = self.plan.tag
+        summary.tracker = self.plan.inventory.tracker.name
+        summary.seed_from = self.seed_from
 
 
 @dataclass(frozen=True)
