@@ -300,7 +300,7 @@ def _bootstrap_main(args: argparse.Namespace) -> int:
 def _download_only(args: argparse.Namespace) -> int:
     """``roost bootstrap --download-only``: fill the wheel cache for targets
     named by hand, on a machine that reaches the registry."""
-    from roost.fleet.bootstrap import default_cache, download_only, target_for, this_target
+    from roost.fleet.wheels import default_cache, download_only, target_for, this_target
 
     if getattr(args, "hosts", None) or getattr(args, "inventory", None):
         raise UsageError(
