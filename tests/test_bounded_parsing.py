@@ -30,7 +30,8 @@ from roost.channel import parse_channel
 from roost.errors import ChannelError, ConfigError, ReleaseError, StateFileError, UsageError
 from roost.extract import install_release
 from roost.fleet.config import load_config
-from roost.fleet.inventory import _split_vars, load_inventory
+from roost.fleet.inventory import load_inventory
+from roost.fleet.inventory_formats import _split_vars
 from roost.manifest import MANIFEST_NAME
 from roost.metainfo import read_torrent_file
 from roost.tracker.store import load_state

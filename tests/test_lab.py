@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from roost.errors import LabError
-from roost.lab.netns import Lab, needed_paths, parse_rate, teardown
+from roost.lab.mounts import needed_paths
+from roost.lab.netns import Lab, parse_rate, teardown
 from tests.lab_kit import ROOT, leftovers, netns
 
 

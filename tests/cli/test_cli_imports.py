@@ -19,6 +19,8 @@ import pytest
 import roost.cli
 from roost.cli import COMMAND_AREAS
 
+#: the CLI modules of the SSH fleet: verbs, shared flags, ``roost deploy -i``
+FLEET_CLI = ("roost.cli.fleet", "roost.cli.fleet_args", "roost.cli.fleet_deploy")
 HEAVY = ("asyncssh", "libtorrent", "prometheus_client", "yaml", "playwright", "cryptography")
 
 
@@ -79,12 +81,21 @@ def test_a_peer_loads_no_http_server_and_no_other_command() -> None:
         "roost.cli.build_parser('peer').parse_args(['peer', 'x.torrent', '--dest', '/tmp/d'])\n"
         "import roost.peer, roost.engine, roost.feedclient, roost.extract, roost.prefill"
     )
-    unwanted = ("http.server", "ssl", "roost.httpserve", "roost.feed", "roost.cli.fleet", "tomllib")
+    unwanted = ("http.server", "ssl", "roost.httpserve", "roost.feed", "tomllib", *FLEET_CLI)
     assert imported_after(code, unwanted) == []
 
 
 def test_main_builds_only_the_command_it_runs() -> None:
     code = "import roost.cli\ntry:\n    roost.cli.main(['peer', '--help'])\nexcept SystemExit: pass"
-    assert imported_after(code, ("roost.cli.fleet", "roost.cli.tracker")) == []
+    assert imported_after(code, (*FLEET_CLI, "roost.cli.tracker")) == []
     full = "import roost.cli\ntry:\n    roost.cli.main(['--help'])\nexcept SystemExit: pass"
-    assert imported_after(full, ("roost.cli.fleet", "roost.cli.tracker")) != []
+    everything = (*FLEET_CLI, "roost.cli.tracker")
+    assert imported_after(full, everything) == list(everything)
+
+
+@pytest.mark.parametrize("command", ["bootstrap", "fleet"])
+def test_the_fleet_verbs_build_without_the_fleet_deploy(command: str) -> None:
+    code = f"import roost.cli\nroost.cli.build_parser({command!r})"
+    assert imported_after(code, ("roost.cli.fleet", "roost.cli.fleet_deploy")) == [
+        "roost.cli.fleet"
+    ]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from roost.cli import main
-from roost.fleet.bootstrap import Target, dependency_wheels
+from roost.fleet.wheels import Target, dependency_wheels
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,5 +1,4 @@
-"""``roost bootstrap`` and ``roost fleet <verb>``: Murder's tasks over SSH; and the
-printing side of ``roost deploy -i`` (``deploy_main``).
+"""``roost bootstrap`` and ``roost fleet <verb>``: Murder's tasks over SSH.
 
     roost fleet bootstrap        Murder distribute_files, lssd setup.yml (also: roost bootstrap)
     roost fleet start-tracker    start_tracker
@@ -12,6 +11,12 @@ printing side of ``roost deploy -i`` (``deploy_main``).
     roost fleet peer             peer / deploy.yml
     roost fleet stop-all-peering stop_all_peering / stop_all_peers.yml
     roost fleet clean            remove temp files on every host
+
+Each verb runs on the hosts of its role and prints one line (or, with
+``--json``, one record) per host; the exit status is 0 when every host is ok.
+The shared inventory and SSH flags are ``roost.cli.fleet_args``; ``roost
+deploy -i`` is ``roost.cli.fleet_deploy`` (both still importable from here,
+the second only when asked for).
 """
 
 from __future__ import annotations
@@ -23,149 +28,40 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from roost.activation import RELEASES
 from roost.cli.flags import add_install_flags, install_options
+from roost.cli.fleet_args import add_fleet_flags, at_least, fleet_config, load_inv, ssh_options
 from roost.errors import UsageError
 
 if TYPE_CHECKING:
     # Imported where used: every ``roost`` command builds this module's
     # parsers, and asyncssh (via roost.fleet.ssh) alone costs ~0.5 CPU-s.
     from roost.fleet.config import FleetConfig
-    from roost.fleet.deploy import DeployPlan
     from roost.fleet.inventory import Inventory
-    from roost.fleet.ssh import Fleet, HostResult, SSHOptions
-    from roost.progress import DeploySummary
+    from roost.fleet.ssh import Fleet, HostResult
+
+#: what cli/releases.py imports from here (the flags live in cli/fleet_args.py)
+__all__ = [
+    "COMMANDS",
+    "add_fleet_flags",
+    "at_least",
+    "fleet_config",
+    "load_inv",
+    "register",
+    "ssh_options",
+]
+
+#: ``roost deploy -i``'s names that cli/core.py imports from here, loaded from
+#: cli/fleet_deploy.py when asked for (``__getattr__``): ``roost fleet`` and
+#: ``roost bootstrap`` do not import it
+_DEPLOY_NAMES = ("add_deploy_flags", "deploy_main", "plan_from_args")
 
 
-def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> None:
-    """SSH and fleet flags shared by ``roost fleet *`` and ``roost deploy -i``."""
-    g = p.add_argument_group("fleet (SSH)")
-    if inventory:
-        g.add_argument(
-            "-i", "--inventory", type=Path, help="Ansible INI/YAML inventory or a plain host list"
-        )
-    g.add_argument(
-        "--hosts",
-        nargs="+",
-        metavar="[USER@]HOST[:PORT]",
-        help="hosts instead of an inventory (first is tracker and seeder)",
-    )
-    g.add_argument("--config", type=Path, help="roost.toml (default ./roost.toml if present)")
-    g.add_argument("-f", "--forks", type=int, help="hosts worked on at once (default 100)")
-    g.add_argument(
-        "--max-fail-percent",
-        type=float,
-        help="abort the remaining steps when more hosts than this have failed",
-    )
-    g.add_argument("--user", help="SSH user when the inventory names none")
-    g.add_argument("--identity", help="SSH private key file")
-    g.add_argument("--known-hosts", help="known_hosts file (default: ssh's)")
-    g.add_argument(
-        "--insecure-no-host-key-check",
-        action="store_true",
-        default=None,
-        help="accept any host key (unsafe; default is strict checking)",
-    )
-    g.add_argument("--jump", help="jump host [user@]host[:port] (ProxyJump)")
-    g.add_argument("--connect-timeout", type=float, help="seconds to connect (default 10)")
-    g.add_argument("--step-timeout", type=float, help="seconds per host and step (default 600)")
-    g.add_argument("--remote-path", help="install path on hosts (default /opt/roost)")
-    g.add_argument("--remote-temp-path", help="temp path on hosts (default /tmp/roost)")
-    g.add_argument("--tracker-port", type=int, help="tracker port (default 8998)")
-    g.add_argument("--wheel-cache", help="controller's wheel cache (default ~/.cache/roost/wheels)")
-    g.add_argument(
-        "--bootstrap-direct",
-        type=at_least(1),
-        metavar="N",
-        help="bootstrap: hosts this machine sends the wheels to at once (default 8)",
-    )
-    g.add_argument(
-        "--bootstrap-relay",
-        type=at_least(0),
-        metavar="N",
-        help="bootstrap: each host that has roost passes the wheels on to N others at a "
-        "time over HTTP, checked by sha256 (default 4; 0: all from this machine)",
-    )
+def __getattr__(name: str) -> Any:
+    if name in _DEPLOY_NAMES:
+        from roost.cli import fleet_deploy
 
-
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= ``low``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
-        return value
-
-    return parse
-
-
-def add_deploy_flags(p: argparse.ArgumentParser) -> None:
-    """Fleet-only flags of ``roost deploy`` (used with ``-i``)."""
-    add_fleet_flags(p, inventory=False)
-    g = p.add_argument_group("fleet deploy")
-    g.add_argument(
-        "--seed-from",
-        choices=("controller", "seeder"),
-        default=None,
-        help="origin: this machine (default) or the inventory's seeder host (seeder:PATH "
-        "always seeds there)",
-    )
-    g.add_argument(
-        "--no-bootstrap", action="store_true", help="assume roost is installed on the hosts already"
-    )
-
-
-def fleet_config(args: argparse.Namespace) -> FleetConfig:
-    from roost.fleet.config import load_config, with_overrides
-
-    cfg = load_config(getattr(args, "config", None))
-    return with_overrides(
-        cfg,
-        forks=getattr(args, "forks", None),
-        max_fail_percent=getattr(args, "max_fail_percent", None),
-        remote_path=getattr(args, "remote_path", None),
-        temp_path=getattr(args, "remote_temp_path", None),
-        tracker_port=getattr(args, "tracker_port", None),
-        wheel_cache=getattr(args, "wheel_cache", None),
-        bootstrap_direct=getattr(args, "bootstrap_direct", None),
-        bootstrap_relay=getattr(args, "bootstrap_relay", None),
-    )
-
-
-def ssh_options(args: argparse.Namespace, cfg: FleetConfig) -> SSHOptions:
-    from roost.fleet.ssh import SSHOptions
-
-    s = cfg.ssh
-    insecure = getattr(args, "insecure_no_host_key_check", None)
-    forks = cfg.forks
-    if forks < 1:
-        raise UsageError("--forks must be at least 1")
-    return SSHOptions(
-        config=s.config,
-        identity=getattr(args, "identity", None) or s.identity,
-        known_hosts=getattr(args, "known_hosts", None) or s.known_hosts,
-        insecure_no_host_key_check=bool(insecure) or s.insecure_no_host_key_check,
-        jump=getattr(args, "jump", None) or s.jump,
-        user=getattr(args, "user", None) or s.user,
-        connect_timeout=getattr(args, "connect_timeout", None) or s.connect_timeout,
-        step_timeout=getattr(args, "step_timeout", None) or s.step_timeout,
-        forks=forks,
-        max_fail_percent=cfg.max_fail_percent,
-    )
-
-
-def load_inv(args: argparse.Namespace) -> Inventory:
-    from roost.fleet.inventory import hosts_from_strings, load_inventory
-
-    if getattr(args, "hosts", None):
-        return hosts_from_strings(args.hosts)
-    if getattr(args, "inventory", None) is None:
-        raise UsageError("no hosts: pass -i INVENTORY or --hosts")
-    return load_inventory(args.inventory)
+        return getattr(fleet_deploy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- reporting
@@ -301,7 +197,7 @@ def _bootstrap_main(args: argparse.Namespace) -> int:
 def _download_only(args: argparse.Namespace) -> int:
     """``roost bootstrap --download-only``: fill the wheel cache for targets
     named by hand, on a machine that reaches the registry."""
-    from roost.fleet.bootstrap import default_cache, download_only, target_for, this_target
+    from roost.fleet.wheels import default_cache, download_only, target_for, this_target
 
     if getattr(args, "hosts", None) or getattr(args, "inventory", None):
         raise UsageError(
@@ -491,8 +387,11 @@ def _add_bootstrap(sub: Any, name: str) -> None:
     )
 
 
-def register(sub: Any) -> None:
+def _register_bootstrap(sub: Any) -> None:
     _add_bootstrap(sub, "bootstrap")
+
+
+def _register_fleet(sub: Any) -> None:
     fp = sub.add_parser("fleet", help="Murder's tasks across an inventory's hosts over SSH")
     fsub = fp.add_subparsers(dest="fleet_command", metavar="VERB")
     fp.set_defaults(handler=lambda a: (fp.print_help(), 2)[1])
@@ -565,119 +464,13 @@ def register(sub: Any) -> None:
     _verb_parser(fsub, "clean", "remove roost's temp files on every host", _v_clean, "remote")
 
 
-# ---------------------------------------------------------------- roost deploy -i
+def register(sub: Any) -> None:
+    _register_bootstrap(sub)
+    _register_fleet(sub)
 
 
-def plan_from_args(args: argparse.Namespace) -> DeployPlan:
-    """Resolve a ``DeployPlan`` from ``roost deploy -i`` arguments. Raises
-    ``UsageError``/``ConfigError``."""
-    from roost.fleet import tasks
-    from roost.fleet.deploy import DeployPlan
-
-    inv = load_inv(args)
-    cfg = fleet_config(args)
-    tag = args.tag or inv.get("tag") or cfg.default_tag
-    dest = args.dest or inv.get("destination_path") or cfg.default_destination_path
-    if not tag:
-        raise UsageError("no tag: pass --tag, or set tag in group_vars/all or roost.toml")
-    if not dest:
-        raise UsageError(
-            "no destination: pass --dest, or set destination_path in "
-            "group_vars/all or default_destination_path in roost.toml"
-        )
-    seeder_path: str | None = None
-    source = str(args.source)
-    if source.startswith("seeder:"):
-        seeder_path = source[len("seeder:") :] or str(
-            inv.get("seeder_files_path") or cfg.default_seeder_files_path or ""
-        )
-        if not seeder_path:
-            raise UsageError(
-                "seeder: names no path: give seeder:PATH, or set seeder_files_path in "
-                "group_vars/all or default_seeder_files_path in roost.toml"
-            )
-        if getattr(args, "seed_from", None) == "controller":
-            raise UsageError("seeder:PATH is packed and seeded on the seeder: drop --seed-from")
-        if args.sign is not None:
-            raise UsageError("--sign signs a release made here; sign seeder:PATH releases there")
-    elif not Path(args.source).exists():
-        raise UsageError(f"source {args.source} does not exist")
-    dest = str(dest).rstrip("/") or "/"
-    peer = tasks.PeerOptions(
-        tag=str(tag),
-        # --activate: DEST/releases/TAG, switched by DEST/current afterwards
-        dest=f"{dest}/{RELEASES}" if getattr(args, "activate", False) else dest,
-        install=install_options(args, trust=cfg.trust),
-        upload_limit=args.upload_limit,
-        download_limit=args.download_limit,
-    )
-    return DeployPlan(
-        source=Path(args.source),
-        tag=str(tag),
-        inventory=inv,
-        cfg=cfg,
-        ssh=ssh_options(args, cfg),
-        peer=peer,
-        is_file=args.is_file,
-        tar=bool(getattr(args, "tar", False)),
-        seed_from=getattr(args, "seed_from", None) or ("seeder" if seeder_path else "controller"),
-        super_seed=bool(getattr(args, "super_seed", False)),
-        feed=bool(getattr(args, "feed", True)),
-        do_bootstrap=not getattr(args, "no_bootstrap", False),
-        out_dir=args.out,
-        piece_size=args.piece_size,
-        seeder_path=seeder_path,
-        sign_key=args.sign,
-    )
-
-
-def deploy_main(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from roost.cli.releases import deploy_waves, print_rollout_hosts
-    from roost.fleet.deploy import run_deploy
-    from roost.progress import TerminalDisplay, render_live, render_summary
-
-    waves = deploy_waves(args)
-    plan = plan_from_args(args)
-    display = TerminalDisplay(sys.stderr)
-    title = f"roost deploy {plan.tag} ({len(plan.inventory.peers)} hosts)"
-
-    def on_update(progress: Any, now: float, final: bool) -> None:
-        if not args.json:
-            display.update(render_live(progress, now, title), now, force=final)
-
-    if not args.json:
-        from roost.fleet.tasks import tracker_page
-
-        page = tracker_page(plan.inventory, plan.cfg)
-        print(f"swarm page (from this machine): {page}", file=sys.stderr)
-    summary = asyncio.run(run_deploy(plan, on_update))
-    if waves is not None:
-        asyncio.run(_fleet_rollout(args, plan, summary, waves))
-    if args.json:
-        print(json.dumps(summary.to_json(), indent=2, default=str))
-    else:
-        for line in render_summary(summary):
-            print(line)
-        print_rollout_hosts(summary)
-        if summary.aborted:
-            print(f"aborted: {summary.aborted}")
-        for err in summary.cleanup_errors:
-            print(f"clean-up: {err}")
-    return 0 if summary.ok else 1
-
-
-async def _fleet_rollout(
-    args: argparse.Namespace, plan: DeployPlan, summary: DeploySummary, waves: Any
-) -> None:
-    """``roost deploy -i --activate``: switch the installed hosts wave by wave."""
-    from roost.cli.releases import merge_rollout, run_ssh_rollout
-
-    ok = {h.name for h in summary.hosts if h.ok}
-    hosts = [h for h in plan.inventory.peers if h.name in ok]
-    base = plan.peer.dest.removesuffix(f"/{RELEASES}")
-    result = await run_ssh_rollout(
-        args, hosts, plan.cfg, plan.ssh, base, plan.tag, waves, keep=args.keep
-    )
-    merge_rollout(summary, result)
+#: Each command's registration, for ``roost CMD`` building CMD's parser alone.
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "bootstrap": _register_bootstrap,
+    "fleet": _register_fleet,
+}

@@ -44,7 +44,7 @@ from roost.errors import DeployStopped, FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
 from roost.fleet.bootstrap import bootstrap
 from roost.fleet.config import FleetConfig
-from roost.fleet.inventory import Inventory
+from roost.fleet.hosts import Inventory
 from roost.fleet.ssh import Fleet, SSHOptions
 from roost.progress import DeploySummary
 

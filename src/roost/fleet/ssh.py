@@ -35,7 +35,7 @@ import asyncssh
 
 from roost.errors import FleetAborted, RemoteError, UsageError
 from roost.fleet.config import SSHSettings
-from roost.fleet.inventory import Host
+from roost.fleet.hosts import Host
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

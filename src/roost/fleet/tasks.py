@@ -33,7 +33,7 @@ from roost import events
 from roost._parse import load_json
 from roost.errors import PeerProtocolError, RemoteError
 from roost.fleet.config import FleetConfig
-from roost.fleet.inventory import Host, Inventory
+from roost.fleet.hosts import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
 from roost.peer.config import InstallOptions
 

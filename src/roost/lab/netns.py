@@ -32,15 +32,11 @@ namespace with a tmpfs on each of those paths). Every command run on the
 host enters the holder's network and mount namespaces with ``nsenter``, so
 all commands of one host see the same ``/tmp`` and ``/opt``, and the
 controller reaches them at ``/proc/HOLDER/root/tmp`` (``Host.path``).
-
-What this Python and roost are made of (``needed_paths()``: the
-interpreter's prefixes, its import path, roost's checkout) stays visible on
-the hosts although it may lie under a private path (a checkout and its
-``.venv`` under ``/tmp``): the holder mounts the new tmpfs on a stash
-directory first, bind-mounts each such path read-only into it at the same
-place, then moves the tmpfs onto ``/tmp``. A needed path that cannot be
-shared that way (the private path itself) is named in one warning before
-any host starts.
+Which paths stay visible under the private mounts, and the holder's script,
+are ``roost.lab.mounts``; the namespaces, veths, bridges and ``tc`` shaping
+are built and removed by ``roost.lab.links``. This module is the
+orchestration: it validates the request, names and numbers everything,
+records what it started, and brings the lab up and down.
 
 Cleanup: ``down()`` (also on ``__exit__`` and after an exception in ``up``)
 kills the processes the lab started (holders and every ``popen``, recorded
@@ -58,10 +54,8 @@ import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +65,9 @@ from typing import Any
 from roost import procs
 from roost._fs import atomic_write
 from roost.errors import LabError
+from roost.lab import links
+from roost.lab.links import netns_list, run
+from roost.lab.mounts import binds_for, holder_script, needed_paths
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +75,7 @@ LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
 STATE_DIR = Path(os.environ.get("ROOST_LAB_STATE_DIR", "/run/roost-lab"))
 _NAME_RE = re.compile(r"^[a-z0-9]{1,12}$")
 
-__all__ = ["LAB_RANGE", "Host", "Lab", "list_labs", "needed_paths", "parse_rate", "teardown"]
+__all__ = ["LAB_RANGE", "Host", "Lab", "list_labs", "parse_rate", "teardown"]
 
 
 def parse_rate(text: str | float | None) -> float | None:
@@ -103,46 +100,6 @@ def parse_rate(text: str | float | None) -> float | None:
 def _check_name(prefix: str) -> None:
     if not _NAME_RE.match(prefix):
         raise LabError(f"bad lab name {prefix!r}: use 1-12 lowercase letters or digits")
-
-
-def _run(argv: Sequence[str], *, input: str | None = None, check: bool = True) -> str:
-    try:
-        proc = subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, check=False, timeout=120
-        )
-    except FileNotFoundError as exc:
-        raise LabError(f"{argv[0]} not found: install iproute2") from exc
-    if check and proc.returncode != 0:
-        err = [
-            line
-            for line in (proc.stderr or proc.stdout).strip().splitlines()
-            if line.strip() and not line.startswith("Command failed")
-        ]
-        tail = err[0] if err else f"exit status {proc.returncode}"
-        raise LabError(f"{' '.join(argv[:4])}: {tail}")
-    return proc.stdout
-
-
-def needed_paths(*, import_path: bool = True) -> list[str]:
-    """Where this Python and roost live: what a host must see to run
-    ``sys.executable -m roost`` (and scripts of roost's checkout, such as
-    ``bench/``): the interpreter's prefixes, roost's checkout (or the
-    site-packages holding it) and, with ``import_path``, ``sys.path``.
-    Absolute, resolved, existing; an ancestor stands for its descendants."""
-    import roost
-
-    found = {Path(sys.executable).resolve().parent}
-    found |= {Path(p) for p in (sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix)}
-    pkg = Path(roost.__file__).resolve().parent.parent  # site-packages, or a checkout's src/
-    found.add(pkg.parent if (pkg.parent / "pyproject.toml").is_file() else pkg)
-    if import_path:
-        found |= {Path(p) for p in sys.path if p and os.path.isabs(p)}
-    paths = sorted({p.resolve() for p in found if p.exists()})
-    return [str(p) for p in paths if not any(a in paths for a in p.parents)]
-
-
-def _under(path: str, mount: str) -> bool:
-    return path == mount or path.startswith(mount.rstrip("/") + "/")
 
 
 @dataclass(frozen=True)
@@ -284,33 +241,6 @@ class Lab:
         """An empty directory where each holder builds its tmpfs before moving it."""
         return self.state_dir / f"{self.prefix}.mnt"
 
-    def _binds(self, *, warn: bool = False) -> dict[str, list[str]]:
-        """The shared paths to bind into each private mount; with ``warn``,
-        names (one line) what this Python and roost need that the hosts will
-        not see."""
-        binds: dict[str, list[str]] = {}
-        for m in self.private_mounts:
-            inside = {p for p in self.shared_paths if _under(p, m) and p != m}
-            binds[m] = sorted(p for p in inside if not any(p.startswith(o + "/") for o in inside))
-        if not warn:
-            return binds
-        hidden = [
-            p
-            for p in needed_paths(import_path=False)
-            for m in self.private_mounts
-            if _under(p, m) and not any(_under(p, b) for b in binds[m])
-        ]
-        if hidden:
-            log.warning(
-                "the emulated hosts cannot see %s (under %s, which each host gets empty): "
-                "`%s -m roost` will not run there; install roost elsewhere, or use no private "
-                "mounts",
-                hidden[0],
-                ", ".join(m for m in self.private_mounts if _under(hidden[0], m)),
-                sys.executable,
-            )
-        return binds
-
     def _record(self, pid: int) -> None:
         start = procs.start_time(pid)
         if start is None:
@@ -389,11 +319,11 @@ class Lab:
         for tool in ("ip", "tc", "nsenter", "unshare"):
             if shutil.which(tool) is None:
                 raise LabError(f"the lab needs {tool!r} on PATH (iproute2 / util-linux)")
-        if self.state_file.exists() or self.switch_netns in _netns_list():
+        if self.state_file.exists() or self.switch_netns in netns_list():
             raise LabError(
                 f"lab {self.prefix!r} already exists: run 'roost lab down --name {self.prefix}'"
             )
-        routes = json.loads(_run(["ip", "-j", "-4", "route", "show"]) or "[]")
+        routes = json.loads(run(["ip", "-j", "-4", "route", "show"]) or "[]")
         for r in routes:
             dst = r.get("dst", "")
             if dst in ("", "default"):
@@ -411,7 +341,8 @@ class Lab:
     def up(self) -> Lab:
         """Build the fleet. On any failure, removes what was built and raises LabError."""
         self._preflight()
-        self._binds(warn=True)  # says now, before any host starts, if roost will be missing
+        # says now, before any host starts, if roost will be missing
+        binds_for(self.private_mounts, self.shared_paths, warn=True)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._pids_file.write_text("")
         self._is_up = True
@@ -431,145 +362,32 @@ class Lab:
             for i in range(1, n + 1)
         ]
         self._write_state()
-        _run(["ip", "-batch", "-"], input="".join(f"netns add {x}\n" for x in [sw, *names]))
-        plen = self.subnet.prefixlen
-        sw_cmds = [
-            "link set lo up",
-            "link add br0 type bridge stp_state 0 forward_delay 0",
-            "link set br0 up",
-        ]
-        if self.datacenters == 2:
-            sw_cmds += [
-                "link add br1 type bridge stp_state 0 forward_delay 0",
-                "link set br1 up",
-                "link add dc1x type veth peer name dc2x",
-                "link set dc1x master br0",
-                "link set dc2x master br1",
-                "link set dc1x up",
-                "link set dc2x up",
-            ]
-        for i, ns in enumerate(names, 1):
-            bridge = "br1" if self._dcs[i - 1] == "dc2" else "br0"
-            sw_cmds += [
-                f"link add h{i} type veth peer name eth0 netns {ns}",
-                f"link set h{i} master {bridge}",
-                f"link set h{i} up",
-            ]
-        _run(["ip", "-n", sw, "-batch", "-"], input="\n".join(sw_cmds) + "\n")
-        cl = self.controller_link
-        _run(["ip", "link", "add", cl, "type", "veth", "peer", "name", "ctl", "netns", sw])
-        _run(["ip", "-n", sw, "-batch", "-"], input="link set ctl master br0\nlink set ctl up\n")
-        _run(["ip", "link", "set", cl, "addrgenmode", "none"])
-        _run(["ip", "addr", "add", f"{self.controller_address}/{plen}", "dev", cl])
-        _run(["ip", "link", "set", cl, "up"])
-        for h in self.hosts:
-            _run(
-                ["ip", "-n", h.netns, "-batch", "-"],
-                input=(
-                    "link set lo up\n"
-                    "link set eth0 addrgenmode none\n"
-                    f"addr add {h.address}/{plen} dev eth0\n"
-                    "link set eth0 up\n"
-                ),
-            )
-        self._shape()
-        self._static_neighbours()
+        cl, addr = self.controller_link, self.controller_address
+        links.wire(
+            sw,
+            self.hosts,
+            controller_link=cl,
+            controller_address=addr,
+            prefixlen=self.subnet.prefixlen,
+            datacenters=self.datacenters,
+        )
+        links.shape(
+            sw,
+            self.hosts,
+            rate_mbit=self.rate_mbit,
+            delay_ms=self.delay_ms,
+            queue_ms=self.queue_ms,
+            datacenters=self.datacenters,
+            inter_dc_rate_mbit=self.inter_dc_rate_mbit,
+        )
+        links.static_neighbours(self.hosts, controller_link=cl, controller_address=addr)
         if self.private_mounts:
-            binds = self._binds()
+            binds = binds_for(self.private_mounts, self.shared_paths)
             if any(binds.values()):
                 self._stash.mkdir(exist_ok=True)
-            script = self._holder_script(binds)
+            script = holder_script(self.private_mounts, binds, str(self._stash))
             self.hosts = [self._start_holder(h, script) for h in self.hosts]
         self._write_state()
-
-    def _tbf(self, rate_mbit: float) -> str:
-        rate_bps = rate_mbit * 1e6
-        burst = max(32 * 1024, int(rate_bps / 8 / 200))  # 5 ms of traffic, at least 32K
-        return f"tbf rate {rate_bps:.0f}bit burst {burst} latency {self.queue_ms:g}ms"
-
-    def _shape(self) -> None:
-        if self.datacenters == 2 and self.inter_dc_rate_mbit is not None:
-            tbf = self._tbf(self.inter_dc_rate_mbit)
-            _run(
-                ["tc", "-n", self.switch_netns, "-batch", "-"],
-                input=f"qdisc add dev dc1x root handle 1: {tbf}\n"
-                f"qdisc add dev dc2x root handle 1: {tbf}\n",
-            )
-        if self.rate_mbit is None and not self.delay_ms:
-            return
-        sw_cmds = []
-        for h in self.hosts:
-            host_cmds = []
-            if self.rate_mbit is not None:
-                tbf = self._tbf(self.rate_mbit)
-                host_cmds.append(f"qdisc add dev eth0 root handle 1: {tbf}")
-                sw_cmds.append(f"qdisc add dev h{h.index} root handle 1: {tbf}")
-            if self.delay_ms:
-                parent = "parent 1:1 handle 10:" if self.rate_mbit is not None else "root"
-                host_cmds.append(f"qdisc add dev eth0 {parent} netem delay {self.delay_ms}ms")
-            try:
-                _run(["tc", "-n", h.netns, "-batch", "-"], input="\n".join(host_cmds) + "\n")
-            except LabError as exc:
-                if "netem" in "".join(host_cmds) and "unknown" in str(exc).lower():
-                    raise LabError(
-                        "--delay needs the netem qdisc, which this kernel lacks "
-                        "(CONFIG_NET_SCH_NETEM)"
-                    ) from exc
-                raise
-        if sw_cmds:
-            _run(["tc", "-n", self.switch_netns, "-batch", "-"], input="\n".join(sw_cmds) + "\n")
-
-    def _static_neighbours(self) -> None:
-        """Permanent ARP entries for every address of the lab, everywhere.
-
-        With a shaped link the tbf queue of a busy uploader is full, and a
-        dynamic ARP request or reply queued behind the data is dropped like
-        any packet: hosts then fail to resolve each other for seconds (at 64
-        hosts half the fleet could not reach the tracker). A real NIC runs
-        far faster than the rate a switch enforces, so this is an artefact of
-        the emulation: resolve everything once, up front.
-        """
-        macs: dict[str, str] = {}
-        for h in self.hosts:
-            info = json.loads(_run(["ip", "-n", h.netns, "-j", "link", "show", "eth0"]))
-            macs[h.address] = info[0]["address"]
-        info = json.loads(_run(["ip", "-j", "link", "show", self.controller_link]))
-        macs[self.controller_address] = info[0]["address"]
-        for h in self.hosts:
-            lines = [
-                f"neigh replace {addr} lladdr {mac} dev eth0 nud permanent\n"
-                for addr, mac in macs.items()
-                if addr != h.address
-            ]
-            _run(["ip", "-n", h.netns, "-batch", "-"], input="".join(lines))
-        lines = [
-            f"neigh replace {h.address} lladdr {macs[h.address]} dev {self.controller_link} "
-            "nud permanent\n"
-            for h in self.hosts
-        ]
-        _run(["ip", "-batch", "-"], input="".join(lines))
-
-    def _holder_script(self, binds: dict[str, list[str]]) -> str:
-        """The holder's shell script: a tmpfs on each private mount, holding
-        read-only binds of the shared paths under it, then ``ready``."""
-        q = shlex.quote
-        steps = ["mount --make-rprivate /"]
-        stash = str(self._stash)
-        for m in self.private_mounts:
-            steps.append(f"mkdir -p {q(m)}")
-            if not binds[m]:
-                steps.append(f"mount -t tmpfs -o mode=1777 roostlab {q(m)}")
-                continue
-            # built aside while the real paths are still visible, then moved in place
-            steps.append(f"mount -t tmpfs -o mode=1777 roostlab {q(stash)}")
-            for p in binds[m]:
-                inside = q(stash + p[len(m.rstrip("/")) :])
-                make = f"mkdir -p {inside}" if os.path.isdir(p) else f"mkdir -p $(dirname {inside})"
-                if not os.path.isdir(p):
-                    make += f" && touch {inside}"
-                steps.append(f"{make} && mount --bind -o ro {q(p)} {inside}")
-            steps.append(f"mount --move {q(stash)} {q(m)}")
-        return " && ".join([*steps, "echo ready", "exec sleep infinity"])
 
     def _start_holder(self, h: Host, script: str) -> Host:
         proc = subprocess.Popen(
@@ -615,7 +433,7 @@ class Lab:
 
     def counters(self) -> dict[str, tuple[int, int]]:
         """Bytes (received, sent) by each host so far, read from its switch port."""
-        out = _run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show"])
+        out = run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show"])
         ports = {d["ifname"]: d["stats64"] for d in json.loads(out)}
         result = {}
         for h in self.hosts:
@@ -629,12 +447,12 @@ class Lab:
         """Packets dropped so far by the links' queues: (towards the hosts,
         from the hosts). A receiver's downlink is its switch port's egress."""
         down = 0
-        for q in json.loads(_run(["tc", "-n", self.switch_netns, "-s", "-j", "qdisc", "show"])):
+        for q in json.loads(run(["tc", "-n", self.switch_netns, "-s", "-j", "qdisc", "show"])):
             if q.get("kind") == "tbf" and str(q.get("dev", "")).startswith("h"):
                 down += int(q.get("drops", 0))
         up = 0
         for h in self.hosts:
-            for q in json.loads(_run(["tc", "-n", h.netns, "-s", "-j", "qdisc", "show"])):
+            for q in json.loads(run(["tc", "-n", h.netns, "-s", "-j", "qdisc", "show"])):
                 if q.get("kind") == "tbf":
                     up += int(q.get("drops", 0))
         return down, up
@@ -646,7 +464,7 @@ class Lab:
         """
         if self.datacenters != 2:
             raise LabError(f"lab {self.prefix} has one datacenter: no inter-datacenter link")
-        out = _run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show"])
+        out = run(["ip", "-n", self.switch_netns, "-j", "-s", "link", "show"])
         ports = {d["ifname"]: d["stats64"] for d in json.loads(out)}
         try:
             return ports["dc1x"]["tx"]["bytes"], ports["dc2x"]["tx"]["bytes"]
@@ -655,26 +473,21 @@ class Lab:
 
     def inter_dc_qdiscs(self) -> str:
         """``tc qdisc show`` of both ends of the inter-datacenter link (for checks)."""
-        return _run(["tc", "-n", self.switch_netns, "qdisc", "show", "dev", "dc1x"]) + _run(
+        return run(["tc", "-n", self.switch_netns, "qdisc", "show", "dev", "dc1x"]) + run(
             ["tc", "-n", self.switch_netns, "qdisc", "show", "dev", "dc2x"]
         )
 
     def qdiscs(self, host: Host) -> str:
         """``tc qdisc show`` of both ends of a host's link (for checks)."""
-        a = _run(["tc", "-n", host.netns, "qdisc", "show", "dev", "eth0"])
-        b = _run(["tc", "-n", self.switch_netns, "qdisc", "show", "dev", f"h{host.index}"])
+        a = run(["tc", "-n", host.netns, "qdisc", "show", "dev", "eth0"])
+        b = run(["tc", "-n", self.switch_netns, "qdisc", "show", "dev", f"h{host.index}"])
         return a + b
-
-
-def _netns_list() -> list[str]:
-    out = _run(["ip", "netns", "list"], check=False)
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def list_labs(state_dir: Path | None = None) -> list[str]:
     """Names of labs with a state file or leftover namespaces."""
     names = {p.stem for p in (state_dir or STATE_DIR).glob("*.json")}
-    for ns in _netns_list():
+    for ns in netns_list():
         m = re.fullmatch(r"([a-z0-9]{1,12})-(sw|h[0-9]+)", ns)
         if m:
             names.add(m.group(1))
@@ -703,15 +516,7 @@ def teardown(prefix: str, *, state_dir: Path | None = None) -> list[str]:
     if records:
         procs.stop_recorded(records, group=True)
         removed.append(f"{len(records)} recorded processes")
-    pat = re.compile(rf"{re.escape(prefix)}-(sw|h[0-9]+)")
-    ours = [ns for ns in _netns_list() if pat.fullmatch(ns)]
-    if ours:
-        _run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {x}\n" for x in ours))
-        removed += ours
-    link = f"{prefix}-c"
-    if _run(["ip", "link", "show", link], check=False).strip():
-        _run(["ip", "link", "del", link], check=False)
-        removed.append(link)
+    removed += links.remove(prefix)
     for f in (sdir / f"{prefix}.json", pids_file, sdir / f"{prefix}.tmp"):
         if f.exists():
             f.unlink()
