@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from roost.engine import (
     PeerBanned,
     settings_pack,
 )
-from roost.errors import EngineError
+from roost.errors import EngineError, LibtorrentError
 from tests.swarm_kit import make_torrent
 
 LOOPBACK = EngineConfig(listen_interface="127.0.0.1")
@@ -74,8 +76,30 @@ def test_any_address_listens_on_one_port_on_every_interface() -> None:
 
 
 def test_invalid_torrent_is_an_engine_error(tmp_path: Path) -> None:
-    with Engine(LOOPBACK) as engine, pytest.raises(EngineError, match=r"not a valid \.torrent"):
+    invalid = pytest.raises(EngineError, match=r"not a valid \.torrent")
+    with Engine(LOOPBACK) as engine, invalid as e:
         engine.add(b"d4:infoi3ee", tmp_path)
+    # The translated error carries what failed, not only text to re-parse.
+    assert isinstance(e.value, LibtorrentError)
+    assert e.value.operation == "not a valid .torrent"
+    assert e.value.reason and e.value.info_hash is None
+    assert isinstance(e.value.__cause__, RuntimeError | TypeError | ValueError)
+
+
+def test_a_save_path_that_cannot_be_made_is_an_engine_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_bytes(b"payload")
+    torrent = make_torrent(tmp_path / "file")
+    with Engine(LOOPBACK) as engine, pytest.raises(EngineError, match="cannot add torrent") as e:
+        engine.add(torrent, tmp_path / "file" / "below")
+    assert isinstance(e.value, LibtorrentError) and e.value.info_hash
+
+
+def test_the_engine_types_load_without_libtorrent() -> None:
+    # The peer's front builds an EngineConfig (in its PeerConfig) before it
+    # forks the worker: that must not load libtorrent.
+    code = "import sys, roost.enginetypes, roost.enginedisk; print('libtorrent' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_seed_then_download_between_two_sessions(payload: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ the DHT, and a two-datacenter rehearsal in the lab (seed + tracker per DC)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -91,15 +92,25 @@ def _same_tree(a: Path, b: Path) -> None:
             assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+LOOPBACK = EngineConfig(listen_interface="127.0.0.1")
+
+
 def _peer(
-    tmp: Path, name: str, torrent: Path, *, linger: float = 0, timeout: float = 60, **kw: Any
+    tmp: Path,
+    name: str,
+    torrent: Path,
+    *,
+    linger: float = 0,
+    timeout: float = 60,
+    engine: EngineConfig = LOOPBACK,
+    **kw: Any,
 ) -> PeerConfig:
     return PeerConfig(
         torrent=torrent,
         dest=tmp / name / "dest",
         install=InstallOptions(linger=linger, timeout=timeout),
+        engine=engine,
         temp_path=tmp / name / "temp",
-        listen_interface="127.0.0.1",
         foreground=True,
         **kw,
     )
@@ -142,10 +153,22 @@ def test_web_seed_https_with_ca_and_insecure(
         with pytest.raises(EngineError, match="timed out"):
             run_peer(untrusted, lambda e: None)
         assert origin.stats().bytes_served == 0
-        trusted = _peer(tmp_path, "t", rel.torrent, web_seeds=(url,), ca_file=str(cert))
+        trusted = _peer(
+            tmp_path,
+            "t",
+            rel.torrent,
+            web_seeds=(url,),
+            engine=dataclasses.replace(LOOPBACK, ca_file=str(cert)),
+        )
         assert run_peer(trusted, lambda e: None).ok
         _same_tree(src, tmp_path / "t" / "dest" / "v1")
-        insecure = _peer(tmp_path, "i", rel.torrent, web_seeds=(url,), verify_https=False)
+        insecure = _peer(
+            tmp_path,
+            "i",
+            rel.torrent,
+            web_seeds=(url,),
+            engine=dataclasses.replace(LOOPBACK, verify_https=False),
+        )
         assert run_peer(insecure, lambda e: None).ok
         _same_tree(src, tmp_path / "i" / "dest" / "v1")
         assert origin.stats().bytes_served >= 2 * rel.total_size
@@ -252,7 +275,7 @@ def test_peer_refuses_bad_magnet(tmp_path: Path) -> None:
 
 
 def test_dht_is_opt_in() -> None:
-    with Engine(EngineConfig(listen_interface="127.0.0.1")) as engine:
+    with Engine(LOOPBACK) as engine:
         assert engine.settings()["enable_dht"] is False
     config = EngineConfig(listen_interface="127.0.0.1", dht=True, dht_bootstrap=("127.0.0.1:9",))
     with Engine(config) as engine:
@@ -280,8 +303,9 @@ def test_trackerless_magnet_over_a_two_node_dht(tmp_path: Path, release) -> None
             "d",
             tmp_path / "d" / "temp" / rel.info_hash / "metadata.torrent",
             magnet=magnet_uri(rel.info_hash, rel.payload.name),
-            dht=True,
-            dht_bootstrap=(f"127.0.0.1:{seeder.port}",),
+            engine=dataclasses.replace(
+                LOOPBACK, dht=True, dht_bootstrap=(f"127.0.0.1:{seeder.port}",)
+            ),
         )
         assert run_peer(config, lambda e: None).ok
     finally:

@@ -383,3 +383,34 @@ def test_super_seeding_a_one_piece_release_still_delivers(
     assert rc == 0, err
     seed.terminate()
     assert seed.wait(5) == 0
+
+
+def test_the_worker_config_round_trips_through_json(tmp_path: Path) -> None:
+    # The detached worker receives its whole config as JSON on its command
+    # line: the nested install options and engine config must survive it.
+    from roost.enginetypes import EngineConfig
+    from roost.peer import InstallOptions, PeerConfig
+
+    config = PeerConfig(
+        torrent=tmp_path / "r.torrent",
+        dest=tmp_path / "dest",
+        install=InstallOptions(clean=True, trust=("k.pub",), hook="true", timeout=9.5),
+        engine=EngineConfig(
+            listen_interface="127.0.0.1",
+            listen_port=6881,
+            announce_ip="198.18.0.5",
+            upload_limit=1000,
+            download_limit=2000,
+            verify_https=False,
+            ca_file="/etc/ca.pem",
+            dht=True,
+            dht_bootstrap=("127.0.0.1:9", "127.0.0.2:9"),
+        ),
+        temp_path=tmp_path / "temp",
+        trackers=("http://t/announce",),
+        web_seeds=("http://o/",),
+        feed="http://o:1/",
+    )
+    assert PeerConfig.from_json(config.to_json()) == config
+    bare = PeerConfig(torrent=tmp_path / "r.torrent", dest=tmp_path / "dest")
+    assert PeerConfig.from_json(bare.to_json()) == bare

@@ -11,9 +11,17 @@ IP, no unchoke slot limit, large send buffers, fast re-announces).
 
 Torrents are identified by their v1 info-hash in hex (:data:`TorrentId`).
 Discrete happenings come out of :meth:`Engine.events` as small frozen
-dataclasses; numbers come from :meth:`Engine.status`. Every libtorrent
-exception is turned into :class:`~roost.errors.EngineError` here, so nothing
-above this module ever sees a libtorrent type.
+dataclasses; numbers come from :meth:`Engine.status`. Those types and
+:class:`EngineConfig` live in :mod:`roost.enginetypes`, which does not import
+libtorrent (the peer's front process builds a config without loading it);
+this module re-exports them.
+
+Every libtorrent exception is translated here, in one place
+(:func:`_libtorrent`): a failure becomes :class:`~roost.errors.LibtorrentError`
+(an ``EngineError`` carrying the operation, libtorrent's reason and the
+info-hash), and a read of a torrent whose handle libtorrent no longer knows
+answers nothing (:func:`_unless_gone`). Nothing above this module ever sees
+a libtorrent type.
 
 Resume data: :meth:`Engine.save_resume` asks libtorrent for it, waits for the
 answer (buffering other alerts for :meth:`events`) and writes it atomically
@@ -21,137 +29,40 @@ to ``resume_dir/INFOHASH.resume``; :meth:`Engine.add` loads it back, so a
 restarted download skips the re-hash of what it already had. Resume data
 vouches only for what it lists: the pieces it leaves out (completed after
 the last save, before a SIGKILL) are hashed from the disk at add, and those
-that match are not downloaded again.
+that match are not downloaded again (:mod:`roost.enginedisk`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import hashlib
 import os
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import libtorrent as lt
 
-from roost import __version__
 from roost._fs import atomic_write
-from roost.errors import EngineError, disk_error
-
-TorrentId = str  # v1 info-hash, 40 hex digits
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """How one engine's session behaves. Rates are bytes/s, 0 = unlimited."""
-
-    listen_interface: str = "0.0.0.0"
-    listen_port: int = 0
-    announce_ip: str | None = None
-    upload_limit: int = 0
-    download_limit: int = 0
-    dht: bool = False
-    lsd: bool = False
-    upnp: bool = False
-    natpmp: bool = False
-    utp: bool = False
-    connections_limit: int = 1000
-    #: Peers uploaded to at once (libtorrent's unchoke slots); -1: all. An
-    #: origin with few slots hands each piece to fewer peers, who pass it on.
-    upload_slots: int = -1
-    send_buffer: int = 8 * 1024 * 1024
-    min_announce_interval: int = 1
-    #: libtorrent refuses a loopback tracker whose path is not /announce while
-    #: this is on; roost's tracker serves /announce so it can stay on.
-    ssrf_mitigation: bool = True
-    #: Check the certificates of HTTPS web seeds and trackers (off only for
-    #: tests and self-signed origins you cannot give a CA file for).
-    verify_https: bool = True
-    #: PEM bundle trusted for HTTPS web seeds/trackers instead of the system
-    #: store (sets SSL_CERT_FILE for this process: OpenSSL reads it there).
-    ca_file: str | None = None
-    #: DHT bootstrap nodes ("host:port"); with them the DHT also accepts
-    #: private and same-address nodes (a DHT inside one datacenter).
-    dht_bootstrap: tuple[str, ...] = ()
-    #: Peer exchange. Off: the tracker's handout alone decides who talks to
-    #: whom, so its locality policy holds (with PEX on, peers allowed to reach
-    #: another datacenter gossip those peers to their whole datacenter:
-    #: bench/NOTES.md "Locality") and no peer learns of strangers.
-    pex: bool = False
-
-
-@dataclass(frozen=True)
-class Status:
-    info_hash: TorrentId
-    name: str
-    state: str
-    progress: float
-    total_done: int
-    total_wanted: int
-    downloaded: int  # payload bytes received this session
-    uploaded: int  # payload bytes sent this session
-    rate_down: int
-    rate_up: int
-    num_peers: int
-    num_seeds: int
-    is_seeding: bool
-    is_finished: bool
-    error: str | None
-    #: The OS errno behind ``error`` when it is a system error (ENOSPC...).
-    errno: int | None = None
-
-
-# Events -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Finished:
-    info_hash: TorrentId
-
-
-@dataclass(frozen=True)
-class HashFailed:
-    info_hash: TorrentId
-    piece: int
-
-
-@dataclass(frozen=True)
-class TorrentError:
-    info_hash: TorrentId
-    message: str
-    #: The OS errno of a file error (ENOSPC: libtorrent retries the write
-    #: forever, the torrent never reports an error of its own).
-    errno: int | None = None
-
-
-@dataclass(frozen=True)
-class PeerBanned:
-    info_hash: TorrentId
-    address: str
-
-
-@dataclass(frozen=True)
-class TrackerProblem:
-    info_hash: TorrentId
-    url: str
-    message: str
-    fatal: bool  # an error (True) or a warning (False)
-
-
-@dataclass(frozen=True)
-class MetadataReceived:
-    """A magnet's info dict arrived from peers (:meth:`Engine.metadata`)."""
-
-    info_hash: TorrentId
-
-
-Event = Finished | HashFailed | TorrentError | PeerBanned | TrackerProblem | MetadataReceived
+from roost.enginedisk import rooted_files, vouch_for_disk
+from roost.enginetypes import (
+    EngineConfig,
+    Event,
+    Finished,
+    HashFailed,
+    MetadataReceived,
+    PeerBanned,
+    Status,
+    TorrentError,
+    TorrentId,
+    TrackerProblem,
+    announce_urls,
+    lan_settings,
+    with_query_param,
+)
+from roost.errors import EngineError, LibtorrentError, disk_error
 
 _ALERT_MASK = (
     lt.alert.category_t.status_notification
@@ -163,66 +74,9 @@ _ALERT_MASK = (
 
 
 def settings_pack(config: EngineConfig) -> dict[str, object]:
-    """The libtorrent settings for ``config`` (pure; tested on its own)."""
-    iface = config.listen_interface
-    if ":" in iface and not iface.startswith("["):
-        iface = f"[{iface}]"
-    pack: dict[str, object] = {
-        "listen_interfaces": f"{iface}:{config.listen_port}",
-        "enable_dht": config.dht,
-        "enable_lsd": config.lsd,
-        "enable_upnp": config.upnp,
-        "enable_natpmp": config.natpmp,
-        "enable_outgoing_utp": config.utp,
-        "enable_incoming_utp": config.utp,
-        "enable_outgoing_tcp": True,
-        "enable_incoming_tcp": True,
-        "allow_multiple_connections_per_ip": True,
-        "unchoke_slots_limit": config.upload_slots,
-        "connections_limit": config.connections_limit,
-        "send_buffer_watermark": config.send_buffer,
-        "send_buffer_low_watermark": config.send_buffer // 4,
-        "send_buffer_watermark_factor": 150,
-        "max_queued_disk_bytes": 64 * 1024 * 1024,
-        "max_out_request_queue": 1500,
-        "announce_to_all_tiers": True,
-        "announce_to_all_trackers": True,
-        "min_announce_interval": config.min_announce_interval,
-        "min_reconnect_time": 1,
-        "peer_connect_timeout": 5,
-        "stop_tracker_timeout": 1,
-        "tracker_backoff": 50,
-        "torrent_connect_boost": 100,
-        "connection_speed": 200,
-        "active_downloads": -1,
-        "active_seeds": -1,
-        "active_limit": -1,
-        "share_ratio_limit": 0,
-        "seed_time_limit": 0,
-        "upload_rate_limit": config.upload_limit,
-        "download_rate_limit": config.download_limit,
-        # Production caps must apply between hosts on the same LAN too.
-        "ignore_limits_on_local_network": False,
-        "rate_limit_ip_overhead": False,
-        "alert_mask": int(_ALERT_MASK),
-        "alert_queue_size": 10000,
-        "ssrf_mitigation": config.ssrf_mitigation,
-        "user_agent": f"roost/{__version__}",
-        "handshake_client_version": f"roost/{__version__}",
-        "peer_fingerprint": "-RO0100-",
-        # A port asked for is that port, not the next free one.
-        "max_retry_port_bind": 0,
-    }
-    if config.announce_ip:
-        pack["announce_ip"] = config.announce_ip
-    pack["validate_https_trackers"] = config.verify_https
-    if config.dht_bootstrap:
-        pack["dht_bootstrap_nodes"] = ",".join(config.dht_bootstrap)
-        pack["dht_restrict_routing_ips"] = False
-        pack["dht_restrict_search_ips"] = False
-        pack["dht_prefer_verified_node_ids"] = False
-        pack["dht_ignore_dark_internet"] = False
-    return pack
+    """The session's settings for ``config``: :func:`lan_settings` and the
+    alerts the engine reads (pure; tested on its own)."""
+    return {**lan_settings(config), "alert_mask": int(_ALERT_MASK)}
 
 
 def _hex(info_hashes: object) -> TorrentId:
@@ -232,6 +86,39 @@ def _hex(info_hashes: object) -> TorrentId:
 
 def _state_name(state: object) -> str:
     return str(state).rsplit(".", 1)[-1]
+
+
+#: What libtorrent's bindings raise: RuntimeError for its C++ errors (a
+#: torrent it cannot read or add, an invalid handle), TypeError (boost.python's
+#: ArgumentError) and ValueError for arguments they cannot convert. The
+#: session's own calls (alerts, settings, listen port) do not raise.
+_LIBTORRENT_RAISES: tuple[type[Exception], ...] = (RuntimeError, TypeError, ValueError)
+
+
+@contextlib.contextmanager
+def _libtorrent(
+    operation: str, info_hash: TorrentId | None = None, *, also: tuple[type[Exception], ...] = ()
+) -> Iterator[None]:
+    """Raise what libtorrent raises in the block as ``LibtorrentError``.
+
+    ``operation`` is what failed in the words the user reads before
+    libtorrent's reason ("cannot add torrent"); ``also`` names what roost's
+    own steps in the block raise for the same operation (the save path's
+    ``OSError``).
+    """
+    try:
+        yield
+    except _LIBTORRENT_RAISES + also as exc:
+        raise LibtorrentError(operation, str(exc), info_hash=info_hash) from exc
+
+
+def _unless_gone(*also: type[Exception]) -> contextlib.suppress:
+    """For a call that answers nothing (None, [], no-op) once libtorrent no
+    longer knows the handle (the torrent removed, the session closing): what
+    libtorrent raises then is dropped and the caller falls through to its
+    empty answer. ``also``: what a duck-typed alert or error code raises
+    when it lacks the attribute (``AttributeError``)."""
+    return contextlib.suppress(RuntimeError, *also)
 
 
 class Engine:
@@ -256,10 +143,8 @@ class Engine:
             config = self.config
             if config.listen_port == 0:
                 config = dataclasses.replace(config, listen_port=_free_port(config))
-            try:
+            with _libtorrent("cannot start the BitTorrent session"):
                 self._session = lt.session(cast(Any, settings_pack(config)))
-            except (RuntimeError, TypeError, ValueError) as exc:
-                raise EngineError(f"cannot start the BitTorrent session: {exc}") from exc
             self._listen_error: str | None = None
             try:
                 self.port = self._wait_listen()
@@ -319,11 +204,11 @@ class Engine:
         peers. Raises ``EngineError`` for a torrent libtorrent cannot read or
         add.
         """
-        try:
+        with _libtorrent("not a valid .torrent"):
             decoded: Any = lt.bdecode(torrent_bytes)
             info = lt.torrent_info(decoded)
             if role is not None:
-                urls = list(trackers) if trackers is not None else _announce_urls(decoded)
+                urls = list(trackers) if trackers is not None else announce_urls(decoded)
                 trackers = [with_query_param(url, "role", role) for url in urls]
             if trackers is not None and isinstance(decoded, dict):
                 # Announce only where told from the first announce on (a
@@ -331,8 +216,6 @@ class Engine:
                 for key in (b"announce", b"announce-list"):
                     decoded.pop(key, None)
                 info = lt.torrent_info(cast(Any, decoded))
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise EngineError(f"not a valid .torrent: {exc}") from exc
         tid = _hex(info.info_hashes())
         if tid in self._handles:
             raise EngineError("torrent added twice", info_hash=tid)
@@ -341,25 +224,19 @@ class Engine:
         atp.ti = info
         atp.save_path = str(save_path)
         if files_root is not None:
-            atp.renamed_files = _rooted_files(decoded, Path(files_root))
+            atp.renamed_files = rooted_files(decoded, Path(files_root))
         if have and resumed is None and not seed_mode:
             marks = [False] * info.num_pieces()
             for piece in have:
                 marks[piece] = True
             atp.have_pieces = marks
         if resumed is not None:
-            _vouch_for_disk(atp, info, Path(save_path))
-        flags = atp.flags
-        flags &= ~lt.torrent_flags.paused
-        flags &= ~lt.torrent_flags.auto_managed
-        flags &= ~lt.torrent_flags.duplicate_is_error
+            vouch_for_disk(atp, info, Path(save_path))
+        atp.flags &= ~lt.torrent_flags.duplicate_is_error
         if seed_mode:
-            flags |= lt.torrent_flags.seed_mode
+            atp.flags |= lt.torrent_flags.seed_mode
         if super_seeding:
-            flags |= lt.torrent_flags.super_seeding
-        if not self.config.pex:
-            flags |= lt.torrent_flags.disable_pex
-        atp.flags = flags
+            atp.flags |= lt.torrent_flags.super_seeding
         if web_seeds:
             atp.url_seeds = list(web_seeds)
         if upload_limit:
@@ -369,15 +246,10 @@ class Engine:
         if trackers is not None:
             atp.trackers = list(trackers)
             atp.tracker_tiers = list(range(len(atp.trackers)))
-        try:
-            Path(save_path).mkdir(parents=True, exist_ok=True)
-            handle = self._session.add_torrent(atp)
-        except (RuntimeError, OSError, TypeError, ValueError) as exc:
-            raise EngineError(f"cannot add torrent: {exc}", info_hash=tid) from exc
-        self._handles[tid] = handle
+        with _libtorrent("cannot add torrent", tid, also=(OSError,)):
+            handle = self._add_started(atp)
+        self._register(tid, handle, resume_dir)
         self._geometry[tid] = (info.piece_length(), info.total_size())
-        if resume_dir is not None:
-            self._resume_dirs[tid] = Path(resume_dir)
         return tid
 
     def add_magnet(
@@ -394,10 +266,8 @@ class Engine:
         :meth:`metadata` answers once it has arrived. Raises ``EngineError``
         for a link libtorrent cannot parse or add.
         """
-        try:
+        with _libtorrent("not a valid magnet link"):
             atp = lt.parse_magnet_uri(uri)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise EngineError(f"not a valid magnet link: {exc}") from exc
         tid = _hex(atp.info_hashes)
         if tid in self._handles:
             raise EngineError("torrent added twice", info_hash=tid)
@@ -409,26 +279,30 @@ class Engine:
             atp = resumed
         atp.save_path = str(save_path)
         if resumed is not None and resumed.ti is not None:
-            _vouch_for_disk(atp, resumed.ti, Path(save_path))
-        flags = atp.flags
-        flags &= ~lt.torrent_flags.paused
-        flags &= ~lt.torrent_flags.auto_managed
-        if not self.config.pex:
-            flags |= lt.torrent_flags.disable_pex
-        atp.flags = flags
+            vouch_for_disk(atp, resumed.ti, Path(save_path))
         if web_seeds:
             atp.url_seeds = list(atp.url_seeds) + list(web_seeds)
-        try:
-            Path(save_path).mkdir(parents=True, exist_ok=True)
-            handle = self._session.add_torrent(atp)
+        with _libtorrent("cannot add magnet link", tid, also=(OSError,)):
+            handle = self._add_started(atp)
             if trackers is not None:
                 handle.replace_trackers([lt.announce_entry(url) for url in trackers])
-        except (RuntimeError, OSError, TypeError, ValueError) as exc:
-            raise EngineError(f"cannot add magnet link: {exc}", info_hash=tid) from exc
+        self._register(tid, handle, resume_dir)
+        return tid
+
+    def _add_started(self, atp: Any) -> lt.torrent_handle:
+        """Add ``atp`` to the session, started: never paused, never
+        auto-managed, no PEX unless configured. Raises what libtorrent and
+        the save path's mkdir raise (the caller translates them)."""
+        atp.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
+        if not self.config.pex:
+            atp.flags |= lt.torrent_flags.disable_pex
+        Path(atp.save_path).mkdir(parents=True, exist_ok=True)
+        return self._session.add_torrent(atp)
+
+    def _register(self, tid: TorrentId, handle: lt.torrent_handle, resume_dir: Path | None) -> None:
         self._handles[tid] = handle
         if resume_dir is not None:
             self._resume_dirs[tid] = Path(resume_dir)
-        return tid
 
     def _resumed(self, resume_dir: Path | None, tid: TorrentId) -> Any:
         """The ``add_torrent_params`` saved in ``resume_dir`` for ``tid``, or
@@ -440,8 +314,8 @@ class Engine:
             return None
         try:
             atp = lt.read_resume_data(resume_file.read_bytes())
-        except (RuntimeError, ValueError) as exc:
-            # Stale or damaged resume data only costs a re-hash.
+        except _LIBTORRENT_RAISES as exc:
+            # Stale or damaged resume data only costs a re-hash: an event, not an error.
             self._pending.append(TorrentError(tid, f"ignoring resume data: {exc}"))
             return None
         # read_resume_data sets override_trackers/override_web_seeds, which
@@ -455,14 +329,11 @@ class Engine:
     def metadata(self, tid: TorrentId) -> bytes | None:
         """The torrent (``{"info": ...}``, bencoded) once its info dict is known."""
         handle = self._handle(tid)
-        try:
+        with _unless_gone():
             info = handle.torrent_file()
-            if info is None:
-                return None
-            section = bytes(info.info_section())
-        except RuntimeError:
-            return None
-        return b"d4:info" + section + b"e" if section else None
+            section = bytes(info.info_section()) if info is not None else b""
+            return b"d4:info" + section + b"e" if section else None
+        return None
 
     def _handle(self, tid: TorrentId) -> lt.torrent_handle:
         try:
@@ -472,10 +343,8 @@ class Engine:
 
     def status(self, tid: TorrentId) -> Status:
         handle = self._handle(tid)
-        try:
+        with _libtorrent("cannot read torrent status", tid):
             st = handle.status()
-        except RuntimeError as exc:
-            raise EngineError(f"cannot read torrent status: {exc}", info_hash=tid) from exc
         error = st.errc.message() if st.errc.value() else None
         return Status(
             info_hash=tid,
@@ -498,10 +367,9 @@ class Engine:
 
     def connect_peer(self, tid: TorrentId, address: str, port: int) -> None:
         """Connect to a peer directly (no tracker); for tests and web-less setups."""
-        try:
-            self._handle(tid).connect_peer((address, port))
-        except RuntimeError as exc:
-            raise EngineError(f"cannot connect to {address}:{port}: {exc}", info_hash=tid) from exc
+        handle = self._handle(tid)
+        with _libtorrent(f"cannot connect to {address}:{port}", tid):
+            handle.connect_peer((address, port))
 
     # Safe from any thread (the feed's): libtorrent posts handle calls to its
     # own network thread, and these only read the handle table.
@@ -513,25 +381,22 @@ class Engine:
         handle = self._handles.get(tid)
         if handle is None:
             return
-        try:
-            length, total = self._geometry.get(tid, (0, 0))
-            size = min(length, total - index * length)
-            if len(data) < size:  # the rest is a BEP 47 pad: zeros, not sent
-                data = bytes(data) + bytes(size - len(data))
+        length, total = self._geometry.get(tid, (0, 0))
+        size = min(length, total - index * length)
+        if len(data) < size:  # the rest is a BEP 47 pad: zeros, not sent
+            data = bytes(data) + bytes(size - len(data))
+        with _libtorrent(f"cannot add piece {index}", tid):
             handle.add_piece(index, bytes(data), 0)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise EngineError(f"cannot add piece {index}: {exc}", info_hash=tid) from exc
 
     def missing_pieces(self, tid: TorrentId) -> list[int]:
         """Pieces this torrent does not have yet (sorted)."""
         handle = self._handles.get(tid)
         if handle is None:
             return []
-        try:
+        with _unless_gone():
             have = handle.status(lt.status_flags_t.query_pieces).pieces
-        except RuntimeError:
-            return []
-        return [i for i, has in enumerate(have) if not has]
+            return [i for i, has in enumerate(have) if not has]
+        return []
 
     def orphan_pieces(self, tid: TorrentId) -> list[int]:
         """Pieces this torrent lacks that no connected peer has and that are
@@ -539,42 +404,43 @@ class Engine:
         handle = self._handles.get(tid)
         if handle is None:
             return []
-        try:
+        with _unless_gone():
             have = handle.status(lt.status_flags_t.query_pieces).pieces
             if not have or all(have):
                 return []
             availability = handle.piece_availability()
             queued = {int(d["piece_index"]) for d in handle.get_download_queue()}
-        except RuntimeError:
-            return []
-        return [
-            i
-            for i, (has, seen) in enumerate(zip(have, availability, strict=False))
-            if not has and not seen and i not in queued
-        ]
+            return [
+                i
+                for i, (has, seen) in enumerate(zip(have, availability, strict=False))
+                if not has and not seen and i not in queued
+            ]
+        return []
 
     def unavailable_pieces(self, tid: TorrentId) -> tuple[int, int]:
         """(pieces this torrent lacks that no connected peer has, all its
         pieces): what only a seed, a web seed or the feed could still give.
         (0, 0) before a magnet's metadata."""
         handle = self._handle(tid)
-        try:
+        with _unless_gone():
             have = handle.status(lt.status_flags_t.query_pieces).pieces
             availability = list(handle.piece_availability())
-        except RuntimeError:
-            return 0, 0
-        availability += [0] * (len(have) - len(availability))  # no peers: []
-        held_by_nobody = [
-            not has and not seen for has, seen in zip(have, availability, strict=False)
-        ]
-        return sum(held_by_nobody), len(have)
+            availability += [0] * (len(have) - len(availability))  # no peers: []
+            held_by_nobody = [
+                not has and not seen for has, seen in zip(have, availability, strict=False)
+            ]
+            return sum(held_by_nobody), len(have)
+        return 0, 0
 
     def reannounce(self, tid: TorrentId) -> None:
-        with contextlib.suppress(RuntimeError):
-            self._handle(tid).force_reannounce()
+        handle = self._handle(tid)
+        with _unless_gone():
+            handle.force_reannounce()
 
     def set_upload_limit(self, tid: TorrentId, rate: int) -> None:
-        self._handle(tid).set_upload_limit(rate)
+        handle = self._handle(tid)
+        with _libtorrent("cannot set the upload limit", tid):
+            handle.set_upload_limit(rate)
 
     def remove(self, tid: TorrentId, *, delete_files: bool = False) -> None:
         """Drop a torrent; ``delete_files`` also deletes what it downloaded."""
@@ -583,7 +449,7 @@ class Engine:
         self._geometry.pop(tid, None)
         if handle is not None:
             flags = lt.session.delete_files if delete_files else 0
-            with contextlib.suppress(RuntimeError):
+            with _unless_gone():
                 self._session.remove_torrent(handle, flags)
 
     # Alerts --------------------------------------------------------------
@@ -604,7 +470,7 @@ class Engine:
         tid = ""
         handle = getattr(alert, "handle", None)
         if handle is not None:
-            with contextlib.suppress(RuntimeError, AttributeError):
+            with _unless_gone(AttributeError):
                 tid = _hex(handle.info_hashes())
         if tid and tid not in self._handles:
             return None
@@ -637,7 +503,9 @@ class Engine:
         resume_dir = self._resume_dirs.get(tid)
         if resume_dir is None:
             return None
-        self._handle(tid).save_resume_data(lt.torrent_handle.save_info_dict)
+        handle = self._handle(tid)
+        with _libtorrent("cannot save resume data", tid):
+            handle.save_resume_data(lt.torrent_handle.save_info_dict)
         alert = self._wait_alert(
             tid, (lt.save_resume_data_alert, lt.save_resume_data_failed_alert), timeout
         )
@@ -645,9 +513,11 @@ class Engine:
             raise EngineError("timed out saving resume data", info_hash=tid)
         if isinstance(alert, lt.save_resume_data_failed_alert):
             raise EngineError(f"cannot save resume data: {alert.message()}", info_hash=tid)
-        data = lt.write_resume_data_buf(alert.params)  # type: ignore[attr-defined]
+        with _libtorrent("cannot save resume data", tid):
+            data = bytes(lt.write_resume_data_buf(alert.params))  # type: ignore[attr-defined]
         try:
-            return _write_atomic(_resume_path(resume_dir, tid), bytes(data))
+            resume_dir.mkdir(parents=True, exist_ok=True)
+            return atomic_write(_resume_path(resume_dir, tid), data)
         except OSError as exc:
             raise disk_error(exc, resume_dir, f"cannot write resume data in {resume_dir}") from exc
 
@@ -659,7 +529,9 @@ class Engine:
         whoever reads the file next (extraction) must call this first.
         Raises ``EngineError`` on timeout.
         """
-        self._handle(tid).flush_cache()
+        handle = self._handle(tid)
+        with _libtorrent("cannot write the download to disk", tid):
+            handle.flush_cache()
         if self._wait_alert(tid, (lt.cache_flushed_alert,), timeout) is None:
             raise EngineError("timed out writing the download to disk", info_hash=tid)
 
@@ -686,7 +558,7 @@ class Engine:
             return
         self._closed = True
         self._handles.clear()
-        with contextlib.suppress(RuntimeError):
+        with _unless_gone():
             self._session.pause()
         # Dropping the last reference waits (bounded by stop_tracker_timeout)
         # for the `stopped` announces.
@@ -697,27 +569,6 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _announce_urls(torrent: object) -> list[str]:
-    """The tracker URLs of a bdecoded torrent (announce-list, else announce)."""
-    if not isinstance(torrent, dict):
-        return []
-    urls: list[str] = []
-    for tier in torrent.get(b"announce-list") or []:
-        for url in tier if isinstance(tier, list) else []:
-            if isinstance(url, bytes) and url.decode("utf-8", "replace") not in urls:
-                urls.append(url.decode("utf-8", "replace"))
-    announce = torrent.get(b"announce")
-    if not urls and isinstance(announce, bytes):
-        urls.append(announce.decode("utf-8", "replace"))
-    return urls
-
-
-def with_query_param(url: str, key: str, value: str) -> str:
-    """``url`` with ``key=value`` added to its query (pure)."""
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}{key}={value}"
 
 
 def _free_port(config: EngineConfig) -> int:
@@ -732,86 +583,18 @@ def _free_port(config: EngineConfig) -> int:
         return 0  # not an address (an interface name): let libtorrent choose
 
 
-def _rooted_files(decoded: Any, root: Path) -> dict[int, str]:
-    """Each real file of a multi-file torrent at ``root/PATH`` (absolute:
-    libtorrent then ignores the save path), pads left alone. Read from the
-    bdecoded torrent (libtorrent's file_storage accessors are deprecated in
-    these bindings); its files keep their listed order and indices."""
-    info = decoded.get(b"info", {}) if isinstance(decoded, dict) else {}
-    renamed = {}
-    for index, entry in enumerate(info.get(b"files") or []):
-        if b"p" in entry.get(b"attr", b""):
-            continue
-        parts = [os.fsdecode(part) for part in entry.get(b"path", [])]
-        renamed[index] = str(root.joinpath(*parts))
-    return renamed
-
-
-def _vouch_for_disk(atp: Any, info: Any, save_path: Path) -> None:
-    """Mark as had the pieces that resume data does not vouch for but that
-    the files on disk hold, hashed here.
-
-    Resume data is saved every few seconds; a worker killed outright (power
-    cut, OOM killer, SIGKILL) leaves pieces on disk that its last save does
-    not list, and libtorrent trusts resume data over the disk: it would
-    download them again. Without resume data libtorrent checks every piece
-    itself, so only pieces that resume data leaves out are read here, and a
-    piece lying in a hole of the sparse file is skipped unread.
-    """
-    if atp.have_pieces and all(atp.have_pieces):
-        return
-    if info.num_files() != 1:
-        return  # single-file only: a multi-file download fetches those pieces again
-    count = info.num_pieces()
-    have = (list(atp.have_pieces) + [False] * count)[:count]
-    found = 0
-    try:
-        fd = os.open(save_path / info.name(), os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return  # no file yet: nothing to vouch for
-    try:
-        for piece in (i for i in range(count) if not have[i]):
-            size = info.piece_size(piece)
-            data = _read_unless_hole(fd, piece * info.piece_length(), size)
-            if data is not None and hashlib.sha1(data).digest() == info.hash_for_piece(piece):
-                have[piece] = True
-                found += 1
-    except OSError:
-        pass  # unreadable from here on: what was found so far stands
-    finally:
-        os.close(fd)
-    if found:
-        atp.have_pieces = have
-
-
-def _read_unless_hole(fd: int, offset: int, size: int) -> bytes | None:
-    """``size`` bytes at ``offset``; None if they are short or all a hole."""
-    try:
-        if os.lseek(fd, offset, os.SEEK_DATA) >= offset + size:
-            return None
-    except OSError as exc:
-        if exc.errno == errno.ENXIO:  # nothing but a hole from offset on
-            return None
-        # No SEEK_DATA on this file system: read and hash.
-    data = os.pread(fd, size, offset)
-    return data if len(data) == size else None
-
-
 def _os_errno(code: Any) -> int | None:
     """The OS errno of a libtorrent ``error_code``, None for its own errors."""
-    try:
+    with _unless_gone(AttributeError):
         if code.value() and code.category().name() in ("system", "generic"):
             return int(code.value())
-    except (AttributeError, RuntimeError):
-        pass
     return None
 
 
 def _alert_tid(alert: object) -> str:
-    try:
+    with _unless_gone(AttributeError):
         return _hex(alert.handle.info_hashes())  # type: ignore[attr-defined]
-    except (RuntimeError, AttributeError):
-        return ""
+    return ""
 
 
 def _endpoint(alert: object) -> str:
@@ -823,8 +606,3 @@ def _endpoint(alert: object) -> str:
 
 def _resume_path(resume_dir: Path, tid: TorrentId) -> Path:
     return Path(resume_dir) / f"{tid}.resume"
-
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, data)

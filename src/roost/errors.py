@@ -11,6 +11,7 @@
     │   └── DiskFull               no space left where a download or install writes
     ├── VerifyError                extracted tree differs from the manifest
     ├── EngineError                libtorrent refused or failed (info-hash)
+    │   └── LibtorrentError        libtorrent raised (operation, reason, info-hash)
     ├── TrackerError               tracker could not start / answered a failure
     │   ├── ProtocolError          malformed request (the HTTP status to answer)
     │   │   └── Refused            well-formed, not served (token, allow-list)
@@ -115,6 +116,18 @@ class EngineError(RoostError):
     def __init__(self, message: str, *, info_hash: str | None = None):
         super().__init__(f"{message} (info-hash {info_hash})" if info_hash else message)
         self.info_hash = info_hash
+
+
+class LibtorrentError(EngineError):
+    """libtorrent failed while roost's engine did ``operation`` ("cannot add
+    torrent"); ``reason`` is libtorrent's own text (or the OS's, for a step
+    the engine takes for libtorrent: making the save path). Raised by
+    :mod:`roost.engine` only, which translates every libtorrent failure."""
+
+    def __init__(self, operation: str, reason: str, *, info_hash: str | None = None):
+        super().__init__(f"{operation}: {reason}", info_hash=info_hash)
+        self.operation = operation
+        self.reason = reason
 
 
 class TrackerError(RoostError):

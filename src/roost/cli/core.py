@@ -202,6 +202,7 @@ def _register_peer(sub: Any) -> None:
 
 
 def _peer(args: argparse.Namespace) -> int:
+    from roost.enginetypes import EngineConfig
     from roost.magnet import is_magnet, parse_magnet
     from roost.peer.config import magnet_torrent_path
 
@@ -213,22 +214,25 @@ def _peer(args: argparse.Namespace) -> int:
     torrent = Path(args.torrent)
     if magnet is not None:
         torrent = magnet_torrent_path(args.temp_path, parse_magnet(magnet).info_hash)
-    config = PeerConfig(
-        torrent=torrent,
-        magnet=magnet,
-        web_seeds=tuple(args.web_seed),
+    engine = EngineConfig(
+        listen_interface=args.listen,
+        listen_port=args.port,
+        announce_ip=args.announce_ip,
+        upload_limit=args.upload_limit,
+        download_limit=args.download_limit,
         verify_https=not args.insecure_web_seed_tls,
         ca_file=args.web_seed_ca,
         dht=args.dht or bool(args.dht_bootstrap),
         dht_bootstrap=tuple(args.dht_bootstrap),
+    )
+    config = PeerConfig(
+        torrent=torrent,
+        magnet=magnet,
+        web_seeds=tuple(args.web_seed),
         dest=args.dest,
         install=install_options(args),
+        engine=engine,
         temp_path=args.temp_path,
-        announce_ip=args.announce_ip,
-        listen_interface=args.listen,
-        listen_port=args.port,
-        upload_limit=args.upload_limit,
-        download_limit=args.download_limit,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
         foreground=args.foreground,
         feed=args.feed,

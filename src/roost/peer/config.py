@@ -1,6 +1,7 @@
 """What the peer's parts share: its config (``PeerConfig``, with the
-``InstallOptions`` every deploy hands to each host's peer), its result, where
-a download lies under TEMP, the torrent's bytes and metadata (roost.peer)."""
+``InstallOptions`` every deploy hands to each host's peer and the
+``EngineConfig`` of its BitTorrent session), its result, where a download
+lies under TEMP, the torrent's bytes and metadata (roost.peer)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from roost import events
 from roost._parse import load_json
+from roost.enginetypes import EngineConfig
 from roost.errors import UsageError
 from roost.installed import HOOK_TIMEOUT
 
@@ -78,23 +80,18 @@ class PeerConfig:
     torrent: Path
     dest: Path
     install: InstallOptions = InstallOptions()
+    #: The peer's BitTorrent session: where it listens and announces, its
+    #: rates, DHT, how it checks HTTPS web seeds. Used whole by the engine
+    #: the download owns; a shared engine (the agent's) has its own.
+    engine: EngineConfig = field(default_factory=EngineConfig)
     temp_path: Path = DEFAULT_TEMP_PATH
-    announce_ip: str | None = None
-    listen_interface: str = "0.0.0.0"
-    listen_port: int = 0
-    upload_limit: int = 0
-    download_limit: int = 0
     trackers: tuple[str, ...] | None = None
     foreground: bool = False
     #: BEP 19 web seeds (HTTP(S) origins) added to the torrent's own.
     web_seeds: tuple[str, ...] = ()
-    verify_https: bool = True
-    ca_file: str | None = None
     #: A magnet link instead of a .torrent: ``torrent`` is then where the
     #: metadata fetched from peers is written (``magnet_torrent_path``).
     magnet: str | None = None
-    dht: bool = False
-    dht_bootstrap: tuple[str, ...] = ()
     #: The origin's feed (``http://HOST:PORT/``): pieces nobody has yet come
     #: from it, one peer each, and this peer relays them (roost.feed).
     feed: str | None = None
@@ -103,21 +100,24 @@ class PeerConfig:
     stall_timeout: float = STALL_TIMEOUT
 
     def to_json(self) -> str:
-        data = dataclasses.asdict(self)
+        """This config as the worker receives it (:meth:`from_json`)."""
+        data = dataclasses.asdict(self)  # the nested configs as dicts
         return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in data.items()})
 
     @classmethod
     def from_json(cls, text: str) -> PeerConfig:
+        """The config :meth:`to_json` wrote; ``UsageError`` if it is not JSON."""
         data = load_json(text, "peer worker config", UsageError)
         for key in ("torrent", "dest", "temp_path"):
             data[key] = Path(data[key])
         if data.get("trackers") is not None:
             data["trackers"] = tuple(data["trackers"])
-        for key in ("web_seeds", "dht_bootstrap"):
-            data[key] = tuple(data.get(key) or ())
+        data["web_seeds"] = tuple(data.get("web_seeds") or ())
         install = dict(data.pop("install", None) or {})
         install["trust"] = tuple(install.get("trust") or ())
-        return cls(install=InstallOptions(**install), **data)
+        engine = dict(data.pop("engine", None) or {})
+        engine["dht_bootstrap"] = tuple(engine.get("dht_bootstrap") or ())
+        return cls(install=InstallOptions(**install), engine=EngineConfig(**engine), **data)
 
 
 @dataclass(frozen=True)

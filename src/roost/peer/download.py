@@ -43,25 +43,13 @@ class _Download:
         engine: Engine | None = None,
     ):
         """``engine``: share a long-lived engine (the agent's); not closed here."""
-        from roost.engine import Engine, EngineConfig
+        from roost.engine import Engine
 
         self.config = config
         self.dir = work_dir(config, info_hash)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.owns_engine = engine is None
-        self.engine = engine or Engine(
-            EngineConfig(
-                listen_interface=config.listen_interface,
-                listen_port=config.listen_port,
-                announce_ip=config.announce_ip,
-                upload_limit=config.upload_limit,
-                download_limit=config.download_limit,
-                verify_https=config.verify_https,
-                ca_file=config.ca_file,
-                dht=config.dht,
-                dht_bootstrap=config.dht_bootstrap,
-            )
-        )
+        self.engine = engine or Engine(config.engine)
         self.has_metadata = torrent_bytes is not None
         self.reused = self._prefill(torrent_bytes)
         if torrent_bytes is None:
@@ -120,7 +108,7 @@ class _Download:
             add_piece=lambda index, data: engine.add_piece(tid, index, data),
             orphans=lambda: engine.orphan_pieces(tid),
             lacking=lambda: engine.missing_pieces(tid),
-            download_limit=self.config.download_limit,
+            download_limit=self.config.engine.download_limit,
             have=self.reused.pieces if self.reused else (),
         ).start()
 
