@@ -25,7 +25,7 @@ Raises ``UsageError`` for bad arguments (tag, source, out dir, piece size)
 and ``ReleaseError`` for anything that cannot be packed or read.
 
 Reading a torrent back (``TorrentMeta``, ``read_torrent``, tags, signatures)
-is ``roost.metainfo``; its public names are re-exported here.
+is ``roost.metainfo``.
 """
 
 from __future__ import annotations
@@ -47,29 +47,14 @@ from roost.errors import ReleaseError, UsageError
 from roost.hashing import TarWriter, hash_file, hash_pieces, sha256_range
 from roost.layout import TorrentFile, padded_files
 from roost.manifest import MANIFEST_NAME, Manifest, ManifestEntry, link_escapes
-
-# Re-exported: every importer of roost.release keeps working (roost.metainfo).
-from roost.metainfo import (
-    TorrentMeta,
-    check_signature,
-    read_torrent,
-    read_torrent_file,
-    sign_torrent,
-    validate_tag,
-)
+from roost.metainfo import validate_tag
 
 __all__ = [
     "DEFAULT_OUT_DIR",
     "Release",
-    "TorrentMeta",
-    "check_signature",
     "choose_piece_size",
     "create_release",
     "parse_size",
-    "read_torrent",
-    "read_torrent_file",
-    "sign_torrent",
-    "validate_tag",
 ]
 
 DEFAULT_OUT_DIR = Path("/tmp/roost")  # Murder's temp path, one level down

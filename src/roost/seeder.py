@@ -121,7 +121,7 @@ def payload_dir_for(
 
 
 def _num_pieces(torrent_bytes: bytes) -> int:
-    from roost.release import read_torrent
+    from roost.metainfo import read_torrent
 
     try:
         return read_torrent(torrent_bytes).num_pieces
@@ -133,7 +133,7 @@ def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
     """The origin's feed for a single-file or tree release; ``UsageError``
     for a multi-file torrent whose files do not start on piece boundaries."""
     from roost.feed import FeedServer, FeedSource
-    from roost.release import read_torrent
+    from roost.metainfo import read_torrent
 
     meta = read_torrent(torrent_bytes)
     layout = meta.layout
@@ -151,7 +151,7 @@ def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
 def _check_payload(config: SeedConfig, torrent_bytes: bytes) -> None:
     """seed_mode trusts the payload: refuse one that is not there at all
     (a tree release looked for under ``payload_dir/NAME``, say)."""
-    from roost.release import read_torrent
+    from roost.metainfo import read_torrent
 
     try:
         meta = read_torrent(torrent_bytes)

@@ -396,7 +396,7 @@ class Agent:
 
     def _download(self, entry: ChannelEntry) -> Path:
         from roost.extract import install_release
-        from roost.release import check_signature, read_torrent
+        from roost.metainfo import check_signature, read_torrent
 
         url = resolve(channel_base(self.config.channel), entry.torrent)
         torrent = fetch(url, timeout=self.config.fetch_timeout).data
@@ -461,6 +461,7 @@ class Agent:
             temp_path=self.config.cache,
             trackers=self.config.trackers,
             feed=feed,
+            engine=self.engine.config,  # the feed's client keeps to --download-limit too
         )
         download = Download(peer_config, torrent, info_hash, engine=self.engine)
         self._downloads[info_hash] = download
@@ -469,7 +470,7 @@ class Agent:
 
     def _resume_seeding(self, tag: str) -> None:
         """Seed an installed release again after a restart, if its payload is kept."""
-        from roost.release import read_torrent
+        from roost.metainfo import read_torrent
 
         info_hash = self.state.info_hash(tag)
         if info_hash is None:

@@ -2,7 +2,7 @@
 
 Argument definitions live here; the work is in ``roost.seeder``,
 ``roost.peer``, ``roost.local`` and (for ``-i INVENTORY``)
-``roost.cli.fleet.deploy_main(args)``, which plans it (``plan_from_args``) and
+``roost.cli.fleet_deploy.deploy_main(args)``, which plans it (``plan_from_args``) and
 runs it (``roost.fleet.deploy.run_deploy``).
 """
 
@@ -99,7 +99,7 @@ def _stop_when_orphaned(stop: Callable[[], None]) -> None:
 
 def _seed(args: argparse.Namespace) -> int:
     from roost import procs
-    from roost.release import read_torrent
+    from roost.metainfo import read_torrent
     from roost.seeder import SeedConfig, Seeder, payload_dir_for, tree_for
 
     signals = StopOnSignals()
@@ -338,7 +338,7 @@ def _register_deploy(sub: Any) -> None:
         help="the origin as a plain BitTorrent seeder, without its feed (roost seed --feed-port)",
     )
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    from roost.cli.fleet import add_deploy_flags
+    from roost.cli.fleet_deploy import add_deploy_flags
     from roost.cli.releases import add_deploy_activation_flags
 
     add_deploy_activation_flags(p)
@@ -350,7 +350,7 @@ def _deploy(args: argparse.Namespace) -> int:
     if args.inventory is not None or getattr(args, "hosts", None):
         if args.local is not None:
             raise UsageError("--local runs an embedded fleet: drop it or drop -i/--hosts")
-        from roost.cli.fleet import deploy_main
+        from roost.cli.fleet_deploy import deploy_main
 
         return deploy_main(args)
     if str(args.source).startswith("seeder:"):

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost.cli.flags import add_install_flags, install_options
-from roost.cli.fleet_args import add_fleet_flags, at_least, fleet_config, load_inv, ssh_options
+from roost.cli.fleet_args import add_fleet_flags, fleet_config, load_inv, ssh_options
 from roost.errors import UsageError
 
 if TYPE_CHECKING:
@@ -39,29 +39,7 @@ if TYPE_CHECKING:
     from roost.fleet.inventory import Inventory
     from roost.fleet.ssh import Fleet, HostResult
 
-#: what cli/releases.py imports from here (the flags live in cli/fleet_args.py)
-__all__ = [
-    "COMMANDS",
-    "add_fleet_flags",
-    "at_least",
-    "fleet_config",
-    "load_inv",
-    "register",
-    "ssh_options",
-]
-
-#: ``roost deploy -i``'s names that cli/core.py imports from here, loaded from
-#: cli/fleet_deploy.py when asked for (``__getattr__``): ``roost fleet`` and
-#: ``roost bootstrap`` do not import it
-_DEPLOY_NAMES = ("add_deploy_flags", "deploy_main", "plan_from_args")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _DEPLOY_NAMES:
-        from roost.cli import fleet_deploy
-
-        return getattr(fleet_deploy, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["COMMANDS", "register"]
 
 
 # ---------------------------------------------------------------- reporting
@@ -154,7 +132,7 @@ def _run_verb(args: argparse.Namespace, verb: Verb, hosts: str = "remote") -> in
 
 
 def _tag(args: argparse.Namespace, inv: Inventory, cfg: FleetConfig) -> str:
-    from roost.release import validate_tag
+    from roost.metainfo import validate_tag
 
     tag = getattr(args, "tag", None) or inv.get("tag") or cfg.default_tag
     if not tag:

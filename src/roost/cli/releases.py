@@ -74,7 +74,7 @@ def register(sub: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from roost.cli.fleet import add_fleet_flags
+    from roost.cli.fleet_args import add_fleet_flags
 
     p.add_argument("--dest", type=Path, required=True, help="the destination (DEST/releases)")
     p.add_argument(
@@ -88,7 +88,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_keep_flag(p: argparse.ArgumentParser) -> None:
-    from roost.cli.fleet import at_least
+    from roost.cli.fleet_args import at_least
 
     p.add_argument(
         "--keep",
@@ -199,7 +199,7 @@ def _print_rows(
 def _fleet(args: argparse.Namespace, verb: str, tag: str | None) -> int:
     import asyncio
 
-    from roost.cli.fleet import fleet_config, load_inv, ssh_options
+    from roost.cli.fleet_args import fleet_config, load_inv, ssh_options
     from roost.fleet import tasks
     from roost.fleet.ssh import Fleet
 
@@ -307,7 +307,7 @@ def rollout_lines(doc: dict[str, Any]) -> list[str]:
 
 
 async def _rollout_fleet(args: argparse.Namespace, waves: Any) -> int:
-    from roost.cli.fleet import fleet_config, load_inv, ssh_options
+    from roost.cli.fleet_args import fleet_config, load_inv, ssh_options
 
     inv = load_inv(args)
     cfg = fleet_config(args)

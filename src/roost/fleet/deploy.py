@@ -318,7 +318,7 @@ async def _create_on_seeder(
 ) -> _Release | None:
     """``roost create`` on the seeder from ``plan.seeder_path``; the .torrent
     comes back to ``out_dir``. None when the seeder failed (see fleet.failures)."""
-    from roost.release import read_torrent_file
+    from roost.metainfo import read_torrent_file
 
     assert plan.seeder_path is not None
     made = await tasks.create(

@@ -157,7 +157,7 @@ def check(torrent: Path, manifest_path: Path, target: Path) -> dict:
 
     from roost.errors import RoostError
     from roost.manifest import parse_manifest
-    from roost.release import read_torrent
+    from roost.metainfo import read_torrent
     from roost.verify import installed_difference
 
     try:

@@ -164,7 +164,7 @@ def _torrent_bytes(config: PeerConfig) -> bytes | None:
 
 
 def _read_meta(torrent_bytes: bytes) -> Any:
-    from roost.release import read_torrent
+    from roost.metainfo import read_torrent
 
     return read_torrent(torrent_bytes)
 

@@ -30,7 +30,7 @@ from roost.peer.worker import _run_detached
 def _check_trusted(config: PeerConfig, meta: Any) -> None:
     """With ``--trust``: refuse, before a byte is downloaded, a release that no
     trusted key signed (``roost.signing``). A magnet carries no signature."""
-    from roost.release import check_signature
+    from roost.metainfo import check_signature
     from roost.signing import load_trusted
 
     trusted = load_trusted(config.install.trust)

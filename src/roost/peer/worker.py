@@ -165,13 +165,7 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                     error = reason
     finally:
         if not complete:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(15)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            procs.stop_child(proc, grace=15)
         with contextlib.suppress(OSError):
             proc.stdin.close()
     if failure is not None:
