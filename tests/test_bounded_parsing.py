@@ -27,7 +27,13 @@ import pytest
 from roost import bencode
 from roost.agent.state import AgentState
 from roost.channel import parse_channel
-from roost.errors import ChannelError, ConfigError, ReleaseError, StateFileError, UsageError
+from roost.errors import (
+    AgentStateError,
+    ChannelError,
+    ConfigError,
+    ReleaseError,
+    StateFileError,
+)
 from roost.extract import install_release
 from roost.fleet.config import load_config
 from roost.fleet.inventory import load_inventory
@@ -265,7 +271,7 @@ def test_deep_state_files_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(StateFileError, match="line 1: nested deeper than 100 levels"):
         load_state(tracker_state)
     (tmp_path / ".roost-agent.json").write_bytes(deep_json(b'{"installed": ', b"}"))
-    with pytest.raises(UsageError, match=r"agent state is unreadable: .*:1: nested deeper"):
+    with pytest.raises(AgentStateError, match=r"agent state is unreadable: .*:1: nested deeper"):
         AgentState.load(tmp_path)
 
 

@@ -19,6 +19,7 @@
     ├── HookError                  the post-download hook failed (exit status)
     ├── HealthError                a health check failed or timed out (reason)
     ├── PeerProtocolError          a malformed ``roost peer --events json`` line
+    ├── AgentStateError            an agent's state file is unreadable or malformed
     ├── ChannelError               a release channel is unreachable, malformed
     │                              or names a release it does not hold
     ├── FetchError                 an HTTP GET failed, timed out or was too
@@ -179,6 +180,10 @@ class HealthError(RoostError):
 
 class PeerProtocolError(RoostError):
     pass
+
+
+class AgentStateError(RoostError):
+    """DEST/.roost-agent.json cannot be read, is too large or is malformed."""
 
 
 class ChannelError(RoostError):

@@ -142,7 +142,7 @@ class Agent:
             (self.dest / RELEASES).mkdir(parents=True, exist_ok=True)
             config.cache.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create {self.dest}/{RELEASES}: {exc.strerror}") from exc
+            raise DestinationError(f"cannot create {self.dest}/{RELEASES}: {exc.strerror}") from exc
         self._lock = lock_destination(self.dest / LOCK_FILE)
         self._stop = threading.Event()
         self._channel: Channel | None = None

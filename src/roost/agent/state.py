@@ -13,7 +13,7 @@ from typing import Any
 
 from roost._fs import atomic_write, open_regular
 from roost._parse import load_json
-from roost.errors import UsageError
+from roost.errors import AgentStateError, DestinationError, UsageError
 
 STATE_FILE = ".roost-agent.json"
 LOCK_FILE = ".roost-agent.lock"
@@ -41,7 +41,7 @@ class AgentState:
 
     @classmethod
     def load(cls, dest: Path) -> AgentState:
-        """The saved state, or a fresh one; ``UsageError`` if it is corrupt."""
+        """The saved state, or a fresh one; ``AgentStateError`` if it is corrupt."""
         path = Path(dest) / STATE_FILE
         try:
             with open_regular(path) as f:
@@ -49,18 +49,20 @@ class AgentState:
         except FileNotFoundError:
             return cls()
         except OSError as exc:
-            raise UsageError(f"agent state {path} is unreadable: {exc.strerror or exc}") from None
+            raise AgentStateError(
+                f"agent state {path} is unreadable: {exc.strerror or exc}"
+            ) from None
         if len(data) > MAX_STATE:
-            raise UsageError(f"agent state {path} is larger than {MAX_STATE} bytes")
+            raise AgentStateError(f"agent state {path} is larger than {MAX_STATE} bytes")
         try:
-            doc = load_json(data, str(path), UsageError)
-        except UsageError as exc:
-            raise UsageError(f"agent state is unreadable: {exc}") from None
+            doc = load_json(data, str(path), AgentStateError)
+        except AgentStateError as exc:
+            raise AgentStateError(f"agent state is unreadable: {exc}") from None
         if not isinstance(doc, dict):
-            raise UsageError(f"agent state {path} is not a JSON object")
+            raise AgentStateError(f"agent state {path} is not a JSON object")
         problem = _problem(doc)
         if problem is not None:
-            raise UsageError(f"agent state {path} is malformed: {problem}")
+            raise AgentStateError(f"agent state {path} is malformed: {problem}")
         return cls(**{k: v for k, v in doc.items() if k in cls.__dataclass_fields__})
 
     def save(self, dest: Path) -> None:
@@ -107,13 +109,13 @@ def _problem(doc: dict[str, Any]) -> str | None:
 
 
 def lock_destination(path: Path) -> Any:
-    """Hold ``path`` locked for this agent's life; ``UsageError`` if another has it."""
+    """Hold ``path`` locked for this agent's life; ``DestinationError`` if another has it."""
     f = open(path, "a+")  # noqa: SIM115 - held open for the agent's life
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise UsageError(f"another roost agent is running for {path.parent}") from None
+        raise DestinationError(f"another roost agent is running for {path.parent}") from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
