@@ -42,6 +42,13 @@ def tracker() -> Iterator[TrackerHandle]:
         yield t
 
 
+@pytest.fixture(scope="module")
+def shared_tracker() -> Iterator[TrackerHandle]:
+    """One tracker for the tests that only read from it: refusals, its port."""
+    with run_tracker_in_thread(TrackerConfig(port=0, interval=5)) as t:
+        yield t
+
+
 def test_announce_compact_and_dict(tracker: TrackerHandle) -> None:
     d = announce(tracker, 0, left=0)
     assert (d[b"complete"], d[b"incomplete"], d[b"interval"]) == (1, 0, 5)
@@ -106,14 +113,16 @@ def test_events_and_scrape(tracker: TrackerHandle) -> None:
     ],
 )
 def test_malformed_gets_4xx_failure_reason_and_server_lives(
-    tracker: TrackerHandle, request_bytes: bytes
+    shared_tracker: TrackerHandle, request_bytes: bytes
 ) -> None:
-    out = raw_exchange(tracker.port, [request_bytes])
+    out = raw_exchange(shared_tracker.port, [request_bytes])
     head, body = split_responses(out)[0]
     assert head.startswith((b"HTTP/1.1 4", b"HTTP/1.1 50"))
     assert b"Connection: close" in head
     assert b"failure reason" in bencode.decode(body)
-    assert announce(tracker, 0)[b"interval"] == 5  # still serving
+    scrape = shared_tracker.announce_url.replace("/announce", "/scrape")
+    status, body = get(f"{scrape}?info_hash={q(IH)}")
+    assert status == 200 and b"files" in bencode.decode(body)  # still serving
 
 
 def test_keep_alive_pipelining_and_awkward_splits(tracker: TrackerHandle) -> None:
@@ -229,9 +238,9 @@ def test_corrupt_state_file_is_one_clear_error(tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
 
 
-def test_port_in_use_is_a_tracker_error(tracker: TrackerHandle) -> None:
+def test_port_in_use_is_a_tracker_error(shared_tracker: TrackerHandle) -> None:
     with pytest.raises(TrackerError, match="cannot listen"):
-        run_tracker_in_thread(TrackerConfig(port=tracker.port))
+        run_tracker_in_thread(TrackerConfig(port=shared_tracker.port))
 
 
 def test_asyncio_api_embedded(tmp_path: Path) -> None:
