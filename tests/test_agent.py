@@ -34,6 +34,7 @@ from roost.channel import (
     render_channel,
     set_current,
 )
+from roost.enginetypes import EngineConfig
 from roost.errors import ChannelError, UsageError
 from tests.release_kit import make_tree, snapshot
 
@@ -414,7 +415,7 @@ def test_daemon_retries_a_dripping_channel_and_stops_on_request(tmp_path: Path) 
             dest=tmp_path / "dest",
             interval=0.1,
             fetch_timeout=0.5,
-            listen_interface="127.0.0.1",
+            engine=EngineConfig(listen_interface="127.0.0.1"),
         )
         with Agent(config, say=lines.append) as agent:
             thread = threading.Thread(target=agent.run, daemon=True)
@@ -536,7 +537,11 @@ def agent_config(pub: Publisher, dest: Path, **kw: Any) -> Any:
     from roost.agent import AgentConfig
 
     return AgentConfig(
-        channel=pub.url, dest=dest, listen_interface="127.0.0.1", download_timeout=20, **kw
+        channel=pub.url,
+        dest=dest,
+        engine=EngineConfig(listen_interface="127.0.0.1"),
+        download_timeout=20,
+        **kw,
     )
 
 

@@ -98,11 +98,8 @@ class AgentConfig:
     keep: int = 3
     hook: str | None = None
     temp_path: Path | None = None  # default DEST/.roost-cache
-    listen_interface: str = "0.0.0.0"
-    listen_port: int = 0
-    announce_ip: str | None = None
-    upload_limit: int = 0
-    download_limit: int = 0
+    #: the one engine's listening address, announced address and rates
+    engine: EngineConfig = field(default_factory=EngineConfig)
     download_timeout: float = 3600.0
     fetch_timeout: float = FETCH_TIMEOUT  # the whole GET of channel.json or a .torrent
     trackers: tuple[str, ...] | None = None
@@ -130,8 +127,9 @@ class AgentConfig:
 class Agent:
     """Follow one channel for one destination. One thread drives it.
 
-    Raises ``UsageError`` (bad destination, another agent holds it) from the
-    constructor; ``cycle`` raises ``RoostError`` subclasses, ``run`` never.
+    Raises ``DestinationError`` (the destination cannot be made, another
+    agent holds it) or ``AgentStateError`` from the constructor; ``cycle``
+    raises ``RoostError`` subclasses, ``run`` never.
     """
 
     def __init__(self, config: AgentConfig, say: Say | None = None):
@@ -152,15 +150,7 @@ class Agent:
         try:
             self.state = AgentState.load(self.dest)
             self.state.channel = config.channel
-            self.engine = Engine(
-                EngineConfig(
-                    listen_interface=config.listen_interface,
-                    listen_port=config.listen_port,
-                    announce_ip=config.announce_ip,
-                    upload_limit=config.upload_limit,
-                    download_limit=config.download_limit,
-                )
-            )
+            self.engine = Engine(config.engine)
         except BaseException:  # a bad state file, no port: the destination is free again
             self._lock.close()
             raise

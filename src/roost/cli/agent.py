@@ -110,6 +110,7 @@ def _agent(args: argparse.Namespace) -> int:
     if args.action == "status":
         return _status(args)
     from roost.agent import Agent, AgentConfig
+    from roost.enginetypes import EngineConfig
     from roost.signing import load_trusted
 
     if not args.channel:
@@ -123,11 +124,13 @@ def _agent(args: argparse.Namespace) -> int:
         hook=args.hook,
         keep_setid=args.keep_setid,
         temp_path=args.temp_path,
-        listen_interface=args.listen,
-        listen_port=args.port,
-        announce_ip=args.announce_ip,
-        upload_limit=args.upload_limit,
-        download_limit=args.download_limit,
+        engine=EngineConfig(
+            listen_interface=args.listen,
+            listen_port=args.port,
+            announce_ip=args.announce_ip,
+            upload_limit=args.upload_limit,
+            download_limit=args.download_limit,
+        ),
         download_timeout=args.download_timeout,
         fetch_timeout=args.fetch_timeout,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,
