@@ -35,7 +35,7 @@ def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
     """``make_swarm(source, tag="t1", upload_limit=0, is_file=False, tar=True)``: create
     the release, start an allow-list tracker and a seeder; all stopped after."""
     from roost.release import create_release
-    from roost.seeder import SeedConfig, SeederThread
+    from roost.seeder import SeedConfig, SeederThread, origin_engine
     from roost.tracker import TrackerConfig, run_tracker_in_thread
 
     stops: list[Callable[[], None]] = []
@@ -67,8 +67,7 @@ def make_swarm(tmp_path: Path) -> Iterator[MakeSwarm]:
         seeder = SeederThread(
             SeedConfig.of(
                 release,
-                upload_limit=upload_limit,
-                listen_interface="127.0.0.1",
+                engine=origin_engine(listen_interface="127.0.0.1", upload_limit=upload_limit),
                 feed_port=0 if feed else None,
             )
         )

@@ -73,7 +73,7 @@ class Publisher:
         sign: Path | None = None,
         waves: tuple[float, ...] = (),
     ) -> Any:
-        from roost.seeder import SeedConfig, SeederThread
+        from roost.seeder import SeedConfig, SeederThread, origin_engine
 
         feed_port = free_port() if feed else None
         release = publish(
@@ -87,7 +87,11 @@ class Publisher:
         )
         if seed:
             self.seeders[tag] = SeederThread(
-                SeedConfig.of(release, listen_interface="127.0.0.1", feed_port=feed_port)
+                SeedConfig.of(
+                    release,
+                    engine=origin_engine(listen_interface="127.0.0.1"),
+                    feed_port=feed_port,
+                )
             )
         return release
 
@@ -508,9 +512,11 @@ def test_sigterm_mid_download_saves_resume_data_and_a_restart_finishes(
     source = pub.source("big")
     random_file(source / "blob.bin", 2 * 1024 * 1024, seed=7)
     release = publish(source, "v1", pub.dir, announce=[pub.tracker.announce_url])
-    from roost.seeder import SeedConfig, SeederThread
+    from roost.seeder import SeedConfig, SeederThread, origin_engine
 
-    pub.seeders["v1"] = SeederThread(SeedConfig.of(release, listen_interface="127.0.0.1"))
+    pub.seeders["v1"] = SeederThread(
+        SeedConfig.of(release, engine=origin_engine(listen_interface="127.0.0.1"))
+    )
     slow = agent_args(pub, dest, "--interval", "0.5", "--download-limit", "256K")
     daemon = roost_procs(*slow)
     work = dest / ".roost-cache" / release.info_hash

@@ -126,7 +126,7 @@ def test_installing_a_deeply_nested_manifest_writes_nothing(tmp_path: Path) -> N
 def hostile_swarm(tmp_path: Path) -> Iterator[Path]:
     """A real tracker and libtorrent seeder serving a release whose manifest is
     nested 100,000 deep; yields its torrent."""
-    from roost.seeder import SeedConfig, SeederThread
+    from roost.seeder import SeedConfig, SeederThread, origin_engine
     from roost.tracker import TrackerConfig, run_tracker_in_thread
 
     tracker = run_tracker_in_thread(TrackerConfig(port=0, interval=2, min_interval=1))
@@ -135,7 +135,9 @@ def hostile_swarm(tmp_path: Path) -> Iterator[Path]:
         seed.mkdir()
         manifest = deep_json(b'{"version": 1, "tag": "evil", "entries": ', b"}")
         _, torrent = hostile_release(seed, manifest, tracker.announce_url)
-        config = SeedConfig(torrent=torrent, payload_dir=seed, listen_interface="127.0.0.1")
+        config = SeedConfig(
+            torrent=torrent, payload_dir=seed, engine=origin_engine(listen_interface="127.0.0.1")
+        )
         seeder = SeederThread(config)
         try:
             yield torrent

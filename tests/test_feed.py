@@ -418,7 +418,7 @@ def test_peers_that_hold_every_piece_between_them_finish_without_the_seeder(
 def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
     from roost import bencode
     from roost.errors import UsageError
-    from roost.seeder import SeedConfig, Seeder
+    from roost.seeder import SeedConfig, Seeder, origin_engine
 
     torrent = tmp_path / "multi.torrent"
     torrent.write_bytes(
@@ -445,7 +445,7 @@ def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
             SeedConfig(
                 torrent=torrent,
                 payload_dir=tmp_path,
-                listen_interface="127.0.0.1",
+                engine=origin_engine(listen_interface="127.0.0.1"),
                 feed_port=0,
             )
         )

@@ -204,7 +204,7 @@ def _netns_unusable() -> str | None:
 @pytest.mark.netns
 @pytest.mark.skipif(_netns_unusable() is not None, reason=_netns_unusable() or "")
 def test_transmission_downloads_from_roost_seeder(tmp_path: Path) -> None:
-    from roost.seeder import SeedConfig, SeederThread
+    from roost.seeder import SeedConfig, SeederThread, origin_engine
 
     lab = _lab(tmp_path)
     try:
@@ -219,7 +219,9 @@ def test_transmission_downloads_from_roost_seeder(tmp_path: Path) -> None:
                 _source(tmp_path / "src"), "v2", tmp_path / "out", announce=[tracker.announce_url]
             )
             tracker.allow(release.info_hash, "v2")
-            seeder = SeederThread(SeedConfig.of(release, listen_interface=addr))
+            seeder = SeederThread(
+                SeedConfig.of(release, engine=origin_engine(listen_interface=addr))
+            )
             config, download, done = tmp_path / "tr-config", tmp_path / "tr-down", tmp_path / "done"
             download.mkdir()
             transmission_settings(config, port=51413)

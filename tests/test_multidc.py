@@ -23,7 +23,7 @@ from roost.metainfo import read_torrent_file
 from roost.origin import OriginConfig, OriginServer
 from roost.peer import InstallOptions, PeerConfig, run_peer
 from roost.release import create_release
-from roost.seeder import SeedConfig, SeederThread
+from roost.seeder import SeedConfig, SeederThread, origin_engine
 from roost.tracker import TrackerConfig, run_tracker_in_thread
 from tests.http_kit import make_cert
 
@@ -247,7 +247,7 @@ def test_create_prints_magnet_and_peer_takes_it(tmp_path: Path) -> None:
             SeedConfig(
                 torrent=Path(doc["torrent"]),
                 payload_dir=tmp_path / "out",
-                listen_interface="127.0.0.1",
+                engine=origin_engine(listen_interface="127.0.0.1"),
             )
         )
         try:
@@ -292,9 +292,11 @@ def test_trackerless_magnet_over_a_two_node_dht(tmp_path: Path, release) -> None
         SeedConfig(
             torrent=rel.torrent,
             payload_dir=rel.payload.parent,
-            listen_interface="127.0.0.1",
-            dht=True,
-            dht_bootstrap=("127.0.0.1:9",),  # nothing there: never the internet's routers
+            engine=origin_engine(
+                listen_interface="127.0.0.1",
+                dht=True,
+                dht_bootstrap=("127.0.0.1:9",),  # nothing there: never the internet's routers
+            ),
         )
     )
     try:

@@ -162,7 +162,7 @@ def foreign_swarm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tu
     """A multi-file torrent made by mktorrent or by a client (transmission),
     seeded on an open tracker: (the .torrent, its magnet link)."""
     from roost.magnet import magnet_uri
-    from roost.seeder import SeedConfig, SeederThread
+    from roost.seeder import SeedConfig, SeederThread, origin_engine
     from roost.tracker import TrackerConfig, run_tracker_in_thread
 
     content = tmp_path / "origin" / "bundle"
@@ -189,7 +189,11 @@ def foreign_swarm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tu
     made = subprocess.run(argv, capture_output=True, check=False)
     assert made.returncode == 0, made.stderr
     seeder = SeederThread(
-        SeedConfig(torrent=torrent, payload_dir=content.parent, listen_interface="127.0.0.1")
+        SeedConfig(
+            torrent=torrent,
+            payload_dir=content.parent,
+            engine=origin_engine(listen_interface="127.0.0.1"),
+        )
     )
     meta = read_torrent_file(torrent)
     try:

@@ -40,7 +40,7 @@ from roost.metainfo import validate_tag
 from roost.peer.config import InstallOptions
 from roost.progress import DeploySummary, OriginBytes
 from roost.release import Release, create_release
-from roost.seeder import SeedConfig, SeederThread
+from roost.seeder import SeedConfig, SeederThread, origin_engine
 from roost.tracker import TrackerConfig, TrackerHandle, run_tracker_in_thread
 
 DEFAULT_HOSTS = 4
@@ -163,7 +163,7 @@ class LocalRunner:
             SeedConfig.of(
                 release,
                 super_seeding=config.super_seed,
-                listen_interface="127.0.0.1",
+                engine=origin_engine(listen_interface="127.0.0.1"),
                 feed_port=0 if config.feed else None,
             )
         )

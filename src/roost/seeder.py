@@ -18,11 +18,12 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost.engine import Engine, EngineConfig, HashFailed, TorrentError, TrackerProblem
+from roost.enginetypes import origin_engine
 from roost.errors import RoostError, UsageError
 
 if TYPE_CHECKING:
@@ -39,20 +40,13 @@ class SeedConfig:
     #: build tree ``roost create`` hashed); None: ``payload_dir/NAME``
     tree: Path | None = None
     trackers: tuple[str, ...] | None = None  # replace the torrent's announce list
-    upload_limit: int = 0
+    #: the origin's engine: where it listens and announces, its upload
+    #: limit (its feed's too), the DHT, its upload slots (``origin_engine``)
+    engine: EngineConfig = field(default_factory=origin_engine)
     super_seeding: bool = False
     seed_mode: bool = True
-    listen_interface: str = "0.0.0.0"
-    listen_port: int = 0
-    announce_ip: str | None = None
-    dht: bool = False  # also announce on the DHT (trackerless / magnet peers)
-    dht_bootstrap: tuple[str, ...] = ()
-    #: Peers the origin uploads to at once (-1: all). Few slots make the
-    #: origin hand each piece to fewer peers, who pass it on: measured fewer
-    #: copies from the origin and no slower deploys (bench/NOTES.md).
-    upload_slots: int = 4
     #: Serve the origin's feed (roost.feed) on this port (0: any); None: no
-    #: feed. ``feed_bind`` defaults to ``listen_interface``.
+    #: feed. ``feed_bind`` defaults to the engine's ``listen_interface``.
     feed_port: int | None = None
     feed_bind: str | None = None
 
@@ -141,9 +135,9 @@ def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
         raise UsageError(
             "the feed serves single-file and tree releases only (roost create makes those)"
         )
-    bind = config.feed_bind or config.listen_interface
+    bind = config.feed_bind or config.engine.listen_interface
     root = _payload(config, meta.name)
-    server = FeedServer(bind, config.feed_port or 0, rate_limit=config.upload_limit).start()
+    server = FeedServer(bind, config.feed_port or 0, rate_limit=config.engine.upload_limit).start()
     server.add(FeedSource(meta.info_hash, root, meta.piece_size, meta.length, layout))
     return server
 
@@ -173,17 +167,7 @@ class Seeder:
             torrent_bytes = config.torrent.read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read torrent {config.torrent}: {exc.strerror}") from exc
-        self.engine = Engine(
-            EngineConfig(
-                listen_interface=config.listen_interface,
-                listen_port=config.listen_port,
-                announce_ip=config.announce_ip,
-                upload_limit=config.upload_limit,
-                dht=config.dht,
-                dht_bootstrap=config.dht_bootstrap,
-                upload_slots=config.upload_slots,
-            )
-        )
+        self.engine = Engine(config.engine)
         _check_payload(config, torrent_bytes)
         # libtorrent's super-seeding starts by offering each peer two pieces it
         # lacks; with a single piece it never offers any and the swarm stalls.

@@ -310,14 +310,13 @@ def _publish(args: argparse.Namespace) -> int:
     print(f"{release.tag} {state}: {release.torrent} ({release.info_hash})", flush=True)
     if not args.seed:
         return 0
-    from roost.seeder import SeedConfig, Seeder
+    from roost.seeder import SeedConfig, Seeder, origin_engine
 
     signals = StopOnSignals()
     seeder = Seeder(
         SeedConfig.of(
             release,
-            upload_limit=args.upload_limit,
-            listen_interface=args.listen,
+            engine=origin_engine(listen_interface=args.listen, upload_limit=args.upload_limit),
             feed_port=_feed_url(args.feed).port if args.feed else None,
         )
     )

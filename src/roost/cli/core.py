@@ -49,12 +49,15 @@ def _register_seed(sub: Any) -> None:
     )
     p.add_argument("--upload-limit", type=size, default=0, help="bytes/s (e.g. 50M); 0 = none")
     p.add_argument("--super-seed", action="store_true", help="hand out each piece once (origin)")
+    from roost.enginetypes import ORIGIN_UPLOAD_SLOTS
+
     p.add_argument(
         "--upload-slots",
         type=int,
-        default=4,
+        default=ORIGIN_UPLOAD_SLOTS,
         metavar="N",
-        help="upload to at most N peers at once, the others get it from them (default 4; -1: all)",
+        help="upload to at most N peers at once, the others get it from them "
+        f"(default {ORIGIN_UPLOAD_SLOTS}; -1: all)",
     )
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
@@ -100,7 +103,7 @@ def _stop_when_orphaned(stop: Callable[[], None]) -> None:
 def _seed(args: argparse.Namespace) -> int:
     from roost import procs
     from roost.metainfo import read_torrent
-    from roost.seeder import SeedConfig, Seeder, payload_dir_for, tree_for
+    from roost.seeder import SeedConfig, Seeder, origin_engine, payload_dir_for, tree_for
 
     signals = StopOnSignals()
     try:
@@ -121,15 +124,17 @@ def _seed(args: argparse.Namespace) -> int:
             payload_dir=payload_dir,
             tree=tree,
             trackers=tuple(args.tracker_url) if args.tracker_url else None,
-            upload_limit=args.upload_limit,
+            engine=origin_engine(
+                listen_interface=args.listen,
+                listen_port=args.port,
+                announce_ip=args.announce_ip,
+                upload_limit=args.upload_limit,
+                dht=args.dht or bool(args.dht_bootstrap),
+                dht_bootstrap=tuple(args.dht_bootstrap),
+                upload_slots=args.upload_slots,
+            ),
             super_seeding=args.super_seed,
             seed_mode=not args.check,
-            listen_interface=args.listen,
-            listen_port=args.port,
-            announce_ip=args.announce_ip,
-            dht=args.dht or bool(args.dht_bootstrap),
-            dht_bootstrap=tuple(args.dht_bootstrap),
-            upload_slots=args.upload_slots,
             feed_port=args.feed_port,
             feed_bind=args.feed_bind,
         )
