@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,9 @@ class ShellFleet:
     ssh_config: Path  # empty: nothing of ~/.ssh/config applies
 
 
-async def _run_command(process: asyncssh.SSHServerProcess[bytes]) -> None:
+async def _run_command(
+    process: asyncssh.SSHServerProcess[bytes], live: set[asyncio.subprocess.Process]
+) -> None:
     peer, here = process.get_extra_info("peername"), process.get_extra_info("sockname")
     env = dict(os.environ, SSH_CONNECTION=f"{peer[0]} {peer[1]} {here[0]} {here[1]}")
     shell = await asyncio.create_subprocess_exec(
@@ -53,6 +56,7 @@ async def _run_command(process: asyncssh.SSHServerProcess[bytes]) -> None:
         env=env,
         start_new_session=True,
     )
+    live.add(shell)
 
     async def pump(source: asyncio.StreamReader, sink: Any) -> None:
         while data := await source.read(65536):
@@ -65,9 +69,11 @@ async def _run_command(process: asyncssh.SSHServerProcess[bytes]) -> None:
         status = await shell.wait()
     except (asyncio.CancelledError, BrokenPipeError, ConnectionError):
         with contextlib.suppress(ProcessLookupError):
-            shell.kill()  # the client went away (a time limit): so does the command
+            os.killpg(shell.pid, signal.SIGKILL)  # the client went away: so does the command
         await shell.wait()
         raise
+    finally:
+        live.discard(shell)
     process.exit(status)
 
 
@@ -104,6 +110,7 @@ def shell_fleet(directory: Path, count: int) -> Iterator[ShellFleet]:
     thread.start()
     ready.wait()
     servers: list[Any] = []
+    live: set[asyncio.subprocess.Process] = set()  # commands still running
 
     async def start() -> list[ShellHost]:
         hosts = []
@@ -115,7 +122,7 @@ def shell_fleet(directory: Path, count: int) -> Iterator[ShellFleet]:
                 0,
                 server_host_keys=[key],
                 server_factory=_server_class(host, client),
-                process_factory=_run_command,
+                process_factory=lambda process: _run_command(process, live),
                 encoding=None,
                 line_editor=False,
             )
@@ -137,9 +144,19 @@ def shell_fleet(directory: Path, count: int) -> Iterator[ShellFleet]:
     finally:
 
         async def stop() -> None:
+            # a command whose client gave up (a time limit) may still run:
+            # it goes first (closing waits for its session), and so do the
+            # tasks that pumped its output
+            for shell in list(live):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(shell.pid, signal.SIGKILL)  # the shell and what it started
             for server in servers:
                 server.close()
                 await server.wait_closed()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)

@@ -107,6 +107,20 @@ def test_deploy_over_ssh_partial_failure_then_rerun(
         assert hosts[name]["already_installed"], hosts[name]
         assert hosts[name]["bytes_down"] == 0, hosts[name]
     assert (f.hosts[2].path("/opt/hoge/Deploy1") / "data.bin").exists()
+
+    # the next release changes one small file: each host takes the rest from
+    # Deploy1 beside it, and only the change travels (issue 14, over SSH)
+    (src / "bin" / "app").write_bytes(b"#!/bin/sh\necho app v2\n")
+    run = _roost(f, "deploy", str(src), *common, "--tag", "Deploy2", "--linger", "1", "--json")
+    hosts = _by_host(json.loads(run.stdout))
+    data_size = (src / "data.bin").stat().st_size
+    for h in f.hosts:
+        assert hosts[h.name]["ok"], run.stdout
+        assert hosts[h.name]["bytes_reused"] >= data_size, hosts[h.name]
+        assert hosts[h.name]["bytes_down"] < data_size // 4, hosts[h.name]
+        installed = h.path("/opt/hoge/Deploy2")
+        assert (installed / "bin" / "app").read_bytes() == (src / "bin" / "app").read_bytes()
+        assert (installed / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
     # the tracker was stopped at the end
     out = _roost(f, "fleet", "stop-tracker", "-i", str(inv), "--json")
     assert json.loads(out.stdout)["hosts"][0]["result"]["stopped"] == []
