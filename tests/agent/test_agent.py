@@ -35,7 +35,7 @@ from roost.channel import (
     set_current,
 )
 from roost.enginetypes import EngineConfig
-from roost.errors import ChannelError, UsageError
+from roost.errors import AgentStateError, ChannelError, UsageError
 from tests.release_kit import make_tree, snapshot
 
 Start = Callable[..., subprocess.Popen[bytes]]
@@ -603,7 +603,7 @@ def test_an_agent_refused_at_start_leaves_the_destination_free(
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / ".roost-agent.json").write_text("{oops")
-    with pytest.raises(UsageError, match="is unreadable"):
+    with pytest.raises(AgentStateError, match="is unreadable"):
         Agent(agent_config(pub, dest))
     (dest / ".roost-agent.json").unlink()
     with Agent(agent_config(pub, dest)) as agent:
