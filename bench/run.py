@@ -5,8 +5,9 @@
     python bench/run.py --quick         # CI smoke: 4 hosts, 4 MiB, < 60 s
     python bench/run.py --hosts 16 --size-mib 64 --rate 100mbit --tools roost,lssd
 
-Needs root (network namespaces). Writes bench/results/results.{json,md} and
-completion.png, and prints the table. See bench/NOTES.md for what was tried.
+Needs root (network namespaces). Writes results.{json,md} and completion.png
+(the full run: to bench/results; --quick and --hosts: beside the scratch
+files, unless --out), and prints the table. See bench/NOTES.md for what was tried.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def make_tools(names: list[str], args: argparse.Namespace) -> list[tools.Tool]:
 
 def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]]) -> list[dict]:
     rows: list[dict] = []
+    if args.scratch:
+        Path(args.scratch).mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="roost-bench-", dir=args.scratch))
     base.chmod(0o755)  # nginx and opentracker drop to nobody
     try:
@@ -177,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--roost-create-args", default="", help="extra args for roost create")
     ap.add_argument("--lt-settings", default="{}", help="tool lt: settings pack overrides")
     ap.add_argument("--lt-super-seed", action="store_true", help="tool lt: super-seed origin")
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="where results go (default bench/results for the full run; "
+        "SCRATCH/roost-bench-results for --quick and --hosts, which must not "
+        "overwrite the full table)",
+    )
     ap.add_argument("--scratch", default="/var/tmp", help="where artifacts are written")
     ap.add_argument("--keep", action="store_true", help="keep scratch files (logs)")
     args = ap.parse_args(argv)
@@ -187,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = [(int(h), int(args.size_mib), rate) for h in args.hosts.split(",")]
     else:
         scenarios = QUICK if args.quick else TARGET
+    if args.out is None:
+        partial = args.quick or args.hosts
+        args.out = Path(args.scratch) / "roost-bench-results" if partial else HERE / "results"
     hot_names = (args.hot or ("none" if args.quick else "hash,extract,tracker")).split(",")
 
     scratch = Path(args.scratch).resolve()
