@@ -15,9 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roost.cli.flags import add_hook_timeout_flag, seconds, size
+from roost.cli.flags import (
+    add_hook_timeout_flag,
+    add_sign_flag,
+    add_tar_flag,
+    add_trust_flag,
+    seconds,
+    size,
+)
 from roost.cli.origin import add_server_limit_flags, server_limits
-from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
 from roost.cli.signals import StopOnSignals
 from roost.errors import UsageError
 

@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from roost import events
-from roost.cli.flags import add_install_flags, install_options, seconds, size
-from roost.cli.release import add_sign_flag, add_tar_flag, add_trust_flag
+from roost.cli.flags import (
+    add_install_flags,
+    add_sign_flag,
+    add_tar_flag,
+    add_trust_flag,
+    install_options,
+    seconds,
+    size,
+)
 from roost.cli.signals import StopOnSignals
 from roost.errors import RoostError, UsageError
 from roost.peer.config import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig

@@ -9,6 +9,7 @@ host's peer with :meth:`InstallOptions.flags`.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from roost.errors import RoostError
 from roost.installed import HOOK_TIMEOUT
@@ -49,8 +50,8 @@ def add_hook_timeout_flag(p: argparse.ArgumentParser) -> None:
 
 def add_install_flags(p: argparse.ArgumentParser) -> None:
     """How a host installs a release, how long its peer runs and how fast it
-    may go (``--trust`` is ``roost.cli.release.add_trust_flag``: its help
-    says where the keys are read)."""
+    may go (``--trust`` is :func:`add_trust_flag`: its help says where the
+    keys are read)."""
     p.add_argument(
         "--no-tag-directory",
         dest="tag_directory",
@@ -91,4 +92,40 @@ def install_options(args: argparse.Namespace, *, trust: tuple[str, ...] = ()) ->
         hook_timeout=args.hook_timeout,
         linger=args.linger,
         timeout=args.timeout or None,
+    )
+
+
+# Releases: signing, trust, the tar format -------------------------------------
+
+SIGN_HELP = (
+    "SSH key to sign the release with (a private key, or a .pub whose private half "
+    "is in ssh-agent); the signature covers the info-hash, the tag and the manifest"
+)
+TRUST_HELP = (
+    "OpenSSH public key file (one key per line) whose release signatures to accept; with it, "
+    "unsigned or otherwise signed releases are refused, before any download (repeatable)"
+)
+
+
+def add_sign_flag(p: argparse.ArgumentParser, flag: str = "--sign") -> None:
+    """The signing key of ``roost create``, ``sign``, ``deploy`` and ``publish``."""
+    p.add_argument(flag, type=Path, default=None, metavar="KEY", help=SIGN_HELP)
+
+
+def add_trust_flag(p: argparse.ArgumentParser, *, on_hosts: bool = False) -> None:
+    """``--trust KEY`` (repeatable) of every command that takes a release in;
+    ``on_hosts``: the paths name files on the inventory's hosts."""
+    where = " (with -i: a path on the hosts)" if on_hosts else ""
+    p.add_argument(
+        "--trust", action="append", default=[], type=Path, metavar="KEY", help=TRUST_HELP + where
+    )
+
+
+def add_tar_flag(p: argparse.ArgumentParser) -> None:
+    """``--tar`` of every command that makes a release from a directory."""
+    p.add_argument(
+        "--tar",
+        action="store_true",
+        help="pack the directory into TAG.tar (one file; for clients that need one) instead "
+        "of a multi-file torrent over the tree itself",
     )

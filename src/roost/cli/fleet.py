@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from roost.cli.flags import add_install_flags, install_options
+from roost.cli.flags import add_install_flags, add_trust_flag, install_options
 from roost.cli.fleet_args import add_fleet_flags, fleet_config, load_inv, ssh_options
 from roost.errors import UsageError
 
@@ -427,7 +427,6 @@ def _register_fleet(sub: Any) -> None:
     p.add_argument("--dest", help="install into DEST/TAG (default destination_path)")
     p.add_argument("--torrent", help="local .torrent (default /tmp/roost/torrents/TAG.torrent)")
     p.add_argument("--out", help=argparse.SUPPRESS)
-    from roost.cli.release import add_trust_flag
 
     add_install_flags(p)
 

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from roost.cli.flags import size
 from roost.cli.signals import StopOnSignals
 
 
@@ -32,7 +33,7 @@ def register(sub: Any) -> None:
     add_server_limit_flags(serve)
     serve.add_argument(
         "--rate-limit",
-        type=_rate,
+        type=size,
         default=0,
         metavar="RATE",
         help="cap the origin's whole upload, bytes/s (e.g. 50M); 0 = none",
@@ -80,16 +81,6 @@ def server_limits(args: argparse.Namespace) -> Any:
     if args.max_connections < 1:
         raise UsageError(f"--max-connections must be at least 1, got {args.max_connections}")
     return ServerLimits(idle_timeout=args.idle_timeout, max_connections=args.max_connections)
-
-
-def _rate(text: str) -> int:
-    from roost.errors import RoostError
-    from roost.release import parse_size
-
-    try:
-        return parse_size(text)
-    except RoostError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -9,42 +9,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from roost.cli.flags import SIGN_HELP, add_sign_flag, add_tar_flag, add_trust_flag
 from roost.metainfo import check_signature, read_torrent_file, sign_torrent
 from roost.release import DEFAULT_OUT_DIR, create_release, parse_size
 from roost.signing import load_trusted
-
-_SIGN_HELP = (
-    "SSH key to sign the release with (a private key, or a .pub whose private half "
-    "is in ssh-agent); the signature covers the info-hash, the tag and the manifest"
-)
-_TRUST_HELP = (
-    "OpenSSH public key file (one key per line) whose release signatures to accept; with it, "
-    "unsigned or otherwise signed releases are refused, before any download (repeatable)"
-)
-
-
-def add_sign_flag(p: argparse.ArgumentParser, flag: str = "--sign") -> None:
-    """The signing key of ``roost create``, ``sign``, ``deploy`` and ``publish``."""
-    p.add_argument(flag, type=Path, default=None, metavar="KEY", help=_SIGN_HELP)
-
-
-def add_trust_flag(p: argparse.ArgumentParser, *, on_hosts: bool = False) -> None:
-    """``--trust KEY`` (repeatable) of every command that takes a release in;
-    ``on_hosts``: the paths name files on the inventory's hosts."""
-    where = " (with -i: a path on the hosts)" if on_hosts else ""
-    p.add_argument(
-        "--trust", action="append", default=[], type=Path, metavar="KEY", help=_TRUST_HELP + where
-    )
-
-
-def add_tar_flag(p: argparse.ArgumentParser) -> None:
-    """``--tar`` of every command that makes a release from a directory."""
-    p.add_argument(
-        "--tar",
-        action="store_true",
-        help="pack the directory into TAG.tar (one file; for clients that need one) instead "
-        "of a multi-file torrent over the tree itself",
-    )
 
 
 def register(sub: Any) -> None:
@@ -108,7 +76,7 @@ def register(sub: Any) -> None:
         ),
     )
     sign.add_argument("torrent", type=Path, metavar="T", help="the release's .torrent")
-    sign.add_argument("--key", type=Path, required=True, metavar="KEY", help=_SIGN_HELP)
+    sign.add_argument("--key", type=Path, required=True, metavar="KEY", help=SIGN_HELP)
     sign.set_defaults(handler=_sign)
 
     verify = sub.add_parser(
