@@ -196,3 +196,22 @@ def test_peer_exchange_is_off_unless_asked(
         tid = engine.add(make_torrent(payload), payload.parent, seed_mode=True)
         flags = engine._handles[tid].flags()
         assert bool(flags & lt.torrent_flags.disable_pex) is expected
+
+
+@pytest.mark.parametrize(
+    ("local", "url", "unreachable"),
+    [
+        ("127.0.0.1", "http://198.18.100.2:8998/announce?role=feed", True),
+        ("::1", "http://[2001:db8::1]:8998/announce", True),
+        ("127.0.0.1", "http://127.0.0.1:8998/announce", False),  # a tracker on loopback
+        ("127.0.0.1", "http://localhost:8998/announce", False),
+        ("198.18.100.3", "http://198.18.100.2:8998/announce", False),
+        ("", "http://198.18.100.2:8998/announce", False),  # no socket named: keep it
+    ],
+)
+def test_a_loopback_socket_that_cannot_reach_the_tracker_is_no_warning(
+    local: str, url: str, unreachable: bool
+) -> None:
+    from roost.enginetypes import announce_unreachable
+
+    assert announce_unreachable(local, url) is unreachable

@@ -58,6 +58,7 @@ from roost.enginetypes import (
     TorrentError,
     TorrentId,
     TrackerProblem,
+    announce_unreachable,
     announce_urls,
     lan_settings,
     with_query_param,
@@ -482,10 +483,12 @@ class Engine:
             return HashFailed(tid, int(alert.piece_index))
         if isinstance(alert, lt.peer_ban_alert):
             return PeerBanned(tid, _endpoint(alert))
-        if isinstance(alert, lt.tracker_error_alert):
-            return TrackerProblem(tid, str(alert.tracker_url()), alert.message(), True)
-        if isinstance(alert, lt.tracker_warning_alert):
-            return TrackerProblem(tid, str(alert.tracker_url()), alert.message(), False)
+        if isinstance(alert, lt.tracker_error_alert | lt.tracker_warning_alert):
+            url = str(alert.tracker_url())
+            if announce_unreachable(_local_address(alert), url):
+                return None  # its other listen sockets announce
+            fatal = isinstance(alert, lt.tracker_error_alert)
+            return TrackerProblem(tid, url, alert.message(), fatal)
         if isinstance(alert, lt.torrent_error_alert | lt.file_error_alert):
             return TorrentError(tid, alert.message(), _os_errno(alert.error))
         if isinstance(alert, lt.fastresume_rejected_alert):
@@ -594,6 +597,14 @@ def _os_errno(code: Any) -> int | None:
 def _alert_tid(alert: object) -> str:
     with _unless_gone(AttributeError):
         return _hex(alert.handle.info_hashes())  # type: ignore[attr-defined]
+    return ""
+
+
+def _local_address(alert: object) -> str:
+    """The address of the listen socket an announce alert is about ("" if none)."""
+    endpoint = getattr(alert, "local_endpoint", None)
+    if isinstance(endpoint, tuple) and endpoint:
+        return str(endpoint[0])
     return ""
 
 

@@ -11,6 +11,8 @@ imports libtorrent; it re-exports everything here.
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,6 +221,27 @@ def announce_urls(torrent: object) -> list[str]:
     if not urls and isinstance(announce, bytes):
         urls.append(announce.decode("utf-8", "replace"))
     return urls
+
+
+def announce_unreachable(local_address: str, tracker_url: str) -> bool:
+    """Whether a listen socket on ``local_address`` cannot reach the tracker
+    at all: a loopback socket and a tracker elsewhere (pure).
+
+    Listening on ``0.0.0.0``, libtorrent announces from a socket on every
+    interface, and for the loopback one says "skipping tracker announce
+    (unreachable)". The other sockets announce; that is no problem of the
+    deploy, and a peer that reported it would carry a tracker warning on
+    every host."""
+    try:
+        local = ipaddress.ip_address(local_address.strip("[]"))
+    except ValueError:
+        return False
+    host = urllib.parse.urlsplit(tracker_url).hostname or ""
+    try:
+        remote_is_loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        remote_is_loopback = host == "localhost"
+    return local.is_loopback and not remote_is_loopback
 
 
 def with_query_param(url: str, key: str, value: str) -> str:
