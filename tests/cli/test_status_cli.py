@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -306,12 +307,10 @@ def test_cli_status_error_is_one_line_and_nonzero() -> None:
 def test_cli_watch_redraws_until_interrupted(plain_server: tuple[str, type[_Handler]]) -> None:
     base, handler = plain_server
     handler.body = json.dumps(doc(peer("w", "downloading", 1))).encode()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "roost", "status", base, "--watch", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # -X faulthandler: were it ever to hang after SIGINT, SIGABRT makes it
+    # print where each of its threads is, and the failure says so
+    argv = [sys.executable, "-X", "faulthandler", "-m", "roost", "status", base, "--watch", "0.2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = 0
         assert proc.stdout is not None
@@ -322,11 +321,14 @@ def test_cli_watch_redraws_until_interrupted(plain_server: tuple[str, type[_Hand
                     break
         assert seen == 3
     finally:
-        proc.send_signal(2)  # SIGINT: --watch ends cleanly
-        assert proc.wait(timeout=10) == 0
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+        proc.send_signal(signal.SIGINT)  # --watch ends cleanly
+        try:
+            _, err = proc.communicate(timeout=15)  # drained: it never blocks on a full pipe
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=15)
+            raise AssertionError(f"roost status --watch ignored SIGINT:\n{err}") from None
+    assert proc.returncode == 0, err
 
 
 def test_bad_watch_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
