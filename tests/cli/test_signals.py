@@ -39,3 +39,11 @@ def test_a_signal_after_forward_calls_the_stop_at_once() -> None:
     assert calls == [] and not signals.requested
     os.kill(os.getpid(), signal.SIGINT)
     assert calls == ["stop"]
+
+
+@pytest.mark.usefixtures("restore_handlers")
+def test_an_ignored_sigint_stays_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # started in the background
+    StopOnSignals()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL

@@ -310,7 +310,17 @@ def test_cli_watch_redraws_until_interrupted(plain_server: tuple[str, type[_Hand
     # -X faulthandler: were it ever to hang after SIGINT, SIGABRT makes it
     # print where each of its threads is, and the failure says so
     argv = [sys.executable, "-X", "faulthandler", "-m", "roost", "status", base, "--watch", "0.2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A suite started in the background without job control runs with
+        # SIGINT ignored, which its children inherit (and Python then
+        # installs no KeyboardInterrupt): this child takes SIGINT as a
+        # terminal would give it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         seen = 0
         assert proc.stdout is not None

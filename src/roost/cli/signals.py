@@ -24,7 +24,11 @@ class StopOnSignals:
         self._pending = False
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+            # An ignored SIGINT stays ignored: a command started in the
+            # background (``&`` without job control, nohup) is not stopped
+            # by a Ctrl-C meant for the shell's foreground.
+            if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+                signal.signal(signal.SIGINT, self._on_signal)
 
     def _on_signal(self, _signum: int, _frame: object) -> None:
         # Runs on the main thread between bytecodes: no lock (it could be
