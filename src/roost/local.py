@@ -134,6 +134,7 @@ class LocalRunner:
         self._origin: OriginBytes | None = None
         self._peers: list[_Host] = []
         self._release: Release | None = None
+        self._hosts_root: Path | None = None  # the hosts' download areas
 
     async def prepare(self, report: deploy.Report) -> tuple[deploy.ReleaseInfo, str | None]:
         return await asyncio.to_thread(self._prepare)
@@ -179,7 +180,7 @@ class LocalRunner:
     async def run_peers(
         self, release: deploy.ReleaseInfo, feed: str | None, report: deploy.Report
     ) -> None:
-        assert self._records is not None
+        assert self._records is not None and self._hosts_root is not None
         loop = asyncio.get_running_loop()
         queued: asyncio.Queue[_Item] = asyncio.Queue()
 

@@ -20,6 +20,7 @@ from roost.cli.flags import (
     add_sign_flag,
     add_tar_flag,
     add_trust_flag,
+    engine_options,
     seconds,
     size,
 )
@@ -130,13 +131,7 @@ def _agent(args: argparse.Namespace) -> int:
         hook=args.hook,
         keep_setid=args.keep_setid,
         temp_path=args.temp_path,
-        engine=EngineConfig(
-            listen_interface=args.listen,
-            listen_port=args.port,
-            announce_ip=args.announce_ip,
-            upload_limit=args.upload_limit,
-            download_limit=args.download_limit,
-        ),
+        engine=EngineConfig(**engine_options(args)),
         download_timeout=args.download_timeout,
         fetch_timeout=args.fetch_timeout,
         trackers=tuple(args.tracker_url) if args.tracker_url else None,

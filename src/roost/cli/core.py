@@ -24,6 +24,7 @@ from roost.cli.flags import (
     add_sign_flag,
     add_tar_flag,
     add_trust_flag,
+    engine_options,
     install_options,
     seconds,
     size,
@@ -131,15 +132,7 @@ def _seed(args: argparse.Namespace) -> int:
             payload_dir=payload_dir,
             tree=tree,
             trackers=tuple(args.tracker_url) if args.tracker_url else None,
-            engine=origin_engine(
-                listen_interface=args.listen,
-                listen_port=args.port,
-                announce_ip=args.announce_ip,
-                upload_limit=args.upload_limit,
-                dht=args.dht or bool(args.dht_bootstrap),
-                dht_bootstrap=tuple(args.dht_bootstrap),
-                upload_slots=args.upload_slots,
-            ),
+            engine=origin_engine(**engine_options(args), upload_slots=args.upload_slots),
             super_seeding=args.super_seed,
             seed_mode=not args.check,
             feed_port=args.feed_port,
@@ -227,15 +220,9 @@ def _peer(args: argparse.Namespace) -> int:
     if magnet is not None:
         torrent = magnet_torrent_path(args.temp_path, parse_magnet(magnet).info_hash)
     engine = EngineConfig(
-        listen_interface=args.listen,
-        listen_port=args.port,
-        announce_ip=args.announce_ip,
-        upload_limit=args.upload_limit,
-        download_limit=args.download_limit,
+        **engine_options(args),
         verify_https=not args.insecure_web_seed_tls,
         ca_file=args.web_seed_ca,
-        dht=args.dht or bool(args.dht_bootstrap),
-        dht_bootstrap=tuple(args.dht_bootstrap),
     )
     config = PeerConfig(
         torrent=torrent,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from roost.errors import RoostError
 from roost.installed import HOOK_TIMEOUT
@@ -77,6 +78,25 @@ def add_install_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the release's setuid, setgid and sticky bits (stripped by default)",
     )
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``EngineConfig`` fields of the flags every engine-running command
+    has: ``--listen``, ``--port``, ``--announce-ip``, ``--upload-limit``, and
+    where the command takes them, ``--download-limit`` and the DHT flags
+    (``--dht-bootstrap`` implies ``--dht``)."""
+    options: dict[str, Any] = {
+        "listen_interface": args.listen,
+        "listen_port": args.port,
+        "announce_ip": args.announce_ip,
+        "upload_limit": args.upload_limit,
+    }
+    if hasattr(args, "download_limit"):
+        options["download_limit"] = args.download_limit
+    if hasattr(args, "dht_bootstrap"):
+        options["dht"] = args.dht or bool(args.dht_bootstrap)
+        options["dht_bootstrap"] = tuple(args.dht_bootstrap)
+    return options
 
 
 def install_options(args: argparse.Namespace, *, trust: tuple[str, ...] = ()) -> InstallOptions:
