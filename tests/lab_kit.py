@@ -15,12 +15,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _netns_usable() -> str | None:
     if os.geteuid() != 0:
-        return "not root: network namespaces need root"
+        return "not root: network namespaces need root (run the tests as root: sudo ./scripts/test)"
     if shutil.which("ip") is None or shutil.which("tc") is None:
-        return "iproute2 (ip, tc) not installed"
+        return "iproute2 (ip, tc) not installed: apt-get install iproute2 (./scripts/install does)"
     probe = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     if probe.returncode != 0:
-        return f"'ip netns' unavailable: {probe.stderr.strip()}"
+        return (
+            f"'ip netns' unavailable ({probe.stderr.strip()}): run as root where network "
+            "namespaces are allowed (a container needs CAP_SYS_ADMIN)"
+        )
     return None
 
 
