@@ -24,7 +24,8 @@ def wheel_cache() -> Path:
 def sshd_fleet(request: pytest.FixtureRequest) -> Iterator[SshdFleet]:
     """Four hosts with sshd, plus one refusing the test key: in network
     namespaces, and again as sshd on loopback ports (the fallback where
-    namespaces cannot be made), each host with its own /opt and /tmp."""
+    namespaces cannot be made), each host with its own /opt and /tmp.
+    A test runs in one of them with ``sshd_harness.ONE_MODE``."""
     if os.geteuid() != 0:
         pytest.skip("sshd hosts with private /opt and /tmp need root")
     mode = request.param

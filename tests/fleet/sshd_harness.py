@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 SSHD = "/usr/sbin/sshd"
 
 
@@ -70,6 +72,14 @@ def netns_usable() -> bool:
     if ok:
         subprocess.run(["ip", "netns", "del", probe], capture_output=True)
     return ok
+
+
+#: For a test that runs against one ``sshd_fleet``: in network namespaces where
+#: they can be made, on loopback ports otherwise. (The deploy test runs in both,
+#: so that fleets whose hosts share one address stay covered where netns work.)
+ONE_MODE = pytest.mark.parametrize(
+    "sshd_fleet", ["netns" if netns_usable() else "loopback"], indirect=True
+)
 
 
 class SshdFleet:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.sshd_harness import SshdFleet, SshHost
+from tests.fleet.sshd_harness import ONE_MODE, SshdFleet, SshHost
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -126,6 +126,7 @@ def test_deploy_over_ssh_partial_failure_then_rerun(
     assert json.loads(out.stdout)["hosts"][0]["result"]["stopped"] == []
 
 
+@ONE_MODE
 def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path) -> None:
     """Murder's manual flow: tracker, create on the seeder, seed, peer, stop."""
     f = sshd_fleet
@@ -176,6 +177,7 @@ def test_fleet_verbs_murder_style(sshd_fleet: SshdFleet, tmp_path: Path, wheel_c
     )
 
 
+@ONE_MODE
 def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Path) -> None:
     """``--seed-from seeder``: the payload is uploaded to the seeder, which seeds it."""
     f = sshd_fleet
@@ -220,6 +222,7 @@ def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Pa
     assert not (f.hosts[1].path("/tmp/roost/pids") / "seed-s2.pid").exists()
 
 
+@ONE_MODE
 def test_deploy_the_build_already_on_the_seeder(
     sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
 ) -> None:
@@ -255,6 +258,7 @@ def test_deploy_the_build_already_on_the_seeder(
     assert not (seeder.path("/tmp/roost/pids") / "seed-Deploy9.pid").exists()
 
 
+@ONE_MODE
 def test_bootstrap_relays_wheels_between_hosts(
     sshd_fleet: SshdFleet, tmp_path: Path, wheel_cache: Path
 ) -> None:

@@ -9,8 +9,9 @@ reproducible wheel and its dependencies' for that target's tags).
 Hosts whose ``VENV/roost-bootstrap.json`` already records the same wheel set
 are left alone. The others get the wheels by SFTP into ``REMOTE/wheels``, or
 from a host that has them already (a *relay*, see ``bootstrap``), and
-``pip install --no-index --find-links`` into ``REMOTE/venv``; the installed
-``roost --version`` is checked afterwards. A target for which no wheel fits,
+pip (run from its own wheel, ``python pip.whl/pip install --no-index
+--find-links``) installs them into ``REMOTE/venv``, made ``--without-pip``;
+the installed ``roost --version`` is checked afterwards. A target for which no wheel fits,
 or whose wheels could not be downloaded, fails its hosts with the reason
 ``roost.fleet.wheels`` gives.
 
@@ -266,17 +267,25 @@ async def bootstrap(
 
     async def install_wheels(s: Session, ws: WheelSet) -> None:
         rw = q(f"{wheels_dir}/{ws.roost_wheel.name}")
+        pip_wheel = q(f"{wheels_dir}/{ws.installer.name}")
+        # pip from its unpacked wheel (unpacked, its bytecode is cached between
+        # the two runs), into a venv without pip: no ensurepip needed, and
+        # the seconds ensurepip takes to install pip into the venv are saved
+        installer = f"{cfg.remote_path.rstrip('/')}/installer"
         pip = (
-            f"PIP_CONFIG_FILE=/dev/null {q(venv)}/bin/python -m pip install -q "
+            f"PIP_CONFIG_FILE=/dev/null {q(venv)}/bin/python {q(installer)}/pip install -q "
             f"--disable-pip-version-check --no-index"
         )
         version = roost.__version__
         stamp = json.dumps({"digest": ws.digest, "version": version, "target": ws.target.key})
         script = " && ".join(
             [
-                f"( test -x {q(venv)}/bin/python || {q(python)} -m venv {q(venv)} )",
+                f"( test -x {q(venv)}/bin/python || {q(python)} -m venv --without-pip {q(venv)} )",
+                f"rm -rf {q(installer)}",
+                f"{q(python)} -m zipfile -e {pip_wheel} {q(installer)}",
                 f"{pip} --find-links {q(wheels_dir)} {rw}",
                 f"{pip} --no-deps --force-reinstall {rw}",
+                f"rm -rf {q(installer)}",
             ]
         )
         await s.run(script)

@@ -11,7 +11,11 @@ unless configured):
   the release);
 * its dependencies, pinned to the controller's installed versions, fetched
   with ``pip download --only-binary=:all:`` for the target's Python, ABI and
-  platform tags (offline from the cache first, from the registry otherwise).
+  platform tags (offline from the cache first, from the registry otherwise);
+* pip's own wheel, the *installer*: a host runs pip from it
+  (``python pip.whl/pip install``) into a venv made ``--without-pip``, so
+  no host needs ensurepip (Debian's python3-venv), and none spends the
+  seconds ensurepip takes to install pip into every venv.
 
 A target for which no wheel fits fails with a reason naming the package,
 Python and machine; a registry that cannot be reached fails with pip's reason
@@ -69,9 +73,10 @@ class Target:
 @dataclass(frozen=True)
 class WheelSet:
     target: Target
-    wheels: tuple[Path, ...]
+    wheels: tuple[Path, ...]  # everything a host is sent, the installer included
     roost_wheel: Path
     digest: str
+    installer: Path  # pip's wheel: run from the wheel, not installed
 
 
 # ---------------------------------------------------------------- roost's wheel
@@ -156,7 +161,21 @@ def requirements(target: Target) -> list[str]:
             out.append(f"{name}=={md.version(name)}")
         except md.PackageNotFoundError:
             out.append(text.split(";")[0].strip())
-    return out
+    return [*out, f"pip=={md.version('pip')}"]  # the installer (pip runs this code)
+
+
+def _installer_links() -> list[Path]:
+    """Where this machine keeps pip's wheel already: the interpreter's
+    ensurepip bundle, and Debian's python-wheels (python3-pip-whl)."""
+    found = []
+    try:
+        import ensurepip
+
+        found.append(Path(ensurepip.__file__).parent / "_bundled")
+    except ImportError:  # pragma: no cover - Debian's python3 without python3-venv
+        pass
+    found.append(Path("/usr/share/python-wheels"))
+    return [p for p in found if p.is_dir()]
 
 
 def _platforms(target: Target) -> list[str]:
@@ -261,7 +280,7 @@ def dependency_wheels(target: Target, cache: Path) -> list[Path]:
     dest = cache / f"deps-{target.key}"
     dest.mkdir(parents=True, exist_ok=True)
     reqs = requirements(target)
-    links = [dest, *(p for p in _sibling_caches(cache, target) if p != dest)]
+    links = [dest, *(p for p in _sibling_caches(cache, target) if p != dest), *_installer_links()]
     result = _pip_download(reqs, dest, target, online=False, links=links)
     if result.returncode != 0:
         result = _pip_download(reqs, dest, target, online=True, links=[dest])
@@ -310,7 +329,8 @@ def wheel_set(target: Target, cache: Path) -> WheelSet:
     for w in [rw, *deps]:
         h.update(w.name.encode() + b"\0")
     h.update(rw.parent.name.encode())
-    return WheelSet(target, (rw, *deps), rw, h.hexdigest())
+    [installer] = [w for w in deps if w.name.startswith("pip-")]
+    return WheelSet(target, (rw, *deps), rw, h.hexdigest(), installer)
 
 
 def default_cache(cfg: FleetConfig) -> Path:
