@@ -125,6 +125,13 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                         f"drops {res['link_drops']} {res['note']}",
                         flush=True,
                     )
+                    if feed := res["collected"].get("feed"):
+                        print(
+                            f"          feed: {feed['pieces']} pieces, re-handed "
+                            f"{feed['reassigned']}, tail {feed['tail']}, repairs "
+                            f"{feed['repairs']}, held back {feed['held_back']}",
+                            flush=True,
+                        )
     finally:
         if not args.keep:
             import shutil

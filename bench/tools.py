@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import json
 import os
 import shlex
 import shutil
@@ -99,6 +100,7 @@ class Result:
     link_drops: tuple[int, int] = (0, 0)  # packets the link queues dropped (down, up)
     times: list[float | None] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    collected: dict[str, Any] = field(default_factory=dict)  # the tool's own counts
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -177,6 +179,10 @@ class Tool:
         """Anything beyond the processes in ctx.procs (killed by the harness)."""
 
     def settings(self, ctx: Ctx) -> dict[str, Any]:
+        return {}
+
+    def collect(self, ctx: Ctx) -> dict[str, Any]:
+        """What the tool itself counted, asked before it is stopped."""
         return {}
 
     def done_marker(self) -> str:
@@ -435,6 +441,20 @@ class Roost(Tool):
                 with contextlib.suppress(ValueError, OSError):
                     os.kill(int(pid_file.read_text().split()[0]), signal.SIGKILL)
 
+    def collect(self, ctx: Ctx) -> dict[str, Any]:
+        """The feed's own counts (pieces re-handed, tail copies, repairs),
+        asked from the origin's host before it is stopped."""
+        if not self.feed or "torrent" not in ctx.options:
+            return {}
+        ih = _info_hash(Path(ctx.options["torrent"]).read_bytes())
+        url = f"{self.feed_url(ctx)}feed/v1/{ih}/stats"
+        code = f"import urllib.request as u; print(u.urlopen({url!r}, timeout=5).read().decode())"
+        proc = ctx.origin.popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        out, _ = proc.communicate(timeout=10)
+        return {"feed": json.loads(out)} if proc.returncode == 0 else {}
+
     def settings(self, ctx: Ctx) -> dict[str, Any]:
         return {
             "feed": self.feed,
@@ -523,6 +543,9 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         except Exception:
             up1 = up0
         drops1 = _drops(ctx)
+        collected: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            collected = tool.collect(ctx)
         for proc in [*peer_procs, *ctx.procs]:
             _kill_group(proc)
         with contextlib.suppress(Exception):
@@ -584,6 +607,7 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         host_series=[(round(t, 2), c) for t, c in hosts],
         times=[round(t, 3) if t is not None else None for t in times],
         settings=tool.settings(ctx),
+        collected=collected,
     )
 
 
