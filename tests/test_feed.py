@@ -51,6 +51,18 @@ def test_an_unconfirmed_piece_goes_to_the_next_asker_after_the_timeout() -> None
     assert d.next(4.6) == DONE
 
 
+def test_a_gone_askers_unconfirmed_pieces_are_handed_out_first() -> None:
+    d = Dispatcher(6)
+    a, b = object(), object()
+    assert [d.next(0.0, asker=a) for _ in range(3)] == [0, 1, 2]
+    assert d.next(0.0, asker=b) == 3
+    d.confirm(1, 0.5)
+    assert d.gone(a) == 2 and d.reassigned == 2
+    assert d.gone(a) == 0  # (once)
+    assert [d.next(0.6, asker=b) for _ in range(3)] == [0, 2, 4]
+    assert d.gone(None) == 0
+
+
 def test_before_any_confirmation_the_timeout_is_generous() -> None:
     d = Dispatcher(1, reassign_after=3.0)
     assert d.next(0.0) == 0
@@ -143,6 +155,22 @@ def _pieces(path: Path, piece: int = 16 * KIB) -> list[bytes]:
     return [data[i : i + piece] for i in range(0, len(data), piece)]
 
 
+class _Asker:
+    """One peer's keep-alive connection to the feed (a piece is held by the
+    connection it was sent on: closed unconfirmed, it is sent again)."""
+
+    def __init__(self, server: FeedServer):
+        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+
+    def __call__(self, path: str) -> tuple[int, dict[str, str], bytes]:
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def _get(server: FeedServer, path: str) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:
@@ -159,19 +187,22 @@ def test_at_the_end_the_server_sends_what_an_asker_lacks(tmp_path: Path) -> None
     with FeedServer() as server:
         server.add(source)
         base = f"/feed/v1/{source.info_hash}"
+        first, other = _Asker(server), _Asker(server)
         for _ in range(40):
-            assert _get(server, f"{base}/next")[0] == 200
-        status, headers, body = _get(server, f"{base}/next?got=0-39&lack=5,30-31")
+            assert first(f"{base}/next")[0] == 200
+        status, headers, body = other(f"{base}/next?got=0-39&lack=5,30-31")
         assert status == 200 and headers["X-Roost-Piece"] == "31"
         assert body == _pieces(payload)[31]
         stats = json.loads(_get(server, f"{base}/stats")[2])
         assert stats["tail"] == 1 and stats["done"] is True
         # every piece was received by someone: an asker still gets what it lacks...
-        status, headers, _ = _get(server, f"{base}/next?lack=5,31")
+        status, headers, _ = other(f"{base}/next?lack=5,31")
         assert status == 200 and headers["X-Roost-Piece"] == "5"  # (31: twice already)
         # ...until the budget (5% of 40 pieces: 2) is spent
-        status, headers, _ = _get(server, f"{base}/next?lack=7")
+        status, headers, _ = other(f"{base}/next?lack=7")
         assert (status, headers["X-Roost-Feed"]) == (204, DONE)
+        first.close()
+        other.close()
 
 
 def test_server_hands_out_pieces_with_their_index_then_waits(payload_file: Path) -> None:
@@ -179,22 +210,24 @@ def test_server_hands_out_pieces_with_their_index_then_waits(payload_file: Path)
     with FeedServer() as server:
         server.add(source)
         base = f"/feed/v1/{source.info_hash}"
-        status, headers, body = _get(server, f"{base}/next")
+        ask = _Asker(server)
+        status, headers, body = ask(f"{base}/next")
         assert status == 200 and headers["X-Roost-Piece"] == "0"
         assert body == _pieces(payload_file)[0]
         got = []
         for _ in range(source.num_pieces - 1):
-            status, headers, body = _get(server, f"{base}/next?got=0")
+            status, headers, body = ask(f"{base}/next?got=0")
             index = int(headers["X-Roost-Piece"])
             assert body == _pieces(payload_file)[index]
             got.append(index)
         assert got == list(range(1, source.num_pieces))
         assert len(body) == 1234  # the short last piece
-        status, headers, _ = _get(server, f"{base}/next")
+        status, headers, _ = ask(f"{base}/next")
         assert (status, headers["X-Roost-Feed"]) == (204, WAIT)
         confirm = ",".join(str(i) for i in range(source.num_pieces))
-        status, headers, _ = _get(server, f"{base}/next?got={confirm}")
+        status, headers, _ = ask(f"{base}/next?got={confirm}")
         assert (status, headers["X-Roost-Feed"]) == (204, DONE)
+        ask.close()
         status, _, body = _get(server, f"{base}/piece/3")  # a repair, by index
         assert status == 200 and body == _pieces(payload_file)[3]
         status, _, body = _get(server, f"{base}/stats")
@@ -202,6 +235,31 @@ def test_server_hands_out_pieces_with_their_index_then_waits(payload_file: Path)
         assert stats["done"] is True and stats["repairs"] == 1
         assert stats["bytes_sent"] == payload_file.stat().st_size + 16 * KIB
         assert server.stats(source.info_hash).dispatched == source.num_pieces  # type: ignore[union-attr]
+
+
+def test_what_a_closed_connection_held_unconfirmed_goes_out_again_first(
+    payload_file: Path,
+) -> None:
+    """A peer killed while it held pieces nobody else has: the feed learns it
+    from the connection closing, not from a timeout."""
+    source = _source(payload_file)
+    with FeedServer() as server:
+        server.add(source)
+        base = f"/feed/v1/{source.info_hash}"
+        doomed, other = _Asker(server), _Asker(server)
+        assert doomed(f"{base}/next")[1]["X-Roost-Piece"] == "0"
+        assert doomed(f"{base}/next")[1]["X-Roost-Piece"] == "1"
+        assert doomed(f"{base}/next?got=0")[1]["X-Roost-Piece"] == "2"
+        assert other(f"{base}/next")[1]["X-Roost-Piece"] == "3"
+        doomed.close()
+        deadline = time.monotonic() + 10
+        while server.stats(source.info_hash).reassigned < 2:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        # 1 and 2 (never confirmed) before anything never sent; 0 stays received
+        got = [other(f"{base}/next")[1].get("X-Roost-Piece") for _ in range(3)]
+        assert got == ["1", "2", "4"]
+        other.close()
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,11 @@ The feed does that over plain HTTP beside the seeder:
 
 * :class:`Dispatcher` (sans-IO) owns the pieces' fates. A peer asks for
   ``next``; it gets the first piece nobody was given yet. The peer confirms
-  what it received with its next request (``got=``), so a piece given to a
-  peer that stalls or dies is given again after a few times the observed
-  transfer time (work stealing), and the origin stays busy until every piece
-  left it once and was received. A peer keeps two asks pipelined on one
+  what it received with its next request (``got=``). A piece given to a
+  peer whose connection closes (the peer died) is given again at once, to
+  the next asker; one given to a peer that stalls is given again after a
+  few times the observed transfer time (work stealing). So the origin stays
+  busy until every piece left it once and was received. A peer keeps two asks pipelined on one
   connection, so the origin never waits for a round trip, nor for a busy
   peer to be scheduled, between two pieces; TCP's flow control does the
   rest: a peer whose downlink is crowded drains slower, asks less often and
@@ -219,6 +220,25 @@ class Dispatcher:
         mean = self._shared / len(self._seen)
         return self._shares.get(asker, 0) > SHARE_SLACK * mean + SHARE_PIECES
 
+    def gone(self, asker: object) -> int:
+        """``asker`` is gone (its connection closed): what it was handed and
+        never confirmed is sent again first, to the next askers, without
+        waiting for the timeout (a peer killed while it held pieces nobody
+        else has); its share no longer counts. Returns how many pieces."""
+        if asker is None:
+            return 0
+        lost = sorted(
+            p for p in self._assigned if self._holder[p] == asker and not self._confirmed[p]
+        )
+        for piece in reversed(lost):
+            del self._assigned[piece]
+            self._unsent.appendleft(piece)
+        self.reassigned += len(lost)
+        if self._seen.pop(asker, None) is not None:
+            self._shared -= self._shares.get(asker, 0)
+        self._shares.pop(asker, None)
+        return len(lost)
+
     def _tail(self, lack: Iterable[int], asker: object) -> int | str:
         if self.tail_sent >= self.tail_budget:
             return WAIT
@@ -307,6 +327,12 @@ class _Handler(BoundedHandler):
         super().setup()
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def finish(self) -> None:
+        super().finish()
+        with self.server.lock:  # its unconfirmed pieces go to the others now
+            for feed in self.server.feeds.values():
+                feed.dispatcher.gone(self.client_address)
 
     def do_GET(self) -> None:
         target, _, query = self.path.partition("?")
