@@ -19,8 +19,9 @@ The feed does that over plain HTTP beside the seeder:
   peer whose connection closes (the peer died) is given again at once, to
   the next asker; one given to a peer that stalls is given again after a
   few times the observed transfer time (work stealing). So the origin stays
-  busy until every piece left it once and was received. A peer keeps two asks pipelined on one
-  connection, so the origin never waits for a round trip, nor for a busy
+  busy until every piece left it once and was received. A peer keeps two
+  asks pipelined on one connection (a piece is held by the connection it
+  was sent on), so the origin never waits for a round trip, nor for a busy
   peer to be scheduled, between two pieces; TCP's flow control does the
   rest: a peer whose downlink is crowded drains slower, asks less often and
   so is given fewer pieces. Once every piece has left the origin, its link

@@ -9,11 +9,11 @@ reproducible wheel and its dependencies' for that target's tags).
 Hosts whose ``VENV/roost-bootstrap.json`` already records the same wheel set
 are left alone. The others get the wheels by SFTP into ``REMOTE/wheels``, or
 from a host that has them already (a *relay*, see ``bootstrap``), and
-pip (run from its own wheel, ``python pip.whl/pip install --no-index
---find-links``) installs them into ``REMOTE/venv``, made ``--without-pip``;
-the installed ``roost --version`` is checked afterwards. A target for which no wheel fits,
-or whose wheels could not be downloaded, fails its hosts with the reason
-``roost.fleet.wheels`` gives.
+pip, from its own wheel unpacked beside them, installs them with
+``--no-index --find-links`` into ``REMOTE/venv`` (made ``--without-pip``);
+the installed ``roost --version`` is checked afterwards. A target for which
+no wheel fits, or whose wheels could not be downloaded, fails its hosts with
+the reason ``roost.fleet.wheels`` gives.
 
 Promises: ``bootstrap`` returns one result per host and never stops at the
 first failure; the relays it started are stopped before it returns (one on a

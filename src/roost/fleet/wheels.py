@@ -12,10 +12,10 @@ unless configured):
 * its dependencies, pinned to the controller's installed versions, fetched
   with ``pip download --only-binary=:all:`` for the target's Python, ABI and
   platform tags (offline from the cache first, from the registry otherwise);
-* pip's own wheel, the *installer*: a host runs pip from it
-  (``python pip.whl/pip install``) into a venv made ``--without-pip``, so
-  no host needs ensurepip (Debian's python3-venv), and none spends the
-  seconds ensurepip takes to install pip into every venv.
+* pip's own wheel, the *installer*: a host unpacks it and runs pip from it
+  into a venv made ``--without-pip``, so no host needs ensurepip (Debian's
+  python3-venv), and none spends the seconds ensurepip takes to install pip
+  into every venv.
 
 A target for which no wheel fits fails with a reason naming the package,
 Python and machine; a registry that cannot be reached fails with pip's reason
@@ -76,7 +76,7 @@ class WheelSet:
     wheels: tuple[Path, ...]  # everything a host is sent, the installer included
     roost_wheel: Path
     digest: str
-    installer: Path  # pip's wheel: run from the wheel, not installed
+    installer: Path  # pip's wheel: run from, not installed
 
 
 # ---------------------------------------------------------------- roost's wheel
