@@ -62,7 +62,13 @@ def write(
     if meta.get("machine"):
         md.append(f"{meta['machine']}\n")
     if fleet:
-        md += ["## Deploy to an emulated fleet\n", fleet_table(fleet)]
+        md += ["## Deploy to an emulated fleet\n"]
+        if meta.get("origin_nice"):
+            md.append(
+                f"Every tool's origin ran with a CPU weight of nice {meta['origin_nice']} "
+                "against the hosts' (it stands for the origin's own machine).\n"
+            )
+        md.append(fleet_table(fleet))
     if hot:
         md += ["## Hot paths\n", hot_table(hot)]
     text = "\n".join(md)

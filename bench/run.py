@@ -107,7 +107,18 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                     work = base / f"{tool.name}-{hosts}-{rate:g}"
                     work.mkdir()
                     cgroup = tools.make_cgroup(f"{tool.name}-{hosts}-{rate:g}-{os.getpid()}")
-                    ctx = tools.Ctx(lab, origin, peers, artifact, work, size, rate, cgroup=cgroup)
+                    ctx = tools.Ctx(
+                        lab,
+                        origin,
+                        peers,
+                        artifact,
+                        work,
+                        size,
+                        rate,
+                        cgroup=cgroup,
+                        origin_nice=args.origin_nice,
+                        together=not args.one_by_one,
+                    )
                     timeout = args.timeout or (
                         hosts * limit * 1.5 + 60 if tool.name == "nginx" else 30 * limit + 60
                     )
@@ -122,7 +133,8 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                         f"cpu {res['cpu_s']} s ({res['cpu_util'] * 100:.0f}%) "
                         f"busy {res['machine_util'] * 100:.0f}% "
                         f"idle-origin {res['origin_idle_s']} s "
-                        f"drops {res['link_drops']} {res['note']}",
+                        f"drops {res['link_drops']} "
+                        f"origin segs/retrans {res['origin_segments']} {res['note']}",
                         flush=True,
                     )
                     if feed := res["collected"].get("feed"):
@@ -175,6 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hash-mib", type=int, default=1024, help="file size for the hashing test")
     ap.add_argument("--timeout", type=float, default=0, help="per tool and scenario, seconds")
     ap.add_argument("--subnet", default="198.18.100.0/24")
+    ap.add_argument(
+        "--origin-nice",
+        type=int,
+        default=-10,
+        help="CPU weight of the origin's processes against a host's, as a nice value "
+        "(default -10, about nine hosts': it stands for the origin's own machine; 0: equal)",
+    )
+    ap.add_argument(
+        "--one-by-one",
+        action="store_true",
+        help="start each host as soon as it is launched, the clock at the first "
+        "(default: every host waits at a gate until all are launched, then all start)",
+    )
     ap.add_argument("--queue-ms", type=float, default=50, help="link queue (tbf latency)")
     ap.add_argument("--name", default="roostbench", help="lab name (namespaces NAME-...)")
     ap.add_argument("--roost-tracker-args", default="", help="extra args for roost tracker")
@@ -225,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
         f"Python {platform.python_version()}",
         "seconds": round(time.time() - started, 1),
+        "origin_nice": args.origin_nice,
+        "together": not args.one_by_one,
     }
     text = report.write(args.out, meta, fleet, hot)
     print()

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ class Ctx:
     options: dict[str, Any] = field(default_factory=dict)
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     cgroup: Path | None = None
+    #: the origin's CPU share against the hosts' (see origin_popen); 0: equal
+    origin_nice: int = 0
+    #: hosts wait at a gate until every one is launched (see _Gate); False:
+    #: each starts as soon as the harness gets to it
+    together: bool = True
 
     def join_kw(self) -> dict[str, Any]:
         """Popen keywords that put the child in the run's CPU-accounting cgroup.
@@ -63,13 +69,39 @@ class Ctx:
         return {"preexec_fn": join}
 
     def origin_popen(self, cmd: list[str] | str, log: str) -> subprocess.Popen[Any]:
+        """Start one of the origin's processes (every tool's origin starts here).
+
+        The lab's hosts share the machine's cores, each host's processes in a
+        session of their own, and the kernel shares the CPU between sessions
+        (autogroups) alike: with N hosts the origin, one host that serves all
+        the others, gets 1/(N+1) of the machine, and at 32 or 64 hosts its link
+        idled while it waited to run. A real origin has a machine of its own,
+        so its session is given the weight ``origin_nice`` stands for (-10:
+        about nine hosts' worth) before it runs, for every tool alike.
+        """
         out = (self.work / log).open("w")
-        proc = self.origin.popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.work, **self.join_kw()
-        )
+        kw = self.join_kw()
+        if self.origin_nice:
+            kw["preexec_fn"] = _then(kw.get("preexec_fn"), self._origin_share)
+        proc = self.origin.popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.work, **kw)
         out.close()
         self.procs.append(proc)
         return proc
+
+    def _origin_share(self) -> None:
+        """In the origin's child, before exec: its session's CPU weight."""
+        with contextlib.suppress(OSError):  # the session's autogroup, where the kernel has them
+            Path("/proc/self/autogroup").write_text(str(self.origin_nice))
+        os.nice(self.origin_nice)  # and the process's own (inherited by its children)
+
+
+def _then(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        if first is not None:
+            first()
+        second()
+
+    return both
 
 
 @dataclass
@@ -98,6 +130,8 @@ class Result:
     origin_series: list[tuple[float, int]] = field(default_factory=list)
     host_series: list[Any] = field(default_factory=list)  # (t, {host: (rx, tx)})
     link_drops: tuple[int, int] = (0, 0)  # packets the link queues dropped (down, up)
+    #: TCP segments the origin's host sent, and of those retransmitted
+    origin_segments: tuple[int, int] = (0, 0)
     times: list[float | None] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     collected: dict[str, Any] = field(default_factory=dict)  # the tool's own counts
@@ -488,28 +522,31 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
     wall0 = time.monotonic()
     up0 = 0
     drops0 = drops1 = (0, 0)
+    segs0 = segs1 = (0, 0)
     t0 = time.time()
     peer_procs: list[subprocess.Popen[Any]] = []
     cg0: float | None = None
     sampler: _OriginSampler | None = None
+    gate: _Gate | None = None
     try:
         tool.start_origin(ctx)
-        up0 = ctx.lab.counters()[ctx.origin.name][1]
-        drops0 = _drops(ctx)
-        cpu0 = cpu_busy_seconds()
-        wall0 = time.monotonic()
-        t0 = time.time()
-        cg0 = cgroup_seconds(ctx.cgroup)
-        sampler = _OriginSampler(ctx, t0)
+        gate = _Gate(ctx.work) if ctx.together else None
+        if gate is None:  # the clock starts with the first launch
+            up0, drops0, segs0, cpu0, wall0, t0, cg0, sampler = _start_clock(ctx)
         for host in ctx.peers:
+            command = tool.peer_command(ctx, host)
             peer_procs.append(
                 host.popen(
-                    tool.peer_command(ctx, host),
+                    gate.wrap(command, host) if gate is not None else command,
                     **ctx.join_kw(),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )
+        if gate is not None:
+            gate.wait(peer_procs)
+            up0, drops0, segs0, cpu0, wall0, t0, cg0, sampler = _start_clock(ctx)
+            gate.open()
         done_files = [h.path(f"/tmp/{tool.name}/done") for h in ctx.peers]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -533,6 +570,8 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
     except Exception as exc:  # a tool failing to start is a result, not a crash
         note = f"{type(exc).__name__}: {exc}"
     finally:
+        if gate is not None:
+            gate.open()  # (a start that failed: nothing waits at it any more)
         if sampler is not None:
             sampler.stop()
         cpu1 = cpu_busy_seconds()
@@ -543,6 +582,7 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         except Exception:
             up1 = up0
         drops1 = _drops(ctx)
+        segs1 = _tcp_segments(ctx)
         collected: dict[str, Any] = {}
         with contextlib.suppress(Exception):
             collected = tool.collect(ctx)
@@ -603,6 +643,7 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
         launched_at=round(t0, 3),
         origin_idle_s=round(idle, 2) if idle is not None else None,
         link_drops=(drops1[0] - drops0[0], drops1[1] - drops0[1]),
+        origin_segments=(segs1[0] - segs0[0], segs1[1] - segs0[1]),
         origin_series=[(round(t, 2), b) for t, b in series],
         host_series=[(round(t, 2), c) for t, c in hosts],
         times=[round(t, 3) if t is not None else None for t in times],
@@ -611,9 +652,88 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
     )
 
 
+#: (origin bytes, link drops, origin segments, CPU s, monotonic, wall clock, cgroup CPU s, sampler)
+_Clock = tuple[
+    int, tuple[int, int], tuple[int, int], float, float, float, float | None, "_OriginSampler"
+]
+
+
+def _start_clock(ctx: Ctx) -> _Clock:
+    """The counters a run is measured from, read when its clock starts."""
+    up0 = ctx.lab.counters()[ctx.origin.name][1]
+    drops0, segs0 = _drops(ctx), _tcp_segments(ctx)
+    cpu0, wall0, t0 = cpu_busy_seconds(), time.monotonic(), time.time()
+    return up0, drops0, segs0, cpu0, wall0, t0, cgroup_seconds(ctx.cgroup), _OriginSampler(ctx, t0)
+
+
+class _Gate:
+    """Every host's command waits here until all of them are launched, then
+    all go at once.
+
+    Launching a host costs the harness a fork and an exec of ``ip netns exec``
+    and a shell, and with 32 or 64 hosts already running on two cores the
+    harness, one session among theirs, waited its turn for each: the last
+    host started up to 9 s after the first (measured at 32 hosts), where a
+    deploy's hosts start together, each on its own machine. So each host's
+    shell opens a FIFO (the harness holds its write end, so the open returns
+    at once), says it is ready and reads; the harness closes the write end
+    once every host is ready, and every read returns (end of file) together.
+    What follows, each host's interpreter starting, is inside the clock.
+    """
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.fifo = work / "gate.fifo"
+        with contextlib.suppress(FileNotFoundError):
+            self.fifo.unlink()
+        os.mkfifo(self.fifo)
+        self._fd: int | None = os.open(self.fifo, os.O_RDWR | os.O_NONBLOCK)
+        self._ready: list[Path] = []
+
+    def wrap(self, command: str, host: Host) -> str:
+        ready = self.work / f"ready-{host.name}"
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        self._ready.append(ready)
+        fifo, mark = shlex.quote(str(self.fifo)), shlex.quote(str(ready))
+        return f"exec 3< {fifo}; : > {mark}; read -r _ <&3; exec 3<&-; {command}"
+
+    def wait(self, procs: list[subprocess.Popen[Any]], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(p.exists() for p in self._ready):
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a host's command exited before the start")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"hosts not ready after {timeout:.0f}s")
+            time.sleep(0.02)
+
+    def open(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for ready in self._ready:
+            with contextlib.suppress(FileNotFoundError):
+                ready.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.fifo.unlink()
+
+
 def _drops(ctx: Ctx) -> tuple[int, int]:
     try:
         return ctx.lab.link_drops()
+    except Exception:
+        return (0, 0)
+
+
+def _tcp_segments(ctx: Ctx) -> tuple[int, int]:
+    """TCP segments (sent, retransmitted) by the origin's host so far, from
+    its network namespace's ``/proc/net/snmp``: what of its link's bytes were
+    sent again after a drop."""
+    try:
+        text = ctx.origin.run(["cat", "/proc/net/snmp"], capture_output=True, text=True).stdout
+        head, values = [line.split() for line in text.splitlines() if line.startswith("Tcp:")]
+        tcp = dict(zip(head[1:], map(int, values[1:]), strict=True))
+        return tcp["OutSegs"], tcp["RetransSegs"]
     except Exception:
         return (0, 0)
 
