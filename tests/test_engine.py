@@ -57,6 +57,8 @@ def test_session_uses_the_pack_and_binds_an_ephemeral_port() -> None:
         assert settings["enable_dht"] is False
         assert settings["enable_outgoing_utp"] is False
         assert settings["listen_interfaces"] == f"127.0.0.1:{engine.port}"
+        # a shallow request queue: a relayed block is not queued behind 3 s of others
+        assert settings["request_queue_time"] == 1
 
 
 def test_any_address_listens_on_one_port_on_every_interface() -> None:
@@ -125,6 +127,41 @@ def test_seed_then_download_between_two_sessions(payload: Path, tmp_path: Path) 
         tid = again.add(torrent, tmp_path / "dl", resume_dir=tmp_path / "resume")
         wait_seeding(again, tid, timeout=5)
         assert again.status(tid).downloaded == 0
+
+
+def test_every_missing_piece_is_an_orphan_once_no_connected_peer_has_it(
+    payload: Path, tmp_path: Path
+) -> None:
+    """The feed's repairs ask the engine which pieces only the origin can still
+    give. Once every other peer has left (``--linger 0``), that is every
+    missing piece, the one it had begun from that peer included (it stays in
+    libtorrent's download queue, half there): once left out, the last host
+    waited for it until it gave up."""
+    torrent = make_torrent(payload, piece_size=256 * 1024)
+    pieces = payload.stat().st_size // (256 * 1024)
+    with Engine(LOOPBACK) as seeder, Engine(LOOPBACK) as leecher:
+        sid = seeder.add(torrent, payload.parent, seed_mode=True)
+        lid = leecher.add(torrent, tmp_path / "dl")
+        leecher.add_piece(lid, 0, payload.read_bytes()[: 256 * 1024])
+        deadline = time.monotonic() + 10
+        while leecher.orphan_pieces(lid) != list(range(1, pieces)):  # nobody has them
+            leecher.events(0.05)
+            assert time.monotonic() < deadline, leecher.orphan_pieces(lid)
+        seeder.set_upload_limit(sid, 16 * 1024)  # it has them all, and gives slowly
+        leecher.connect_peer(lid, "127.0.0.1", seeder.port)
+        while leecher.orphan_pieces(lid):
+            leecher.events(0.05)
+            assert time.monotonic() < deadline, leecher.orphan_pieces(lid)
+        while leecher.status(lid).downloaded < 32 * 1024:  # a piece begun, not finished
+            leecher.events(0.05)
+            assert time.monotonic() < deadline + 10, leecher.status(lid)
+        assert len(leecher.missing_pieces(lid)) == pieces - 1
+        seeder.remove(sid)  # the last peer leaves: all that is missing is orphaned
+        deadline = time.monotonic() + 10
+        while not (orphans := leecher.orphan_pieces(lid)) or orphans != leecher.missing_pieces(lid):
+            leecher.events(0.05)
+            assert time.monotonic() < deadline, (orphans, leecher.missing_pieces(lid))
+        assert 0 not in orphans
 
 
 def corrupt_piece(path: Path, piece: int, piece_size: int = 256 * 1024) -> None:

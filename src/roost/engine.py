@@ -400,8 +400,9 @@ class Engine:
         return []
 
     def orphan_pieces(self, tid: TorrentId) -> list[int]:
-        """Pieces this torrent lacks that no connected peer has and that are
-        not being downloaded: what only the origin can still give."""
+        """Pieces this torrent lacks that no connected peer has: what only
+        the origin can still give. (A piece begun from a peer that left stays
+        in libtorrent's download queue, half there: it is an orphan too.)"""
         handle = self._handles.get(tid)
         if handle is None:
             return []
@@ -409,12 +410,13 @@ class Engine:
             have = handle.status(lt.status_flags_t.query_pieces).pieces
             if not have or all(have):
                 return []
-            availability = handle.piece_availability()
-            queued = {int(d["piece_index"]) for d in handle.get_download_queue()}
+            # no peer connected: libtorrent's availability is [], not zeros
+            availability = list(handle.piece_availability())
+            availability += [0] * (len(have) - len(availability))
             return [
                 i
-                for i, (has, seen) in enumerate(zip(have, availability, strict=False))
-                if not has and not seen and i not in queued
+                for i, (has, seen) in enumerate(zip(have, availability, strict=True))
+                if not has and not seen
             ]
         return []
 
