@@ -122,6 +122,18 @@ def _unless_gone(*also: type[Exception]) -> contextlib.suppress:
     return contextlib.suppress(RuntimeError, *also)
 
 
+def _held_by_nobody(handle: Any) -> list[bool]:
+    """Per piece: whether this torrent lacks it and no connected peer has it
+    (whether or not libtorrent has begun it: a piece begun from a peer that
+    left stays in its download queue). [] before a magnet's metadata."""
+    have = handle.status(lt.status_flags_t.query_pieces).pieces
+    if all(have):  # complete (or no metadata yet): nobody is asked
+        return [False] * len(have)
+    availability = list(handle.piece_availability())
+    availability += [0] * (len(have) - len(availability))  # no peer connected: []
+    return [not has and not seen for has, seen in zip(have, availability, strict=True)]
+
+
 class Engine:
     """One libtorrent session. Not thread-safe: one owner thread."""
 
@@ -407,17 +419,7 @@ class Engine:
         if handle is None:
             return []
         with _unless_gone():
-            have = handle.status(lt.status_flags_t.query_pieces).pieces
-            if not have or all(have):
-                return []
-            # no peer connected: libtorrent's availability is [], not zeros
-            availability = list(handle.piece_availability())
-            availability += [0] * (len(have) - len(availability))
-            return [
-                i
-                for i, (has, seen) in enumerate(zip(have, availability, strict=True))
-                if not has and not seen
-            ]
+            return [i for i, nobody in enumerate(_held_by_nobody(handle)) if nobody]
         return []
 
     def unavailable_pieces(self, tid: TorrentId) -> tuple[int, int]:
@@ -426,13 +428,8 @@ class Engine:
         (0, 0) before a magnet's metadata."""
         handle = self._handle(tid)
         with _unless_gone():
-            have = handle.status(lt.status_flags_t.query_pieces).pieces
-            availability = list(handle.piece_availability())
-            availability += [0] * (len(have) - len(availability))  # no peers: []
-            held_by_nobody = [
-                not has and not seen for has, seen in zip(have, availability, strict=False)
-            ]
-            return sum(held_by_nobody), len(have)
+            nobody = _held_by_nobody(handle)
+            return sum(nobody), len(nobody)
         return 0, 0
 
     def reannounce(self, tid: TorrentId) -> None:
