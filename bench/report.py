@@ -61,6 +61,13 @@ def write(
     md = [f"# roost bench — {meta['date']}\n", f"`{meta['command']}`\n"]
     if meta.get("machine"):
         md.append(f"{meta['machine']}\n")
+    if meta.get("calibration"):
+        c = meta["calibration"]
+        md.append(
+            f"Machine calibration (compare tables from other machines by it): sha256 "
+            f"{c['sha256_mb_s']} MB/s, loopback TCP {c['loopback_tcp_mb_s']} MB/s, "
+            f"TCP congestion control {c['tcp_cc']}.\n"
+        )
     if fleet:
         md += ["## Deploy to an emulated fleet\n"]
         if meta.get("origin_nice"):

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - started, 1),
         "origin_nice": args.origin_nice,
         "together": not args.one_by_one,
+        "calibration": tools.calibration(),
     }
     text = report.write(args.out, meta, fleet, hot)
     print()

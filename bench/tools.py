@@ -175,6 +175,47 @@ def cpu_busy_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def calibration(mib: int = 128) -> dict[str, Any]:
+    """What makes tables from different machines comparable: the same lab
+    costs more CPU on a slower machine (session 11's 32-host run took 77 CPU
+    seconds where session 10's took 63). sha256 of ``mib`` MiB in memory,
+    and ``mib`` MiB through one loopback TCP connection in 16 KiB writes (the
+    kernel's TCP path, which dominates the lab's CPU), both in MB/s; and the
+    TCP congestion control the lab's hosts inherit from the machine."""
+    import threading
+
+    data = os.urandom(1 << 20)
+    t = time.perf_counter()
+    h = hashlib.sha256()
+    for _ in range(mib):
+        h.update(data)
+    sha = mib * 1.048576 / (time.perf_counter() - t)
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+
+        def drain() -> None:
+            conn, _ = srv.accept()
+            with conn:
+                while conn.recv(1 << 16):
+                    pass
+
+        chunk = memoryview(data)[: 16 * 1024]
+        tcp = 0.0
+        for _ in range(3):  # the best of three: one run swings with the scheduler
+            sink = threading.Thread(target=drain)
+            sink.start()
+            t = time.perf_counter()
+            with socket.create_connection(srv.getsockname()) as c:
+                for _ in range(mib * 64):
+                    c.sendall(chunk)
+            sink.join()
+            tcp = max(tcp, mib * 1.048576 / (time.perf_counter() - t))
+    try:
+        cc = Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    except OSError:
+        cc = "unknown"
+    return {"sha256_mb_s": round(sha), "loopback_tcp_mb_s": round(tcp), "tcp_cc": cc}
+
+
 def wait_port(addr: str, port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while True:

@@ -271,6 +271,10 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
     assert rows["nginx"]["origin_copies"] >= 3.9
     assert rows["roost"]["origin_copies"] < 1.5, rows["roost"]
     assert "| roost | 4 | 4 MiB |" in (out / "results.md").read_text()
+    # the machine it ran on, measured: tables from two machines compare by it
+    cal = data["meta"]["calibration"]
+    assert cal["sha256_mb_s"] > 0 and cal["loopback_tcp_mb_s"] > 0 and cal["tcp_cc"]
+    assert f"sha256 {cal['sha256_mb_s']} MB/s" in (out / "results.md").read_text()
     assert (out / "completion.png").stat().st_size > 1000
     assert leftovers("rlsmoke") == []
 
