@@ -53,6 +53,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from roost.destination import occupied, target_of
 from roost.errors import (
     DestinationError,
     ReleaseError,
@@ -70,7 +71,6 @@ __all__ = [
     "InstallResult",
     "check_destination",
     "install_release",
-    "install_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def install_release(
     plan = load_plan(Path(payload), meta)
     if not keep_setid:
         plan = stripped(plan)
-    target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
+    target, as_file = target_of(meta, Path(dest), tag_directory=tag_directory)
     longest = max((m.name for m in plan.members), key=len, default="")
     if (size := len(os.fsencode(target / longest))) >= _PATH_MAX:
         raise DestinationError(
@@ -140,32 +140,6 @@ def install_release(
         return result
     except OSError as exc:
         raise _dest_error(exc, target) from exc
-
-
-def install_target(meta: TorrentMeta, dest: Path, *, tag_directory: bool = True) -> Path:
-    """Where ``meta`` would be installed under ``dest`` (links resolved)."""
-    return _target(meta, Path(dest), tag_directory=tag_directory)[0]
-
-
-def _target(meta: TorrentMeta, dest: Path, *, tag_directory: bool) -> tuple[Path, bool]:
-    """Where a release lands, and whether that is the file itself. A target
-    that is a symlink is replaced by the path it resolves to (the release
-    goes into the directory the link names); a dangling one is refused with
-    ``DestinationError``."""
-    tag = meta.tag or meta.name
-    dest = dest.absolute()
-    as_file = meta.single_file and not tag_directory
-    if as_file:
-        return dest / meta.name, True
-    target = dest / tag if tag_directory else dest
-    if target.is_symlink():
-        resolved = target.resolve()
-        if not resolved.is_dir():
-            raise DestinationError(
-                f"destination {target} is a symlink to {resolved}, which is not a directory"
-            )
-        return resolved, False
-    return target, False
 
 
 def check_destination(
@@ -186,9 +160,9 @@ def check_destination(
     """
     if meta.manifest_sha256 is None:
         return None
-    target, as_file = _target(meta, Path(dest), tag_directory=tag_directory)
+    target, as_file = target_of(meta, Path(dest), tag_directory=tag_directory)
     try:
-        if not _occupied(target):
+        if not occupied(target):
             return None
         if _holds_release(target, meta, as_file=as_file, keep_setid=keep_setid):
             return InstallResult(target, True)
@@ -243,7 +217,7 @@ def _install(
         raise DestinationError(f"cannot create {target.parent}: {exc.strerror}") from exc
     if not target.parent.is_dir():
         raise DestinationError(f"destination {target.parent} is not a directory")
-    if _occupied(target):
+    if occupied(target):
         if mismatch(target, plan, as_file=as_file) is None:
             log.info("%s already holds release %s", target, plan.manifest.tag)
             return InstallResult(target, True)
@@ -300,17 +274,6 @@ def _occupied_error(target: Path) -> DestinationError:
     return DestinationError(
         f"destination {target} {what} (clean it, or pass --clean to replace it)"
     )
-
-
-def _occupied(target: Path) -> bool:
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        return True
-    with os.scandir(target) as it:
-        return any(True for _ in it)
 
 
 def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool) -> None:
@@ -409,7 +372,7 @@ def _write_bytes(src: int, member: Member, name: str, top: int | None) -> None:
 def _swap(new: Path, target: Path, *, clean: bool) -> None:
     """Rename ``new`` onto ``target``; an occupied target (``clean`` only) is
     moved aside first and deleted only once ``new`` is in place."""
-    if not _occupied(target):
+    if not occupied(target):
         try:
             os.rename(new, target)  # replaces an empty directory atomically
             return

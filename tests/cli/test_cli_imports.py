@@ -99,3 +99,31 @@ def test_the_fleet_verbs_build_without_the_fleet_deploy(command: str) -> None:
     assert imported_after(code, ("roost.cli.fleet", "roost.cli.fleet_deploy")) == [
         "roost.cli.fleet"
     ]
+
+
+_JUDGE = (
+    "import hashlib, pathlib, tempfile\n"
+    "from roost import bencode\n"
+    "from roost.peer.config import PeerConfig\n"
+    "from roost.peer.front import _check_destination\n"
+    "info = {b'name': b'a.bin', b'length': 3, b'piece length': 16384,"
+    " b'pieces': hashlib.sha1(b'abc').digest()}\n"
+    "torrent = bencode.encode({b'info': info})\n"
+    "dest = pathlib.Path(tempfile.mkdtemp())\n"
+    "{prepare}\n"
+    "try:\n"
+    "    _check_destination(PeerConfig(torrent=dest / 't', dest=dest), torrent)\n"
+    "except Exception:\n"
+    "    pass\n"
+)
+
+
+def test_a_free_destination_is_judged_without_the_install_code() -> None:
+    # Every peer judges its destination before downloading; most find it
+    # free, and the tar, hashing and manifest code waits for the install.
+    free = modules_after(_JUDGE.replace("{prepare}", "pass"))
+    assert "roost.extract" not in free and "tarfile" not in free
+    taken = modules_after(
+        _JUDGE.replace("{prepare}", "(dest / 'a.bin').mkdir()\n(dest / 'a.bin' / 'x').touch()")
+    )
+    assert "roost.extract" in taken  # a taken place is judged in full

@@ -87,7 +87,7 @@ class _Download:
         root = self.dir / meta.name
         if meta.manifest is None or root.exists() or any(self.dir.glob("*.resume")):
             return None
-        from roost.extract import install_target
+        from roost.destination import install_target
         from roost.prefill import prefill
 
         try:

@@ -10,6 +10,7 @@ from typing import Any
 
 from roost import events, procs
 from roost.checks import check_installable, check_room
+from roost.destination import install_target, occupied
 from roost.errors import UsageError
 from roost.installed import run_hook_once
 from roost.peer.config import (
@@ -57,6 +58,8 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     def relay(event: events.Event) -> None:
         if isinstance(event, events.Progress):
             totals["down"], totals["up"] = event.down, event.up
+            if event.progress >= WARM_AT:
+                _warm_install()
         elif isinstance(event, events.Reused):
             totals["reused"] = event.bytes
         emit(event)
@@ -128,18 +131,38 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
 def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path | None:
     """Before downloading: the installed path if the release is already there;
     ``DestinationError`` if the destination is taken and ``--clean`` is off."""
-    from roost.extract import check_destination
-
     if torrent_bytes is None:  # a magnet: the manifest hash comes with the metadata
         return None
+    meta = _read_meta(torrent_bytes)
+    try:
+        # Most deploys find the place free: then the install code (tar,
+        # hashing, manifests) is not imported before the download starts.
+        target = install_target(meta, config.dest, tag_directory=config.install.tag_directory)
+        if not occupied(target):
+            return None
+    except OSError:
+        pass  # check_destination names what is wrong
+    from roost.extract import check_destination
+
     found = check_destination(
-        _read_meta(torrent_bytes),
+        meta,
         config.dest,
         tag_directory=config.install.tag_directory,
         clean=config.install.clean,
         keep_setid=config.install.keep_setid,
     )
     return None if found is None else found.path
+
+
+#: Share of the download after which the front imports the install code.
+WARM_AT = 0.5
+
+
+def _warm_install() -> None:
+    """Import the install code while the download runs (the front only waits
+    then), not after it completes: on a fleet whose hosts finish within a
+    second of each other, every host's install is on the deploy's clock."""
+    import roost.extract  # noqa: F401
 
 
 def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
