@@ -111,10 +111,7 @@ _JUDGE = (
     "torrent = bencode.encode({b'info': info})\n"
     "dest = pathlib.Path(tempfile.mkdtemp())\n"
     "{prepare}\n"
-    "try:\n"
-    "    _check_destination(PeerConfig(torrent=dest / 't', dest=dest), torrent)\n"
-    "except Exception:\n"
-    "    pass\n"
+    "assert _check_destination(PeerConfig(torrent=dest / 't', dest=dest), torrent) is None\n"
 )
 
 
