@@ -590,17 +590,23 @@ def deploy(tool: Tool, ctx: Ctx, *, timeout: float) -> Result:
             gate.open()
         done_files = [h.path(f"/tmp/{tool.name}/done") for h in ctx.peers]
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def read_done() -> bool:
             for i, f in enumerate(done_files):
                 if times[i] is None and f.exists():
                     text = f.read_text().strip()
                     if text:
                         times[i] = float(text) - t0
-            if all(t is not None for t in times):
+            return all(t is not None for t in times)
+
+        while time.monotonic() < deadline:
+            if read_done():
                 break
             if all(p.poll() is not None for p in peer_procs):
+                # The last marker may land between the read above and the
+                # exit seen here: read them again before judging.
                 time.sleep(0.2)
-                if all(t is not None for t in times):
+                if read_done():
                     break
                 bad = [p.returncode for p in peer_procs if p.returncode]
                 note = f"clients exited before completing (statuses {sorted(set(bad))})"

@@ -59,6 +59,9 @@ def test_session_uses_the_pack_and_binds_an_ephemeral_port() -> None:
         assert settings["listen_interfaces"] == f"127.0.0.1:{engine.port}"
         # a shallow request queue: a relayed block is not queued behind 3 s of others
         assert settings["request_queue_time"] == 1
+        # disk I/O on the network thread (no hand-off per block), hashing on its own
+        assert settings["aio_threads"] == 0
+        assert settings["hashing_threads"] == 1
 
 
 def test_any_address_listens_on_one_port_on_every_interface() -> None:

@@ -254,6 +254,23 @@ def test_roost_seed_refuses_a_payload_of_the_wrong_size(
     assert err.count("\n") == 1 and "has 5 bytes, the torrent says" in err
 
 
+def test_roost_seed_refuses_a_negative_disk_thread_count(
+    tree: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    swarm = make_swarm(tree)
+    rc, _events, err = run(
+        roost_procs,
+        "seed",
+        str(swarm.torrent),
+        "--payload",
+        str(swarm.release.payload),  # type: ignore[attr-defined]
+        "--disk-threads",
+        "-1",
+    )
+    assert rc == 2
+    assert err.count("\n") == 1 and "--disk-threads must be 0 or more, not -1" in err
+
+
 def test_peer_with_no_seeder_times_out_with_one_line(
     tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
 ) -> None:

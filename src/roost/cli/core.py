@@ -71,6 +71,14 @@ def _register_seed(sub: Any) -> None:
     p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
     p.add_argument("--announce-ip", help="the address peers reach this seeder at")
     p.add_argument(
+        "--disk-threads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="libtorrent disk I/O threads (default 0: on the network thread, "
+        "cheapest when the release is in the page cache; raise it to seed from slow, cold disks)",
+    )
+    p.add_argument(
         "--feed-port",
         type=int,
         metavar="PORT",

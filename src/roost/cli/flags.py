@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RoostError
+from roost.errors import RoostError, UsageError
 from roost.installed import HOOK_TIMEOUT
 from roost.peer.config import InstallOptions
 
@@ -83,8 +83,8 @@ def add_install_flags(p: argparse.ArgumentParser) -> None:
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``EngineConfig`` fields of the flags every engine-running command
     has: ``--listen``, ``--port``, ``--announce-ip``, ``--upload-limit``, and
-    where the command takes them, ``--download-limit`` and the DHT flags
-    (``--dht-bootstrap`` implies ``--dht``)."""
+    where the command takes them, ``--download-limit``, ``--disk-threads``
+    and the DHT flags (``--dht-bootstrap`` implies ``--dht``)."""
     options: dict[str, Any] = {
         "listen_interface": args.listen,
         "listen_port": args.port,
@@ -93,6 +93,10 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     }
     if hasattr(args, "download_limit"):
         options["download_limit"] = args.download_limit
+    if hasattr(args, "disk_threads"):
+        if args.disk_threads < 0:
+            raise UsageError(f"--disk-threads must be 0 or more, not {args.disk_threads}")
+        options["disk_threads"] = args.disk_threads
     if hasattr(args, "dht_bootstrap"):
         options["dht"] = args.dht or bool(args.dht_bootstrap)
         options["dht_bootstrap"] = tuple(args.dht_bootstrap)
