@@ -268,7 +268,7 @@ def test_roost_seed_refuses_a_negative_disk_thread_count(
         "-1",
     )
     assert rc == 2
-    assert err.count("\n") == 1 and "--disk-threads must be 0 or more, not -1" in err
+    assert err.count("\n") == 1 and "--disk-threads must be at least 0, got -1" in err
 
 
 def test_peer_with_no_seeder_times_out_with_one_line(

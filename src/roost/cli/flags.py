@@ -95,7 +95,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
         options["download_limit"] = args.download_limit
     if hasattr(args, "disk_threads"):
         if args.disk_threads < 0:
-            raise UsageError(f"--disk-threads must be 0 or more, not {args.disk_threads}")
+            raise UsageError(f"--disk-threads must be at least 0, got {args.disk_threads}")
         options["disk_threads"] = args.disk_threads
     if hasattr(args, "dht_bootstrap"):
         options["dht"] = args.dht or bool(args.dht_bootstrap)
