@@ -3,6 +3,7 @@ real directories."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -64,6 +65,11 @@ def test_room_counts_what_is_left_to_download_and_the_installed_copy(tmp_path: P
         check_room(meta(free // 2 + 16384 * 64), temp, dest, tag_directory=True)
     assert not temp.exists() and not dest.exists()  # nothing made
     assert os.listdir(tmp_path) == []  # the probes are gone
+    # An install that hard-links the download takes no second copy's room.
+    check_room(meta(free // 2 + 16384 * 64), temp, dest, tag_directory=True, link=True)
+    tar = dataclasses.replace(meta(free // 2 + 16384 * 64), kind="tar")
+    with pytest.raises(DestinationError, match=r"not enough space on the device of "):
+        check_room(tar, temp, dest, tag_directory=True, link=True)
 
 
 def test_room_refuses_a_destination_under_a_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,52 @@ def _refused(tmp_path: Path, payload: Path, meta: TorrentMeta, error: type, matc
 
 
 DIR = member("d", tarfile.DIRTYPE, mode=0o755)
+
+
+def _file_download(tmp_path: Path, into: Path) -> tuple[Path, TorrentMeta, bytes]:
+    """A file release and its download as the engine leaves it (DIR/NAME)."""
+    app = tmp_path / "build" / "app.bin"
+    app.parent.mkdir()
+    app.write_bytes(os.urandom(3 << 20))
+    os.chmod(app, 0o755)
+    rel = create_release(app, "f1", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    into.mkdir(parents=True)
+    shutil.copyfile(app, into / meta.name)
+    return into / meta.name, meta, app.read_bytes()
+
+
+def test_file_release_linked_from_the_download(tmp_path: Path) -> None:
+    payload, meta, data = _file_download(tmp_path, tmp_path / "dl")
+    placed = install_release(payload, meta, tmp_path / "dest", link=True).path / "app.bin"
+    assert placed.read_bytes() == data
+    assert placed.stat().st_ino == payload.stat().st_ino and payload.stat().st_nlink == 2
+    assert placed.stat().st_mode & 0o777 == 0o755
+    copied = install_release(payload, meta, tmp_path / "copy").path / "app.bin"
+    assert copied.read_bytes() == data and copied.stat().st_ino != payload.stat().st_ino
+
+
+def test_file_release_across_file_systems_is_copied(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's tmp_path")
+    where = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        payload, meta, data = _file_download(tmp_path, where / "dl")
+        placed = install_release(payload, meta, tmp_path / "dest", link=True).path / "app.bin"
+        assert placed.read_bytes() == data and payload.stat().st_nlink == 1
+    finally:
+        shutil.rmtree(where)
+
+
+def test_corrupt_file_download_is_not_linked_into_place(tmp_path: Path) -> None:
+    payload, meta, _ = _file_download(tmp_path, tmp_path / "dl")
+    with payload.open("r+b") as f:
+        f.seek(12345)
+        f.write(b"\0")
+    with pytest.raises(VerifyError, match="sha256 differs"):
+        install_release(payload, meta, tmp_path / "dest", link=True)
+    assert listing(tmp_path / "dest") == set() and payload.stat().st_nlink == 1
 
 
 @pytest.mark.parametrize(

@@ -46,12 +46,15 @@ def check_installable(meta: Any) -> None:
         raise ReleaseError(f"refusing {meta.name!r}: its file {bad[0]!r} {bad[1]}")
 
 
-def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool) -> None:
+def check_room(
+    meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool, link: bool = False
+) -> None:
     """Check that ``download_dir`` (``TEMP/INFOHASH``) and ``dest`` can take
     ``meta``'s payload: writable, and enough free space for the bytes still
     to download plus the installed copy (both on one device when they share
-    it). Writes nothing that stays. Raises ``DestinationError`` naming the
-    directory and what is wrong."""
+    it; none when ``link`` and the release is not a tar: its install then
+    hard-links the download's files). Writes nothing that stays. Raises
+    ``DestinationError`` naming the directory and what is wrong."""
     # The directory the installer creates its staging area in (extract._target).
     as_file = meta.single_file and not tag_directory
     install_parent = Path(dest) if tag_directory or as_file else Path(dest).parent
@@ -61,7 +64,7 @@ def check_room(meta: Any, download_dir: Path, dest: Path, *, tag_directory: bool
     size = meta.data_length  # BEP 47 pads never reach the disk
     left = max(0, size - _allocated(payload))
     if os.stat(temp).st_dev == os.stat(target).st_dev:
-        needs = {temp: left + size}
+        needs = {temp: left if link and meta.kind != "tar" else left + size}
     else:
         needs = {temp: left, target: size}
     for where, need in needs.items():

@@ -18,7 +18,14 @@ Theory of operation, in four steps:
 3. **Stage.** Members are written into a hidden staging directory beside the
    target (same file system), several files at once in worker threads, each
    file's bytes read once, hashed and written, the sha256 checked against
-   the manifest; modes and mtimes are then set. The staging tree is then
+   the manifest; modes and mtimes are then set. A file that is a file of
+   its own in the download (a file release, a tree release's files) is
+   hard-linked from there instead of copied, where the file system allows
+   (``link``, which the peer and the agent pass for their download cache):
+   its bytes are hashed in place, nothing is written twice, and the release
+   takes no second copy's room. The host then seeds from the same inode, so
+   a file edited in place after the install would reach the peers it seeds
+   (who refuse its pieces): ``roost peer --copy`` copies. The staging tree is then
    made durable with one ``syncfs(2)`` of its file system (``os.sync()``
    where libc lacks it).
 4. **Swap.** The staging directory is renamed onto the target (atomic); with
@@ -42,6 +49,7 @@ Nothing is ever written outside the destination (and, with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -60,7 +68,13 @@ from roost.errors import (
     UsageError,
     VerifyError,
 )
-from roost.hashing import copy_and_hash, fsync_directory, sha256_range, sync_filesystem
+from roost.hashing import (
+    copy_and_hash,
+    fsync_directory,
+    sha256_range,
+    start_writeback,
+    sync_filesystem,
+)
 from roost.installed import read_record, write_record
 from roost.installplan import SETID, Member, Plan, load_plan, stripped
 from roost.metainfo import TorrentMeta, validate_tag
@@ -105,9 +119,12 @@ def install_release(
     tag_directory: bool = True,
     clean: bool = False,
     keep_setid: bool = False,
+    link: bool = False,
 ) -> InstallResult:
     """Install ``payload`` at ``dest/TAG`` (or ``dest``) atomically, setuid,
-    setgid and sticky bits stripped unless ``keep_setid``.
+    setgid and sticky bits stripped unless ``keep_setid``; with ``link``,
+    the payload's own files are hard-linked, not copied (for a download
+    cache that nobody else writes to: not a build directory).
 
     Raises ``UnsafeArchiveError`` or ``VerifyError`` (bad payload, before
     anything is written), ``DestinationError`` (target occupied without
@@ -130,7 +147,7 @@ def install_release(
             f"longer than PATH_MAX ({_PATH_MAX})"
         )
     try:
-        result = _install(Path(payload), plan, target, as_file=as_file, clean=clean)
+        result = _install(Path(payload), plan, target, as_file=as_file, clean=clean, link=link)
         if not result.already_installed:
             data = None if as_file else plan.manifest.encode()
             tree = None if data is None else hashlib.sha256(data).hexdigest()
@@ -209,7 +226,7 @@ def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid
 
 
 def _install(
-    payload: Path, plan: Plan, target: Path, *, as_file: bool, clean: bool
+    payload: Path, plan: Plan, target: Path, *, as_file: bool, clean: bool, link: bool
 ) -> InstallResult:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +242,7 @@ def _install(
             raise _occupied_error(target)
     staging = Path(_make_staging(target, file=as_file))
     try:
-        _write_members(payload, plan, staging, as_file=as_file)
+        _write_members(payload, plan, staging, as_file=as_file, link=link)
         sync_filesystem(staging.parent)
         _swap(staging, target, clean=clean)
         fsync_directory(target.parent)
@@ -276,31 +293,32 @@ def _occupied_error(target: Path) -> DestinationError:
     )
 
 
-def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool) -> None:
-    if as_file:
-        src = os.open(payload, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _write_file(src, plan.members[0], str(root), None)
-        finally:
-            os.close(src)
-        return
-    # Everything relative to the staging directory's fd: no path walks from /.
-    src = os.open(payload, os.O_RDONLY | os.O_CLOEXEC)
-    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool, link: bool) -> None:
+    members, where = plan.members, payload
+    if plan.single:  # the payload is the file: its directory is the source, as for a tree
+        members, where = (dataclasses.replace(members[0], source=payload.name),), payload.parent
+    src = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _write_tree(src, top, plan.members)
-        for member in reversed(plan.members):
-            if member.kind == "dir":
-                os.chmod(member.name, member.mode, dir_fd=top)
-                if member.mtime is not None:
-                    os.utime(member.name, (member.mtime, member.mtime), dir_fd=top)
-        os.fchmod(top, plan.manifest.root_mode)
+        if as_file:
+            _write_file(src, members[0], str(root), None, link=link)
+            return
+        # Everything relative to the staging directory's fd: no path walks from /.
+        top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            _write_tree(src, top, members, link=link)
+            for member in reversed(members):
+                if member.kind == "dir":
+                    os.chmod(member.name, member.mode, dir_fd=top)
+                    if member.mtime is not None:
+                        os.utime(member.name, (member.mtime, member.mtime), dir_fd=top)
+            os.fchmod(top, plan.manifest.root_mode)
+        finally:
+            os.close(top)
     finally:
-        os.close(top)
         os.close(src)
 
 
-def _write_tree(src: int, top: int, members: tuple[Member, ...]) -> None:
+def _write_tree(src: int, top: int, members: tuple[Member, ...], *, link: bool) -> None:
     """Directories and symlinks here, in archive order (a directory comes
     before its contents); files in worker threads (copy and sha256 drop the
     GIL, so two files move at once); hard links once every file exists.
@@ -317,7 +335,7 @@ def _write_tree(src: int, top: int, members: tuple[Member, ...]) -> None:
                 elif member.kind == "file":
                     if len(window) >= _WINDOW:
                         window.popleft().result()
-                    window.append(pool.submit(_write_file, src, member, name, top))
+                    window.append(pool.submit(_write_file, src, member, name, top, link=link))
                 elif member.kind == "symlink":
                     os.symlink(member.link, name, dir_fd=top)
                     if member.mtime is not None:
@@ -335,9 +353,15 @@ def _write_tree(src: int, top: int, members: tuple[Member, ...]) -> None:
         os.link(member.link, member.name, src_dir_fd=top, dst_dir_fd=top, follow_symlinks=False)
 
 
-def _write_file(src: int, member: Member, name: str, top: int | None) -> None:
-    """Write one file; ``src`` is the payload (a tar or a file) or, for a
-    member with a ``source``, the download directory holding it."""
+def _write_file(src: int, member: Member, name: str, top: int | None, *, link: bool) -> None:
+    """Write one file; ``src`` is the payload (a tar) or, for a member with a
+    ``source``, the download directory holding it (then, with ``link``,
+    the file is hard-linked from there where the file system allows)."""
+    # (A file its owner cannot read is copied: the seeding engine must still
+    # open the download's file, which a link would give the new mode.)
+    linkable = link and member.source is not None and member.size and member.mode & stat.S_IRUSR
+    if linkable and _link_file(src, member, name, top):
+        return
     own = None
     if member.source is not None and member.size:
         own = os.open(member.source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
@@ -346,6 +370,37 @@ def _write_file(src: int, member: Member, name: str, top: int | None) -> None:
     finally:
         if own is not None:
             os.close(own)
+
+
+#: why a hard link cannot be made here (then the file is copied): another
+#: file system, one without hard links, too many links, or links refused
+_NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS}
+
+
+def _link_file(src: int, member: Member, name: str, top: int | None) -> bool:
+    """Hard-link ``member``'s download file as ``name`` and check its bytes
+    where they are; False where no link can be made (nothing written)."""
+    assert member.source is not None
+    try:
+        os.link(member.source, name, src_dir_fd=src, dst_dir_fd=top, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _NO_LINK:
+            return False
+        raise
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != member.size:
+            raise VerifyError(f"{member.name}: the download's file is not {member.size} bytes")
+        if member.sha256 is not None and sha256_range(fd, 0, member.size) != member.sha256:
+            raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
+        start_writeback(fd)
+        os.fchmod(fd, member.mode)
+        if member.mtime is not None:
+            os.utime(fd, (member.mtime, member.mtime))
+    finally:
+        os.close(fd)
+    return True
 
 
 def _write_bytes(src: int, member: Member, name: str, top: int | None) -> None:

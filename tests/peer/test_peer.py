@@ -47,6 +47,25 @@ def test_peer_installs_a_byte_identical_tree(
     assert sorted(os.listdir(dest)) == [".t1.roost", "t1"]  # no staging left behind
 
 
+@pytest.mark.parametrize("copy", [False, True])
+def test_peer_links_the_download_into_place_unless_told_to_copy(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start, copy: bool
+) -> None:
+    artifact = random_file(tmp_path / "build" / "app.bin", 3 << 20)
+    swarm = make_swarm(artifact, is_file=True)
+    temp = tmp_path / "temp"
+    extra = ["--copy"] if copy else []
+    rc, _, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", temp, "--linger", "0", *extra),
+    )
+    assert rc == 0, err
+    placed = tmp_path / "dest" / "t1" / "app.bin"
+    cached = temp / swarm.release.info_hash / "app.bin"  # type: ignore[attr-defined]
+    assert placed.read_bytes() == artifact.read_bytes()
+    assert (placed.stat().st_ino == cached.stat().st_ino) is not copy
+
+
 def test_peer_returns_while_a_detached_worker_lingers(
     tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
 ) -> None:

@@ -109,6 +109,8 @@ class AgentConfig:
     host: str = field(default_factory=socket.gethostname)  # this host's name in rollouts
     #: keep the releases' setuid/setgid/sticky bits (stripped by default)
     keep_setid: bool = False
+    #: copy releases out of the cache (default: hard-link their own files)
+    copy: bool = False
     hook_timeout: float = HOOK_TIMEOUT  # seconds; a hook still running is killed
 
     def __post_init__(self) -> None:
@@ -421,7 +423,12 @@ class Agent:
         status = self.engine.status(entry.info_hash)
         payload = self.config.cache / entry.info_hash / meta.name
         result = install_release(
-            payload, meta, self.dest / RELEASES, clean=True, keep_setid=self.config.keep_setid
+            payload,
+            meta,
+            self.dest / RELEASES,
+            clean=True,
+            keep_setid=self.config.keep_setid,
+            link=not self.config.copy,
         )
         self.state.installed = [e for e in self.state.installed if e.get("tag") != entry.tag]
         self.state.installed.append(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.cli.flags import (
+    add_copy_flag,
     add_hook_timeout_flag,
     add_sign_flag,
     add_tar_flag,
@@ -87,6 +88,7 @@ def _register_agent(sub: Any) -> None:
         action="store_true",
         help="keep the releases' setuid, setgid and sticky bits (stripped by default)",
     )
+    add_copy_flag(p)
     p.add_argument(
         "--once", action="store_true", help="one poll-and-apply, then exit (non-zero on failure)"
     )
@@ -130,6 +132,7 @@ def _agent(args: argparse.Namespace) -> int:
         keep=args.keep,
         hook=args.hook,
         keep_setid=args.keep_setid,
+        copy=args.copy,
         temp_path=args.temp_path,
         engine=EngineConfig(**engine_options(args)),
         download_timeout=args.download_timeout,

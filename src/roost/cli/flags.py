@@ -78,6 +78,17 @@ def add_install_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the release's setuid, setgid and sticky bits (stripped by default)",
     )
+    add_copy_flag(p)
+
+
+def add_copy_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy the release out of the download cache; by default its files are "
+        "hard-linked from there where the file system allows (no second copy written), "
+        "so a file edited in place after the install changes what the host seeds",
+    )
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -111,6 +122,7 @@ def install_options(args: argparse.Namespace, *, trust: tuple[str, ...] = ()) ->
         tag_directory=args.tag_directory,
         clean=args.clean,
         keep_setid=args.keep_setid,
+        copy=args.copy,
         trust=given or trust,
         hook=args.hook,
         hook_timeout=args.hook_timeout,

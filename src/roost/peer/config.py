@@ -45,6 +45,9 @@ class InstallOptions:
     hook: str | None = None
     #: seconds the hook may run before it is killed and the host fails
     hook_timeout: float = HOOK_TIMEOUT
+    #: copy the release out of the download cache (default: hard-link its
+    #: own files there, where the file system allows)
+    copy: bool = False
     #: seconds to keep seeding after the install
     linger: float = 30.0
     #: give up after this many seconds; None: never
@@ -68,6 +71,8 @@ class InstallOptions:
             flags += ["--download-limit", str(download_limit)]
         if self.keep_setid:
             flags.append("--keep-setid")
+        if self.copy:
+            flags.append("--copy")
         for key in self.trust:
             flags += ["--trust", key]
         if self.hook and self.hook_timeout != HOOK_TIMEOUT:

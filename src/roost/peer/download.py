@@ -130,7 +130,11 @@ class _Download:
             self.discard = True  # close() removes what arrived with it
             raise
         check_room(
-            meta, self.dir, self.config.dest, tag_directory=self.config.install.tag_directory
+            meta,
+            self.dir,
+            self.config.dest,
+            tag_directory=self.config.install.tag_directory,
+            link=not self.config.install.copy,
         )
         atomic_write(self.config.torrent, data)
         self.has_metadata = True

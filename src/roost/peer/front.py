@@ -91,6 +91,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             work_dir(config, info_hash),
             config.dest,
             tag_directory=config.install.tag_directory,
+            link=not config.install.copy,
         )
     download: _Download | None = None
     if config.foreground:
@@ -176,6 +177,7 @@ def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
         tag_directory=config.install.tag_directory,
         clean=config.install.clean,
         keep_setid=config.install.keep_setid,
+        link=not config.install.copy,
     )
     return _installed_path(result)
 
