@@ -151,17 +151,19 @@ def test_a_tree_release_installs_exactly_its_manifest(tmp_path: Path) -> None:
     assert again.already_installed
 
 
-def test_a_tree_whose_download_was_corrupted_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", [False, True])
+def test_a_tree_whose_download_was_corrupted_is_refused(tmp_path: Path, link: bool) -> None:
     src = make_tree(tmp_path / "src")
     meta = read_torrent_file(create_release(src, "v1", tmp_path / "out", announce=[]).torrent)
     payload = _download(src, meta.name, tmp_path / "dl")
     data = bytearray((payload / "lib/data.bin").read_bytes())
     data[1000] ^= 1
     (payload / "lib/data.bin").write_bytes(bytes(data))
-    with pytest.raises(Exception, match="sha256"):
-        install_release(payload, meta, tmp_path / "dest")
+    with pytest.raises(Exception, match=r"lib/data\.bin: sha256"):
+        install_release(payload, meta, tmp_path / "dest", link=link)
     assert not (tmp_path / "dest" / "v1").exists()
     assert [p.name for p in (tmp_path / "dest").iterdir()] == []  # staging removed
+    assert all(p.stat().st_nlink == 1 for p in payload.rglob("*") if p.is_file())
 
 
 @pytest.mark.parametrize("link", [True, False])
@@ -178,19 +180,6 @@ def test_a_tree_download_is_linked_into_place_or_copied(tmp_path: Path, link: bo
         shared = (payload / name).stat().st_ino == (result.path / name).stat().st_ino
         assert shared is link, name
     verify_installed(result.path, payload, meta)
-
-
-def test_a_corrupt_tree_download_is_not_linked_into_place(tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "src")
-    meta = read_torrent_file(create_release(src, "v1", tmp_path / "out", announce=[]).torrent)
-    payload = _download(src, meta.name, tmp_path / "dl")
-    data = bytearray((payload / "lib/data.bin").read_bytes())
-    data[1000] ^= 1
-    (payload / "lib/data.bin").write_bytes(bytes(data))
-    with pytest.raises(Exception, match=r"lib/data\.bin: sha256"):
-        install_release(payload, meta, tmp_path / "dest", link=True)
-    assert [p.name for p in (tmp_path / "dest").iterdir()] == []  # staging removed
-    assert all(p.stat().st_nlink == 1 for p in payload.rglob("*") if p.is_file())
 
 
 # --------------------------------------------------------- foreign torrents
