@@ -450,3 +450,25 @@ def test_the_worker_config_round_trips_through_json(tmp_path: Path) -> None:
     assert PeerConfig.from_json(config.to_json()) == config
     bare = PeerConfig(torrent=tmp_path / "r.torrent", dest=tmp_path / "dest")
     assert PeerConfig.from_json(bare.to_json()) == bare
+
+
+def test_install_options_reach_each_host_as_flags() -> None:
+    # The local and the SSH fleet hand a deploy's install options to every
+    # host's `roost peer` as flags: each option must come back the same.
+    from roost.cli import build_parser
+    from roost.cli.flags import install_options
+    from roost.peer import InstallOptions
+
+    options = InstallOptions(
+        tag_directory=False,
+        clean=True,
+        keep_setid=True,
+        copy=True,
+        trust=("k.pub",),
+        hook="true",
+        hook_timeout=7.0,
+        linger=3.0,
+        timeout=9.5,
+    )
+    args = build_parser("peer").parse_args(["peer", "r.torrent", "--dest", "d", *options.flags()])
+    assert install_options(args) == options
