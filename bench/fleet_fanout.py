@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from roost._asyncssh import asyncssh
 
 FAST = {
     "kex_algs": ["curve25519-sha256", "curve25519-sha256@libssh.org"],

@@ -121,7 +121,7 @@ def load_trusted(paths: Sequence[Path | str]) -> TrustedKeys:
     """Read OpenSSH public key files (``*.pub``, one key per line; ``#``
     comments and blank lines skipped). ``UsageError`` names the file and line
     of anything that is not a public key, before anything is downloaded."""
-    import asyncssh
+    from roost._asyncssh import asyncssh
 
     keys: list[tuple[str, str]] = []
     for raw in paths:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncssh
+from roost._asyncssh import asyncssh
 
 
 @dataclass

@@ -128,7 +128,7 @@ def test_an_unknown_host_key_is_refused_unless_opted_out(
 
 
 def test_a_key_the_host_does_not_accept_fails_that_host(shells: ShellFleet, tmp_path: Path) -> None:
-    import asyncssh
+    from roost._asyncssh import asyncssh
 
     other = tmp_path / "other_key"
     other.write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())

@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import asyncssh
-
+from roost._asyncssh import asyncssh
 from roost.errors import FleetAborted, RemoteError, UsageError
 from roost.fleet.config import SSHSettings
 from roost.fleet.hosts import Host
