@@ -167,6 +167,34 @@ def test_every_missing_piece_is_an_orphan_once_no_connected_peer_has_it(
         assert 0 not in orphans
 
 
+def test_a_torrent_is_alone_once_its_tracker_knows_no_other_peer(
+    payload: Path, tmp_path: Path
+) -> None:
+    """The feed's repairs skip their wait for a swarm when there is none: a
+    host that comes after every other peer has gone."""
+    from roost.tracker import TrackerConfig, run_tracker_in_thread
+
+    tracker = run_tracker_in_thread(TrackerConfig(port=0, interval=2, min_interval=1))
+    try:
+        torrent = make_torrent(payload, announce=(tracker.announce_url,))
+        with Engine(LOOPBACK) as leecher:
+            lid = leecher.add(torrent, tmp_path / "dl")
+            assert not leecher.alone(lid)  # nothing heard from the tracker yet
+            deadline = time.monotonic() + 10
+            while not leecher.alone(lid):
+                leecher.events(0.05)
+                assert time.monotonic() < deadline, leecher.status(lid)
+            with Engine(LOOPBACK) as seeder:
+                seeder.add(torrent, payload.parent, seed_mode=True)
+                while leecher.alone(lid):  # told of the seeder at its next announce
+                    leecher.events(0.05)
+                    leecher.reannounce(lid)
+                    assert time.monotonic() < deadline + 10, leecher.status(lid)
+        assert not leecher.alone("0" * 40)  # not a torrent of this engine
+    finally:
+        tracker.stop()
+
+
 def corrupt_piece(path: Path, piece: int, piece_size: int = 256 * 1024) -> None:
     with open(path, "r+b") as f:
         f.seek(piece * piece_size + 10)

@@ -348,6 +348,41 @@ def test_a_client_repairs_what_nobody_else_has(payload_file: Path) -> None:
     assert got[4] == _pieces(payload_file)[4]
 
 
+def test_a_client_with_no_swarm_repairs_at_once(payload_file: Path) -> None:
+    """A peer that comes once the feed is done and every other peer has gone
+    (a host added or retried after the deploy): nobody but the origin can
+    give it anything, so its repairs do not wait for a swarm (here a minute)."""
+    source = _source(payload_file)
+    with FeedServer() as server:
+        server.add(source)
+        first: dict[int, bytes] = {}
+        early = FeedClient(
+            server.url(), source.info_hash, add_piece=first.__setitem__, orphans=list
+        ).start()
+        deadline = time.monotonic() + 20
+        while not server.stats(source.info_hash).done:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        early.stop()
+        late: dict[int, bytes] = {}
+        client = FeedClient(
+            server.url(),
+            source.info_hash,
+            add_piece=late.__setitem__,
+            orphans=lambda: [i for i in range(source.num_pieces) if i not in late],
+            alone=lambda: True,
+            repair_after=60,
+        ).start()
+        while len(late) < source.num_pieces:
+            assert time.monotonic() < deadline, f"the late peer has {sorted(late)}"
+            time.sleep(0.02)
+        client.stop()
+        stats = server.stats(source.info_hash)
+    assert late == dict(enumerate(_pieces(payload_file)))
+    assert client.counters.repairs == source.num_pieces
+    assert stats is not None and stats.repairs == source.num_pieces
+
+
 def test_client_survives_a_feed_that_is_not_there() -> None:
     client = FeedClient("http://127.0.0.1:9/", "ab" * 20, add_piece=lambda i, d: None, orphans=list)
     client.start()

@@ -422,6 +422,18 @@ class Engine:
             return [i for i, nobody in enumerate(_held_by_nobody(handle)) if nobody]
         return []
 
+    def alone(self, tid: TorrentId) -> bool:
+        """Whether this torrent has heard from a tracker and has no peer,
+        connected or to try: no swarm can give it anything (a host that
+        comes after the others have gone)."""
+        handle = self._handles.get(tid)
+        if handle is None:
+            return False
+        with _unless_gone():
+            st = handle.status()
+            return bool(st.current_tracker) and st.num_peers == 0 and st.connect_candidates == 0
+        return False
+
     def unavailable_pieces(self, tid: TorrentId) -> tuple[int, int]:
         """(pieces this torrent lacks that no connected peer has, all its
         pieces): what only a seed, a web seed or the feed could still give.

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,11 @@ class FeedClient:
 
     ``add_piece(index, data)`` and ``orphans()`` are the engine's (both safe
     to call from these threads); ``orphans()`` lists the pieces this peer
-    lacks that no connected peer has and that are not being downloaded.
-    Errors talking to the feed are counted and retried with backoff, never
-    raised: the swarm (and the origin's seeder) may still deliver.
+    lacks that no connected peer has and that are not being downloaded;
+    ``alone()`` (the engine's too) whether it has no swarm at all, so that
+    its repairs need not wait for one. Errors talking to the feed are
+    counted and retried with backoff, never raised: the swarm (and the
+    origin's seeder) may still deliver.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class FeedClient:
         add_piece: Callable[[int, bytes], None],
         orphans: Callable[[], Sequence[int]],
         lacking: Callable[[], Sequence[int]] | None = None,
+        alone: Callable[[], bool] | None = None,
         connections: int = 1,
         depth: int = 2,
         repair_after: float = 3.0,
@@ -85,6 +89,7 @@ class FeedClient:
         self.add_piece = add_piece
         self.orphans = orphans
         self.lacking = lacking
+        self.alone = alone
         self._tail = False  # the feed has handed out every piece: say what we lack
         self._fed: set[int] = set()  # pieces the feed gave us (lacking until hashed)
         self.connections = connections
@@ -202,7 +207,12 @@ class FeedClient:
             pipe.read()
 
     def _repair(self) -> None:
-        """After the feed is done: fetch by index what nobody can give us."""
+        """After the feed is done: fetch by index what nobody can give us.
+
+        A piece is due once it stayed an orphan ``repair_after`` seconds
+        (its holder may be a peer we have not connected to yet), or at once
+        when ``alone()`` says this peer has no swarm at all. Requests are
+        pipelined ``depth`` deep, as the asks for the next piece are."""
         first_seen: dict[int, float] = {}
         pipe: _Pipe | None = None
         while not self._stop.wait(0.5):
@@ -211,14 +221,18 @@ class FeedClient:
             now = time.monotonic()
             orphans = set(self.orphans())
             first_seen = {p: first_seen.get(p, now) for p in orphans}
-            due = sorted(p for p, t in first_seen.items() if now - t >= self.repair_after)
-            for piece in due:
-                if self._stop.is_set():
-                    break
+            alone = self.alone is not None and bool(orphans) and self.alone()
+            due = deque(
+                sorted(p for p, t in first_seen.items() if alone or now - t >= self.repair_after)
+            )
+            asked: deque[int] = deque()
+            while (due or asked) and not self._stop.is_set():
                 try:
                     if pipe is None:
                         pipe = self._connect()
-                    pipe.send(f"{self.base}/piece/{piece}")
+                    while due and pipe.inflight < self.depth:
+                        asked.append(due.popleft())
+                        pipe.send(f"{self.base}/piece/{asked[-1]}")
                     status, _, body = pipe.read()
                 except (OSError, ValueError) as exc:
                     self._failed(exc)
@@ -226,6 +240,7 @@ class FeedClient:
                         pipe.close()
                         pipe = None
                     break
+                piece = asked.popleft()
                 if status == 200:
                     self._received(piece, body, repair=True)
                     first_seen.pop(piece, None)

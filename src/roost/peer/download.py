@@ -108,6 +108,7 @@ class _Download:
             add_piece=lambda index, data: engine.add_piece(tid, index, data),
             orphans=lambda: engine.orphan_pieces(tid),
             lacking=lambda: engine.missing_pieces(tid),
+            alone=lambda: engine.alone(tid),
             download_limit=self.config.engine.download_limit,
             have=self.reused.pieces if self.reused else (),
         ).start()
