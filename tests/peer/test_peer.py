@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -94,6 +95,33 @@ def test_peer_returns_while_a_detached_worker_lingers(
     assert installed["already"] is True
     assert events[-1]["down"] == 0
     assert not procs.alive(pid)
+
+
+def test_a_lingering_worker_whose_download_directory_is_replaced_stops(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """An operator clears the download area while a worker lingers, and a new
+    download of the release starts there: the old worker must not serve
+    the new one's half-written files (its peers would refuse the pieces and
+    ban the host), nor write its resume data among them."""
+    swarm = make_swarm(tree)
+    temp = tmp_path / "temp"
+    rc, _, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", temp, "--events", "json", "--linger", "60"),
+    )
+    assert rc == 0, err
+    work = temp / swarm.release.info_hash  # type: ignore[attr-defined]
+    pid = procs.read_pid_file(work / "worker.pid")
+    assert pid is not None, "the lingering worker should still run"
+    shutil.rmtree(work)
+    work.mkdir()
+    (work / "new.partial").write_bytes(b"")
+    deadline = time.monotonic() + 10
+    while procs.alive(pid):
+        assert time.monotonic() < deadline, "the worker still seeds another download's files"
+        time.sleep(0.05)
+    assert sorted(p.name for p in work.iterdir()) == ["new.partial"]
 
 
 def test_non_empty_destination_is_refused_and_clean_replaces_it(

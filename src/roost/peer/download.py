@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost import events
@@ -48,6 +50,7 @@ class _Download:
         self.config = config
         self.dir = work_dir(config, info_hash)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._dir_id = _identity(self.dir)
         self.owns_engine = engine is None
         self.engine = engine or Engine(config.engine)
         self.has_metadata = torrent_bytes is not None
@@ -206,9 +209,20 @@ class _Download:
         return stall.verdict(now, *self.engine.unavailable_pieces(self.tid))
 
     def linger(self, seconds: float, should_stop: Callable[[], str | None]) -> None:
+        """Seed for ``seconds``, or until told to stop, or until the download's
+        directory is no longer the one this download made: removed, perhaps
+        made again by a new download of the same release, whose half-written
+        files are not this one's to serve (their peers would refuse the
+        pieces and ban this host)."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0 and not should_stop():
             self.engine.events(min(left, 1.0))
+            if not self.owns_dir():
+                return
+
+    def owns_dir(self) -> bool:
+        """Whether the download's directory is still the one it made."""
+        return _identity(self.dir) == self._dir_id
 
     def _relay(self, event: object, emit: Emit) -> None:
         from roost.engine import HashFailed, PeerBanned, TrackerProblem
@@ -243,14 +257,28 @@ class _Download:
 
     def close(self) -> None:
         self._stop_feed()
-        if self.discard:
+        # A directory removed or made anew is someone else's now: nothing is
+        # written into it, nor deleted from it.
+        ours = self.owns_dir()
+        if self.discard and ours:
             self.engine.remove(self.tid, delete_files=True)
-        else:
+        elif ours:
             self._save_resume_quietly()
+        else:
+            self.engine.remove(self.tid)
         if self.owns_engine:
             self.engine.close()
-        if self.discard:
+        if self.discard and ours:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``; None if it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 #: One download in an engine (public name, for the agent's shared engine).
