@@ -508,7 +508,7 @@ def test_peers_that_hold_every_piece_between_them_finish_without_the_seeder(
         assert _tree_sha(tmp_path / f"d{k}" / "t1" / "art.bin") == _tree_sha(art)
 
 
-def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
+def test_a_feed_refuses_a_torrent_with_a_pad_inside_a_piece(tmp_path: Path) -> None:
     from roost import bencode
     from roost.errors import UsageError
     from roost.seeder import SeedConfig, Seeder, origin_engine
@@ -524,6 +524,7 @@ def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
                     b"pieces": hashlib.sha1(b"ab").digest(),
                     b"files": [
                         {b"length": 1, b"path": [b"a"]},
+                        {b"length": 1, b"path": [b".pad", b"1"], b"attr": b"p"},
                         {b"length": 1, b"path": [b"b"]},
                     ],
                 },
@@ -533,7 +534,7 @@ def test_a_feed_is_for_single_file_releases(tmp_path: Path) -> None:
     (tmp_path / "multi").mkdir()
     (tmp_path / "multi" / "a").write_bytes(b"a")
     (tmp_path / "multi" / "b").write_bytes(b"b")
-    with pytest.raises(UsageError, match="single-file"):
+    with pytest.raises(UsageError, match="a pad file ends inside a piece"):
         Seeder(
             SeedConfig(
                 torrent=torrent,

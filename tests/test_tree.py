@@ -18,7 +18,7 @@ from roost import bencode
 from roost.checks import check_installable
 from roost.errors import ReleaseError, UnsafeArchiveError
 from roost.extract import install_release
-from roost.layout import Layout, TorrentFile, padded_files, unsafe_file_list
+from roost.layout import Layout, TorrentFile, padded_files, starts_run, unsafe_file_list
 from roost.metainfo import read_torrent, read_torrent_file
 from roost.release import create_release
 from roost.verify import verify_installed
@@ -32,29 +32,50 @@ KIB = 1024
 # ------------------------------------------------------------------- layout
 
 
-def test_padded_files_start_every_file_on_a_piece_boundary() -> None:
-    files = padded_files([("a", 20000), ("d/b", 40000), ("e", 0), ("z", 100)], 16 * KIB)
-    assert [f.path for f in files] == ["a", ".pad/12768", "d/b", ".pad/9152", "e", "z"]
-    assert [f.is_pad for f in files] == [False, True, False, True, False, False]
+def test_padded_files_give_big_files_pieces_of_their_own() -> None:
+    big = 100 * KIB  # OWN_PIECES or more
+    files = padded_files([("a", big), ("d/b", 40000), ("e", 0), ("z", 100)], 16 * KIB)
+    assert [f.path for f in files] == ["a", ".pad/12288", "d/b", "e", "z"]
+    assert [f.is_pad for f in files] == [False, True, False, False, False]
     layout = Layout(16 * KIB, tuple(files))
-    assert layout.aligned and layout.num_pieces == 6
-    assert layout.data_bytes == 60100
-    assert [layout.piece_extent(i) for i in range(6)] == [
-        (0, 0, 16384),
-        (0, 16384, 3616),
-        (2, 0, 16384),
-        (2, 16384, 16384),
-        (2, 32768, 7232),
-        (5, 0, 100),
+    assert layout.pads_end_pieces and layout.num_pieces == 10
+    assert layout.data_bytes == big + 40100
+    # a's pieces are its own; the small files after it lie end to end
+    assert list(layout.file_pieces(0)) == list(range(7))
+    assert [layout.piece_segments(i) for i in (6, 7, 9)] == [
+        [(0, 6 * 16384, 4096)],
+        [(2, 0, 16384)],
+        [(2, 32768, 7232), (4, 0, 100)],
     ]
-    assert list(layout.file_pieces(2)) == [2, 3, 4] and list(layout.file_pieces(4)) == []
+    assert layout.piece_files(9) == [2, 4] and list(layout.file_pieces(3)) == []
 
 
-def test_an_unaligned_layout_is_not_a_tree() -> None:
-    layout = Layout(16 * KIB, (TorrentFile("a", 100), TorrentFile("b", 100)))
-    assert not layout.aligned
+def test_small_files_lie_in_runs_that_start_where_their_paths_say() -> None:
+    """A run of small files starts on a piece boundary before a path that
+    hashes to one in RUN (here s1 and s16): adding or removing a file
+    reshapes its own run only, and a tree of small files carries one
+    partial block per run, not per file."""
+    names = [f"s{i}" for i in range(20)]
+    files = padded_files([(n, 1000) for n in names], 16 * KIB)
+    pads = [i for i, f in enumerate(files) if f.is_pad]
+    assert [files[i + 1].path for i in pads] == ["s1", "s16"]
+    assert all(starts_run(files[i + 1].path) for i in pads)
+    again = padded_files([(n, 1000) for n in names if n != "s5"], 16 * KIB)
+
+    def from_s16(listed: list[TorrentFile]) -> list[TorrentFile]:
+        return listed[[f.path for f in listed].index("s16") :]
+
+    assert from_s16(again) == from_s16(files)  # the runs after s5's are as they were
+    assert Layout(16 * KIB, tuple(files)).pads_end_pieces
+
+
+def test_a_layout_with_a_pad_inside_a_piece_is_not_a_tree() -> None:
+    layout = Layout(
+        16 * KIB, (TorrentFile("a", 100), TorrentFile(".pad/100", 100, "p"), TorrentFile("b", 100))
+    )
+    assert not layout.pads_end_pieces
     with pytest.raises(ValueError):
-        layout.piece_extent(0)
+        layout.piece_segments(0)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +107,7 @@ def test_a_directory_becomes_a_multi_file_torrent_hashed_in_place(tmp_path: Path
     meta = read_torrent_file(release.torrent)
     assert meta.kind == "tree" and meta.name == "v1" and meta.files is not None
     layout = meta.layout
-    assert layout is not None and layout.aligned
+    assert layout is not None and layout.pads_end_pieces
     real = [f for f in meta.files if not f.is_pad]
     assert not any(f.path.startswith(".git") for f in real)
     # every piece hash is the file's own bytes, zero padded
@@ -295,6 +316,36 @@ def test_an_incremental_deploy_carries_only_what_changed(
     for host in first["hosts"]:
         assert (Path(host["path"]) / "lib" / "part-01.bin").exists()
         assert stat.S_IMODE((Path(host["path"]) / "lib" / "part-03.bin").stat().st_mode) == 0o644
+
+
+def test_a_tree_of_small_files_travels_about_once_and_changes_by_its_runs(
+    tmp_path: Path, roost_procs: Start
+) -> None:
+    """Small files lie end to end in runs (roost.layout): a full deploy
+    carries their bytes, not a 16 KiB block apiece, and an incremental one
+    carries the run of the file that changed, not the tree."""
+    src = tmp_path / "src"
+    names = [f"lib/m{k:02d}.py" for k in range(96)]
+    for k, name in enumerate(names):
+        random_file(src / name, 1000 + 37 * k, seed=200 + k)
+    total = sum((src / n).stat().st_size for n in names)
+    dest = tmp_path / "dest"
+    first = _deploy(roost_procs, src, "v1", dest)
+    for host in first["hosts"]:
+        assert host["ok"], host
+        assert host["bytes_down"] <= 1.2 * total, host  # a pad per file: 96 x 16 KiB
+    changed = "lib/m40.py"
+    random_file(src / changed, (src / changed).stat().st_size, seed=999)
+    second = _deploy(roost_procs, src, "v2", dest)
+    at = names.index(changed)
+    begin = max(k for k in range(at + 1) if k == 0 or starts_run(names[k]))
+    end = min([k for k in range(at + 1, len(names)) if starts_run(names[k])] + [len(names)])
+    run = sum((src / n).stat().st_size for n in names[begin:end])
+    for host in second["hosts"]:
+        assert host["ok"], host
+        assert snapshot(Path(host["path"])) == snapshot(src)
+        assert host["bytes_down"] <= run + 2 * 16 * KIB, (host, run)
+        assert host["bytes_reused"] >= total - run
 
 
 def test_a_tampered_earlier_release_is_detected_and_downloaded_instead(

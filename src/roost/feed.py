@@ -63,7 +63,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from roost import __version__
 from roost.errors import UsageError
@@ -273,8 +273,8 @@ class Dispatcher:
 class FeedSource:
     """One torrent's payload as the feed serves it: a single file at
     ``path``, or with ``layout`` a tree release whose files are under
-    ``path`` (each piece is then a prefix of one file's bytes; the pad that
-    ends it is not sent, the receiver adds the zeros: ``Engine.add_piece``)."""
+    ``path`` (each piece is then the bytes of one or more files and a pad,
+    which is not sent: the receiver adds the zeros, ``Engine.add_piece``)."""
 
     info_hash: str
     path: Path
@@ -286,13 +286,15 @@ class FeedSource:
     def num_pieces(self) -> int:
         return -(-self.total_size // self.piece_length)
 
-    def extent(self, piece: int) -> tuple[Path, int, int]:
-        """The file holding piece ``piece``'s bytes, their offset and length."""
+    def extents(self, piece: int) -> list[tuple[Path, int, int]]:
+        """Where piece ``piece``'s bytes are: (file, offset, length) in order."""
         if self.layout is not None:
-            index, offset, length = self.layout.piece_extent(piece)
-            return self.path / self.layout.files[index].path, offset, length
+            return [
+                (self.path / self.layout.files[index].path, offset, length)
+                for index, offset, length in self.layout.piece_segments(piece)
+            ]
         start = piece * self.piece_length
-        return self.path, start, min(self.piece_length, self.total_size - start)
+        return [(self.path, start, min(self.piece_length, self.total_size - start))]
 
 
 class _Feed:
@@ -371,42 +373,54 @@ class _Handler(BoundedHandler):
         self._send_piece(feed, grant)
 
     def _send_piece(self, feed: _Feed, piece: int) -> None:
-        path, start, length = feed.source.extent(piece)
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError:
-            self._empty(503)
-            return
-        with f, _corked(self.connection):
-            # The head is as short as HTTP allows and leaves in the segments
-            # of the piece itself (corked): the origin's link is the deploy's
-            # bottleneck, and a head of its own cost ~2% of it (bench/NOTES.md).
-            self.wfile.write(
-                f"HTTP/1.1 200 OK\r\nX-Roost-Piece: {piece}\r\n"
-                f"Content-Length: {length}\r\n\r\n".encode()
-            )
-            # Counted before it leaves, corrected if it does not all leave: a
-            # client that has read the piece never sees a count without it.
-            with self.server.lock:
-                feed.bytes_sent += length
-            sent = 0
+        extents = feed.source.extents(piece)
+        length = sum(n for _, _, n in extents)
+        with contextlib.ExitStack() as files:
             try:
-                throttle = self.server.throttle
-                if throttle is None:
-                    sent = self.connection.sendfile(f, offset=start, count=length)
-                else:
-                    while sent < length:
-                        n = min(16384, length - sent)
-                        throttle.take(n)
-                        sent += self.connection.sendfile(f, offset=start + sent, count=n)
+                opened = [(files.enter_context(open(path, "rb")), at, n) for path, at, n in extents]
             except OSError:
-                pass
-            finally:
+                self._empty(503)
+                return
+            with _corked(self.connection):
+                # The head is as short as HTTP allows and leaves in the segments
+                # of the piece itself (corked): the origin's link is the deploy's
+                # bottleneck, and a head of its own cost ~2% of it (bench/NOTES.md).
+                self.wfile.write(
+                    f"HTTP/1.1 200 OK\r\nX-Roost-Piece: {piece}\r\n"
+                    f"Content-Length: {length}\r\n\r\n".encode()
+                )
+                # Counted before it leaves, corrected if it does not all leave: a
+                # client that has read the piece never sees a count without it.
+                with self.server.lock:
+                    feed.bytes_sent += length
+                sent = 0
+                try:
+                    for f, at, n in opened:
+                        sent += self._send_range(f, at, n)
+                except OSError:
+                    pass
+                finally:
+                    if sent < length:
+                        with self.server.lock:
+                            feed.bytes_sent -= length - sent
                 if sent < length:
-                    with self.server.lock:
-                        feed.bytes_sent -= length - sent
-            if sent < length:
-                self.close_connection = True
+                    self.close_connection = True
+
+    def _send_range(self, f: BinaryIO, start: int, length: int) -> int:
+        """``length`` bytes of ``f`` from ``start`` (fewer if it ends early),
+        within the feed's rate limit; ``OSError`` from the connection."""
+        throttle = self.server.throttle
+        if throttle is None:
+            return self.connection.sendfile(f, offset=start, count=length)
+        sent = 0
+        while sent < length:
+            n = min(16384, length - sent)
+            throttle.take(n)
+            got = self.connection.sendfile(f, offset=start + sent, count=n)
+            if not got:
+                break
+            sent += got
+        return sent
 
     def _reply(self, status: int, body: bytes, ctype: str) -> None:
         self.send_response(status)

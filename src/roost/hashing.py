@@ -50,6 +50,7 @@ __all__ = [
     "TarWriter",
     "copy_and_hash",
     "fsync_directory",
+    "hash_files",
     "hash_pieces",
     "libc_function",
     "sha256_range",
@@ -333,29 +334,36 @@ def hash_pieces(
         os.close(fd)
 
 
-def hash_file(path: Path, piece_size: int, *, pad_last: bool = False) -> tuple[bytes, str]:
-    """``hash_pieces(path, piece_size, with_sha256=True, pad_last=...)`` in
-    one pass on this thread: for the many small files of a tree, hashed
-    side by side by a pool (a pool per file cost more than the hashing)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
+def hash_files(
+    paths: list[Path], piece_size: int, *, pad_last: bool = False
+) -> tuple[bytes, list[str]]:
+    """SHA-1 of every piece of ``paths`` laid end to end (a run of a tree
+    release's small files, roost.layout), and each file's sha256, in one
+    pass on this thread. With ``pad_last`` a short last piece is hashed
+    with zeros up to ``piece_size`` (a pad follows the run)."""
+    pieces = PieceStream(piece_size)
+    digests = []
+    view = memoryview(bytearray(0))  # grown to the largest file, _CHUNK at most
+    total = 0
+    for path in paths:
         whole = hashlib.sha256()
-        digests = []
-        step = max(1, _CHUNK // piece_size) * piece_size
-        view = memoryview(bytearray(min(step, max(size, 1))))
-        for offset in range(0, size, step):
-            n = min(step, size - offset)
-            _read_into(fd, view[:n], offset)
-            whole.update(view[:n])
-            for start in range(0, n, piece_size):
-                piece: bytes | memoryview = view[start : min(start + piece_size, n)]
-                if pad_last and len(piece) < piece_size:
-                    piece = bytes(piece) + bytes(piece_size - len(piece))
-                digests.append(hashlib.sha1(piece).digest())
-        return b"".join(digests), whole.hexdigest()
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            if len(view) < min(size, _CHUNK):
+                view = memoryview(bytearray(min(size, _CHUNK)))
+            for offset in range(0, size, _CHUNK):
+                n = min(_CHUNK, size - offset)
+                _read_into(fd, view[:n], offset)
+                whole.update(view[:n])
+                pieces.update(view[:n])
+        finally:
+            os.close(fd)
+        total += size
+        digests.append(whole.hexdigest())
+    if pad_last and total % piece_size:
+        pieces.update(bytes(piece_size - total % piece_size))
+    return pieces.finish(), digests
 
 
 class TarWriter:

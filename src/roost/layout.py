@@ -2,15 +2,23 @@
 
 A v1 multi-file torrent is one byte stream cut into pieces, the files laid
 end to end in their listed order. roost's tree releases (``kind: "tree"``)
-follow BEP 47: after every file that does not end on a piece boundary comes
-a pad file (``attr`` ``p``, path ``.pad/N``, N zero bytes that no client
-writes to disk), so every file starts on a piece boundary and each piece
-holds the bytes of one file only. Hence:
+use BEP 47 pad files (``attr`` ``p``, path ``.pad/N``, N zero bytes that no
+client writes to disk) so that:
 
-* a file's pieces depend on that file alone: a host holding an unchanged
-  file from an earlier release holds its pieces too (incremental deploys);
-* a piece is a prefix of one file's bytes plus zeros (``piece_extent``), so
-  the origin's feed sends one range of one file and the receiver pads it.
+* a file of :data:`OWN_PIECES` bytes or more has pieces of its own (it
+  starts on a piece boundary and a pad follows it): a host holding it
+  unchanged from an earlier release holds its pieces too (incremental
+  deploys);
+* smaller files lie end to end in runs, each run starting on a piece
+  boundary. libtorrent requests whole 16 KiB blocks, so a block holding a
+  file's end and pad travels whole: a pad after every small file made a
+  tree of small files travel 1.5-1.8 times over (bench/NOTES.md). A run
+  begins before a small file whose path hashes to one in :data:`RUN`
+  (content-defined: adding or removing a file reshapes its own run only)
+  and after a file with pieces of its own;
+* every pad ends on a piece boundary: a piece is its files' bytes and then
+  zeros (``piece_segments``), so the origin's feed sends the bytes and the
+  receiver adds the zeros.
 
 Pure: no I/O, no libtorrent. ``unsafe_file_list`` checks a foreign
 torrent's file list with the same path rules extraction applies.
@@ -19,6 +27,7 @@ torrent's file list with the same path rules extraction applies.
 from __future__ import annotations
 
 import bisect
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,6 +41,10 @@ __all__ = [
 ]
 
 PAD_DIR = ".pad"
+#: a file this long has pieces of its own in a tree release
+OWN_PIECES = 64 * 1024
+#: a small file starts a run of small files where its path hashes to one in RUN
+RUN = 16
 
 
 @dataclass(frozen=True)
@@ -49,19 +62,27 @@ class TorrentFile:
 
 
 def padded_files(files: Iterable[tuple[str, int]], piece_size: int) -> list[TorrentFile]:
-    """The torrent's file list for ``(path, length)`` in order, with a pad
-    file after each one that does not end on a piece boundary (none after
-    the last: nothing follows it)."""
+    """The torrent's file list for ``(path, length)`` in order, with pads so
+    that a file of :data:`OWN_PIECES` bytes or more starts on a piece
+    boundary with a pad after it, and smaller files lie end to end in runs
+    that start on one (none after the last file: nothing follows it)."""
     out: list[TorrentFile] = []
+    end = 0  # where the next file would start
+    own = False  # the file before has pieces of its own
     for path, length in files:
-        if out and (pad := -_data_end(out) % piece_size):
+        boundary = out and (own or length >= OWN_PIECES or starts_run(path))
+        if boundary and (pad := -end % piece_size):
             out.append(TorrentFile(f"{PAD_DIR}/{pad}", pad, "p"))
+            end += pad
         out.append(TorrentFile(path, length))
+        end += length
+        own = length >= OWN_PIECES
     return out
 
 
-def _data_end(files: Sequence[TorrentFile]) -> int:
-    return sum(f.length for f in files)
+def starts_run(path: str) -> bool:
+    """Whether a small file at ``path`` begins a new run."""
+    return zlib.crc32(path.encode()) % RUN == 0
 
 
 @dataclass(frozen=True)
@@ -95,12 +116,13 @@ class Layout:
         return [i for i, f in enumerate(self.files) if not f.is_pad]
 
     @property
-    def aligned(self) -> bool:
-        """Every real file with bytes starts on a piece boundary."""
+    def pads_end_pieces(self) -> bool:
+        """Every pad ends on a piece boundary: each piece is the bytes of
+        its files and then zeros (what the feed relies on)."""
         return all(
-            self.offsets[i] % self.piece_size == 0
-            for i in self.data_files()
-            if self.files[i].length
+            (self.offsets[i] + f.length) % self.piece_size == 0
+            for i, f in enumerate(self.files)
+            if f.is_pad and f.length
         )
 
     def file_pieces(self, index: int) -> range:
@@ -114,25 +136,33 @@ class Layout:
     def piece_length(self, piece: int) -> int:
         return min(self.piece_size, self.total - piece * self.piece_size)
 
-    def piece_extent(self, piece: int) -> tuple[int, int, int]:
-        """``(file index, offset in that file, bytes)`` of piece ``piece``'s
-        data in an aligned layout; the rest of the piece is pad (zeros).
-        ``ValueError`` if the piece holds bytes of two real files."""
+    def piece_segments(self, piece: int) -> list[tuple[int, int, int]]:
+        """``(file index, offset in that file, bytes)`` of each real file's
+        bytes in piece ``piece``, in order; what follows them in the piece is
+        pad (zeros). ``ValueError`` if a file's bytes follow a pad there."""
         begin = piece * self.piece_size
-        index = bisect.bisect_right(self.offsets, begin) - 1
-        f = self.files[index]
-        if f.is_pad or self.offsets[index] + f.length <= begin:
-            raise ValueError(f"piece {piece} does not start with a file's bytes")
-        offset = begin - self.offsets[index]
-        length = min(self.piece_length(piece), f.length - offset)
-        rest = begin + length
         end = begin + self.piece_length(piece)
-        for after in range(index + 1, len(self.files)):
-            if self.offsets[after] >= end:
+        index = bisect.bisect_right(self.offsets, begin) - 1
+        out: list[tuple[int, int, int]] = []
+        padded = False
+        for i in range(max(index, 0), len(self.files)):
+            start, f = self.offsets[i], self.files[i]
+            if start >= end:
                 break
-            if not self.files[after].is_pad and self.files[after].length and rest < end:
-                raise ValueError(f"piece {piece} holds bytes of two files")
-        return index, offset, length
+            if not f.length or start + f.length <= begin:
+                continue
+            if f.is_pad:
+                padded = True
+                continue
+            if padded:
+                raise ValueError(f"piece {piece} holds a file's bytes after a pad")
+            offset = max(begin, start) - start
+            out.append((i, offset, min(end, start + f.length) - start - offset))
+        return out
+
+    def piece_files(self, piece: int) -> list[int]:
+        """The real files with bytes in piece ``piece``."""
+        return [i for i, _, _ in self.piece_segments(piece)]
 
 
 def unsafe_file_list(files: Sequence[TorrentFile]) -> tuple[str, str] | None:

@@ -250,8 +250,8 @@ def _tree_meta(meta: TorrentMeta, x: dict[bytes, Any]) -> TorrentMeta:
         raise ReleaseError("torrent files are not the manifest's files")
     layout = meta.layout
     assert layout is not None
-    if not layout.aligned:
-        raise ReleaseError("torrent files of a tree release do not start on piece boundaries")
+    if not layout.pads_end_pieces:
+        raise ReleaseError("torrent pad files of a tree release do not end on piece boundaries")
     return meta
 
 

@@ -1,16 +1,18 @@
 """Incremental deploys: start a download from an earlier release's files.
 
-A tree release's files each start on a piece boundary (``roost.layout``),
-so a file whose bytes did not change has the same pieces in the new
-release as in the old. Before the download starts, every file of the new
+A tree release's larger files each have pieces of their own, and its
+small files lie in short runs that start on piece boundaries
+(``roost.layout``), so a file whose bytes did not change has the same
+pieces in the new release as in the old, or shares them only with its run's
+neighbours. Before the download starts, every file of the new
 manifest whose sha256 matches a file of a release installed beside the
 target (its records keep the manifest it was installed with,
 ``roost.installed``) is copied into the download directory, at its new
 path (renames and mode changes cost nothing): a reflink where the file
 system has them (``copy_file_range``), else an in-kernel copy. The copy is
 hashed while it is made; a file whose bytes no longer match its record (it
-was changed on disk) is dropped and downloaded instead. The pieces of the
-files put in place are handed to the engine as present (``Engine.add``
+was changed on disk) is dropped and downloaded instead. The pieces whose
+every file was put in place are handed to the engine as present (``Engine.add``
 ``have``), and to the origin's feed as held, so that neither the origin nor
 the swarm sends them again: only what changed travels.
 
@@ -93,6 +95,7 @@ def prefill(meta: object, root: Path, target: Path) -> Prefill:
     if not sources:
         return result
     wanted = {e.path: e for e in manifest.entries if e.type == "file"}
+    placed: set[int] = set()
     for index in layout.data_files():
         f = layout.files[index]
         want = wanted.get(f.path)
@@ -104,9 +107,13 @@ def prefill(meta: object, root: Path, target: Path) -> Prefill:
         if outcome:
             result.bytes += f.length
             result.files += 1
-            result.pieces.extend(layout.file_pieces(index))
+            placed.add(index)
         else:
             result.rejected += 1
+    # A piece is held once every file with bytes in it is (small files share
+    # pieces, roost.layout); the rest of a shared piece is downloaded.
+    pieces = {p for index in placed for p in layout.file_pieces(index)}
+    result.pieces = sorted(p for p in pieces if placed.issuperset(layout.piece_files(p)))
     return result
 
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from roost import __version__, bencode, signing
 from roost.errors import ReleaseError, UsageError
-from roost.hashing import TarWriter, hash_file, hash_pieces, sha256_range
+from roost.hashing import TarWriter, hash_files, hash_pieces, sha256_range
 from roost.layout import TorrentFile, padded_files
 from roost.manifest import MANIFEST_NAME, Manifest, ManifestEntry, link_escapes
 from roost.metainfo import validate_tag
@@ -245,25 +245,51 @@ def _tree(
     files = [it for it in items if it.kind == "file"]
     size = piece_size or _tree_piece_size([it.st.st_size for it in files])
     layout = padded_files(((it.rel, it.st.st_size) for it in files), size)
-    # Small files side by side in a pool (one pass each); a big one on its
-    # own, its SHA-1s and sha256 in two threads (hash_pieces).
+    groups = _piece_groups(files, layout, size)
+    # Runs of small files side by side in a pool (one pass each); a big file
+    # on its own, its SHA-1s and sha256 in two threads (hash_pieces).
     with ThreadPoolExecutor(2) as pool:
         futures = [
-            pool.submit(_hash_in_place, it, size, pad_last=k < len(files) - 1, one_pass=True)
-            if it.st.st_size < _BIG_FILE
-            else None
-            for k, it in enumerate(files)
+            None if _big(group) else pool.submit(_hash_group, group, size, pad_last=pad)
+            for group, pad in groups
         ]
         hashed = [
-            f.result() if f is not None else _hash_in_place(it, size, pad_last=k < len(files) - 1)
-            for k, (it, f) in enumerate(zip(files, futures, strict=True))
+            f.result() if f is not None else _hash_group(group, size, pad_last=pad)
+            for (group, pad), f in zip(groups, futures, strict=True)
         ]
     pieces = [p for p, _ in hashed]
-    digests = [d for _, d in hashed]
-    found = iter(digests)
+    found = iter(d for _, digests in hashed for d in digests)
     entries = [_entry(it, next(found) if it.kind == "file" else "", mtime=True) for it in items]
     manifest = Manifest(tag, tuple(entries), stat.S_IMODE(source.stat().st_mode))
     return manifest, layout, size, b"".join(pieces)
+
+
+def _piece_groups(
+    files: list[_Item], layout: list[TorrentFile], piece_size: int
+) -> list[tuple[list[_Item], bool]]:
+    """``files`` cut where ``layout`` has a piece boundary between them:
+    each group's pieces are its own. With each group whether a pad follows
+    it (its short last piece is hashed with zeros)."""
+    groups: list[tuple[list[_Item], bool]] = []
+    current: list[_Item] = []
+    real = iter(files)
+    at = 0
+    for f in layout:
+        at += f.length
+        if f.is_pad:
+            groups.append((current, True))
+            current = []
+            continue
+        current.append(next(real))
+        if at % piece_size == 0:
+            groups.append((current, False))
+            current = []
+    groups.append((current, False))
+    return [(group, pad) for group, pad in groups if group]
+
+
+def _big(group: list[_Item]) -> bool:
+    return len(group) == 1 and group[0].st.st_size >= _BIG_FILE
 
 
 def _tree_piece_size(sizes: Sequence[int]) -> int:
@@ -278,22 +304,28 @@ def _tree_piece_size(sizes: Sequence[int]) -> int:
 _BIG_FILE = 64 << 20
 
 
-def _hash_in_place(
-    item: _Item, piece_size: int, *, pad_last: bool, one_pass: bool = False
-) -> tuple[bytes, str]:
-    if not item.st.st_size:
-        return b"", hashlib.sha256().hexdigest()
+def _hash_group(group: list[_Item], piece_size: int, *, pad_last: bool) -> tuple[bytes, list[str]]:
+    """The piece hashes of files laid end to end, and each one's sha256;
+    ``ReleaseError`` if one cannot be read or changes while it is hashed."""
     try:
-        if one_pass:
-            pieces, digest = hash_file(item.path, piece_size, pad_last=pad_last)
+        if _big(group):
+            pieces, digest = hash_pieces(
+                group[0].path, piece_size, with_sha256=True, pad_last=pad_last
+            )
+            digests = [digest]
         else:
-            pieces, digest = hash_pieces(item.path, piece_size, with_sha256=True, pad_last=pad_last)
-        after = os.lstat(item.path)
+            pieces, digests = hash_files([it.path for it in group], piece_size, pad_last=pad_last)
     except OSError as exc:
-        raise ReleaseError(f"cannot read {item.path}: {exc.strerror or exc}") from exc
-    if (after.st_size, after.st_mtime_ns) != (item.st.st_size, item.st.st_mtime_ns):
-        raise ReleaseError(f"{item.path} changed while it was being hashed")
-    return pieces, digest
+        where = exc.filename or (group[0].path if len(group) == 1 else "a file of the tree")
+        raise ReleaseError(f"cannot read {where}: {exc.strerror or exc}") from exc
+    for item in group:
+        try:
+            after = os.lstat(item.path)
+        except OSError as exc:
+            raise ReleaseError(f"cannot read {item.path}: {exc.strerror or exc}") from exc
+        if (after.st_size, after.st_mtime_ns) != (item.st.st_size, item.st.st_mtime_ns):
+            raise ReleaseError(f"{item.path} changed while it was being hashed")
+    return pieces, digests
 
 
 def tree_manifest_sha256(root: Path, tag: str, *, mtimes: bool = False) -> str | None:

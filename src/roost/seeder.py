@@ -124,16 +124,18 @@ def _num_pieces(torrent_bytes: bytes) -> int:
 
 
 def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
-    """The origin's feed for a single-file or tree release; ``UsageError``
-    for a multi-file torrent whose files do not start on piece boundaries."""
+    """The origin's feed for a single-file or multi-file torrent (a tree
+    release); ``UsageError`` for one with a pad file that does not end a
+    piece (the feed sends a piece's files and the receiver adds the zeros)."""
     from roost.feed import FeedServer, FeedSource
     from roost.metainfo import read_torrent
 
     meta = read_torrent(torrent_bytes)
     layout = meta.layout
-    if layout is not None and not layout.aligned:
+    if layout is not None and not layout.pads_end_pieces:
         raise UsageError(
-            "the feed serves single-file and tree releases only (roost create makes those)"
+            "the feed cannot serve this torrent: a pad file ends inside a piece"
+            " (roost create makes torrents it can)"
         )
     bind = config.feed_bind or config.engine.listen_interface
     root = _payload(config, meta.name)

@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
         description=(
             "Write OUT/TAG.torrent for SRC, announcing to the given trackers: a directory "
             "becomes a multi-file torrent over the tree itself (hashed in place, nothing "
-            "copied; each file starts on a piece boundary, BEP 47 pads; .git* skipped; "
+            "copied; files of 64 KiB or more, and runs of smaller ones, start on piece "
+            "boundaries, BEP 47 pads; .git* skipped; "
             "modes, mtimes and sha256s in its manifest), or with --tar is packed into "
             "OUT/TAG.tar first; with --file, SRC is a single file, taken as is."
         ),
