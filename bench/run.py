@@ -91,8 +91,10 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                     for _ in range(max(1, size // MIB)):
                         f.write(os.urandom(min(MIB, size)))
             limit = size * 8 / (rate * 1e6)
+            origin_rate = f", the origin's {args.origin_rate:g} Mbit/s" if args.origin_rate else ""
             print(
-                f"== {hosts} hosts, {size_mib} MiB, {rate:g} Mbit/s (limit {limit:.2f} s)",
+                f"== {hosts} hosts, {size_mib} MiB, {rate:g} Mbit/s{origin_rate} "
+                f"(limit {limit:.2f} s)",
                 flush=True,
             )
             with Lab(
@@ -101,6 +103,7 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                 prefix=args.name,
                 subnet=args.subnet,
                 queue_ms=args.queue_ms,
+                host_rates={1: args.origin_rate} if args.origin_rate else None,
             ) as lab:
                 origin, peers = lab.hosts[0], lab.hosts[1:]
                 for tool in make_tools(args.tools.split(","), args):
@@ -126,6 +129,10 @@ def run_fleet(args: argparse.Namespace, scenarios: list[tuple[int, int, float]])
                         res = tools.deploy(tool, ctx, timeout=timeout).to_json()
                     finally:
                         tools.remove_cgroup(cgroup)
+                    if args.origin_rate:
+                        res["origin_rate_mbit"] = args.origin_rate
+                        note = f"origin {args.origin_rate:g} Mbit/s"
+                        res["note"] = f"{note}; {res['note']}" if res["note"] else note
                     rows.append(res)
                     print(
                         f"   {tool.name:<6} last {res['last_s']} s  median {res['median_s']} s  "
@@ -199,6 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start each host as soon as it is launched, the clock at the first "
         "(default: every host waits at a gate until all are launched, then all start)",
+    )
+    ap.add_argument(
+        "--origin-rate",
+        type=parse_rate,
+        default=None,
+        help="the origin's link rate, where it is not --rate (an origin on a faster link "
+        "than its hosts', e.g. 100mbit); the limit stays size / --rate",
     )
     ap.add_argument("--queue-ms", type=float, default=50, help="link queue (tbf latency)")
     ap.add_argument("--name", default="roostbench", help="lab name (namespaces NAME-...)")

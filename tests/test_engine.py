@@ -167,6 +167,16 @@ def test_every_missing_piece_is_an_orphan_once_no_connected_peer_has_it(
         assert 0 not in orphans
 
 
+def test_a_peers_torrent_takes_every_peer_that_comes(payload: Path, tmp_path: Path) -> None:
+    """No cap per torrent below the session's: with 16 peers a torrent, the
+    hosts that started last found the others' slots taken and finished 4-5 s
+    after the rest (32 hosts behind a faster origin: 1.42-1.47x the limit
+    against 1.25; bench/NOTES.md, "tenth pass")."""
+    with Engine(LOOPBACK) as peer:
+        tid = peer.add(make_torrent(payload), tmp_path / "dl")
+        assert peer._handles[tid].max_connections() >= LOOPBACK.connections_limit
+
+
 def test_a_torrent_is_alone_once_its_tracker_knows_no_other_peer(
     payload: Path, tmp_path: Path
 ) -> None:
@@ -193,28 +203,6 @@ def test_a_torrent_is_alone_once_its_tracker_knows_no_other_peer(
         assert not leecher.alone("0" * 40)  # not a torrent of this engine
     finally:
         tracker.stop()
-
-
-def test_a_peers_torrent_connects_to_few_peers_and_an_origins_to_all(
-    payload: Path, tmp_path: Path
-) -> None:
-    """A full mesh costs each host a flow and libtorrent's bookkeeping per
-    peer (at 64 hosts on 2 cores, 16 peers each deployed 13% faster); an
-    origin takes every peer that comes."""
-    import dataclasses
-
-    from roost.enginetypes import origin_engine
-
-    torrent = make_torrent(payload)
-    with Engine(dataclasses.replace(LOOPBACK, torrent_connections=3)) as peer:
-        tid = peer.add(torrent, tmp_path / "dl")
-        assert peer._handles[tid].max_connections() == 3
-    assert EngineConfig().torrent_connections == 16
-    origin = origin_engine(listen_interface="127.0.0.1")
-    assert origin.torrent_connections == 0
-    with Engine(origin) as seeder:
-        tid = seeder.add(torrent, payload.parent, seed_mode=True)
-        assert seeder._handles[tid].max_connections() > 1000
 
 
 def corrupt_piece(path: Path, piece: int, piece_size: int = 256 * 1024) -> None:

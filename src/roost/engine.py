@@ -304,14 +304,11 @@ class Engine:
 
     def _add_started(self, atp: Any) -> lt.torrent_handle:
         """Add ``atp`` to the session, started: never paused, never
-        auto-managed, no PEX unless configured, connected to at most
-        ``torrent_connections`` peers. Raises what libtorrent and
+        auto-managed, no PEX unless configured. Raises what libtorrent and
         the save path's mkdir raise (the caller translates them)."""
         atp.flags &= ~(lt.torrent_flags.paused | lt.torrent_flags.auto_managed)
         if not self.config.pex:
             atp.flags |= lt.torrent_flags.disable_pex
-        if self.config.torrent_connections > 0:
-            atp.max_connections = self.config.torrent_connections
         Path(atp.save_path).mkdir(parents=True, exist_ok=True)
         return self._session.add_torrent(atp)
 

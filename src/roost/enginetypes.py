@@ -52,13 +52,6 @@ class EngineConfig:
     natpmp: bool = False
     utp: bool = False
     connections_limit: int = 1000
-    #: Peers each torrent connects to at most (0: up to ``connections_limit``).
-    #: Every peer connected to every other costs each host a TCP flow and
-    #: libtorrent's bookkeeping per peer, and each holder of a new piece
-    #: queues two blocks for every one of them: at 64 hosts on 2 cores, 16
-    #: gave 1.70x the limit against 1.96-2.07x with all (bench/NOTES.md).
-    #: An origin takes every peer that comes (``origin_engine``: 0).
-    torrent_connections: int = 16
     #: Peers uploaded to at once (libtorrent's unchoke slots); -1: all. An
     #: origin with few slots hands each piece to fewer peers, who pass it on.
     upload_slots: int = -1
@@ -280,8 +273,5 @@ ORIGIN_UPLOAD_SLOTS = 4
 
 def origin_engine(**settings: Any) -> EngineConfig:
     """An origin's ``EngineConfig``: ``settings`` over the origin's own
-    defaults: :data:`ORIGIN_UPLOAD_SLOTS` upload slots, and no cap on the
-    peers a torrent connects to (every peer may need the origin)."""
-    return EngineConfig(
-        **{"upload_slots": ORIGIN_UPLOAD_SLOTS, "torrent_connections": 0, **settings}
-    )
+    default of :data:`ORIGIN_UPLOAD_SLOTS` upload slots."""
+    return EngineConfig(**{"upload_slots": ORIGIN_UPLOAD_SLOTS, **settings})

@@ -345,3 +345,31 @@ def test_two_datacenters_joined_by_a_shaped_link(tmp_path: Path) -> None:
         assert len(leftovers(prefix)) == 6
     assert leftovers(prefix) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_a_rate_for_a_host_it_does_not_have() -> None:
+    with pytest.raises(LabError, match="bad rate 40 for host 3 of 2"):
+        Lab(2, rate_mbit=10, host_rates={3: 40})
+    with pytest.raises(LabError, match="bad rate 0 for host 1"):
+        Lab(2, rate_mbit=10, host_rates={1: 0})
+
+
+@netns
+def test_one_host_on_a_faster_link_than_the_others(tmp_path: Path) -> None:
+    """An origin on a fatter link than its hosts' (the bench's --origin-rate):
+    both ends of host 1's link at its own rate, the others' at the lab's."""
+    prefix = "rltest9"
+    with Lab(
+        2,
+        rate_mbit=10,
+        host_rates={1: 40},
+        prefix=prefix,
+        subnet="198.19.21.0/24",
+        state_dir=tmp_path,
+        private_mounts=(),
+    ) as lab:
+        q1, q2 = lab.qdiscs(lab.hosts[0]), lab.qdiscs(lab.hosts[1])
+        assert q1.count("rate 40Mbit") == 2 and "rate 10Mbit" not in q1, q1
+        assert q2.count("rate 10Mbit") == 2, q2
+        assert Lab.attach(prefix, state_dir=tmp_path).host_rates == {1: 40}
+    assert leftovers(prefix) == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from roost.errors import LabError
@@ -138,11 +138,13 @@ def shape(
     queue_ms: float,
     datacenters: int,
     inter_dc_rate_mbit: float | None,
+    host_rates: Mapping[int, float] | None = None,
 ) -> None:
-    """A ``tbf`` at ``rate_mbit`` on each host's ``eth0`` and switch port and a
-    ``netem`` delay on ``eth0``; with two datacenters, a ``tbf`` at
-    ``inter_dc_rate_mbit`` both ways on their link. Raises ``LabError``
-    (saying so when the kernel has no netem)."""
+    """A ``tbf`` at ``rate_mbit`` (``host_rates[index]`` for the hosts named
+    there) on each host's ``eth0`` and switch port and a ``netem`` delay on
+    ``eth0``; with two datacenters, a ``tbf`` at ``inter_dc_rate_mbit`` both
+    ways on their link. Raises ``LabError`` (saying so when the kernel has no
+    netem)."""
     if datacenters == 2 and inter_dc_rate_mbit is not None:
         qdisc = tbf(inter_dc_rate_mbit, queue_ms)
         run(
@@ -150,18 +152,22 @@ def shape(
             input=f"qdisc add dev dc1x root handle 1: {qdisc}\n"
             f"qdisc add dev dc2x root handle 1: {qdisc}\n",
         )
-    if rate_mbit is None and not delay_ms:
+    host_rates = host_rates or {}
+    if rate_mbit is None and not delay_ms and not host_rates:
         return
     sw_cmds = []
     for h in hosts:
         host_cmds = []
-        if rate_mbit is not None:
-            qdisc = tbf(rate_mbit, queue_ms)
+        rate = host_rates.get(h.index, rate_mbit)
+        if rate is not None:
+            qdisc = tbf(rate, queue_ms)
             host_cmds.append(f"qdisc add dev eth0 root handle 1: {qdisc}")
             sw_cmds.append(f"qdisc add dev h{h.index} root handle 1: {qdisc}")
         if delay_ms:
-            parent = "parent 1:1 handle 10:" if rate_mbit is not None else "root"
+            parent = "parent 1:1 handle 10:" if rate is not None else "root"
             host_cmds.append(f"qdisc add dev eth0 {parent} netem delay {delay_ms}ms")
+        if not host_cmds:
+            continue
         try:
             run(["tc", "-n", h.netns, "-batch", "-"], input="\n".join(host_cmds) + "\n")
         except LabError as exc:

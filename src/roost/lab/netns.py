@@ -57,7 +57,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +168,7 @@ class Lab:
         datacenters: int = 1,
         inter_dc_rate_mbit: float | None = None,
         shared_paths: Sequence[str] | None = None,
+        host_rates: Mapping[int, float] | None = None,
     ):
         _check_name(prefix)
         if n_hosts < 1:
@@ -184,6 +185,9 @@ class Lab:
             raise LabError("two datacenters need at least two hosts")
         if inter_dc_rate_mbit is not None and inter_dc_rate_mbit <= 0:
             raise LabError(f"bad inter-datacenter rate {inter_dc_rate_mbit}: must be positive")
+        for index, host_rate in (host_rates or {}).items():
+            if not 1 <= index <= n_hosts or host_rate <= 0:
+                raise LabError(f"bad rate {host_rate} for host {index} of {n_hosts}")
         sizes = [n_hosts] if datacenters == 1 else [(n_hosts + 1) // 2, n_hosts // 2]
         halves = [net] if datacenters == 1 else list(net.subnets(prefixlen_diff=1))
         # dc1 also holds the controller; each half loses its network/broadcast address
@@ -205,6 +209,8 @@ class Lab:
         self.dc_subnets = [str(h) for h in halves]
         self.queue_ms = queue_ms
         self.rate_mbit = rate_mbit
+        #: 1-based host index -> its link's rate, where it is not ``rate_mbit``
+        self.host_rates = dict(host_rates or {})
         self.delay_ms = delay_ms
         self.prefix = prefix
         self.subnet = net
@@ -253,6 +259,7 @@ class Lab:
             "prefix": self.prefix,
             "subnet": str(self.subnet),
             "rate_mbit": self.rate_mbit,
+            "host_rates": {str(i): r for i, r in self.host_rates.items()},
             "delay_ms": self.delay_ms,
             "queue_ms": self.queue_ms,
             "datacenters": self.datacenters,
@@ -296,6 +303,7 @@ class Lab:
             queue_ms=state.get("queue_ms", 50),
             datacenters=state.get("datacenters", 1),
             inter_dc_rate_mbit=state.get("inter_dc_rate_mbit"),
+            host_rates={int(i): r for i, r in state.get("host_rates", {}).items()},
         )
         lab.hosts = [
             Host(lab, i + 1, h["name"], h["address"], h["netns"], h["holder"], h.get("dc", "dc1"))
@@ -379,6 +387,7 @@ class Lab:
             queue_ms=self.queue_ms,
             datacenters=self.datacenters,
             inter_dc_rate_mbit=self.inter_dc_rate_mbit,
+            host_rates=self.host_rates,
         )
         links.static_neighbours(self.hosts, controller_link=cl, controller_address=addr)
         if self.private_mounts:
