@@ -313,6 +313,44 @@ def test_clients_share_the_pieces_each_received_once(payload_file: Path) -> None
     assert sum(c.counters.pieces for c in clients) == source.num_pieces
 
 
+def test_a_client_that_holds_every_piece_says_so_as_it_stops(payload_file: Path) -> None:
+    """A peer that the swarm completed stops pulling with asks still on the
+    wire: it confirms every piece, so the feed neither hands what it was
+    sending that peer to another one once the connection closes, nor sends
+    the pieces nobody was given yet (the swarm has them)."""
+    source = _source(payload_file)
+    fed: list[int] = []
+    with FeedServer(rate_limit=64 * KIB) as server:  # a piece in 0.25 s: asks stay on the wire
+        server.add(source)
+        client = FeedClient(
+            server.url(),
+            source.info_hash,
+            add_piece=lambda index, data: fed.append(index),
+            orphans=list,
+            complete=lambda: source.num_pieces if fed else 0,
+        ).start()
+        deadline = time.monotonic() + 10
+        while not fed:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        client.stop()
+        stats = server.stats(source.info_hash)
+        assert stats is not None and stats.done and stats.confirmed == source.num_pieces
+        assert stats.dispatched < source.num_pieces
+        status, headers, _ = _get(server, f"/feed/v1/{source.info_hash}/next")
+        assert (status, headers.get("X-Roost-Feed")) == (204, DONE)
+        time.sleep(0.3)  # the closed connection's pieces: confirmed, so none goes out again
+        assert server.stats(source.info_hash).reassigned == 0  # type: ignore[union-attr]
+
+
+def test_confirming_every_piece_at_once_leaves_nothing_to_send() -> None:
+    d = Dispatcher(1000)
+    assert [d.next(0.0, asker="a"), d.next(0.0, asker="a")] == [0, 1]
+    assert d.gone("a") == 2  # 0 and 1 back among the unsent
+    d.confirm_all(range(1000), 0.1)
+    assert d.done and d.confirmed == 1000 and d.next(0.2) == DONE
+
+
 def test_a_client_repairs_what_nobody_else_has(payload_file: Path) -> None:
     """Once the feed is done, a piece that stays an orphan is fetched by index."""
     source = _source(payload_file)

@@ -411,6 +411,17 @@ class Engine:
             return [i for i, has in enumerate(have) if not has]
         return []
 
+    def pieces_if_complete(self, tid: TorrentId) -> int:
+        """How many pieces this torrent has once it holds every one of them;
+        0 before then (or before a magnet's metadata)."""
+        handle = self._handles.get(tid)
+        if handle is None:
+            return 0
+        with _unless_gone():
+            have = handle.status(lt.status_flags_t.query_pieces).pieces
+            return len(have) if have and all(have) else 0
+        return 0
+
     def orphan_pieces(self, tid: TorrentId) -> list[int]:
         """Pieces this torrent lacks that no connected peer has: what only
         the origin can still give. (A piece begun from a peer that left stays

@@ -158,16 +158,27 @@ class Dispatcher:
         return max(self.reassign_after, 4 * self._mean)
 
     def confirm(self, piece: int, now: float) -> None:
-        if not 0 <= piece < self.num_pieces or self._confirmed[piece]:
-            return
-        self._confirmed[piece] = 1
-        self._num_confirmed += 1
-        started = self._assigned.pop(piece, None)
-        if started is not None:
-            self._samples += 1
-            self._mean += (now - started - self._mean) / min(self._samples, 32)
-        with contextlib.suppress(ValueError):
-            self._unsent.remove(piece)
+        self.confirm_all((piece,), now)
+
+    def confirm_all(self, pieces: Iterable[int], now: float) -> None:
+        """Some peer received these pieces (out-of-range ones are ignored):
+        none of them is handed out again. One pass over the unsent pieces,
+        however many are confirmed (a peer that holds every piece confirms
+        them all at once)."""
+        unsent = False
+        for piece in pieces:
+            if not 0 <= piece < self.num_pieces or self._confirmed[piece]:
+                continue
+            self._confirmed[piece] = 1
+            self._num_confirmed += 1
+            started = self._assigned.pop(piece, None)
+            if started is not None:
+                self._samples += 1
+                self._mean += (now - started - self._mean) / min(self._samples, 32)
+            else:
+                unsent = True  # never handed out, or re-queued: it may be in _unsent
+        if unsent:
+            self._unsent = deque(p for p in self._unsent if not self._confirmed[p])
 
     def next(self, now: float, lack: Iterable[int] = (), asker: object = None) -> int | str:
         """The piece to send to this asker, or ``WAIT`` (pieces are on their
@@ -360,8 +371,7 @@ class _Handler(BoundedHandler):
             return
         now = time.monotonic()
         with self.server.lock:
-            for got in _got(query, feed.source.num_pieces):
-                feed.dispatcher.confirm(got, now)
+            feed.dispatcher.confirm_all(_got(query, feed.source.num_pieces), now)
             if match.group(2) == "next":
                 lack = _got(query, feed.source.num_pieces, "lack")
                 grant = feed.dispatcher.next(now, lack, asker=self.client_address)

@@ -71,6 +71,7 @@ class FeedClient:
         orphans: Callable[[], Sequence[int]],
         lacking: Callable[[], Sequence[int]] | None = None,
         alone: Callable[[], bool] | None = None,
+        complete: Callable[[], int] | None = None,
         connections: int = 1,
         depth: int = 2,
         repair_after: float = 3.0,
@@ -80,7 +81,10 @@ class FeedClient:
     ):
         """``have``: pieces this peer holds already (pre-filled from an
         earlier release); they are confirmed to the feed first, so it never
-        sends them, to anyone: the peers that hold them serve them."""
+        sends them, to anyone: the peers that hold them serve them.
+        ``complete()``: the torrent's piece count once this peer holds every
+        piece, else 0 (the engine's); a peer that stops pulling with every
+        piece says so, so that the feed sends its pieces to nobody else."""
         parsed = parse_feed_url(url)
         assert parsed.hostname is not None
         self.host = parsed.hostname
@@ -90,6 +94,7 @@ class FeedClient:
         self.orphans = orphans
         self.lacking = lacking
         self.alone = alone
+        self.complete = complete
         self._tail = False  # the feed has handed out every piece: say what we lack
         self._fed: set[int] = set()  # pieces the feed gave us (lacking until hashed)
         self.connections = connections
@@ -117,6 +122,9 @@ class FeedClient:
         return self
 
     def stop(self) -> None:
+        pieces = self.complete() if self.complete is not None and not self._done.is_set() else 0
+        if pieces:
+            self._confirm_all(pieces)
         self._stop.set()
         for t in self._threads:
             t.join(2)
@@ -188,6 +196,22 @@ class FeedClient:
                     while pipe.inflight:
                         pipe.read()
             pipe.close()
+
+    def _confirm_all(self, pieces: int) -> None:
+        """This peer holds every piece (the swarm gave it what the feed had
+        not): say so on a connection of its own. Else the pieces still on
+        their way to it on the pull's connection (asked for, not arrived)
+        would be handed to another peer as the connection closes, and those
+        never sent would still be sent; on the pull's connection the word
+        would wait behind them. Before the pull stops: a connection of its
+        own answers at once."""
+        with contextlib.suppress(OSError, ValueError):
+            pipe = _Pipe(self.host, self.port, min(self.timeout, 2.0))  # the install waits
+            try:
+                pipe.send(f"{self.base}/got?got=0-{pieces - 1}")
+                pipe.read()
+            finally:
+                pipe.close()
 
     def _query(self, got: list[int]) -> str:
         parts = [f"got={','.join(map(str, got))}"] if got else []

@@ -112,6 +112,7 @@ class _Download:
             orphans=lambda: engine.orphan_pieces(tid),
             lacking=lambda: engine.missing_pieces(tid),
             alone=lambda: engine.alone(tid),
+            complete=lambda: engine.pieces_if_complete(tid),
             download_limit=self.config.engine.download_limit,
             have=self.reused.pieces if self.reused else (),
         ).start()
