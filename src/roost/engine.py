@@ -401,26 +401,25 @@ class Engine:
         with _libtorrent(f"cannot add piece {index}", tid):
             handle.add_piece(index, bytes(data), 0)
 
-    def missing_pieces(self, tid: TorrentId) -> list[int]:
-        """Pieces this torrent does not have yet (sorted)."""
+    def _have(self, tid: TorrentId) -> list[bool]:
+        """Which pieces this torrent holds ([] if it is gone, or before a
+        magnet's metadata)."""
         handle = self._handles.get(tid)
         if handle is None:
             return []
         with _unless_gone():
-            have = handle.status(lt.status_flags_t.query_pieces).pieces
-            return [i for i, has in enumerate(have) if not has]
+            return list(handle.status(lt.status_flags_t.query_pieces).pieces)
         return []
+
+    def missing_pieces(self, tid: TorrentId) -> list[int]:
+        """Pieces this torrent does not have yet (sorted)."""
+        return [i for i, has in enumerate(self._have(tid)) if not has]
 
     def pieces_if_complete(self, tid: TorrentId) -> int:
         """How many pieces this torrent has once it holds every one of them;
         0 before then (or before a magnet's metadata)."""
-        handle = self._handles.get(tid)
-        if handle is None:
-            return 0
-        with _unless_gone():
-            have = handle.status(lt.status_flags_t.query_pieces).pieces
-            return len(have) if have and all(have) else 0
-        return 0
+        have = self._have(tid)
+        return len(have) if have and all(have) else 0
 
     def orphan_pieces(self, tid: TorrentId) -> list[int]:
         """Pieces this torrent lacks that no connected peer has: what only
