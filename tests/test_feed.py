@@ -91,6 +91,19 @@ def test_once_all_are_out_an_asker_gets_the_newest_piece_it_lacks() -> None:
     assert d.tail_sent == 2 and d.dispatched == 40
 
 
+def test_re_hands_and_repairs_spend_the_tails_budget() -> None:
+    d = Dispatcher(80, tail_share=0.05)  # a budget of 4 second copies, of any kind
+    assert [d.next(0.0, asker="a") for _ in range(2)] == [0, 1]
+    assert [d.next(0.0) for _ in range(78)] == list(range(2, 80))
+    assert d.gone("a") == 2  # pieces 0 and 1, never confirmed
+    assert [d.next(0.1, asker="c") for _ in range(2)] == [0, 1]  # second copies: 2 spent
+    d.repaired()  # one sent by index: 3 spent
+    assert d.redispatched == 2 and d.repairs == 1
+    assert d.next(0.2, lack=[70, 60], asker="c") == 70  # the budget's last copy
+    assert d.next(0.2, lack=[60], asker="c") == WAIT
+    assert d.tail_sent == 1
+
+
 def test_the_tail_never_sends_a_piece_back_to_whom_it_was_handed() -> None:
     d = Dispatcher(40)
     for k in range(40):

@@ -27,9 +27,10 @@ The feed does that over plain HTTP beside the seeder:
   so is given fewer pieces. Once every piece has left the origin, its link
   would idle while the last pieces are relayed; a peer then says what it
   still lacks (``lack=``) and is sent the most recently handed-out piece of
-  those, within a budget of ``tail_share`` of the pieces (the tail: the last
-  hop of the relay pipeline is skipped for the pieces that are slowest to
-  spread).
+  those (the tail: the last hop of the relay pipeline is skipped for the
+  pieces that are slowest to spread). Second copies of any kind share one
+  budget, ``tail_share`` of the pieces: the tail sends what re-hands and
+  repairs left of it, so the origin's extra copies stay within it.
 * :class:`FeedServer` serves ``GET /feed/v1/<info-hash>/next`` (a piece, or
   ``204`` with ``X-Roost-Feed: wait`` / ``later`` / ``done``), ``/got`` (confirmations
   only: a peer that completes says what it received last), ``/piece/<i>``
@@ -80,7 +81,8 @@ from roost.limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
-#: The tail's budget: second copies of at most this share of the pieces.
+#: The budget of second copies (re-hands, repairs, the tail): this share of
+#: the pieces. Only the tail is optional: it sends what the others left.
 TAIL_SHARE = 0.05
 #: A peer handed more than SHARE_SLACK x the mean share (+ SHARE_PIECES) of
 #: the peers that asked in the last ACTIVE_AFTER seconds is told LATER.
@@ -124,9 +126,11 @@ class Dispatcher:
             raise ValueError("a feed needs at least one piece")
         self.num_pieces = num_pieces
         self.reassign_after = reassign_after
-        #: second copies the tail may still send (a share of the pieces)
+        #: second copies of any kind the origin may send (a share of the
+        #: pieces); the tail spends what re-hands and repairs leave of it
         self.tail_budget = int(num_pieces * tail_share)
         self._handed = [0] * num_pieces  # piece -> order of its last hand-out (0: never)
+        self._sent = bytearray(num_pieces)  # piece -> handed out at least once
         self._holder: list[object] = [None] * num_pieces  # piece -> whom it was handed to
         self._order = 0
         self.tail_sent = 0
@@ -137,7 +141,9 @@ class Dispatcher:
         self._mean = 0.0  # mean seconds from hand-out to confirmation
         self._samples = 0
         self.dispatched = 0
+        self.redispatched = 0  # hand-outs of a piece handed out before
         self.reassigned = 0
+        self.repairs = 0  # pieces sent by index (``/piece/<i>``)
         self._shares: dict[object, int] = {}  # asker -> pieces handed to it
         self._seen: dict[object, float] = {}  # asker -> when it last asked
         self._shared = 0  # pieces handed to the askers in _seen (those asking now)
@@ -202,6 +208,9 @@ class Dispatcher:
         piece = self._unsent.popleft()
         self._assigned[piece] = now
         self.dispatched += 1
+        if self._sent[piece]:
+            self.redispatched += 1
+        self._sent[piece] = 1
         self._order += 1
         self._handed[piece] = self._order
         self._holder[piece] = asker
@@ -251,8 +260,12 @@ class Dispatcher:
         self._shares.pop(asker, None)
         return len(lost)
 
+    def repaired(self) -> None:
+        """A piece was sent by index (a repair): a second copy, from the budget."""
+        self.repairs += 1
+
     def _tail(self, lack: Iterable[int], asker: object) -> int | str:
-        if self.tail_sent >= self.tail_budget:
+        if self.tail_sent + self.redispatched + self.repairs >= self.tail_budget:
             return WAIT
         best, best_order = -1, 0
         for piece in lack:
@@ -312,7 +325,6 @@ class _Feed:
     def __init__(self, source: FeedSource, reassign_after: float):
         self.source = source
         self.dispatcher = Dispatcher(source.num_pieces, reassign_after=reassign_after)
-        self.repairs = 0
         self.bytes_sent = 0
 
     def stats(self) -> FeedStats:
@@ -323,7 +335,7 @@ class _Feed:
             d.confirmed,
             d.reassigned,
             d.held_back,
-            self.repairs,
+            d.repairs,
             d.tail_sent,
             self.bytes_sent,
             d.done,
@@ -366,7 +378,7 @@ class _Handler(BoundedHandler):
                 self._empty(404)
                 return
             with self.server.lock:
-                feed.repairs += 1
+                feed.dispatcher.repaired()
             self._send_piece(feed, piece)
             return
         now = time.monotonic()
