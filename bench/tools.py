@@ -774,13 +774,27 @@ def _drops(ctx: Ctx) -> tuple[int, int]:
 
 def _tcp_segments(ctx: Ctx) -> tuple[int, int]:
     """TCP segments (sent, retransmitted) by the origin's host so far, from
-    its network namespace's ``/proc/net/snmp``: what of its link's bytes were
-    sent again after a drop."""
+    its network namespace's ``/proc/net/snmp`` and ``netstat``: what of its
+    link's bytes were sent again after a drop.
+
+    The kernel counts a retransmission in ``RetransSegs`` before it tries to
+    send it, and a try that the host's own queue refuses (its link's queue
+    is full) never reaches the wire: ``TcpExt.TCPRetransFail`` counts those,
+    and they are taken off (bench/NOTES.md, eleventh pass)."""
     try:
-        text = ctx.origin.run(["cat", "/proc/net/snmp"], capture_output=True, text=True).stdout
-        head, values = [line.split() for line in text.splitlines() if line.startswith("Tcp:")]
-        tcp = dict(zip(head[1:], map(int, values[1:]), strict=True))
-        return tcp["OutSegs"], tcp["RetransSegs"]
+        counters = {}
+        for name in ("snmp", "netstat"):
+            text = ctx.origin.run(
+                ["cat", f"/proc/net/{name}"], capture_output=True, text=True
+            ).stdout
+            rows = [line.split() for line in text.splitlines()]
+            for head, values in itertools.pairwise(rows):
+                if head[0] in ("Tcp:", "TcpExt:") and values[0] == head[0]:
+                    counters.update(
+                        (head[0] + key, int(v)) for key, v in zip(head[1:], values[1:], strict=True)
+                    )
+        failed = counters.get("TcpExt:TCPRetransFail", 0)
+        return counters["Tcp:OutSegs"], counters["Tcp:RetransSegs"] - failed
     except Exception:
         return (0, 0)
 

@@ -266,6 +266,8 @@ def test_bench_quick_smoke(tmp_path: Path) -> None:
         assert r["ok"] and r["completed"] == 4, (r, proc.stdout)
         assert r["last_s"] >= r["median_s"] > 0
         assert r["origin_up_bytes"] > 0
+        sent, resent = r["origin_segments"]  # read from the origin's netns
+        assert sent > 0 and 0 <= resent < sent, r["origin_segments"]
     # nginx sends the whole artifact to each of the 4 hosts; roost's origin
     # hands each piece to one host over its feed, and the hosts relay it
     assert rows["nginx"]["origin_copies"] >= 3.9
