@@ -41,6 +41,32 @@ def fleet_table(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+#: A scenario in which some tool's run kept the machine this busy measures
+#: the machine's cores as much as the swarm: the table says so below it.
+CPU_BOUND = 0.9
+
+
+def cpu_bound_note(rows: list[dict[str, Any]]) -> str:
+    """One line naming the scenarios that were CPU-bound here, or ""."""
+    seen: dict[tuple[int, int, float], float] = {}
+    for r in rows:
+        key = (r["hosts"], r["size"], r["rate_mbit"])
+        seen[key] = max(seen.get(key, 0.0), r["machine_util"])
+    bound = [
+        f"{hosts} hosts, {size / MIB:g} MiB, {rate:g} Mbit/s ({busy * 100:.0f}% busy)"
+        for (hosts, size, rate), busy in seen.items()
+        if busy >= CPU_BOUND
+    ]
+    if not bound:
+        return ""
+    return (
+        f"CPU-bound here (some tool kept the machine ≥ {CPU_BOUND * 100:.0f}% busy), "
+        f"so these rows measure this machine's cores as much as the swarm: "
+        + "; ".join(bound)
+        + ".\n"
+    )
+
+
 def hot_table(rows: list[dict[str, Any]]) -> str:
     head = "| hot path | tool | result | note |\n|---|---|---:|---|\n"
     return head + "".join(
@@ -76,6 +102,9 @@ def write(
                 "against the hosts' (it stands for the origin's own machine).\n"
             )
         md.append(fleet_table(fleet))
+        note = cpu_bound_note(fleet)
+        if note:
+            md.append(note)
     if hot:
         md += ["## Hot paths\n", hot_table(hot)]
     text = "\n".join(md)
