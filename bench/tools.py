@@ -782,17 +782,16 @@ def _tcp_segments(ctx: Ctx) -> tuple[int, int]:
     is full) never reaches the wire: ``TcpExt.TCPRetransFail`` counts those,
     and they are taken off (bench/NOTES.md, eleventh pass)."""
     try:
-        counters = {}
-        for name in ("snmp", "netstat"):
-            text = ctx.origin.run(
-                ["cat", f"/proc/net/{name}"], capture_output=True, text=True
-            ).stdout
-            rows = [line.split() for line in text.splitlines()]
-            for head, values in itertools.pairwise(rows):
-                if head[0] in ("Tcp:", "TcpExt:") and values[0] == head[0]:
-                    counters.update(
-                        (head[0] + key, int(v)) for key, v in zip(head[1:], values[1:], strict=True)
-                    )
+        text = ctx.origin.run(
+            ["cat", "/proc/net/snmp", "/proc/net/netstat"], capture_output=True, text=True
+        ).stdout
+        counters: dict[str, int] = {}
+        rows = [line.split() for line in text.splitlines()]
+        for head, values in itertools.pairwise(rows):  # a names line, then its values line
+            if head[0] in ("Tcp:", "TcpExt:") and values[0] == head[0]:
+                counters.update(
+                    (head[0] + key, int(v)) for key, v in zip(head[1:], values[1:], strict=True)
+                )
         failed = counters.get("TcpExt:TCPRetransFail", 0)
         return counters["Tcp:OutSegs"], counters["Tcp:RetransSegs"] - failed
     except Exception:
