@@ -49,7 +49,8 @@ def test_good_tags(tag: str) -> None:
         ("a\nb", "whitespace"),
         ("a\x00b", "control"),
         ("a\x7fb", "control"),
-        (".", "'.'"),
+        (".", "starts with '.'"),
+        (".v44.roost", "starts with '.'"),
         ("a" * 129, "longer than 128"),
     ],
 )

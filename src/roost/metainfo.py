@@ -69,8 +69,9 @@ def validate_tag(tag: str) -> str:
         reason = "contains '..'"
     elif tag.startswith("-"):
         reason = "starts with '-'"
-    elif tag == ".":
-        reason = "is '.'"
+    elif tag.startswith("."):
+        # Hidden names beside the releases are roost's own (records, staging).
+        reason = "starts with '.'"
     elif any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in tag):
         reason = "contains whitespace or control characters"
     elif not tag.isprintable():

@@ -13,7 +13,8 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
 from roost import __version__
 from roost.errors import RoostError
@@ -60,10 +61,22 @@ COMMAND_AREAS = {
 }
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line: the command, what was
+    wrong, and where the usage is (argparse prints the whole usage first,
+    23 lines for ``roost deploy``, above the one that matters)."""
+
+    #: The subcommands' parsers by name (``add_subparsers``' choices).
+    commands: Mapping[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser(command: str | None = None) -> Parser:
     """roost's parser: every command's, or with ``command`` (one of
     :data:`COMMAND_AREAS`) only that one's."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="roost",
         description=(
             "Deploy a build to many servers over BitTorrent: every server that has "
@@ -75,6 +88,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (repeatable)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices
     if command is not None:
         module = importlib.import_module(f"roost.cli.{COMMAND_AREAS[command]}")
         commands = getattr(module, "COMMANDS", {})
@@ -106,8 +120,13 @@ def _command_of(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(_command_of(sys.argv[1:] if argv is None else argv))
-    args = parser.parse_args(argv)
+    command = _command_of(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Named by the command they were given to, not by roost's top level.
+        named = parser.commands.get(command or "", parser)
+        named.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="roost: %(levelname)s %(name)s: %(message)s")
     handler = getattr(args, "handler", None)

@@ -22,6 +22,7 @@ from roost.cli.flags import (
     add_tar_flag,
     add_trust_flag,
     engine_options,
+    port,
     seconds,
     size,
 )
@@ -66,7 +67,7 @@ def _register_agent(sub: Any) -> None:
         "--temp-path", type=Path, help="downloads and seeded payloads (default DEST/.roost-cache)"
     )
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    p.add_argument("--port", type=port, default=0, help="port to listen on (0: any)")
     p.add_argument("--announce-ip", help="the address other hosts reach this one at")
     p.add_argument("--upload-limit", type=size, default=0, help="bytes/s; 0 = none")
     p.add_argument("--download-limit", type=size, default=0, help="bytes/s; 0 = none")
@@ -342,7 +343,7 @@ def _register_channel(sub: Any) -> None:
     )
     serve.add_argument("directory", type=Path, metavar="DIR")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=8999, help="port (0: any)")
+    serve.add_argument("--port", type=port, default=8999, help="port (0: any)")
     add_server_limit_flags(serve)
     serve.set_defaults(handler=_serve)
 

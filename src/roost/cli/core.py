@@ -26,6 +26,7 @@ from roost.cli.flags import (
     add_trust_flag,
     engine_options,
     install_options,
+    port,
     seconds,
     size,
 )
@@ -68,7 +69,7 @@ def _register_seed(sub: Any) -> None:
         f"(default {ORIGIN_UPLOAD_SLOTS}; -1: all)",
     )
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    p.add_argument("--port", type=port, default=0, help="port to listen on (0: any)")
     p.add_argument("--announce-ip", help="the address peers reach this seeder at")
     p.add_argument(
         "--disk-threads",
@@ -80,7 +81,7 @@ def _register_seed(sub: Any) -> None:
     )
     p.add_argument(
         "--feed-port",
-        type=int,
+        type=port,
         metavar="PORT",
         help="also serve the origin's feed here (0: any): each piece goes to one peer, "
         "who relays it (peers: --feed http://HOST:PORT/)",
@@ -186,7 +187,7 @@ def _register_peer(sub: Any) -> None:
     )
     p.add_argument("--announce-ip", help="the address other peers reach this one at")
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
-    p.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    p.add_argument("--port", type=port, default=0, help="port to listen on (0: any)")
     p.add_argument("--tracker-url", action="append", help="announce here instead")
     p.add_argument(
         "--feed",

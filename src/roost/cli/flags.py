@@ -27,6 +27,27 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} out of range (0-65535)")
+    return value
+
+
+def tag(text: str) -> str:
+    """argparse type: a release tag (``roost.metainfo.validate_tag``'s rules)."""
+    from roost.metainfo import validate_tag
+
+    try:
+        return validate_tag(text)
+    except RoostError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def seconds(text: str) -> float:
     """argparse type: a non-negative number of seconds."""
     try:

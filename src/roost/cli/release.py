@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from roost.cli.flags import SIGN_HELP, add_sign_flag, add_tar_flag, add_trust_flag
+from roost.cli.flags import SIGN_HELP, add_sign_flag, add_tar_flag, add_trust_flag, size
 from roost.metainfo import check_signature, read_torrent_file, sign_torrent
-from roost.release import DEFAULT_OUT_DIR, create_release, parse_size
+from roost.release import DEFAULT_OUT_DIR, create_release
 from roost.signing import load_trusted
 
 
@@ -50,7 +50,7 @@ def register(sub: Any) -> None:
     )
     create.add_argument(
         "--piece-size",
-        type=parse_size,
+        type=size,
         default=None,
         metavar="SIZE",
         help="piece size, e.g. 4M (default: chosen from the size, 16K..16M)",

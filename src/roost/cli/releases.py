@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost import activation
+from roost.cli.flags import tag as tag_type
 from roost.errors import RoostError, UsageError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def register(sub: Any) -> None:
             "not have TAG installed is reported and left as it was."
         ),
     )
-    p.add_argument("tag", metavar="TAG")
+    p.add_argument("tag", type=tag_type, metavar="TAG")
     add_keep_flag(p)
     _common(p)
     p.set_defaults(handler=lambda a: _main(a, "activate"))
@@ -52,7 +53,9 @@ def register(sub: Any) -> None:
             "target release is reported with its reason and left as it was."
         ),
     )
-    p.add_argument("--to", metavar="TAG", help="the release to switch to (default: previous)")
+    p.add_argument(
+        "--to", type=tag_type, metavar="TAG", help="the release to switch to (default: previous)"
+    )
     _common(p)
     p.set_defaults(handler=lambda a: _main(a, "rollback"))
 
@@ -67,7 +70,7 @@ def register(sub: Any) -> None:
             "non-zero if the rollout halted."
         ),
     )
-    p.add_argument("tag", metavar="TAG")
+    p.add_argument("tag", type=tag_type, metavar="TAG")
     add_rollout_flags(p)
     _common(p)
     p.set_defaults(handler=_rollout_main)
@@ -136,7 +139,8 @@ def one(verb: str, dest: Path, tag: str | None = None, keep: int | None = None) 
     if verb == "releases":
         return {"ok": True, **activation.releases(dest).to_json()}
     if verb == "activate":
-        assert tag is not None
+        if tag is None:
+            raise UsageError("activate needs a TAG")
         switch = activation.activate(dest, tag, keep=keep)
     else:
         switch = activation.rollback(dest, tag)

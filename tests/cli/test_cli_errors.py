@@ -1,0 +1,60 @@
+"""A mistake on roost's command line is one line on stderr, naming the
+command and what was wrong, with exit status 2: never a traceback, never the
+whole usage above it (``roost deploy``'s is 23 lines)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def roost(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "roost", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["deploy", "b", "--tag", "x", "--linger", "-5"], "roost deploy: error: argument --linger"),
+        (["deploy", "b", "--tag", "x", "--bogus"], "roost deploy: error: unrecognized arguments"),
+        (["nosuch"], "roost: error: argument COMMAND: invalid choice: 'nosuch'"),
+        (["create", "b", "--tag", "x", "--piece-size", "-1"], "argument --piece-size: bad size"),
+        (["create", "b", "--tag", "x", "--piece-size", "1.5M"], "argument --piece-size: bad size"),
+        (["channel", "serve", "b", "--port", "99999"], "argument --port: port 99999 out of range"),
+        (["origin", "serve", "b", "--port", "-1"], "argument --port: port -1 out of range"),
+        (["seed", "t", "--payload", "b", "--feed-port", "70000"], "argument --feed-port: port"),
+        (["peer", "t", "--dest", "d", "--port", "http"], "argument --port: not a port number"),
+        (["activate", "", "--dest", "d"], "roost activate: error: argument TAG: bad tag ''"),
+        (["activate", ".v1.roost", "--dest", "d"], "bad tag '.v1.roost': starts with '.'"),
+        (["rollback", "--to", "../x", "--dest", "d"], "roost rollback: error: argument --to"),
+        (["rollout", "", "--local", "1", "--dest", "d"], "roost rollout: error: argument TAG"),
+    ],
+)
+def test_a_bad_argument_is_one_line_naming_it(argv: list[str], says: str, tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    done = roost(*argv, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert says in done.stderr
+    assert "--help" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # nothing written
+
+
+def test_a_deploy_tagged_as_a_hidden_name_is_refused_before_anything(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("x")
+    done = roost("deploy", "b", "--tag", ".hidden", "--local", "1", "--dest", "d", cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.strip() == "roost: error: bad tag '.hidden': starts with '.'"
+    assert not (tmp_path / "d").exists()
