@@ -237,7 +237,8 @@ class Engine:
         atp.ti = info
         atp.save_path = str(save_path)
         if files_root is not None:
-            atp.renamed_files = rooted_files(decoded, Path(files_root))
+            # libtorrent takes a relative file path as relative to save_path.
+            atp.renamed_files = rooted_files(decoded, Path(files_root).absolute())
         if have and resumed is None and not seed_mode:
             marks = [False] * info.num_pieces()
             for piece in have:

@@ -289,6 +289,32 @@ def test_roost_seed_serves_a_peer_and_stops_by_pid_file(
     assert not pid_file.exists()
 
 
+def test_roost_seed_serves_a_tree_named_by_a_relative_payload_path(
+    tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    # libtorrent reads a renamed file's relative path under the save path:
+    # `--payload build` from the build's parent looked for build/build/...
+    swarm = make_swarm(tree, tar=False)
+    assert swarm.release.kind == "tree"  # type: ignore[attr-defined]
+    swarm.seeder.stop()  # type: ignore[attr-defined]  # only the `roost seed` process serves
+    payload = swarm.release.payload  # type: ignore[attr-defined]
+    relative = payload.relative_to(tmp_path.parent)
+    assert len(relative.parts) > 1
+    seed = roost_procs(
+        *("seed", str(swarm.torrent), "--payload", str(relative), "--listen", "127.0.0.1"),
+        cwd=tmp_path.parent,
+    )
+    assert seed.stdout is not None
+    assert seed.stdout.readline().decode().startswith("seeding t1 (")
+    rc, _events, err = run(
+        roost_procs,
+        *peer_args(swarm.torrent, tmp_path / "dest", tmp_path / "temp", "--events", "json"),
+        *("--linger", "0", "--timeout", "30"),
+    )
+    assert rc == 0, err
+    assert snapshot(tmp_path / "dest" / "t1") == snapshot(tree, skip_git=True)
+
+
 def test_roost_seed_refuses_a_payload_of_the_wrong_size(
     tree: Path, tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
 ) -> None:

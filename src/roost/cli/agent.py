@@ -192,10 +192,11 @@ def _register_publish(sub: Any) -> None:
         "publish",
         help="add a release to a channel directory and make it current (or roll back)",
         description=(
-            "Create release TAG from SRC in DIR (TAG.tar, TAG.torrent) and make it the "
-            "channel's current release, replacing DIR/channel.json atomically. With "
-            "--rollback-to TAG, make an already published release current again. Seed the "
-            "release (roost seed DIR/TAG.torrent --from DIR, or --seed) so agents can fetch it."
+            "Create release TAG from SRC (DIR/TAG.torrent; with --tar also DIR/TAG.tar) and "
+            "make it the channel's current release, replacing DIR/channel.json atomically. "
+            "With --rollback-to TAG, make an already published release current again. Seed "
+            "the release so agents can fetch it: --seed, or roost seed DIR/TAG.torrent "
+            "--payload SRC (with --tar: --from DIR)."
         ),
     )
     p.add_argument("source", type=Path, nargs="?", metavar="SRC", help="directory (or --file)")
