@@ -238,6 +238,13 @@ def test_corrupt_state_file_is_one_clear_error(tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
 
 
+def test_a_state_file_that_cannot_be_written_is_refused_at_the_start(tmp_path: Path) -> None:
+    state = tmp_path / "no-such-directory" / "state.json"
+    with pytest.raises(StateFileError, match="cannot write") as info:
+        run_tracker_in_thread(TrackerConfig(port=0, state_file=state))
+    assert str(state) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_port_in_use_is_a_tracker_error(shared_tracker: TrackerHandle) -> None:
     with pytest.raises(TrackerError, match="cannot listen"):
         run_tracker_in_thread(TrackerConfig(port=shared_tracker.port))
@@ -277,9 +284,10 @@ def test_state_saved_periodically(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     cfg = TrackerConfig(port=0, interval=1, min_interval=0, state_file=state, save_every=0.1)
     with run_tracker_in_thread(cfg) as t:
+        assert json.loads(state.read_text())["swarms"] == []  # written at the start
         announce(t, 0)
         deadline = time.monotonic() + 5
-        while not state.exists() and time.monotonic() < deadline:
+        while not json.loads(state.read_text())["swarms"] and time.monotonic() < deadline:
             time.sleep(0.05)
         saved = json.loads(state.read_text())
         assert saved["swarms"][0]["peers"][0]["port"] == 6000

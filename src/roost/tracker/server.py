@@ -204,6 +204,9 @@ class TrackerServer:
                     n,
                     cfg.state_file,
                 )
+            # Written once now: a state file that cannot be written is refused
+            # at the start, not found out when the tracker stops.
+            self.save()
         files = raise_open_files(cfg.max_connections + _SPARE_FILES)
         self.max_connections = max(1, min(cfg.max_connections, files - _SPARE_FILES))
         if self.max_connections < cfg.max_connections:
