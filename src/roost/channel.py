@@ -385,6 +385,19 @@ def channel_base(channel_url: str) -> str:
     return url + "/"
 
 
+def check_channel_url(url: str) -> str:
+    """``url`` if the agent can follow it (http, https, file:// or a path);
+    ``UsageError`` for another scheme, which would otherwise be read as a
+    local path that never appears, retried for ever."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    if scheme and scheme.group(1).lower() not in ("http", "https", "file"):
+        raise UsageError(
+            f"channel {url}: {scheme.group(1)}:// is not supported "
+            "(http://, https://, file:// or a path)"
+        )
+    return url
+
+
 def _is_http(url: str) -> bool:
     return url.startswith(("http://", "https://"))
 

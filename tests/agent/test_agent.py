@@ -461,6 +461,27 @@ def test_once_gives_up_on_a_dripping_channel_after_its_fetch_timeout(
     assert took < 12  # the 2 s fetch plus starting Python and libtorrent
 
 
+@pytest.mark.parametrize("once_flag", [["--once"], []])
+def test_a_channel_url_of_another_scheme_is_refused_at_once(
+    tmp_path: Path, roost_procs: Start, once_flag: list[str]
+) -> None:
+    # Read as a local path it never appeared, and the daemon retried for ever.
+    rc, _, err = once(
+        roost_procs,
+        "agent",
+        *once_flag,
+        *("--channel", "ftp://deploy/channel/", "--dest", str(tmp_path / "d")),
+        *("--listen", "127.0.0.1"),
+        timeout=30,
+    )
+    assert rc == 2
+    assert err == (
+        "roost: error: channel ftp://deploy/channel/: ftp:// is not supported"
+        " (http://, https://, file:// or a path)\n"
+    )
+    assert not (tmp_path / "d").exists()
+
+
 def test_once_refuses_a_fifo_channel_at_once(tmp_path: Path, roost_procs: Start) -> None:
     fifo = tmp_path / "channel.json"
     os.mkfifo(fifo)

@@ -125,6 +125,9 @@ def _agent(args: argparse.Namespace) -> int:
 
     if not args.channel:
         raise UsageError("roost agent needs --channel URL")
+    from roost.channel import check_channel_url
+
+    check_channel_url(args.channel)
     signals = StopOnSignals()  # before the engine starts: a stop during start-up is clean
     config = AgentConfig(
         channel=args.channel,
