@@ -399,7 +399,8 @@ class Release:
         return self.total_size if self.data_size < 0 else self.data_size
 
 
-def _check_announce(urls: Sequence[str], what: str) -> list[str]:
+def check_announce(urls: Sequence[str], what: str) -> list[str]:
+    """``urls``, each an http(s):// or udp:// URL; ``UsageError`` names one that is not."""
     for url in urls:
         if not re.match(r"(https?|udp)://[^/\s]+", url) or any(c.isspace() for c in url):
             raise UsageError(f"bad {what} URL {url!r}: expected http://, https:// or udp://")
@@ -451,8 +452,8 @@ def create_release(
     Raises ``UsageError`` for bad arguments, ``ReleaseError`` if packing fails.
     """
     validate_tag(tag)
-    announce = _check_announce(announce, "tracker")
-    web_seeds = _check_announce(web_seeds, "web seed")
+    announce = check_announce(announce, "tracker")
+    web_seeds = check_announce(web_seeds, "web seed")
     if piece_size is not None:
         _check_piece_size(piece_size)
     source = _check_paths(Path(source), Path(out_dir), is_file)

@@ -37,6 +37,9 @@ def roost(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["activate", ".v1.roost", "--dest", "d"], "bad tag '.v1.roost': starts with '.'"),
         (["rollback", "--to", "../x", "--dest", "d"], "roost rollback: error: argument --to"),
         (["rollout", "", "--local", "1", "--dest", "d"], "roost rollout: error: argument TAG"),
+        (["rollout", "v1", "--dest", "d", "--health-timeout", "-1"], "--health-timeout"),
+        (["seed", "t", "--payload", "b", "--tracker-url", "x"], "bad tracker URL 'x'"),
+        (["peer", "t", "--dest", "d", "--tracker-url", "ftp://t/"], "bad tracker URL"),
     ],
 )
 def test_a_bad_argument_is_one_line_naming_it(argv: list[str], says: str, tmp_path: Path) -> None:
@@ -58,3 +61,10 @@ def test_a_deploy_tagged_as_a_hidden_name_is_refused_before_anything(tmp_path: P
     assert done.returncode != 0
     assert done.stderr.strip() == "roost: error: bad tag '.hidden': starts with '.'"
     assert not (tmp_path / "d").exists()
+
+
+def test_a_seeder_with_no_upload_slots_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    done = roost("seed", "t", "--payload", "b", "--upload-slots", "-5", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "roost: error: --upload-slots must be at least 1, or -1 for all; got -5\n"

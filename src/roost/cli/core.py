@@ -29,6 +29,7 @@ from roost.cli.flags import (
     port,
     seconds,
     size,
+    tracker_url,
 )
 from roost.cli.signals import StopOnSignals
 from roost.errors import RoostError, UsageError
@@ -54,7 +55,10 @@ def _register_seed(sub: Any) -> None:
     )
     src.add_argument("--from", dest="from_dir", type=Path, help="directory holding the payload")
     p.add_argument(
-        "--tracker-url", action="append", help="announce here instead of the torrent's trackers"
+        "--tracker-url",
+        action="append",
+        type=tracker_url,
+        help="announce here instead of the torrent's trackers",
     )
     p.add_argument("--upload-limit", type=size, default=0, help="bytes/s (e.g. 50M); 0 = none")
     p.add_argument("--super-seed", action="store_true", help="hand out each piece once (origin)")
@@ -122,6 +126,10 @@ def _seed(args: argparse.Namespace) -> int:
     from roost.metainfo import read_torrent
     from roost.seeder import SeedConfig, Seeder, origin_engine, payload_dir_for, tree_for
 
+    if args.upload_slots == 0 or args.upload_slots < -1:
+        raise UsageError(
+            f"--upload-slots must be at least 1, or -1 for all; got {args.upload_slots}"
+        )
     signals = StopOnSignals()
     try:
         meta = read_torrent(args.torrent.read_bytes())
@@ -188,7 +196,7 @@ def _register_peer(sub: Any) -> None:
     p.add_argument("--announce-ip", help="the address other peers reach this one at")
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=port, default=0, help="port to listen on (0: any)")
-    p.add_argument("--tracker-url", action="append", help="announce here instead")
+    p.add_argument("--tracker-url", action="append", type=tracker_url, help="announce here instead")
     p.add_argument(
         "--feed",
         metavar="URL",

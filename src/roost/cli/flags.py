@@ -38,6 +38,16 @@ def port(text: str) -> int:
     return value
 
 
+def tracker_url(text: str) -> str:
+    """argparse type: a tracker's announce URL (http, https or udp)."""
+    from roost.release import check_announce
+
+    try:
+        return check_announce([text], "tracker")[0]
+    except RoostError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def tag(text: str) -> str:
     """argparse type: a release tag (``roost.metainfo.validate_tag``'s rules)."""
     from roost.metainfo import validate_tag

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost import activation
+from roost.cli.flags import seconds
 from roost.cli.flags import tag as tag_type
 from roost.errors import RoostError, UsageError
 
@@ -122,7 +123,7 @@ def add_rollout_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--health-timeout",
-        type=float,
+        type=seconds,
         default=DEFAULT_HEALTH_TIMEOUT,
         metavar="S",
         help=f"seconds a health command may run (default {DEFAULT_HEALTH_TIMEOUT:g})",
