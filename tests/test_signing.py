@@ -120,6 +120,21 @@ def test_sign_an_existing_release(tmp_path: Path, src: Path, keys: tuple[Path, P
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
+def test_a_signing_key_that_is_not_a_key_is_named(
+    tmp_path: Path, src: Path, keys: tuple[Path, Path]
+) -> None:
+    release = create_release(src, "v1", tmp_path / "out", announce=["http://127.0.0.1:1/a"])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a key\n")
+    # ssh-keygen said "Couldn't load public key notes.txt: No such file or directory".
+    with pytest.raises(UsageError, match=r"signing key .*notes\.txt is not an SSH key"):
+        sign_torrent(release.torrent, notes)
+    with pytest.raises(UsageError, match="does not exist"):
+        sign_torrent(release.torrent, tmp_path / "missing")
+    owner, _ = keys
+    assert check_signature(sign_torrent(release.torrent, Path(f"{owner}.pub")), _trust(owner))
+
+
 def test_bad_trusted_key_files_are_named(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     bad = tmp_path / "bad.pub"
     bad.write_text("# a comment\n\nssh-ed25519 not-base64!\n")

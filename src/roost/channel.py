@@ -471,7 +471,8 @@ class ChannelServer:
     ):
         root = Path(root).absolute()
         if not root.is_dir():
-            raise UsageError(f"channel directory {root} does not exist")
+            why = "is not a directory" if root.exists() else "does not exist"
+            raise UsageError(f"channel directory {root} {why}")
         files = FileRoot(root.resolve(), flat=True, cache_control="no-cache", name="roost-channel")
         try:
             self._server = FileServer((bind, port), files, limits or ServerLimits())

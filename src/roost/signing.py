@@ -26,6 +26,7 @@ or installs; callers check before either.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -88,12 +89,30 @@ def _last_line(output: bytes) -> str:
     return lines[-1] if lines else "no output"
 
 
+def _looks_like_a_key(path: Path) -> bool:
+    """A PEM or OpenSSH private key, or an OpenSSH public key line."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(64).lstrip()
+    except OSError:
+        return True  # ssh-keygen names what is wrong with it
+    return (
+        head.startswith(b"-----BEGIN ") or re.match(rb"(ssh|ecdsa|sk)-[\w@.-]+ ", head) is not None
+    )
+
+
 def sign(message: bytes, key: Path) -> bytes:
     """Sign ``message`` with the SSH key at ``key`` (a private key, or a public
     key whose private half is in ssh-agent); returns the armored signature."""
     key = Path(key)
     if not key.is_file():
         raise UsageError(f"signing key {key} does not exist")
+    if not _looks_like_a_key(key):
+        # ssh-keygen would say "Couldn't load public key KEY: No such file".
+        raise UsageError(
+            f"signing key {key} is not an SSH key (a private key, or a .pub whose "
+            "private half is in ssh-agent)"
+        )
     done = _run(["-Y", "sign", "-n", NAMESPACE, "-q", "-f", str(key)], message)
     if done.returncode != 0 or not done.stdout.startswith(b"-----BEGIN SSH SIGNATURE-----"):
         raise UsageError(f"cannot sign with {key}: {_last_line(done.stderr)}")

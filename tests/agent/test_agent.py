@@ -794,3 +794,12 @@ def test_publish_waves_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main([*base, str(src), "--tag", "v3", "--waves", "50%,100%"]) == 0
     assert main([*base, "--halt"]) == 0
     assert "rollout halted; current is v2" in capsys.readouterr().out
+
+
+def test_a_channel_server_names_a_directory_that_is_a_file(tmp_path: Path) -> None:
+    a_file = tmp_path / "channel.json"
+    a_file.write_text("{}")
+    with pytest.raises(UsageError, match=r"channel directory .* is not a directory"):
+        ChannelServer(a_file)
+    with pytest.raises(UsageError, match=r"channel directory .* does not exist"):
+        ChannelServer(tmp_path / "missing")
