@@ -410,11 +410,38 @@ def test_cli_verify_file_release(tmp_path: Path, capsys: pytest.CaptureFixture[s
     args = ["verify", str(tmp_path / "dest" / "f2"), "--torrent", str(rel.torrent)]
     assert main([*args, "--payload", str(app)]) == 0
     assert "ok:" in capsys.readouterr().out
+    # The torrent alone names the file's size and sha256: no payload needed.
+    assert main(args) == 0
+    assert "ok:" in capsys.readouterr().out
     (tmp_path / "dest" / "f2" / "app.bin").write_bytes(b"x" * 100_000)
     assert main([*args, "--payload", str(app)]) == 1
     assert "app.bin: sha256 differs" in capsys.readouterr().err
-    assert main(args) == 1  # default payload: beside the torrent, not there
-    assert "cannot be read" in capsys.readouterr().err
+    assert main(args) == 1
+    assert "app.bin: sha256 differs" in capsys.readouterr().err
+
+
+def test_a_tar_release_is_verified_without_its_tar(
+    tmp_path: Path, release, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Hosts keep the install, not the tar: the manifest on record beside the
+    # install is used when its sha256 is the torrent's manifest-sha256.
+    rel, meta = release
+    install_release(rel.payload, meta, tmp_path / "dest")
+    target = tmp_path / "dest" / "v1"
+    lone = tmp_path / "lone" / rel.torrent.name
+    lone.parent.mkdir()
+    lone.write_bytes(rel.torrent.read_bytes())
+    args = ["verify", str(target), "--torrent", str(lone)]
+    assert main(args) == 0
+    assert "ok:" in capsys.readouterr().out
+    (target / "lib" / "deep" / "er" / "x.txt").write_text("peed\n")
+    assert main(args) == 1
+    assert "x.txt: sha256" in capsys.readouterr().err
+    # A record that is not the release's manifest is not taken for it.
+    record = target.parent / ".v1.roost" / "manifest.json"
+    record.write_bytes(record.read_bytes().replace(b"x.txt", b"y.txt"))
+    with pytest.raises(VerifyError, match=r"manifest is in its tar, .* \(give --payload"):
+        verify_installed(target, lone.parent / meta.name, meta)
 
 
 def test_swap_never_replaces_a_tree_filled_meanwhile(tmp_path: Path) -> None:

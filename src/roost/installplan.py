@@ -76,7 +76,14 @@ def load_plan(payload: Path, meta: TorrentMeta) -> Plan:
         raise VerifyError(f"payload {payload} is {size} bytes, the torrent says {meta.length}")
     if meta.kind == "tar":
         return _plan_tar(Path(payload), meta)
+    return single_file_plan(meta)
+
+
+def single_file_plan(meta: TorrentMeta) -> Plan:
+    """A single-file release's plan, which its torrent alone gives: the file's
+    size, mode (BEP 47) and sha256 (the manifest-sha256 of a file release)."""
     mode = meta.file_mode if meta.file_mode is not None else 0o644
+    size = meta.length
     entry = ManifestEntry(meta.name, "file", mode, size=size, sha256=meta.manifest_sha256)
     member = Member(meta.name, "file", 0, size, mode, None, "", meta.manifest_sha256)
     manifest = Manifest(meta.tag or meta.name, (entry,), 0o755)

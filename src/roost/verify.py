@@ -12,8 +12,9 @@ import stat
 from pathlib import Path
 
 from roost.errors import VerifyError
-from roost.installplan import Plan, load_plan, stripped
-from roost.manifest import Manifest, ManifestEntry
+from roost.installed import installed_manifest
+from roost.installplan import Plan, load_plan, single_file_plan, stripped
+from roost.manifest import Manifest, ManifestEntry, parse_manifest
 from roost.metainfo import TorrentMeta
 
 __all__ = ["installed_difference", "mismatch", "verify_installed"]
@@ -31,17 +32,34 @@ def verify_installed(target: Path, payload: Path, meta: TorrentMeta) -> None:
     A tree installed with its setuid/setgid/sticky bits stripped (the
     default) holds the release as well. Raises ``VerifyError`` naming the
     first difference."""
-    if meta.tree_manifest is not None:  # a tree release: the torrent holds the manifest
-        plan = Plan(meta.tree_manifest, ())
-    else:
-        plan = load_plan(Path(payload), meta)
     target = Path(target)
+    plan = _release_plan(target, Path(payload), meta)
     as_file = plan.single and not target.is_dir()
     problem = mismatch(target, plan, as_file=as_file)
     if problem and mismatch(target, stripped(plan), as_file=as_file) is None:
         problem = None
     if problem:
         raise VerifyError(problem)
+
+
+def _release_plan(target: Path, payload: Path, meta: TorrentMeta) -> Plan:
+    """The release's manifest. A tree or file release's is in its torrent; a
+    tar release's is in its tar (``payload``), which hosts do not keep: then
+    the copy on record beside the install (``roost.installed``), if it is
+    the one the torrent names by its sha256."""
+    if meta.tree_manifest is not None:
+        return Plan(meta.tree_manifest, ())
+    if meta.files is None and meta.kind != "tar":
+        return single_file_plan(meta)
+    if meta.kind == "tar" and not os.path.lexists(payload):
+        data = installed_manifest(target)
+        if data is not None and hashlib.sha256(data).hexdigest() == meta.manifest_sha256:
+            return Plan(parse_manifest(data), ())
+        raise VerifyError(
+            f"{target}: a tar release's manifest is in its tar, and {payload} does not exist "
+            "(give --payload TAG.tar)"
+        )
+    return load_plan(payload, meta)
 
 
 def mismatch(target: Path, plan: Plan, *, as_file: bool) -> str | None:

@@ -179,12 +179,14 @@ def add_sign_flag(p: argparse.ArgumentParser, flag: str = "--sign") -> None:
     p.add_argument(flag, type=Path, default=None, metavar="KEY", help=SIGN_HELP)
 
 
-def add_trust_flag(p: argparse.ArgumentParser, *, on_hosts: bool = False) -> None:
+def add_trust_flag(
+    p: argparse.ArgumentParser, *, on_hosts: bool = False, help: str = TRUST_HELP
+) -> None:
     """``--trust KEY`` (repeatable) of every command that takes a release in;
     ``on_hosts``: the paths name files on the inventory's hosts."""
     where = " (with -i: a path on the hosts)" if on_hosts else ""
     p.add_argument(
-        "--trust", action="append", default=[], type=Path, metavar="KEY", help=TRUST_HELP + where
+        "--trust", action="append", default=[], type=Path, metavar="KEY", help=help + where
     )
 
 

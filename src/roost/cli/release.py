@@ -88,16 +88,25 @@ def register(sub: Any) -> None:
             "the release: every path, type, mode, size and sha256."
         ),
     )
-    verify.add_argument("target", type=Path, metavar="TARGET")
-    verify.add_argument("--torrent", type=Path, required=True, metavar="T")
+    verify.add_argument(
+        "target", type=Path, metavar="TARGET", help="the installed release (DEST/TAG, or a file)"
+    )
+    verify.add_argument(
+        "--torrent", type=Path, required=True, metavar="T", help="the release's .torrent"
+    )
     verify.add_argument(
         "--payload",
         type=Path,
         default=None,
         metavar="P",
-        help="the release's payload (default: beside the torrent, under its name)",
+        help="a tar release's TAG.tar (default: beside the torrent; without it, the manifest "
+        "on record beside TARGET, if it is the release's); tree and file releases need none",
     )
-    add_trust_flag(verify)
+    add_trust_flag(
+        verify,
+        help="OpenSSH public key file whose release signatures to accept; with it, a "
+        "release that no given key signed fails the check (repeatable)",
+    )
     verify.set_defaults(handler=_verify)
 
 
