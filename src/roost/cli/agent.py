@@ -59,8 +59,12 @@ def _register_agent(sub: Any) -> None:
     p.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     p.add_argument("--channel", metavar="URL", help="channel directory URL, file:// URL or path")
     p.add_argument("--dest", type=Path, required=True, help="e.g. /opt/app")
-    p.add_argument("--interval", type=seconds, default=10.0, help="seconds between polls")
-    p.add_argument("--keep", type=int, default=3, help="installed releases to keep (>= 1)")
+    p.add_argument(
+        "--interval", type=seconds, default=10.0, help="seconds between polls (default 10)"
+    )
+    p.add_argument(
+        "--keep", type=int, default=3, help="installed releases to keep (>= 1, default 3)"
+    )
     p.add_argument("--hook", metavar="CMD", help="run before activating (ROOST_TAG, ROOST_PATH, …)")
     add_hook_timeout_flag(p)
     p.add_argument(

@@ -305,7 +305,8 @@ def rollout_lines(doc: dict[str, Any]) -> list[str]:
         lines.append(f"{h['host']:<{width}}  {text}")
     waves = len(doc["waves"])
     if doc["ok"]:
-        lines.append(f"rolled out {doc['tag']} in {waves} waves in {doc['seconds']:.2f} s")
+        plural = "wave" if waves == 1 else "waves"
+        lines.append(f"rolled out {doc['tag']} in {waves} {plural} in {doc['seconds']:.2f} s")
     else:
         lines.append(f"rollout of {doc['tag']} halted at wave {doc['halted_at']} of {waves}")
     return lines
