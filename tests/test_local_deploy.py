@@ -3,7 +3,9 @@ sans-IO fleet progress model behind its display."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from roost import events
+from roost.peer.config import InstallOptions
 from roost.progress import FleetProgress, TerminalDisplay, render_live, render_summary
 from tests.release_kit import make_tree, snapshot
 
@@ -101,6 +104,61 @@ def test_text_summary_and_failing_hook(tmp_path: Path, roost_procs: Start) -> No
     assert "1 of 2 hosts ok, 1 failed" in out
     assert (dest / "host-2" / "v2" / "app.bin").read_bytes() == source.read_bytes()
     assert "roost deploy v2" in err  # the plain progress lines (stderr is not a TTY)
+
+
+@pytest.mark.parametrize("feed", [True, False], ids=["feed", "bittorrent"])
+def test_a_short_deploy_counts_what_the_origin_uploaded_however_seldom_it_polls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, feed: bool
+) -> None:
+    # The deploy is over in a fraction of a second, well within one poll of
+    # the origin's seeder: what it sent is read as it stops, not from a poll.
+    from roost.local import LocalDeployConfig, deploy_local
+    from roost.seeder import Seeder
+
+    monkeypatch.setattr(Seeder, "run", functools.partialmethod(Seeder.run, poll=2.0))
+    config = LocalDeployConfig(
+        source=make_tree(tmp_path / "src"),
+        tag="v1",
+        dest=tmp_path / "fleet",
+        hosts=1,
+        install=InstallOptions(linger=0),
+        feed=feed,
+        work_dir=tmp_path / "work",
+        run_dir=tmp_path / "run",
+    )
+    summary = deploy_local(config)
+    [host] = summary.hosts
+    assert host.ok and host.bytes_down >= summary.size  # BitTorrent counts the pad files too
+    seeder = summary.to_json()["seeder"]
+    # the host's only source: about one copy, over the feed unless it is off
+    assert summary.size <= seeder["bytes_up"] <= host.bytes_down < 1.5 * summary.size, seeder
+    assert seeder["feed_up"] == (seeder["bytes_up"] if feed else 0), seeder
+
+
+def test_a_rerun_reports_every_host_already_installed(tmp_path: Path, roost_procs: Start) -> None:
+    source = make_tree(tmp_path / "src")
+    args = (str(source), "--tag", "v1", "--local", "2", "--dest", str(tmp_path / "fleet"))
+    rc, out, err = deploy(roost_procs, *args, "--linger", "0")
+    assert rc == 0, err
+    assert "already installed" not in out
+    # (no linger: the host done first leaves, so each may take a copy from the origin)
+    copies = re.search(r"^origin uploaded (\d+\.\d\d) copies of \d+ bytes$", out, re.M)
+    assert copies is not None and 1.0 <= float(copies[1]) < 2.5, out
+
+    rc, out, err = deploy(roost_procs, *args, "--linger", "0", "--json")
+    assert rc == 0, err
+    hosts = json.loads(out)["hosts"]
+    assert [h["already_installed"] for h in hosts] == [True, True], hosts
+    assert [h["bytes_down"] for h in hosts] == [0, 0]
+
+    rc, out, err = deploy(roost_procs, *args, "--linger", "0")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].split() == ["host", "result", "seconds", "down", "up", "error"]
+    for line, name in zip(lines[1:3], ["host-1", "host-2"], strict=True):
+        assert line.split()[:2] == [name, "ok"] and line.endswith("  already installed"), out
+    assert "2 of 2 hosts ok, 0 failed" in lines[3]
+    assert "origin uploaded 0.00 copies" in out  # nothing was sent
 
 
 @pytest.mark.parametrize(
@@ -223,6 +281,23 @@ def test_fleet_progress_model() -> None:
     live = render_live(fleet, 5.0, "deploy t")
     assert live[0].startswith("deploy t: 1/3 done, 2 failed")
     assert len(live) == 4
+
+
+def test_a_host_that_held_the_release_is_summed_up_as_already_installed() -> None:
+    fleet = FleetProgress(["a", "b", "c"], total_size=1000, now=0.0)
+    fleet.apply("a", events.Installed(path="/d/a/t", already=True), 0.1)
+    fleet.apply("a", events.Done(ok=True, seconds=0.1, down=0, up=0), 0.1)
+    fleet.apply("b", events.Installed(path="/d/b/t"), 1.0)
+    fleet.apply("b", events.Done(ok=True, seconds=1, down=1000, up=0), 1.0)
+    fleet.apply("c", events.Failed(error="disk full"), 1.0)
+    summary = fleet.summary(1.0)
+    assert [h.already_installed for h in summary.hosts] == [True, False, False]
+    assert summary.hosts[0].to_json()["already_installed"] is True
+    assert render_summary(summary)[1:4] == [
+        "a     ok      0.1      0 B     0 B  already installed",
+        "b     ok      1.0      1000 B  0 B",
+        "c     FAILED  1.0      0 B     0 B  disk full",
+    ]
 
 
 def test_a_peer_the_tracker_turns_away_says_so() -> None:

@@ -168,6 +168,9 @@ def test_a_peer_that_dies_without_a_failed_event_fails_its_host_with_its_status(
     assert summary.ok is False
     [host] = summary.to_json()["hosts"]
     assert host["step"] == "peer"
-    expected = "peer exited with status 2: roost: error: unrecognized arguments: --no-such-flag"
+    expected = (
+        "peer exited with status 2: roost peer: error: unrecognized arguments: --no-such-flag"
+        " (see roost peer --help)"
+    )
     assert host["error"] == expected, host
     assert not (tmp_path / "dest" / "host-1" / "t1").exists()

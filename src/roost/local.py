@@ -211,8 +211,6 @@ class LocalRunner:
     def _stop(self) -> None:
         seeder = self._seeder
         if seeder is not None:
-            snap = seeder.snapshot()
-            self._origin = OriginBytes(snap.uploaded + snap.feed_sent, snap.feed_sent)
             seeder.seeder.stop()  # it winds down while the peers stop
         for host in self._peers:
             procs.stop_child(host.proc, grace=15)
@@ -221,6 +219,10 @@ class LocalRunner:
             procs.stop_all([f for host in self._peers for f in procs.pid_files(host.temp)])
         if seeder is not None:
             seeder.stop()
+            # Read once it has stopped: its last snapshot, taken as it ended,
+            # holds every byte it sent (a live one can predate the transfer).
+            snap = seeder.snapshot()
+            self._origin = OriginBytes(snap.uploaded + snap.feed_sent, snap.feed_sent)
         if self._tracker is not None:
             self._tracker.stop()
         for made in self._made:

@@ -43,6 +43,7 @@ class HostProgress:
     finished: float | None = None
     downloaded: float | None = None  # when the download completed
     path: str | None = None
+    already: bool = False  # the destination held the verified release (a re-run)
     error: str | None = None
     warning: str | None = None  # the tracker's last complaint, if any
 
@@ -68,6 +69,7 @@ class HostProgress:
             path=self.path,
             error=self.error,
             warning=self.warning,
+            already_installed=self.already,
         )
 
 
@@ -205,7 +207,7 @@ class FleetProgress:
         elif isinstance(event, events.Complete):
             h.state, h.progress, h.rate_down, h.downloaded = INSTALLING, 1.0, 0, now
         elif isinstance(event, events.Installed):
-            h.path = event.path
+            h.path, h.already = event.path, event.already
         elif isinstance(event, events.Failed):
             self.fail(host, event.error or "failed", now)
         elif isinstance(event, events.Done):
@@ -314,7 +316,8 @@ def render_live(
 
 
 def render_summary(summary: DeploySummary) -> list[str]:
-    """The per-host table printed at the end of a deploy (from ``summary``)."""
+    """The per-host table printed at the end of a deploy (from ``summary``);
+    a host that held the release already says so where a failure's reason goes."""
     reused = any(h.bytes_reused for h in summary.hosts)
     rows: list[tuple[str, ...]] = [("host", "result", "seconds", "down", "reused", "up", "error")]
     for h in summary.hosts:
@@ -326,7 +329,7 @@ def render_summary(summary: DeploySummary) -> list[str]:
                 human_bytes(h.bytes_down),
                 human_bytes(h.bytes_reused),
                 human_bytes(h.bytes_up),
-                h.error or "",
+                h.error or ("already installed" if h.ok and h.already_installed else ""),
             )
         )
     if not reused:  # the column only when an earlier release was reused

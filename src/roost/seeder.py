@@ -9,11 +9,15 @@ origin of a big fleet: it hands each piece out once, so peers fetch the rest
 from each other and the origin uploads about one copy.
 
 :class:`Seeder` owns its engine and is driven from one thread (``run``); other
-threads read :meth:`Seeder.snapshot` and call :meth:`Seeder.stop`.
+threads read :meth:`Seeder.snapshot` and call :meth:`Seeder.stop`. The
+snapshot is as old as the last poll (up to 0.25 s: sending raises no alert
+to wake it); ``run`` takes a last one as it ends, so once it has returned
+(after :meth:`SeederThread.stop`) the snapshot holds the final counts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -208,27 +212,33 @@ class Seeder:
             return self._snapshot
 
     def run(self, poll: float = 0.25) -> None:
-        """Seed until :meth:`stop`; closes the engine when done."""
+        """Seed until :meth:`stop`; closes the engine when done, after a last
+        :meth:`snapshot` (the counts as the seeding ended)."""
         try:
             while not self._stop.is_set():
                 for event in self.engine.events(poll):
                     self._log(event)
-                st = self.engine.status(self.info_hash)
-                feed = self.feed.stats(self.info_hash) if self.feed is not None else None
-                with self._lock:
-                    self._snapshot = SeedSnapshot(
-                        self.info_hash,
-                        st.uploaded,
-                        st.rate_up,
-                        st.num_peers,
-                        st.is_seeding,
-                        self._hash_failures,
-                        feed.bytes_sent if feed is not None else 0,
-                    )
+                self._refresh()
         finally:
+            with contextlib.suppress(RoostError):  # the final counts, while the engine is open
+                self._refresh()
             if self.feed is not None:
                 self.feed.stop()
             self.engine.close()
+
+    def _refresh(self) -> None:
+        st = self.engine.status(self.info_hash)
+        feed = self.feed.stats(self.info_hash) if self.feed is not None else None
+        with self._lock:
+            self._snapshot = SeedSnapshot(
+                self.info_hash,
+                st.uploaded,
+                st.rate_up,
+                st.num_peers,
+                st.is_seeding,
+                self._hash_failures,
+                feed.bytes_sent if feed is not None else 0,
+            )
 
     def _log(self, event: object) -> None:
         if isinstance(event, HashFailed):
@@ -256,6 +266,8 @@ class SeederThread:
         return self.seeder.snapshot()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop seeding and wait (up to ``timeout`` s) for the engine to
+        close; :meth:`snapshot` then holds the final counts."""
         self.seeder.stop()
         deadline = time.monotonic() + timeout
         self._thread.join(max(0.0, deadline - time.monotonic()))
