@@ -138,3 +138,47 @@ def test_activate_with_keep_prunes(tmp_path: Path) -> None:
     activation.activate(dest, "v3")
     activation.activate(dest, "v4", keep=2)  # current v4 and previous v3
     assert activation.installed(dest) == ["v3", "v4"]
+
+
+def test_rollback_rejecting_undoes_the_activation(tmp_path: Path) -> None:
+    """``rollback(reject=T)``, a rollout's ``--rollback-on-fail``: T's activation
+    is undone, so previous is what it was before T, and T is never picked."""
+    dest = tmp_path / "dest"
+    for tag in ("v1", "v2", "v3", "v4"):
+        _install(tmp_path, dest, tag, f"{tag}\n")
+    for tag in ("v1", "v3", "v2", "v3"):  # v3 current once before, and good then
+        activation.activate(dest, tag)
+    back = activation.rollback(dest, "v2", reject="v3")
+    assert back == activation.Switch("v2", "v3", changed=True)
+    assert (dest / "current" / "version").read_text() == "v2\n"
+    # Not v3 from its earlier, good, activation: its latest entry is the rejection.
+    assert activation.releases(dest).previous == "v1"
+    doc = json.loads((dest / activation.HISTORY).read_text())
+    assert [(e["tag"], e.get("rejected", False)) for e in doc["activated"]] == [
+        ("v1", False),
+        ("v3", False),
+        ("v2", False),
+        ("v3", True),  # marked where it was, nothing appended
+    ]
+    assert activation.rollback(dest).tag == "v1"
+    assert activation.rollback(dest).tag == "v2"  # a plain rollback is an activation
+    # Rejecting again switches nothing; rolling back to the rejected release is refused.
+    assert activation.rollback(dest, "v2", reject="v3").changed is False
+    with pytest.raises(DestinationError, match="cannot roll back to v3, the release rejected"):
+        activation.rollback(dest, "v3", reject="v3")
+    assert activation.previous(dest) == "v1"
+    # Activated on purpose, a rejected release is an ordinary one again.
+    activation.activate(dest, "v3")
+    assert activation.rollback(dest).tag == "v2"
+    assert activation.previous(dest) == "v3"
+    # A history that does not end with the rejected release (cut short, or
+    # another switch since): the rejection and the switch back are appended.
+    activation.activate(dest, "v4")
+    (dest / activation.HISTORY).unlink()
+    activation.rollback(dest, "v2", reject="v4")
+    doc = json.loads((dest / activation.HISTORY).read_text())
+    assert [(e["tag"], e.get("rejected", False)) for e in doc["activated"]] == [
+        ("v4", True),
+        ("v2", False),
+    ]
+    assert activation.current(dest) == "v2" and activation.previous(dest) is None

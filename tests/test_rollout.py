@@ -43,10 +43,11 @@ def test_bad_waves(text: str) -> None:
         parse_waves(text)
 
 
-def _fleet(tmp_path: Path, n: int) -> Path:
-    """n local hosts with v1 current and v2 installed."""
+def _fleet(tmp_path: Path, n: int, tags: tuple[str, ...] = ("v1", "v2")) -> Path:
+    """n local hosts with ``tags`` installed and all but the last activated in
+    turn: by default v1 current and v2 installed."""
     root = tmp_path / "fleet"
-    for tag in ("v1", "v2"):
+    for tag in tags:
         src = tmp_path / f"src-{tag}"
         src.mkdir()
         (src / "version").write_text(f"{tag}\n")
@@ -55,7 +56,8 @@ def _fleet(tmp_path: Path, n: int) -> Path:
         for i in range(1, n + 1):
             install_release(release.payload, meta, root / f"host-{i}" / activation.RELEASES)
     for i in range(1, n + 1):
-        activation.activate(root / f"host-{i}", "v1")
+        for tag in tags[:-1]:
+            activation.activate(root / f"host-{i}", tag)
     return root
 
 
@@ -84,6 +86,38 @@ def test_health_failure_halts_at_wave_2_and_rolls_wave_1_back(
     lines = log.read_text().splitlines()
     assert len(lines) == 3 and all(line.startswith("v2 v1 ") for line in lines)
     assert lines[0].endswith("/host-1/releases/v2")
+
+
+def test_rollback_on_fail_leaves_no_trace_for_a_later_rollback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """v2 current after v1, v3 rolled out and sent back: every host's previous
+    is v1 again (not v3, which failed), so ``roost rollback`` takes the whole
+    fleet to v1; a second plain rollback is a switch like any other."""
+    root = _fleet(tmp_path, 4, ("v1", "v2", "v3"))
+    (root / "host-2" / "SICK").touch()
+    argv = ["rollout", "v3", "--dest", str(root), "--local", "4", "--waves", "1,50%,100%"]
+    argv += ["--health", "test ! -e ../../SICK", "--rollback-on-fail", "--json"]
+    assert main(argv) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [h["rolled_back"] for h in doc["hosts"]] == [True, True, False, False]
+    releases = ["releases", "--dest", str(root), "--local", "4", "--json"]
+    assert main(releases) == 0
+    rows = json.loads(capsys.readouterr().out)["hosts"]
+    assert [(r["current"], r["previous"]) for r in rows] == [("v2", "v1")] * 4
+    rollback = ["rollback", "--dest", str(root), "--local", "4"]
+    assert main(rollback) == 0
+    out = capsys.readouterr().out
+    assert [f"host-{i}  v2 -> v1" in out for i in range(1, 5)] == [True] * 4, out
+    assert main(rollback) == 0  # back to the release that was current before: v2
+    out = capsys.readouterr().out
+    assert [f"host-{i}  v1 -> v2" in out for i in range(1, 5)] == [True] * 4, out
+    # The rejected release is still installed, and activating it on purpose
+    # makes it an ordinary release again.
+    assert main(["activate", "v3", "--dest", str(root / "host-1")]) == 0
+    assert main(["rollback", "--dest", str(root / "host-1")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "v3 -> v2"
+    assert activation.previous(root / "host-1") == "v3"
 
 
 def test_rollout_that_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,6 +200,8 @@ def test_deploy_activate_in_waves_halts_and_rolls_back(
         host = dest / f"host-{i}"
         assert activation.current(host) == "v1"
         assert (host / "releases" / "v2" / "version").read_text() == "v2\n"  # distributed
+    # Rolled back, v2 is nobody's previous release: it failed, and before it was v1.
+    assert [activation.previous(dest / f"host-{i}") for i in (1, 2)] == [None, None]
     # Now roll forward by hand, then back: no download, one rename per host.
     assert main(["activate", "v2", "--dest", str(dest), "--local", "3", "--keep", "2"]) == 0
     assert main(["rollback", "--dest", str(dest), "--local", "3"]) == 0

@@ -17,6 +17,13 @@ never had a release is reported and never half-switched. The history file
 still installed. :func:`prune` keeps the newest ``keep`` releases and never
 removes the current or the previous one.
 
+A plain rollback is an activation like any other, so rolling back twice
+returns to where it began. ``rollback(..., reject=TAG)`` (a rollout's
+``--rollback-on-fail``) instead undoes TAG's activation: its entry is marked
+``"rejected": true`` rather than a new one appended, so the previous release
+is again the one the host had before TAG, and :func:`previous` skips TAG for
+as long as its latest entry is a rejection (activating it again lifts that).
+
 The agent (``roost.agent``) and push deploys with ``--activate`` use these
 functions; ``roost rollback`` and ``roost releases`` call them on each host.
 Errors are ``DestinationError`` with one line naming the path and the tag.
@@ -133,25 +140,44 @@ def _history(dest: Path) -> list[dict[str, Any]]:
     return [e for e in doc["activated"] if isinstance(e, dict) and isinstance(e.get("tag"), str)]
 
 
-def _record(dest: Path, tag: str) -> None:
+def _record(dest: Path, tag: str, rejected: str | None = None) -> None:
+    """Append ``tag``'s activation; with ``rejected``, undo that release's
+    activation instead (see the module's docstring)."""
     path = Path(dest) / HISTORY
     try:
-        entries = _history(dest)[-(_HISTORY_KEEP - 1) :]
+        entries = _history(dest)
     except DestinationError:
         entries = []  # unreadable: begin anew rather than refuse to switch
-    entries.append({"tag": tag, "at": round(time.time(), 3)})
+    at = round(time.time(), 3)
+    if rejected is None:
+        entries.append({"tag": tag, "at": at})
+    else:
+        if entries and entries[-1]["tag"] == rejected:
+            entries[-1] = {**entries[-1], "rejected": True}
+        else:
+            entries.append({"tag": rejected, "at": at, "rejected": True})
+        active = [e["tag"] for e in entries if e.get("rejected") is not True]
+        if not active or active[-1] != tag:  # not what was current before ``rejected``
+            entries.append({"tag": tag, "at": at})
     try:
-        atomic_write(path, (json.dumps({"activated": entries}, indent=1) + "\n").encode())
+        body = json.dumps({"activated": entries[-_HISTORY_KEEP:]}, indent=1) + "\n"
+        atomic_write(path, body.encode())
     except OSError as exc:
         raise DestinationError(f"cannot write {path}: {exc.strerror}") from exc
 
 
 def previous(dest: Path) -> str | None:
-    """The release that was current before the current one and is still installed."""
+    """The release that was current before the current one and is still
+    installed, never one whose latest entry in the history is a rejection."""
     now = current(dest)
     have = set(installed(dest))
-    for tag in reversed([e["tag"] for e in _history(dest)]):
-        if tag != now and tag in have:
+    seen: set[str] = set()
+    for entry in reversed(_history(dest)):
+        tag = entry["tag"]
+        if tag in seen:
+            continue
+        seen.add(tag)
+        if tag != now and tag in have and entry.get("rejected") is not True:
             return tag
     return None
 
@@ -169,12 +195,14 @@ def activate(dest: Path, tag: str, *, keep: int | None = None) -> Switch:
     return switch
 
 
-def _switch(dest: Path, tag: str) -> Switch:
+def _switch(dest: Path, tag: str, rejected: str | None = None) -> Switch:
     target = dest / RELEASES / tag
     if "/" in tag or tag in ("", ".", "..") or not target.is_dir() or target.is_symlink():
         raise DestinationError(f"release {tag} is not installed in {dest / RELEASES}")
     before = current(dest)
     if before == tag:
+        if rejected is not None and rejected != tag:
+            _record(dest, tag, rejected)
         return Switch(tag, previous(dest), changed=False)
     link = dest / CURRENT
     tmp = dest / f"{CURRENT}.tmp"
@@ -187,17 +215,26 @@ def _switch(dest: Path, tag: str) -> Switch:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise DestinationError(f"cannot switch {link} to {tag}: {exc.strerror}") from exc
-    _record(dest, tag)
+    _record(dest, tag, rejected)
     return Switch(tag, before, changed=True)
 
 
-def rollback(dest: Path, to: str | None = None) -> Switch:
-    """Switch back to ``to``, or to the previous release; nothing is downloaded."""
+def rollback(dest: Path, to: str | None = None, *, reject: str | None = None) -> Switch:
+    """Switch back to ``to``, or to the previous release; nothing is downloaded.
+
+    With ``reject`` (the release being rolled back from, which failed), its
+    activation is undone in the history rather than this switch appended:
+    the previous release is again the one from before it, and ``reject`` is
+    never the previous release until it is activated again. Raises
+    ``DestinationError`` (nothing changed) if there is nowhere to go back to
+    or ``to`` is not installed, or ``to`` is ``reject``."""
     dest = Path(dest)
     target = to or previous(dest)
     if target is None:
         raise DestinationError(f"{dest}: no previous release to roll back to")
-    return activate(dest, target)
+    if target == reject:
+        raise DestinationError(f"{dest}: cannot roll back to {reject}, the release rejected")
+    return _switch(dest, target, reject)
 
 
 def remove_release(dest: Path, tag: str) -> None:

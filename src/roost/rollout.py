@@ -14,7 +14,11 @@ switches ``DEST/current`` (``roost.activation``) one wave at a time:
 3. If the wave's failures (activation or health) are more than
    ``max_fail_percent`` of the wave, the rollout halts: later waves are not
    touched and, with ``rollback_on_fail``, every host this rollout switched
-   goes back to the release it had before.
+   goes back to the release it had before. That switch undoes the
+   activation (``activation.rollback(..., reject=TAG)``; over SSH ``roost
+   rollback --to PREV --reject TAG``): the host's previous release is again
+   the one from before the rollout, and a later ``roost rollback`` never
+   picks the release that failed.
 
 The runner (:class:`HostRunner`) is where the hosts are: this machine's local
 fleet (:class:`LocalRunner`) or SSH hosts (``roost.fleet.rollout``). The
@@ -138,7 +142,8 @@ class HostRunner(Protocol):
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult: ...
 
-    async def switch_back(self, host: str, tag: str) -> activation.Switch: ...
+    async def switch_back(self, host: str, tag: str) -> activation.Switch:
+        """Send ``host`` back to ``tag``, the release it had before this rollout."""
 
 
 async def run_rollout(
@@ -229,7 +234,9 @@ async def run_check(
 
 class LocalRunner:
     """Destinations on this machine (a local fleet): host NAME is ``dests[NAME]``.
-    With ``keep``, each activation prunes to that many releases."""
+    With ``keep``, each activation prunes to that many releases. One runner
+    per rollout: it remembers what it switched each host to, which
+    :meth:`switch_back` rejects."""
 
     def __init__(
         self,
@@ -241,9 +248,13 @@ class LocalRunner:
         self.dests = dests
         self.timeout = timeout
         self.keep = keep
+        self._switched: dict[str, str] = {}  # host -> the tag this runner switched it to
 
     async def activate(self, host: str, tag: str) -> activation.Switch:
-        return await asyncio.to_thread(activation.activate, self.dests[host], tag, keep=self.keep)
+        switch = await asyncio.to_thread(activation.activate, self.dests[host], tag, keep=self.keep)
+        if switch.changed:
+            self._switched[host] = tag
+        return switch
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult:
         path = self.dests[host] / activation.RELEASES / env["ROOST_TAG"]
@@ -252,4 +263,5 @@ class LocalRunner:
         )
 
     async def switch_back(self, host: str, tag: str) -> activation.Switch:
-        return await asyncio.to_thread(activation.activate, self.dests[host], tag)
+        rejected = self._switched.pop(host, None)
+        return await asyncio.to_thread(activation.rollback, self.dests[host], tag, reject=rejected)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from roost import activation
 from roost.channel import (
     Channel,
     ChannelEntry,
@@ -759,6 +760,8 @@ def test_channel_rollout_stages_everywhere_activates_by_wave_and_halts(
         assert current(n) == ("releases/v2" if n in canaries[1:] else "releases/v1"), n
         assert (tmp_path / n / "releases" / "v2" / "version.txt").read_text() == "v2\n"  # staged
     assert "health check" in state(tmp_path / sick)["rejected"]["error"]
+    # Undone, not switched forward: a later `roost rollback` never picks v2.
+    assert activation.previous(tmp_path / sick) is None
 
     channel = next_wave(pub.dir)
     assert channel.rollout is not None and channel.rollout.wave == 2

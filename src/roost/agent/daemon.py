@@ -322,7 +322,9 @@ class Agent:
         sick = self._health(entry, path, previous)
         if sick is not None:
             if previous:
-                self._activate(previous)
+                # Undone, not switched forward: the sick release is never the
+                # previous one that a later `roost rollback` would pick.
+                activation.rollback(self.dest, previous, reject=entry.tag)
             return self._reject(entry, sick, previous)
         if previous != entry.tag:
             self.state.previous = previous

@@ -57,6 +57,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--to", type=tag_type, metavar="TAG", help="the release to switch to (default: previous)"
     )
+    p.add_argument(
+        "--reject",
+        type=tag_type,
+        metavar="TAG",
+        help="TAG, the release rolled back from, failed: undo its activation, so that it is "
+        "never the previous release (what roost rollout --rollback-on-fail does)",
+    )
     _common(p)
     p.set_defaults(handler=lambda a: _main(a, "rollback"))
 
@@ -135,7 +142,13 @@ def add_rollout_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def one(verb: str, dest: Path, tag: str | None = None, keep: int | None = None) -> dict[str, Any]:
+def one(
+    verb: str,
+    dest: Path,
+    tag: str | None = None,
+    keep: int | None = None,
+    reject: str | None = None,
+) -> dict[str, Any]:
     """Run ``verb`` on one destination; its result as a JSON-able dict."""
     if verb == "releases":
         return {"ok": True, **activation.releases(dest).to_json()}
@@ -144,7 +157,7 @@ def one(verb: str, dest: Path, tag: str | None = None, keep: int | None = None) 
             raise UsageError("activate needs a TAG")
         switch = activation.activate(dest, tag, keep=keep)
     else:
-        switch = activation.rollback(dest, tag)
+        switch = activation.rollback(dest, tag, reject=reject)
     return {"ok": True, "tag": switch.tag, "previous": switch.previous, "changed": switch.changed}
 
 
@@ -163,11 +176,12 @@ def describe(verb: str, result: dict[str, Any]) -> str:
 def _main(args: argparse.Namespace, verb: str) -> int:
     tag = getattr(args, "tag", None) or getattr(args, "to", None)
     keep = getattr(args, "keep", None)
+    reject = getattr(args, "reject", None)
     if _remote(args):
         return _fleet(args, verb, tag)
     if args.local is None:
         try:
-            result = one(verb, args.dest, tag, keep)
+            result = one(verb, args.dest, tag, keep, reject)
         except RoostError as exc:
             if args.json:  # the error as a field, for roost.fleet.rollout to read
                 print(json.dumps({"ok": False, "error": str(exc)}))
@@ -180,7 +194,7 @@ def _main(args: argparse.Namespace, verb: str) -> int:
     for n in range(1, args.local + 1):
         name = f"host-{n}"
         try:
-            rows.append({"host": name, **one(verb, args.dest / name, tag, keep)})
+            rows.append({"host": name, **one(verb, args.dest / name, tag, keep, reject)})
         except RoostError as exc:
             rows.append({"host": name, "ok": False, "error": str(exc)})
     return _print_rows(rows, args.json, lambda r: describe(verb, r))
@@ -215,6 +229,8 @@ def _fleet(args: argparse.Namespace, verb: str, tag: str | None) -> int:
     argv += ["--dest", str(args.dest), *(["--to", tag] if verb == "rollback" and tag else [])]
     if getattr(args, "keep", None) is not None:
         argv += ["--keep", str(args.keep)]
+    if getattr(args, "reject", None):
+        argv += ["--reject", args.reject]
 
     async def main() -> int:
         async with Fleet(inv.peers, options) as fleet:

@@ -36,6 +36,7 @@ class SSHRunner:
         self.timeout = timeout
         self.keep = keep
         self.hosts = {h.name: h for h in fleet.hosts}
+        self._switched: dict[str, str] = {}  # host -> the tag this runner switched it to
 
     async def _on(self, host: str, step: str, fn: Any, timeout: float | None = None) -> Any:
         results = await self.fleet.each(step, fn, hosts=[self.hosts[host]], timeout=timeout)
@@ -47,9 +48,8 @@ class SSHRunner:
             raise result.error
         return result.value
 
-    async def _switch(self, host: str, step: str, tag: str) -> Switch:
-        keep = ["--keep", str(self.keep)] if self.keep is not None and step == "activate" else []
-        command = self.remote.roost("activate", tag, "--dest", self.dest, *keep, "--json")
+    async def _switch(self, host: str, step: str, argv: list[str]) -> Switch:
+        command = self.remote.roost(*argv, "--dest", self.dest, "--json")
 
         async def fn(s: Session) -> Switch:
             out = await s.run(command, check=False)
@@ -73,10 +73,18 @@ class SSHRunner:
         return switch
 
     async def activate(self, host: str, tag: str) -> Switch:
-        return await self._switch(host, "activate", tag)
+        keep = ["--keep", str(self.keep)] if self.keep is not None else []
+        switch = await self._switch(host, "activate", ["activate", tag, *keep])
+        if switch.changed:
+            self._switched[host] = tag
+        return switch
 
     async def switch_back(self, host: str, tag: str) -> Switch:
-        return await self._switch(host, "rollback", tag)
+        """``roost rollback --to TAG --reject ROLLED`` on the host: its history
+        is as if this rollout's release had never been current there."""
+        rejected = self._switched.pop(host, None)
+        reject = ["--reject", rejected] if rejected else []
+        return await self._switch(host, "rollback", ["rollback", "--to", tag, *reject])
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult:
         path = f"{self.dest}/{RELEASES}/{env['ROOST_TAG']}"
