@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from roost.errors import ConfigError
-from roost.fleet.config import FleetConfig, parse_config
+from roost.fleet.config import FleetConfig, jump_problem, parse_config
 from roost.fleet.inventory import hosts_from_strings, load_inventory, parse_inventory
 
 # ansible-lssd's README, verbatim
@@ -210,6 +210,11 @@ def test_config_defaults_and_values() -> None:
             "bootstrap_direct must be at least 1",
         ),
         ("bootstrap_relay = -1\n", "roost.toml:1:", "bootstrap_relay must be at least 0"),
+        ("[ssh]\nconnect_timeout = -1\n", "roost.toml:2:", "ssh.connect_timeout must be"),
+        ("[ssh]\nstep_timeout = 0\n", "roost.toml:2:", "ssh.step_timeout must be a number"),
+        ("[ssh]\nstep_timeout = nan\n", "roost.toml:2:", "ssh.step_timeout must be a number"),
+        ('[ssh]\nuser = "u"\njump = "bad:host:x"\n', "roost.toml:3:", "is not [user@]host"),
+        ('[ssh]\njump = "b1,b2:0"\n', "roost.toml:2:", "ssh.jump: 'b2:0' has a bad port '0'"),
     ],
 )
 def test_bad_config(text: str, where: str, what: str) -> None:
@@ -217,6 +222,14 @@ def test_bad_config(text: str, where: str, what: str) -> None:
         parse_config(text)
     assert str(err.value).startswith(where), str(err.value)
     assert what in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "jump", ["bastion", "root@10.0.0.1:2222", "a@b,c:22", "deploy@gw.example.com"]
+)
+def test_jump_hosts_of_the_form_asyncssh_reads(jump: str) -> None:
+    assert jump_problem(jump) is None
+    assert parse_config(f'[ssh]\njump = "{jump}"\n').ssh.jump == jump
 
 
 def test_roost_toml_trust_is_a_list_of_key_paths() -> None:

@@ -280,18 +280,32 @@ async def _v_stop_all_seeding(
     return await tasks.stop_seeding(fleet, inv, cfg, tag=None)
 
 
+def _peer_torrent(args: argparse.Namespace, inv: Inventory, cfg: FleetConfig) -> tuple[str, Path]:
+    """The release ``fleet peer`` installs and its tag, read and checked here
+    before any host is reached: ``--torrent FILE`` under its own tag (which
+    ``--tag``, if given, must be; group_vars' and roost.toml's tag give way),
+    else TAG.torrent as ``fleet create`` or ``fetch-torrent`` left it."""
+    from roost.fleet import tasks
+
+    if args.torrent:
+        torrent = Path(args.torrent)
+        return tasks.release_tag(torrent, args.tag), torrent
+    tag = _tag(args, inv, cfg)
+    torrent = _local_dir(args) / f"{tag}.torrent"
+    if not torrent.is_file():
+        raise UsageError(f"no torrent at {torrent}: run 'roost fleet create' or pass --torrent")
+    return tasks.release_tag(torrent, tag), torrent
+
+
 async def _v_peer(
     fleet: Fleet, inv: Inventory, cfg: FleetConfig, args: argparse.Namespace
 ) -> dict[str, HostResult[Any]]:
     from roost.fleet import tasks
 
-    tag = _tag(args, inv, cfg)
+    tag, torrent = _peer_torrent(args, inv, cfg)
     dest = args.dest or inv.get("destination_path") or cfg.default_destination_path
     if not dest:
         raise UsageError("no destination: pass --dest or set destination_path")
-    torrent = Path(args.torrent) if args.torrent else _local_dir(args) / f"{tag}.torrent"
-    if not torrent.is_file():
-        raise UsageError(f"no torrent at {torrent}: run 'roost fleet create' or pass --torrent")
     opts = tasks.PeerOptions(
         tag=tag,
         dest=str(dest),
@@ -425,7 +439,12 @@ def _register_fleet(sub: Any) -> None:
     )
     p.add_argument("--tag")
     p.add_argument("--dest", help="install into DEST/TAG (default destination_path)")
-    p.add_argument("--torrent", help="local .torrent (default /tmp/roost/torrents/TAG.torrent)")
+    p.add_argument(
+        "--torrent",
+        metavar="FILE",
+        help="local .torrent, installed under its own tag "
+        "(default /tmp/roost/torrents/TAG.torrent)",
+    )
     p.add_argument("--out", help=argparse.SUPPRESS)
 
     add_install_flags(p)

@@ -9,14 +9,17 @@ VERB``, ``roost bootstrap``, ``roost deploy -i`` and ``roost releases``,
 
 Promises: building a parser with these flags imports argparse alone; the
 ``roost.fleet`` modules (asyncssh among them, ~0.5 CPU-s) are imported by the
-functions that resolve the flags, when a command runs. Errors: ``UsageError``
-(no hosts, ``--forks`` below 1), ``ConfigError`` from the inventory or
-``roost.toml``.
+functions that resolve the flags, when a command runs. Errors: argparse's
+one line for a ``--jump`` that is not ``[user@]host[:port]`` or a time limit
+not above 0; ``UsageError`` (no hosts, ``--forks`` below 1, an identity or
+known_hosts file that cannot be read: refused once, before any host is
+reached), ``ConfigError`` from the inventory or ``roost.toml``.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,9 +61,17 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
         default=None,
         help="accept any host key (unsafe; default is strict checking)",
     )
-    g.add_argument("--jump", help="jump host [user@]host[:port] (ProxyJump)")
-    g.add_argument("--connect-timeout", type=float, help="seconds to connect (default 10)")
-    g.add_argument("--step-timeout", type=float, help="seconds per host and step (default 600)")
+    g.add_argument(
+        "--jump",
+        type=jump_hosts,
+        help="jump host [user@]host[:port], several joined by commas (ProxyJump)",
+    )
+    g.add_argument(
+        "--connect-timeout", type=positive_seconds, help="seconds to connect (default 10)"
+    )
+    g.add_argument(
+        "--step-timeout", type=positive_seconds, help="seconds per host and step (default 600)"
+    )
     g.add_argument("--remote-path", help="install path on hosts (default /opt/roost)")
     g.add_argument("--remote-temp-path", help="temp path on hosts (default /tmp/roost)")
     g.add_argument("--tracker-port", type=int, help="tracker port (default 8998)")
@@ -95,6 +106,43 @@ def at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def jump_hosts(text: str) -> str:
+    """An argparse type: ``[user@]host[:port]``, several joined by commas."""
+    from roost.fleet.config import jump_problem
+
+    problem = jump_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def _ssh_file(args: argparse.Namespace, name: str, setting: str | None, check: bool) -> str | None:
+    """``--NAME`` or else roost.toml's ``ssh.NAME``, a file asyncssh reads on
+    every connection: one that cannot be read is refused here, once (else
+    every host fails as "cannot reach HOST")."""
+    given = getattr(args, name, None)
+    path: str | None = given or setting
+    if path and check:
+        flag = f"--{name.replace('_', '-')}" if given else f"roost.toml's ssh.{name}"
+        try:
+            with open(Path(path).expanduser(), "rb"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def fleet_config(args: argparse.Namespace) -> FleetConfig:
     from roost.fleet.config import load_config, with_overrides
 
@@ -116,15 +164,17 @@ def ssh_options(args: argparse.Namespace, cfg: FleetConfig) -> SSHOptions:
     from roost.fleet.ssh import SSHOptions
 
     s = cfg.ssh
-    insecure = getattr(args, "insecure_no_host_key_check", None)
+    insecure = bool(getattr(args, "insecure_no_host_key_check", None)) or (
+        s.insecure_no_host_key_check
+    )
     forks = cfg.forks
     if forks < 1:
         raise UsageError("--forks must be at least 1")
     return SSHOptions(
         config=s.config,
-        identity=getattr(args, "identity", None) or s.identity,
-        known_hosts=getattr(args, "known_hosts", None) or s.known_hosts,
-        insecure_no_host_key_check=bool(insecure) or s.insecure_no_host_key_check,
+        identity=_ssh_file(args, "identity", s.identity, check=True),
+        known_hosts=_ssh_file(args, "known_hosts", s.known_hosts, check=not insecure),
+        insecure_no_host_key_check=insecure,
         jump=getattr(args, "jump", None) or s.jump,
         user=getattr(args, "user", None) or s.user,
         connect_timeout=getattr(args, "connect_timeout", None) or s.connect_timeout,

@@ -23,11 +23,14 @@ Example::
     connect_timeout = 10
     step_timeout = 600
 
-Unknown keys raise ``ConfigError`` with the file and line.
+Unknown keys raise ``ConfigError`` with the file and line, and so do values
+out of range: ``forks`` below 1, a time limit not above 0, a ``jump`` that is
+not ``[user@]host[:port]`` (``jump_problem``, which ``--jump`` shares).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -76,6 +79,26 @@ class FleetConfig:
     @property
     def remote_roost(self) -> str:
         return f"{self.venv}/bin/roost"
+
+
+def jump_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as jump hosts, None if nothing is.
+
+    ``text`` is ``[user@]host[:port]``, or several of them joined by commas
+    for a chain (ProxyJump's form, which asyncssh reads): a host without
+    colons (no IPv6 literals: name such a host in ``~/.ssh/config``), a port
+    of 1 to 65535.
+    """
+    for hop in text.split(","):
+        user, at, host = hop.rpartition("@")
+        host, colon, port = host.rpartition(":") if ":" in host else (host, "", "")
+        if at and not user:
+            return f"{hop!r} has an empty user"
+        if not host or ":" in host or any(ch.isspace() for ch in hop):
+            return f"{hop!r} is not [user@]host[:port]"
+        if colon and not (port.isdigit() and 0 < int(port) < 65536):
+            return f"{hop!r} has a bad port {port!r} (1-65535)"
+    return None
 
 
 def _line_of(text: str, key: str, table: str | None) -> int | None:
@@ -147,6 +170,16 @@ def parse_config(text: str, path: str = "roost.toml") -> FleetConfig:
     for key in ("tracker_port", "feed_port"):
         if not 0 < getattr(cfg, key) < 65536:
             raise ConfigError(f"{key} out of range", path=path, line=_line_of(text, key, None))
+    for key in ("connect_timeout", "step_timeout"):
+        if not 0 < getattr(cfg.ssh, key) < math.inf:
+            raise ConfigError(
+                f"ssh.{key} must be a number of seconds above 0",
+                path=path,
+                line=_line_of(text, key, "ssh"),
+            )
+    problem = jump_problem(cfg.ssh.jump) if cfg.ssh.jump is not None else None
+    if problem:
+        raise ConfigError(f"ssh.jump: {problem}", path=path, line=_line_of(text, "jump", "ssh"))
     for key in ("remote_path", "temp_path"):
         if not str(getattr(cfg, key)).startswith("/"):
             raise ConfigError(

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import posixpath
 import resource
 import shlex
 import time
@@ -193,6 +194,13 @@ class Session:
         await self.run(f"mkdir -p {shlex.quote(remote_dir)}")
         async with self._conn.start_sftp_client() as sftp:
             await sftp.put([str(p) for p in local], remote_dir + "/", preserve=False)
+
+    async def put_as(self, local: Path, remote: str) -> None:
+        """Copy one local file to the path ``remote`` (its directory created
+        if missing, a file there replaced) over SFTP."""
+        await self.run(f"mkdir -p {shlex.quote(posixpath.dirname(remote) or '/')}")
+        async with self._conn.start_sftp_client() as sftp:
+            await sftp.put(str(local), remote, preserve=False)
 
     async def get(self, remote: str, local: Path) -> None:
         async with self._conn.start_sftp_client() as sftp:

@@ -16,6 +16,13 @@
 | (temp files)                              | ``roost fleet clean``                   |
 | full_deploy.yml / cap deploy              | ``roost deploy SRC -i INVENTORY``       |
 
+``roost fleet peer`` uploads the release's .torrent to every peer as
+``TEMP/torrents/TAG.torrent``, TAG being the torrent's own tag (the name it
+installs under, DEST/TAG), and runs the host's peer on that file: the
+torrent is read and checked here first, so a file that is not a torrent, or
+is another release than the one asked for, is refused before any host is
+reached.
+
 Every process started on a host is recorded by ``roost.fleet.remote`` in a
 pid file under the temp path; stopping reads that file only, and stopping
 what is not running reports "not running", never an error.
@@ -31,10 +38,11 @@ from typing import Any
 
 from roost import events
 from roost._parse import load_json
-from roost.errors import PeerProtocolError, RemoteError
+from roost.errors import PeerProtocolError, RemoteError, UsageError
 from roost.fleet.config import FleetConfig
 from roost.fleet.hosts import Host, Inventory
 from roost.fleet.ssh import Fleet, HostResult, Session
+from roost.metainfo import read_torrent_file, validate_tag
 from roost.peer.config import InstallOptions
 
 q = shlex.quote
@@ -327,6 +335,25 @@ class PeerOptions:
     feed: str | None = None
 
 
+def release_tag(torrent: Path, tag: str | None = None) -> str:
+    """The tag ``torrent`` installs under on the hosts, DEST/TAG: its x-roost
+    tag, or the name of a torrent made by another tool. Reads and checks
+    ``torrent`` here.
+
+    Raises ``ReleaseError`` if ``torrent`` is not valid metainfo,
+    ``UsageError`` if it cannot be read, its tag is not usable or it is not
+    release ``tag`` (when given).
+    """
+    meta = read_torrent_file(torrent)
+    own = meta.tag or meta.name
+    if tag is not None and own != tag:
+        raise UsageError(f"{torrent} is release {own!r}, not {tag!r}")
+    try:
+        return validate_tag(own)
+    except UsageError as exc:
+        raise UsageError(f"{torrent}: {exc}") from None
+
+
 async def peer(
     fleet: Fleet,
     cfg: FleetConfig,
@@ -335,14 +362,20 @@ async def peer(
     opts: PeerOptions,
     on_event: Callable[[str, events.Event], None],
 ) -> dict[str, HostResult[dict[str, Any]]]:
-    """Upload ``torrent`` and run ``roost peer --events json`` on every host at
-    once, passing each event to ``on_event(host, event)`` (Murder peer); a
-    host's result is its ``done`` event as a JSON object."""
+    """Upload ``torrent`` as ``TEMP/torrents/TAG.torrent`` and run ``roost
+    peer --events json`` on that file on every host at once, passing each
+    event to ``on_event(host, event)`` (Murder peer); a host's result is its
+    ``done`` event as a JSON object.
+
+    Raises what ``release_tag`` raises, before reaching any host, if
+    ``torrent`` is not release ``opts.tag``.
+    """
+    release_tag(torrent, opts.tag)
     r = Remote(cfg)
     remote_torrent = f"{r.torrents}/{opts.tag}.torrent"
 
     async def fn(s: Session) -> dict[str, Any]:
-        await s.put([torrent], r.torrents)
+        await s.put_as(torrent, remote_torrent)
         argv = [
             "peer",
             remote_torrent,
