@@ -10,9 +10,10 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -442,6 +443,116 @@ def test_client_survives_a_feed_that_is_not_there() -> None:
     assert client.counters.errors >= 1 and client.counters.pieces == 0
 
 
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections: bound, never listening
+    (so held: nothing else takes it meanwhile)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def _until(what: Callable[[], Any], timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (got := what()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+    return got
+
+
+def test_a_feed_refusing_connections_is_unreachable_after_a_while(refusing_port: int) -> None:
+    client = FeedClient(
+        f"http://127.0.0.1:{refusing_port}/",
+        "ab" * 20,
+        add_piece=lambda i, d: None,
+        orphans=list,
+        unreachable_after=30,
+    ).start()
+    try:
+        _until(lambda: client.counters.errors >= 2, 10)  # it keeps trying
+        assert client.unreachable() is None  # not for long enough yet
+        client.unreachable_after = 0.0
+        assert client.unreachable() == "connection refused"
+    finally:
+        client.stop()
+
+
+def test_a_feed_that_does_not_answer_is_unreachable() -> None:
+    with socket.socket() as silent:  # connections queue in its backlog, unanswered
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        client = FeedClient(
+            f"http://127.0.0.1:{silent.getsockname()[1]}/",
+            "ab" * 20,
+            add_piece=lambda i, d: None,
+            orphans=list,
+            timeout=0.3,
+            unreachable_after=0.0,
+        ).start()
+        try:
+            assert _until(client.unreachable, 10) == "no answer within 0.3s"
+        finally:
+            client.stop()
+
+
+def test_a_feed_without_this_torrent_is_unreachable_and_asked_again() -> None:
+    with FeedServer() as server:  # serves no torrent: every ask is a 404
+        client = FeedClient(
+            server.url(), "ab" * 20, add_piece=lambda i, d: None, orphans=list, unreachable_after=0
+        ).start()
+        try:
+            assert _until(client.unreachable, 10) == "it answered HTTP 404"
+            errors = client.counters.errors
+            _until(lambda: client.counters.errors > errors, 10)  # backing off, not given up
+        finally:
+            client.stop()
+
+
+def test_a_feed_that_comes_back_is_reachable_again(payload_file: Path) -> None:
+    source = _source(payload_file)
+    received: dict[int, bytes] = {}
+    idle = socket.socket()  # bound, not listening: refuses, until the feed starts
+    idle.bind(("127.0.0.1", 0))
+    port = idle.getsockname()[1]
+    client = FeedClient(
+        f"http://127.0.0.1:{port}/",
+        source.info_hash,
+        add_piece=received.__setitem__,
+        orphans=list,
+        unreachable_after=0.0,
+    ).start()
+    try:
+        assert _until(client.unreachable, 10) == "connection refused"
+        idle.close()
+        with FeedServer(port=port) as server:
+            server.add(source)
+            _until(lambda: len(received) == source.num_pieces, 30)  # its backoff: 5 s at most
+            assert client.unreachable() is None
+    finally:
+        idle.close()
+        client.stop()
+
+
+def test_a_feed_that_answers_is_never_unreachable(payload_file: Path) -> None:
+    source = _source(payload_file)
+    with FeedServer(rate_limit=256 * KIB) as server:  # ~0.7 s of answers
+        server.add(source)
+        client = FeedClient(
+            server.url(),
+            source.info_hash,
+            add_piece=lambda i, d: None,
+            orphans=list,
+            unreachable_after=0.0,
+        ).start()
+        try:
+            while not server.stats(source.info_hash).done:  # type: ignore[union-attr]
+                assert client.unreachable() is None
+                time.sleep(0.01)
+        finally:
+            client.stop()
+    assert client.counters.errors == 0
+
+
 @pytest.mark.parametrize("url", ["https://origin:1/", "ftp://x/", "not a url"])
 def test_client_refuses_a_feed_url_it_cannot_use(url: str) -> None:
     from roost.errors import UsageError
@@ -557,6 +668,34 @@ def test_peers_that_hold_every_piece_between_them_finish_without_the_seeder(
     assert _wait(peers, 90) == [0, 0, 0]
     for k in range(3):
         assert _tree_sha(tmp_path / f"d{k}" / "t1" / "art.bin") == _tree_sha(art)
+
+
+def test_a_peer_whose_feed_refuses_connections_finishes_from_the_seeder(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start, refusing_port: int
+) -> None:
+    """The origin serves a feed, so roost's tracker keeps its seeder from fed
+    peers; a peer given a feed URL where nothing listens says so once and
+    downloads from the seeder over BitTorrent instead of waiting for ever."""
+    art = random_file(tmp_path / "art.bin", 2 * 1024 * 1024, seed=9)
+    swarm = make_swarm(art, is_file=True, piece_size=32 * KIB, feed=True)
+    dead = f"http://127.0.0.1:{refusing_port}/"
+    cmd = _peer_cmd(swarm, tmp_path / "d", tmp_path / "t", "--linger", "0", "--timeout", "45")
+    cmd[cmd.index(swarm.feed_url)] = dead
+    started = time.monotonic()
+    proc = roost_procs(*cmd)
+    out, err = proc.communicate(timeout=60)
+    took = time.monotonic() - started
+    assert proc.returncode == 0, err.decode()
+    assert _tree_sha(tmp_path / "d" / "t1" / "art.bin") == _tree_sha(art)
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    warnings = [e for e in lines if e["event"] == "tracker_warning" and e["url"] == dead]
+    message = f"feed {dead} cannot be reached (connection refused): going on over BitTorrent alone"
+    assert [w["message"] for w in warnings] == [message]
+    assert err.decode().count("cannot be reached") == 1 and message in err.decode()
+    # from the seeder (libtorrent counts its uploads about once a second)
+    _until(lambda: swarm.seeder.snapshot().uploaded >= art.stat().st_size, 10)  # type: ignore[attr-defined]
+    assert swarm.feed_stats().dispatched == 0  # type: ignore[attr-defined]
+    assert took < 40  # a few seconds to judge the feed, then the download
 
 
 def test_a_feed_refuses_a_torrent_with_a_pad_inside_a_piece(tmp_path: Path) -> None:

@@ -460,6 +460,21 @@ class Engine:
         with _unless_gone():
             handle.force_reannounce()
 
+    def set_role(self, tid: TorrentId, role: str | None) -> None:
+        """Announce ``role=ROLE`` from now on (None: no role), at once: a fed
+        peer whose feed cannot be reached goes on as a plain peer, which
+        roost's tracker hands the origin's seeder too (roost.peer). Every
+        announce says the role afresh, so the tracker's view follows."""
+        handle = self._handle(tid)
+        with _libtorrent("cannot change the announce URLs", tid):
+            entries = []
+            for old in handle.trackers():
+                entry = lt.announce_entry(_with_role(str(old["url"]), role))
+                entry.tier = int(old["tier"])
+                entries.append(entry)
+            handle.replace_trackers(entries)
+            handle.force_reannounce()
+
     def set_upload_limit(self, tid: TorrentId, rate: int) -> None:
         handle = self._handle(tid)
         with _libtorrent("cannot set the upload limit", tid):
@@ -635,6 +650,16 @@ def _endpoint(alert: object) -> str:
     if isinstance(ip, tuple):
         return f"{ip[0]}:{ip[1]}"
     return str(ip)
+
+
+def _with_role(url: str, role: str | None) -> str:
+    """``url`` with its ``role=`` parameters replaced by ``role=ROLE`` (none
+    for None), its other parameters (a token) kept in their order."""
+    base, _, query = url.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith("role=")]
+    if role is not None:
+        params.append(f"role={role}")
+    return f"{base}?{'&'.join(params)}" if params else base
 
 
 def _resume_path(resume_dir: Path, tid: TorrentId) -> Path:

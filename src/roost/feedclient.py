@@ -2,6 +2,14 @@
 pulls the pieces the origin hands this peer and gives them to libtorrent,
 which relays them to the swarm.
 
+A feed that cannot be reached never stops a download: every failure
+(no connection, no answer within ``timeout``, an answer that is not the
+feed's) is counted and retried with backoff, and once requests have failed
+with none answered for ``unreachable_after`` seconds,
+:meth:`FeedClient.unreachable` says why, so that its peer can go on over
+BitTorrent alone (roost.peer: it stops announcing ``role=feed``, which
+keeps the origin's seeder from it).
+
 Also the feed's wire vocabulary, shared with the server: the path prefix,
 the ``X-Roost-Feed`` states and the ``got=``/``lack=`` piece ranges. A
 module of its own so that a peer, which starts by the hundred at once,
@@ -27,6 +35,8 @@ WAIT = "wait"
 DONE = "done"
 #: this peer was handed well over its share: others first, ask again soon
 LATER = "later"
+#: seconds between two attempts on a feed that fails, at most
+MAX_BACKOFF = 5.0
 
 
 @dataclass
@@ -59,7 +69,8 @@ class FeedClient:
     ``alone()`` (the engine's too) whether it has no swarm at all, so that
     its repairs need not wait for one. Errors talking to the feed are
     counted and retried with backoff, never raised: the swarm (and the
-    origin's seeder) may still deliver.
+    origin's seeder) may still deliver; :meth:`unreachable` says when the
+    feed has failed for ``unreachable_after`` seconds.
     """
 
     def __init__(
@@ -75,7 +86,8 @@ class FeedClient:
         connections: int = 1,
         depth: int = 2,
         repair_after: float = 3.0,
-        timeout: float = 30.0,
+        timeout: float = 10.0,
+        unreachable_after: float = 5.0,
         download_limit: int = 0,
         have: Sequence[int] = (),
     ):
@@ -84,7 +96,10 @@ class FeedClient:
         sends them, to anyone: the peers that hold them serve them.
         ``complete()``: the torrent's piece count once this peer holds every
         piece, else 0 (the engine's); a peer that stops pulling with every
-        piece says so, so that the feed sends its pieces to nobody else."""
+        piece says so, so that the feed sends its pieces to nobody else.
+        ``timeout``: a connection not made, or an answer whose next byte
+        does not come, within it is a failure (the feed answers every ask
+        at once, with a piece or a ``204``)."""
         parsed = parse_feed_url(url)
         assert parsed.hostname is not None
         self.host = parsed.hostname
@@ -101,7 +116,14 @@ class FeedClient:
         self.depth = depth
         self.repair_after = repair_after
         self.timeout = timeout
+        self.unreachable_after = unreachable_after
         self.counters = FeedCounters()
+        # Reachability: when the feed last answered (or the client started),
+        # whether its latest request failed (either thread's) and since when
+        # it has been failing (a timeout: since the silence began).
+        self._answered_at = time.monotonic()
+        self._failing = False
+        self._failing_since = 0.0
         self._throttle = (
             TokenBucket(download_limit, burst_seconds=0.125) if download_limit > 0 else None
         )
@@ -112,6 +134,7 @@ class FeedClient:
         self._have = _chunks(piece_ranges(sorted(have)), 4000)
 
     def start(self) -> FeedClient:
+        self._answered_at = time.monotonic()
         for k in range(self.connections):
             t = threading.Thread(target=self._pull, name=f"roost-feed-{k}", daemon=True)
             t.start()
@@ -123,7 +146,7 @@ class FeedClient:
 
     def stop(self) -> None:
         pieces = self.complete() if self.complete is not None and not self._done.is_set() else 0
-        if pieces:
+        if pieces and not self._failing:  # a feed that fails would only make the install wait
             self._confirm_all(pieces)
         self._stop.set()
         for t in self._threads:
@@ -132,10 +155,32 @@ class FeedClient:
     def _connect(self) -> _Pipe:
         return _Pipe(self.host, self.port, self.timeout)
 
+    def unreachable(self) -> str | None:
+        """Why this peer cannot count on the feed, or None: its requests
+        fail (no connection, no answer, not a feed for this torrent) and
+        none was answered for ``unreachable_after`` seconds (a request that
+        timed out counts its ``timeout`` of silence). The client goes on
+        trying; this answers None again once the feed answers."""
+        with self._lock:
+            if not self._failing or self._done.is_set():
+                return None
+            if time.monotonic() - self._failing_since < self.unreachable_after:
+                return None
+            return self.counters.last_error or "no answer"
+
+    def _answered(self) -> None:
+        with self._lock:
+            self._answered_at = time.monotonic()
+            self._failing = False
+
     def _failed(self, exc: BaseException) -> None:
+        silent = self.timeout if isinstance(exc, TimeoutError) else 0.0
         with self._lock:
             self.counters.errors += 1
-            self.counters.last_error = str(exc) or type(exc).__name__
+            self.counters.last_error = _reason(exc, self.timeout)
+            if not self._failing:  # a connection lost after a long wait is not a long failure
+                self._failing_since = max(self._answered_at, time.monotonic() - silent)
+            self._failing = True
 
     def _received(self, piece: int, data: bytes, *, repair: bool = False) -> None:
         if self._throttle is not None:
@@ -164,6 +209,8 @@ class FeedClient:
                     pipe.send(f"{self.base}/next{self._query(got)}")
                     got = []
                 status, headers, body = pipe.read()
+                if status not in (200, 204):  # not a feed for this torrent (404), or busy
+                    raise _NotTheFeed(f"it answered HTTP {status}")
                 backoff = 0.2
             except (OSError, ValueError) as exc:
                 self._failed(exc)
@@ -171,8 +218,9 @@ class FeedClient:
                     pipe.close()
                     pipe = None
                 self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
+                backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
+            self._answered()
             piece = headers.get("x-roost-piece", "")
             state = headers.get("x-roost-feed", "")
             if status == 200 and piece.isdigit():
@@ -186,9 +234,6 @@ class FeedClient:
                 self._done.set()
             elif status == 204:
                 self._stop.wait(0.2)
-            else:  # not a feed for this torrent (404), or broken: give up on it
-                self._failed(RuntimeError(f"feed answered HTTP {status}"))
-                self._done.set()
         if pipe is not None:
             if got:  # what we received since the last ask: or it is sent again
                 with contextlib.suppress(OSError, ValueError):
@@ -239,8 +284,9 @@ class FeedClient:
         pipelined ``depth`` deep, as the asks for the next piece are."""
         first_seen: dict[int, float] = {}
         pipe: _Pipe | None = None
+        backoff, retry_at = 0.5, 0.0
         while not self._stop.wait(0.5):
-            if not self._done.is_set():
+            if not self._done.is_set() or time.monotonic() < retry_at:
                 continue
             now = time.monotonic()
             orphans = set(self.orphans())
@@ -263,13 +309,33 @@ class FeedClient:
                     if pipe is not None:
                         pipe.close()
                         pipe = None
+                    retry_at = time.monotonic() + backoff
+                    backoff = min(backoff * 2, MAX_BACKOFF)
                     break
+                backoff = 0.5
                 piece = asked.popleft()
                 if status == 200:
+                    self._answered()
                     self._received(piece, body, repair=True)
                     first_seen.pop(piece, None)
+                else:
+                    self._failed(_NotTheFeed(f"it answered HTTP {status} for piece {piece}"))
         if pipe is not None:
             pipe.close()
+
+
+class _NotTheFeed(ValueError):
+    """An HTTP answer that is not the feed's (a 404: no feed for this
+    torrent there; a 503: the feed is full)."""
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    """What went wrong talking to the feed, in a few words."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]  # "connection refused"
+    return str(exc) or type(exc).__name__
 
 
 class _Pipe:

@@ -326,3 +326,15 @@ def test_the_server_serves_the_registry_it_is_given() -> None:
         assert registry.swarms[IH].num_seeders == 1 and registry.swarms[IH].tag == "v7"
     with pytest.raises(TrackerError, match="another tracker config"):
         TrackerServer(TrackerConfig(port=0, interval=9), registry=registry)
+
+
+def test_a_peers_role_is_what_its_last_announce_said() -> None:
+    # A fed peer is never handed the origin; once its feed is gone it
+    # announces without role=feed (roost.peer) and is handed it from then on.
+    with run_tracker_in_thread(TrackerConfig(port=0, interval=1, min_interval=0)) as t:
+        announce(t, 1, left=0, role="origin")
+        fed = announce(t, 2, role="feed")
+        assert 6001 not in compact_ports(fed)
+        again = announce(t, 2, event=None)
+        assert compact_ports(again) == [6001]
+        assert 6001 not in compact_ports(announce(t, 2, event=None, role="feed"))

@@ -1,11 +1,21 @@
 """One download in one engine (``Download``): the core of the worker, of
 ``--foreground`` and of the agent's shared engine (roost.peer). The engine
-(libtorrent) is imported here lazily, when a download starts."""
+(libtorrent) is imported here lazily, when a download starts.
+
+A fed download (``PeerConfig.feed``) announces ``role=feed``, so roost's
+tracker never hands it the origin's seeder: its pieces come from the feed
+and the swarm. Once the feed cannot be reached (``FeedClient.unreachable``)
+that would leave it with no source at all, so it says so once (a warning in
+the log, a ``tracker_warning`` event naming the feed's URL) and rejoins the
+swarm as a plain peer (``Engine.set_role``: its announces carry no role
+from then on), the origin's seeder included; the feed client keeps trying,
+and what the feed sends still counts."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import time
@@ -32,6 +42,8 @@ if TYPE_CHECKING:
     from roost.engine import Engine
     from roost.feedclient import FeedClient
     from roost.prefill import Prefill
+
+log = logging.getLogger(__name__)
 
 
 class _Download:
@@ -78,6 +90,8 @@ class _Download:
         #: Refused: close() deletes the torrent's data and the work directory.
         self.discard = False
         self.feed: FeedClient | None = None
+        #: the feed could not be reached: this peer announces as a plain one
+        self.feedless = False
         if config.feed and torrent_bytes is not None:
             self.feed = self._start_feed(config.feed)
 
@@ -120,6 +134,23 @@ class _Download:
     def _stop_feed(self) -> None:
         if self.feed is not None:
             self.feed.stop()
+
+    def _check_feed(self, emit: Emit) -> bool:
+        """Once the feed cannot be reached: say so, once, and announce
+        without ``role=feed`` (roost's tracker then hands this peer the
+        origin's seeder too). True when it did so just now."""
+        if self.feed is None or self.feedless:
+            return False
+        reason = self.feed.unreachable()
+        if reason is None:
+            return False
+        url = self.config.feed or ""
+        message = f"feed {url} cannot be reached ({reason}): going on over BitTorrent alone"
+        log.warning("%s", message)
+        emit(events.TrackerWarning(url=url, message=message))
+        self.engine.set_role(self.tid, None)
+        self.feedless = True
+        return True
 
     def _save_metadata(self) -> None:
         """Magnet: write the torrent (info dict from peers) where the front reads it."""
@@ -193,6 +224,9 @@ class _Download:
             if reason:
                 self._save_resume_quietly()
                 raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
+            if self._check_feed(emit):
+                stall = StallWatch(self.config.stall_timeout)  # a new swarm to judge
+                continue
             reason = self._cannot_finish(stall, now, status)
             if reason:
                 self._save_resume_quietly()

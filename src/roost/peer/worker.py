@@ -7,6 +7,7 @@ reading its events, its errors keeping their class across the pipe
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import queue
 import signal
@@ -37,6 +38,8 @@ from roost.peer.config import (
     worker_pid_file,
 )
 from roost.peer.download import _Download
+
+log = logging.getLogger(__name__)
 
 
 def run_worker(config: PeerConfig) -> int:
@@ -111,17 +114,17 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
     if threading.active_count() == 1 and hasattr(os, "fork"):
         proc = _ForkedWorker.start(config, wdir / "worker.log")
     else:  # forking a threaded process is unsafe: a fresh interpreter instead
-        log = open(wdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+        log_file = open(wdir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "roost.peer", "--worker", config.to_json()],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=log,
+                stderr=log_file,
                 start_new_session=True,
             )
         finally:
-            log.close()
+            log_file.close()
     assert proc.stdout is not None and proc.stdin is not None
     # The reader thread hands each line over; the main thread sleeps until a
     # line arrives (the worker writes about two a second), never polls.
@@ -160,6 +163,8 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                 failure = error_from_event(event, info_hash)
                 break
             elif event is not None:
+                if isinstance(event, events.TrackerWarning) and event.url == config.feed:
+                    log.warning("%s", event.message)  # the worker's own log is worker.log
                 relay(event)
                 if (reason := _timed_out(deadline, config)) is not None:
                     error = reason

@@ -456,8 +456,9 @@ class Registry:
             peer.events.append((now, a.event))
         if a.host is not None:
             peer.host = a.host
-        if a.role is not None:
-            peer.role = a.role
+        # Every announce of a roost peer says its role (a fed peer whose feed
+        # is gone drops it, and is handed the origin from then on).
+        peer.role = a.role
         # Labels a peer announced stick until it announces others; prefixes fill gaps.
         if a.dc is not None:
             peer.announced_dc = a.dc
