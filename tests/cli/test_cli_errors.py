@@ -68,3 +68,27 @@ def test_a_seeder_with_no_upload_slots_is_refused(tmp_path: Path) -> None:
     done = roost("seed", "t", "--payload", "b", "--upload-slots", "-5", cwd=tmp_path)
     assert done.returncode == 2
     assert done.stderr == "roost: error: --upload-slots must be at least 1, or -1 for all; got -5\n"
+
+
+@pytest.mark.parametrize(
+    ("murder", "roost_verb"),
+    [
+        ("start_tracker", "start-tracker"),
+        ("create_torrent", "create"),
+        ("clean_temp_files", "clean"),
+    ],
+)
+def test_murders_verb_names_are_the_fleets_verbs(murder: str, roost_verb: str) -> None:
+    from roost.cli import build_parser
+
+    parser = build_parser("fleet")
+    by_murder = parser.parse_args(["fleet", murder, "--hosts", "h1"])
+    by_roost = parser.parse_args(["fleet", roost_verb, "--hosts", "h1"])
+    assert vars(by_murder).keys() == vars(by_roost).keys()
+
+    def runs(args: object) -> list[object]:  # what the verb's handler closes over
+        handler = args.handler  # type: ignore[attr-defined]
+        return [cell.cell_contents for cell in handler.__closure__ or ()]
+
+    assert runs(by_murder) == runs(by_roost)
+    assert runs(by_roost) != runs(parser.parse_args(["fleet", "peer", "--hosts", "h1"]))

@@ -339,8 +339,24 @@ async def _v_clean(
     return await tasks.clean(fleet, inv, cfg)
 
 
+#: Murder's names for the verbs (``cap murder:start_tracker``...), taken too.
+MURDER_NAMES = {
+    "bootstrap": ["distribute_files"],
+    "start-tracker": ["start_tracker"],
+    "stop-tracker": ["stop_tracker"],
+    "create": ["create_torrent"],
+    "fetch-torrent": ["download_torrent"],
+    "start-seeding": ["start_seeding"],
+    "stop-seeding": ["stop_seeding"],
+    "stop-all-seeding": ["stop_all_seeding"],
+    "stop-all-peering": ["stop_all_peering"],
+    "clean": ["clean_temp_files"],
+}
+
+
 def _verb_parser(sub: Any, name: str, help: str, verb: Verb, hosts: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help)
+    aliases = MURDER_NAMES.get(name, []) if sub.dest == "fleet_command" else []
+    p = sub.add_parser(name, aliases=aliases, help=help, description=help)
     add_fleet_flags(p)
     p.add_argument("--json", action="store_true", help="print a JSON result per host")
     p.set_defaults(handler=lambda a: _run_verb(a, verb, hosts))
