@@ -37,7 +37,9 @@ def test_plan_waves(text: str, sizes: list[int]) -> None:
     assert [h for w in waves for h in w] == HOSTS
 
 
-@pytest.mark.parametrize("text", ["", "0", "1,,2", "150%", "-1", "1.5", "ten", "5%%"])
+@pytest.mark.parametrize(
+    "text", ["", "0", "1,,2", "150%", "-1", "1.5", "ten", "5%%", "50%,20%", "3,1,100%"]
+)
 def test_bad_waves(text: str) -> None:
     with pytest.raises(UsageError, match="--waves"):
         parse_waves(text)
@@ -125,7 +127,7 @@ def test_rollout_that_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     argv = ["rollout", "v2", "--dest", str(root), "--local", "4", "--waves", "1,50%,100%"]
     assert main([*argv, "--health", "test -x /bin/sh"]) == 0
     out = capsys.readouterr().out
-    assert "wave 1: 1 hosts switched, 0 failed" in out
+    assert "wave 1: 1 host, 0 failed" in out
     assert "host-4  wave 3  v1 -> v2  health ok" in out
     assert "rolled out v2 in 3 waves" in out
     assert all(activation.current(root / f"host-{i}") == "v2" for i in range(1, 5))

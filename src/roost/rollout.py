@@ -69,7 +69,14 @@ def parse_waves(text: str) -> tuple[tuple[float, bool], ...]:
             )
         if not m.group(2) and not m.group(1).isdigit():
             raise UsageError(f"bad wave {part.strip()!r} in --waves {text!r}: hosts are whole")
-        items.append((float(m.group(1)), bool(m.group(2))))
+        value, percent = float(m.group(1)), bool(m.group(2))
+        earlier = [v for v, p in items if p == percent]
+        if earlier and value < earlier[-1]:
+            raise UsageError(
+                f"bad wave {part.strip()!r} in --waves {text!r}: waves are cumulative, "
+                "none smaller than one before it"
+            )
+        items.append((value, percent))
     return tuple(items)
 
 

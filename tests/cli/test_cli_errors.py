@@ -92,3 +92,12 @@ def test_murders_verb_names_are_the_fleets_verbs(murder: str, roost_verb: str) -
 
     assert runs(by_murder) == runs(by_roost)
     assert runs(by_roost) != runs(parser.parse_args(["fleet", "peer", "--hosts", "h1"]))
+
+
+@pytest.mark.parametrize("value", ["150", "-5", "nan"])
+def test_max_fail_percent_is_a_percentage(value: str, tmp_path: Path) -> None:
+    done = roost(
+        "rollout", "v1", "--local", "1", "--dest", "d", "--max-fail-percent", value, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "argument --max-fail-percent: a percentage is 0 to 100" in done.stderr

@@ -49,7 +49,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
     g.add_argument("-f", "--forks", type=int, help="hosts worked on at once (default 100)")
     g.add_argument(
         "--max-fail-percent",
-        type=float,
+        type=percent,
         help="abort the remaining steps when more hosts than this have failed",
     )
     g.add_argument("--user", help="SSH user when the inventory names none")
@@ -104,6 +104,17 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def percent(text: str) -> float:
+    """An argparse type: a percentage, 0 to 100."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:  # NaN too
+        raise argparse.ArgumentTypeError(f"a percentage is 0 to 100, got {text}")
+    return value
 
 
 def positive_seconds(text: str) -> float:

@@ -282,7 +282,8 @@ def rollout_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _say_wave(number: int, wave: list[str], failed: int) -> None:
-    print(f"wave {number}: {len(wave)} hosts switched, {failed} failed", flush=True)
+    hosts = "1 host" if len(wave) == 1 else f"{len(wave)} hosts"
+    print(f"wave {number}: {hosts}, {failed} failed", flush=True)
 
 
 def print_rollout(result: Any, as_json: bool) -> int:
