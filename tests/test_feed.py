@@ -690,7 +690,7 @@ def test_a_peer_whose_feed_refuses_connections_finishes_from_the_seeder(
     lines = [json.loads(line) for line in out.decode().splitlines()]
     warnings = [e for e in lines if e["event"] == "tracker_warning" and e["url"] == dead]
     message = f"feed {dead} cannot be reached (connection refused): going on over BitTorrent alone"
-    assert [w["message"] for w in warnings] == [message]
+    assert [(w["message"], w["source"]) for w in warnings] == [(message, "feed")]
     assert err.decode().count("cannot be reached") == 1 and message in err.decode()
     # from the seeder (libtorrent counts its uploads about once a second)
     _until(lambda: swarm.seeder.snapshot().uploaded >= art.stat().st_size, 10)  # type: ignore[attr-defined]

@@ -346,3 +346,15 @@ def test_python_m_roost_deploy_help_lists_local_and_inventory() -> None:
         [sys.executable, "-m", "roost", "deploy", "--help"], capture_output=True, check=True
     ).stdout.decode()
     assert "--local" in out and "--inventory" in out and "--json" in out
+
+
+def test_a_feed_that_cannot_be_reached_is_not_called_the_tracker() -> None:
+    fleet = FleetProgress(["a"], total_size=1000, now=0.0)
+    fleet.apply("a", _progress(0.0), 1.0)
+    message = "feed http://o:8997/ cannot be reached (connection refused): going on over BitTorrent"
+    fleet.apply("a", events.TrackerWarning(url="http://o:8997/", message=message, source="feed"), 2)
+    assert message in render_live(fleet, 2.0)[1]
+    assert "tracker:" not in render_live(fleet, 2.0)[1]
+    assert events.load(events.dump(events.TrackerWarning(url="u", message="m"))) == (
+        events.TrackerWarning(url="u", message="m", source="tracker")
+    )

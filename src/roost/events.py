@@ -101,6 +101,8 @@ class TrackerWarning(_Event):
     name: ClassVar[str] = "tracker_warning"
     url: str
     message: str
+    #: whose warning: "tracker", or "feed" (the origin's feed cannot be reached)
+    source: str = "tracker"
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,9 @@ class FleetProgress:
         elif isinstance(event, events.Reused):
             h.reused = event.bytes
         elif isinstance(event, events.TrackerWarning):
-            h.warning = f"tracker: {event.message or 'no reason given'}"
+            # A feed's warning names the feed itself.
+            why = event.message or "no reason given"
+            h.warning = why if event.source == "feed" else f"tracker: {why}"
         elif isinstance(event, events.Complete):
             h.state, h.progress, h.rate_down, h.downloaded = INSTALLING, 1.0, 0, now
         elif isinstance(event, events.Installed):

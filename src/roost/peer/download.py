@@ -147,7 +147,7 @@ class _Download:
         url = self.config.feed or ""
         message = f"feed {url} cannot be reached ({reason}): going on over BitTorrent alone"
         log.warning("%s", message)
-        emit(events.TrackerWarning(url=url, message=message))
+        emit(events.TrackerWarning(url=url, message=message, source="feed"))
         self.engine.set_role(self.tid, None)
         self.feedless = True
         return True

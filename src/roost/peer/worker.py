@@ -163,7 +163,7 @@ def _run_detached(config: PeerConfig, info_hash: str, relay: Emit, deadline: flo
                 failure = error_from_event(event, info_hash)
                 break
             elif event is not None:
-                if isinstance(event, events.TrackerWarning) and event.url == config.feed:
+                if isinstance(event, events.TrackerWarning) and event.source == "feed":
                     log.warning("%s", event.message)  # the worker's own log is worker.log
                 relay(event)
                 if (reason := _timed_out(deadline, config)) is not None:
