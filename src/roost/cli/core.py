@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import socket
 import sys
 import threading
 import time
@@ -165,7 +166,11 @@ def _seed(args: argparse.Namespace) -> int:
     if args.super_seed:
         mode = " (super-seeding)" if seeder.super_seeding else " (one piece: not super-seeding)"
     if seeder.feed is not None:
-        mode += f", feed at {seeder.feed_url(args.announce_ip)}"
+        # Bound to every address: name the feed by this host's name, which
+        # peers can use, not by 0.0.0.0, which they cannot.
+        bind = args.feed_bind or args.listen
+        host = args.announce_ip or (socket.gethostname() if bind in ("0.0.0.0", "::") else None)
+        mode += f", feed at {seeder.feed_url(host)}"
     print(
         f"seeding {meta.tag or meta.name} ({seeder.info_hash}) on port {seeder.port}{mode}",
         flush=True,
