@@ -172,6 +172,20 @@ def test_bad_inventories_name_file_and_line(name: str, text: str, where: str, wh
     assert "\n" not in message
 
 
+def test_an_inventory_directory_is_the_inventory_file_in_it(tmp_path: Path) -> None:
+    # Ansible's layout, inventories/production/{hosts,group_vars/}: -i DIR
+    (tmp_path / "hosts").write_text(LSSD_PRODUCTION)
+    (tmp_path / "hosts~").write_text("an editor's backup\n")
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars" / "all").write_text(LSSD_GROUP_VARS)
+    inv = load_inventory(tmp_path)
+    assert [h.address for h in inv.peers] == ["10.1.1.1", "10.1.1.2", "10.1.1.3"]
+    assert inv.get("tag") == "Deploy1"
+    (tmp_path / "staging").write_text("10.9.9.9\n")
+    with pytest.raises(ConfigError, match="exactly one inventory file, it holds hosts, staging"):
+        load_inventory(tmp_path)
+
+
 def test_bad_group_vars_file_named(tmp_path: Path) -> None:
     (tmp_path / "hosts").write_text("a\n")
     (tmp_path / "group_vars").mkdir()

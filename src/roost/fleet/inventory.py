@@ -106,9 +106,18 @@ def parse_inventory(
     )
 
 
+#: Names in an inventory directory that Ansible does not read as inventories.
+_NOT_INVENTORIES = ("group_vars", "host_vars")
+_SKIPPED_SUFFIXES = ("~", ".orig", ".bak", ".ini~", ".retry", ".pyc", ".cfg", ".md")
+
+
 def load_inventory(path: Path | str) -> Inventory:
-    """Read an inventory file plus ``group_vars``/``host_vars`` beside it."""
+    """Read an inventory file plus ``group_vars``/``host_vars`` beside it; a
+    directory (Ansible's ``inventories/production/``) is the one inventory
+    file in it, with its ``group_vars``/``host_vars``."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        p = _the_inventory_in(p)
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -119,6 +128,28 @@ def load_inventory(path: Path | str) -> Inventory:
         group_vars=_vars_dir(p.parent / "group_vars"),
         host_vars=_vars_dir(p.parent / "host_vars"),
     )
+
+
+def _the_inventory_in(directory: Path) -> Path:
+    try:
+        found = sorted(
+            e
+            for e in directory.iterdir()
+            if e.is_file()
+            and not e.name.startswith(".")
+            and e.name not in _NOT_INVENTORIES
+            and not e.name.endswith(_SKIPPED_SUFFIXES)
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot read inventory: {exc.strerror}", path=str(directory)) from None
+    if len(found) != 1:
+        names = ", ".join(e.name for e in found) or "no file"
+        raise ConfigError(
+            f"an inventory directory needs exactly one inventory file, it holds {names}: "
+            "give the file",
+            path=str(directory),
+        )
+    return found[0]
 
 
 def hosts_from_strings(specs: Iterable[str]) -> Inventory:
