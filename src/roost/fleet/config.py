@@ -199,7 +199,8 @@ def load_config(path: Path | str | None = None) -> FleetConfig:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", path=str(p)) from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"cannot read: {why}", path=str(p)) from None
     return parse_config(text, str(p))
 
 

@@ -121,7 +121,8 @@ def load_inventory(path: Path | str) -> Inventory:
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read inventory: {exc}", path=str(p)) from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"cannot read inventory: {why}", path=str(p)) from None
     return parse_inventory(
         text,
         str(p),
