@@ -195,6 +195,13 @@ def test_peer_installs_the_torrent_it_was_given(
             torrents = h.path("/tmp/roost/torrents")
             assert (torrents / "Deploy2.torrent").read_bytes() == given.read_bytes(), h.name
             assert not (torrents / "build.torrent").exists(), h.name
+        # Again, as people read it: one line a host, no event JSON.
+        again = ("fleet", "peer", *base, "--torrent", str(given), "--linger", "0")
+        rc, _, err = _roost(*again, cwd=Path("/"), env=f.env())
+        assert rc == 0, err
+        lines = sorted(line for line in err.splitlines() if "installed" in line)
+        assert len(lines) == len(f.hosts) and "{" not in err, err
+        assert all(ln.endswith("/opt/app/Deploy2 (already installed)") for ln in lines), err
     finally:
         for verb in ("stop-all-seeding", "stop-all-peering", "stop-tracker"):
             _roost("fleet", verb, *base, env=f.env(), cwd=Path("/"))

@@ -317,8 +317,13 @@ async def _v_peer(
     from roost import events
 
     def on_event(host: str, event: events.Event) -> None:
-        if isinstance(event, events.Installed | events.Failed | events.Done) and not args.json:
-            print(f"{host}: {events.dump(event)}", file=sys.stderr)
+        if args.json:
+            return
+        if isinstance(event, events.Installed):
+            already = " (already installed)" if event.already else ""
+            print(f"{host}: installed {event.path}{already}", file=sys.stderr)
+        elif isinstance(event, events.Failed):
+            print(f"{host}: failed: {event.error}", file=sys.stderr)
 
     return await tasks.peer(fleet, cfg, list(inv.peers), torrent, opts, on_event)
 
