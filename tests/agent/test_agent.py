@@ -797,6 +797,11 @@ def test_publish_waves_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main([*base, str(src), "--tag", "v3", "--waves", "50%,100%"]) == 0
     assert main([*base, "--halt"]) == 0
     assert "rollout halted; current is v2" in capsys.readouterr().out
+    # A rollback is at once: waves given with it would be ignored, so they are refused.
+    assert main([*base, "--rollback-to", "v1", "--waves", "10%,100%"]) == 2
+    assert "--rollback-to takes no SRC, --tag or --waves" in capsys.readouterr().err
+    assert main([*base, "--next-wave", "--halt"]) == 2
+    assert "give one of them" in capsys.readouterr().err
 
 
 def test_a_channel_server_names_a_directory_that_is_a_file(tmp_path: Path) -> None:

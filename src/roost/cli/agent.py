@@ -276,8 +276,11 @@ def _publish(args: argparse.Namespace) -> int:
     from roost.channel import halt_rollout, next_wave, publish, set_current
 
     if args.next_wave or args.halt:
-        if args.source or args.tag or args.rollback_to or (args.next_wave and args.halt):
-            raise UsageError("--next-wave and --halt take no SRC, --tag or --rollback-to")
+        if args.next_wave and args.halt:
+            raise UsageError("--next-wave and --halt: give one of them")
+        if args.source or args.tag or args.rollback_to or args.waves:
+            flag = "--halt" if args.halt else "--next-wave"
+            raise UsageError(f"{flag} takes no SRC, --tag, --rollback-to or --waves")
         if args.halt:
             channel = halt_rollout(args.channel_dir)
             print(f"channel {channel.name}: rollout halted; current is {channel.current}")
@@ -294,8 +297,9 @@ def _publish(args: argparse.Namespace) -> int:
         return 0
     waves = _channel_waves(args.waves) if args.waves else ()
     if args.rollback_to:
-        if args.source or args.tag:
-            raise UsageError("--rollback-to takes no SRC or --tag")
+        if args.source or args.tag or args.waves:
+            # A rollback is at once, on every agent: no waves (their release is installed).
+            raise UsageError("--rollback-to takes no SRC, --tag or --waves")
         channel = set_current(args.channel_dir, args.rollback_to)
         print(f"channel {channel.name}: current is now {channel.current}")
         return 0
