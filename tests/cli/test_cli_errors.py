@@ -40,6 +40,8 @@ def roost(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["rollout", "v1", "--dest", "d", "--health-timeout", "-1"], "--health-timeout"),
         (["seed", "t", "--payload", "b", "--tracker-url", "x"], "bad tracker URL 'x'"),
         (["peer", "t", "--dest", "d", "--tracker-url", "ftp://t/"], "bad tracker URL"),
+        (["deploy", "b", "--tag", "x", "--local", "1", "--tracker-port", "70000"], "port 70000"),
+        (["deploy", "b", "--tag", "x", "--forks", "0"], "argument -f/--forks: must be at least 1"),
     ],
 )
 def test_a_bad_argument_is_one_line_naming_it(argv: list[str], says: str, tmp_path: Path) -> None:

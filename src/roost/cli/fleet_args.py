@@ -46,7 +46,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
         help="hosts instead of an inventory (first is tracker and seeder)",
     )
     g.add_argument("--config", type=Path, help="roost.toml (default ./roost.toml if present)")
-    g.add_argument("-f", "--forks", type=int, help="hosts worked on at once (default 100)")
+    g.add_argument("-f", "--forks", type=at_least(1), help="hosts worked on at once (default 100)")
     g.add_argument(
         "--max-fail-percent",
         type=percent,
@@ -74,7 +74,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
     )
     g.add_argument("--remote-path", help="install path on hosts (default /opt/roost)")
     g.add_argument("--remote-temp-path", help="temp path on hosts (default /tmp/roost)")
-    g.add_argument("--tracker-port", type=int, help="tracker port (default 8998)")
+    g.add_argument("--tracker-port", type=tcp_port, help="tracker port (default 8998)")
     g.add_argument("--wheel-cache", help="controller's wheel cache (default ~/.cache/roost/wheels)")
     g.add_argument(
         "--bootstrap-direct",
@@ -104,6 +104,14 @@ def at_least(low: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def tcp_port(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    value = at_least(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"port {value} out of range (1-65535)")
+    return value
 
 
 def percent(text: str) -> float:
