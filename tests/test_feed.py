@@ -5,6 +5,7 @@ killed half-way."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -460,52 +461,46 @@ def _until(what: Callable[[], Any], timeout: float) -> Any:
     return got
 
 
-def test_a_feed_refusing_connections_is_unreachable_after_a_while(refusing_port: int) -> None:
+@contextlib.contextmanager
+def _pulling(
+    url: str,
+    info_hash: str = "ab" * 20,
+    add_piece: Callable[[int, bytes], None] | None = None,
+    **options: Any,
+) -> Iterator[FeedClient]:
+    """A started ``FeedClient`` of ``url``, stopped after."""
     client = FeedClient(
-        f"http://127.0.0.1:{refusing_port}/",
-        "ab" * 20,
-        add_piece=lambda i, d: None,
-        orphans=list,
-        unreachable_after=30,
+        url, info_hash, add_piece=add_piece or (lambda i, d: None), orphans=list, **options
     ).start()
     try:
+        yield client
+    finally:
+        client.stop()
+
+
+def test_a_feed_refusing_connections_is_unreachable_after_a_while(refusing_port: int) -> None:
+    with _pulling(f"http://127.0.0.1:{refusing_port}/", unreachable_after=30) as client:
         _until(lambda: client.counters.errors >= 2, 10)  # it keeps trying
         assert client.unreachable() is None  # not for long enough yet
         client.unreachable_after = 0.0
         assert client.unreachable() == "connection refused"
-    finally:
-        client.stop()
 
 
 def test_a_feed_that_does_not_answer_is_unreachable() -> None:
     with socket.socket() as silent:  # connections queue in its backlog, unanswered
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        client = FeedClient(
-            f"http://127.0.0.1:{silent.getsockname()[1]}/",
-            "ab" * 20,
-            add_piece=lambda i, d: None,
-            orphans=list,
-            timeout=0.3,
-            unreachable_after=0.0,
-        ).start()
-        try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/"
+        with _pulling(url, timeout=0.3, unreachable_after=0.0) as client:
             assert _until(client.unreachable, 10) == "no answer within 0.3s"
-        finally:
-            client.stop()
 
 
 def test_a_feed_without_this_torrent_is_unreachable_and_asked_again() -> None:
-    with FeedServer() as server:  # serves no torrent: every ask is a 404
-        client = FeedClient(
-            server.url(), "ab" * 20, add_piece=lambda i, d: None, orphans=list, unreachable_after=0
-        ).start()
-        try:
-            assert _until(client.unreachable, 10) == "it answered HTTP 404"
-            errors = client.counters.errors
-            _until(lambda: client.counters.errors > errors, 10)  # backing off, not given up
-        finally:
-            client.stop()
+    with FeedServer() as server, _pulling(server.url(), unreachable_after=0) as client:
+        # it serves no torrent: every ask is a 404
+        assert _until(client.unreachable, 10) == "it answered HTTP 404"
+        errors = client.counters.errors
+        _until(lambda: client.counters.errors > errors, 10)  # backing off, not given up
 
 
 def test_a_feed_that_comes_back_is_reachable_again(payload_file: Path) -> None:
@@ -514,42 +509,27 @@ def test_a_feed_that_comes_back_is_reachable_again(payload_file: Path) -> None:
     idle = socket.socket()  # bound, not listening: refuses, until the feed starts
     idle.bind(("127.0.0.1", 0))
     port = idle.getsockname()[1]
-    client = FeedClient(
-        f"http://127.0.0.1:{port}/",
-        source.info_hash,
-        add_piece=received.__setitem__,
-        orphans=list,
-        unreachable_after=0.0,
-    ).start()
     try:
-        assert _until(client.unreachable, 10) == "connection refused"
-        idle.close()
-        with FeedServer(port=port) as server:
-            server.add(source)
-            _until(lambda: len(received) == source.num_pieces, 30)  # its backoff: 5 s at most
-            assert client.unreachable() is None
+        url = f"http://127.0.0.1:{port}/"
+        with _pulling(url, source.info_hash, received.__setitem__, unreachable_after=0.0) as c:
+            assert _until(c.unreachable, 10) == "connection refused"
+            idle.close()
+            with FeedServer(port=port) as server:
+                server.add(source)
+                _until(lambda: len(received) == source.num_pieces, 30)  # its backoff: 5 s at most
+                assert c.unreachable() is None
     finally:
         idle.close()
-        client.stop()
 
 
 def test_a_feed_that_answers_is_never_unreachable(payload_file: Path) -> None:
     source = _source(payload_file)
     with FeedServer(rate_limit=256 * KIB) as server:  # ~0.7 s of answers
         server.add(source)
-        client = FeedClient(
-            server.url(),
-            source.info_hash,
-            add_piece=lambda i, d: None,
-            orphans=list,
-            unreachable_after=0.0,
-        ).start()
-        try:
+        with _pulling(server.url(), source.info_hash, unreachable_after=0.0) as client:
             while not server.stats(source.info_hash).done:  # type: ignore[union-attr]
                 assert client.unreachable() is None
                 time.sleep(0.01)
-        finally:
-            client.stop()
     assert client.counters.errors == 0
 
 

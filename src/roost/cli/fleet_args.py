@@ -114,24 +114,23 @@ def tcp_port(text: str) -> int:
     return value
 
 
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
 def percent(text: str) -> float:
     """An argparse type: a percentage, 0 to 100."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 100:  # NaN too
+    if not 0 <= (value := _number(text, "a number")) <= 100:  # NaN too
         raise argparse.ArgumentTypeError(f"a percentage is 0 to 100, got {text}")
     return value
 
 
 def positive_seconds(text: str) -> float:
     """An argparse type: a number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value < math.inf:
+    if not 0 < (value := _number(text, "a number of seconds")) < math.inf:
         raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
     return value
 
