@@ -103,3 +103,19 @@ def test_max_fail_percent_is_a_percentage(value: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "argument --max-fail-percent: a percentage is 0 to 100" in done.stderr
+
+
+def test_a_reader_that_leaves_early_ends_roost_quietly(tmp_path: Path) -> None:
+    # `roost releases ... | head -1`: no BrokenPipeError traceback.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "roost", "releases", "--dest", str(tmp_path), "--local", "5000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith("host-1 ")
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == ""
+    proc.stderr.close()

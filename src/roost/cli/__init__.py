@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
@@ -141,3 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("roost: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        return 141  # 128 + SIGPIPE, as a shell reports a reader that left
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout's reader went away (``roost releases | head``; a pipe
+    whose other end is closed polls as an error): then stdout is pointed at
+    /dev/null, so that the exit's flush stays quiet."""
+    import select
+
+    poll = select.poll()
+    poll.register(1, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poll.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    return True
