@@ -214,6 +214,21 @@ def test_install_switch_and_rollback_without_download(
     assert status.returncode == 0
     assert "current    v1  (current -> releases/v1)" in status.stdout
     assert "previous   v2" in status.stdout
+    assert "agent      not running" in status.stdout  # --once has ended
+    assert "seeding " not in status.stdout
+
+
+def test_status_says_whether_an_agent_holds_the_destination(tmp_path: Path) -> None:
+    from roost.agent.state import LOCK_FILE, lock_destination, running_agent
+
+    lock = tmp_path / LOCK_FILE
+    assert running_agent(lock) is None  # none ever ran
+    held = lock_destination(lock)
+    try:
+        assert running_agent(lock) == os.getpid()
+    finally:
+        held.close()
+    assert running_agent(lock) is None  # it stopped; its file stays
 
 
 def test_an_agent_takes_its_pieces_from_the_channels_feed(

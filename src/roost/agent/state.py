@@ -134,4 +134,21 @@ def read_status(dest: Path) -> dict[str, Any]:
     doc = dict(AgentState.load(dest).__dict__)
     link = dest / CURRENT
     doc["link"] = os.readlink(link) if link.is_symlink() else None
+    doc["running"] = running_agent(dest / LOCK_FILE)
     return doc
+
+
+def running_agent(path: Path) -> int | None:
+    """The pid of the agent holding ``path`` (:func:`lock_destination`), or
+    None if no agent holds it now."""
+    try:
+        f = open(path)  # noqa: SIM115 - closed below, the probe's lock with it
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else 0
+        return None

@@ -175,6 +175,8 @@ def _status(args: argparse.Namespace) -> int:
     def when(ts: float | None) -> str:
         return "never" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
+    pid = doc.get("running")
+    print(f"agent      {'not running' if pid is None else f'running (pid {pid})'}")
     print(f"channel    {doc.get('channel')}")
     print(f"current    {doc.get('current') or 'none'}  (current -> {doc.get('link')})")
     print(f"previous   {doc.get('previous') or 'none'}")
@@ -182,7 +184,10 @@ def _status(args: argparse.Namespace) -> int:
     print(f"installed  {installed}")
     for seed in doc.get("seeding") or []:
         up, peers = seed.get("uploaded", 0), seed.get("peers", 0)
-        print(f"seeding    {seed['tag']}: {up} bytes up, {peers} peers")
+        if pid is None:  # what it seeded when it last ran
+            print(f"seeded     {seed['tag']}: {up} bytes up, {peers} peers (when it last ran)")
+        else:
+            print(f"seeding    {seed['tag']}: {up} bytes up, {peers} peers")
     if doc.get("rejected"):
         print(f"rejected   {doc['rejected'].get('tag')}: {doc['rejected'].get('error')}")
     print(f"last poll  {when(doc.get('last_poll'))}, last success {when(doc.get('last_ok'))}")
