@@ -469,7 +469,7 @@ class Engine:
         with _libtorrent("cannot change the announce URLs", tid):
             entries = []
             for old in handle.trackers():
-                entry = lt.announce_entry(_with_role(str(old["url"]), role))
+                entry = lt.announce_entry(with_query_param(str(old["url"]), "role", role))
                 entry.tier = int(old["tier"])
                 entries.append(entry)
             handle.replace_trackers(entries)
@@ -650,16 +650,6 @@ def _endpoint(alert: object) -> str:
     if isinstance(ip, tuple):
         return f"{ip[0]}:{ip[1]}"
     return str(ip)
-
-
-def _with_role(url: str, role: str | None) -> str:
-    """``url`` with its ``role=`` parameters replaced by ``role=ROLE`` (none
-    for None), its other parameters (a token) kept in their order."""
-    base, _, query = url.partition("?")
-    params = [p for p in query.split("&") if p and not p.startswith("role=")]
-    if role is not None:
-        params.append(f"role={role}")
-    return f"{base}?{'&'.join(params)}" if params else base
 
 
 def _resume_path(resume_dir: Path, tid: TorrentId) -> Path:

@@ -259,10 +259,14 @@ def announce_unreachable(local_address: str, tracker_url: str) -> bool:
     return local.is_loopback and not remote_is_loopback
 
 
-def with_query_param(url: str, key: str, value: str) -> str:
-    """``url`` with ``key=value`` added to its query (pure)."""
-    sep = "&" if "?" in url else "?"
-    return f"{url}{sep}{key}={value}"
+def with_query_param(url: str, key: str, value: str | None) -> str:
+    """``url`` with its ``key=`` parameters replaced by ``key=value`` (none
+    for None), the others (a token) kept in their order (pure)."""
+    base, _, query = url.partition("?")
+    params = [p for p in query.split("&") if p and not p.startswith(f"{key}=")]
+    if value is not None:
+        params.append(f"{key}={value}")
+    return f"{base}?{'&'.join(params)}" if params else base
 
 
 #: Peers the origin uploads to at once (-1: all). Few slots make the origin

@@ -149,8 +149,9 @@ class HostRunner(Protocol):
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult: ...
 
-    async def switch_back(self, host: str, tag: str) -> activation.Switch:
-        """Send ``host`` back to ``tag``, the release it had before this rollout."""
+    async def switch_back(self, host: str, tag: str, reject: str) -> activation.Switch:
+        """Send ``host`` back to ``tag``, the release it had before this
+        rollout, undoing the activation of ``reject``, the rollout's."""
 
 
 async def run_rollout(
@@ -180,7 +181,7 @@ async def run_rollout(
             break
     if result.halted_at is not None and rollback_on_fail:
         switched = [h for h in result.hosts.values() if h.activated]
-        await asyncio.gather(*(_back(runner, h) for h in switched))
+        await asyncio.gather(*(_back(runner, h, tag) for h in switched))
     result.seconds = time.monotonic() - started
     return result
 
@@ -199,12 +200,12 @@ async def _one(runner: HostRunner, h: HostRollout, tag: str, health: str | None)
         h.health = "ok" if checked.ok else checked.reason
 
 
-async def _back(runner: HostRunner, h: HostRollout) -> None:
+async def _back(runner: HostRunner, h: HostRollout, tag: str) -> None:
     if not h.previous:
         h.error = (h.error + "; " if h.error else "") + "no previous release to roll back to"
         return
     try:
-        await runner.switch_back(h.host, h.previous)
+        await runner.switch_back(h.host, h.previous, tag)
         h.rolled_back = True
     except RoostError as exc:
         h.error = (h.error + "; " if h.error else "") + f"rollback: {exc}"
@@ -241,9 +242,7 @@ async def run_check(
 
 class LocalRunner:
     """Destinations on this machine (a local fleet): host NAME is ``dests[NAME]``.
-    With ``keep``, each activation prunes to that many releases. One runner
-    per rollout: it remembers what it switched each host to, which
-    :meth:`switch_back` rejects."""
+    With ``keep``, each activation prunes to that many releases."""
 
     def __init__(
         self,
@@ -255,13 +254,9 @@ class LocalRunner:
         self.dests = dests
         self.timeout = timeout
         self.keep = keep
-        self._switched: dict[str, str] = {}  # host -> the tag this runner switched it to
 
     async def activate(self, host: str, tag: str) -> activation.Switch:
-        switch = await asyncio.to_thread(activation.activate, self.dests[host], tag, keep=self.keep)
-        if switch.changed:
-            self._switched[host] = tag
-        return switch
+        return await asyncio.to_thread(activation.activate, self.dests[host], tag, keep=self.keep)
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult:
         path = self.dests[host] / activation.RELEASES / env["ROOST_TAG"]
@@ -269,6 +264,5 @@ class LocalRunner:
             command, env={**env, "ROOST_PATH": str(path)}, cwd=path, timeout=self.timeout
         )
 
-    async def switch_back(self, host: str, tag: str) -> activation.Switch:
-        rejected = self._switched.pop(host, None)
-        return await asyncio.to_thread(activation.rollback, self.dests[host], tag, reject=rejected)
+    async def switch_back(self, host: str, tag: str, reject: str) -> activation.Switch:
+        return await asyncio.to_thread(activation.rollback, self.dests[host], tag, reject=reject)

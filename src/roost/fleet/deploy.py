@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roost import deploy, events, ledger, procs
+from roost import deploy, ledger, procs
 from roost.deploy import OnUpdate
 from roost.errors import DeployStopped, FleetAborted, RemoteError, RoostError
 from roost.fleet import tasks
@@ -145,7 +145,6 @@ class SSHRunner:
         self.hosts = [h.name for h in inv.peers]
         self.seed_from = "seeder" if plan.seeder_path is not None else plan.seed_from
         self.fleet = Fleet(inv.remote_hosts, plan.ssh)
-        self._already: set[str] = set()
         self._seed_proc: subprocess.Popen[bytes] | None = None
         self._records: ledger.Ledger | None = None
         self._work: Path | None = None
@@ -247,11 +246,6 @@ class SSHRunner:
     async def run_peers(
         self, release: deploy.ReleaseInfo, feed: str | None, report: deploy.Report
     ) -> None:
-        def on_event(host: str, event: events.Event) -> None:
-            if isinstance(event, events.Installed) and event.already:
-                self._already.add(host)
-            report.event(host, event)
-
         plan = self.plan
         try:
             await tasks.peer(
@@ -260,7 +254,7 @@ class SSHRunner:
                 [h for h in plan.inventory.peers if h.name not in self.fleet.failures],
                 release.torrent,
                 dataclasses.replace(plan.peer, feed=feed),
-                on_event,
+                report.event,
             )
         except FleetAborted as exc:
             raise DeployStopped("aborted", f"not run: {exc}", aborted=str(exc)) from exc
@@ -299,7 +293,6 @@ class SSHRunner:
         addresses = {h.name: h.address for h in self.plan.inventory.remote_hosts}
         for h in summary.hosts:
             h.address = addresses.get(h.name)
-            h.already_installed = h.name in self._already
         summary.tag = self.plan.tag
         summary.tracker = self.plan.inventory.tracker.name
         summary.seed_from = self.seed_from

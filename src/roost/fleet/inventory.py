@@ -108,7 +108,7 @@ def parse_inventory(
 
 #: Names in an inventory directory that Ansible does not read as inventories.
 _NOT_INVENTORIES = ("group_vars", "host_vars")
-_SKIPPED_SUFFIXES = ("~", ".orig", ".bak", ".ini~", ".retry", ".pyc", ".cfg", ".md")
+_SKIPPED_SUFFIXES = ("~", ".orig", ".bak", ".retry", ".pyc", ".cfg", ".md")
 
 
 def load_inventory(path: Path | str) -> Inventory:

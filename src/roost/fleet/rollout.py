@@ -36,7 +36,6 @@ class SSHRunner:
         self.timeout = timeout
         self.keep = keep
         self.hosts = {h.name: h for h in fleet.hosts}
-        self._switched: dict[str, str] = {}  # host -> the tag this runner switched it to
 
     async def _on(self, host: str, step: str, fn: Any, timeout: float | None = None) -> Any:
         results = await self.fleet.each(step, fn, hosts=[self.hosts[host]], timeout=timeout)
@@ -74,17 +73,12 @@ class SSHRunner:
 
     async def activate(self, host: str, tag: str) -> Switch:
         keep = ["--keep", str(self.keep)] if self.keep is not None else []
-        switch = await self._switch(host, "activate", ["activate", tag, *keep])
-        if switch.changed:
-            self._switched[host] = tag
-        return switch
+        return await self._switch(host, "activate", ["activate", tag, *keep])
 
-    async def switch_back(self, host: str, tag: str) -> Switch:
-        """``roost rollback --to TAG --reject ROLLED`` on the host: its history
+    async def switch_back(self, host: str, tag: str, reject: str) -> Switch:
+        """``roost rollback --to TAG --reject REJECT`` on the host: its history
         is as if this rollout's release had never been current there."""
-        rejected = self._switched.pop(host, None)
-        reject = ["--reject", rejected] if rejected else []
-        return await self._switch(host, "rollback", ["rollback", "--to", tag, *reject])
+        return await self._switch(host, "rollback", ["rollback", "--to", tag, "--reject", reject])
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult:
         path = f"{self.dest}/{RELEASES}/{env['ROOST_TAG']}"

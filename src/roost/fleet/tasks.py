@@ -365,12 +365,9 @@ async def peer(
     """Upload ``torrent`` as ``TEMP/torrents/TAG.torrent`` and run ``roost
     peer --events json`` on that file on every host at once, passing each
     event to ``on_event(host, event)`` (Murder peer); a host's result is its
-    ``done`` event as a JSON object.
-
-    Raises what ``release_tag`` raises, before reaching any host, if
-    ``torrent`` is not release ``opts.tag``.
+    ``done`` event as a JSON object. ``torrent`` is release ``opts.tag``:
+    the caller made it, or checked it with :func:`release_tag`.
     """
-    release_tag(torrent, opts.tag)
     r = Remote(cfg)
     remote_torrent = f"{r.torrents}/{opts.tag}.torrent"
 
