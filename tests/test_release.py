@@ -296,6 +296,21 @@ def test_file_needs_flag_and_content(tmp_path: Path) -> None:
     assert (tmp_path / "f.torrent").read_bytes() == b"x"
 
 
+def test_empty_tree_is_refused(tmp_path: Path) -> None:
+    """A directory with nothing in it (or only .git*) is no release: it is
+    refused before anything is written, rather than shipped as an empty tar
+    that would make every host's current release empty."""
+    src = tmp_path / "src"
+    (src / ".git").mkdir(parents=True)
+    for tar in (False, True):
+        with pytest.raises(ReleaseError, match="is empty"):
+            create_release(src, "v1", tmp_path / "out", tar=tar, announce=[])
+        out = tmp_path / "out"
+        assert not out.exists() or not any(out.iterdir())
+    (src / "d").mkdir()  # an empty directory is content: a tar release
+    assert create_release(src, "v1", tmp_path / "out", announce=[]).kind == "tar"
+
+
 @pytest.mark.parametrize(
     ("link", "target"),
     [

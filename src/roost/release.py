@@ -145,6 +145,8 @@ def _walk(root: Path, directory: Path | None = None, prefix: str = "") -> Iterat
 def _items(source: Path) -> list[_Item]:
     """The tree's entries in release order; symlinks leaving it refused."""
     items = list(_walk(source))
+    if not items:
+        raise ReleaseError(f"source {source} is empty (.git* skipped): nothing to release")
     links = {it.rel: it.target or "" for it in items if it.kind == "symlink"}
     resolved: dict[str, object] = {}
     for rel, target in links.items():
