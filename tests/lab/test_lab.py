@@ -222,6 +222,10 @@ def test_cli_up_run_down(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr
         assert "198.19.11.2/24" in run.stdout and "198.19.11.3/24" in run.stdout
         assert cli("run", "--name", "rltest5", "h1", "--", "false").returncode == 1
+        after = cli("run", "h2", "--name", "rltest5", "--", "ip", "-br", "addr", "show", "eth0")
+        assert after.returncode == 0 and "198.19.11.3/24" in after.stdout, after.stderr
+        stray = cli("run", "h2", "--name", "rltest5", "--bogus", "--", "true")
+        assert stray.returncode == 2 and "--bogus before --" in stray.stderr
         bad = cli("up", "2", "--name", "rltest6", "--subnet", "10.1.0.0/24")
         assert bad.returncode == 1 and "outside 198.18.0.0/15" in bad.stderr
     finally:

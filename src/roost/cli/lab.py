@@ -45,7 +45,12 @@ def register(sub: Any) -> None:
 
     run = lsub.add_parser("run", help="run a command on a host (h3, an address) or on all")
     run.add_argument("host", metavar="HOST|all")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    run.add_argument(
+        "cmd",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD...",
+        help="the command; roost's options may also come after HOST, before the --",
+    )
     _name(run)
     run.set_defaults(handler=_run)
 
@@ -104,7 +109,19 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    cmd = args.cmd
+    if "--" in cmd:  # ``HOST --name N -- CMD``: roost's options before the --
+        cut = cmd.index("--")
+        head, cmd = cmd[:cut], cmd[cut + 1 :]
+        if head:
+            options = argparse.ArgumentParser(prog="roost lab run", add_help=False)
+            _name(options, default=args.name)
+            known, extra = options.parse_known_args(head)
+            if extra:
+                raise UsageError(
+                    f"roost lab run: {' '.join(extra)} before --: the command goes after --"
+                )
+            args.name = known.name
     if not cmd:
         raise UsageError("roost lab run: give a command after --")
     from roost.lab.netns import Lab
