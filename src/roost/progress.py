@@ -345,6 +345,9 @@ def render_summary(summary: DeploySummary) -> list[str]:
         f"{summary.hosts_ok} of {len(summary.hosts)} hosts ok, "
         f"{summary.hosts_failed} failed, in {summary.seconds:.1f}s"
     )
+    if summary.seeder is not None:
+        copies = summary.seeder.bytes_up / max(1, summary.size)
+        out.append(f"origin uploaded {copies:.2f} copies of {summary.size} bytes")
     return out
 
 

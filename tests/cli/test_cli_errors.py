@@ -72,6 +72,14 @@ def test_a_seeder_with_no_upload_slots_is_refused(tmp_path: Path) -> None:
     assert done.stderr == "roost: error: --upload-slots must be at least 1, or -1 for all; got -5\n"
 
 
+def test_a_seeders_stats_file_must_have_a_directory(tmp_path: Path) -> None:
+    """Found at start, not when the seeding ends and the counts are lost."""
+    (tmp_path / "b").mkdir()
+    done = roost("seed", "t", "--payload", "b", "--stats-file", "no/s.json", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == "roost: error: --stats-file no/s.json: its directory does not exist\n"
+
+
 @pytest.mark.parametrize(
     ("murder", "roost_verb"),
     [

@@ -91,6 +91,9 @@ def test_deploy_over_ssh_partial_failure_then_rerun(
         assert h.path("/opt/roost/venv/bin/roost").exists()
     # hosts do not share a destination: each has its own /opt
     assert len({h.path("/opt").stat().st_dev for h in f.hosts}) == len(f.hosts)
+    # the origin (a seed on this machine) handed back what it sent: every
+    # piece left it at least once, and the hosts relayed the rest
+    assert summary["seeder"]["bytes_up"] >= summary["size"], summary["seeder"]
 
     # one host lost its copy: a re-run completes it and leaves the others alone
     shutil.rmtree(f.hosts[2].path("/opt/hoge/Deploy1"))
@@ -219,6 +222,10 @@ def test_deploy_seeding_from_the_seeder_host(sshd_fleet: SshdFleet, tmp_path: Pa
         assert (h.path("/opt/s/s2") / "data.bin").stat().st_size == 3 * 1024 * 1024
     log = (f.hosts[1].path("/tmp/roost/logs") / "seed-s2.log").read_text()
     assert "super-seeding" in log, log
+    # what the seeder host's origin sent came back with its stop, and its file went
+    assert summary["seeder"]["bytes_up"] >= summary["size"], summary["seeder"]
+    assert "stopped: uploaded" in log, log
+    assert not (f.hosts[1].path("/tmp/roost/logs") / "seed-s2.stats.json").exists()
     # the seeder's process was stopped at the end, by its pid file
     assert not (f.hosts[1].path("/tmp/roost/pids") / "seed-s2.pid").exists()
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost import events
 from roost.cli.flags import (
@@ -37,6 +37,9 @@ from roost.errors import RoostError, UsageError
 from roost.peer.config import DEFAULT_TEMP_PATH, STALL_TIMEOUT, PeerConfig
 from roost.peer.front import run_peer
 from roost.peer.worker import failed_event
+
+if TYPE_CHECKING:
+    from roost.seeder import SeedSnapshot
 
 
 def register(sub: Any) -> None:
@@ -94,6 +97,13 @@ def _register_seed(sub: Any) -> None:
     p.add_argument("--feed-bind", help="address the feed listens on (default: --listen)")
     p.add_argument("--pid-file", type=Path, help="record this process here (for stop-seeding)")
     p.add_argument(
+        "--stats-file",
+        type=Path,
+        metavar="FILE",
+        help="when seeding stops, write what was uploaded here as JSON"
+        " (bytes_up, feed_up, size: the deploy's origin copies)",
+    )
+    p.add_argument(
         "--check", action="store_true", help="hash the payload first instead of seed_mode"
     )
     p.add_argument(
@@ -124,18 +134,17 @@ def _stop_when_orphaned(stop: Callable[[], None]) -> None:
 
 def _seed(args: argparse.Namespace) -> int:
     from roost import procs
-    from roost.metainfo import read_torrent
+    from roost.metainfo import read_torrent_file
     from roost.seeder import SeedConfig, Seeder, origin_engine, payload_dir_for, tree_for
 
     if args.upload_slots == 0 or args.upload_slots < -1:
         raise UsageError(
             f"--upload-slots must be at least 1, or -1 for all; got {args.upload_slots}"
         )
+    if args.stats_file is not None and not args.stats_file.absolute().parent.is_dir():
+        raise UsageError(f"--stats-file {args.stats_file}: its directory does not exist")
     signals = StopOnSignals()
-    try:
-        meta = read_torrent(args.torrent.read_bytes())
-    except OSError as exc:
-        raise UsageError(f"cannot read torrent {args.torrent}: {exc.strerror}") from exc
+    meta = read_torrent_file(args.torrent)
     tree = None
     if meta.files is not None:
         tree = tree_for(meta, payload=args.payload, from_dir=args.from_dir)
@@ -180,7 +189,24 @@ def _seed(args: argparse.Namespace) -> int:
     finally:
         if args.pid_file:
             procs.remove_pid_file(args.pid_file)
+    _report_uploaded(seeder.snapshot(), meta.length, args.stats_file)
     return 0
+
+
+def _report_uploaded(snap: SeedSnapshot, size: int, stats_file: Path | None) -> None:
+    """The origin's total as seeding stops: one line, and ``--stats-file``."""
+    from roost._fs import atomic_write
+    from roost.progress import human_bytes
+
+    feed = f", {human_bytes(snap.feed_sent)} of it from the feed" if snap.feed_sent else ""
+    up = snap.uploaded + snap.feed_sent
+    print(f"stopped: uploaded {human_bytes(up)} ({up / max(1, size):.2f} copies){feed}", flush=True)
+    if stats_file is not None:
+        data = {"bytes_up": up, "feed_up": snap.feed_sent, "size": size}
+        try:
+            atomic_write(stats_file, json.dumps(data).encode())
+        except OSError as exc:
+            print(f"roost: cannot write {stats_file}: {exc.strerror}", file=sys.stderr)
 
 
 # roost peer --------------------------------------------------------------------
@@ -421,9 +447,6 @@ def _deploy(args: argparse.Namespace) -> int:
     else:
         print("\n".join(render_summary(summary)))
         print_rollout_hosts(summary)
-        if summary.seeder is not None:
-            copies = summary.seeder.bytes_up / max(1, summary.size)
-            print(f"origin uploaded {copies:.2f} copies of {summary.size} bytes")
     return 0 if summary.ok else 1
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import secrets
 import shutil
 import socket
@@ -46,7 +47,7 @@ from roost.fleet.bootstrap import bootstrap
 from roost.fleet.config import FleetConfig
 from roost.fleet.hosts import Inventory
 from roost.fleet.ssh import Fleet, SSHOptions
-from roost.progress import DeploySummary
+from roost.progress import DeploySummary, OriginBytes
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ def _controller_seed(
     payload: Path,
     announce_ip: str,
     log: Path,
+    stats: Path,
     super_seed: bool = False,
     feed_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
@@ -103,6 +105,8 @@ def _controller_seed(
                 "--listen",
                 announce_ip,
                 "--exit-with-parent",
+                "--stats-file",
+                str(stats),
                 *(["--super-seed"] if super_seed else []),
                 *(["--feed-port", str(feed_port)] if feed_port is not None else []),
             ],
@@ -148,6 +152,8 @@ class SSHRunner:
         self._seed_proc: subprocess.Popen[bytes] | None = None
         self._records: ledger.Ledger | None = None
         self._work: Path | None = None
+        #: what the origin uploaded, as it stopped (its ``--stats-file``)
+        self._origin: OriginBytes | None = None
 
     async def prepare(self, report: deploy.Report) -> tuple[deploy.ReleaseInfo, str | None]:
         from roost.release import create_release
@@ -232,6 +238,7 @@ class SSHRunner:
             release.payload,
             addr,
             work / "seed.log",
+            work / "seed-stats.json",
             plan.super_seed,
             feed_port,
         )
@@ -270,12 +277,18 @@ class SSHRunner:
         directory removed; what failed to stop."""
         procs.stop_child(self._seed_proc)
         fleet, plan = self.fleet, self.plan
+        if self._seed_proc is not None and self._work is not None:
+            self._origin = _origin_bytes(_read_json(self._work / "seed-stats.json"))
         # clean-up reaches the tracker and seeder even if they failed a step
         failures = dict(fleet.failures)
         fleet.failures.clear()
         try:
             if self.seed_from == "seeder":
-                await tasks.stop_seeding(fleet, plan.inventory, plan.cfg, tag=plan.tag)
+                stopped = await tasks.stop_seeding(fleet, plan.inventory, plan.cfg, tag=plan.tag)
+                result = stopped.get(plan.inventory.seeder.name)
+                value = result.value if result is not None and result.ok else None
+                stats = value.get("stats", {}) if isinstance(value, dict) else {}
+                self._origin = _origin_bytes(stats.get(f"seed-{plan.tag}"))
             await tasks.stop_tracker(fleet, plan.inventory, plan.cfg)
         except RoostError:
             pass
@@ -296,6 +309,25 @@ class SSHRunner:
         summary.tag = self.plan.tag
         summary.tracker = self.plan.inventory.tracker.name
         summary.seed_from = self.seed_from
+        summary.seeder = self._origin
+
+
+def _origin_bytes(data: object) -> OriginBytes | None:
+    """The seed's ``--stats-file`` counts; None when it left none (killed,
+    or an older roost on the seeder)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        return OriginBytes(int(data["bytes_up"]), int(data["feed_up"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -120,10 +120,21 @@ def stop(temp: Path, patterns: list[str]) -> dict:
             files.extend(_worker_pid_files(temp))
         else:
             files.extend(procs.pid_files(temp / "pids", f"{pattern}.pid"))
+    stats: dict[str, object] = {}
     for f in files:
         name = f.stem if f.parent.name == "pids" else f"linger-{f.parent.name[:12]}"
         (stopped if procs.stop_by_pid_file(f) else not_running).append(name)
-    return {"ok": True, "stopped": stopped, "not_running": not_running}
+        # what a seed uploaded, written as it stopped (roost seed --stats-file)
+        stats_file = stats_path(temp, name)
+        with contextlib.suppress(OSError, ValueError):
+            stats[name] = json.loads(stats_file.read_text())
+            stats_file.unlink()
+    return {"ok": True, "stopped": stopped, "not_running": not_running, "stats": stats}
+
+
+def stats_path(temp: Path, name: str) -> Path:
+    """Where process ``name`` started by :func:`start` leaves its final counts."""
+    return temp / "logs" / f"{name}.stats.json"
 
 
 def clean(temp: Path) -> dict:

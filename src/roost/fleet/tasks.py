@@ -41,6 +41,7 @@ from roost._parse import load_json
 from roost.errors import PeerProtocolError, RemoteError, UsageError
 from roost.fleet.config import FleetConfig
 from roost.fleet.hosts import Host, Inventory
+from roost.fleet.remote import stats_path
 from roost.fleet.ssh import Fleet, HostResult, Session
 from roost.metainfo import read_torrent_file, validate_tag
 from roost.peer.config import InstallOptions
@@ -65,6 +66,11 @@ class Remote:
     @property
     def torrents(self) -> str:
         return f"{self.temp}/torrents"
+
+    def stats_file(self, name: str) -> str:
+        """Where ``name`` (started by :meth:`start`) writes its final counts;
+        the helper's ``stop`` hands them back."""
+        return str(stats_path(Path(self.temp), name))
 
     def roost(self, *args: str) -> str:
         return " ".join([q(self.cfg.remote_roost), *map(q, args)])
@@ -300,6 +306,8 @@ async def start_seeding(
             r.releases,
             "--announce-ip",
             s.peer_address,
+            "--stats-file",
+            r.stats_file(f"seed-{tag}"),
         ]
         if super_seed:
             argv.append("--super-seed")

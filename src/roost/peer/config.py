@@ -16,7 +16,7 @@ from typing import Any
 from roost import events
 from roost._parse import load_json
 from roost.enginetypes import EngineConfig
-from roost.errors import UsageError
+from roost.errors import ReleaseError, UsageError
 from roost.installed import HOOK_TIMEOUT
 
 Emit = Callable[[events.Event], None]
@@ -155,7 +155,10 @@ def _info_hash_of(config: PeerConfig, torrent_bytes: bytes | None) -> str:
         from roost.magnet import parse_magnet
 
         return parse_magnet(config.magnet).info_hash
-    return str(_read_meta(torrent_bytes or b"").info_hash)
+    try:
+        return str(_read_meta(torrent_bytes or b"").info_hash)
+    except ReleaseError as exc:  # the first read: name the file
+        raise ReleaseError(f"{config.torrent}: {exc}") from exc
 
 
 def _torrent_bytes(config: PeerConfig) -> bytes | None:
