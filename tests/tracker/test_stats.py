@@ -90,6 +90,8 @@ def test_progress_with_registered_size(reg: Registry) -> None:
         ([(b"s", 0, 0), (b"x", 700, 300)], 1000),  # a leecher: left + downloaded
         ([(b"s", 0, 1024), (b"x", 700, 300)], 1024),  # a seeder that downloaded it all
         ([(b"x", 700, 300), (b"y", 900, 150)], 1050),  # the largest leecher estimate
+        # a host that reused an earlier release fetched 16 KiB: not the size
+        ([(b"r", 0, 16384), (b"x", 900_000, 100_000)], 1_000_000),
     ],
 )
 def test_size_inferred_when_not_registered(

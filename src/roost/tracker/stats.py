@@ -14,9 +14,10 @@ registered in a fresh ``CollectorRegistry`` (no global registry, so several
 trackers in one process never mix).
 
 * **Size** of a swarm: the size registered with ``allow(size=...)``; else the
-  largest ``downloaded`` among peers with ``left == 0`` (a seeder that
-  fetched everything); else the largest ``left + downloaded`` among the
-  others. None when no peer tells. Stopped peers count too.
+  largest ``left + downloaded`` among its peers (a seeder that fetched
+  everything tells its ``downloaded``; a peer that reused data beside it
+  tells less than the size, so the largest wins). None when no peer tells.
+  Stopped peers count too.
 * **Progress** of a peer: ``1 - left / size`` clipped to 0..1 (None when the
   size is unknown).
 * **Rates**: each peer's ``(downloaded - prev_downloaded) / (last_seen -
@@ -84,11 +85,9 @@ def swarm_size(swarm: Swarm) -> int | None:
     """The payload size in bytes as far as the tracker can tell (see module doc)."""
     if swarm.size is not None:
         return int(swarm.size)
-    peers = list(swarm.peers())
-    best = max((p.downloaded for p in peers if p.left == 0), default=0)
-    if best > 0:
-        return int(best)
-    best = max((p.left + p.downloaded for p in peers if p.left > 0), default=0)
+    # A peer that reused an earlier release's data (or was pre-filled)
+    # downloads only part of it, done or not: so the largest of all.
+    best = max((p.left + p.downloaded for p in swarm.peers()), default=0)
     return int(best) if best > 0 else None
 
 
