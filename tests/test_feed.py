@@ -22,7 +22,7 @@ import pytest
 
 from roost.feed import TAIL_SHARE, Dispatcher, FeedServer, FeedSource
 from roost.feedclient import DONE, LATER, WAIT, FeedClient
-from tests.swarm_kit import MakeSwarm, random_file
+from tests.swarm_kit import MakeSwarm, make_torrent, random_file
 
 Start = Callable[..., subprocess.Popen[bytes]]
 KIB = 1024
@@ -434,6 +434,73 @@ def test_a_client_with_no_swarm_repairs_at_once(payload_file: Path) -> None:
     assert late == dict(enumerate(_pieces(payload_file)))
     assert client.counters.repairs == source.num_pieces
     assert stats is not None and stats.repairs == source.num_pieces
+
+
+def test_piece_lists_are_bounded_by_the_piece_count_and_ascii() -> None:
+    """``got=``/``lack=``: a short request naming every piece many times over
+    costs the piece count once (it made the origin allocate ~1 GB and hold
+    the feed's lock for a second); a Unicode digit is ignored, not an error
+    that closed the connection without an answer."""
+    from roost.feed import _got
+
+    many = ",".join(["0-999999999"] * 1500)
+    assert _got(f"got={many}", 16384) == list(range(16384))
+    assert _got("lack=9,3-5,4,\u00b2,1-\u00b2,%C2%B2,7-6,x", 10, "lack") == [3, 4, 5, 9]
+    assert _got("got=0-3&got=2-12", 10) == list(range(10))
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "99999", "-1"])
+def test_client_backs_off_from_a_feed_that_sends_a_bad_piece(
+    number: str, payload_file: Path, tmp_path: Path
+) -> None:
+    """A piece the torrent has no place for (a Unicode digit, past the
+    end) is the feed's failure, as a 404 is: the client backs off and says
+    so, where it stopped asking silently or asked as fast as it could."""
+    import threading
+
+    from roost.engine import Engine  # the real check: Engine.add_piece's
+    from roost.enginetypes import EngineConfig
+
+    answer = f"HTTP/1.1 200 OK\r\nX-Roost-Piece: {number}\r\nContent-Length: 1\r\n\r\nx"
+    asks: list[bytes] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(1)
+                    while data := conn.recv(65536):
+                        for _ in range(data.count(b"GET ")):
+                            asks.append(data)
+                            conn.sendall(answer.encode("latin-1"))
+
+    engine = Engine(EngineConfig(listen_interface="127.0.0.1"))
+    tid = engine.add(make_torrent(payload_file, piece_size=16384), tmp_path / "dl")
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = FeedClient(
+        f"http://127.0.0.1:{listener.getsockname()[1]}/",
+        tid,
+        add_piece=lambda i, d: engine.add_piece(tid, i, d),
+        orphans=list,
+        unreachable_after=0.3,
+    ).start()
+    try:
+        time.sleep(1.5)
+        assert client.counters.pieces == 0
+        assert 1 <= len(asks) <= 20, len(asks)  # backoff 0.2, 0.4, 0.8 s: a few asks
+        reason = _until(client.unreachable, 2)
+        assert "the feed sent a piece numbered" in reason or "is not one of" in reason, reason
+    finally:
+        client.stop()
+        stop.set()
+        server.join(2)
+        listener.close()
+        engine.close()
 
 
 def test_client_survives_a_feed_that_is_not_there() -> None:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -114,6 +115,19 @@ def test_a_symlink_out_of_the_root_is_refused(served: Served, name: str) -> None
     assert b"secret" not in body and b"root:" not in body
 
 
+def test_a_symlink_to_a_hidden_file_or_below_a_flat_root_is_refused(served: Served) -> None:
+    """What a link leads to obeys the rules its name would: no dot-file (a
+    channel's half-written temporary), and on the flat channel nothing below
+    its top; the origin serves its tree."""
+    (served.root / ".tmp-channel.json").write_bytes(b"half written")
+    (served.root / "sub").mkdir()
+    (served.root / "sub" / "y.json").write_bytes(b"below")
+    (served.root / "tohidden").symlink_to(".tmp-channel.json")
+    (served.root / "tosub").symlink_to("sub/y.json")
+    assert served.get("/tohidden")[0] == 404
+    assert served.get("/tosub") == ((200, b"below") if served.kind == "origin" else (404, ANY))
+
+
 def test_special_files_are_refused_without_blocking(served: Served) -> None:
     names = ["fifo.json", "sock.json"]
     listener = socket.socket(socket.AF_UNIX)
@@ -190,8 +204,50 @@ def test_other_methods_are_refused_and_their_body_is_never_a_request(served: Ser
         head = f"POST /channel.json HTTP/1.1\r\nHost: x\r\nContent-Length: {len(smuggled)}\r\n\r\n"
         sock.sendall(head.encode() + smuggled)
         answer = read_all(sock)
-    assert answer.split(b" ", 2)[1] in (b"405", b"501")
+    assert answer.split(b" ", 2)[1] == b"405"
     assert answer.count(b"HTTP/1.") == 1, answer
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        # a line that is no header ends the stdlib's headers: the rest was a request
+        b"GET /channel.json HTTP/1.1\r\nHost: x\r\nbogus header line\r\nContent-Length: 41\r\n",
+        # a second Content-Length hid behind a first of 0
+        b"GET /channel.json HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 41\r\n",
+    ],
+)
+def test_a_smuggled_body_behind_a_bad_header_is_400_never_a_request(
+    served: Served, head: bytes
+) -> None:
+    smuggled = b"GET /channel.json HTTP/1.1\r\nHost: x\r\n\r\n"
+    with served.connect() as sock:
+        sock.sendall(head + b"\r\n" + smuggled)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.") == 1, answer
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        (b"TRACE /channel.json HTTP/1.1", b"405"),
+        (b"FOO /channel.json HTTP/1.1", b"405"),
+        (b"GET /channel.json HTTP/2.0", b"505"),
+        (b"GET /channel.json", b"400"),  # HTTP/0.9: the file's bytes with no status line
+    ],
+)
+def test_errors_are_one_line_of_text_with_a_status_line(
+    served: Served, request_line: bytes, status: bytes
+) -> None:
+    with served.connect() as sock:
+        sock.sendall(request_line + b"\r\nHost: x\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1."), answer
+    assert answer.split(b" ", 2)[1] == status, answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"text/plain" in head and body.startswith(status) and body.count(b"\n") == 1, answer
+    assert b'{"ok": true}' not in answer
 
 
 @pytest.mark.parametrize("kind", ["origin", "channel"])

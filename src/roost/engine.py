@@ -397,6 +397,8 @@ class Engine:
             return
         length, total = self._geometry.get(tid, (0, 0))
         size = min(length, total - index * length)
+        if index < 0 or size <= 0 or len(data) > size:
+            raise ValueError(f"piece {index} of {len(data)} bytes is not one of this torrent's")
         if len(data) < size:  # the rest is a BEP 47 pad: zeros, not sent
             data = bytes(data) + bytes(size - len(data))
         with _libtorrent(f"cannot add piece {index}", tid):

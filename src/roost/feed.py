@@ -348,6 +348,7 @@ _PATH = re.compile(rf"^{API}/([0-9a-f]{{40}})/(next|got|stats|piece/(\d{{1,9}}))
 class _Handler(BoundedHandler):
     server_version = f"roost-feed/{__version__}"
     server: _Server
+    allowed_methods = "GET"
 
     def setup(self) -> None:
         super().setup()
@@ -381,11 +382,12 @@ class _Handler(BoundedHandler):
                 feed.dispatcher.repaired()
             self._send_piece(feed, piece)
             return
+        got = _got(query, feed.source.num_pieces)  # parsed outside the feed's lock
+        lack = _got(query, feed.source.num_pieces, "lack") if match.group(2) == "next" else []
         now = time.monotonic()
         with self.server.lock:
-            feed.dispatcher.confirm_all(_got(query, feed.source.num_pieces), now)
+            feed.dispatcher.confirm_all(got, now)
             if match.group(2) == "next":
-                lack = _got(query, feed.source.num_pieces, "lack")
                 grant = feed.dispatcher.next(now, lack, asker=self.client_address)
             else:
                 grant = DONE
@@ -477,22 +479,30 @@ def _corked(sock: socket.socket) -> Iterator[None]:
             sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
 
 
+_RANGE = re.compile(r"(\d{1,9})(?:-(\d{1,9}))?", re.ASCII)
+
+
 def _got(query: str, num_pieces: int, name: str = "got") -> list[int]:
-    """The pieces a ``got=`` (or ``lack=``) list names: ``i`` or ``i-j``
-    (inclusive), comma separated; out-of-range and malformed parts are
-    ignored."""
-    out: list[int] = []
+    """The pieces a ``got=`` (or ``lack=``) list names, sorted, each once:
+    ``i`` or ``i-j`` (inclusive), comma separated; out-of-range and
+    malformed parts are ignored. The work is bounded by the request's length
+    and the piece count, however the ranges overlap."""
+    spans: list[tuple[int, int]] = []
     for key, value in urllib.parse.parse_qsl(query):
         if key != name:
             continue
         for part in value.split(","):
-            first, dash, last = part.partition("-")
-            if not (first.isdigit() and len(first) < 10):
+            found = _RANGE.fullmatch(part)
+            if found is None:
                 continue
-            if not dash:
-                out.append(int(first))
-            elif last.isdigit() and len(last) < 10:
-                out.extend(range(int(first), min(int(last), num_pieces - 1) + 1))
+            first = int(found.group(1))
+            last = min(int(found.group(2) or first), num_pieces - 1)
+            if first <= last:
+                spans.append((first, last))
+    out: list[int] = []
+    for first, last in sorted(spans):
+        start = max(first, out[-1] + 1) if out else first
+        out.extend(range(start, last + 1))
     return out
 
 

@@ -211,6 +211,10 @@ class FeedClient:
                 status, headers, body = pipe.read()
                 if status not in (200, 204):  # not a feed for this torrent (404), or busy
                     raise _NotTheFeed(f"it answered HTTP {status}")
+                if status == 200:  # a piece: a bad one is the feed's failure, as a 404 is
+                    piece = _piece_number(headers.get("x-roost-piece", ""))
+                    self._received(piece, body)
+                    got.append(piece)
                 backoff = 0.2
             except (OSError, ValueError) as exc:
                 self._failed(exc)
@@ -221,11 +225,9 @@ class FeedClient:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             self._answered()
-            piece = headers.get("x-roost-piece", "")
             state = headers.get("x-roost-feed", "")
-            if status == 200 and piece.isdigit():
-                self._received(int(piece), body)
-                got.append(int(piece))
+            if status == 200:
+                pass
             elif status == 204 and state == LATER:
                 self._stop.wait(0.05)
             elif status == 204 and not self._tail and self.lacking is not None:
@@ -385,6 +387,13 @@ class _Pipe:
         with contextlib.suppress(OSError):
             self.rfile.close()
             self.sock.close()
+
+
+def _piece_number(text: str) -> int:
+    """``X-Roost-Piece``'s index; ``ValueError`` unless plain ASCII digits."""
+    if not (text.isascii() and text.isdigit() and len(text) < 10):
+        raise ValueError(f"the feed sent a piece numbered {text[:20]!r}")
+    return int(text)
 
 
 def _chunks(parts: list[str], size: int) -> list[str]:

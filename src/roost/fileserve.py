@@ -371,6 +371,11 @@ def open_served(files: FileRoot, target: str) -> tuple[int, os.stat_result] | No
         path = files.root.joinpath(*parts).resolve(strict=True)
         if not path.is_relative_to(files.root) or not stat.S_ISREG(path.stat().st_mode):
             return None
+        # Where a link leads obeys the names' rules too: no hidden or
+        # temporary file, and nothing below a flat root's top.
+        landed = path.relative_to(files.root).parts
+        if any(p.startswith(".") for p in landed) or (files.flat and len(landed) != 1):
+            return None
         # O_NONBLOCK: should a FIFO be swapped in after the check, open() does not wait.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except (OSError, ValueError, RuntimeError):

@@ -90,6 +90,11 @@ class BoundedHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     sys_version = ""
     server: BoundedHTTPServer
+    #: the methods a subclass answers (``do_GET``...), for a 405's ``Allow``
+    allowed_methods = "GET, HEAD"
+    # An error is one line of text, not the standard library's HTML page.
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
 
     def setup(self) -> None:
         super().setup()
@@ -118,16 +123,48 @@ class BoundedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return False
         self.connection.settimeout(self.server.limits.send_timeout)
+        if self.request_version == "HTTP/0.9":  # "GET /path": never served as HTTP/0.9
+            self.send_error(400, "no HTTP version in the request line")
+            return False
+        if self.headers.defects:  # a line that is no header: the rest would be a request
+            self.close_connection = True
+            self.send_error(400, "malformed header line")
+            return False
+        if not hasattr(self, f"do_{self.command}"):
+            self.close_connection = True
+            self.send_error(405, f"{self.command} is not served here")
+            return False
         if self.command not in ("GET", "HEAD"):
             self.close_connection = True  # its body, if any, is never read
             return True
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") is not None or (
-            length is not None and length.strip() != "0"
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or any(
+            n.strip() != "0" for n in lengths
         ):
             self.send_error(400, f"a {self.command} request must not have a body")
             return False
         return True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's, one line of text; a 405 says what is
+        allowed. Always with a status line (HTTP/0.9 has none: the stdlib
+        takes every request as one until its version is read)."""
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+            self.close_connection = True
+        if code == 405:
+            self.close_connection = True
+            body = f"405 {message or 'Method Not Allowed'}\n".encode()
+            self.send_response(405, message)
+            self.send_header("Allow", self.allowed_methods)
+            self.send_header("Content-Type", self.error_content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        super().send_error(code, message, explain)
 
     def handle_expect_100(self) -> bool:
         self.send_error(417, "this server takes no request bodies")
