@@ -139,9 +139,12 @@ def _reference_parse_head(head: bytes) -> proto.Request:
         if b" " in name or b"\t" in name:
             raise ProtocolError("malformed header name")
         try:
-            headers[name.decode("ascii").lower()] = raw[colon + 1 :].strip().decode("latin-1")
+            key = name.decode("ascii").lower()
         except UnicodeDecodeError as exc:
             raise ProtocolError("non-ASCII header name") from exc
+        if key == "content-length" and key in headers:
+            raise ProtocolError("repeated Content-Length")
+        headers[key] = raw[colon + 1 :].strip().decode("latin-1")
     method = method_b.decode("ascii")
     if method not in ("GET", "HEAD"):
         raise ProtocolError(f"method {method} not allowed (GET only)", 405)
@@ -170,6 +173,14 @@ def test_head_parser_agrees_with_the_reference() -> None:
         head = rng.choice([b"\r\n", b"\n"]).join(lines)
         got = _outcome(proto._parse_head, head)
         assert got == _outcome(_reference_parse_head, head), head
+
+
+def test_a_bad_head_after_good_ones_is_kept_for_after_them() -> None:
+    p = RequestParser()
+    got = p.feed(GET + GET + b"BAD\r\n\r\n" + GET)
+    assert len(got) == 2 and p.failed is not None and p.failed.status == 400
+    with pytest.raises(ProtocolError):  # and the parser is dead
+        p.feed(GET)
 
 
 def test_oversized_head_without_end_is_refused_early() -> None:

@@ -139,6 +139,32 @@ def test_keep_alive_pipelining_and_awkward_splits(tracker: TrackerHandle) -> Non
     assert b"Connection: close" in responses[2][0]
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"BAD\r\n\r\n",
+        b"GET /announce HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 41\r\n\r\n",
+    ],
+)
+def test_a_bad_request_in_a_pipeline_is_answered_after_the_good_ones(
+    tracker: TrackerHandle, bad: bytes
+) -> None:
+    """The requests before it are applied and answered, in order; then its
+    400, and the connection closes: the client never reads the error as the
+    answer to its first announce. A second Content-Length (a body smuggled
+    behind a first of 0) is such a request."""
+    one = f"GET /announce?{query(1)} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    two = f"GET /announce?{query(2)} HTTP/1.1\r\n\r\n".encode()
+    after = f"GET /announce?{query(3)} HTTP/1.1\r\n\r\n".encode()
+    responses = split_responses(raw_exchange(tracker.port, [one + two + bad + after]))
+    assert [head.split(b" ", 2)[1] for head, _ in responses] == [b"200", b"200", b"400"]
+    assert compact_ports(bencode.decode(responses[1][1])) == [6001]
+    assert b"Connection: close" in responses[2][0]
+    assert b"failure reason" in bencode.decode(responses[2][1])
+    # the two were applied; the one after the bad request was not
+    assert sorted(compact_ports(announce(tracker, 0))) == [6001, 6002]
+
+
 def test_unknown_paths_and_status_routes(tracker: TrackerHandle) -> None:
     base = tracker.announce_url.rsplit("/", 1)[0]
     for path in ("/nope", "/static/app.js"):  # the page inlines its assets

@@ -78,7 +78,7 @@ class Connection(asyncio.Protocol):
         self.parser = proto.RequestParser()
         self.transport: asyncio.Transport | None = None
         # Requests behind a response being built (snapshot.py); None when none is.
-        self.waiting: list[proto.Request] | None = None
+        self.waiting: list[proto.Request | proto.ProtocolError] | None = None
         self.eof = False
         self.ip = ""
         self.last_active = time.monotonic()
@@ -131,23 +131,29 @@ class Connection(asyncio.Protocol):
                 self.head_since = t0
         except proto.ProtocolError as exc:
             self.server.registry.counters.request("malformed", 0.0)
-            transport.write(
-                proto.http_response(exc.status, proto.render_failure(str(exc)), keep_alive=False)
-            )
+            transport.write(_failure(exc))
             transport.close()
             return
+        items: list[proto.Request | proto.ProtocolError] = list(requests)
+        if parser.failed is not None:  # a bad head after good ones: answered after them
+            self.server.registry.counters.request("malformed", 0.0)
+            items.append(parser.failed)
         if self.waiting is not None:  # answered in order, after the one being built
-            self.waiting.extend(requests)
+            self.waiting.extend(items)
             return
-        if len(requests) == 1 and requests[0].path != "/stats.json":
-            response, keep = self.server.handle(requests[0], self.ip, t0)
+        if (
+            len(items) == 1
+            and isinstance(req := items[0], proto.Request)
+            and (req.path != "/stats.json")
+        ):
+            response, keep = self.server.handle(req, self.ip, t0)
             transport.write(response)
             if not keep:
                 transport.close()
             return
-        self._serve(requests, t0)
+        self._serve(items, t0)
 
-    def _serve(self, requests: list[proto.Request], t0: float) -> None:
+    def _serve(self, requests: list[proto.Request | proto.ProtocolError], t0: float) -> None:
         """Answer ``requests`` in order; one write (one syscall) for a pipelined batch.
 
         A /stats.json whose snapshot must be built is answered when the build
@@ -158,6 +164,11 @@ class Connection(asyncio.Protocol):
             return
         out: list[bytes] = []
         for i, req in enumerate(requests):
+            if isinstance(req, proto.ProtocolError):  # the stream's end: a bad head
+                out.append(_failure(req))
+                transport.write(b"".join(out))
+                transport.close()
+                return
             build = self.server.deferred(req, self.ip)
             if build is not None:
                 if out:
@@ -195,3 +206,8 @@ class Connection(asyncio.Protocol):
             self._serve(waiting, t0)
         if self.eof and self.waiting is None and self.transport is not None:
             self.transport.close()
+
+
+def _failure(exc: proto.ProtocolError) -> bytes:
+    """The answer to a malformed request, after which the connection closes."""
+    return proto.http_response(exc.status, proto.render_failure(str(exc)), keep_alive=False)

@@ -68,14 +68,19 @@ class RequestParser:
     """Incremental parser of HTTP/1.x GET request heads.
 
     ``feed(data)`` returns the requests completed by ``data`` (maybe none).
-    After a ``ProtocolError`` the parser is dead: answer and close.
+    A malformed head raises ``ProtocolError``; one after complete requests
+    in the same ``data`` is kept in :attr:`failed` instead, so that those are
+    answered first (a pipelining client reads the answers in order). Either
+    way the parser is dead then: answer and close.
     """
 
-    __slots__ = ("_buf", "_dead")
+    __slots__ = ("_buf", "_dead", "failed")
 
     def __init__(self) -> None:
         self._buf = b""
         self._dead = False
+        #: the error that ended the stream after the requests ``feed`` returned
+        self.failed: ProtocolError | None = None
 
     @property
     def pending(self) -> int:
@@ -87,6 +92,20 @@ class RequestParser:
             raise ProtocolError("connection already failed")
         buf = self._buf + data if self._buf else data
         out: list[Request] = []
+        try:
+            buf = self._parse(buf, out)
+        except ProtocolError as exc:
+            self._dead, self._buf = True, b""
+            if not out:
+                raise
+            self.failed = exc
+        else:
+            self._buf = buf
+        return out
+
+    def _parse(self, buf: bytes, out: list[Request]) -> bytes:
+        """Append the complete requests at the head of ``buf`` to ``out``;
+        the bytes left (a request not yet whole)."""
         while buf:
             # Tolerate leading empty lines between requests (RFC 9112 2.2).
             stripped = buf.lstrip(b"\r\n")
@@ -101,21 +120,14 @@ class RequestParser:
                 sep = 2
             if end < 0:
                 if len(buf) > MAX_HEAD:
-                    self._dead = True
                     raise ProtocolError("request head too large", 431)
                 break
             if end > MAX_HEAD:
-                self._dead = True
                 raise ProtocolError("request head too large", 431)
             head = buf[:end]
             buf = buf[end + sep :]
-            try:
-                out.append(_parse_head(head))
-            except ProtocolError:
-                self._dead = True
-                raise
-        self._buf = buf
-        return out
+            out.append(_parse_head(head))
+        return buf
 
 
 def _parse_head(head: bytes) -> Request:
@@ -150,7 +162,10 @@ def _parse_head(head: bytes) -> Request:
                 raise ProtocolError("malformed header name")
             if not name.isascii():
                 raise ProtocolError("non-ASCII header name")
-            headers[name.lower()] = value.strip(_HTTP_SPACE)
+            key = name.lower()
+            if key == "content-length" and key in headers:  # which one frames the body?
+                raise ProtocolError("repeated Content-Length")
+            headers[key] = value.strip(_HTTP_SPACE)
     method = method_b.decode("ascii")
     if method not in ("GET", "HEAD"):
         raise ProtocolError(f"method {method} not allowed (GET only)", 405)
