@@ -247,3 +247,25 @@ def test_a_flood_of_random_info_hashes_stays_within_the_cap() -> None:
             t.call(lambda later=later: t.server.registry.expire(time.time() + later))
         status, d = announce_from(t.port, "127.0.0.1", 0, info_hash=rng.randbytes(20))
         assert status == 200 and b"failure reason" not in d
+
+
+def test_a_flood_of_peer_ids_stays_within_the_swarms_cap() -> None:
+    """One client inventing peer ids (50,000 took ~80 MB before) fills one
+    swarm to ``--max-peers`` and no further; the peers in it keep being
+    served and updated, and a stopped one's place is taken again."""
+    with run_tracker_in_thread(TrackerConfig(port=0, max_peers=40)) as t:
+        conn = http.client.HTTPConnection("127.0.0.1", t.port, timeout=10)
+        answers = []
+        for n in range(100):
+            conn.request("GET", f"/announce?{query(n)}")
+            answers.append(bencode.decode(conn.getresponse().read()))
+        refused = [d[b"failure reason"] for d in answers if b"failure reason" in d]
+        assert refused == [b"swarm full: 40 peers (--max-peers)"] * 60
+        assert t.call(lambda: len(t.server.registry.swarms[IH].leechers)) == 40
+        conn.request("GET", f"/announce?{query(3, left=0, event='completed')}")  # a member
+        assert b"failure reason" not in bencode.decode(conn.getresponse().read())
+        conn.request("GET", f"/announce?{query(5, event='stopped')}")
+        conn.getresponse().read()
+        conn.request("GET", f"/announce?{query(77)}")  # the room it left
+        assert b"failure reason" not in bencode.decode(conn.getresponse().read())
+        conn.close()

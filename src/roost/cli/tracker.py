@@ -56,6 +56,12 @@ def register(subparsers: Any) -> None:
         "are refused (default 10000)",
     )
     p.add_argument(
+        "--max-peers",
+        type=int,
+        default=100_000,
+        help="most peers in one swarm; a new peer's announce beyond is refused (default 100000)",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=4096,
@@ -266,6 +272,7 @@ def build_config(args: argparse.Namespace) -> tuple[Any, list[tuple[str, str | N
         peer_timeout=args.peer_timeout,
         client_interval=args.client_interval,
         max_swarms=args.max_swarms,
+        max_peers=args.max_peers,
         max_connections=args.max_connections,
         idle_timeout=args.idle_timeout,
         request_timeout=args.request_timeout,

@@ -34,7 +34,9 @@ class TrackerConfig:
     that long and at least their observed interval plus a margin,
     ``client_interval`` until one is observed (``swarm.keep_for``).
     Caps: ``max_swarms`` swarms of info-hashes not on the allow-list (more
-    are refused with a failure reason), ``max_connections`` open
+    are refused with a failure reason), ``max_peers`` peers in one swarm
+    (a new one beyond is refused; as many that stopped are remembered),
+    ``max_connections`` open
     connections (more are closed at once), ``idle_timeout`` seconds a
     connection may sit without a byte, ``request_timeout`` seconds a
     request head may take to arrive in full.
@@ -63,6 +65,7 @@ class TrackerConfig:
     stats_ttl: float = 1.0
     client_interval: float = 600.0
     max_swarms: int = 10_000
+    max_peers: int = 100_000
     max_connections: int = 4096
     request_timeout: float = 10.0
 
@@ -80,7 +83,7 @@ class TrackerConfig:
             raise TrackerError(f"bad stall-after {self.stall_after}: need a positive number")
         if not 0 < self.client_interval <= 3600:
             raise TrackerError(f"bad client interval {self.client_interval}: need 0 to 3600 s")
-        for name in ("max_swarms", "max_connections"):
+        for name in ("max_swarms", "max_peers", "max_connections"):
             if getattr(self, name) < 1:
                 raise TrackerError(f"bad {name.replace('_', ' ')} {getattr(self, name)}: need >= 1")
         if not (self.idle_timeout > 0 and self.request_timeout > 0):

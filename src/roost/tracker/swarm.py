@@ -380,7 +380,8 @@ class Registry:
         """Apply an announce; return (peers to hand out, complete, incomplete).
 
         Raises ``Refused`` for an unknown info-hash (allow-list mode), a
-        missing or wrong token, a full tracker (``max_swarms``), or a peer id
+        missing or wrong token, a full tracker (``max_swarms``) or swarm
+        (``max_peers``, for a peer it does not know), or a peer id
         whose owner this announce cannot prove to be (``_owns``). Nothing
         changes when it raises.
         """
@@ -408,10 +409,14 @@ class Registry:
                     swarm.completed += 1
                 peer.state = "stopped"
                 swarm.stopped[pid] = peer
+                if len(swarm.stopped) > cfg.max_peers:  # the longest stopped goes first
+                    del swarm.stopped[next(iter(swarm.stopped))]
             return [], len(swarm.seeders), len(swarm.leechers)
         if peer is None:
             peer = swarm.stopped.pop(pid, None)
             if peer is None:
+                if len(swarm.seeders) + len(swarm.leechers) >= cfg.max_peers:
+                    raise Refused(f"swarm full: {cfg.max_peers} peers (--max-peers)")
                 peer = Peer(pid, ip, a.port, now, origin)
                 peer.left = a.left
             else:
