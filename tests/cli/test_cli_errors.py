@@ -42,6 +42,10 @@ def roost(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (["peer", "t", "--dest", "d", "--tracker-url", "ftp://t/"], "bad tracker URL"),
         (["deploy", "b", "--tag", "x", "--local", "1", "--tracker-port", "70000"], "port 70000"),
         (["deploy", "b", "--tag", "x", "--forks", "0"], "argument -f/--forks: must be at least 1"),
+        # an unset $DEST: Path("") is the current directory (--clean replaced it)
+        (["peer", "t", "--dest", "", "--clean"], "argument --dest: empty path"),
+        (["deploy", "b", "--tag", "x", "--local", "1", "--dest", ""], "argument --dest: empty"),
+        (["create", "", "--tag", "x"], "argument SRC: empty path"),
     ],
 )
 def test_a_bad_argument_is_one_line_naming_it(argv: list[str], says: str, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import json
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from roost.cli.flags import (
@@ -22,6 +21,7 @@ from roost.cli.flags import (
     add_tar_flag,
     add_trust_flag,
     engine_options,
+    path,
     port,
     seconds,
     size,
@@ -58,7 +58,7 @@ def _register_agent(sub: Any) -> None:
     )
     p.add_argument("action", nargs="?", choices=("run", "status"), default="run")
     p.add_argument("--channel", metavar="URL", help="channel directory URL, file:// URL or path")
-    p.add_argument("--dest", type=Path, required=True, help="e.g. /opt/app")
+    p.add_argument("--dest", type=path, required=True, help="e.g. /opt/app")
     p.add_argument(
         "--interval", type=seconds, default=10.0, help="seconds between polls (default 10)"
     )
@@ -68,7 +68,7 @@ def _register_agent(sub: Any) -> None:
     p.add_argument("--hook", metavar="CMD", help="run before activating (ROOST_TAG, ROOST_PATH, …)")
     add_hook_timeout_flag(p)
     p.add_argument(
-        "--temp-path", type=Path, help="downloads and seeded payloads (default DEST/.roost-cache)"
+        "--temp-path", type=path, help="downloads and seeded payloads (default DEST/.roost-cache)"
     )
     p.add_argument("--listen", default="0.0.0.0", help="interface to listen on")
     p.add_argument("--port", type=port, default=0, help="port to listen on (0: any)")
@@ -211,9 +211,9 @@ def _register_publish(sub: Any) -> None:
             "--payload SRC (with --tar: --from DIR)."
         ),
     )
-    p.add_argument("source", type=Path, nargs="?", metavar="SRC", help="directory (or --file)")
+    p.add_argument("source", type=path, nargs="?", metavar="SRC", help="directory (or --file)")
     p.add_argument("--tag", help="release name, e.g. v42")
-    p.add_argument("--channel-dir", type=Path, required=True, metavar="DIR")
+    p.add_argument("--channel-dir", type=path, required=True, metavar="DIR")
     p.add_argument("--channel-name", default="default", help="name for a new channel")
     p.add_argument("--tracker", action="append", default=[], metavar="URL", help="announce URL")
     p.add_argument("--web-seed", action="append", default=[], metavar="URL", help="BEP 19 origin")
@@ -358,7 +358,7 @@ def _register_channel(sub: Any) -> None:
         "serve",
         help="serve DIR read-only over HTTP (no listing, files of DIR only)",
     )
-    serve.add_argument("directory", type=Path, metavar="DIR")
+    serve.add_argument("directory", type=path, metavar="DIR")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=port, default=8999, help="port (0: any)")
     add_server_limit_flags(serve)

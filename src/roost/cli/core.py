@@ -27,6 +27,7 @@ from roost.cli.flags import (
     add_trust_flag,
     engine_options,
     install_options,
+    path,
     port,
     seconds,
     size,
@@ -52,12 +53,12 @@ def register(sub: Any) -> None:
 
 def _register_seed(sub: Any) -> None:
     p = sub.add_parser("seed", help="seed a release until stopped (Murder start_seeding)")
-    p.add_argument("torrent", type=Path, help="the release's .torrent")
+    p.add_argument("torrent", type=path, help="the release's .torrent")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--payload", type=Path, help="the payload: TAG.tar, the file, or a tree release's directory"
+        "--payload", type=path, help="the payload: TAG.tar, the file, or a tree release's directory"
     )
-    src.add_argument("--from", dest="from_dir", type=Path, help="directory holding the payload")
+    src.add_argument("--from", dest="from_dir", type=path, help="directory holding the payload")
     p.add_argument(
         "--tracker-url",
         action="append",
@@ -95,10 +96,10 @@ def _register_seed(sub: Any) -> None:
         "who relays it (peers: --feed http://HOST:PORT/)",
     )
     p.add_argument("--feed-bind", help="address the feed listens on (default: --listen)")
-    p.add_argument("--pid-file", type=Path, help="record this process here (for stop-seeding)")
+    p.add_argument("--pid-file", type=path, help="record this process here (for stop-seeding)")
     p.add_argument(
         "--stats-file",
-        type=Path,
+        type=path,
         metavar="FILE",
         help="when seeding stops, write what was uploaded here as JSON"
         " (bytes_up, feed_up, size: the deploy's origin copies)",
@@ -215,12 +216,12 @@ def _report_uploaded(snap: SeedSnapshot, size: int, stats_file: Path | None) -> 
 def _register_peer(sub: Any) -> None:
     p = sub.add_parser("peer", help="download, verify and install a release, then seed it a while")
     p.add_argument("torrent", help="the release's .torrent, or a magnet link")
-    p.add_argument("--dest", type=Path, required=True, help="install into DEST/TAG")
+    p.add_argument("--dest", type=path, required=True, help="install into DEST/TAG")
     add_install_flags(p)
     add_trust_flag(p)
     p.add_argument(
         "--temp-path",
-        type=Path,
+        type=path,
         default=DEFAULT_TEMP_PATH,
         help=f"download area, one directory per info-hash (default {DEFAULT_TEMP_PATH})",
     )
@@ -346,13 +347,13 @@ def _register_deploy(sub: Any) -> None:
     )
     p.add_argument(
         "source",
-        type=Path,
+        type=path,
         help="directory (a tree release; --tar: packed as a tar) or file (--file); with -i "
         "also seeder:PATH, "
         "a path on the inventory's seeder (seeder: alone: its seeder_files_path)",
     )
     p.add_argument("--tag", help="release name, e.g. v42 (with -i: default group_vars tag)")
-    p.add_argument("--dest", type=Path, help="install into DEST/TAG on each host")
+    p.add_argument("--dest", type=path, help="install into DEST/TAG on each host")
     p.add_argument("--file", dest="is_file", action="store_true", help="ship SRC as one file")
     add_tar_flag(p)
     where = p.add_mutually_exclusive_group()
@@ -362,14 +363,14 @@ def _register_deploy(sub: Any) -> None:
         metavar="N",
         help="embedded local fleet of N hosts, each in DEST/host-K (default when no -i: 4)",
     )
-    where.add_argument("-i", "--inventory", type=Path, help="deploy to an inventory's hosts")
+    where.add_argument("-i", "--inventory", type=path, help="deploy to an inventory's hosts")
     add_install_flags(p)
     add_trust_flag(p, on_hosts=True)
-    p.add_argument("--out", type=Path, help="keep the release (.torrent, tar) here")
+    p.add_argument("--out", type=path, help="keep the release (.torrent, tar) here")
     add_sign_flag(p)
     p.add_argument(
         "--work-dir",
-        type=Path,
+        type=path,
         help="local fleet: where the hosts' download areas go (default: RAM if room)",
     )
     p.add_argument("--piece-size", type=size, help="override the chosen piece size")

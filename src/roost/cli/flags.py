@@ -27,6 +27,14 @@ def size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def path(text: str) -> Path:
+    """argparse type: a path, never empty (``Path("")`` is the current
+    directory: an unset ``$DEST`` would install, or ``--clean``, there)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset variable?)")
+    return Path(text)
+
+
 def port(text: str) -> int:
     """argparse type: a TCP port, 0 (any free one) to 65535."""
     try:

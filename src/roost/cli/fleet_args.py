@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from roost.cli.flags import path
 from roost.errors import UsageError
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
     g = p.add_argument_group("fleet (SSH)")
     if inventory:
         g.add_argument(
-            "-i", "--inventory", type=Path, help="Ansible INI/YAML inventory or a plain host list"
+            "-i", "--inventory", type=path, help="Ansible INI/YAML inventory or a plain host list"
         )
     g.add_argument(
         "--hosts",
@@ -45,7 +46,7 @@ def add_fleet_flags(p: argparse.ArgumentParser, *, inventory: bool = True) -> No
         metavar="[USER@]HOST[:PORT]",
         help="hosts instead of an inventory (first is tracker and seeder)",
     )
-    g.add_argument("--config", type=Path, help="roost.toml (default ./roost.toml if present)")
+    g.add_argument("--config", type=path, help="roost.toml (default ./roost.toml if present)")
     g.add_argument("-f", "--forks", type=at_least(1), help="hosts worked on at once (default 100)")
     g.add_argument(
         "--max-fail-percent",

@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import threading
-from pathlib import Path
 from typing import Any
 
-from roost.cli.flags import port, size
+from roost.cli.flags import path, port, size
 from roost.cli.signals import StopOnSignals
 
 
@@ -25,11 +24,11 @@ def register(sub: Any) -> None:
             "Byte counts are at /.roost-origin/stats.json."
         ),
     )
-    serve.add_argument("root", type=Path, metavar="DIR", help="directory to serve")
+    serve.add_argument("root", type=path, metavar="DIR", help="directory to serve")
     serve.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=port, default=8080, help="port (default 8080; 0: any)")
-    serve.add_argument("--tls-cert", type=Path, metavar="PEM", help="certificate chain (HTTPS)")
-    serve.add_argument("--tls-key", type=Path, metavar="PEM", help="private key (HTTPS)")
+    serve.add_argument("--tls-cert", type=path, metavar="PEM", help="certificate chain (HTTPS)")
+    serve.add_argument("--tls-key", type=path, metavar="PEM", help="private key (HTTPS)")
     add_server_limit_flags(serve)
     serve.add_argument(
         "--rate-limit",

@@ -6,10 +6,9 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from roost.cli.flags import SIGN_HELP, add_sign_flag, add_tar_flag, add_trust_flag, size
+from roost.cli.flags import SIGN_HELP, add_sign_flag, add_tar_flag, add_trust_flag, path, size
 from roost.metainfo import check_signature, read_torrent_file, sign_torrent
 from roost.release import DEFAULT_OUT_DIR, create_release
 from roost.signing import load_trusted
@@ -28,7 +27,7 @@ def register(sub: Any) -> None:
             "OUT/TAG.tar first; with --file, SRC is a single file, taken as is."
         ),
     )
-    create.add_argument("source", type=Path, metavar="SRC", help="directory (or file with --file)")
+    create.add_argument("source", type=path, metavar="SRC", help="directory (or file with --file)")
     create.add_argument("--tag", required=True, help="release name, e.g. v42 (no '/', no '..')")
     create.add_argument(
         "--file", dest="is_file", action="store_true", help="SRC is a single file, shipped as is"
@@ -43,7 +42,7 @@ def register(sub: Any) -> None:
     )
     create.add_argument(
         "--out",
-        type=Path,
+        type=path,
         default=DEFAULT_OUT_DIR,
         metavar="DIR",
         help=f"where TAG.torrent (and TAG.tar) go (default {DEFAULT_OUT_DIR})",
@@ -76,8 +75,8 @@ def register(sub: Any) -> None:
             "given --trust refuse releases that are not signed by a trusted key."
         ),
     )
-    sign.add_argument("torrent", type=Path, metavar="T", help="the release's .torrent")
-    sign.add_argument("--key", type=Path, required=True, metavar="KEY", help=SIGN_HELP)
+    sign.add_argument("torrent", type=path, metavar="T", help="the release's .torrent")
+    sign.add_argument("--key", type=path, required=True, metavar="KEY", help=SIGN_HELP)
     sign.set_defaults(handler=_sign)
 
     verify = sub.add_parser(
@@ -89,14 +88,14 @@ def register(sub: Any) -> None:
         ),
     )
     verify.add_argument(
-        "target", type=Path, metavar="TARGET", help="the installed release (DEST/TAG, or a file)"
+        "target", type=path, metavar="TARGET", help="the installed release (DEST/TAG, or a file)"
     )
     verify.add_argument(
-        "--torrent", type=Path, required=True, metavar="T", help="the release's .torrent"
+        "--torrent", type=path, required=True, metavar="T", help="the release's .torrent"
     )
     verify.add_argument(
         "--payload",
-        type=Path,
+        type=path,
         default=None,
         metavar="P",
         help="a tar release's TAG.tar (default: beside the torrent; without it, the manifest "

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from roost import activation
-from roost.cli.flags import seconds
+from roost.cli.flags import path, seconds
 from roost.cli.flags import tag as tag_type
 from roost.errors import RoostError, UsageError
 
@@ -87,7 +87,7 @@ def register(sub: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     from roost.cli.fleet_args import add_fleet_flags
 
-    p.add_argument("--dest", type=Path, required=True, help="the destination (DEST/releases)")
+    p.add_argument("--dest", type=path, required=True, help="the destination (DEST/releases)")
     p.add_argument(
         "--local",
         type=int,

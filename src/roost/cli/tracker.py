@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from roost.cli.flags import path
 from roost.errors import ConfigError, TrackerError, UsageError
 
 __all__ = ["build_config", "read_allow_list", "read_locality", "register"]
@@ -88,13 +89,13 @@ def register(subparsers: Any) -> None:
         "--state",
         "--dfile",
         dest="state",
-        type=Path,
+        type=path,
         metavar="FILE",
         help="state file: swarms survive a restart (Murder's --dfile)",
     )
     p.add_argument(
         "--allow-list",
-        type=Path,
+        type=path,
         metavar="FILE",
         help="serve only these info-hashes (lines: HEX [TAG [TOKEN]])",
     )
@@ -111,7 +112,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--locality",
-        type=Path,
+        type=path,
         metavar="FILE",
         help="address prefixes to labels (lines: CIDR dc=NAME rack=NAME)",
     )
