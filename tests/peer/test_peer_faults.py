@@ -110,6 +110,58 @@ def test_sigkilled_peer_restarts_from_what_is_on_disk(
     assert (dest / "t1" / "big.bin").read_bytes() == source.read_bytes()
 
 
+# SIGTERM: the way a service manager or a deploy stops a peer -----------------
+
+
+def test_sigterm_during_the_download_stops_the_worker_and_says_so(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """As Ctrl-C does: the worker stopped, the last events say why, status 143."""
+    source = random_file(tmp_path / "src" / "big.bin", 16 * MiB)
+    swarm = make_swarm(source.parent, upload_limit=2 * MiB, piece_size=64 * 1024)
+    info_hash = swarm.release.info_hash  # type: ignore[attr-defined]
+    temp, dest = tmp_path / "temp", tmp_path / "dest"
+    peer = roost_procs(*peer_args(swarm.torrent, dest, temp))
+    progress_until(peer, 0.2)
+    worker = procs.read_pid_file(temp / info_hash / "worker.pid")
+    assert worker is not None
+    peer.send_signal(signal.SIGTERM)
+    out, err = peer.communicate(timeout=30)
+    assert peer.returncode == 143, err
+    assert err.decode().strip().splitlines()[-1] == "roost: stopped by SIGTERM"
+    last = [json.loads(line) for line in out.decode().splitlines()][-2:]
+    assert [e["event"] for e in last] == ["failed", "done"], last
+    assert last[0]["error"] == "stopped by SIGTERM" and last[1]["ok"] is False
+    assert procs.wait_gone(worker, 10)
+    assert not (dest / "t1").exists()
+
+
+def test_sigterm_during_the_install_leaves_no_staging_behind(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """Stopped while it copies the release into place (``--copy``): the
+    half-written staging directory goes, as it does on Ctrl-C (it stayed,
+    tens of MiB, beside DEST/TAG for good)."""
+    source = random_file(tmp_path / "src" / "big.bin", 256 * MiB)
+    swarm = make_swarm(source.parent, piece_size=1024 * 1024)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    peer = roost_procs(*peer_args(swarm.torrent, dest, tmp_path / "temp", "--copy"))
+    deadline = time.monotonic() + 60
+    staging: list[str] = []
+    while not staging and peer.poll() is None:
+        staging = [n for n in os.listdir(dest) if ".roost-staging-" in n]
+        assert time.monotonic() < deadline, "no install began"
+    assert staging, "the install ended before it could be caught"
+    peer.send_signal(signal.SIGSTOP)  # caught in the copy: hold it there
+    assert (dest / staging[0]).exists()
+    peer.send_signal(signal.SIGTERM)
+    peer.send_signal(signal.SIGCONT)
+    _, err = peer.communicate(timeout=30)
+    assert peer.returncode == 143, err
+    assert os.listdir(dest) == [], os.listdir(dest)
+
+
 # Item 2: a disk that fills up during the download ------------------------------
 
 

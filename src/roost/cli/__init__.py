@@ -139,7 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RoostError as exc:
         print(f"roost: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from roost.cli.signals import Terminated
+
+        if isinstance(exc, Terminated):
+            print("roost: stopped by SIGTERM", file=sys.stderr)
+            return 143
         print("roost: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -256,7 +256,10 @@ def _register_peer(sub: Any) -> None:
 
 
 def _peer(args: argparse.Namespace) -> int:
+    from roost.cli.signals import Terminated, interrupt_on_signals
     from roost.enginetypes import EngineConfig
+
+    interrupt_on_signals()
     from roost.magnet import is_magnet, parse_magnet
     from roost.peer.config import magnet_torrent_path
 
@@ -317,15 +320,22 @@ def _peer(args: argparse.Namespace) -> int:
             word = "already installed at" if event.already else "installed at"
             print(f"{word} {event.path}", flush=True)
 
+    def failed(event: events.Failed) -> None:
+        if as_json:
+            emit(event)
+            seconds = round(time.monotonic() - started, 3)
+            emit(events.Done(ok=False, seconds=seconds, down=int(last["down"]), up=int(last["up"])))
+
     if as_json:
         emit(events.Started(at=round(time.time(), 3)))
     try:
         result = run_peer(config, emit)
+    except KeyboardInterrupt as exc:  # cleaned up on the way here
+        reason = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
+        failed(events.Failed(error=reason, kind="Interrupted"))
+        raise
     except RoostError as exc:
-        if as_json:
-            emit(failed_event(exc))
-            seconds = round(time.monotonic() - started, 3)
-            emit(events.Done(ok=False, seconds=seconds, down=int(last["down"]), up=int(last["up"])))
+        failed(failed_event(exc))
         raise
     if as_json:
         seconds = round(result.seconds, 3)
@@ -395,6 +405,9 @@ def _register_deploy(sub: Any) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
+    from roost.cli.signals import interrupt_on_signals
+
+    interrupt_on_signals()  # SIGTERM as Ctrl-C: the peers, seeder and tracker stopped
     if args.inventory is not None or getattr(args, "hosts", None):
         if args.local is not None:
             raise UsageError("--local runs an embedded fleet: drop it or drop -i/--hosts")

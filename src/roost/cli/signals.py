@@ -7,6 +7,12 @@ command then hands it the stop call of what it runs (:meth:`forward`). A
 signal that came in between is kept and delivered on the spot, so the command
 still ends through its own clean path, with exit status 0, instead of dying
 of the signal.
+
+A command that does its work on the main thread (``roost peer``: the
+download's wait, then the install) takes the signals as an exception
+instead (:func:`interrupt_on_signals`): SIGTERM as Ctrl-C is, so that the
+``finally`` blocks remove what was half made (a staging directory) and stop
+the worker.
 """
 
 from __future__ import annotations
@@ -49,3 +55,25 @@ class StopOnSignals:
     def requested(self) -> bool:
         """Whether a signal came before anything was forwarded."""
         return self._pending
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised on the main thread as SIGINT's ``KeyboardInterrupt`` is."""
+
+
+def interrupt_on_signals() -> None:
+    """SIGTERM raises :class:`Terminated`, SIGINT ``KeyboardInterrupt`` (an
+    ignored SIGINT stays ignored); once, then both are ignored: the clean-up
+    the exception runs is not cut short by the next signal (a deploy that
+    was interrupted stops its peers with SIGTERM)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def raise_once(signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, raise_once)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, raise_once)
