@@ -252,6 +252,37 @@ def test_server_hands_out_pieces_with_their_index_then_waits(payload_file: Path)
         assert server.stats(source.info_hash).dispatched == source.num_pieces  # type: ignore[union-attr]
 
 
+def test_a_payload_changed_since_seeding_began_stops_the_feed_and_its_clients(
+    payload_file: Path,
+) -> None:
+    """Rebuilt in place mid-deploy: its pieces are not the release's, so the
+    feed stops, saying why to every asker, and a client stops with that
+    reason (peers hashed the bad pieces, failed, and asked for ever)."""
+    source = _source(payload_file)
+    with FeedServer() as server:
+        server.add(source)
+        base = f"/feed/v1/{source.info_hash}"
+        assert _get(server, f"{base}/piece/0")[0] == 200
+        with open(payload_file, "r+b") as f:
+            f.seek(5 * 16 * KIB)
+            f.write(b"\0" * 100)
+        st = payload_file.stat()  # a rebuild takes longer than the clock's tick
+        os.utime(payload_file, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        for path in (f"{base}/next", f"{base}/piece/1", f"{base}/next"):
+            status, headers, _ = _get(server, path)
+            assert status == 503, path
+            assert headers["X-Roost-Feed-Error"] == f"{payload_file} changed since seeding began"
+        fed: dict[int, bytes] = {}
+        client = FeedClient(
+            server.url(), source.info_hash, add_piece=fed.__setitem__, orphans=list
+        ).start()
+        try:
+            assert _until(client.broken, 5) == f"{payload_file} changed since seeding began"
+            assert fed == {}
+        finally:
+            client.stop()
+
+
 def test_what_a_closed_connection_held_unconfirmed_goes_out_again_first(
     payload_file: Path,
 ) -> None:
@@ -743,6 +774,28 @@ def test_a_peer_whose_feed_refuses_connections_finishes_from_the_seeder(
     _until(lambda: swarm.seeder.snapshot().uploaded >= art.stat().st_size, 10)  # type: ignore[attr-defined]
     assert swarm.feed_stats().dispatched == 0  # type: ignore[attr-defined]
     assert took < 40  # a few seconds to judge the feed, then the download
+
+
+def test_a_peer_fed_pieces_that_fail_their_hash_stops_and_names_the_origin(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """An origin whose payload is not the release (rewritten with its size and
+    time kept, which the feed cannot see): the peer's pieces from it fail
+    their hash, and it stops saying so, where it hashed and asked again for
+    ever (2,880 failures in 30 s)."""
+    art = random_file(tmp_path / "art.bin", 2 * 1024 * 1024, seed=11)
+    swarm = make_swarm(art, is_file=True, piece_size=32 * KIB, feed=True)
+    st = art.stat()
+    random_file(art, st.st_size, seed=12)
+    os.utime(art, ns=(st.st_atime_ns, st.st_mtime_ns))
+    cmd = _peer_cmd(swarm, tmp_path / "d", tmp_path / "t", "--linger", "0", "--timeout", "60")
+    proc = roost_procs(*cmd)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 1, err.decode()
+    failed = [json.loads(line) for line in out.decode().splitlines()][-2]
+    assert failed["event"] == "failed", failed
+    assert failed["error"].startswith("the origin's feed sent pieces that fail their hash check")
+    assert not (tmp_path / "d" / "t1").exists()
 
 
 def test_a_feed_refuses_a_torrent_with_a_pad_inside_a_piece(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -68,7 +69,7 @@ from typing import Any, BinaryIO
 
 from roost import __version__
 from roost.errors import UsageError
-from roost.feedclient import API, DONE, LATER, WAIT
+from roost.feedclient import API, DONE, FEED_ERROR, LATER, WAIT
 from roost.httpserve import (
     BoundedHandler,
     BoundedHTTPServer,
@@ -326,6 +327,27 @@ class _Feed:
         self.source = source
         self.dispatcher = Dispatcher(source.num_pieces, reassign_after=reassign_after)
         self.bytes_sent = 0
+        #: each payload file's (size, mtime) as the feed began: a file that
+        #: changes since is no longer the release's (rebuilt in place)
+        self.stamps = _stamps(source)
+        #: why the feed stopped serving (a payload file changed), or None
+        self.broken: str | None = None
+
+    def check(self, path: Path, f: BinaryIO) -> bool:
+        """Whether ``f`` (opened from ``path``) is still as the feed began;
+        else the feed stops for good, and says so once."""
+        if self.broken is None:
+            st = os.fstat(f.fileno())
+            stamp = self.stamps.get(path)
+            if stamp is None or stamp == (st.st_size, st.st_mtime_ns):
+                return True
+            self.broken = f"{path} changed since seeding began"
+            log.error(
+                "feed %s: %s: its pieces are not the release's",
+                self.source.info_hash[:12],
+                self.broken,
+            )
+        return False
 
     def stats(self) -> FeedStats:
         d = self.dispatcher
@@ -340,6 +362,19 @@ class _Feed:
             self.bytes_sent,
             d.done,
         )
+
+
+def _stamps(source: FeedSource) -> dict[Path, tuple[int, int]]:
+    if source.layout is None:
+        paths = [source.path]
+    else:
+        paths = [source.path / source.layout.files[i].path for i in source.layout.data_files()]
+    stamps: dict[Path, tuple[int, int]] = {}
+    for path in paths:
+        with contextlib.suppress(OSError):  # missing: the seeder's own check says so
+            st = path.stat()
+            stamps[path] = (st.st_size, st.st_mtime_ns)
+    return stamps
 
 
 _PATH = re.compile(rf"^{API}/([0-9a-f]{{40}})/(next|got|stats|piece/(\d{{1,9}}))$")
@@ -373,6 +408,9 @@ class _Handler(BoundedHandler):
                 doc = json.dumps(feed.stats().to_json()).encode()
             self._reply(200, doc, "application/json")
             return
+        if feed.broken is not None:  # every asker hears why, and stops
+            self._empty(503, {FEED_ERROR: feed.broken})
+            return
         if match.group(3) is not None:
             piece = int(match.group(3))
             if piece >= feed.source.num_pieces:
@@ -404,6 +442,14 @@ class _Handler(BoundedHandler):
                 opened = [(files.enter_context(open(path, "rb")), at, n) for path, at, n in extents]
             except OSError:
                 self._empty(503)
+                return
+            with self.server.lock:
+                intact = all(
+                    feed.check(path, f)
+                    for (path, _, _), (f, _, _) in zip(extents, opened, strict=True)
+                )
+            if not intact:
+                self._empty(503, {FEED_ERROR: feed.broken or "payload changed"})
                 return
             with _corked(self.connection):
                 # The head is as short as HTTP allows and leaves in the segments

@@ -37,6 +37,8 @@ DONE = "done"
 LATER = "later"
 #: seconds between two attempts on a feed that fails, at most
 MAX_BACKOFF = 5.0
+#: the header of a feed that stopped for good (its payload changed): why
+FEED_ERROR = "X-Roost-Feed-Error"
 
 
 @dataclass
@@ -129,6 +131,7 @@ class FeedClient:
         )
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._broken: str | None = None
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._have = _chunks(piece_ranges(sorted(have)), 4000)
@@ -168,6 +171,22 @@ class FeedClient:
                 return None
             return self.counters.last_error or "no answer"
 
+    def broken(self) -> str | None:
+        """Why the feed stopped for good (it said so: its payload changed
+        since seeding began, so its pieces are not the release's), or None.
+        The client has stopped then; its peer cannot finish from that origin."""
+        with self._lock:
+            return self._broken
+
+    def _broken_by(self, headers: dict[str, str]) -> bool:
+        reason = headers.get(FEED_ERROR.lower())
+        if reason is None:
+            return False
+        with self._lock:
+            self._broken = reason[:300]
+        self._stop.set()
+        return True
+
     def _answered(self) -> None:
         with self._lock:
             self._answered_at = time.monotonic()
@@ -181,6 +200,12 @@ class FeedClient:
             if not self._failing:  # a connection lost after a long wait is not a long failure
                 self._failing_since = max(self._answered_at, time.monotonic() - silent)
             self._failing = True
+
+    def was_fed(self, piece: int) -> bool:
+        """Whether the feed gave this peer ``piece`` (so a hash failure of it
+        is the origin's)."""
+        with self._lock:
+            return piece in self._fed
 
     def _received(self, piece: int, data: bytes, *, repair: bool = False) -> None:
         if self._throttle is not None:
@@ -209,6 +234,8 @@ class FeedClient:
                     pipe.send(f"{self.base}/next{self._query(got)}")
                     got = []
                 status, headers, body = pipe.read()
+                if self._broken_by(headers):
+                    break
                 if status not in (200, 204):  # not a feed for this torrent (404), or busy
                     raise _NotTheFeed(f"it answered HTTP {status}")
                 if status == 200:  # a piece: a bad one is the feed's failure, as a 404 is
@@ -305,7 +332,7 @@ class FeedClient:
                     while due and pipe.inflight < self.depth:
                         asked.append(due.popleft())
                         pipe.send(f"{self.base}/piece/{asked[-1]}")
-                    status, _, body = pipe.read()
+                    status, headers, body = pipe.read()
                 except (OSError, ValueError) as exc:
                     self._failed(exc)
                     if pipe is not None:
@@ -313,6 +340,8 @@ class FeedClient:
                         pipe = None
                     retry_at = time.monotonic() + backoff
                     backoff = min(backoff * 2, MAX_BACKOFF)
+                    break
+                if self._broken_by(headers):
                     break
                 backoff = 0.5
                 piece = asked.popleft()

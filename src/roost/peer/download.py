@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: pieces from the feed that fail their hash before the download gives up on
+#: the origin: its payload is not the release (one could be a fluke)
+BAD_FEED_PIECES = 2
+
 
 class _Download:
     """One download in one engine; the worker's (or foreground's) core."""
@@ -87,6 +91,7 @@ class _Download:
                 have=self.reused.pieces if self.reused else (),
             )
         self.hash_failures = 0
+        self.bad_feed_pieces: list[int] = []  # from the feed, failed their hash
         #: Refused: close() deletes the torrent's data and the work directory.
         self.discard = False
         self.feed: FeedClient | None = None
@@ -224,6 +229,9 @@ class _Download:
             if reason:
                 self._save_resume_quietly()
                 raise EngineError(f"download stopped: {reason}", info_hash=self.tid)
+            if self.feed is not None and (why := self.feed.broken()) is not None:
+                self._save_resume_quietly()
+                raise ReleaseError(f"the origin stopped feeding this release: {why}")
             if self._check_feed(emit):
                 stall = StallWatch(self.config.stall_timeout)  # a new swarm to judge
                 continue
@@ -265,6 +273,14 @@ class _Download:
         if isinstance(event, HashFailed):
             self.hash_failures += 1
             emit(events.HashFailed(piece=event.piece))
+            if self.feed is not None and self.feed.was_fed(event.piece):
+                self.bad_feed_pieces.append(event.piece)
+                if len(self.bad_feed_pieces) >= BAD_FEED_PIECES:
+                    pieces = ", ".join(map(str, self.bad_feed_pieces))
+                    raise ReleaseError(
+                        f"the origin's feed sent pieces that fail their hash check ({pieces}):"
+                        " its payload is not this release (changed after it was made?)"
+                    )
         elif isinstance(event, PeerBanned):
             emit(events.PeerBanned(address=event.address))
         elif isinstance(event, TrackerProblem):
