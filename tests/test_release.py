@@ -296,6 +296,34 @@ def test_file_needs_flag_and_content(tmp_path: Path) -> None:
     assert (tmp_path / "f.torrent").read_bytes() == b"x"
 
 
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("tab\there", "control character"),
+        ("new\nline", "control character"),
+        ("\x7fdel", "control character"),
+        ("back\\slash", "backslash"),
+        ("evil\u202etxt.exe", "writing-direction mark"),
+        ("n" * 241, "longer than 240 bytes"),
+    ],
+)
+def test_a_name_bittorrent_clients_would_change_is_refused_in_a_tree(
+    tmp_path: Path, name: str, says: str
+) -> None:
+    """libtorrent stores such a file under another name, so the install did
+    not find it after the whole download; refused at create, before any
+    hashing, pointing at --tar, which carries any name (and ships it)."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / name).write_bytes(b"x")
+    with pytest.raises(ReleaseError, match=says) as info:
+        create_release(src, "v1", tmp_path / "out", announce=[])
+    assert "--tar" in str(info.value) and "\n" not in str(info.value)
+    assert create_release(src, "v2", tmp_path / "out", announce=[], tar=True).kind == "tar"
+    (src / "sub" / name).rename(src / "sub" / ("n" * 240))  # the longest that stays
+    assert create_release(src, "v3", tmp_path / "out", announce=[]).kind == "tree"
+
+
 def test_empty_tree_is_refused(tmp_path: Path) -> None:
     """A directory with nothing in it (or only .git*) is no release: it is
     refused before anything is written, rather than shipped as an empty tar

@@ -88,6 +88,9 @@ def test_a_layout_with_a_pad_inside_a_piece_is_not_a_tree() -> None:
         (["a", "a/b"], "a/b"),
         (["a/b", "a"], "a"),
         ([".roost-manifest.json"], ".roost-manifest.json"),
+        # names libtorrent would store otherwise: refused before the download
+        (["ok", "d/tab\there"], "d/tab\there"),
+        (["x" * 241], "x" * 241),
     ],
 )
 def test_unsafe_file_lists_are_named(paths: list[str], bad: str) -> None:

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from roost.manifest import MANIFEST_NAME, unsafe_name_reason
+from roost.manifest import MANIFEST_NAME, torrent_name_reason, unsafe_name_reason
 
 __all__ = [
     "Layout",
@@ -173,7 +173,7 @@ def unsafe_file_list(files: Sequence[TorrentFile]) -> tuple[str, str] | None:
     written, but their names are checked all the same."""
     kinds: dict[str, str] = {}
     for f in files:
-        reason = unsafe_name_reason(f.path)
+        reason = unsafe_name_reason(f.path) or (None if f.is_pad else torrent_name_reason(f.path))
         if reason:
             return f.path, reason
         if "l" in f.attr and not f.is_pad:

@@ -27,6 +27,7 @@ __all__ = [
     "ManifestEntry",
     "link_escapes",
     "parse_manifest",
+    "torrent_name_reason",
     "unsafe_name_reason",
 ]
 
@@ -52,6 +53,31 @@ def unsafe_name_reason(name: str) -> str | None:
         return "contains a '..' component"
     if "" in parts or "." in parts:
         return "is not a normalised path"
+    return None
+
+
+#: the longest file name, in bytes, that libtorrent stores as it is (it cuts
+#: longer ones to 240, keeping an extension)
+MAX_TORRENT_NAME = 240
+#: code points libtorrent drops from file names (they turn the writing direction)
+_DIRECTION_MARKS = frozenset("\u202a\u202b\u202c\u202d\u202e\u200e\u200f")
+
+
+def torrent_name_reason(path: str) -> str | None:
+    """Why libtorrent would store the torrent file ``path`` under another
+    name (it replaces control characters with ``_``, drops backslashes and
+    writing-direction marks, cuts names over 240 bytes), or None. A tree
+    release must not carry such a name: its files are found by name once
+    downloaded. A tar carries any name."""
+    for part in path.split("/"):
+        if any(c < " " or c == "\x7f" for c in part):
+            return "has a control character in its name"
+        if "\\" in part:
+            return "has a backslash in its name"
+        if _DIRECTION_MARKS.intersection(part):
+            return "has a writing-direction mark in its name"
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_TORRENT_NAME:
+            return f"has a name longer than {MAX_TORRENT_NAME} bytes"
     return None
 
 

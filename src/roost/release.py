@@ -46,7 +46,13 @@ from roost import __version__, bencode, signing
 from roost.errors import ReleaseError, UsageError
 from roost.hashing import TarWriter, hash_files, hash_pieces, sha256_range
 from roost.layout import TorrentFile, padded_files
-from roost.manifest import MANIFEST_NAME, Manifest, ManifestEntry, link_escapes
+from roost.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    link_escapes,
+    torrent_name_reason,
+)
 from roost.metainfo import validate_tag
 
 __all__ = [
@@ -245,6 +251,13 @@ def _tree(
     piece hashes. Nothing is copied: every file is read once per hash."""
     items = _items(source)
     files = [it for it in items if it.kind == "file"]
+    for it in files:
+        reason = torrent_name_reason(it.rel)
+        if reason is not None:
+            raise ReleaseError(
+                f"{str(source / it.rel)!r}: {reason}, which BitTorrent clients change on disk;"
+                " rename it, or ship the tree with --tar"
+            )
     size = piece_size or _tree_piece_size([it.st.st_size for it in files])
     layout = padded_files(((it.rel, it.st.st_size) for it in files), size)
     groups = _piece_groups(files, layout, size)
