@@ -75,6 +75,29 @@ def check_room(
                 f"not enough space on the device of {where} for {meta.name}:"
                 f" {need / MiB:.1f} MiB needed, {free / MiB:.1f} MiB free"
             )
+    if meta.files is not None:
+        _check_inodes(meta, temp, target, link=link and meta.kind != "tar")
+
+
+def _check_inodes(meta: Any, temp: Path, target: Path, *, link: bool) -> None:
+    """A tree's files and directories fit the devices' free inodes: the
+    download makes each once, the install its directories (and its files,
+    unless it hard-links them). A file system that counts no inodes passes."""
+    files = [f.path for f in meta.files if not f.is_pad]
+    dirs = {p[:i] for p in files for i, c in enumerate(p) if c == "/"}
+    download = len(files) + len(dirs) + 1
+    install = len(dirs) + 2 + (0 if link else len(files))  # the staging area, the record
+    if os.stat(temp).st_dev == os.stat(target).st_dev:
+        needs = {temp: download + install}
+    else:
+        needs = {temp: download, target: install}
+    for where, need in needs.items():
+        st = os.statvfs(where)
+        if st.f_files and need > st.f_favail:
+            raise DestinationError(
+                f"not enough inodes on the device of {where} for {meta.name}:"
+                f" {need} files and directories to make, {st.f_favail} free"
+            )
 
 
 def _allocated(path: Path) -> int:

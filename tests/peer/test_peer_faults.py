@@ -172,6 +172,28 @@ def small_tmpfs(tmp_path: Path, mounts: Callable[[Path, str], None]) -> Path:
     return tmp_path / "tmpfs"
 
 
+def test_a_tree_needing_more_inodes_than_are_free_is_refused_before_the_download(
+    tmp_path: Path, mounts: Callable[[Path, str], None]
+) -> None:
+    """Free bytes are not enough: 200 small files on a file system of 100
+    inodes failed after the download as 'no space left' with MiB to spare."""
+    from roost.checks import check_room
+    from roost.errors import DestinationError
+    from roost.layout import TorrentFile
+    from roost.metainfo import TorrentMeta
+
+    where = tmp_path / "fs"
+    mounts(where, "size=50m,nr_inodes=60")
+    files = tuple(TorrentFile(f"d/f{i}", 100) for i in range(40))
+    tree = TorrentMeta("0" * 40, "t1", 4000, 16384, 40, files=files, kind="tree")
+    temp, dest = where / "temp" / ("0" * 40), where / "dest"
+    # linked into place, the files take their inodes once: 42 + 3 of 59
+    check_room(tree, temp, dest, tag_directory=True, link=True)
+    with pytest.raises(DestinationError, match=r"not enough inodes on the device of .*: 85 files"):
+        check_room(tree, temp, dest, tag_directory=True)  # copied: twice
+    assert sorted(os.listdir(where)) == []
+
+
 def fill(directory: Path) -> Path:
     """Take every free byte of ``directory``'s file system."""
     filler = directory / "filler"
