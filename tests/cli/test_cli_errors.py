@@ -76,6 +76,19 @@ def test_a_seeder_with_no_upload_slots_is_refused(tmp_path: Path) -> None:
     assert done.stderr == "roost: error: --upload-slots must be at least 1, or -1 for all; got -5\n"
 
 
+def test_a_local_deploy_into_its_own_source_is_refused(tmp_path: Path) -> None:
+    """Each deploy re-packed the installs before it (t2 held out/host-1/t1)."""
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "f").write_text("x")
+    done = roost("deploy", "b", "--tag", "t1", "--local", "1", "--dest", "b/out", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == (
+        "roost: error: --dest b/out is inside the source b:"
+        " each deploy would ship the installs before it\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["f"]
+
+
 def test_a_seeders_stats_file_must_have_a_directory(tmp_path: Path) -> None:
     """Found at start, not when the seeding ends and the counts are lost."""
     (tmp_path / "b").mkdir()

@@ -420,6 +420,12 @@ def _deploy(args: argparse.Namespace) -> int:
         raise UsageError("--tag is required (e.g. --tag v42)")
     if args.dest is None:
         raise UsageError("--dest is required: each local host installs into DEST/host-K/TAG")
+    source, dest = args.source.absolute().resolve(), args.dest.absolute().resolve()
+    if not args.is_file and (dest == source or source in dest.parents):
+        raise UsageError(
+            f"--dest {args.dest} is inside the source {args.source}:"
+            " each deploy would ship the installs before it"
+        )
     from roost.cli.releases import deploy_waves, local_rollout, print_rollout_hosts
     from roost.local import DEFAULT_HOSTS, LocalDeployConfig, deploy_local
     from roost.progress import TerminalDisplay, render_live, render_summary
