@@ -58,6 +58,10 @@ def test_refusals_leave_the_current_release(tmp_path: Path) -> None:
     for bad in ("v9", "..", "v1/../v1", ""):
         with pytest.raises(DestinationError, match="is not installed"):
             activation.activate(dest, bad)
+    # a directory roost did not install (made by hand, or an install cut short)
+    (dest / activation.RELEASES / "v7").mkdir()
+    with pytest.raises(DestinationError, match="is not a release roost installed"):
+        activation.activate(dest, "v7")
     assert activation.current(dest) == "v1"
     # A previous release that was removed meanwhile is not a rollback target.
     _install(tmp_path, dest, "v2", "two\n")

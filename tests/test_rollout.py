@@ -213,7 +213,17 @@ def test_deploy_activate_in_waves_halts_and_rolls_back(
 def test_deploy_activation_flags_are_checked_first(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["deploy", str(tmp_path), "--tag", "v1", "--local", "1", "--dest", str(tmp_path / "d")]
+    (tmp_path / "b").mkdir()
+    base = [
+        "deploy",
+        str(tmp_path / "b"),
+        "--tag",
+        "v1",
+        "--local",
+        "1",
+        "--dest",
+        str(tmp_path / "d"),
+    ]
     assert main([*base, "--waves", "1,100%"]) == 2
     assert "need --activate" in capsys.readouterr().err
     assert main([*base, "--activate", "--no-tag-directory"]) == 2

@@ -43,7 +43,7 @@ from typing import Any
 from roost._fs import atomic_write
 from roost._parse import load_json
 from roost.errors import DestinationError
-from roost.installed import remove_records
+from roost.installed import remove_records, state_dir
 
 __all__ = [
     "CURRENT",
@@ -199,6 +199,10 @@ def _switch(dest: Path, tag: str, rejected: str | None = None) -> Switch:
     target = dest / RELEASES / tag
     if "/" in tag or tag in ("", ".", "..") or not target.is_dir() or target.is_symlink():
         raise DestinationError(f"release {tag} is not installed in {dest / RELEASES}")
+    if not (state_dir(target) / "install.json").is_file():  # a directory roost never finished
+        raise DestinationError(
+            f"{target} is not a release roost installed (no {state_dir(target).name}/install.json)"
+        )
     before = current(dest)
     if before == tag:
         if rejected is not None and rejected != tag:
