@@ -122,6 +122,32 @@ def test_rollback_on_fail_leaves_no_trace_for_a_later_rollback(
     assert activation.previous(root / "host-1") == "v3"
 
 
+def test_rollback_on_fail_of_a_first_activation_leaves_none_current(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No release was current before the rollout: sent back, none is current
+    again (the failing release stayed current, 'no previous release'), and
+    the line says the health check's reason."""
+    root = _fleet(tmp_path, 2, ("v1",))  # v1 installed, never activated
+    argv = ["rollout", "v1", "--dest", str(root), "--local", "2", "--waves", "1,100%"]
+    assert main([*argv, "--health", "echo sick >&2; exit 3", "--rollback-on-fail"]) == 1
+    out = capsys.readouterr().out
+    assert "host-1  wave 1  nothing -> v1  health FAILED exited with status 3: sick" in out
+    assert "rolled back to none current" in out, out
+    for i in (1, 2):
+        assert activation.current(root / f"host-{i}") is None
+        assert not (root / f"host-{i}" / "current").is_symlink()
+    assert activation.previous(root / "host-1") is None  # v1 is no previous release either
+    # a plain rollback now has nothing to go back to, and says so
+    assert main(["rollback", "--dest", str(root / "host-1")]) == 1
+    assert "no previous release" in capsys.readouterr().err
+    # over SSH the same undo is ``roost rollback --reject TAG`` with no --to
+    assert main(["activate", "v1", "--dest", str(root / "host-2")]) == 0
+    assert main(["rollback", "--reject", "v1", "--dest", str(root / "host-2")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "v1 -> nothing (none current)"
+    assert activation.current(root / "host-2") is None
+
+
 def test_rollout_that_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     root = _fleet(tmp_path, 4)
     argv = ["rollout", "v2", "--dest", str(root), "--local", "4", "--waves", "1,50%,100%"]

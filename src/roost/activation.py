@@ -72,7 +72,9 @@ _HISTORY_KEEP = 50
 class Switch:
     """What :func:`activate` or :func:`rollback` did on one destination."""
 
-    tag: str
+    #: what is current now; None when a first activation was undone
+    #: (:func:`rollback` with ``reject`` and nothing before it)
+    tag: str | None
     previous: str | None
     changed: bool  # False: ``tag`` was already current
 
@@ -140,9 +142,10 @@ def _history(dest: Path) -> list[dict[str, Any]]:
     return [e for e in doc["activated"] if isinstance(e, dict) and isinstance(e.get("tag"), str)]
 
 
-def _record(dest: Path, tag: str, rejected: str | None = None) -> None:
+def _record(dest: Path, tag: str | None, rejected: str | None = None) -> None:
     """Append ``tag``'s activation; with ``rejected``, undo that release's
-    activation instead (see the module's docstring)."""
+    activation instead (see the module's docstring); ``tag`` None: nothing
+    is current now."""
     path = Path(dest) / HISTORY
     try:
         entries = _history(dest)
@@ -157,7 +160,7 @@ def _record(dest: Path, tag: str, rejected: str | None = None) -> None:
         else:
             entries.append({"tag": rejected, "at": at, "rejected": True})
         active = [e["tag"] for e in entries if e.get("rejected") is not True]
-        if not active or active[-1] != tag:  # not what was current before ``rejected``
+        if tag is not None and (not active or active[-1] != tag):  # not current before it
             entries.append({"tag": tag, "at": at})
     try:
         body = json.dumps({"activated": entries[-_HISTORY_KEEP:]}, indent=1) + "\n"
@@ -229,16 +232,31 @@ def rollback(dest: Path, to: str | None = None, *, reject: str | None = None) ->
     With ``reject`` (the release being rolled back from, which failed), its
     activation is undone in the history rather than this switch appended:
     the previous release is again the one from before it, and ``reject`` is
-    never the previous release until it is activated again. Raises
+    never the previous release until it is activated again; if ``reject``
+    was the first release made current, none is current afterwards. Raises
     ``DestinationError`` (nothing changed) if there is nowhere to go back to
     or ``to`` is not installed, or ``to`` is ``reject``."""
     dest = Path(dest)
     target = to or previous(dest)
+    if target is None and reject is not None and current(dest) == reject:
+        return _undo_first(dest, reject)
     if target is None:
         raise DestinationError(f"{dest}: no previous release to roll back to")
     if target == reject:
         raise DestinationError(f"{dest}: cannot roll back to {reject}, the release rejected")
     return _switch(dest, target, reject)
+
+
+def _undo_first(dest: Path, reject: str) -> Switch:
+    """``reject`` was the first release made current here and failed: as
+    before it, no release is current (``DEST/current`` removed)."""
+    link = dest / CURRENT
+    try:
+        link.unlink()
+    except OSError as exc:
+        raise DestinationError(f"cannot remove {link}: {exc.strerror}") from exc
+    _record(dest, None, reject)
+    return Switch(None, reject, changed=True)
 
 
 def remove_release(dest: Path, tag: str) -> None:

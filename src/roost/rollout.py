@@ -149,9 +149,10 @@ class HostRunner(Protocol):
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult: ...
 
-    async def switch_back(self, host: str, tag: str, reject: str) -> activation.Switch:
+    async def switch_back(self, host: str, tag: str | None, reject: str) -> activation.Switch:
         """Send ``host`` back to ``tag``, the release it had before this
-        rollout, undoing the activation of ``reject``, the rollout's."""
+        rollout, undoing the activation of ``reject``, the rollout's (None:
+        it had none, and has none current again)."""
 
 
 async def run_rollout(
@@ -201,9 +202,6 @@ async def _one(runner: HostRunner, h: HostRollout, tag: str, health: str | None)
 
 
 async def _back(runner: HostRunner, h: HostRollout, tag: str) -> None:
-    if not h.previous:
-        h.error = (h.error + "; " if h.error else "") + "no previous release to roll back to"
-        return
     try:
         await runner.switch_back(h.host, h.previous, tag)
         h.rolled_back = True
@@ -264,5 +262,5 @@ class LocalRunner:
             command, env={**env, "ROOST_PATH": str(path)}, cwd=path, timeout=self.timeout
         )
 
-    async def switch_back(self, host: str, tag: str, reject: str) -> activation.Switch:
+    async def switch_back(self, host: str, tag: str | None, reject: str) -> activation.Switch:
         return await asyncio.to_thread(activation.rollback, self.dests[host], tag, reject=reject)

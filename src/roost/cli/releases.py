@@ -170,7 +170,7 @@ def describe(verb: str, result: dict[str, Any]) -> str:
         )
     if not result["changed"]:
         return f"{result['tag']} was already current"
-    return f"{result['previous'] or 'nothing'} -> {result['tag']}"
+    return f"{result['previous'] or 'nothing'} -> {result['tag'] or 'nothing (none current)'}"
 
 
 def _main(args: argparse.Namespace, verb: str) -> int:
@@ -312,13 +312,15 @@ def rollout_lines(doc: dict[str, Any]) -> list[str]:
             text = "not reached"
         elif h["error"]:
             text = f"wave {h['wave']}  FAILED {h['error']}"
+            if h["health"] not in (None, "ok"):
+                text += f" (health: {h['health']})"
         else:
             text = f"wave {h['wave']}  {h['previous'] or 'nothing'} -> {doc['tag']}"
             if h["health"] is not None:
                 ok = h["health"] == "ok"
                 text += "  health ok" if ok else f"  health FAILED {h['health']}"
         if h["rolled_back"]:
-            text += f"  rolled back to {h['previous']}"
+            text += f"  rolled back to {h['previous'] or 'none current'}"
         lines.append(f"{h['host']:<{width}}  {text}")
     waves = len(doc["waves"])
     if doc["ok"]:

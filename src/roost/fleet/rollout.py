@@ -66,7 +66,10 @@ class SSHRunner:
                 raise RemoteError(s.host.name, step, f"exit status {out.exit_status}{tail}")
             if not (isinstance(doc, dict) and "tag" in doc and "changed" in doc):
                 raise RemoteError(s.host.name, step, f"unexpected answer {last!r:.200}")
-            return Switch(str(doc["tag"]), doc.get("previous"), bool(doc["changed"]))
+            now = doc["tag"]  # None: a first activation undone, none current
+            return Switch(
+                None if now is None else str(now), doc.get("previous"), bool(doc["changed"])
+            )
 
         switch: Switch = await self._on(host, step, fn)
         return switch
@@ -75,10 +78,12 @@ class SSHRunner:
         keep = ["--keep", str(self.keep)] if self.keep is not None else []
         return await self._switch(host, "activate", ["activate", tag, *keep])
 
-    async def switch_back(self, host: str, tag: str, reject: str) -> Switch:
+    async def switch_back(self, host: str, tag: str | None, reject: str) -> Switch:
         """``roost rollback --to TAG --reject REJECT`` on the host: its history
-        is as if this rollout's release had never been current there."""
-        return await self._switch(host, "rollback", ["rollback", "--to", tag, "--reject", reject])
+        is as if this rollout's release had never been current there (no
+        ``--to`` when it had none before: none is current again)."""
+        to = ["--to", tag] if tag is not None else []
+        return await self._switch(host, "rollback", ["rollback", *to, "--reject", reject])
 
     async def health(self, host: str, command: str, env: dict[str, str]) -> HealthResult:
         path = f"{self.dest}/{RELEASES}/{env['ROOST_TAG']}"
