@@ -110,6 +110,29 @@ def test_sigkilled_peer_restarts_from_what_is_on_disk(
     assert (dest / "t1" / "big.bin").read_bytes() == source.read_bytes()
 
 
+def test_a_second_peer_of_a_release_being_downloaded_is_refused_not_the_first_killed(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start
+) -> None:
+    """Two peers of one release share the default download area: the second
+    stopped the first's worker, which failed 'download stopped: signal
+    SIGTERM'. Now the second is refused, naming the first; once the first
+    is done and only lingers, a new peer takes over as before."""
+    source = random_file(tmp_path / "src" / "big.bin", 8 * MiB)
+    swarm = make_swarm(source.parent, upload_limit=2 * MiB, piece_size=64 * 1024)
+    temp = tmp_path / "temp"
+    first = roost_procs(*peer_args(swarm.torrent, tmp_path / "a", temp)[:-2], "--linger", "30")
+    progress_until(first, 0.1)
+    rc, events, err = run(roost_procs, *peer_args(swarm.torrent, tmp_path / "b", temp))
+    assert rc == 1, err
+    assert f"another roost peer (pid {first.pid}) is downloading this release" in err
+    assert events[-2]["event"] == "failed" and "--temp-path" in events[-2]["error"]
+    _, err1 = first.communicate(timeout=60)
+    assert first.returncode == 0, err1  # the first was left to finish
+    rc, events, err = run(roost_procs, *peer_args(swarm.torrent, tmp_path / "b", temp))
+    assert rc == 0, err  # its worker only lingered: stopped, and taken over
+    assert (tmp_path / "b" / "t1" / "big.bin").read_bytes() == source.read_bytes()
+
+
 # SIGTERM: the way a service manager or a deploy stops a peer -----------------
 
 

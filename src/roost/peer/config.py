@@ -145,6 +145,17 @@ def worker_pid_file(temp_path: Path, info_hash: str) -> Path:
     return temp_path / info_hash / "worker.pid"
 
 
+def front_pid_file(temp_path: Path, info_hash: str) -> Path:
+    """The peer (front process) whose worker downloads into this area."""
+    return temp_path / info_hash / "front.pid"
+
+
+def worker_seeding_file(temp_path: Path, info_hash: str) -> Path:
+    """There while the worker only seeds (its download complete, lingering):
+    a new peer of the release may stop it then, and only then."""
+    return temp_path / info_hash / "worker.seeding"
+
+
 def magnet_torrent_path(temp_path: Path, info_hash: str) -> Path:
     """Where a magnet peer writes the torrent once its metadata arrived."""
     return temp_path / info_hash / "metadata.torrent"

@@ -4,6 +4,7 @@ check it, hand the download to the worker (or run it in this process with
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 from roost import events, procs
 from roost.checks import check_installable, check_room
 from roost.destination import install_target, occupied
-from roost.errors import UsageError
+from roost.errors import DestinationError, UsageError
 from roost.installed import run_hook_once
 from roost.peer.config import (
     Emit,
@@ -21,8 +22,10 @@ from roost.peer.config import (
     _read_meta,
     _timed_out,
     _torrent_bytes,
+    front_pid_file,
     work_dir,
     worker_pid_file,
+    worker_seeding_file,
 )
 from roost.peer.download import _Download
 from roost.peer.worker import _run_detached
@@ -52,7 +55,7 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     torrent_bytes = _torrent_bytes(config)
     info_hash = _info_hash_of(config, torrent_bytes)
     deadline = started + config.install.timeout if config.install.timeout else None
-    procs.stop_by_pid_file(worker_pid_file(config.temp_path, info_hash))
+    _stop_lingering(config, info_hash)
     totals = {"down": 0, "up": 0, "reused": 0}
 
     def relay(event: events.Event) -> None:
@@ -103,6 +106,10 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
             raise
         relay(events.Complete())
     else:
+        # This peer owns the download now (see _stop_lingering); an area that
+        # cannot take the file fails the worker's own pid file, with its reason.
+        with contextlib.suppress(OSError):
+            procs.write_pid_file(front_pid_file(config.temp_path, info_hash))
         _run_detached(config, info_hash, relay, deadline)
     # A magnet's torrent exists now (the worker wrote it before completing).
     meta = meta or _read_meta(config.torrent.read_bytes())
@@ -127,6 +134,22 @@ def run_peer(config: PeerConfig, emit: Emit) -> PeerResult:
     return PeerResult(
         True, path, already, seconds, totals["down"], totals["up"], reused=totals["reused"]
     )
+
+
+def _stop_lingering(config: PeerConfig, info_hash: str) -> None:
+    """A worker of this release that lingers, seeding, is stopped (this peer
+    takes over), as is one whose peer died; one still downloading for a
+    live peer into the same download area is that peer's work: refused,
+    naming it (it was killed, and that peer failed)."""
+    pid_file = worker_pid_file(config.temp_path, info_hash)
+    front = procs.read_pid_file(front_pid_file(config.temp_path, info_hash))  # its peer
+    seeding = worker_seeding_file(config.temp_path, info_hash).exists()
+    if front is not None and procs.read_pid_file(pid_file) is not None and not seeding:
+        raise DestinationError(
+            f"another roost peer (pid {front}) is downloading this release into"
+            f" {pid_file.parent}: wait for it, or give this one another --temp-path"
+        )
+    procs.stop_by_pid_file(pid_file)  # lingering, or orphaned by a front that died
 
 
 def _check_destination(config: PeerConfig, torrent_bytes: bytes | None) -> Path | None:

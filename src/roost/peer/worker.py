@@ -36,6 +36,7 @@ from roost.peer.config import (
     _torrent_bytes,
     work_dir,
     worker_pid_file,
+    worker_seeding_file,
 )
 from roost.peer.download import _Download
 
@@ -47,6 +48,7 @@ def run_worker(config: PeerConfig) -> int:
     torrent_bytes = _torrent_bytes(config)
     info_hash = _info_hash_of(config, torrent_bytes)
     pid_file = worker_pid_file(config.temp_path, info_hash)
+    seeding = worker_seeding_file(config.temp_path, info_hash)
     stop: dict[str, str | None] = {"reason": None}
     completed = threading.Event()
     out_open = True
@@ -83,6 +85,8 @@ def run_worker(config: PeerConfig) -> int:
         download = _Download(config, torrent_bytes, info_hash)
         download.run_until_complete(emit, lambda: stop["reason"])
         completed.set()
+        with contextlib.suppress(OSError):  # a new peer of it may stop this one now
+            seeding.touch()
         emit(events.Complete())
         # The front exits after installing; stop writing into its pipe.
         out_open = False
@@ -104,6 +108,8 @@ def run_worker(config: PeerConfig) -> int:
             if download is not None:
                 download.close()
         finally:
+            with contextlib.suppress(OSError):
+                seeding.unlink()
             procs.remove_pid_file(pid_file)
 
 
