@@ -63,7 +63,8 @@ def check_room(
     payload = Path(download_dir) / meta.name
     size = meta.data_length  # BEP 47 pads never reach the disk
     left = max(0, size - _allocated(payload))
-    if os.stat(temp).st_dev == os.stat(target).st_dev:
+    one_device = os.stat(temp).st_dev == os.stat(target).st_dev
+    if one_device:
         needs = {temp: left if link and meta.kind != "tar" else left + size}
     else:
         needs = {temp: left, target: size}
@@ -76,10 +77,10 @@ def check_room(
                 f" {need / MiB:.1f} MiB needed, {free / MiB:.1f} MiB free"
             )
     if meta.files is not None:
-        _check_inodes(meta, temp, target, link=link and meta.kind != "tar")
+        _check_inodes(meta, temp, target, link=link and meta.kind != "tar", one_device=one_device)
 
 
-def _check_inodes(meta: Any, temp: Path, target: Path, *, link: bool) -> None:
+def _check_inodes(meta: Any, temp: Path, target: Path, *, link: bool, one_device: bool) -> None:
     """A tree's files and directories fit the devices' free inodes: the
     download makes each once, the install its directories (and its files,
     unless it hard-links them). A file system that counts no inodes passes."""
@@ -87,10 +88,7 @@ def _check_inodes(meta: Any, temp: Path, target: Path, *, link: bool) -> None:
     dirs = {p[:i] for p in files for i, c in enumerate(p) if c == "/"}
     download = len(files) + len(dirs) + 1
     install = len(dirs) + 2 + (0 if link else len(files))  # the staging area, the record
-    if os.stat(temp).st_dev == os.stat(target).st_dev:
-        needs = {temp: download + install}
-    else:
-        needs = {temp: download, target: install}
+    needs = {temp: download + install} if one_device else {temp: download, target: install}
     for where, need in needs.items():
         st = os.statvfs(where)
         if st.f_files and need > st.f_favail:

@@ -448,8 +448,8 @@ class _Handler(BoundedHandler):
                     feed.check(path, f)
                     for (path, _, _), (f, _, _) in zip(extents, opened, strict=True)
                 )
-            if not intact:
-                self._empty(503, {FEED_ERROR: feed.broken or "payload changed"})
+            if not intact:  # check() says why in feed.broken
+                self._empty(503, {FEED_ERROR: str(feed.broken)})
                 return
             with _corked(self.connection):
                 # The head is as short as HTTP allows and leaves in the segments

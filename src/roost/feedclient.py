@@ -252,16 +252,16 @@ class FeedClient:
                 backoff = min(backoff * 2, MAX_BACKOFF)
                 continue
             self._answered()
-            state = headers.get("x-roost-feed", "")
             if status == 200:
-                pass
-            elif status == 204 and state == LATER:
+                continue  # a piece, handed over above
+            state = headers.get("x-roost-feed", "")
+            if state == LATER:
                 self._stop.wait(0.05)
-            elif status == 204 and not self._tail and self.lacking is not None:
+            elif not self._tail and self.lacking is not None:
                 self._tail = True  # every piece is out: ask again, saying what we lack
-            elif status == 204 and state == DONE:
+            elif state == DONE:
                 self._done.set()
-            elif status == 204:
+            else:
                 self._stop.wait(0.2)
         if pipe is not None:
             if got:  # what we received since the last ask: or it is sent again

@@ -254,11 +254,6 @@ class _Handler(BoundedHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _method_not_allowed(self) -> None:
-        self._refuse(405, {"Allow": "GET, HEAD"})
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _method_not_allowed
-
     def _serve(self, *, body: bool) -> None:
         files = self.server.files
         if files.stats_path is not None and self.path.split("?", 1)[0] == files.stats_path:

@@ -130,13 +130,9 @@ class BoundedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.send_error(400, "malformed header line")
             return False
-        if not hasattr(self, f"do_{self.command}"):
-            self.close_connection = True
+        if not hasattr(self, f"do_{self.command}"):  # its body, if any, is never read
             self.send_error(405, f"{self.command} is not served here")
             return False
-        if self.command not in ("GET", "HEAD"):
-            self.close_connection = True  # its body, if any, is never read
-            return True
         lengths = self.headers.get_all("Content-Length") or []
         if self.headers.get("Transfer-Encoding") is not None or any(
             n.strip() != "0" for n in lengths

@@ -258,10 +258,10 @@ def _register_peer(sub: Any) -> None:
 def _peer(args: argparse.Namespace) -> int:
     from roost.cli.signals import Terminated, interrupt_on_signals
     from roost.enginetypes import EngineConfig
-
-    interrupt_on_signals()
     from roost.magnet import is_magnet, parse_magnet
     from roost.peer.config import magnet_torrent_path
+
+    interrupt_on_signals()
 
     if args.feed:
         from roost.feedclient import parse_feed_url
