@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -279,6 +280,36 @@ def test_a_payload_changed_since_seeding_began_stops_the_feed_and_its_clients(
         try:
             assert _until(client.broken, 5) == f"{payload_file} changed since seeding began"
             assert fed == {}
+        finally:
+            client.stop()
+
+
+def test_a_client_asks_for_nothing_before_its_engine_can_take_pieces(
+    payload_file: Path,
+) -> None:
+    """libtorrent drops a piece added while it checks the torrent (the
+    engine's ``checked``): a client asked, the feed counted the pieces as
+    handed out, and the peer waited for their repair."""
+    source = _source(payload_file)
+    can_take = threading.Event()
+    with FeedServer() as server:
+        server.add(source)
+        fed: dict[int, bytes] = {}
+        client = FeedClient(
+            server.url(),
+            source.info_hash,
+            add_piece=fed.__setitem__,
+            orphans=list,
+            ready=can_take.is_set,
+        ).start()
+        try:
+            time.sleep(0.3)
+            # nothing handed to the client: another peer is given the first
+            # piece (and, as it does not confirm it, the client is, later)
+            assert _get(server, f"/feed/v1/{source.info_hash}/next")[1]["X-Roost-Piece"] == "0"
+            assert fed == {}
+            can_take.set()
+            _until(lambda: len(fed) == len(_pieces(payload_file)), 5)
         finally:
             client.stop()
 

@@ -122,6 +122,18 @@ def _unless_gone(*also: type[Exception]) -> contextlib.suppress:
     return contextlib.suppress(RuntimeError, *also)
 
 
+_CHECKING = frozenset(
+    {lt.torrent_status.states.checking_files, lt.torrent_status.states.checking_resume_data}
+)
+
+
+def _checking(handle: Any) -> bool:
+    """Whether libtorrent is checking this torrent (False once it is gone)."""
+    with _unless_gone():
+        return handle.status(0).state in _CHECKING
+    return False
+
+
 def _held_by_nobody(handle: Any) -> list[bool]:
     """Per piece: whether this torrent lacks it and no connected peer has it
     (whether or not libtorrent has begun it: a piece begun from a peer that
@@ -401,8 +413,19 @@ class Engine:
             raise ValueError(f"piece {index} of {len(data)} bytes is not one of this torrent's")
         if len(data) < size:  # the rest is a BEP 47 pad: zeros, not sent
             data = bytes(data) + bytes(size - len(data))
+        # libtorrent drops a piece added while it checks the torrent's files
+        # or resume data, silently (its PR 4770): wait for the check's end.
+        while _checking(handle):
+            time.sleep(0.01)
         with _libtorrent(f"cannot add piece {index}", tid):
             handle.add_piece(index, bytes(data), 0)
+
+    def checked(self, tid: TorrentId) -> bool:
+        """Whether libtorrent is done checking this torrent's files and
+        resume data (pieces added before then would be lost; :meth:`add_piece`
+        waits for it). False for a torrent that is gone."""
+        handle = self._handles.get(tid)
+        return handle is not None and handle.is_valid() and not _checking(handle)
 
     def _have(self, tid: TorrentId) -> list[bool]:
         """Which pieces this torrent holds ([] if it is gone, or before a

@@ -85,6 +85,7 @@ class FeedClient:
         lacking: Callable[[], Sequence[int]] | None = None,
         alone: Callable[[], bool] | None = None,
         complete: Callable[[], int] | None = None,
+        ready: Callable[[], bool] | None = None,
         connections: int = 1,
         depth: int = 2,
         repair_after: float = 3.0,
@@ -99,6 +100,8 @@ class FeedClient:
         ``complete()``: the torrent's piece count once this peer holds every
         piece, else 0 (the engine's); a peer that stops pulling with every
         piece says so, so that the feed sends its pieces to nobody else.
+        ``ready()``: whether the engine can take pieces yet (libtorrent drops
+        those added while it checks the torrent); nothing is asked before.
         ``timeout``: a connection not made, or an answer whose next byte
         does not come, within it is a failure (the feed answers every ask
         at once, with a piece or a ``204``)."""
@@ -112,6 +115,7 @@ class FeedClient:
         self.lacking = lacking
         self.alone = alone
         self.complete = complete
+        self.ready = ready
         self._tail = False  # the feed has handed out every piece: say what we lack
         self._fed: set[int] = set()  # pieces the feed gave us (lacking until hashed)
         self.connections = connections
@@ -230,6 +234,7 @@ class FeedClient:
                 if pipe is None:
                     pipe = self._connect()
                     self._confirm_have(pipe)
+                    self._wait_ready()
                 while pipe.inflight < self.depth:
                     pipe.send(f"{self.base}/next{self._query(got)}")
                     got = []
@@ -270,6 +275,14 @@ class FeedClient:
                     while pipe.inflight:
                         pipe.read()
             pipe.close()
+
+    def _wait_ready(self) -> None:
+        """Until the engine can take pieces (or we are stopped): a piece
+        handed over before then would be lost, and the feed would count it
+        as sent."""
+        while self.ready is not None and not self.ready():
+            if self._stop.wait(0.01):
+                return
 
     def _confirm_all(self, pieces: int) -> None:
         """This peer holds every piece (the swarm gave it what the feed had

@@ -132,6 +132,7 @@ class _Download:
             lacking=lambda: engine.missing_pieces(tid),
             alone=lambda: engine.alone(tid),
             complete=lambda: engine.pieces_if_complete(tid),
+            ready=lambda: engine.checked(tid),
             download_limit=self.config.engine.download_limit,
             have=self.reused.pieces if self.reused else (),
         ).start()
