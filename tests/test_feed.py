@@ -877,3 +877,66 @@ def test_peer_refuses_a_bad_feed_url_before_anything_else(
     assert proc.returncode == 2
     assert err.decode().strip() == f"roost: error: feed URL must be http://HOST:PORT/, not {url!r}"
     assert not (tmp_path / "d").exists()
+
+
+def test_a_peer_refuses_a_feed_url_with_another_query_and_never_shows_its_token(
+    tmp_path: Path, roost_procs: Start
+) -> None:
+    for url, said in [
+        ("http://origin:8997/?got=1", "http://origin:8997/?token=..."),
+        ("http://origin:8997/?token=a b", "http://origin:8997/?token=..."),
+        ("http://origin:8997/?token=s3cret&token=s3cret", "http://origin:8997/?token=..."),
+    ]:
+        proc = roost_procs(
+            "peer", str(tmp_path / "missing.torrent"), "--dest", str(tmp_path / "d"), "--feed", url
+        )
+        _out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2
+        assert err.decode().strip() == (
+            f"roost: error: feed URL {said!r}: its query may only be ?token=TOKEN"
+            " (printable ASCII, no spaces)"
+        )
+        assert "s3cret" not in err.decode()
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_feed_with_a_token_serves_only_the_requests_that_carry_it(payload_file: Path) -> None:
+    """Else anyone who reaches the origin could take its pieces (its link is
+    the deploy's) or say it got them (``got=``), so that nobody is sent them."""
+    source = _source(payload_file)
+    with FeedServer(token="s3cret") as server:
+        server.add(source)
+        assert server.url() == f"http://127.0.0.1:{server.port}/?token=s3cret"
+        base = f"/feed/v1/{source.info_hash}"
+        for path in (f"{base}/next", f"{base}/got?got=0-10", f"{base}/piece/0", f"{base}/stats"):
+            status, _headers, body = _get(server, path)
+            assert (status, body) == (403, b"403 feed token missing or wrong\n"), path
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", f"{base}/next", headers={"Authorization": "Bearer wrong"})
+        assert conn.getresponse().status == 403
+        conn.close()
+        stats = server.stats(source.info_hash)
+        assert stats is not None
+        assert (stats.dispatched, stats.confirmed, stats.repairs, stats.bytes_sent) == (0, 0, 0, 0)
+        fed: dict[int, bytes] = {}
+        client = FeedClient(
+            server.url(), source.info_hash, add_piece=fed.__setitem__, orphans=list
+        ).start()
+        try:
+            _until(lambda: len(fed) == len(_pieces(payload_file)), 5)
+            assert [fed[i] for i in sorted(fed)] == _pieces(payload_file)
+        finally:
+            client.stop()
+        wrong = FeedClient(
+            f"http://127.0.0.1:{server.port}/?token=guess",
+            source.info_hash,
+            add_piece=fed.__setitem__,
+            orphans=list,
+            unreachable_after=0.2,
+        ).start()
+        try:
+            assert _until(wrong.unreachable, 5) == (
+                "it answered HTTP 403 (feed token missing or wrong)"
+            )
+        finally:
+            wrong.stop()

@@ -53,6 +53,7 @@ and the swarm only.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -69,7 +70,7 @@ from typing import Any, BinaryIO
 
 from roost import __version__
 from roost.errors import UsageError
-from roost.feedclient import API, DONE, FEED_ERROR, LATER, WAIT
+from roost.feedclient import API, DONE, FEED_ERROR, LATER, WAIT, valid_token
 from roost.httpserve import (
     BoundedHandler,
     BoundedHTTPServer,
@@ -397,6 +398,9 @@ class _Handler(BoundedHandler):
                 feed.dispatcher.gone(self.client_address)
 
     def do_GET(self) -> None:
+        if not self._authorized():  # before anything: not even which feeds exist
+            self.send_error(403, "feed token missing or wrong")
+            return
         target, _, query = self.path.partition("?")
         match = _PATH.match(target)
         feed = self.server.feeds.get(match.group(1)) if match else None
@@ -433,6 +437,13 @@ class _Handler(BoundedHandler):
             self._empty(204, {"X-Roost-Feed": grant})
             return
         self._send_piece(feed, grant)
+
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        given = self.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode("latin-1", "replace"), f"Bearer {token}".encode())
 
     def _send_piece(self, feed: _Feed, piece: int) -> None:
         extents = feed.source.extents(piece)
@@ -553,8 +564,11 @@ def _got(query: str, num_pieces: int, name: str = "got") -> list[int]:
 
 
 class _Server(BoundedHTTPServer):
-    def __init__(self, address: tuple[str, int], rate_limit: int, limits: ServerLimits):
+    def __init__(
+        self, address: tuple[str, int], rate_limit: int, limits: ServerLimits, token: str | None
+    ):
         self.feeds: dict[str, _Feed] = {}
+        self.token = token
         self.lock = threading.Lock()
         self.throttle = TokenBucket(rate_limit, burst_seconds=0.125) if rate_limit > 0 else None
         super().__init__(address, _Handler, limits)
@@ -563,7 +577,9 @@ class _Server(BoundedHTTPServer):
 class FeedServer:
     """The origin's feed, in a background thread. ``start()`` binds (port 0
     allowed; ``.port`` is the bound one) and raises ``UsageError`` if the
-    address cannot be bound."""
+    address cannot be bound. With a ``token``, every request must carry it
+    (``Authorization: Bearer TOKEN``; the client takes it from the feed URL's
+    ``?token=``, which :meth:`url` gives): others are answered 403."""
 
     def __init__(
         self,
@@ -573,7 +589,11 @@ class FeedServer:
         rate_limit: int = 0,
         idle_timeout: float = 120.0,
         reassign_after: float = 3.0,
+        token: str | None = None,
     ):
+        if token is not None and not valid_token(token):
+            raise UsageError("feed token must be 1-200 printable ASCII characters, no spaces")
+        self.token = token
         self.bind = bind
         self._port = port
         self._rate_limit = rate_limit
@@ -587,7 +607,7 @@ class FeedServer:
             limits = ServerLimits(
                 max_connections=1024, backlog=1024, idle_timeout=self._idle_timeout
             )
-            self._server = _Server((self.bind, self._port), self._rate_limit, limits)
+            self._server = _Server((self.bind, self._port), self._rate_limit, limits, self.token)
         except OSError as exc:
             where = f"{self.bind}:{self._port}"
             raise UsageError(f"feed cannot listen on {where}: {exc.strerror or exc}") from exc
@@ -604,7 +624,8 @@ class FeedServer:
         host = host or self.bind
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/"
+        query = f"?token={urllib.parse.quote(self.token, safe='')}" if self.token else ""
+        return f"http://{host}:{self.port}/{query}"
 
     def add(self, source: FeedSource) -> None:
         assert self._server is not None, "start() first"

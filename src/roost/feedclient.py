@@ -19,6 +19,7 @@ imports neither ``http.server`` nor the origin's code.
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -51,15 +52,40 @@ class FeedCounters:
 
 
 def parse_feed_url(url: str) -> urllib.parse.SplitResult:
-    """``url`` split; ``UsageError`` unless it is ``http://HOST[:PORT]/``."""
+    """``url`` split; ``UsageError`` unless it is ``http://HOST[:PORT]/``,
+    with at most a ``?token=`` (the feed's, ``roost seed --feed-token``)."""
     parsed = urllib.parse.urlsplit(url)
     try:
         parsed.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         parsed = parsed._replace(scheme="")
     if parsed.scheme != "http" or not parsed.hostname:
-        raise UsageError(f"feed URL must be http://HOST:PORT/, not {url!r}")
+        raise UsageError(f"feed URL must be http://HOST:PORT/, not {shown_feed_url(url)!r}")
+    query = urllib.parse.parse_qsl(parsed.query, keep_blank_values=True)
+    if parsed.query and (len(query) != 1 or query[0][0] != "token" or not valid_token(query[0][1])):
+        raise UsageError(
+            f"feed URL {shown_feed_url(url)!r}: its query may only be ?token=TOKEN"
+            " (printable ASCII, no spaces)"
+        )
     return parsed
+
+
+def feed_token(parsed: urllib.parse.SplitResult) -> str | None:
+    """The token a feed URL (parsed) carries, or None."""
+    query = dict(urllib.parse.parse_qsl(parsed.query))
+    return query.get("token") or None
+
+
+def shown_feed_url(url: str) -> str:
+    """A feed URL as it may be shown and logged: its token left out."""
+    base, sep, _ = url.partition("?")
+    return f"{base}?token=..." if sep else url
+
+
+def valid_token(token: str) -> bool:
+    """A feed token is 1-200 printable ASCII characters, no spaces (it
+    travels in a header, ``Authorization: Bearer TOKEN``)."""
+    return 0 < len(token) <= 200 and token.isascii() and token.isprintable() and " " not in token
 
 
 class FeedClient:
@@ -109,6 +135,7 @@ class FeedClient:
         assert parsed.hostname is not None
         self.host = parsed.hostname
         self.port = parsed.port or 80
+        self.token = feed_token(parsed)
         self.base = f"{parsed.path.rstrip('/')}{API}/{info_hash}"
         self.add_piece = add_piece
         self.orphans = orphans
@@ -159,8 +186,8 @@ class FeedClient:
         for t in self._threads:
             t.join(2)
 
-    def _connect(self) -> _Pipe:
-        return _Pipe(self.host, self.port, self.timeout)
+    def _connect(self, timeout: float | None = None) -> _Pipe:
+        return _Pipe(self.host, self.port, self.timeout if timeout is None else timeout, self.token)
 
     def unreachable(self) -> str | None:
         """Why this peer cannot count on the feed, or None: its requests
@@ -242,7 +269,7 @@ class FeedClient:
                 if self._broken_by(headers):
                     break
                 if status not in (200, 204):  # not a feed for this torrent (404), or busy
-                    raise _NotTheFeed(f"it answered HTTP {status}")
+                    raise _NotTheFeed(f"it answered HTTP {status}{_said(headers, body)}")
                 if status == 200:  # a piece: a bad one is the feed's failure, as a 404 is
                     piece = _piece_number(headers.get("x-roost-piece", ""))
                     self._received(piece, body)
@@ -293,7 +320,7 @@ class FeedClient:
         would wait behind them. Before the pull stops: a connection of its
         own answers at once."""
         with contextlib.suppress(OSError, ValueError):
-            pipe = _Pipe(self.host, self.port, min(self.timeout, 2.0))  # the install waits
+            pipe = self._connect(min(self.timeout, 2.0))  # the install waits
             try:
                 pipe.send(f"{self.base}/got?got=0-{pieces - 1}")
                 pipe.read()
@@ -373,6 +400,15 @@ class _NotTheFeed(ValueError):
     torrent there; a 503: the feed is full)."""
 
 
+def _said(headers: dict[str, str], body: bytes) -> str:
+    """A refusal's one-line text, as ``: TEXT`` (the feed's 403 names the
+    token), or nothing."""
+    if not headers.get("content-type", "").startswith("text/plain") or len(body) > 200:
+        return ""
+    text = re.sub(r"^\d{3} ", "", body.decode("utf-8", "replace").strip())  # "403 ..."
+    return f" ({text})" if text and "\n" not in text else ""
+
+
 def _reason(exc: BaseException, timeout: float) -> str:
     """What went wrong talking to the feed, in a few words."""
     if isinstance(exc, TimeoutError):
@@ -390,15 +426,16 @@ class _Pipe:
 
     MAX_BODY = 64 * 1024 * 1024
 
-    def __init__(self, host: str, port: int, timeout: float):
+    def __init__(self, host: str, port: int, timeout: float, token: str | None = None):
         self.host = host
+        self.auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
         self.inflight = 0
 
     def send(self, path: str) -> None:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host}\r\n{self.auth}\r\n".encode())
         self.inflight += 1
 
     def read(self) -> tuple[int, dict[str, str], bytes]:

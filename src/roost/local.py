@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import shutil
 import subprocess
 import sys
@@ -166,6 +167,7 @@ class LocalRunner:
                 super_seeding=config.super_seed,
                 engine=origin_engine(listen_interface="127.0.0.1"),
                 feed_port=0 if config.feed else None,
+                feed_token=secrets.token_hex(12),
             )
         )
         self._hosts_root = root

@@ -50,9 +50,11 @@ class SeedConfig:
     super_seeding: bool = False
     seed_mode: bool = True
     #: Serve the origin's feed (roost.feed) on this port (0: any); None: no
-    #: feed. ``feed_bind`` defaults to the engine's ``listen_interface``.
+    #: feed. ``feed_bind`` defaults to the engine's ``listen_interface``;
+    #: with ``feed_token`` the feed answers only requests that carry it.
     feed_port: int | None = None
     feed_bind: str | None = None
+    feed_token: str | None = None
 
     @classmethod
     def of(cls, release: Any, **settings: Any) -> SeedConfig:
@@ -143,7 +145,9 @@ def _start_feed(config: SeedConfig, torrent_bytes: bytes) -> FeedServer:
         )
     bind = config.feed_bind or config.engine.listen_interface
     root = _payload(config, meta.name)
-    server = FeedServer(bind, config.feed_port or 0, rate_limit=config.engine.upload_limit).start()
+    server = FeedServer(
+        bind, config.feed_port or 0, rate_limit=config.engine.upload_limit, token=config.feed_token
+    ).start()
     server.add(FeedSource(meta.info_hash, root, meta.piece_size, meta.length, layout))
     return server
 

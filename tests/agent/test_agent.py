@@ -71,6 +71,7 @@ class Publisher:
         *,
         seed: bool = True,
         feed: bool = False,
+        feed_token: str | None = None,
         sign: Path | None = None,
         waves: tuple[float, ...] = (),
     ) -> Any:
@@ -82,7 +83,11 @@ class Publisher:
             tag,
             self.dir,
             announce=[self.tracker.announce_url],
-            feed=f"http://127.0.0.1:{feed_port}/" if feed_port else None,
+            feed=(
+                f"http://127.0.0.1:{feed_port}/" + (f"?token={feed_token}" if feed_token else "")
+                if feed_port
+                else None
+            ),
             sign_key=sign,
             waves=waves,
         )
@@ -92,6 +97,7 @@ class Publisher:
                     release,
                     engine=origin_engine(listen_interface="127.0.0.1"),
                     feed_port=feed_port,
+                    feed_token=feed_token,
                 )
             )
         return release
@@ -234,9 +240,11 @@ def test_status_says_whether_an_agent_holds_the_destination(tmp_path: Path) -> N
 def test_an_agent_takes_its_pieces_from_the_channels_feed(
     pub: Publisher, tmp_path: Path, roost_procs: Start
 ) -> None:
-    release = pub.publish("v1", feed=True)
+    """Its token in the channel: the feed serves nobody without it."""
+    release = pub.publish("v1", feed=True, feed_token="chan-s3cret")
     doc = json.loads((pub.dir / "channel.json").read_text())
     assert doc["releases"][0]["feed"].startswith("http://127.0.0.1:")
+    assert doc["releases"][0]["feed"].endswith("/?token=chan-s3cret")
     dest = tmp_path / "opt-app"
     rc, _out, err = once(roost_procs, *agent_args(pub, dest, "--once"))
     assert rc == 0, err

@@ -98,6 +98,23 @@ def test_a_seeders_stats_file_must_have_a_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--feed-token", "t"], "--feed-token is the feed's: give --feed-port too"),
+        (
+            ["--feed-port", "0", "--feed-token", "a b"],
+            "--feed-token must be 1-200 printable ASCII characters, no spaces",
+        ),
+    ],
+)
+def test_a_seeders_feed_token_is_checked_first(tmp_path: Path, args: list[str], said: str) -> None:
+    (tmp_path / "b").mkdir()
+    done = roost("seed", "t", "--payload", "b", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == f"roost: error: {said}\n"
+
+
+@pytest.mark.parametrize(
     ("murder", "roost_verb"),
     [
         ("start_tracker", "start-tracker"),

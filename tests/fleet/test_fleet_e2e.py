@@ -94,6 +94,8 @@ def test_deploy_over_ssh_partial_failure_then_rerun(
     # the origin (a seed on this machine) handed back what it sent: every
     # piece left it at least once, and the hosts relayed the rest
     assert summary["seeder"]["bytes_up"] >= summary["size"], summary["seeder"]
+    # over its feed, which takes only requests with this deploy's token
+    assert summary["seeder"]["feed_up"] >= summary["size"], summary["seeder"]
 
     # one host lost its copy: a re-run completes it and leaves the others alone
     shutil.rmtree(f.hosts[2].path("/opt/hoge/Deploy1"))
@@ -261,7 +263,9 @@ def test_deploy_the_build_already_on_the_seeder(
         got = h.path("/opt/lssd/Deploy9")
         assert (got / "blob.bin").read_bytes() == (build / "blob.bin").read_bytes(), h.name
         assert (got / "conf" / "app.ini").read_text() == "[app]\nport = 80\n"
-    # packed on the seeder, seeded from there, stopped at the end
+    # packed on the seeder, seeded from there (its feed with the deploy's
+    # token: the hosts took every piece from it), stopped at the end
+    assert summary["seeder"]["feed_up"] >= summary["size"], summary["seeder"]
     assert (seeder.path("/tmp/roost/releases") / "Deploy9.tar").is_file()
     assert not (seeder.path("/tmp/roost/pids") / "seed-Deploy9.pid").exists()
 

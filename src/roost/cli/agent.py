@@ -252,16 +252,13 @@ def _register_publish(sub: Any) -> None:
 
 
 def _feed_url(url: str) -> Any:
-    """``url`` parsed; ``UsageError`` unless it is http://HOST:PORT/."""
-    import urllib.parse
+    """``url`` parsed; ``UsageError`` unless it is http://HOST:PORT/ (with
+    at most a ``?token=``, which the feed served with ``--seed`` requires)."""
+    from roost.feedclient import parse_feed_url, shown_feed_url
 
-    parsed = urllib.parse.urlsplit(url)
-    try:
-        port = parsed.port
-    except ValueError:
-        port = None
-    if parsed.scheme != "http" or not parsed.hostname or port is None:
-        raise UsageError(f"--feed must be http://HOST:PORT/, not {url!r}")
+    parsed = parse_feed_url(url)
+    if parsed.port is None:
+        raise UsageError(f"--feed must be http://HOST:PORT/, not {shown_feed_url(url)!r}")
     return parsed
 
 
@@ -310,6 +307,7 @@ def _publish(args: argparse.Namespace) -> int:
         return 0
     if args.source is None or not args.tag:
         raise UsageError("roost publish needs SRC and --tag (or --rollback-to TAG)")
+    feed = _feed_url(args.feed) if args.feed else None
     release = publish(
         args.source,
         args.tag,
@@ -320,7 +318,7 @@ def _publish(args: argparse.Namespace) -> int:
         piece_size=args.piece_size,
         web_seeds=args.web_seed,
         make_current=not args.no_current,
-        feed=_feed_url(args.feed).geturl() if args.feed else None,
+        feed=feed.geturl() if feed else None,
         sign_key=args.sign,
         waves=waves,
         tar=args.tar,
@@ -332,6 +330,7 @@ def _publish(args: argparse.Namespace) -> int:
     print(f"{release.tag} {state}: {release.torrent} ({release.info_hash})", flush=True)
     if not args.seed:
         return 0
+    from roost.feedclient import feed_token
     from roost.seeder import SeedConfig, Seeder, origin_engine
 
     signals = StopOnSignals()
@@ -339,7 +338,8 @@ def _publish(args: argparse.Namespace) -> int:
         SeedConfig.of(
             release,
             engine=origin_engine(listen_interface=args.listen, upload_limit=args.upload_limit),
-            feed_port=_feed_url(args.feed).port if args.feed else None,
+            feed_port=feed.port if feed else None,
+            feed_token=feed_token(feed) if feed else None,
         )
     )
     signals.forward(seeder.stop)

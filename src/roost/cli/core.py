@@ -96,6 +96,12 @@ def _register_seed(sub: Any) -> None:
         "who relays it (peers: --feed http://HOST:PORT/)",
     )
     p.add_argument("--feed-bind", help="address the feed listens on (default: --listen)")
+    p.add_argument(
+        "--feed-token",
+        metavar="TOKEN",
+        help="the feed answers only requests carrying this token"
+        " (peers: --feed http://HOST:PORT/?token=TOKEN; roost deploy makes one per deploy)",
+    )
     p.add_argument("--pid-file", type=path, help="record this process here (for stop-seeding)")
     p.add_argument(
         "--stats-file",
@@ -142,6 +148,13 @@ def _seed(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--upload-slots must be at least 1, or -1 for all; got {args.upload_slots}"
         )
+    if args.feed_token is not None:
+        from roost.feedclient import valid_token
+
+        if args.feed_port is None:
+            raise UsageError("--feed-token is the feed's: give --feed-port too")
+        if not valid_token(args.feed_token):
+            raise UsageError("--feed-token must be 1-200 printable ASCII characters, no spaces")
     if args.stats_file is not None and not args.stats_file.absolute().parent.is_dir():
         raise UsageError(f"--stats-file {args.stats_file}: its directory does not exist")
     signals = StopOnSignals()
@@ -165,6 +178,7 @@ def _seed(args: argparse.Namespace) -> int:
             seed_mode=not args.check,
             feed_port=args.feed_port,
             feed_bind=args.feed_bind,
+            feed_token=args.feed_token,
         )
     )
     signals.forward(seeder.stop)

@@ -86,6 +86,7 @@ def _controller_seed(
     stats: Path,
     super_seed: bool = False,
     feed_port: int | None = None,
+    feed_token: str | None = None,
 ) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -109,6 +110,7 @@ def _controller_seed(
                 str(stats),
                 *(["--super-seed"] if super_seed else []),
                 *(["--feed-port", str(feed_port)] if feed_port is not None else []),
+                *(["--feed-token", feed_token] if feed_token else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -125,8 +127,10 @@ def _free_port(address: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+def _feed_url(host: str, port: int, token: str) -> str:
+    """The feed's URL for the hosts (its token in it: ``roost peer --feed``)."""
+    base = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"{base}?token={token}"
 
 
 async def run_deploy(plan: DeployPlan, on_update: OnUpdate | None = None) -> DeploySummary:
@@ -215,6 +219,7 @@ class SSHRunner:
         )
         if not tr[inv.tracker.name].ok:
             raise DeployStopped("start-tracker", f"tracker {tr[inv.tracker.name].reason}")
+        feed_token = secrets.token_hex(12)  # only this deploy's hosts take from its feed
         if self.seed_from == "seeder":
             sr = await tasks.start_seeding(
                 fleet,
@@ -225,10 +230,11 @@ class SSHRunner:
                 upload=[release.torrent, release.payload] if release.payload else [],
                 super_seed=plan.super_seed,
                 feed_port=cfg.feed_port if plan.feed else None,
+                feed_token=feed_token,
             )
             if not sr[inv.seeder.name].ok:
                 raise DeployStopped("start-seeding", f"seeder {sr[inv.seeder.name].reason}")
-            return _http_url(inv.seeder.address, cfg.feed_port) if plan.feed else None
+            return _feed_url(inv.seeder.address, cfg.feed_port, feed_token) if plan.feed else None
         if not addr:
             raise DeployStopped("seed", "cannot learn the controller's address as hosts see it")
         assert release.payload is not None  # packed here: seeder:PATH seeds there
@@ -241,6 +247,7 @@ class SSHRunner:
             work / "seed-stats.json",
             plan.super_seed,
             feed_port,
+            feed_token,
         )
         assert self._records is not None
         self._records.add_process(seed_proc.pid)
@@ -248,7 +255,7 @@ class SSHRunner:
         if seed_proc.poll() is not None:
             tail = (work / "seed.log").read_text(errors="replace").strip()[-300:]
             raise DeployStopped("seed", f"seeding on the controller failed: {tail}")
-        return _http_url(addr, feed_port) if feed_port is not None else None
+        return _feed_url(addr, feed_port, feed_token) if feed_port is not None else None
 
     async def run_peers(
         self, release: deploy.ReleaseInfo, feed: str | None, report: deploy.Report

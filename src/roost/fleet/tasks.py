@@ -289,11 +289,12 @@ async def start_seeding(
     upload: Sequence[Path] = (),
     super_seed: bool = False,
     feed_port: int | None = None,
+    feed_token: str | None = None,
 ) -> dict[str, HostResult[dict[str, Any]]]:
     """Seed ``TEMP/releases/TAG.torrent`` on the seeder, detached, announcing the
     address the controller reaches it at (uploading ``upload`` there first;
     ``super_seed``: hand out each piece once; ``feed_port``: serve the
-    origin's feed there too, on that address)."""
+    origin's feed there too, on that address, to requests with ``feed_token``)."""
     r = Remote(cfg)
 
     async def fn(s: Session) -> dict[str, Any]:
@@ -313,6 +314,8 @@ async def start_seeding(
             argv.append("--super-seed")
         if feed_port is not None:
             argv += ["--feed-port", str(feed_port), "--feed-bind", s.peer_address]
+            if feed_token:
+                argv += ["--feed-token", feed_token]
         out = await s.run(r.start(f"seed-{tag}", argv, wait=1.5), check=False)
         return _json_result(s, out.stdout or out.stderr)
 

@@ -150,7 +150,9 @@ class _Download:
         reason = self.feed.unreachable()
         if reason is None:
             return False
-        url = self.config.feed or ""
+        from roost.feedclient import shown_feed_url
+
+        url = shown_feed_url(self.config.feed or "")
         message = f"feed {url} cannot be reached ({reason}): going on over BitTorrent alone"
         log.warning("%s", message)
         emit(events.TrackerWarning(url=url, message=message, source="feed"))
