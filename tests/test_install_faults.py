@@ -64,10 +64,38 @@ def test_setid_bits_are_stripped_by_default_and_the_rerun_knows_the_tree(
     assert found is not None and found.already_installed
     assert install_release(rel.payload, meta, dest).already_installed
     verify_installed(result.path, rel.payload, meta)  # stripped is still the release
-    # A tree changed since is not taken for the release.
+    # A tree changed since is not taken for the release, and is named so.
     (result.path / "plain.txt").write_text("changed\n")
-    with pytest.raises(DestinationError, match="is not empty"):
+    with pytest.raises(DestinationError) as err:
         check_destination(meta, dest)
+    assert str(err.value) == (
+        f"destination {result.path} holds this release, changed since it was installed"
+        " (clean it, or pass --clean to replace it)"
+    )
+
+
+def test_another_build_under_an_installed_tag_is_named_so(tmp_path: Path) -> None:
+    """A rebuild deployed again as v1: 'is not empty' said nothing of why."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "app").write_text("one\n")
+    first = create_release(src, "v1", tmp_path / "out1", announce=[])
+    install_release(first.payload, read_torrent(first.torrent.read_bytes()), tmp_path / "dest")
+    (src / "app").write_text("two\n")
+    again = create_release(src, "v1", tmp_path / "out2", announce=[])
+    meta = read_torrent(again.torrent.read_bytes())
+    said = (
+        f"destination {tmp_path / 'dest' / 'v1'} holds another release of that name, installed"
+        " by roost: deploy this build under a new tag, or pass --clean to replace it"
+    )
+    with pytest.raises(DestinationError) as before_download:
+        check_destination(meta, tmp_path / "dest")
+    with pytest.raises(DestinationError) as at_install:
+        install_release(again.payload, meta, tmp_path / "dest")
+    assert str(before_download.value) == str(at_install.value) == said
+    assert (tmp_path / "dest" / "v1" / "app").read_text() == "one\n"  # nothing lost
+    assert install_release(again.payload, meta, tmp_path / "dest", clean=True).path.is_dir()
+    assert (tmp_path / "dest" / "v1" / "app").read_text() == "two\n"
 
 
 def test_keep_setid_installs_the_modes_as_given(tmp_path: Path) -> None:

@@ -147,7 +147,15 @@ def install_release(
             f"longer than PATH_MAX ({_PATH_MAX})"
         )
     try:
-        result = _install(Path(payload), plan, target, as_file=as_file, clean=clean, link=link)
+        result = _install(
+            Path(payload),
+            plan,
+            target,
+            as_file=as_file,
+            clean=clean,
+            link=link,
+            release=meta.manifest_sha256,
+        )
         if not result.already_installed:
             data = None if as_file else plan.manifest.encode()
             tree = None if data is None else hashlib.sha256(data).hexdigest()
@@ -187,7 +195,7 @@ def check_destination(
         raise _dest_error(exc, target) from exc
     if clean:
         return None
-    raise _occupied_error(target)
+    raise _occupied_error(target, meta.manifest_sha256)
 
 
 def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid: bool) -> bool:
@@ -226,7 +234,14 @@ def _holds_release(target: Path, meta: TorrentMeta, *, as_file: bool, keep_setid
 
 
 def _install(
-    payload: Path, plan: Plan, target: Path, *, as_file: bool, clean: bool, link: bool
+    payload: Path,
+    plan: Plan,
+    target: Path,
+    *,
+    as_file: bool,
+    clean: bool,
+    link: bool,
+    release: str | None = None,
 ) -> InstallResult:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +254,7 @@ def _install(
             log.info("%s already holds release %s", target, plan.manifest.tag)
             return InstallResult(target, True)
         if not clean:
-            raise _occupied_error(target)
+            raise _occupied_error(target, release)
     staging = Path(_make_staging(target, file=as_file))
     try:
         _write_members(payload, plan, staging, as_file=as_file, link=link)
@@ -279,15 +294,25 @@ def _short(name: str) -> str:
     return name if len(name) <= 80 else f"{name[:38]}...{name[-38:]}"
 
 
-def _occupied_error(target: Path) -> DestinationError:
-    """The true reason ``target`` cannot take the release without ``clean``."""
+def _occupied_error(target: Path, release: str | None = None) -> DestinationError:
+    """The true reason ``target`` cannot take the release (its
+    ``manifest-sha256``: ``release``) without ``clean``."""
     what = "is not empty"
     with contextlib.suppress(OSError):
         st = os.lstat(target)
         if stat.S_ISLNK(st.st_mode):
             what = f"is a symlink (to {os.readlink(target)})"
+        elif not stat.S_ISDIR(st.st_mode) and not stat.S_ISREG(st.st_mode):
+            what = "is a special file"
+        elif (installed := (read_record(target) or {}).get("manifest_sha256")) is not None:
+            if installed != release:  # a rebuild deployed again under the same tag
+                return DestinationError(
+                    f"destination {target} holds another release of that name, installed"
+                    " by roost: deploy this build under a new tag, or pass --clean to replace it"
+                )
+            what = "holds this release, changed since it was installed"
         elif not stat.S_ISDIR(st.st_mode):
-            what = "is a file" if stat.S_ISREG(st.st_mode) else "is a special file"
+            what = "is a file"
     return DestinationError(
         f"destination {target} {what} (clean it, or pass --clean to replace it)"
     )
