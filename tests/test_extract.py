@@ -143,7 +143,7 @@ def test_file_release(tmp_path: Path) -> None:
     }
     assert install_release(rel.payload, meta, flat, tag_directory=False).already_installed
     (flat / "app.bin").write_bytes(b"other")
-    with pytest.raises(DestinationError, match=r"app\.bin is a file"):
+    with pytest.raises(DestinationError, match=r"app\.bin holds this release, changed since"):
         install_release(rel.payload, meta, flat, tag_directory=False)
     install_release(rel.payload, meta, flat, tag_directory=False, clean=True)
     assert (flat / "app.bin").read_bytes() == app.read_bytes()

@@ -171,11 +171,11 @@ def test_installed_release_is_recognised_without_a_swarm(
     assert marker.read_text() == "ran\n"
 
     # One byte changed in the tree: it no longer holds the release, and the
-    # peer refuses it as an occupied destination, still without downloading.
+    # peer refuses it, saying so, still without downloading.
     victim = next(p for p in sorted((dest / "t1").rglob("*")) if p.is_file() and not p.is_symlink())
     victim.write_bytes(victim.read_bytes() + b"x")
     rc, events, err = run(roost_procs, *fresh, "--timeout", "20", timeout=30)
-    assert rc != 0 and "not empty" in err
+    assert rc != 0 and "holds this release, changed since it was installed" in err
     assert "complete" not in kinds(events)
 
 
