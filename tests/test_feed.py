@@ -936,7 +936,7 @@ def test_a_feed_with_a_token_serves_only_the_requests_that_carry_it(payload_file
         ).start()
         try:
             assert _until(wrong.unreachable, 5) == (
-                "it answered HTTP 403 (feed token missing or wrong)"
+                "it answered HTTP 403: feed token missing or wrong"
             )
         finally:
             wrong.stop()

@@ -406,7 +406,7 @@ def _said(headers: dict[str, str], body: bytes) -> str:
     if not headers.get("content-type", "").startswith("text/plain") or len(body) > 200:
         return ""
     text = re.sub(r"^\d{3} ", "", body.decode("utf-8", "replace").strip())  # "403 ..."
-    return f" ({text})" if text and "\n" not in text else ""
+    return f": {text}" if text and "\n" not in text else ""
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
