@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from roost.errors import DestinationError, HookError
+from roost.errors import DestinationError, HookError, VerifyError
 from roost.extract import _remove_tree, check_destination, install_release
 from roost.installed import run_hook_once
 from roost.metainfo import read_torrent
@@ -320,3 +320,47 @@ def test_a_hanging_hook_is_killed_at_its_time_limit_and_reported(
     # Not recorded as done: the re-run runs the same hook again (it ends this time).
     assert main([*argv, "--hook", hook, "--linger", "0"]) == 0
     assert (tmp_path / "ran").read_text() == "ran\n"
+
+
+def test_a_linked_file_is_not_read_again_where_the_download_hashed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """roost.peer.hashahead's digest stands for the read only when it is of
+    this very file, unchanged (inode, size, mtime), and is the manifest's."""
+    import hashlib
+
+    import roost.extract
+
+    app = tmp_path / "dl" / "app.bin"
+    app.parent.mkdir()
+    app.write_bytes(os.urandom(1 << 20))
+    rel = create_release(app, "f1", tmp_path / "out", announce=[], is_file=True)
+    meta = read_torrent(rel.torrent.read_bytes())
+    st = app.stat()
+    right = (hashlib.sha256(app.read_bytes()).hexdigest(), st.st_ino, st.st_size, st.st_mtime_ns)
+    reads: list[int] = []
+    real = roost.extract.sha256_range
+
+    def counted(fd: int, offset: int, size: int) -> str:
+        reads.append(size)
+        return real(fd, offset, size)
+
+    monkeypatch.setattr(roost.extract, "sha256_range", counted)
+    cases = [
+        ("unchanged", right, 0),
+        ("other mtime", (*right[:3], right[3] + 1), 1),
+        ("other inode", (right[0], right[1] + 1, *right[2:]), 1),
+        ("not the manifest's digest", ("0" * 64, *right[1:]), 1),
+    ]
+    for i, (why, known, expected_reads) in enumerate(cases):
+        reads.clear()
+        dest = tmp_path / f"dest{i}"
+        install_release(app, meta, dest, link=True, hashed={"app.bin": known})
+        assert len(reads) == expected_reads, why
+        assert (dest / "f1" / "app.bin").stat().st_ino == st.st_ino
+        os.utime(app, ns=(st.st_atime_ns, st.st_mtime_ns))  # as the download left it
+    # a download changed after it was hashed is caught: the stamp no longer fits
+    with open(app, "r+b") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(VerifyError, match="sha256 differs"):
+        install_release(app, meta, tmp_path / "dest-bad", link=True, hashed={"app.bin": right})

@@ -427,6 +427,11 @@ class Engine:
         handle = self._handles.get(tid)
         return handle is not None and handle.is_valid() and not _checking(handle)
 
+    def have(self, tid: TorrentId) -> list[bool]:
+        """Per piece, whether this torrent holds it ([] if it is gone, or
+        before a magnet's metadata). Safe from any thread."""
+        return self._have(tid)
+
     def _have(self, tid: TorrentId) -> list[bool]:
         """Which pieces this torrent holds ([] if it is gone, or before a
         magnet's metadata)."""

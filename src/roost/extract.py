@@ -57,6 +57,7 @@ import os
 import stat
 import tempfile
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,9 @@ __all__ = [
     "check_destination",
     "install_release",
 ]
+
+#: a file's sha256, inode, size and mtime (ns) as the download hashed it
+Hashed = tuple[str, int, int, int]
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +124,15 @@ def install_release(
     clean: bool = False,
     keep_setid: bool = False,
     link: bool = False,
+    hashed: Mapping[str, Hashed] | None = None,
 ) -> InstallResult:
     """Install ``payload`` at ``dest/TAG`` (or ``dest``) atomically, setuid,
     setgid and sticky bits stripped unless ``keep_setid``; with ``link``,
     the payload's own files are hard-linked, not copied (for a download
-    cache that nobody else writes to: not a build directory).
+    cache that nobody else writes to: not a build directory). ``hashed``:
+    what the download already hashed of them (``roost.peer.hashahead``:
+    name -> sha256, inode, size, mtime); a linked file found with that
+    inode, size and mtime and that sha256 is not read again.
 
     Raises ``UnsafeArchiveError`` or ``VerifyError`` (bad payload, before
     anything is written), ``DestinationError`` (target occupied without
@@ -155,6 +163,7 @@ def install_release(
             clean=clean,
             link=link,
             release=meta.manifest_sha256,
+            hashed=hashed or {},
         )
         if not result.already_installed:
             data = None if as_file else plan.manifest.encode()
@@ -242,6 +251,7 @@ def _install(
     clean: bool,
     link: bool,
     release: str | None = None,
+    hashed: Mapping[str, Hashed],
 ) -> InstallResult:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -257,7 +267,7 @@ def _install(
             raise _occupied_error(target, release)
     staging = Path(_make_staging(target, file=as_file))
     try:
-        _write_members(payload, plan, staging, as_file=as_file, link=link)
+        _write_members(payload, plan, staging, as_file=as_file, link=link, hashed=hashed)
         sync_filesystem(staging.parent)
         _swap(staging, target, clean=clean)
         fsync_directory(target.parent)
@@ -318,19 +328,27 @@ def _occupied_error(target: Path, release: str | None = None) -> DestinationErro
     )
 
 
-def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool, link: bool) -> None:
+def _write_members(
+    payload: Path,
+    plan: Plan,
+    root: Path,
+    *,
+    as_file: bool,
+    link: bool,
+    hashed: Mapping[str, Hashed],
+) -> None:
     members, where = plan.members, payload
     if plan.single:  # the payload is the file: its directory is the source, as for a tree
         members, where = (dataclasses.replace(members[0], source=payload.name),), payload.parent
     src = os.open(where, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if as_file:
-            _write_file(src, members[0], str(root), None, link=link)
+            _write_file(src, members[0], str(root), None, link=link, hashed=hashed)
             return
         # Everything relative to the staging directory's fd: no path walks from /.
         top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _write_tree(src, top, members, link=link)
+            _write_tree(src, top, members, link=link, hashed=hashed)
             for member in reversed(members):
                 if member.kind == "dir":
                     os.chmod(member.name, member.mode, dir_fd=top)
@@ -343,7 +361,14 @@ def _write_members(payload: Path, plan: Plan, root: Path, *, as_file: bool, link
         os.close(src)
 
 
-def _write_tree(src: int, top: int, members: tuple[Member, ...], *, link: bool) -> None:
+def _write_tree(
+    src: int,
+    top: int,
+    members: tuple[Member, ...],
+    *,
+    link: bool,
+    hashed: Mapping[str, Hashed],
+) -> None:
     """Directories and symlinks here, in archive order (a directory comes
     before its contents); files in worker threads (copy and sha256 drop the
     GIL, so two files move at once); hard links once every file exists.
@@ -360,7 +385,9 @@ def _write_tree(src: int, top: int, members: tuple[Member, ...], *, link: bool) 
                 elif member.kind == "file":
                     if len(window) >= _WINDOW:
                         window.popleft().result()
-                    window.append(pool.submit(_write_file, src, member, name, top, link=link))
+                    window.append(
+                        pool.submit(_write_file, src, member, name, top, link=link, hashed=hashed)
+                    )
                 elif member.kind == "symlink":
                     os.symlink(member.link, name, dir_fd=top)
                     if member.mtime is not None:
@@ -378,14 +405,22 @@ def _write_tree(src: int, top: int, members: tuple[Member, ...], *, link: bool) 
         os.link(member.link, member.name, src_dir_fd=top, dst_dir_fd=top, follow_symlinks=False)
 
 
-def _write_file(src: int, member: Member, name: str, top: int | None, *, link: bool) -> None:
+def _write_file(
+    src: int,
+    member: Member,
+    name: str,
+    top: int | None,
+    *,
+    link: bool,
+    hashed: Mapping[str, Hashed],
+) -> None:
     """Write one file; ``src`` is the payload (a tar) or, for a member with a
     ``source``, the download directory holding it (then, with ``link``,
     the file is hard-linked from there where the file system allows)."""
     # (A file its owner cannot read is copied: the seeding engine must still
     # open the download's file, which a link would give the new mode.)
     linkable = link and member.source is not None and member.size and member.mode & stat.S_IRUSR
-    if linkable and _link_file(src, member, name, top):
+    if linkable and _link_file(src, member, name, top, hashed):
         return
     own = None
     if member.source is not None and member.size:
@@ -402,9 +437,13 @@ def _write_file(src: int, member: Member, name: str, top: int | None, *, link: b
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
-def _link_file(src: int, member: Member, name: str, top: int | None) -> bool:
+def _link_file(
+    src: int, member: Member, name: str, top: int | None, hashed: Mapping[str, Hashed]
+) -> bool:
     """Hard-link ``member``'s download file as ``name`` and check its bytes
-    where they are; False where no link can be made (nothing written)."""
+    where they are (or take the download's digest of them, made as they
+    arrived, where it is of this very file); False where no link can be
+    made (nothing written)."""
     assert member.source is not None
     try:
         os.link(member.source, name, src_dir_fd=src, dst_dir_fd=top, follow_symlinks=False)
@@ -417,7 +456,8 @@ def _link_file(src: int, member: Member, name: str, top: int | None) -> bool:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != member.size:
             raise VerifyError(f"{member.name}: the download's file is not {member.size} bytes")
-        if member.sha256 is not None and sha256_range(fd, 0, member.size) != member.sha256:
+        unread = member.sha256 is not None and not _hashed_already(member, st, hashed)
+        if unread and sha256_range(fd, 0, member.size) != member.sha256:
             raise VerifyError(f"{member.name}: sha256 differs from the manifest (corrupt payload)")
         start_writeback(fd)
         os.fchmod(fd, member.mode)
@@ -426,6 +466,13 @@ def _link_file(src: int, member: Member, name: str, top: int | None) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def _hashed_already(member: Member, st: os.stat_result, hashed: Mapping[str, Hashed]) -> bool:
+    """Whether the download hashed this very file as it arrived, to the
+    manifest's sha256 (the same inode, size and mtime: unchanged since)."""
+    known = hashed.get(member.source or "")
+    return known is not None and known == (member.sha256, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _write_bytes(src: int, member: Member, name: str, top: int | None) -> None:

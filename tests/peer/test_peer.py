@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import signal
@@ -65,6 +67,37 @@ def test_peer_links_the_download_into_place_unless_told_to_copy(
     cached = temp / swarm.release.info_hash / "app.bin"  # type: ignore[attr-defined]
     assert placed.read_bytes() == artifact.read_bytes()
     assert (placed.stat().st_ino == cached.stat().st_ino) is not copy
+
+
+@pytest.mark.parametrize("kind", ["file", "tree"])
+def test_the_download_hashes_its_files_as_they_arrive_for_the_install(
+    tmp_path: Path, make_swarm: MakeSwarm, roost_procs: Start, kind: str
+) -> None:
+    """The install's sha256 of every file was a read of the whole release
+    after its last piece, on every host at once (bench/NOTES.md, session 21):
+    the worker hashes each file as its pieces arrive, and the install takes
+    that digest for the same, unchanged file."""
+    if kind == "file":
+        swarm = make_swarm(random_file(tmp_path / "build" / "app.bin", 3 << 20), is_file=True)
+    else:
+        tree = make_tree(tmp_path / "src")
+        random_file(tree / "big.bin", 2 << 20)
+        swarm = make_swarm(tree, tar=False)
+    temp, dest = tmp_path / "temp", tmp_path / "dest" / "t1"
+    rc, _, err = run(roost_procs, *peer_args(swarm.torrent, dest.parent, temp, "--linger", "0"))
+    assert rc == 0, err
+    work = temp / swarm.release.info_hash  # type: ignore[attr-defined]
+    root = work if kind == "file" else work / "t1"
+    hashed = json.loads((work / "hashed.json").read_bytes())
+    installed = [p for p in dest.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert sorted(hashed) == sorted(str(p.relative_to(dest)) for p in installed if p.stat().st_size)
+    for name, record in hashed.items():
+        st = (root / name).stat()
+        digest = hashlib.sha256((root / name).read_bytes()).hexdigest()
+        # (the install set the manifest's mtime on the linked file after it
+        # took the digest, made for the mtime the download had)
+        assert record[:3] == [digest, st.st_ino, st.st_size], name
+        assert (dest / name).stat().st_ino == st.st_ino  # linked, not copied
 
 
 def test_peer_returns_while_a_detached_worker_lingers(

@@ -391,6 +391,7 @@ class Agent:
     def _download(self, entry: ChannelEntry) -> Path:
         from roost.extract import install_release
         from roost.metainfo import check_signature, read_torrent
+        from roost.peer.hashahead import HASHED, read_hashed
 
         url = resolve(channel_base(self.config.channel), entry.torrent)
         torrent = fetch(url, timeout=self.config.fetch_timeout).data
@@ -423,14 +424,15 @@ class Agent:
         self.say(f"downloading {entry.tag} ({entry.info_hash})")
         download.run_until_complete(emit, should_stop)
         status = self.engine.status(entry.info_hash)
-        payload = self.config.cache / entry.info_hash / meta.name
+        work = self.config.cache / entry.info_hash
         result = install_release(
-            payload,
+            work / meta.name,
             meta,
             self.dest / RELEASES,
             clean=True,
             keep_setid=self.config.keep_setid,
             link=not self.config.copy,
+            hashed=read_hashed(work / HASHED),
         )
         self.state.installed = [e for e in self.state.installed if e.get("tag") != entry.tag]
         self.state.installed.append(

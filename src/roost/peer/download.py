@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     # --foreground. The front process never needs it.
     from roost.engine import Engine
     from roost.feedclient import FeedClient
+    from roost.peer.hashahead import HashAhead
     from roost.prefill import Prefill
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,21 @@ class _Download:
         self.feedless = False
         if config.feed and torrent_bytes is not None:
             self.feed = self._start_feed(config.feed)
+        self.hash_ahead = self._start_hash_ahead(torrent_bytes)
+
+    def _start_hash_ahead(self, torrent_bytes: bytes | None) -> HashAhead | None:
+        """The files' sha256 while they arrive (the install's, moved off the
+        end; roost.peer.hashahead). Not for a magnet, nor a copying install."""
+        from roost.peer.hashahead import HASHED, HashAhead
+
+        with contextlib.suppress(OSError):  # an earlier run's: this one hashes anew
+            (self.dir / HASHED).unlink()
+        if torrent_bytes is None or self.config.install.copy:
+            return None
+
+        engine, tid = self.engine, self.tid
+        ahead = HashAhead.of(_read_meta(torrent_bytes), self.dir, lambda: engine.have(tid))
+        return ahead.start() if ahead is not None else None
 
     def _prefill(self, torrent_bytes: bytes | None) -> Prefill | None:
         """A tree release downloaded afresh starts from the unchanged files
@@ -225,6 +241,11 @@ class _Download:
                 # Finished means hashed; the file may still lack the last writes.
                 self._stop_feed()
                 self.engine.flush(self.tid)
+                if self.hash_ahead is not None:
+                    from roost.peer.hashahead import HASHED
+
+                    self.hash_ahead.finish(self.dir / HASHED)
+                    self.hash_ahead = None
                 self._emit_progress(emit)
                 self._save_resume_quietly()
                 return
@@ -311,6 +332,8 @@ class _Download:
 
     def close(self) -> None:
         self._stop_feed()
+        if self.hash_ahead is not None:
+            self.hash_ahead.stop()
         # A directory removed or made anew is someone else's now: nothing is
         # written into it, nor deleted from it.
         ours = self.owns_dir()

@@ -191,16 +191,18 @@ def _warm_install() -> None:
 
 def _install(config: PeerConfig, meta: Any) -> tuple[Path, bool]:
     from roost.extract import install_release
+    from roost.peer.hashahead import HASHED, read_hashed
 
-    payload = work_dir(config, meta.info_hash) / meta.name
+    work = work_dir(config, meta.info_hash)
     result = install_release(
-        payload,
+        work / meta.name,
         meta,
         config.dest,
         tag_directory=config.install.tag_directory,
         clean=config.install.clean,
         keep_setid=config.install.keep_setid,
         link=not config.install.copy,
+        hashed=read_hashed(work / HASHED),
     )
     return _installed_path(result)
 
