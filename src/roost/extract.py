@@ -54,6 +54,7 @@ import errno
 import hashlib
 import logging
 import os
+import secrets
 import stat
 import tempfile
 from collections import deque
@@ -265,8 +266,10 @@ def _install(
             return InstallResult(target, True)
         if not clean:
             raise _occupied_error(target, release)
-    staging = Path(_make_staging(target, file=as_file))
+    staging = _staging_name(target)  # made in the try: a signal just after leaves nothing
     try:
+        if not as_file:  # a file release's is made by its write (O_EXCL)
+            _make_staging(staging)
         _write_members(payload, plan, staging, as_file=as_file, link=link, hashed=hashed)
         sync_filesystem(staging.parent)
         _swap(staging, target, clean=clean)
@@ -279,17 +282,19 @@ def _install(
     return InstallResult(target, False)
 
 
-def _make_staging(target: Path, *, file: bool) -> str:
-    prefix = f".{target.name}.roost-staging-"
+def _staging_name(target: Path) -> Path:
+    """A fresh name beside ``target`` for its staging area (random, so that
+    nothing else is named so; made by the caller inside its ``try``, whose
+    ``finally`` removes it: made here, a SIGTERM between its making and the
+    ``try`` left it behind)."""
+    return target.parent / f".{target.name}.roost-staging-{secrets.token_hex(8)}"
+
+
+def _make_staging(staging: Path) -> None:
     try:
-        if file:
-            fd, name = tempfile.mkstemp(prefix=prefix, dir=target.parent)
-            os.close(fd)
-            os.unlink(name)
-            return name
-        return tempfile.mkdtemp(prefix=prefix, dir=target.parent)
+        os.mkdir(staging, 0o700)
     except OSError as exc:
-        raise _dest_error(exc, target.parent) from exc
+        raise _dest_error(exc, staging.parent) from exc
 
 
 def _dest_error(exc: OSError, where: Path) -> DestinationError:
