@@ -246,7 +246,8 @@ def _register_peer(sub: Any) -> None:
     p.add_argument(
         "--feed",
         metavar="URL",
-        help="the origin's feed (roost seed --feed-port): pieces nobody has yet come from it",
+        help="the origin's feed (roost seed --feed-port; http://HOST:PORT/?token=TOKEN when it"
+        " has --feed-token): pieces nobody has yet come from it",
     )
     p.add_argument(
         "--stall-timeout",
