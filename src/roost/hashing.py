@@ -155,17 +155,11 @@ def start_writeback(fd: int) -> None:
     without waiting for them (``sync_file_range(SYNC_FILE_RANGE_WRITE)``;
     nothing where libc lacks it). Errors are ignored: only a later
     fsync/syncfs can say the data is safe, and it reports them."""
-    start_writeback_range(fd, 0, 0)
-
-
-def start_writeback_range(fd: int, offset: int, length: int) -> None:
-    """:func:`start_writeback` for ``length`` bytes from ``offset`` (0: to
-    the end)."""
     fn = libc_function(
         "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
     )
     if fn is not None:
-        fn(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+        fn(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 @functools.cache

@@ -6,9 +6,9 @@ download and checking its sha256 against the manifest: alone, that is a
 read of the whole release after its last piece, on every host at once.
 :class:`HashAhead` reads each file's bytes in order, as soon as the pieces
 holding them have been verified (the engine's have-list, as it was one
-poll earlier: their writes have landed), into a running sha256, and starts
-their writeback. When the download is complete, :meth:`HashAhead.finish`
-hashes what is left and writes ``hashed.json`` beside the download: each
+poll earlier: their writes have landed), into a running sha256. When the
+download is complete, :meth:`HashAhead.finish` hashes what is left and
+writes ``hashed.json`` beside the download: each
 file's digest with its inode, size and mtime. The install takes a digest
 only for the same inode with the same size and mtime, and only if it is
 the manifest's; anything else (bytes read before a write landed, a file
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from roost._fs import atomic_write
-from roost.hashing import start_writeback_range
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +129,12 @@ class HashAhead:
         fd = os.open(self.root / f.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             buf = memoryview(bytearray(min(_CHUNK, upto - f.done)))
-            start = f.done
             while f.done < upto:
                 n = os.preadv(fd, [buf[: min(_CHUNK, upto - f.done)]], f.done)
                 if n == 0:
                     raise OSError(f"{f.name}: shorter than {upto} bytes")
                 f.digest.update(buf[:n])
                 f.done += n
-            start_writeback_range(fd, start, upto - start)
         finally:
             os.close(fd)
 
