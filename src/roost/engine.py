@@ -430,11 +430,6 @@ class Engine:
     def have(self, tid: TorrentId) -> list[bool]:
         """Per piece, whether this torrent holds it ([] if it is gone, or
         before a magnet's metadata). Safe from any thread."""
-        return self._have(tid)
-
-    def _have(self, tid: TorrentId) -> list[bool]:
-        """Which pieces this torrent holds ([] if it is gone, or before a
-        magnet's metadata)."""
         handle = self._handles.get(tid)
         if handle is None:
             return []
@@ -444,12 +439,12 @@ class Engine:
 
     def missing_pieces(self, tid: TorrentId) -> list[int]:
         """Pieces this torrent does not have yet (sorted)."""
-        return [i for i, has in enumerate(self._have(tid)) if not has]
+        return [i for i, has in enumerate(self.have(tid)) if not has]
 
     def pieces_if_complete(self, tid: TorrentId) -> int:
         """How many pieces this torrent has once it holds every one of them;
         0 before then (or before a magnet's metadata)."""
-        have = self._have(tid)
+        have = self.have(tid)
         return len(have) if have and all(have) else 0
 
     def orphan_pieces(self, tid: TorrentId) -> list[int]:

@@ -111,7 +111,6 @@ class _Download:
             (self.dir / HASHED).unlink()
         if torrent_bytes is None or self.config.install.copy:
             return None
-
         engine, tid = self.engine, self.tid
         ahead = HashAhead.of(_read_meta(torrent_bytes), self.dir, lambda: engine.have(tid))
         return ahead.start() if ahead is not None else None

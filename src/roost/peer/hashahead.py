@@ -8,11 +8,11 @@ read of the whole release after its last piece, on every host at once.
 holding them have been verified (the engine's have-list, as it was one
 poll earlier: their writes have landed), into a running sha256. When the
 download is complete, :meth:`HashAhead.finish` hashes what is left and
-writes ``hashed.json`` beside the download: each
-file's digest with its inode, size and mtime. The install takes a digest
-only for the same inode with the same size and mtime, and only if it is
-the manifest's; anything else (bytes read before a write landed, a file
-changed since) is hashed again as before. So nothing here is needed for
+writes ``hashed.json`` beside the download: each file's digest with its
+inode, size and mtime. The install takes a digest only for the same inode
+with the same size and mtime, and only if it is the manifest's; anything
+else (bytes read before a write landed, a file changed since) is hashed
+again as before. So nothing here is needed for
 correctness; it only moves the reading off the end.
 """
 
